@@ -1,0 +1,81 @@
+"""The store adapter protocol: the few operations NUDGE needs from any vector store.
+
+An adapter wraps a *native* client (a chromadb Collection, a QdrantClient and a collection
+name, a faiss index and its id map, a framework's in-memory dict) and exposes:
+
+- ``get(ids)``: the vectors the store holds now, float32 ``(len(ids), dim)``;
+- ``put(ids, vectors)``: overwrite those vectors in place, nothing re-embedded, documents and
+  metadata untouched; every id is checked first, so an unknown id changes nothing;
+- ``ids()``: every id the store holds; ``metric``: how the store compares vectors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import Enum
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from nudge_rag.core.errors import UnknownIdError
+
+
+class Metric(str, Enum):
+    """How a store compares a query with a stored vector."""
+
+    COSINE = "cosine"
+    IP = "ip"
+    L2 = "l2"
+
+
+@runtime_checkable
+class StoreAdapter(Protocol):
+    """Vectors by id, in place, for one native vector store."""
+
+    metric: Metric
+
+    def get(self, ids: Sequence[str]) -> np.ndarray:
+        """Return the stored vectors of ``ids`` (float32, in the order given)."""
+        ...
+
+    def put(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Overwrite the vectors of existing ``ids``; raise ``UnknownIdError`` before any write."""
+        ...
+
+    def ids(self) -> list[str]:
+        """Every id the store holds."""
+        ...
+
+
+def missing_ids(requested: Sequence[str], present: Sequence[str] | set[str]) -> list[str]:
+    """The ids of ``requested`` that are not in ``present``, in request order."""
+    have = present if isinstance(present, set) else set(present)
+    return [i for i in requested if i not in have]
+
+
+def raise_unknown(missing: Sequence[str], store: str) -> None:
+    """Raise ``UnknownIdError`` naming (at most ten of) the ``missing`` ids."""
+    if missing:
+        shown = ", ".join(repr(i) for i in list(missing)[:10])
+        more = f" (and {len(missing) - 10} more)" if len(missing) > 10 else ""
+        msg = f"{store} does not hold id(s) {shown}{more}; add the documents first."
+        raise UnknownIdError(msg)
+
+
+def as_float32_matrix(vectors: np.ndarray, n: int, dim: int | None, what: str) -> np.ndarray:
+    """Check ``vectors`` is a finite ``(n, dim)`` float matrix and return it as float32."""
+    arr = np.asarray(vectors)
+    if arr.ndim != 2 or arr.shape[0] != n:
+        msg = f"{what}: expected a ({n}, d) matrix, found shape {arr.shape}."
+        raise ValueError(msg)
+    if dim is not None and arr.shape[1] != dim:
+        msg = f"{what}: vectors have {arr.shape[1]} dimensions, the store expects {dim}."
+        raise ValueError(msg)
+    if not np.issubdtype(arr.dtype, np.floating):
+        msg = f"{what}: expected float vectors, found dtype {arr.dtype}."
+        raise ValueError(msg)
+    if not np.isfinite(arr.sum()) and not np.isfinite(arr).all():
+        bad = int(np.nonzero(~np.isfinite(arr).all(axis=1))[0][0])
+        msg = f"{what}: row {bad} holds NaN or inf."
+        raise ValueError(msg)
+    return np.ascontiguousarray(arr, dtype=np.float32)
