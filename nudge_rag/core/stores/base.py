@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from nudge_rag.core.errors import UnknownIdError
+from nudge_rag.core.errors import NudgeError, UnknownIdError
 
 
 class Metric(str, Enum):
@@ -67,15 +67,15 @@ def as_float32_matrix(vectors: np.ndarray, n: int, dim: int | None, what: str) -
     arr = np.asarray(vectors)
     if arr.ndim != 2 or arr.shape[0] != n:
         msg = f"{what}: expected a ({n}, d) matrix, found shape {arr.shape}."
-        raise ValueError(msg)
+        raise NudgeError(msg)
     if dim is not None and arr.shape[1] != dim:
         msg = f"{what}: vectors have {arr.shape[1]} dimensions, the store expects {dim}."
-        raise ValueError(msg)
+        raise NudgeError(msg)
     if not np.issubdtype(arr.dtype, np.floating):
         msg = f"{what}: expected float vectors, found dtype {arr.dtype}."
-        raise ValueError(msg)
+        raise NudgeError(msg)
     if not np.isfinite(arr.sum()) and not np.isfinite(arr).all():
         bad = int(np.nonzero(~np.isfinite(arr).all(axis=1))[0][0])
         msg = f"{what}: row {bad} holds NaN or inf."
-        raise ValueError(msg)
+        raise NudgeError(msg)
     return np.ascontiguousarray(arr, dtype=np.float32)
