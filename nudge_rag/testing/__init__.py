@@ -1,0 +1,9 @@
+"""Test helpers that ship with the package: a local OpenAI-compatible server and judges.
+
+Nothing here is imported by the library itself.
+"""
+
+from nudge_rag.testing.judges import QrelsJudge
+from nudge_rag.testing.openai_stub import Faults, OpenAIStub, StubRequest
+
+__all__ = ["Faults", "OpenAIStub", "QrelsJudge", "StubRequest"]
