@@ -3,6 +3,9 @@
 The store is duck-typed (anything with ``.data.embedding_dict``), so this module imports no
 framework. The dict is looked up on every call because ``SimpleVectorStore.clear()`` replaces
 ``data`` with a fresh object. ``SimpleVectorStore`` ranks by cosine similarity only.
+
+The dict holds Python floats (float64): ``get_exact`` reads them as they are and ``put`` writes
+float64 values, so a rollback restores the original lists bit for bit.
 """
 
 from __future__ import annotations
@@ -48,19 +51,28 @@ class LlamaSimpleAdapter:
 
     def get(self, ids: Sequence[str]) -> np.ndarray:
         """Return the stored vectors of ``ids`` (float32, in the order given)."""
+        return self.get_exact(ids).astype(np.float32)
+
+    def get_exact(self, ids: Sequence[str]) -> np.ndarray:
+        """Return the stored vectors of ``ids`` as the float64 values the dict holds."""
         table = self._dict
         raise_unknown([i for i in ids if i not in table], "SimpleVectorStore")
         if not ids:
-            return np.zeros((0, self.dim or 0), dtype=np.float32)
-        return np.asarray([table[i] for i in ids], dtype=np.float32)
+            return np.zeros((0, self.dim or 0), dtype=np.float64)
+        return np.asarray([table[i] for i in ids], dtype=np.float64)
 
     def put(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Overwrite the vectors of existing ``ids``; unknown ids change nothing."""
         table = self._dict
-        arr = as_float32_matrix(vectors, len(ids), self.dim, "vectors")
+        as_float32_matrix(vectors, len(ids), self.dim, "vectors")  # shape and finiteness
         raise_unknown([i for i in ids if i not in table], "SimpleVectorStore")
-        for i, row in zip(ids, arr, strict=True):
+        for i, row in zip(ids, np.asarray(vectors, dtype=np.float64), strict=True):
             table[i] = row.tolist()
+
+    def present(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` the store holds."""
+        table = self._dict
+        return {i for i in ids if i in table}
 
     def ids(self) -> list[str]:
         """Every node id the store holds."""

@@ -125,6 +125,10 @@ class MilvusAdapter:
             ]
             self.client.upsert(self.collection_name, rows, partial_update=True)
 
+    def present(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` the collection holds."""
+        return set(self._fetch(list(ids), [self.id_field]))
+
     def ids(self) -> list[str]:
         """Every id in the collection."""
         it = self.client.query_iterator(
