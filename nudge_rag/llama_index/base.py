@@ -1,0 +1,645 @@
+"""``NudgedVectorStore``: a LlamaIndex vector store that learns from its own usage.
+
+It wraps a LlamaIndex store (Chroma, Simple, Qdrant, Milvus), answers every call through it,
+logs each query as a trace, and exposes NUDGE's versioned vector edits. All state (traces,
+feedback, base vectors, versions) lives in ``nudge_rag.core``; this module only translates.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from llama_index.core.bridge.pydantic import PrivateAttr
+from llama_index.core.schema import BaseNode
+from llama_index.core.vector_stores.types import (
+    BasePydanticVectorStore,
+    MetadataFilters,
+    VectorStoreQuery,
+    VectorStoreQueryResult,
+)
+
+from nudge_rag.core.errors import NudgeError
+from nudge_rag.core.state import NudgeState
+from nudge_rag.core.stores.base import Metric, StoreAdapter
+from nudge_rag.llama_index._backends import Backend, backend_for
+
+TRACE_ID_KEY = "nudge_trace_id"
+"""Metadata key under which each returned node carries the id of the query's trace."""
+
+
+class NudgedVectorStore(BasePydanticVectorStore):
+    """LlamaIndex vector store that records its queries and serves NUDGE-tuned vectors.
+
+    Every call goes to the wrapped store unchanged; queries are also logged (query text,
+    query embedding, result ids, similarities) so that feedback and LLM judgments can later
+    become NUDGE training labels. Fitted vectors are written into the wrapped store in place,
+    by version, with the original vectors kept for an exact rollback.
+
+    Setup:
+        ```bash
+        pip install "nudge-rag[llama-index,chroma]"   # or [qdrant] / [milvus]
+        ```
+
+    Key init args:
+        vector_store: the LlamaIndex store to wrap: ``ChromaVectorStore`` (embedded,
+            persistent or a Chroma server), ``SimpleVectorStore``, ``QdrantVectorStore``
+            (pass ``dense_config`` with ``Distance.DOT`` to use NUDGE-M), ``MilvusVectorStore``
+            (Milvus Lite or a cluster). LlamaIndex's FAISS stores cannot look up vectors by
+            node id and are refused.
+        state_dir: folder for the trace log and the version log.
+        embed_model: optional LlamaIndex embedding model (or ``texts -> matrix`` callable),
+            used by the fine-tune engine to embed synthetic queries.
+        get_texts: optional ``ids -> texts``; defaults to the wrapped store's text.
+        tracing: log queries (default True).
+        retention_days: drop traces older than this many days (default: keep all).
+
+    Instantiate (embedded, persistent Chroma):
+        ```python
+        from nudge_rag.llama_index import NudgedVectorStore
+
+        store = NudgedVectorStore.from_defaults(persist_dir="./storage", collection_name="docs")
+        ```
+
+    Instantiate (any supported store):
+        ```python
+        from llama_index.core.vector_stores import SimpleVectorStore
+
+        store = NudgedVectorStore(SimpleVectorStore(), state_dir="./nudge_state")
+        ```
+
+    Build an index and retrieve:
+        ```python
+        from llama_index.core import Document, StorageContext, VectorStoreIndex
+
+        index = VectorStoreIndex.from_documents(
+            [Document(text="NUDGE edits embeddings in closed form.")],
+            storage_context=StorageContext.from_defaults(vector_store=store),
+            embed_model=embed_model,
+        )
+        hits = index.as_retriever(similarity_top_k=2).retrieve("how does NUDGE work?")
+        ```
+
+    Send feedback (the trace id rides on every returned node):
+        ```python
+        trace_id = hits[0].node.metadata["nudge_trace_id"]   # or store.last_trace_id
+        store.record_feedback(trace_id, relevant_ids=[hits[0].node.node_id])
+        ```
+        ``SimpleVectorStore`` returns ids only (LlamaIndex takes the nodes from its
+        docstore), so there read ``store.last_trace_id`` right after the query; it is kept
+        per thread and per asyncio task.
+
+    Versions:
+        ```python
+        store.get_vectors(["node-1"])            # what the store serves now
+        store.apply_vectors({"node-1": new_vec}, note="nudge-n fit")   # -> version number
+        store.versions()                          # version records, newest last
+        store.rollback()                          # back to the previous version
+        ```
+
+    Async:
+        ``aquery``, ``async_add``, ``adelete``, ``adelete_nodes``, ``aget_nodes`` and
+        ``aclear`` call the wrapped store's async twins (a ``QdrantVectorStore`` built
+        without ``aclient`` runs them synchronously instead of failing).
+    """
+
+    stores_text: bool = True
+    is_embedding_query: bool = True
+    flat_metadata: bool = False
+
+    _inner: BasePydanticVectorStore = PrivateAttr()
+    _backend: Backend = PrivateAttr()
+    _nudge_state: NudgeState = PrivateAttr()
+    _dim: int | None = PrivateAttr(default=None)
+    _last_trace: ContextVar[str | None] = PrivateAttr()
+    _persisted_to: tuple[str, Any] | None = PrivateAttr(default=None)
+
+    def __init__(
+        self,
+        vector_store: BasePydanticVectorStore,
+        *,
+        state_dir: str | os.PathLike[str],
+        embed_model: Any = None,
+        get_texts: Callable[[Sequence[str]], list[str]] | None = None,
+        tracing: bool = True,
+        retention_days: float | None = None,
+        adapter: StoreAdapter | None = None,
+    ) -> None:
+        if isinstance(vector_store, NudgedVectorStore):
+            msg = (
+                "vector_store: found a NudgedVectorStore; wrap the underlying store once "
+                "(pass nudged.vector_store, or use the NudgedVectorStore as it is)."
+            )
+            raise NudgeError(msg)
+        if not isinstance(vector_store, BasePydanticVectorStore):
+            msg = (
+                f"vector_store: expected a LlamaIndex BasePydanticVectorStore, found "
+                f"{type(vector_store).__name__}; pass e.g. a ChromaVectorStore."
+            )
+            raise NudgeError(msg)
+        backend = backend_for(vector_store)
+        super().__init__(
+            stores_text=vector_store.stores_text,
+            is_embedding_query=vector_store.is_embedding_query,
+            flat_metadata=bool(getattr(vector_store, "flat_metadata", False)),
+        )
+        self._inner = vector_store
+        self._backend = backend
+        self._last_trace = ContextVar(f"nudge_trace_{id(self)}", default=None)
+        if get_texts is None and vector_store.stores_text:
+            get_texts = backend.texts
+        self._nudge_state = NudgeState(
+            adapter if adapter is not None else _LazyAdapter(backend),
+            state_dir,
+            embed_queries=_query_embedder(embed_model),
+            get_texts=get_texts,
+            tracing=tracing,
+            retention_days=retention_days,
+        )
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_defaults(
+        cls,
+        persist_dir: str | os.PathLike[str] = "./storage",
+        collection_name: str = "nudge_rag",
+        *,
+        state_dir: str | os.PathLike[str] | None = None,
+        metric: Metric | str = Metric.COSINE,
+        host: str | None = None,
+        port: int | None = None,
+        embed_model: Any = None,
+        tracing: bool = True,
+        retention_days: float | None = None,
+    ) -> NudgedVectorStore:
+        """The embedded default: a persistent Chroma collection (or a Chroma server).
+
+        Args:
+            persist_dir: Chroma's folder (ignored when ``host`` is given).
+            collection_name: the collection, created if missing.
+            state_dir: trace and version logs; default ``<persist_dir>/nudge_state/<name>``.
+            metric: ``"cosine"`` (default), ``"ip"`` (for NUDGE-M) or ``"l2"``; used when the
+                collection is created.
+            host, port: reach a running ``chroma run`` server instead of a local folder.
+        """
+        import chromadb
+        from llama_index.vector_stores.chroma import ChromaVectorStore
+
+        space = _metric(metric).value
+        if host is not None:
+            if state_dir is None:
+                msg = (
+                    "state_dir: found None with a Chroma server (host=...); pass a local "
+                    "folder for the trace and version logs."
+                )
+                raise NudgeError(msg)
+            client: Any = chromadb.HttpClient(host=host, port=port or 8000)
+        else:
+            client = chromadb.PersistentClient(path=str(persist_dir))
+        collection = client.get_or_create_collection(
+            collection_name, configuration={"hnsw": {"space": space}}, embedding_function=None
+        )
+        inner = ChromaVectorStore(
+            chroma_collection=collection,
+            collection_name=collection_name,
+            persist_dir=None if host is not None else str(persist_dir),
+            host=host,
+            port=port,
+        )
+        if state_dir is None:
+            state_dir = Path(persist_dir) / "nudge_state" / collection_name
+        return cls(
+            inner,
+            state_dir=state_dir,
+            embed_model=embed_model,
+            tracing=tracing,
+            retention_days=retention_days,
+        )
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Name LlamaIndex uses when it serialises the store's settings."""
+        return "NudgedVectorStore"
+
+    # -- what is wrapped -----------------------------------------------------------------------
+    @property
+    def client(self) -> Any:
+        """The wrapped store's client (a chromadb Collection, QdrantClient, MilvusClient)."""
+        return self._inner.client
+
+    @property
+    def vector_store(self) -> BasePydanticVectorStore:
+        """The wrapped LlamaIndex store."""
+        return self._inner
+
+    @property
+    def nudge_state(self) -> NudgeState:
+        """The core state (adapter, trace log, version log) that the engine works on."""
+        return self._nudge_state
+
+    @property
+    def last_trace_id(self) -> str | None:
+        """Trace id of the latest query made in this thread or asyncio task (None if none)."""
+        return self._last_trace.get()
+
+    # -- writes --------------------------------------------------------------------------------
+    def add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> list[str]:
+        """Add nodes with embeddings; bad nodes are refused before anything is written."""
+        self._check_nodes(nodes)
+        self._before_add(nodes)
+        ids = self._inner.add(list(nodes), **add_kwargs)
+        self._after_add(nodes, ids)
+        return ids
+
+    async def async_add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[str]:
+        """Async twin of ``add``."""
+        self._check_nodes(nodes)
+        self._before_add(nodes)
+        if self._backend.has_async():
+            ids = await self._inner.async_add(list(nodes), **kwargs)
+        else:
+            ids = self._inner.add(list(nodes), **kwargs)
+        self._after_add(nodes, ids)
+        return ids
+
+    def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
+        """Delete the nodes of document ``ref_doc_id``; their versions are forgotten."""
+        candidates = self._before_delete(self._backend.ref_doc_ids(ref_doc_id))
+        self._inner.delete(ref_doc_id, **delete_kwargs)
+        self._after_delete(candidates)
+
+    async def adelete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
+        """Async twin of ``delete``."""
+        candidates = self._before_delete(self._backend.ref_doc_ids(ref_doc_id))
+        if self._backend.has_async():
+            await self._inner.adelete(ref_doc_id, **delete_kwargs)
+        else:
+            self._inner.delete(ref_doc_id, **delete_kwargs)
+        self._after_delete(candidates)
+
+    def delete_nodes(
+        self,
+        node_ids: list[str] | None = None,
+        filters: MetadataFilters | None = None,
+        **delete_kwargs: Any,
+    ) -> None:
+        """Delete nodes by id and/or metadata filters, as the wrapped store does."""
+        candidates = self._before_delete_nodes(node_ids, filters)
+        self._inner.delete_nodes(node_ids, filters, **delete_kwargs)
+        self._after_delete(candidates)
+
+    async def adelete_nodes(
+        self,
+        node_ids: list[str] | None = None,
+        filters: MetadataFilters | None = None,
+        **delete_kwargs: Any,
+    ) -> None:
+        """Async twin of ``delete_nodes``."""
+        candidates = self._before_delete_nodes(node_ids, filters)
+        if self._backend.has_async():
+            await self._inner.adelete_nodes(node_ids, filters, **delete_kwargs)
+        else:
+            self._inner.delete_nodes(node_ids, filters, **delete_kwargs)
+        self._after_delete(candidates)
+
+    def clear(self) -> None:
+        """Remove every node from the wrapped store; the version log forgets them all."""
+        self._before_delete(self._backend.all_ids())
+        self._inner.clear()
+        self._after_clear()
+
+    async def aclear(self) -> None:
+        """Async twin of ``clear``."""
+        self._before_delete(self._backend.all_ids())
+        if self._backend.has_async():
+            await self._inner.aclear()
+        else:
+            self._inner.clear()
+        self._after_clear()
+
+    def persist(self, persist_path: str, fs: Any = None) -> None:
+        """Persist the wrapped store where it persists (``SimpleVectorStore``'s JSON file).
+
+        Later ``apply_vectors``/``rollback`` calls re-persist to the same path, so the file
+        never lags behind the version log.
+        """
+        self._inner.persist(persist_path, fs=fs)
+        self._persisted_to = (persist_path, fs)
+
+    # -- reads ---------------------------------------------------------------------------------
+    def get_nodes(
+        self,
+        node_ids: list[str] | None = None,
+        filters: MetadataFilters | None = None,
+        **kwargs: Any,
+    ) -> list[BaseNode]:
+        """Nodes by id and/or filters, as the wrapped store returns them."""
+        return self._inner.get_nodes(node_ids, filters, **kwargs)
+
+    async def aget_nodes(
+        self,
+        node_ids: list[str] | None = None,
+        filters: MetadataFilters | None = None,
+        **kwargs: Any,
+    ) -> list[BaseNode]:
+        """Async twin of ``get_nodes``."""
+        if self._backend.has_async():
+            return await self._inner.aget_nodes(node_ids, filters, **kwargs)
+        return self._inner.get_nodes(node_ids, filters, **kwargs)
+
+    def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+        """Query the wrapped store and log the query as a trace."""
+        self._check_query(query)
+        return self._traced(query, self._inner.query(query, **kwargs))
+
+    async def aquery(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+        """Async twin of ``query``."""
+        self._check_query(query)
+        if self._backend.has_async():
+            result = await self._inner.aquery(query, **kwargs)
+        else:
+            result = self._inner.query(query, **kwargs)
+        return self._traced(query, result)
+
+    # -- NUDGE: traces, feedback, versions (all delegated to the core state) -------------------
+    def record_feedback(
+        self,
+        trace_id: str,
+        *,
+        relevant_ids: Sequence[str] = (),
+        irrelevant_ids: Sequence[str] = (),
+        rating: float | None = None,
+        text: str | None = None,
+    ) -> None:
+        """Attach a user's judgment to a query's trace (ids need not be among its results)."""
+        self._nudge_state.record_feedback(
+            trace_id,
+            relevant_ids=relevant_ids,
+            irrelevant_ids=irrelevant_ids,
+            rating=rating,
+            text=text,
+        )
+
+    def traces(self, **kwargs: Any) -> list[Any]:
+        """Logged queries, oldest first (keyword filters as ``NudgeState.traces``)."""
+        return self._nudge_state.traces(**kwargs)
+
+    def feedback(self, *args: Any, **kwargs: Any) -> list[Any]:
+        """Recorded feedback (arguments as ``NudgeState.feedback``)."""
+        return self._nudge_state.feedback(*args, **kwargs)
+
+    def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
+        """The vectors the store serves now for ``ids`` (float32, one row per id)."""
+        return self._nudge_state.get_vectors(ids)
+
+    def base_vectors(self, ids: Sequence[str]) -> np.ndarray:
+        """The original (pre-NUDGE) vectors of ``ids``."""
+        return self._nudge_state.base_vectors(ids)
+
+    def apply_vectors(
+        self,
+        vectors: Any,
+        *,
+        note: str | None = None,
+        method: str | None = None,
+        gamma: float | None = None,
+        report: Any = None,
+    ) -> int:
+        """Write new vectors for some ids as a new version; return its number."""
+        version = self._nudge_state.apply_vectors(
+            vectors, note=note, method=method, gamma=gamma, report=report
+        )
+        self._repersist()
+        return version
+
+    def rollback(self, version: int | None = None) -> int:
+        """Restore the vectors of ``version`` (default: the previous one); return it."""
+        restored = self._nudge_state.rollback(version)
+        self._repersist()
+        return restored
+
+    def versions(self) -> list[Any]:
+        """Version records, oldest first."""
+        return self._nudge_state.versions()
+
+    def close(self) -> None:
+        """Close the trace and version logs (the wrapped store stays open)."""
+        self._nudge_state.close()
+
+    # -- internals -----------------------------------------------------------------------------
+    def _store_dim(self) -> int | None:
+        if self._dim is None:
+            self._dim = self._backend.dim()
+        return self._dim
+
+    def _check_nodes(self, nodes: Sequence[BaseNode]) -> None:
+        if not nodes:
+            return
+        missing = [n.node_id for n in nodes if n.embedding is None]
+        if missing:
+            msg = (
+                f"nodes: {len(missing)} of {len(nodes)} node(s) have no embedding "
+                f"(first: {missing[:5]!r}), expected every node embedded; embed them first "
+                "(VectorStoreIndex does so with its embed_model) or set node.embedding."
+            )
+            raise NudgeError(msg)
+        dims = {len(n.embedding) for n in nodes}  # type: ignore[arg-type]
+        if len(dims) > 1:
+            msg = (
+                f"nodes: embeddings have mixed dimensions {sorted(dims)}, expected one; embed "
+                "all nodes with the same model."
+            )
+            raise NudgeError(msg)
+        (found,) = dims
+        want = self._store_dim()
+        if want is not None and found != want:
+            msg = (
+                f"nodes: embeddings have {found} dimensions, the store holds {want}-d vectors; "
+                "embed with the store's model or use a new collection."
+            )
+            raise NudgeError(msg)
+        matrix = np.asarray([n.embedding for n in nodes], dtype=np.float64)
+        if not np.isfinite(matrix).all():
+            bad = nodes[int(np.nonzero(~np.isfinite(matrix).all(axis=1))[0][0])].node_id
+            msg = f"nodes: the embedding of node {bad!r} holds NaN or inf; re-embed it."
+            raise NudgeError(msg)
+
+    def _before_add(self, nodes: Sequence[BaseNode]) -> None:
+        if nodes:
+            self._nudge_state.on_upsert([n.node_id for n in nodes])
+
+    def _after_add(self, nodes: Sequence[BaseNode], ids: Sequence[str]) -> None:
+        if not nodes:
+            return
+        matrix = np.asarray([n.embedding for n in nodes], dtype=np.float64)
+        if self._dim is None:
+            self._dim = matrix.shape[1]
+        self._nudge_state.on_upsert([n.node_id for n in nodes], matrix)
+
+    def _before_delete(self, ids: Sequence[str]) -> list[str]:
+        """Forget the nudges of ``ids``, which the coming delete removes for sure."""
+        ids = list(ids)
+        if ids:
+            self._nudge_state.on_delete(ids)
+        return ids
+
+    def _before_delete_nodes(
+        self, node_ids: Sequence[str] | None, filters: MetadataFilters | None
+    ) -> list[str]:
+        """Forget the ids that every store removes; return a superset of what it may remove.
+
+        Stores differ when both ``node_ids`` and ``filters`` are given (Chroma intersects,
+        Qdrant with an OR condition unions): the intersection is forgotten now, and
+        ``_after_delete`` forgets whatever else of the superset is gone.
+        """
+        has_filters = filters is not None and bool(filters.filters)
+        matched = self._backend.matching(filters) if has_filters else None  # type: ignore[arg-type]
+        if node_ids:
+            keep = set(matched) if matched is not None else self._backend.existing(node_ids)
+            self._before_delete([i for i in node_ids if i in keep])
+            return list(dict.fromkeys([*node_ids, *(matched or [])]))
+        if matched is not None:
+            return self._before_delete(matched)
+        return self._backend.all_ids()
+
+    def _after_delete(self, candidates: Sequence[str]) -> None:
+        """Forget the ids of ``candidates`` that the delete removed (the others are kept)."""
+        if not candidates:
+            return
+        still = self._backend.existing(candidates)
+        gone = [i for i in candidates if i not in still]
+        if gone:
+            self._nudge_state.on_delete(gone)
+
+    def _after_clear(self) -> None:
+        self._dim = None
+        adapter = self._nudge_state.adapter
+        if isinstance(adapter, _LazyAdapter):
+            adapter.reset()
+
+    def _check_query(self, query: VectorStoreQuery) -> None:
+        emb = query.query_embedding
+        if emb is None:
+            return
+        want = self._store_dim()
+        if want is not None and len(emb) != want:
+            msg = (
+                f"query.query_embedding: has {len(emb)} dimensions, the store holds {want}-d "
+                "vectors; embed the query with the model that embedded the documents."
+            )
+            raise NudgeError(msg)
+
+    def _traced(
+        self, query: VectorStoreQuery, result: VectorStoreQueryResult
+    ) -> VectorStoreQueryResult:
+        trace_id = None
+        ids = result.ids
+        if query.query_embedding is not None and ids is not None:
+            scores = result.similarities
+            trace_id = self._nudge_state.record_search(
+                query.query_str,
+                query.query_embedding,
+                query.similarity_top_k,
+                _query_filter(query),
+                list(ids),
+                list(scores) if scores is not None else [float("nan")] * len(ids),
+            )
+        self._last_trace.set(trace_id)
+        if trace_id is not None:
+            for node in result.nodes or ():
+                node.metadata[TRACE_ID_KEY] = trace_id
+                hidden = (node.excluded_llm_metadata_keys, node.excluded_embed_metadata_keys)
+                for excluded in hidden:
+                    if TRACE_ID_KEY not in excluded:
+                        excluded.append(TRACE_ID_KEY)
+        return result
+
+    def _repersist(self) -> None:
+        if self._persisted_to is not None:
+            path, fs = self._persisted_to
+            self._inner.persist(path, fs=fs)
+
+
+class _LazyAdapter:
+    """Builds the store's adapter on first use, and anew after ``reset()``.
+
+    Qdrant creates its collection on the first ``add`` and drops it on ``clear`` (Milvus drops
+    it on ``clear`` too), so the adapter cannot be built when the store is wrapped, and the
+    face resets it whenever it clears the store.
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._adapter: StoreAdapter | None = None
+
+    def reset(self) -> None:
+        """Forget the built adapter; the next call builds a fresh one."""
+        self._adapter = None
+
+    def _get(self) -> StoreAdapter:
+        if self._adapter is None:
+            self._adapter = self._backend.adapter()
+        return self._adapter
+
+    @property
+    def metric(self) -> Metric:
+        return self._get().metric if self._adapter is not None else self._backend.metric()
+
+    def get(self, ids: Sequence[str]) -> np.ndarray:
+        return self._get().get(ids)
+
+    def put(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        self._get().put(ids, vectors)
+
+    def ids(self) -> list[str]:
+        return self._backend.all_ids()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._get(), name)
+
+
+def _metric(metric: Metric | str) -> Metric:
+    try:
+        return Metric(metric.lower() if isinstance(metric, str) else metric)
+    except ValueError:
+        msg = (
+            f"metric: found {metric!r}, expected one of {[m.value for m in Metric]}; "
+            "pass 'cosine' unless you fit NUDGE-M (then 'ip')."
+        )
+        raise NudgeError(msg) from None
+
+
+def _query_filter(query: VectorStoreQuery) -> dict | None:
+    out: dict[str, Any] = {}
+    if query.filters is not None:
+        out["filters"] = query.filters.model_dump(mode="json", exclude_none=True)
+    if query.node_ids:
+        out["node_ids"] = list(query.node_ids)
+    if query.doc_ids:
+        out["doc_ids"] = list(query.doc_ids)
+    if query.mode != "default":
+        out["mode"] = str(query.mode.value)
+    return out or None
+
+
+def _query_embedder(embed_model: Any) -> Callable[[Sequence[str]], np.ndarray] | None:
+    if embed_model is None:
+        return None
+    get_query = getattr(embed_model, "get_query_embedding", None)
+    if callable(get_query):
+
+        def embed(texts: Sequence[str]) -> np.ndarray:
+            return np.asarray([get_query(t) for t in texts], dtype=np.float32)
+
+        return embed
+    if callable(embed_model):
+        return embed_model
+    msg = (
+        f"embed_model: found {type(embed_model).__name__}, expected a LlamaIndex embedding "
+        "model or a callable texts -> (n, d) matrix."
+    )
+    raise NudgeError(msg)
