@@ -7,6 +7,11 @@ name, a faiss index and its id map, a framework's in-memory dict) and exposes:
 - ``put(ids, vectors)``: overwrite those vectors in place, nothing re-embedded, documents and
   metadata untouched; every id is checked first, so an unknown id changes nothing;
 - ``ids()``: every id the store holds; ``metric``: how the store compares vectors.
+
+Optional extras an adapter may offer (used through the helpers at the end of this module):
+``present(ids)`` (which of ``ids`` the store holds, cheaply), ``get_exact(ids)`` (the vectors in
+the store's own precision, e.g. float64 for a dict of Python floats) and ``exact_readback``
+(False when the store does not read back the bits it was given).
 """
 
 from __future__ import annotations
@@ -79,3 +84,25 @@ def as_float32_matrix(vectors: np.ndarray, n: int, dim: int | None, what: str) -
         msg = f"{what}: row {bad} holds NaN or inf."
         raise NudgeError(msg)
     return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def present_ids(adapter: StoreAdapter, ids: Sequence[str]) -> set[str]:
+    """The ids of ``ids`` that ``adapter`` holds.
+
+    Uses the adapter's optional ``present(ids)`` (cost proportional to ``ids``) and falls back to
+    scanning ``adapter.ids()``.
+    """
+    present = getattr(adapter, "present", None)
+    if callable(present):
+        return set(present(ids))
+    have = set(adapter.ids())
+    return {i for i in ids if i in have}
+
+
+def exact_readback(adapter: StoreAdapter) -> bool:
+    """Whether the store reads back exactly the bits it was given (adapter attribute, default True).
+
+    Cosine stores that normalise on write (Chroma or Qdrant cosine collections) do not; for them
+    the faces keep the vectors as inserted, so that a rollback to the base is exact.
+    """
+    return bool(getattr(adapter, "exact_readback", True))

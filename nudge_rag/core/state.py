@@ -1,0 +1,209 @@
+"""NudgeState: the one object both faces hold; it implements the version API once.
+
+It owns a store adapter, the trace log (``traces.sqlite``) and the version log
+(``versions.sqlite``) in one state folder, and the callbacks a face provides: how to embed
+queries and how to read document texts. The engine talks to a store only through this object.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nudge_rag.core.errors import NudgeError
+from nudge_rag.core.stores.base import (
+    Metric,
+    StoreAdapter,
+    exact_readback,
+    missing_ids,
+    present_ids,
+    raise_unknown,
+)
+from nudge_rag.core.traces import Feedback, Trace, TraceLog
+from nudge_rag.core.versions import VersionInfo, VersionLog, check_metric
+
+TRACES_FILE = "traces.sqlite"
+VERSIONS_FILE = "versions.sqlite"
+
+
+class NudgeState:
+    """Traces, versions and the store adapter of one wrapped store.
+
+    Example:
+        .. code-block:: python
+
+            state = NudgeState(ChromaAdapter(collection), "nudge_state")
+            tid = state.record_search("q", qvec, 4, None, ["a", "b"], [0.1, 0.2])
+            state.record_feedback(tid, relevant_ids=["c"])
+            v = state.apply_vectors({"c": new_vec}, method="nudge-n")
+            state.rollback()          # back to the previous version
+    """
+
+    def __init__(
+        self,
+        adapter: StoreAdapter,
+        state_dir: str | os.PathLike[str],
+        *,
+        embed_queries: Callable[[list[str]], np.ndarray] | None = None,
+        get_texts: Callable[[list[str]], list[str | None]] | None = None,
+        tracing: bool = True,
+        retention_days: float | None = None,
+    ):
+        for attr in ("get", "put", "ids", "metric"):
+            if not hasattr(adapter, attr):
+                msg = (
+                    f"adapter: expected a StoreAdapter (get, put, ids, metric), found "
+                    f"{type(adapter).__name__} without {attr!r}; use an adapter from "
+                    "nudge_rag.core.stores."
+                )
+                raise NudgeError(msg)
+        self.adapter = adapter
+        self.metric: Metric = Metric(adapter.metric)
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.tracing = bool(tracing)
+        self._embed_queries = embed_queries
+        self._get_texts = get_texts
+        self.trace_log = TraceLog(self.state_dir / TRACES_FILE, retention_days=retention_days)
+        self.version_log = VersionLog(self.state_dir / VERSIONS_FILE, adapter)
+
+    # -- traces --------------------------------------------------------------------------------
+    def record_search(
+        self,
+        query: str | None,
+        embedding: np.ndarray | Sequence[float],
+        k: int,
+        filter: Any,
+        result_ids: Sequence[str],
+        scores: Sequence[float],
+    ) -> str | None:
+        """Log one search; return its trace id (None when tracing is off)."""
+        if not self.tracing:
+            return None
+        return self.trace_log.record(
+            query=query,
+            embedding=embedding,
+            k=k,
+            filter=filter,
+            result_ids=result_ids,
+            scores=scores,
+        )
+
+    def record_feedback(
+        self,
+        trace_id: str,
+        *,
+        relevant_ids: Iterable[str] = (),
+        irrelevant_ids: Iterable[str] = (),
+        rating: float | None = None,
+        text: str | None = None,
+    ) -> None:
+        """Attach feedback to a trace; every id must be in the store (``UnknownIdError``)."""
+        rel = [str(i) for i in relevant_ids]
+        irr = [str(i) for i in irrelevant_ids]
+        asked = list(dict.fromkeys(rel + irr))
+        if asked:
+            raise_unknown(
+                missing_ids(asked, present_ids(self.adapter, asked)),
+                "record_feedback: the store",
+            )
+        self.trace_log.record_feedback(
+            trace_id, relevant_ids=rel, irrelevant_ids=irr, rating=rating, text=text
+        )
+
+    def traces(self, **kw: Any) -> list[Trace]:
+        """Every recorded trace (``since=`` a time to get only newer ones)."""
+        return self.trace_log.traces(**kw)
+
+    def feedback(self, trace_id: str | None = None) -> list[Feedback]:
+        """Every feedback row, or those of one trace."""
+        return self.trace_log.feedback(trace_id)
+
+    # -- vectors and versions ------------------------------------------------------------------
+    def ids(self) -> list[str]:
+        """Every id the store holds."""
+        return self.adapter.ids()
+
+    def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
+        """What the store holds now for ``ids`` (float32, in order)."""
+        return self.adapter.get(list(ids))
+
+    def base_vectors(self, ids: Sequence[str]) -> np.ndarray:
+        """Base (version 0) vectors of ``ids``, float32."""
+        return self.version_log.base_vectors(list(ids))
+
+    def apply_vectors(
+        self,
+        vectors: Mapping[str, np.ndarray],
+        *,
+        note: str | None = None,
+        method: str | None = None,
+        gamma: float | None = None,
+        report: dict | None = None,
+    ) -> int:
+        """Write ``{id: vector}`` into the store as a new version; return the version number."""
+        check_metric(method, self.metric)
+        return self.version_log.apply(vectors, method=method, gamma=gamma, note=note, report=report)
+
+    def rollback(self, version: int | None = None) -> int:
+        """Move to ``version`` (None: the previous one, 0: the base); return it."""
+        return self.version_log.rollback(version)
+
+    def versions(self) -> list[VersionInfo]:
+        """Every recorded version, oldest first."""
+        return self.version_log.versions()
+
+    @property
+    def current_version(self) -> int:
+        """The version the store is at."""
+        return self.version_log.current
+
+    # -- callbacks from the face ---------------------------------------------------------------
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed query texts with the face's embedding function, float32 ``(n, d)``."""
+        if self._embed_queries is None:
+            msg = (
+                "embed_queries: this store was wrapped without an embedding function; pass "
+                "embed_queries=... to NudgeState (the faces pass the store's embeddings)."
+            )
+            raise NudgeError(msg)
+        out = np.asarray(self._embed_queries(list(texts)), dtype=np.float32)
+        if out.ndim != 2 or out.shape[0] != len(texts):
+            msg = (
+                f"embed_queries: expected a ({len(texts)}, d) matrix from the embedding "
+                f"function, found shape {out.shape}."
+            )
+            raise NudgeError(msg)
+        return out
+
+    def texts(self, ids: Sequence[str]) -> list[str | None]:
+        """The document texts of ``ids`` (None where unknown or no text reader was given)."""
+        if self._get_texts is None:
+            return [None] * len(ids)
+        return list(self._get_texts(list(ids)))
+
+    def on_upsert(self, ids: Sequence[str], vectors: np.ndarray | None = None) -> None:
+        """Documents ``ids`` are (re)written: drop their nudges and base records.
+
+        Call it before the write (a crash then leaves at worst an untracked nudge on the old
+        document, never an old base on a new one); after the write, call it again with
+        ``vectors``, the embeddings as given to the store, which are kept as the new base when the
+        store does not read back exactly what it was given (cosine Chroma or Qdrant).
+        """
+        ids = [str(i) for i in ids]
+        self.version_log.forget(ids)
+        if vectors is not None and not exact_readback(self.adapter):
+            self.version_log.record_base(ids, vectors)
+
+    def on_delete(self, ids: Sequence[str]) -> None:
+        """Call BEFORE deleting documents ``ids``: drops their nudges and base records."""
+        self.version_log.forget([str(i) for i in ids])
+
+    def close(self) -> None:
+        """Close both logs."""
+        self.trace_log.close()
+        self.version_log.close()

@@ -1,0 +1,128 @@
+"""Adapter for a chromadb ``Collection`` (PersistentClient, EphemeralClient or HttpClient).
+
+LangChain's ``Chroma`` keeps it as ``store._collection``; LlamaIndex's ``ChromaVectorStore`` as
+``store.client``. Vectors are read with ``get(ids, include=["embeddings"])`` (returned in the
+store's order, as float64 holding float32 values) and written with ``update(ids, embeddings)``,
+which silently ignores unknown ids: every id is checked first.
+
+A cosine collection reads vectors back up to 1 ulp off what it was given (``exact_readback`` is
+False): keep the vectors as given for an exact rollback, never a read-back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from nudge_rag.core.errors import NudgeError
+from nudge_rag.core.stores.base import Metric, as_float32_matrix, missing_ids, raise_unknown
+
+_SPACES = {"cosine": Metric.COSINE, "ip": Metric.IP, "l2": Metric.L2}
+_PAGE = 5000
+
+
+def collection_space(collection: Any) -> str:
+    """The collection's distance space (``hnsw:space`` metadata or configuration; default l2)."""
+    meta = getattr(collection, "metadata", None) or {}
+    space = meta.get("hnsw:space")
+    if space is None:
+        conf = getattr(collection, "configuration", None) or getattr(
+            collection, "configuration_json", None
+        )
+        if isinstance(conf, dict):
+            for key in ("hnsw", "spann"):
+                sub = conf.get(key)
+                if isinstance(sub, dict) and sub.get("space"):
+                    space = sub["space"]
+                    break
+    return str(space or "l2")
+
+
+class ChromaAdapter:
+    """Vectors by id for one chromadb collection.
+
+    Example:
+        .. code-block:: python
+
+            import chromadb
+            col = chromadb.PersistentClient("db").get_or_create_collection(
+                "docs", metadata={"hnsw:space": "cosine"})
+            adapter = ChromaAdapter(col)
+            adapter.metric            # Metric.COSINE
+            adapter.put(["a"], vecs)  # in place, documents and metadata untouched
+    """
+
+    def __init__(self, collection: Any):
+        if not callable(getattr(collection, "update", None)) or not callable(
+            getattr(collection, "get", None)
+        ):
+            msg = (
+                f"collection: expected a chromadb Collection, found {type(collection).__name__}; "
+                "pass e.g. langchain_chroma.Chroma(...)._collection or chromadb's "
+                "client.get_collection(name)."
+            )
+            raise NudgeError(msg)
+        self.collection = collection
+        space = collection_space(collection)
+        if space not in _SPACES:
+            msg = f"collection {collection.name!r} uses space {space!r}; expected cosine, ip or l2."
+            raise NudgeError(msg)
+        self.metric = _SPACES[space]
+        self.exact_readback = self.metric is not Metric.COSINE
+        self._dim: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The collection's name."""
+        return str(self.collection.name)
+
+    def get(self, ids: Sequence[str]) -> np.ndarray:
+        """The stored vectors of ``ids``, float32, in the order given."""
+        return self._get(ids).astype(np.float32)
+
+    def get_exact(self, ids: Sequence[str]) -> np.ndarray:
+        """The stored vectors of ``ids`` (float64 holding the float32 values Chroma keeps)."""
+        return self._get(ids)
+
+    def _get(self, ids: Sequence[str]) -> np.ndarray:
+        ids = [str(i) for i in ids]
+        if not ids:
+            return np.zeros((0, self._dim or 0), dtype=np.float64)
+        got = self.collection.get(ids=list(dict.fromkeys(ids)), include=["embeddings"])
+        where = {i: n for n, i in enumerate(got["ids"])}
+        raise_unknown(missing_ids(ids, set(where)), f"Chroma collection {self.name!r}")
+        emb = np.asarray(got["embeddings"], dtype=np.float64)
+        self._dim = emb.shape[1]
+        return emb[[where[i] for i in ids]]
+
+    def put(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Overwrite the vectors of existing ``ids`` in place (unknown ids: nothing written)."""
+        ids = [str(i) for i in ids]
+        if len(set(ids)) != len(ids):
+            msg = "ids: found duplicates; pass each id once."
+            raise NudgeError(msg)
+        mat = as_float32_matrix(vectors, len(ids), self._dim, "vectors")
+        if not ids:
+            return
+        raise_unknown(missing_ids(ids, self.present(ids)), f"Chroma collection {self.name!r}")
+        self.collection.update(ids=ids, embeddings=mat)
+
+    def present(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` the collection holds."""
+        ids = [str(i) for i in ids]
+        if not ids:
+            return set()
+        return set(self.collection.get(ids=list(dict.fromkeys(ids)), include=[])["ids"])
+
+    def ids(self) -> list[str]:
+        """Every id in the collection."""
+        out: list[str] = []
+        offset = 0
+        while True:
+            page = self.collection.get(include=[], limit=_PAGE, offset=offset)["ids"]
+            out.extend(page)
+            if len(page) < _PAGE:
+                return out
+            offset += _PAGE

@@ -1,0 +1,87 @@
+"""Adapter for the frameworks' in-memory stores: a dict of records keyed by id.
+
+LangChain's ``InMemoryVectorStore`` keeps ``store.store[id] = {"id", "vector", "text",
+"metadata"}`` with the vector as a list of Python floats (its public add re-embeds, so vectors are
+written into the dict directly). LlamaIndex's ``SimpleVectorStore`` keeps
+``store.data.embedding_dict[id] = [floats]``: pass ``vector_key=None`` for such a dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from nudge_rag.core.errors import NudgeError
+from nudge_rag.core.stores.base import Metric, as_float32_matrix, missing_ids, raise_unknown
+
+
+class MemoryAdapter:
+    """Vectors by id for a dict ``{id: record}`` (or ``{id: vector}`` with ``vector_key=None``).
+
+    Vectors are stored as lists of Python floats, like the frameworks do; ``get_exact`` returns
+    them as float64 so a rollback restores them bit for bit.
+
+    Example:
+        .. code-block:: python
+
+            from langchain_core.vectorstores import InMemoryVectorStore
+            store = InMemoryVectorStore(embeddings)
+            adapter = MemoryAdapter(store.store)          # cosine, like the store's search
+            adapter.put(["a"], vecs)
+    """
+
+    def __init__(
+        self,
+        records: MutableMapping[str, Any],
+        *,
+        vector_key: str | None = "vector",
+        metric: Metric | str = Metric.COSINE,
+    ):
+        if not isinstance(records, MutableMapping):
+            msg = (
+                f"records: expected the store's dict of records, found {type(records).__name__}; "
+                "pass e.g. InMemoryVectorStore(...).store."
+            )
+            raise NudgeError(msg)
+        self.records = records
+        self.vector_key = vector_key
+        self.metric = Metric(metric)
+        self.exact_readback = True
+
+    def _vector(self, rec: Any) -> Any:
+        return rec if self.vector_key is None else rec[self.vector_key]
+
+    def get(self, ids: Sequence[str]) -> np.ndarray:
+        """The stored vectors of ``ids``, float32, in the order given."""
+        return self.get_exact(ids).astype(np.float32)
+
+    def get_exact(self, ids: Sequence[str]) -> np.ndarray:
+        """The stored vectors of ``ids`` as float64 (exactly the stored Python floats)."""
+        ids = [str(i) for i in ids]
+        raise_unknown(missing_ids(ids, self.present(ids)), "the in-memory store")
+        if not ids:
+            return np.zeros((0, 0), dtype=np.float64)
+        return np.asarray([self._vector(self.records[i]) for i in ids], dtype=np.float64)
+
+    def put(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Overwrite the vectors of existing ``ids`` (unknown ids: nothing written)."""
+        ids = [str(i) for i in ids]
+        raise_unknown(missing_ids(ids, self.present(ids)), "the in-memory store")
+        dim = len(self._vector(self.records[ids[0]])) if ids else None
+        as_float32_matrix(vectors, len(ids), dim, "vectors")  # validation only
+        mat = np.asarray(vectors, dtype=np.float64)
+        for i, row in zip(ids, mat.tolist(), strict=True):
+            if self.vector_key is None:
+                self.records[i] = row
+            else:
+                self.records[i][self.vector_key] = row
+
+    def present(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` the store holds."""
+        return {str(i) for i in ids if str(i) in self.records}
+
+    def ids(self) -> list[str]:
+        """Every id in the store."""
+        return list(self.records)

@@ -1,0 +1,380 @@
+"""The trace log: every search a face served, and the feedback users sent about it.
+
+One SQLite database (WAL mode) in the store's state folder, created owner-only (0600) because it
+holds users' queries. Rows are only appended; the one deletion is :meth:`TraceLog.purge` (also run
+on open and every few thousand writes when ``retention_days`` is set). Nothing here leaves the
+machine: :meth:`TraceLog.export_jsonl` writes a local file.
+
+Tables::
+
+    traces(seq, id, time, query, embedding float32 blob, dim, k, filter json, result_ids json,
+           scores json)
+    feedback(seq, trace_id, time, relevant_ids json, irrelevant_ids json, rating, text)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time as _time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nudge_rag.core.errors import NudgeError, UnknownIdError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS traces (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    time REAL NOT NULL,
+    query TEXT,
+    embedding BLOB NOT NULL,
+    dim INTEGER NOT NULL,
+    k INTEGER NOT NULL,
+    filter TEXT,
+    result_ids TEXT NOT NULL,
+    scores TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS traces_time ON traces(time);
+CREATE TABLE IF NOT EXISTS feedback (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    trace_id TEXT NOT NULL,
+    time REAL NOT NULL,
+    relevant_ids TEXT NOT NULL,
+    irrelevant_ids TEXT NOT NULL,
+    rating REAL,
+    text TEXT
+);
+CREATE INDEX IF NOT EXISTS feedback_trace ON feedback(trace_id);
+CREATE INDEX IF NOT EXISTS feedback_time ON feedback(time);
+"""
+
+_PURGE_EVERY = 5000  # writes between two retention purges
+
+
+@dataclass(frozen=True)
+class Trace:
+    """One search: what was asked, with which embedding, and what came back."""
+
+    id: str
+    time: float
+    query: str | None
+    embedding: np.ndarray
+    k: int
+    filter: dict | None
+    result_ids: list[str]
+    scores: list[float]
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """A user's judgment of one trace's results (relevant ids need not be among them)."""
+
+    trace_id: str
+    time: float
+    relevant_ids: list[str]
+    irrelevant_ids: list[str]
+    rating: float | None
+    text: str | None
+
+
+def create_private_file(path: Path) -> None:
+    """Create ``path`` (and its folder) readable by the owner only, if it does not exist."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+
+
+def filter_as_dict(filter: Any) -> dict | None:
+    """A JSON-safe dict for a store's filter (dicts as they are, objects by their dump/repr)."""
+    if filter is None:
+        return None
+    if isinstance(filter, dict):
+        try:
+            json.dumps(filter)
+            return filter
+        except (TypeError, ValueError):
+            return {"repr": repr(filter)}
+    dump = getattr(filter, "model_dump", None)
+    if callable(dump):
+        try:
+            out = dump(mode="json", exclude_none=True)
+            json.dumps(out)
+            return out
+        except (TypeError, ValueError):
+            pass
+    return {"repr": repr(filter)}
+
+
+class TraceLog:
+    """Append-only SQLite log of searches and feedback, safe to share between threads.
+
+    Example:
+        .. code-block:: python
+
+            log = TraceLog("state/traces.sqlite", retention_days=30)
+            tid = log.record(query="q", embedding=vec, k=4, result_ids=["a"], scores=[0.9])
+            log.record_feedback(tid, relevant_ids=["b"], rating=1.0)
+            log.export_jsonl("traces.jsonl")
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, retention_days: float | None = None):
+        if retention_days is not None and not retention_days > 0:
+            msg = (
+                f"retention_days: expected a positive number of days or None (keep all), "
+                f"found {retention_days!r}."
+            )
+            raise NudgeError(msg)
+        self.path = Path(path)
+        self.retention_days = retention_days
+        create_private_file(self.path)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA busy_timeout=10000")
+        self._conn.executescript(_SCHEMA)
+        self._writes = 0
+        self._closed = False
+        if retention_days is not None:
+            self.purge(retention_days)
+
+    # -- writing -------------------------------------------------------------------------------
+    def record(
+        self,
+        *,
+        query: str | None,
+        embedding: np.ndarray | Sequence[float],
+        k: int,
+        filter: Any = None,
+        result_ids: Sequence[str],
+        scores: Sequence[float],
+    ) -> str:
+        """Append one search; return its new trace id."""
+        emb = np.ascontiguousarray(embedding, dtype=np.float32).reshape(-1)
+        ids = [str(i) for i in result_ids]
+        sc = [float(s) for s in scores]
+        if len(sc) != len(ids):
+            msg = (
+                f"scores: expected one score per result id ({len(ids)}), found {len(sc)}; "
+                "pass the scores the store returned with the results."
+            )
+            raise NudgeError(msg)
+        trace_id = uuid.uuid4().hex
+        flt = filter_as_dict(filter)
+        row = (
+            trace_id,
+            _time.time(),
+            query,
+            emb.tobytes(),
+            emb.shape[0],
+            int(k),
+            None if flt is None else json.dumps(flt),
+            json.dumps(ids),
+            json.dumps(sc),
+        )
+        with self._lock:
+            self._check_open()
+            self._conn.execute(
+                "INSERT INTO traces (id, time, query, embedding, dim, k, filter, result_ids,"
+                " scores) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+            self._writes += 1
+            due = self.retention_days is not None and self._writes % _PURGE_EVERY == 0
+        if due:
+            self.purge(self.retention_days)  # type: ignore[arg-type]
+        return trace_id
+
+    def record_feedback(
+        self,
+        trace_id: str,
+        *,
+        relevant_ids: Iterable[str] = (),
+        irrelevant_ids: Iterable[str] = (),
+        rating: float | None = None,
+        text: str | None = None,
+    ) -> None:
+        """Attach feedback to trace ``trace_id`` (``UnknownIdError`` if there is no such trace)."""
+        rel = [str(i) for i in relevant_ids]
+        irr = [str(i) for i in irrelevant_ids]
+        if rating is not None:
+            rating = float(rating)
+            if not np.isfinite(rating):
+                msg = f"rating: expected a finite number or None, found {rating!r}."
+                raise NudgeError(msg)
+        if not rel and not irr and rating is None and text is None:
+            msg = (
+                "record_feedback: found no relevant_ids, irrelevant_ids, rating or text; "
+                "pass at least one of them."
+            )
+            raise NudgeError(msg)
+        both = sorted(set(rel) & set(irr))
+        if both:
+            msg = (
+                f"relevant_ids and irrelevant_ids both hold {both[:10]}; an id is either "
+                "relevant or irrelevant to a query, remove it from one list."
+            )
+            raise NudgeError(msg)
+        with self._lock:
+            self._check_open()
+            hit = self._conn.execute("SELECT 1 FROM traces WHERE id = ?", (trace_id,)).fetchone()
+            if hit is None:
+                msg = (
+                    f"trace_id: no trace {trace_id!r} in {self.path} (it may have been purged "
+                    "by the retention setting); pass the 'nudge_trace_id' of a returned document."
+                )
+                raise UnknownIdError(msg)
+            self._conn.execute(
+                "INSERT INTO feedback (trace_id, time, relevant_ids, irrelevant_ids, rating, text)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (trace_id, _time.time(), json.dumps(rel), json.dumps(irr), rating, text),
+            )
+
+    # -- reading -------------------------------------------------------------------------------
+    def traces(self, *, since: float | None = None) -> list[Trace]:
+        """Every trace (oldest first), or those recorded at or after time ``since``."""
+        sql = "SELECT id, time, query, embedding, k, filter, result_ids, scores FROM traces"
+        args: tuple = ()
+        if since is not None:
+            sql += " WHERE time >= ?"
+            args = (float(since),)
+        with self._lock:
+            self._check_open()
+            rows = self._conn.execute(sql + " ORDER BY seq", args).fetchall()
+        return [_trace_from_row(r) for r in rows]
+
+    def feedback(self, trace_id: str | None = None) -> list[Feedback]:
+        """Every feedback row (oldest first), or those attached to ``trace_id``."""
+        sql = "SELECT trace_id, time, relevant_ids, irrelevant_ids, rating, text FROM feedback"
+        args: tuple = ()
+        if trace_id is not None:
+            sql += " WHERE trace_id = ?"
+            args = (trace_id,)
+        with self._lock:
+            self._check_open()
+            rows = self._conn.execute(sql + " ORDER BY seq", args).fetchall()
+        return [
+            Feedback(t, tm, json.loads(rel), json.loads(irr), rating, text)
+            for t, tm, rel, irr, rating, text in rows
+        ]
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._check_open()
+            return int(self._conn.execute("SELECT count(*) FROM traces").fetchone()[0])
+
+    def export_jsonl(self, path: str | os.PathLike[str]) -> int:
+        """Write every trace, with its feedback, as one JSON line each; return the count."""
+        out = Path(path)
+        create_private_file(out)
+        by_trace: dict[str, list[dict]] = {}
+        for f in self.feedback():
+            by_trace.setdefault(f.trace_id, []).append(
+                {
+                    "time": f.time,
+                    "relevant_ids": f.relevant_ids,
+                    "irrelevant_ids": f.irrelevant_ids,
+                    "rating": f.rating,
+                    "text": f.text,
+                }
+            )
+        n = 0
+        with out.open("w", encoding="utf-8") as fh:
+            for t in self.traces():
+                rec = {
+                    "id": t.id,
+                    "time": t.time,
+                    "query": t.query,
+                    "embedding": t.embedding.tolist(),
+                    "k": t.k,
+                    "filter": t.filter,
+                    "result_ids": t.result_ids,
+                    "scores": t.scores,
+                    "feedback": by_trace.get(t.id, []),
+                }
+                fh.write(json.dumps(rec) + "\n")
+                n += 1
+        return n
+
+    # -- housekeeping --------------------------------------------------------------------------
+    def purge(self, older_than_days: float) -> int:
+        """Delete traces (and their feedback) older than ``older_than_days``; return how many."""
+        if not older_than_days >= 0:
+            msg = f"older_than_days: expected a number of days >= 0, found {older_than_days!r}."
+            raise NudgeError(msg)
+        cutoff = _time.time() - float(older_than_days) * 86400.0
+        with self._lock:
+            self._check_open()
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute(
+                    "DELETE FROM feedback WHERE trace_id IN (SELECT id FROM traces WHERE time < ?)",
+                    (cutoff,),
+                )
+                n = self._conn.execute("DELETE FROM traces WHERE time < ?", (cutoff,)).rowcount
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return int(n)
+
+    def stats(self) -> dict:
+        """Counts and time span: traces, feedback rows, traces with feedback, first/last time."""
+        with self._lock:
+            self._check_open()
+            n, first, last = self._conn.execute(
+                "SELECT count(*), min(time), max(time) FROM traces"
+            ).fetchone()
+            nf, nft = self._conn.execute(
+                "SELECT count(*), count(DISTINCT trace_id) FROM feedback"
+            ).fetchone()
+        return {
+            "traces": int(n),
+            "feedback": int(nf),
+            "traces_with_feedback": int(nft),
+            "first_time": first,
+            "last_time": last,
+            "path": str(self.path),
+            "retention_days": self.retention_days,
+        }
+
+    def close(self) -> None:
+        """Close the database (idempotent)."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            msg = f"TraceLog({self.path}) is closed; open a new TraceLog on the same path."
+            raise NudgeError(msg)
+
+    def __enter__(self) -> TraceLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _trace_from_row(r: tuple) -> Trace:
+    tid, tm, query, emb, k, flt, rids, scores = r
+    return Trace(
+        id=tid,
+        time=tm,
+        query=query,
+        embedding=np.frombuffer(emb, dtype=np.float32).copy(),
+        k=int(k),
+        filter=None if flt is None else json.loads(flt),
+        result_ids=json.loads(rids),
+        scores=json.loads(scores),
+    )

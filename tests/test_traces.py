@@ -1,0 +1,182 @@
+"""The trace log: append, read back, feedback, privacy, retention, export, throughput."""
+
+from __future__ import annotations
+
+import json
+import stat
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from nudge_rag.core.errors import NudgeError, UnknownIdError
+from nudge_rag.core.traces import Feedback, Trace, TraceLog
+
+
+@pytest.fixture
+def log(tmp_path):
+    lg = TraceLog(tmp_path / "s" / "traces.sqlite")
+    yield lg
+    lg.close()
+
+
+def _rec(log: TraceLog, q: str = "what causes rain?", **kw) -> str:
+    args = {
+        "query": q,
+        "embedding": np.arange(4, dtype=np.float32) / 7,
+        "k": 2,
+        "result_ids": ["a", "b"],
+        "scores": [0.9, 0.5],
+    }
+    args.update(kw)
+    return log.record(**args)
+
+
+def test_record_round_trip(log):
+    emb = np.random.default_rng(0).standard_normal(384).astype(np.float32)
+    tid = log.record(
+        query="q1", embedding=emb, k=3, filter={"lang": "en"}, result_ids=["x", "y"], scores=[1, 2]
+    )
+    (t,) = log.traces()
+    assert isinstance(t, Trace)
+    assert t.id == tid
+    assert t.query == "q1"
+    assert t.embedding.dtype == np.float32
+    assert np.array_equal(t.embedding, emb)
+    assert (t.k, t.filter, t.result_ids, t.scores) == (3, {"lang": "en"}, ["x", "y"], [1.0, 2.0])
+    assert abs(t.time - time.time()) < 60
+    assert len(log) == 1
+
+
+def test_trace_ids_are_unique_and_ordered(log):
+    ids = [_rec(log, q=f"q{i}") for i in range(50)]
+    assert len(set(ids)) == 50
+    assert [t.id for t in log.traces()] == ids
+
+
+def test_non_json_filter_is_kept_as_repr(log):
+    _rec(log, filter=lambda doc: True)
+    (t,) = log.traces()
+    assert set(t.filter) == {"repr"} and "lambda" in t.filter["repr"]
+
+
+def test_scores_must_match_results(log):
+    with pytest.raises(NudgeError, match=r"one score per result id \(2\), found 1"):
+        _rec(log, scores=[0.1])
+
+
+def test_feedback(log):
+    tid = _rec(log)
+    log.record_feedback(tid, relevant_ids=["c"], irrelevant_ids=["a"], rating=0.5, text="meh")
+    log.record_feedback(tid, rating=1)
+    fb = log.feedback(tid)
+    assert fb[0] == Feedback(tid, fb[0].time, ["c"], ["a"], 0.5, "meh")
+    assert fb[1].rating == 1.0 and fb[1].relevant_ids == []
+    assert log.feedback("other") == []
+    assert len(log.feedback()) == 2
+
+
+def test_feedback_on_unknown_trace(log):
+    with pytest.raises(UnknownIdError, match="trace_id: no trace 'nope'"):
+        log.record_feedback("nope", relevant_ids=["a"])
+
+
+def test_feedback_needs_content_and_consistency(log):
+    tid = _rec(log)
+    with pytest.raises(NudgeError, match="found no relevant_ids"):
+        log.record_feedback(tid)
+    with pytest.raises(NudgeError, match="both hold"):
+        log.record_feedback(tid, relevant_ids=["a"], irrelevant_ids=["a"])
+    with pytest.raises(NudgeError, match="rating"):
+        log.record_feedback(tid, rating=float("nan"))
+
+
+def test_database_is_owner_only(tmp_path):
+    lg = TraceLog(tmp_path / "new" / "t.sqlite")
+    _rec(lg)
+    mode = stat.S_IMODE((tmp_path / "new" / "t.sqlite").stat().st_mode)
+    lg.close()
+    assert mode == 0o600
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o700
+
+
+def test_purge_and_retention(tmp_path):
+    path = tmp_path / "t.sqlite"
+    lg = TraceLog(path)
+    old = _rec(lg, q="old")
+    lg.record_feedback(old, relevant_ids=["a"])
+    # age the first trace by 10 days
+    lg._conn.execute("UPDATE traces SET time = time - 10 * 86400 WHERE id = ?", (old,))
+    new = _rec(lg, q="new")
+    lg.close()
+    lg = TraceLog(path, retention_days=5)  # purges on open
+    assert [t.id for t in lg.traces()] == [new]
+    assert lg.feedback() == []
+    assert lg.purge(0) == 1
+    assert len(lg) == 0
+    lg.close()
+    with pytest.raises(NudgeError, match="retention_days"):
+        TraceLog(path, retention_days=0)
+
+
+def test_since(log):
+    a = _rec(log)
+    log._conn.execute("UPDATE traces SET time = 100 WHERE id = ?", (a,))
+    b = _rec(log)
+    assert [t.id for t in log.traces(since=1000)] == [b]
+
+
+def test_export_jsonl(log, tmp_path):
+    t1 = _rec(log, q="q1")
+    _rec(log, q="q2")
+    log.record_feedback(t1, relevant_ids=["z"], rating=1.0)
+    out = tmp_path / "exp.jsonl"
+    assert log.export_jsonl(out) == 2
+    lines = [json.loads(s) for s in out.read_text().splitlines()]
+    assert [r["query"] for r in lines] == ["q1", "q2"]
+    assert lines[0]["feedback"][0]["relevant_ids"] == ["z"]
+    assert lines[1]["feedback"] == []
+    assert np.allclose(lines[0]["embedding"], np.arange(4) / 7)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+def test_stats(log):
+    t = _rec(log)
+    _rec(log)
+    log.record_feedback(t, rating=1)
+    s = log.stats()
+    assert (s["traces"], s["feedback"], s["traces_with_feedback"]) == (2, 1, 1)
+    assert s["first_time"] <= s["last_time"]
+
+
+def test_closed_log_raises(tmp_path):
+    lg = TraceLog(tmp_path / "t.sqlite")
+    lg.close()
+    lg.close()
+    with pytest.raises(NudgeError, match="closed"):
+        _rec(lg)
+
+
+def test_throughput_four_threads(tmp_path):
+    """At least 5,000 traces/s written from 4 threads (384-d embeddings, k=10)."""
+    lg = TraceLog(tmp_path / "t.sqlite")
+    emb = np.random.default_rng(0).standard_normal(384).astype(np.float32)
+    ids = [f"doc-{i}" for i in range(10)]
+    scores = [float(i) for i in range(10)]
+    per_thread = 2500
+
+    def work():
+        for n in range(per_thread):
+            lg.record(query=f"query {n}", embedding=emb, k=10, result_ids=ids, scores=scores)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    rate = 4 * per_thread / (time.perf_counter() - t0)
+    assert len(lg) == 4 * per_thread
+    lg.close()
+    assert rate >= 5000, f"{rate:.0f} traces/s"

@@ -1,0 +1,217 @@
+"""The version log over real stores: apply writes only the given rows, rollback is bitwise exact."""
+
+from __future__ import annotations
+
+import chromadb
+import numpy as np
+import pytest
+
+from nudge_rag.core.errors import MetricMismatchError, NudgeError, UnknownIdError
+from nudge_rag.core.stores.base import Metric
+from nudge_rag.core.stores.chroma import ChromaAdapter
+from nudge_rag.core.stores.memory import MemoryAdapter
+from nudge_rag.core.versions import VersionLog, check_metric
+
+N, D = 60, 16
+IDS = [f"d{i}" for i in range(N)]
+
+
+def _base(seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((N, D)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _chroma(tmp_path, space: str) -> ChromaAdapter:
+    client = chromadb.PersistentClient(path=str(tmp_path / f"chroma-{space}"))
+    col = client.create_collection(f"docs-{space}", metadata={"hnsw:space": space})
+    col.add(ids=IDS, embeddings=_base(), documents=[f"text {i}" for i in IDS])
+    return ChromaAdapter(col)
+
+
+def _memory(tmp_path, space: str) -> MemoryAdapter:
+    rng = np.random.default_rng(0)
+    recs = {i: {"id": i, "vector": rng.standard_normal(D).tolist(), "text": i} for i in IDS}
+    return MemoryAdapter(recs, metric=space)
+
+
+@pytest.fixture(params=["chroma-cosine", "chroma-l2", "chroma-ip", "memory-cosine"])
+def adapter(request, tmp_path):
+    kind, space = request.param.split("-")
+    ad = _chroma(tmp_path, space) if kind == "chroma" else _memory(tmp_path, space)
+    if not ad.exact_readback:
+        # what a face does on insert: keep the vectors as given
+        ad._given = _base()
+    return ad
+
+
+def _log(tmp_path, ad) -> VersionLog:
+    log = VersionLog(tmp_path / "state" / "versions.sqlite", ad)
+    if not ad.exact_readback:
+        log.record_base(IDS, ad._given)
+    return log
+
+
+def _snap(ad) -> np.ndarray:
+    return ad.get_exact(IDS).copy()
+
+
+def _new(rows: list[int], seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for r in rows:
+        v = rng.standard_normal(D).astype(np.float32)
+        out[IDS[r]] = v / np.linalg.norm(v)
+    return out
+
+
+def test_apply_writes_only_given_rows(tmp_path, adapter):
+    log = _log(tmp_path, adapter)
+    before = _snap(adapter)
+    v = log.apply(_new([3, 7], 1), method="nudge-n", gamma=0.5, note="t", report={"ndcg": 0.7})
+    after = _snap(adapter)
+    assert v == 1 and log.current == 1
+    changed = np.nonzero((after != before).any(axis=1))[0].tolist()
+    assert changed == [3, 7]
+    assert np.allclose(after[3], _new([3, 7], 1)[IDS[3]], atol=1e-6)
+    info = log.versions()[-1]
+    assert (info.version, info.method, info.gamma, info.rows_changed, info.note) == (
+        1,
+        "nudge-n",
+        0.5,
+        2,
+        "t",
+    )
+    assert info.report == {"ndcg": 0.7} and info.current and info.parent == 0
+    assert log.changed_ids() == [IDS[3], IDS[7]]
+
+
+def test_rollback_is_bitwise_to_every_version(tmp_path, adapter):
+    log = _log(tmp_path, adapter)
+    snaps = {0: _snap(adapter)}
+    for v, rows in enumerate([[1, 2, 3], [2, 3, 4, 5], [0, 5, 59]], start=1):
+        assert log.apply(_new(rows, v)) == v
+        snaps[v] = _snap(adapter)
+    for target in [1, 3, 0, 2, 3, 0]:
+        assert log.rollback(target) == target
+        assert log.current == target
+        assert np.array_equal(_snap(adapter), snaps[target]), f"version {target}"
+
+
+def test_rollback_none_goes_to_parent_and_branches(tmp_path, adapter):
+    log = _log(tmp_path, adapter)
+    s0 = _snap(adapter)
+    log.apply(_new([1], 1))
+    s1 = _snap(adapter)
+    log.apply(_new([1, 2], 2))
+    assert log.rollback() == 1
+    assert np.array_equal(_snap(adapter), s1)
+    v3 = log.apply(_new([9], 3))  # branches from version 1
+    assert v3 == 3 and log.versions()[-1].parent == 1
+    s3 = _snap(adapter)
+    assert np.array_equal(s3[1], s1[1]) and not np.array_equal(s3[9], s0[9])
+    assert log.rollback() == 1
+    assert log.rollback() == 0
+    assert np.array_equal(_snap(adapter), s0)
+    with pytest.raises(NudgeError, match="version 0 \\(the base\\), which has no previous"):
+        log.rollback()
+    assert log.rollback(3) == 3
+    assert np.array_equal(_snap(adapter), s3)
+
+
+def test_unknown_ids_write_nothing(tmp_path, adapter):
+    log = _log(tmp_path, adapter)
+    before = _snap(adapter)
+    vecs = _new([1], 1)
+    vecs["missing"] = vecs[IDS[1]]
+    with pytest.raises(UnknownIdError, match="'missing'"):
+        log.apply(vecs)
+    assert np.array_equal(_snap(adapter), before)
+    assert [v.version for v in log.versions()] == [0]
+
+
+def test_bad_input(tmp_path, adapter):
+    log = _log(tmp_path, adapter)
+    with pytest.raises(NudgeError, match="non-empty mapping"):
+        log.apply({})
+    with pytest.raises(NudgeError, match="NaN or inf"):
+        log.apply({IDS[0]: np.full(D, np.nan)})
+    with pytest.raises(NudgeError, match=f"found 3-d vectors, the store holds {D}-d"):
+        log.apply({IDS[0]: np.ones(3)})
+    with pytest.raises(NudgeError, match="no version 42"):
+        log.rollback(42)
+
+
+def test_metric_safety():
+    with pytest.raises(MetricMismatchError, match="Use NUDGE-N"):
+        check_metric("NUDGE-M", Metric.COSINE)
+    with pytest.raises(MetricMismatchError, match="'l2'"):
+        check_metric("nudge_m", Metric.L2)
+    check_metric("nudge-m", Metric.IP)
+    check_metric("nudge-n", Metric.COSINE)
+
+
+def test_nudge_m_refused_on_cosine_store(tmp_path):
+    ad = _chroma(tmp_path, "cosine")
+    log = VersionLog(tmp_path / "v.sqlite", ad)
+    before = ad.get(IDS)
+    with pytest.raises(MetricMismatchError, match="inner-product"):
+        log.apply(_new([1], 1), method="NUDGE-M")
+    assert np.array_equal(ad.get(IDS), before)
+
+
+def test_forget_detaches_ids(tmp_path, adapter):
+    log = _log(tmp_path, adapter)
+    log.apply(_new([1, 2], 1))
+    log.forget([IDS[1]])
+    held = _snap(adapter)[1].copy()
+    log.rollback(0)
+    assert np.array_equal(_snap(adapter)[1], held)  # no longer managed
+    assert log.changed_ids() == [IDS[2]]
+
+
+def test_base_vectors(tmp_path, adapter):
+    log = _log(tmp_path, adapter)
+    s0 = adapter.get(IDS)
+    log.apply(_new([4], 1))
+    base = log.base_vectors([IDS[4], IDS[5]])
+    assert base.dtype == np.float32
+    assert np.allclose(base, s0[[4, 5]], atol=1e-6)
+
+
+def test_reopen_keeps_history(tmp_path, adapter):
+    log = _log(tmp_path, adapter)
+    s0 = _snap(adapter)
+    log.apply(_new([1], 1))
+    log.close()
+    log = VersionLog(tmp_path / "state" / "versions.sqlite", adapter)
+    assert log.current == 1 and len(log.versions()) == 2
+    log.rollback(0)
+    assert np.array_equal(_snap(adapter), s0)
+
+
+def test_unfinished_move_is_completed_on_reopen(tmp_path):
+    ad = _chroma(tmp_path, "l2")
+    path = tmp_path / "v.sqlite"
+    log = VersionLog(path, ad)
+    s0 = _snap(ad)
+    log.apply(_new([1, 2, 3], 1))
+    s1 = _snap(ad)
+    # a rollback that crashed after its intent and half its writes
+    log._conn.execute("INSERT INTO intent VALUES (1, 'rollback', 1, 0)")
+    ad.put([IDS[1]], s0[[1]])
+    log.close()
+    log = VersionLog(path, ad)
+    assert log.current == 0
+    assert np.array_equal(_snap(ad), s0)
+    assert not np.array_equal(s0, s1)
+
+
+def test_deleted_documents_are_skipped_on_rollback(tmp_path):
+    ad = _chroma(tmp_path, "l2")
+    log = VersionLog(tmp_path / "v.sqlite", ad)
+    s0 = _snap(ad)
+    log.apply(_new([1, 2], 1))
+    ad.collection.delete(ids=[IDS[1]])  # behind the log's back
+    log.rollback(0)
+    assert np.array_equal(ad.get_exact([IDS[2]])[0], s0[2])
+    assert log.changed_ids() == [IDS[2]]
