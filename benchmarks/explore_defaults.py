@@ -65,14 +65,24 @@ def main() -> None:
             ):
                 grid = gammas if method == "nudge-n" else None
                 res = finetune_embeddings(
-                    E, tr.queries, tr.positives, va.queries, va.positives,
-                    method=method, selection=sel, refit=refit, gammas=grid,
+                    E,
+                    tr.queries,
+                    tr.positives,
+                    va.queries,
+                    va.positives,
+                    method=method,
+                    selection=sel,
+                    refit=refit,
+                    gammas=grid,
                 )
                 ndcg = evaluate(test.queries, res.apply(E), test.positives)["ndcg@10"]
                 rows.append((ds.name, tag, method, sel, refit, base, ref, ndcg, res.gamma))
-                print(f"{ds.name:9s} {tag:8s} {method} {sel:8s} refit={refit!s:5s} "
-                      f"base={base:.4f} nudge-ft-N={ref:.4f} ours={ndcg:.4f} "
-                      f"gain={ndcg - ref:+.4f} gamma={res.gamma:.3f}", flush=True)
+                print(
+                    f"{ds.name:9s} {tag:8s} {method} {sel:8s} refit={refit!s:5s} "
+                    f"base={base:.4f} nudge-ft-N={ref:.4f} ours={ndcg:.4f} "
+                    f"gain={ndcg - ref:+.4f} gamma={res.gamma:.3f}",
+                    flush=True,
+                )
     print("\nmean gain over nudge-ft NUDGE-N (test NDCG@10), min over runs:")
     keyf = lambda r: (r[2], r[3], r[4])  # noqa: E731
     for key, group in itertools.groupby(sorted(rows, key=keyf), key=keyf):
@@ -81,9 +91,11 @@ def main() -> None:
         for r in group:
             per_ds.setdefault(r[0], []).append(r[7] - r[6])
         means = {d: np.mean(v) for d, v in per_ds.items()}
-        print(f"{key[0]} {key[1]:8s} refit={key[2]!s:5s} "
-              + " ".join(f"{d}={m:+.4f}(min {min(per_ds[d]):+.4f})" for d, m in means.items())
-              + f"  avg={np.mean(list(means.values())):+.4f}")
+        print(
+            f"{key[0]} {key[1]:8s} refit={key[2]!s:5s} "
+            + " ".join(f"{d}={m:+.4f}(min {min(per_ds[d]):+.4f})" for d, m in means.items())
+            + f"  avg={np.mean(list(means.values())):+.4f}"
+        )
 
 
 if __name__ == "__main__":

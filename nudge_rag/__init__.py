@@ -1,0 +1,31 @@
+"""nudge-rag: retrieval that gets better from its own usage, by NUDGE-ing stored embeddings."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from nudge_rag.core.errors import MetricMismatchError, NudgeError, UnknownIdError
+from nudge_rag.core.nudge import NudgeResult, finetune_embeddings
+
+if TYPE_CHECKING:
+    from nudge_rag.core.engine import NudgeFinetuneEngine
+
+__version__ = "0.1.0"
+__all__ = [
+    "MetricMismatchError",
+    "NudgeError",
+    "NudgeFinetuneEngine",
+    "NudgeResult",
+    "UnknownIdError",
+    "finetune_embeddings",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The engine pulls in sqlite caches and LLM adapters: import it only when asked for.
+    if name == "NudgeFinetuneEngine":
+        from nudge_rag.core.engine import NudgeFinetuneEngine
+
+        return NudgeFinetuneEngine
+    msg = f"module 'nudge_rag' has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +87,11 @@ class BeirDataset:
 
 
 def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+    return (
+        gzip.open(path, "rt", encoding="utf-8")
+        if path.suffix == ".gz"
+        else open(path, encoding="utf-8")
+    )
 
 
 def _jsonl(path: Path) -> Iterator[dict]:
@@ -110,7 +115,9 @@ def load_beir(
 ) -> BeirDataset:
     """Load a BEIR folder; ``model`` names the ``emb/<model>`` folder (None: no embeddings)."""
     root = Path(path)
-    corpus_file = next((root / n for n in ("corpus.jsonl.gz", "corpus.jsonl") if (root / n).exists()), None)
+    corpus_file = next(
+        (root / n for n in ("corpus.jsonl.gz", "corpus.jsonl") if (root / n).exists()), None
+    )
     if corpus_file is None or not (root / "queries.jsonl").exists():
         msg = f"{root} is not a BEIR folder: expected corpus.jsonl[.gz] and queries.jsonl in it."
         raise NudgeError(msg)
@@ -162,3 +169,15 @@ def split_queries(
     dev = sorted(train[i] for i in order[:n_dev])
     rest = sorted(train[i] for i in order[n_dev:])
     return Split(rest, dev, test)
+
+
+def shared_data_dir() -> Path | None:
+    """Where the shared BEIR datasets live: ``$NUDGE_RAG_DATA``, else ``../shared/data``
+    beside the working directory or beside this checkout (None when neither exists)."""
+    env = os.environ.get("NUDGE_RAG_DATA")
+    candidates = [Path(env)] if env else []
+    candidates += [
+        Path.cwd().parent / "shared" / "data",
+        Path(__file__).resolve().parents[3] / "shared" / "data",
+    ]
+    return next((p for p in candidates if p.is_dir()), None)

@@ -29,7 +29,7 @@ MAX_BLOCK_ELEMENTS = 1 << 24
 
 
 def _to_tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+    return torch.from_numpy(np.array(x, dtype=np.float32, copy=True)).to(device)
 
 
 def exact_knn(

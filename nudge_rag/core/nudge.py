@@ -21,7 +21,7 @@ candidate γ is scored against the changed rows only. Memory beyond the input is
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -30,7 +30,7 @@ import torch
 from torch.nn.functional import normalize
 
 from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.metrics import MAX_BLOCK_ELEMENTS, RelevanceTable, Relevance, ndcg_at_k
+from nudge_rag.core.metrics import MAX_BLOCK_ELEMENTS, Relevance, RelevanceTable, ndcg_at_k
 
 NUDGE_N_GRID = tuple(0.02 * x for x in range(25))  # the reference implementation's grid
 EPS = 1e-8  # the reference's guard against division by a zero score difference
@@ -111,7 +111,10 @@ def _check_positives(
     positives: Sequence[Relevance], n_queries: int, n_rows: int, name: str
 ) -> list[dict[int, float]]:
     if len(positives) != n_queries:
-        msg = f"{name} has {len(positives)} entries but there are {n_queries} queries; give one list per query."
+        msg = (
+            f"{name} has {len(positives)} entries but there are {n_queries} queries; "
+            "give one list per query."
+        )
         raise NudgeError(msg)
     out: list[dict[int, float]] = []
     for qi, rel in enumerate(positives):
@@ -151,9 +154,13 @@ def _label_sums(
     return rows, g
 
 
+def _float32_block(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A float32 tensor copy of a (slice of an) array; read-only or memory-mapped input is fine."""
+    return torch.from_numpy(np.array(x, dtype=np.float32, copy=True)).to(device)
+
+
 def _rows_tensor(embeddings: np.ndarray, rows: np.ndarray, device: torch.device) -> torch.Tensor:
-    e = torch.from_numpy(np.asarray(embeddings[rows], dtype=np.float32)).to(device)
-    return normalize(e, dim=1)
+    return normalize(_float32_block(embeddings[rows], device), dim=1)
 
 
 @dataclass
@@ -186,7 +193,7 @@ def _untouched_topk(
     sorted_r = pair_r[order]
     for start in range(0, n, block):
         stop = min(n, start + block)
-        e = normalize(torch.from_numpy(np.asarray(embeddings[start:stop], dtype=np.float32)).to(dev), dim=1)
+        e = normalize(_float32_block(embeddings[start:stop], dev), dim=1)
         s = val_q @ e.T
         lo, hi = np.searchsorted(changed, [start, stop])
         if hi > lo:
@@ -205,26 +212,34 @@ def _untouched_topk(
     return _Untouched(best_v, best_i, pair_scores)
 
 
-def _nudge_n_vectors(e: torch.Tensor, g: torch.Tensor, gamma: float) -> torch.Tensor:
-    """NUDGE-N's closed form for rows ``e`` (unit) with label sums ``g``."""
-    if gamma == 0:
-        return e
-    v = (g * e).sum(dim=1)
-    c = (g * g).sum(dim=1)
-    spread = c - v**2
-    mu = (v + torch.sqrt(gamma / (4 - gamma) * spread)).unsqueeze(1)
-    delta = gamma * (g - mu * e) / (2 * (mu - v.unsqueeze(1)))
+def _nudge_n_update(e: torch.Tensor, g: torch.Tensor) -> Callable[[float], torch.Tensor]:
+    """NUDGE-N's closed form for rows ``e`` (unit) with label sums ``g``, as a function of γ.
+
+    The γ-free parts (``v``, ``c − v²``, ``ĝ``, which rows snap) are computed once.
+    """
+    v = (g * e).sum(dim=1, keepdim=True)
+    spread = (g * g).sum(dim=1, keepdim=True) - v**2
     frozen = (spread == 0) | (v < 0)
-    delta[frozen] = 0
-    out = e + delta
     g_hat = normalize(g, dim=1)
-    snap = (e * g_hat).sum(dim=1) >= 1 - gamma / 2
-    return torch.where(snap.unsqueeze(1), g_hat, out)
+    alignment = (e * g_hat).sum(dim=1, keepdim=True)
+    direction = g - v * e  # the component of g orthogonal to e (times ‖·‖)
+
+    def at(gamma: float) -> torch.Tensor:
+        if gamma == 0:
+            return e
+        lift = torch.sqrt(gamma / (4 - gamma) * spread)  # μ − v
+        # e + γ(g − μe) / (2(μ − v)), with g − μe = (g − ve) − (μ − v)e
+        delta = gamma * (direction - lift * e) / (2 * lift)
+        out = torch.where(frozen, e, e + delta)
+        return torch.where(alignment >= 1 - gamma / 2, g_hat, out)
+
+    return at
 
 
-def _nudge_m_vectors(e: torch.Tensor, g: torch.Tensor, gamma: float) -> torch.Tensor:
-    """NUDGE-M's step for rows ``e`` (unit): ``e + γ·ĝ``."""
-    return e - gamma * normalize(-g, dim=1)
+def _nudge_m_update(e: torch.Tensor, g: torch.Tensor) -> Callable[[float], torch.Tensor]:
+    """NUDGE-M's step for rows ``e`` (unit), ``e + γ·ĝ``, as a function of γ."""
+    step = -normalize(-g, dim=1)  # the reference's sign convention, bit for bit
+    return lambda gamma: e + gamma * step
 
 
 def _val_blocks(n_val: int, n_cols: int) -> range:
@@ -233,7 +248,11 @@ def _val_blocks(n_val: int, n_cols: int) -> range:
 
 
 def _top1_accuracy(
-    val_q: torch.Tensor, new_rows: torch.Tensor, rows: np.ndarray, untouched: _Untouched, table: RelevanceTable
+    val_q: torch.Tensor,
+    new_rows: torch.Tensor,
+    rows: np.ndarray,
+    untouched: _Untouched,
+    table: RelevanceTable,
 ) -> float:
     """Fraction of validation queries whose top-1 row is relevant."""
     preds = np.empty(val_q.shape[0], dtype=np.int64)
@@ -242,14 +261,20 @@ def _top1_accuracy(
         s = val_q[a:b] @ new_rows.T
         best_c, arg_c = s.max(dim=1)
         use_changed = best_c > untouched.values[a:b, 0]
-        pred = torch.where(use_changed, torch.from_numpy(rows).to(s.device)[arg_c], untouched.indices[a:b, 0])
+        pred = torch.where(
+            use_changed, torch.from_numpy(rows).to(s.device)[arg_c], untouched.indices[a:b, 0]
+        )
         preds[a:b] = pred.cpu().numpy()
     hits = table.grade(np.arange(len(preds)), preds.reshape(-1, 1))[:, 0] > 0
     return float(hits.mean())
 
 
 def _ndcg10(
-    val_q: torch.Tensor, new_rows: torch.Tensor, rows: np.ndarray, untouched: _Untouched, table: RelevanceTable
+    val_q: torch.Tensor,
+    new_rows: torch.Tensor,
+    rows: np.ndarray,
+    untouched: _Untouched,
+    table: RelevanceTable,
 ) -> float:
     """Mean validation NDCG@10 with the changed rows at ``new_rows``."""
     ranked = np.empty((val_q.shape[0], 10), dtype=np.int64)
@@ -311,7 +336,9 @@ def _nudge_m_intervals(
         ok = ~never & (high >= low)
         lows.append(low[ok].cpu().numpy())
         highs.append(high[ok].cpu().numpy())
-    return np.concatenate(lows) if lows else np.zeros(0), np.concatenate(highs) if highs else np.zeros(0)
+    return np.concatenate(lows) if lows else np.zeros(0), np.concatenate(
+        highs
+    ) if highs else np.zeros(0)
 
 
 def _most_covered_point(lows: np.ndarray, highs: np.ndarray) -> float:
@@ -328,7 +355,7 @@ def _most_covered_point(lows: np.ndarray, highs: np.ndarray) -> float:
 
 
 def _nudge_m_candidates(lows: np.ndarray, highs: np.ndarray, top1_gamma: float) -> np.ndarray:
-    """γ values worth scoring by NDCG@10: 0, the top-1 optimum, and quantiles of the interval ends."""
+    """γ worth scoring by NDCG@10: 0, the top-1 optimum and quantiles of the interval ends."""
     ends = np.concatenate([lows, highs[highs < 1 / EPS / 2]])
     ends = ends[np.isfinite(ends) & (ends >= 0)]
     qs = np.quantile(ends, np.linspace(0, 1, 41)) if len(ends) else np.zeros(0)
@@ -375,7 +402,9 @@ def finetune_embeddings(
     _check_queries(train_queries, "train_queries", dim)
     train_labels = _check_positives(train_positives, len(train_queries), n, "train_positives")
     if not any(train_labels):
-        msg = "train_positives is empty: NUDGE needs at least one training query with a positive row."
+        msg = (
+            "train_positives is empty: NUDGE needs at least one training query with a positive row."
+        )
         raise NudgeError(msg)
     if gamma is not None:
         gamma = float(gamma)
@@ -397,17 +426,18 @@ def finetune_embeddings(
         )
         raise NudgeError(msg)
 
-    fit_q = torch.from_numpy(np.asarray(train_queries, dtype=np.float32)).to(dev)
+    fit_q = _float32_block(train_queries, dev)
     rows, g = _label_sums(fit_q, train_labels)
     e = _rows_tensor(embeddings, rows, dev)
-    update = _nudge_n_vectors if method is Method.NUDGE_N else _nudge_m_vectors
+    make_update = _nudge_n_update if method is Method.NUDGE_N else _nudge_m_update
+    update = make_update(e, g)
 
     curve: list[tuple[float, float]] = []
     chosen_selection: Selection | None = None
     if gamma is None:
         chosen_selection = selection
         keep = [i for i, rel in enumerate(val_labels) if rel]
-        val_q = torch.from_numpy(np.asarray(val_queries[keep], dtype=np.float32)).to(dev)
+        val_q = _float32_block(val_queries[keep], dev)
         labels = [val_labels[i] for i in keep]
         table = RelevanceTable(labels)
         pair_q, pair_r = _pairs(labels)
@@ -427,17 +457,17 @@ def finetune_embeddings(
             grid = [float(x) for x in gammas]
         best = -1.0
         for cand in grid:
-            value = score(val_q, update(e, g, float(cand)), rows, untouched, table)
+            value = score(val_q, update(float(cand)), rows, untouched, table)
             curve.append((float(cand), value))
             if value > best:
                 best, gamma = value, float(cand)
 
     if refit and any(val_labels):
-        all_q = torch.cat([fit_q, torch.from_numpy(np.asarray(val_queries, dtype=np.float32)).to(dev)])
+        all_q = torch.cat([fit_q, _float32_block(val_queries, dev)])
         rows, g = _label_sums(all_q, train_labels + val_labels)
-        e = _rows_tensor(embeddings, rows, dev)
+        update = make_update(_rows_tensor(embeddings, rows, dev), g)
 
-    new = update(e, g, float(gamma)).cpu().numpy()
+    new = update(float(gamma)).cpu().numpy()
     old = np.asarray(embeddings[rows], dtype=np.float32)
     changed = np.any(new != old, axis=1)
     return NudgeResult(

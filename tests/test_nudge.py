@@ -1,0 +1,243 @@
+"""NUDGE-M / NUDGE-N: parity with the reference code, the improvements, and bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import pytest
+import torch
+from shared_data import dataset
+
+from nudge_rag.core import NudgeResult, finetune_embeddings
+from nudge_rag.core.data import split_queries
+from nudge_rag.core.errors import NudgeError
+from nudge_rag.core.metrics import evaluate
+
+
+def reference(method: str, E, tr_q, tr_pos, va_q, va_pos, gamma=None) -> np.ndarray:
+    """nudge-ft 0.1.2's output (it prints progress; silence it)."""
+    nudge = pytest.importorskip("nudge")
+    cls = nudge.NUDGEN if method == "nudge-n" else nudge.NUDGEM
+    with contextlib.redirect_stdout(io.StringIO()):
+        return cls(device=torch.device("cpu")).finetune_embeddings(
+            E,
+            {"q_embs": tr_q, "q_ans_indx": [sorted(p) for p in tr_pos]},
+            {"q_embs": va_q, "q_ans_indx": [sorted(p) for p in va_pos]},
+            gamma=gamma,
+        )
+
+
+def clustered(n=3000, d=32, n_train=300, n_val=120, seed=0):
+    """Synthetic corpus in clusters; each query's positive is a chunk of its own cluster."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(40, d))
+    assign = rng.integers(0, 40, n)
+    E = centers[assign] + 0.9 * rng.normal(size=(n, d))
+    E = (E / np.linalg.norm(E, axis=1, keepdims=True)).astype(np.float32)
+
+    def queries(m):
+        pos = rng.integers(0, n, m)
+        q = E[pos] + 0.8 * centers[assign[pos]] / np.linalg.norm(
+            centers[assign[pos]], axis=1, keepdims=True
+        )
+        q += 0.6 * rng.normal(size=q.shape) / np.sqrt(d)
+        q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+        return q, [[int(p)] for p in pos]
+
+    return E, *queries(n_train), *queries(n_val)
+
+
+@pytest.mark.parametrize("name", ["scifact", "nfcorpus"])
+@pytest.mark.parametrize("method", ["nudge-n", "nudge-m"])
+def test_matches_nudge_ft_on_shared_data(name, method):
+    ds = dataset(name)
+    sp = split_queries(ds, seed=0)
+    tr, va = ds.task(sp.train, qrels_split="train"), ds.task(sp.dev)
+    E = ds.corpus_embeddings
+    E_before = E.copy()
+    res = finetune_embeddings(
+        E,
+        tr.queries,
+        tr.positives,
+        va.queries,
+        va.positives,
+        method=method,
+        selection="top1",
+        refit=False,
+    )
+    ref = reference(method, E, tr.queries, tr.positives, va.queries, va.positives)
+    assert res.gamma > 0
+    assert np.abs(res.apply(E) - ref).max() <= 1e-5
+    np.testing.assert_array_equal(E, E_before)  # input never mutated
+    # Only labelled rows change, and they are exactly the rows the reference moved.
+    moved = np.nonzero(np.abs(ref - E).max(axis=1) > 1e-5)[0]
+    assert set(moved) <= set(res.rows.tolist())
+
+
+@pytest.mark.parametrize("method", ["nudge-n", "nudge-m"])
+def test_matches_nudge_ft_on_synthetic_clusters(method):
+    E, tq, tp, vq, vp = clustered()
+    res = finetune_embeddings(E, tq, tp, vq, vp, method=method, selection="top1", refit=False)
+    ref = reference(method, E, tq, tp, vq, vp)
+    assert np.abs(res.apply(E) - ref).max() <= 1e-5
+
+
+def test_fixed_gamma_matches_reference_without_validation():
+    E, tq, tp, vq, vp = clustered(seed=3)
+    res = finetune_embeddings(E, tq, tp, method="nudge-n", gamma=0.3, refit=False)
+    ref = reference("nudge-n", E, tq, tp, vq, vp, gamma=0.3)
+    assert res.gamma == 0.3 and res.curve == []
+    assert np.abs(res.apply(E) - ref).max() <= 1e-5
+
+
+def test_nudge_n_stays_on_the_unit_sphere_and_nudge_m_is_bounded():
+    E, tq, tp, vq, vp = clustered(seed=1)
+    n = finetune_embeddings(E, tq, tp, vq, vp, method="nudge-n")
+    np.testing.assert_allclose(np.linalg.norm(n.vectors, axis=1), 1.0, atol=1e-5)
+    m = finetune_embeddings(E, tq, tp, vq, vp, method="nudge-m", refit=False)
+    step = np.linalg.norm(m.vectors - E[m.rows], axis=1)
+    np.testing.assert_allclose(step, m.gamma, rtol=1e-4)
+
+
+def test_rows_are_sorted_labelled_rows_only():
+    E, tq, tp, vq, vp = clustered(seed=2)
+    res = finetune_embeddings(E, tq, tp, vq, vp, refit=False)
+    labelled = {r for pos in tp for r in pos}
+    assert np.all(np.diff(res.rows) > 0)
+    assert set(res.rows.tolist()) <= labelled
+    assert res.vectors.dtype == np.float32 and res.rows.dtype == np.int64
+    assert isinstance(res, NudgeResult)
+
+
+def test_refit_uses_validation_labels_too():
+    E, tq, tp, vq, vp = clustered(seed=4)
+    plain = finetune_embeddings(E, tq, tp, vq, vp, refit=False, selection="top1")
+    refit = finetune_embeddings(E, tq, tp, vq, vp, refit=True, selection="top1")
+    val_only = {r for pos in vp for r in pos} - {r for pos in tp for r in pos}
+    assert plain.gamma == refit.gamma
+    assert val_only & set(refit.rows.tolist())
+    assert not val_only & set(plain.rows.tolist())
+
+
+def test_graded_positives_drive_ndcg_selection():
+    E, tq, tp, vq, vp = clustered(seed=5)
+    graded = [{p[0]: 2} for p in vp]
+    res = finetune_embeddings(E, tq, tp, vq, graded, selection="ndcg@10")
+    assert res.selection.value == "ndcg@10"
+    assert len(res.curve) == 25
+    assert res.gamma == max(res.curve, key=lambda c: (c[1], -c[0]))[0]
+
+
+def test_defaults_beat_nudge_ft_on_scifact():
+    ds = dataset("scifact")
+    sp = split_queries(ds, seed=0)
+    tr, va, te = ds.task(sp.train, qrels_split="train"), ds.task(sp.dev), ds.task("test")
+    E = ds.corpus_embeddings
+    ref = reference("nudge-n", E, tr.queries, tr.positives, va.queries, va.positives)
+    ours = finetune_embeddings(E, tr.queries, tr.positives, va.queries, va.positives)
+    base = evaluate(te.queries, E, te.positives)["ndcg@10"]
+    ref_ndcg = evaluate(te.queries, ref, te.positives)["ndcg@10"]
+    our_ndcg = evaluate(te.queries, ours.apply(E), te.positives)["ndcg@10"]
+    assert base < ref_ndcg < our_ndcg
+    assert our_ndcg - ref_ndcg >= 0.02
+
+
+def test_small_blocks_give_the_same_answer():
+    E, tq, tp, vq, vp = clustered(seed=6)
+    a = finetune_embeddings(E, tq, tp, vq, vp, method="nudge-m", selection="top1", refit=False)
+    b = finetune_embeddings(
+        E, tq, tp, vq, vp, method="nudge-m", selection="top1", refit=False, block_rows=257
+    )
+    assert a.gamma == pytest.approx(b.gamma, rel=1e-6)
+    np.testing.assert_allclose(a.vectors, b.vectors, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def small():
+    return clustered(n=200, d=8, n_train=20, n_val=10, seed=7)
+
+
+def test_dimension_mismatch(small):
+    E, _tq, tp, vq, vp = small
+    with pytest.raises(
+        NudgeError, match=r"train_queries has 9-d vectors, but the embeddings are 8-d"
+    ):
+        finetune_embeddings(E, np.ones((20, 9), np.float32), tp, vq, vp)
+
+
+def test_nan_names_the_row(small):
+    E, tq, tp, vq, vp = small
+    bad = E.copy()
+    bad[17, 3] = np.nan
+    with pytest.raises(NudgeError, match=r"embeddings row 17 holds NaN or inf"):
+        finetune_embeddings(bad, tq, tp, vq, vp)
+    vbad = vq.copy()
+    vbad[4, 0] = np.inf
+    with pytest.raises(NudgeError, match=r"val_queries row 4 holds NaN or inf"):
+        finetune_embeddings(E, tq, tp, vbad, vp)
+
+
+def test_out_of_range_index(small):
+    E, tq, tp, vq, vp = small
+    tp = [list(p) for p in tp]
+    tp[5] = [200]
+    with pytest.raises(
+        NudgeError, match=r"train_positives\[5\] holds row 200, out of range for 200"
+    ):
+        finetune_embeddings(E, tq, tp, vq, vp)
+
+
+def test_empty_training_set(small):
+    E, tq, tp, vq, vp = small
+    with pytest.raises(NudgeError, match="train_positives is empty"):
+        finetune_embeddings(E, tq, [[] for _ in tp], vq, vp)
+
+
+def test_zero_norm_query(small):
+    E, tq, tp, vq, vp = small
+    tq = tq.copy()
+    tq[2] = 0
+    with pytest.raises(NudgeError, match=r"train_queries row 2 has zero norm"):
+        finetune_embeddings(E, tq, tp, vq, vp)
+
+
+def test_empty_validation_explains_the_fix(small):
+    E, tq, tp, vq, vp = small
+    with pytest.raises(NudgeError, match=r"validation set is empty.*fixed gamma"):
+        finetune_embeddings(E, tq, tp)
+    with pytest.raises(NudgeError, match=r"validation set is empty"):
+        finetune_embeddings(E, tq, tp, vq, [[] for _ in vp])
+
+
+def test_integer_dtype_rejected(small):
+    E, tq, tp, vq, vp = small
+    with pytest.raises(NudgeError, match=r"embeddings must hold floats.*int64"):
+        finetune_embeddings(E.astype(np.int64), tq, tp, vq, vp)
+
+
+def test_positives_length_mismatch(small):
+    E, tq, tp, vq, vp = small
+    with pytest.raises(
+        NudgeError, match=r"train_positives has 19 entries but there are 20 queries"
+    ):
+        finetune_embeddings(E, tq, tp[:-1], vq, vp)
+
+
+def test_gamma_out_of_range(small):
+    E, tq, tp, _vq, _vp = small
+    with pytest.raises(NudgeError, match=r"gamma must be in \[0, 2.0\] for nudge-n"):
+        finetune_embeddings(E, tq, tp, gamma=3.0)
+
+
+def test_float64_input_is_accepted_and_not_mutated(small):
+    E, tq, tp, vq, vp = small
+    E64 = E.astype(np.float64)
+    before = E64.copy()
+    res = finetune_embeddings(E64, tq.astype(np.float64), tp, vq, vp)
+    np.testing.assert_array_equal(E64, before)
+    assert res.apply(E64).dtype == np.float32
