@@ -1,0 +1,668 @@
+"""NudgeFinetuneEngine: label → split → fit → prove on held-out queries → apply as a version.
+
+The engine reaches a store only through :class:`EngineStore` (what ``NudgeState`` offers), so
+it works the same under the LangChain and the LlamaIndex face and never imports either.
+
+Each :meth:`NudgeFinetuneEngine.finetune` starts from the *base* vectors of every id (no drift
+compounds over rounds) and uses every label gathered so far:
+
+1. labels — feedback on traces as it is; traces without feedback judged by the LLM over a
+   candidate pool (the top ``label_k`` chunks under the base vectors, so chunks the user never
+   saw can become positives); optionally synthetic questions for sampled chunks. LLM answers
+   come from the label cache when they were paid for before.
+2. split — by query, seeded: each query's key hashes to a fixed place in [0, 1), so a query
+   keeps its split as more traces arrive. Synthetic queries only train and validate whenever
+   real queries exist.
+3. fit — NUDGE on the train queries, γ chosen on validation; the held-out queries never touch
+   either.
+4. prove — NDCG@10 and Recall@10 of the held-out queries before and after, over the whole
+   corpus, with a paired bootstrap CI of the gain.
+
+:meth:`NudgeFinetuneEngine.apply` writes the changed rows as a new version (and puts rows that
+an earlier version nudged but this fit does not back to base), storing the report with it; it
+refuses unless the CI's lower bound beats ``min_gain``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from nudge_rag.core.errors import MetricMismatchError, NudgeError
+from nudge_rag.core.labels import (
+    Candidate,
+    LabelCache,
+    LabeledQuery,
+    Labeler,
+    LabelStats,
+    feedback_grades,
+    group_traces,
+    sample_chunks,
+)
+from nudge_rag.core.llm import RetryPolicy, as_llm
+from nudge_rag.core.metrics import RelevanceTable, exact_knn, ndcg_at_k, recall_at_k
+from nudge_rag.core.nudge import Method, finetune_embeddings
+from nudge_rag.core.stores.base import Metric
+
+LABEL_CACHE_FILE = "labels.sqlite"
+K = 10
+
+_STORE_METHODS = (
+    "ids",
+    "get_vectors",
+    "base_vectors",
+    "traces",
+    "feedback",
+    "apply_vectors",
+    "rollback",
+    "versions",
+    "embed_queries",
+    "texts",
+)
+
+
+class GainNotProvenError(NudgeError):
+    """``apply`` was asked to write vectors whose held-out gain is not proven."""
+
+
+class EngineStore(Protocol):
+    """What the engine needs from a store; ``NudgeState`` (``face.nudge_state``) has it."""
+
+    metric: Metric
+
+    def ids(self) -> list[str]: ...
+    def get_vectors(self, ids: Sequence[str]) -> np.ndarray: ...
+    def base_vectors(self, ids: Sequence[str]) -> np.ndarray: ...
+    def traces(self, **kw: Any) -> list[Any]: ...
+    def feedback(self, trace_id: str | None = None) -> list[Any]: ...
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray: ...
+    def texts(self, ids: Sequence[str]) -> list[str | None]: ...
+    def apply_vectors(
+        self,
+        vectors: Mapping[str, np.ndarray],
+        *,
+        note: str | None = None,
+        method: str | None = None,
+        gamma: float | None = None,
+        report: dict | None = None,
+    ) -> int: ...
+    def rollback(self, version: int | None = None) -> int: ...
+    def versions(self) -> list[Any]: ...
+
+
+def resolve_store(store: Any) -> EngineStore:
+    """The :class:`EngineStore` behind ``store``: a face's ``nudge_state``, or ``store`` itself."""
+    state = getattr(store, "nudge_state", None) or store
+    missing = [m for m in (*_STORE_METHODS, "metric") if not hasattr(state, m)]
+    if missing:
+        msg = (
+            f"store: found {type(store).__name__} without {', '.join(missing)}; expected a "
+            "NudgedVectorStore (LangChain or LlamaIndex face) or its .nudge_state."
+        )
+        raise NudgeError(msg)
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+@dataclass
+class MetricGain:
+    """Mean of one metric over the held-out queries, before and after, with a CI of the gain."""
+
+    before: float
+    after: float
+    ci_low: float
+    ci_high: float
+
+    @property
+    def gain(self) -> float:
+        """``after − before``."""
+        return self.after - self.before
+
+
+@dataclass
+class FinetuneReport:
+    """What :meth:`NudgeFinetuneEngine.finetune` found; ``apply`` writes it.
+
+    ``ndcg`` / ``recall`` are NDCG@10 / Recall@10 of the held-out queries over the whole
+    corpus; ``proven`` is whether the NDCG@10 gain's CI lower bound beats ``min_gain``.
+    ``to_dict()`` is what is stored with the version; the new vectors are not in it.
+    """
+
+    method: str
+    metric: str
+    gamma: float
+    n_chunks: int
+    rows_changed: int
+    ndcg: MetricGain
+    recall: MetricGain
+    min_gain: float
+    confidence: float
+    heldout_source: str  # "traces" or "synthetic"
+    queries: dict[str, int]
+    labels: dict[str, int]
+    cost: dict[str, int]
+    seed: int
+    created: float = field(default_factory=time.time)
+    version: int | None = None
+    _ids: list[str] = field(default_factory=list, repr=False)
+    _vectors: np.ndarray | None = field(default=None, repr=False)
+    _base_digest: str = field(default="", repr=False)
+
+    @property
+    def proven(self) -> bool:
+        """Whether the NDCG@10 gain's CI lower bound is above ``min_gain``."""
+        return math.isfinite(self.ndcg.ci_low) and self.ndcg.ci_low > self.min_gain
+
+    def vectors(self) -> dict[str, np.ndarray]:
+        """The new vectors by id (empty for a report read back from a version)."""
+        if self._vectors is None:
+            return {}
+        return {i: self._vectors[n] for n, i in enumerate(self._ids)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable summary (stored with the version ``apply`` creates)."""
+        out = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        for name in ("ndcg", "recall"):
+            out[name] = {**out[name], "gain": getattr(self, name).gain}
+        out["proven"] = self.proven
+        return out
+
+    def __str__(self) -> str:
+        pct = round(self.confidence * 100)
+        q = self.queries
+        lines = [
+            f"NUDGE fine-tune: {self.method}, gamma={self.gamma:.3f}, {self.metric} store, "
+            f"{self.n_chunks} chunks, {self.rows_changed} rows changed",
+            f"queries: train {q.get('train', 0)}, validation {q.get('validation', 0)}, "
+            f"held-out {q.get('heldout', 0)} ({self.heldout_source}); labeled by feedback "
+            f"{self.labels.get('feedback', 0)}, llm {self.labels.get('llm', 0)}, synthetic "
+            f"{self.labels.get('synthetic', 0)}",
+            "",
+            f"{'held-out':<10}{'before':>9}{'after':>9}{'gain':>9}   {pct}% CI of the gain",
+        ]
+        for name, m in (("NDCG@10", self.ndcg), ("Recall@10", self.recall)):
+            lines.append(
+                f"{name:<10}{m.before:>9.4f}{m.after:>9.4f}{m.gain:>+9.4f}   "
+                f"[{m.ci_low:+.4f}, {m.ci_high:+.4f}]"
+            )
+        verdict = (
+            f"proven: NDCG@10 CI lower bound {self.ndcg.ci_low:+.4f} > min_gain "
+            f"{self.min_gain:+.4f}; engine.apply(report) will write it"
+            if self.proven
+            else f"not proven: NDCG@10 CI lower bound {self.ndcg.ci_low:+.4f} <= min_gain "
+            f"{self.min_gain:+.4f}; apply refuses (collect more labels, or force=True)"
+        )
+        c = self.cost
+        lines += [
+            "",
+            verdict,
+            f"LLM: {c.get('questions', 0)} questions, {c.get('llm_calls', 0)} calls, "
+            f"{c.get('cache_hits', 0)} cache hits, {c.get('retries', 0)} retries, skipped "
+            f"{c.get('skipped_invalid', 0)} invalid / {c.get('skipped_failed', 0)} failed / "
+            f"{c.get('skipped_budget', 0)} over budget; tokens {c.get('prompt_tokens', 0)} in, "
+            f"{c.get('completion_tokens', 0)} out",
+        ]
+        if q.get("heldout", 0) < 30:
+            lines.append(f"note: only {q.get('heldout', 0)} held-out queries; the CI is wide.")
+        if self.version is not None:
+            lines.append(f"applied as version {self.version}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small pure helpers
+
+
+def _unit_hash(seed: int, key: str) -> float:
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+def _digest(mat: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(mat, dtype=np.float32).tobytes()).hexdigest()
+
+
+def search(queries: np.ndarray, vectors: np.ndarray, k: int, metric: Metric) -> np.ndarray:
+    """Top-``k`` row indices per query under the store's ``metric`` (exact).
+
+    L2 ranks by ``2 q·e − ‖e‖²`` (the same order as ``−‖q − e‖²``), done as an inner product of
+    ``[2q, −1]`` with ``[e, ‖e‖²]``.
+    """
+    if metric is Metric.L2:
+        q = np.hstack([2.0 * queries, -np.ones((len(queries), 1), np.float32)])
+        e = np.hstack([vectors, (vectors.astype(np.float64) ** 2).sum(1, keepdims=True)])
+        return exact_knn(q.astype(np.float32), e.astype(np.float32), k, metric="ip")[1]
+    kind = "cosine" if metric is Metric.COSINE else "ip"
+    return exact_knn(queries, vectors, k, metric=kind)[1]
+
+
+def paired_bootstrap(
+    diffs: np.ndarray, *, n_resamples: int, confidence: float, seed: int
+) -> tuple[float, float]:
+    """Percentile CI of the mean of per-query ``diffs`` (after − before), resampling queries."""
+    if len(diffs) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_resamples)
+    step = max(1, 2_000_000 // len(diffs))  # bound the index matrix
+    for start in range(0, n_resamples, step):
+        stop = min(start + step, n_resamples)
+        idx = rng.integers(0, len(diffs), size=(stop - start, len(diffs)))
+        means[start:stop] = diffs[idx].mean(axis=1)
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine
+
+
+class NudgeFinetuneEngine:
+    """Fine-tune a wrapped store's chunk embeddings from its own usage, with held-out proof.
+
+    Setup:
+        Wrap a store with either face (``nudge_rag.langchain`` / ``nudge_rag.llama_index``),
+        let users search (each search is a trace), record feedback where you have it.
+
+    Key init args:
+        store: a ``NudgedVectorStore`` of either face, or its ``.nudge_state``.
+        llm: ``None`` (feedback labels only), an ``openai.OpenAI`` client (with
+            ``llm_model=``), a LangChain ``BaseChatModel`` or a LlamaIndex ``LLM``.
+        method: ``"nudge-n"`` (any metric) or ``"nudge-m"`` (inner-product stores only).
+        label_k: size of the candidate pool the LLM grades per query (default 20).
+        synthetic_chunks / questions_per_chunk: cold start — ask the LLM for questions that
+            sampled chunks answer; they train and validate, and are the held-out proof only
+            when no real trace is labeled.
+        min_gain: ``apply`` needs the NDCG@10 gain's CI lower bound above this (default 0).
+        max_calls: hard cap on LLM requests per ``finetune()``; concurrency, retry: how.
+        cache_path: the SQLite label cache (default ``labels.sqlite`` in the state folder).
+
+    Use:
+        .. code-block:: python
+
+            engine = NudgeFinetuneEngine(store, llm=openai.OpenAI(), llm_model="gpt-4o-mini")
+            report = engine.finetune()     # nothing is written yet
+            print(report)                  # before/after on held-out queries, CI, counts, cost
+            version = engine.apply(report) # refuses unless the gain is proven (force=True)
+            engine.rollback()              # back to the previous version, exactly
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        llm: Any = None,
+        *,
+        method: Method | str = Method.NUDGE_N,
+        llm_model: str | None = None,
+        label_k: int = 20,
+        synthetic_chunks: int = 0,
+        questions_per_chunk: int = 2,
+        split: tuple[float, float, float] = (0.6, 0.2, 0.2),
+        seed: int = 0,
+        min_gain: float = 0.0,
+        confidence: float = 0.95,
+        n_resamples: int = 2000,
+        gamma: float | None = None,
+        selection: str | None = None,
+        refit: bool | None = None,
+        cache_path: str | Path | None = None,
+        concurrency: int = 4,
+        max_calls: int | None = None,
+        retry: RetryPolicy | None = None,
+        progress: bool = True,
+        device: str | None = None,
+    ) -> None:
+        self.state = resolve_store(store)
+        self.metric = Metric(self.state.metric)
+        try:
+            self.method = Method(method)
+        except ValueError:
+            msg = f"method: found {method!r}, expected 'nudge-n' or 'nudge-m'."
+            raise NudgeError(msg) from None
+        if self.method is Method.NUDGE_M and self.metric is not Metric.IP:
+            msg = (
+                f"method='nudge-m': NUDGE-M vectors are unnormalised and only rank correctly "
+                f"under inner product, but this store compares by {self.metric.value!r}; pass "
+                "method='nudge-n', or wrap a store that searches by inner product."
+            )
+            raise MetricMismatchError(msg)
+        if len(split) != 3 or min(split) < 0 or not math.isclose(sum(split), 1.0):
+            msg = (
+                f"split: found {split}, expected (train, validation, held-out) fractions "
+                "≥ 0 that sum to 1; pass e.g. (0.6, 0.2, 0.2)."
+            )
+            raise NudgeError(msg)
+        if split[0] == 0 or split[2] == 0:
+            msg = f"split: found {split}; train and held-out need a share > 0."
+            raise NudgeError(msg)
+        if label_k < 1:
+            msg = f"label_k: found {label_k}, expected ≥ 1; pass e.g. 20."
+            raise NudgeError(msg)
+        if synthetic_chunks < 0:
+            msg = f"synthetic_chunks: found {synthetic_chunks}, expected ≥ 0."
+            raise NudgeError(msg)
+        if not 0 < confidence < 1:
+            msg = f"confidence: found {confidence}, expected a level in (0, 1), e.g. 0.95."
+            raise NudgeError(msg)
+        self.llm = as_llm(llm, model=llm_model)
+        self.label_k = label_k
+        self.synthetic_chunks = synthetic_chunks
+        self.questions_per_chunk = questions_per_chunk
+        self.split = split
+        self.seed = seed
+        self.min_gain = float(min_gain)
+        self.confidence = confidence
+        self.n_resamples = n_resamples
+        self.gamma = gamma
+        self.selection = selection
+        self.refit = refit
+        self.concurrency = concurrency
+        self.max_calls = max_calls
+        self.retry = retry
+        self.progress = progress
+        self.device = device
+        if cache_path is None:
+            state_dir = getattr(self.state, "state_dir", None)
+            cache_path = Path(state_dir) / LABEL_CACHE_FILE if state_dir is not None else None
+        self.cache = LabelCache(cache_path)
+        self.last_report: FinetuneReport | None = None
+        self.last_labels: list[LabeledQuery] = []
+
+    # -- labels ---------------------------------------------------------------------------------
+
+    def _labeler(self) -> Labeler | None:
+        if self.llm is None:
+            return None
+        return Labeler(
+            self.llm,
+            cache=self.cache,
+            concurrency=self.concurrency,
+            max_calls=self.max_calls,
+            policy=self.retry,
+            progress=self.progress,
+            seed=self.seed,
+        )
+
+    def collect_labels(
+        self, ids: list[str], base: np.ndarray, labeler: Labeler | None, counts: dict[str, int]
+    ) -> list[LabeledQuery]:
+        """Every labeled query so far: feedback, LLM judgments of traces, synthetic questions."""
+        traces = self.state.traces()
+        by_trace = feedback_grades(self.state.feedback())
+        out: list[LabeledQuery] = []
+        to_judge: list[tuple[str, str, np.ndarray, tuple[str, ...], dict[str, float]]] = []
+        for key, group in group_traces(traces).items():
+            group = sorted(group, key=lambda t: t.time)
+            grades: dict[str, float] = {}
+            for t in group:
+                grades.update(by_trace.get(str(t.id), {}))
+            text = next((t.query for t in group if t.query), None)
+            emb = np.asarray(group[-1].embedding, dtype=np.float32)
+            tids = tuple(str(t.id) for t in group)
+            if any(g > 0 for g in grades.values()):
+                out.append(LabeledQuery(key, text, emb, grades, "feedback", tids))
+            elif labeler is not None and text:
+                to_judge.append((key, text, emb, tids, grades))
+            else:
+                counts["unlabeled_traces"] += 1
+        counts["traces"] = len(traces)
+        if to_judge and labeler is not None:
+            out += self._judge(to_judge, ids, base, labeler, counts)
+        if self.synthetic_chunks and labeler is not None:
+            out += self._synthesize(ids, labeler, counts)
+        return out
+
+    def _judge(
+        self,
+        groups: list[tuple[str, str, np.ndarray, tuple[str, ...], dict[str, float]]],
+        ids: list[str],
+        base: np.ndarray,
+        labeler: Labeler,
+        counts: dict[str, int],
+    ) -> list[LabeledQuery]:
+        queries = np.stack([g[2] for g in groups]).astype(np.float32)
+        pools = search(queries, base, self.label_k, self.metric)
+        wanted = sorted({int(r) for r in pools.ravel() if r >= 0})
+        wanted_ids = [ids[r] for r in wanted]
+        text_of = dict(zip(wanted_ids, self.state.texts(wanted_ids), strict=True))
+        items, kept = [], []
+        for (key, text, emb, tids, fb), pool in zip(groups, pools, strict=True):
+            cands = [Candidate(ids[r], text_of[ids[r]]) for r in pool if text_of.get(ids[r])]
+            if not cands:
+                counts["no_candidate_text"] += 1
+                continue
+            items.append((text, cands))
+            kept.append((key, text, emb, tids, fb))
+        out = []
+        for (key, text, emb, tids, fb), grades in zip(kept, labeler.judge(items), strict=True):
+            if grades is None:
+                continue  # skipped: counted in the labeler's stats
+            merged = {i: float(g) for i, g in grades.items()}
+            merged.update(fb)  # the user's own verdicts win over the judge
+            out.append(LabeledQuery(key, text, emb, merged, "llm", tids))
+        return out
+
+    def _synthesize(
+        self, ids: list[str], labeler: Labeler, counts: dict[str, int]
+    ) -> list[LabeledQuery]:
+        chosen = sample_chunks(ids, self.synthetic_chunks, seed=self.seed)
+        texts = self.state.texts(chosen)
+        passages = [Candidate(i, t) for i, t in zip(chosen, texts, strict=True) if t]
+        counts["no_candidate_text"] += len(chosen) - len(passages)
+        answers = labeler.questions(passages, self.questions_per_chunk)
+        pairs = [(p.id, q) for p, qs in zip(passages, answers, strict=True) if qs for q in qs]
+        if not pairs:
+            return []
+        embs = self.state.embed_queries([q for _, q in pairs])
+        return [
+            LabeledQuery(
+                f"s:{cid}:{' '.join(q.lower().split())}", q, embs[n], {cid: 1.0}, "synthetic"
+            )
+            for n, (cid, q) in enumerate(pairs)
+        ]
+
+    # -- split ----------------------------------------------------------------------------------
+
+    def split_labels(
+        self, labeled: Sequence[LabeledQuery]
+    ) -> tuple[list[LabeledQuery], list[LabeledQuery], list[LabeledQuery], str]:
+        """(train, validation, held-out, held-out source), by each query key's seeded hash."""
+        tr_f, va_f, _ = self.split
+        real = [q for q in labeled if q.source != "synthetic"]
+        synth = [q for q in labeled if q.source == "synthetic"]
+        train, val, test = [], [], []
+        three_way = real if real else synth
+        for q in three_way:
+            u = _unit_hash(self.seed, q.key)
+            (train if u < tr_f else val if u < tr_f + va_f else test).append(q)
+        if real:
+            share = tr_f / (tr_f + va_f)
+            for q in synth:
+                (train if _unit_hash(self.seed, q.key) < share else val).append(q)
+        return train, val, test, "traces" if real else "synthetic"
+
+    # -- finetune -------------------------------------------------------------------------------
+
+    def finetune(self) -> FinetuneReport:
+        """Label, split, fit from the base vectors and evaluate on held-out queries.
+
+        Nothing is written to the store; pass the report to :meth:`apply`.
+        """
+        ids = list(self.state.ids())
+        if not ids:
+            msg = "store: it holds no chunks; add documents before fine-tuning."
+            raise NudgeError(msg)
+        base = np.asarray(self.state.base_vectors(ids), dtype=np.float32)
+        row_of = {i: n for n, i in enumerate(ids)}
+        labeler = self._labeler()
+        counts = dict.fromkeys(
+            ("traces", "unlabeled_traces", "no_candidate_text", "unknown_ids", "no_positive"), 0
+        )
+        labeled = self.collect_labels(ids, base, labeler, counts)
+        usable = []
+        for q in labeled:
+            known = {i: g for i, g in q.grades.items() if i in row_of}
+            counts["unknown_ids"] += len(q.grades) - len(known)
+            if not any(g > 0 for g in known.values()):
+                counts["no_positive"] += 1
+                continue
+            usable.append(LabeledQuery(q.key, q.text, q.embedding, known, q.source, q.trace_ids))
+        self.last_labels = usable
+        train, val, test, source = self.split_labels(usable)
+        if not train or not val or not test:
+            msg = (
+                f"labels: found {len(usable)} labeled queries with a positive (train "
+                f"{len(train)}, validation {len(val)}, held-out {len(test)}), expected at least "
+                "one in each split; record more searches and feedback, pass llm=... to judge "
+                "traces, or synthetic_chunks=... for a cold start."
+            )
+            raise NudgeError(msg)
+
+        def rows(qs: list[LabeledQuery]) -> list[dict[int, float]]:
+            return [{row_of[i]: g for i, g in q.positives.items()} for q in qs]
+
+        def mat(qs: list[LabeledQuery]) -> np.ndarray:
+            return np.stack([q.embedding for q in qs]).astype(np.float32)
+
+        fit_base = _normalize(base) if self.metric is Metric.COSINE else base
+        prep = _normalize if self.metric is Metric.COSINE else (lambda x: x)
+        res = finetune_embeddings(
+            fit_base,
+            prep(mat(train)),
+            rows(train),
+            prep(mat(val)),
+            rows(val),
+            method=self.method,
+            gamma=self.gamma,
+            selection=self.selection,
+            refit=self.refit,
+            device=self.device,
+        )
+        after = res.apply(fit_base)
+        test_q = mat(test)
+        table = RelevanceTable([{row_of[i]: g for i, g in q.grades.items()} for q in test])
+        top_before = search(test_q, fit_base, K, self.metric)
+        top_after = search(test_q, after, K, self.metric)
+        gains = {}
+        for name, fn in (("ndcg", ndcg_at_k), ("recall", recall_at_k)):
+            b, a = fn(top_before, table, K), fn(top_after, table, K)
+            low, high = paired_bootstrap(
+                a - b, n_resamples=self.n_resamples, confidence=self.confidence, seed=self.seed
+            )
+            gains[name] = MetricGain(float(b.mean()), float(a.mean()), low, high)
+        sources = {"feedback": 0, "llm": 0, "synthetic": 0}
+        for q in usable:
+            sources[q.source] += 1
+        stats = labeler.stats if labeler is not None else LabelStats()
+        changed_ids = [ids[r] for r in res.rows]
+        report = FinetuneReport(
+            method=self.method.value,
+            metric=self.metric.value,
+            gamma=float(res.gamma),
+            n_chunks=len(ids),
+            rows_changed=len(changed_ids),
+            ndcg=gains["ndcg"],
+            recall=gains["recall"],
+            min_gain=self.min_gain,
+            confidence=self.confidence,
+            heldout_source=source,
+            queries={"train": len(train), "validation": len(val), "heldout": len(test)},
+            labels={**sources, **counts},
+            cost=stats.to_dict(),
+            seed=self.seed,
+            _ids=changed_ids,
+            _vectors=res.vectors,
+            _base_digest=_digest(base[res.rows]),
+        )
+        self.last_report = report
+        return report
+
+    # -- apply / rollback -------------------------------------------------------------------------
+
+    def apply(self, report: FinetuneReport, *, force: bool = False, note: str | None = None) -> int:
+        """Write ``report``'s vectors as a new version (with the report); return the version.
+
+        Refuses (``GainNotProvenError``) unless the held-out NDCG@10 gain is proven, or
+        ``force=True``. Rows an earlier version nudged that this fit leaves alone go back to
+        their base vectors, so the store holds exactly base + this fit.
+        """
+        if not isinstance(report, FinetuneReport) or report._vectors is None:
+            msg = (
+                f"report: found {type(report).__name__} without vectors, expected the "
+                "FinetuneReport that finetune() returned; run finetune() again."
+            )
+            raise NudgeError(msg)
+        if not report.proven and not force:
+            msg = (
+                f"report: the held-out NDCG@10 gain {report.ndcg.gain:+.4f} has a "
+                f"{round(report.confidence * 100)}% CI of [{report.ndcg.ci_low:+.4f}, "
+                f"{report.ndcg.ci_high:+.4f}], whose lower bound is not above min_gain="
+                f"{report.min_gain}; collect more labels and finetune() again, or pass "
+                "force=True."
+            )
+            raise GainNotProvenError(msg)
+        if report.version is not None:
+            msg = f"report: already applied as version {report.version}; nothing to do twice."
+            raise NudgeError(msg)
+        vectors = report.vectors()
+        if vectors and _digest(self.state.base_vectors(report._ids)) != report._base_digest:
+            msg = (
+                "report: the base vectors of its rows changed since finetune() (documents were "
+                "re-added); run finetune() again."
+            )
+            raise NudgeError(msg)
+        vectors.update(self._rows_to_reset(set(vectors)))
+        if not vectors:
+            msg = "report: it changes no rows and the store is at its base; nothing to apply."
+            raise NudgeError(msg)
+        version = self.state.apply_vectors(
+            vectors,
+            note=note or f"{report.method} gamma={report.gamma:.3f} ({report.rows_changed} rows)",
+            method=report.method,
+            gamma=report.gamma,
+            report=report.to_dict(),
+        )
+        report.version = version
+        return version
+
+    def _rows_to_reset(self, keep: set[str]) -> dict[str, np.ndarray]:
+        """Rows holding something other than their base now, and not in ``keep``: → base."""
+        log = getattr(self.state, "version_log", None)
+        changed = log.changed_ids() if log is not None and hasattr(log, "changed_ids") else None
+        candidates = [i for i in (changed if changed is not None else self.state.ids())]
+        candidates = [i for i in candidates if i not in keep]
+        if not candidates:
+            return {}
+        have = set(self.state.ids()) if changed is not None else None
+        if have is not None:
+            candidates = [i for i in candidates if i in have]
+            if not candidates:
+                return {}
+        now = np.asarray(self.state.get_vectors(candidates), dtype=np.float32)
+        base = np.asarray(self.state.base_vectors(candidates), dtype=np.float32)
+        differs = ~np.all(np.isclose(now, base, rtol=1e-5, atol=1e-6), axis=1)
+        return {candidates[n]: base[n] for n in np.nonzero(differs)[0]}
+
+    def rollback(self, version: int | None = None) -> int:
+        """Move the store back to ``version`` (None: the previous one; 0: the base)."""
+        return self.state.rollback(version)
