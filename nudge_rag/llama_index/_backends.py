@@ -174,7 +174,10 @@ class QdrantBackend(Backend):
         from nudge_rag.core.stores.qdrant import QdrantAdapter
 
         return QdrantAdapter(
-            self.store.client, self.store.collection_name, vector_name=self._vector_name()
+            self.store.client,
+            self.store.collection_name,
+            id_to_point=str,  # LlamaIndex uses node ids (UUIDs) as point ids
+            vector_name=self._vector_name(),
         )
 
     def metric(self) -> Metric:
