@@ -79,7 +79,12 @@ def bench_datasets() -> list[dict]:
             )
             args = (E, tr.queries, tr.positives, va.queries, va.positives)
             plain, t_plain = timed(
-                finetune_embeddings, *args, method=method, selection="top1", refit=False
+                finetune_embeddings,
+                *args,
+                method=method,
+                selection="top1",
+                refit=False,
+                weighting="uniform",
             )
             ours, t_ours = timed(finetune_embeddings, *args, method=method)
             row = {
@@ -155,7 +160,9 @@ def worker(impl: str, method: str, folder: Path) -> None:
     threading.Thread(target=sample, daemon=True).start()
     t = time.perf_counter()
     if impl == "ours":
-        res = finetune_embeddings(E, tq, tp, vq, vp, method=method, selection="top1", refit=False)
+        res = finetune_embeddings(
+            E, tq, tp, vq, vp, method=method, selection="top1", refit=False, weighting="uniform"
+        )
         seconds = time.perf_counter() - t
         out_rows, out_vecs = res.rows, res.vectors
     else:

@@ -60,8 +60,11 @@ def main() -> None:
             tr = ds.task(sp.train, qrels_split="train")
             va = ds.task(sp.dev)
             ref = evaluate(test.queries, nudge_ft_n(E, tr, va), test.positives)["ndcg@10"]
-            for method, sel, refit in itertools.product(
-                ["nudge-n", "nudge-m"], ["top1", "ndcg@10"], [False, True]
+            for method, sel, refit, weighting in itertools.product(
+                ["nudge-n", "nudge-m"],
+                ["top1", "ndcg@10"],
+                [False, True],
+                ["uniform", "sqrt-positives"],
             ):
                 grid = gammas if method == "nudge-n" else None
                 res = finetune_embeddings(
@@ -73,29 +76,28 @@ def main() -> None:
                     method=method,
                     selection=sel,
                     refit=refit,
+                    weighting=weighting,
                     gammas=grid,
                 )
                 ndcg = evaluate(test.queries, res.apply(E), test.positives)["ndcg@10"]
-                rows.append((ds.name, tag, method, sel, refit, base, ref, ndcg, res.gamma))
+                variant = f"{method} {sel:8s} refit={refit!s:5s} {weighting:14s}"
+                rows.append({"dataset": ds.name, "variant": variant, "gain": ndcg - ref})
                 print(
-                    f"{ds.name:9s} {tag:8s} {method} {sel:8s} refit={refit!s:5s} "
-                    f"base={base:.4f} nudge-ft-N={ref:.4f} ours={ndcg:.4f} "
-                    f"gain={ndcg - ref:+.4f} gamma={res.gamma:.3f}",
+                    f"{ds.name:9s} {tag:8s} {variant} base={base:.4f} nudge-ft-N={ref:.4f} "
+                    f"ours={ndcg:.4f} gain={ndcg - ref:+.4f} gamma={res.gamma:.3f}",
                     flush=True,
                 )
-    print("\nmean gain over nudge-ft NUDGE-N (test NDCG@10), min over runs:")
-    keyf = lambda r: (r[2], r[3], r[4])  # noqa: E731
-    for key, group in itertools.groupby(sorted(rows, key=keyf), key=keyf):
-        group = list(group)
-        per_ds = {}
-        for r in group:
-            per_ds.setdefault(r[0], []).append(r[7] - r[6])
-        means = {d: np.mean(v) for d, v in per_ds.items()}
-        print(
-            f"{key[0]} {key[1]:8s} refit={key[2]!s:5s} "
-            + " ".join(f"{d}={m:+.4f}(min {min(per_ds[d]):+.4f})" for d, m in means.items())
-            + f"  avg={np.mean(list(means.values())):+.4f}"
-        )
+    print("\nGain in test NDCG@10 over nudge-ft NUDGE-N: mean (min) over runs per dataset")
+    print("| variant | " + " | ".join(sorted({r["dataset"] for r in rows})) + " | mean |")
+    variants = sorted({r["variant"] for r in rows}, key=str)
+    datasets = sorted({r["dataset"] for r in rows})
+    for v in variants:
+        cells, means = [], []
+        for d in datasets:
+            gains = [r["gain"] for r in rows if r["variant"] == v and r["dataset"] == d]
+            means.append(np.mean(gains))
+            cells.append(f"{np.mean(gains):+.4f} ({min(gains):+.4f})")
+        print(f"| `{v.strip()}` | " + " | ".join(cells) + f" | {np.mean(means):+.4f} |")
 
 
 if __name__ == "__main__":

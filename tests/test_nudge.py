@@ -66,6 +66,7 @@ def test_matches_nudge_ft_on_shared_data(name, method):
         method=method,
         selection="top1",
         refit=False,
+        weighting="uniform",
     )
     ref = reference(method, E, tr.queries, tr.positives, va.queries, va.positives)
     assert res.gamma > 0
@@ -79,14 +80,18 @@ def test_matches_nudge_ft_on_shared_data(name, method):
 @pytest.mark.parametrize("method", ["nudge-n", "nudge-m"])
 def test_matches_nudge_ft_on_synthetic_clusters(method):
     E, tq, tp, vq, vp = clustered()
-    res = finetune_embeddings(E, tq, tp, vq, vp, method=method, selection="top1", refit=False)
+    res = finetune_embeddings(
+        E, tq, tp, vq, vp, method=method, selection="top1", refit=False, weighting="uniform"
+    )
     ref = reference(method, E, tq, tp, vq, vp)
     assert np.abs(res.apply(E) - ref).max() <= 1e-5
 
 
 def test_fixed_gamma_matches_reference_without_validation():
     E, tq, tp, vq, vp = clustered(seed=3)
-    res = finetune_embeddings(E, tq, tp, method="nudge-n", gamma=0.3, refit=False)
+    res = finetune_embeddings(
+        E, tq, tp, method="nudge-n", gamma=0.3, refit=False, weighting="uniform"
+    )
     ref = reference("nudge-n", E, tq, tp, vq, vp, gamma=0.3)
     assert res.gamma == 0.3 and res.curve == []
     assert np.abs(res.apply(E) - ref).max() <= 1e-5
@@ -130,8 +135,28 @@ def test_graded_positives_drive_ndcg_selection():
     assert res.gamma == max(res.curve, key=lambda c: (c[1], -c[0]))[0]
 
 
-def test_defaults_beat_nudge_ft_on_scifact():
-    ds = dataset("scifact")
+def test_sqrt_weighting_pulls_less_for_queries_with_many_positives():
+    E, tq, tp, _, _ = clustered(seed=8)
+    n = len(E)
+    # Half the queries name one chunk, half name four: the weights differ between them.
+    many = [
+        p if i % 2 else [p[0], (p[0] + 1) % n, (p[0] + 2) % n, (p[0] + 3) % n]
+        for i, p in enumerate(tp)
+    ]
+    kw = {"gamma": 0.3, "refit": False, "method": "nudge-m"}
+    uni = finetune_embeddings(E, tq, many, weighting="uniform", **kw)
+    sq = finetune_embeddings(E, tq, many, weighting="sqrt-positives", **kw)
+    # Rows labelled by several queries move in a different direction under the weights.
+    assert set(uni.rows.tolist()) == set(sq.rows.tolist())
+    assert np.abs(uni.vectors - sq.vectors).max() > 1e-3
+    # With one positive per query the weights are all 1: same answer.
+    one = finetune_embeddings(E, tq, tp, weighting="uniform", **kw)
+    np.testing.assert_array_equal(one.vectors, finetune_embeddings(E, tq, tp, **kw).vectors)
+
+
+@pytest.mark.parametrize("name", ["scifact", "nfcorpus"])
+def test_defaults_beat_nudge_ft_by_two_points(name):
+    ds = dataset(name)
     sp = split_queries(ds, seed=0)
     tr, va, te = ds.task(sp.train, qrels_split="train"), ds.task(sp.dev), ds.task("test")
     E = ds.corpus_embeddings
@@ -146,9 +171,20 @@ def test_defaults_beat_nudge_ft_on_scifact():
 
 def test_small_blocks_give_the_same_answer():
     E, tq, tp, vq, vp = clustered(seed=6)
-    a = finetune_embeddings(E, tq, tp, vq, vp, method="nudge-m", selection="top1", refit=False)
+    a = finetune_embeddings(
+        E, tq, tp, vq, vp, method="nudge-m", selection="top1", refit=False, weighting="uniform"
+    )
     b = finetune_embeddings(
-        E, tq, tp, vq, vp, method="nudge-m", selection="top1", refit=False, block_rows=257
+        E,
+        tq,
+        tp,
+        vq,
+        vp,
+        method="nudge-m",
+        selection="top1",
+        refit=False,
+        weighting="uniform",
+        block_rows=257,
     )
     assert a.gamma == pytest.approx(b.gamma, rel=1e-6)
     np.testing.assert_allclose(a.vectors, b.vectors, atol=1e-6)

@@ -43,6 +43,13 @@ class Method(str, Enum):
     NUDGE_N = "nudge-n"
 
 
+class Weighting(str, Enum):
+    """How much each (query, positive) pair adds to the positive's label sum ``g``."""
+
+    UNIFORM = "uniform"  # every pair adds its query once (the paper's code)
+    SQRT_POSITIVES = "sqrt-positives"  # grade / sqrt(number of the query's positives)
+
+
 class Selection(str, Enum):
     """How γ is chosen on validation queries."""
 
@@ -53,6 +60,7 @@ class Selection(str, Enum):
 # Defaults, chosen by measurement on the shared datasets (README, "Choosing the defaults").
 DEFAULT_SELECTION = Selection.NDCG10
 DEFAULT_REFIT = True
+DEFAULT_WEIGHTING = Weighting.SQRT_POSITIVES
 
 
 @dataclass
@@ -65,6 +73,7 @@ class NudgeResult:
     method: Method
     selection: Selection | None
     refit: bool
+    weighting: Weighting = Weighting.UNIFORM
     curve: list[tuple[float, float]] = field(default_factory=list)
 
     def apply(self, embeddings: np.ndarray) -> np.ndarray:
@@ -144,13 +153,24 @@ def _pairs(positives: list[dict[int, float]]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _label_sums(
-    queries: torch.Tensor, positives: list[dict[int, float]]
+    queries: torch.Tensor, positives: list[dict[int, float]], weighting: Weighting
 ) -> tuple[np.ndarray, torch.Tensor]:
-    """The labelled rows (sorted) and ``G``: for each, the sum of the queries that label it."""
+    """The labelled rows (sorted) and ``G``: for each, the weighted sum of its queries.
+
+    ``uniform``: ``g_i = Σ_{q labels i} q``. ``sqrt-positives``:
+    ``g_i = Σ_{q labels i} grade(q, i) / sqrt(|positives(q)|) · q``, so a query that names
+    forty chunks does not pull each of them as hard as a query that names one.
+    """
     q_idx, r_idx = _pairs(positives)
     rows, local = np.unique(r_idx, return_inverse=True)
+    picked = queries[torch.from_numpy(q_idx).to(queries.device)]
+    if weighting is Weighting.SQRT_POSITIVES:
+        grades = np.fromiter((gr for rel in positives for gr in rel.values()), dtype=np.float32)
+        counts = np.array([len(rel) for rel in positives], dtype=np.float32)
+        w = grades / np.sqrt(counts[q_idx])
+        picked = picked * torch.from_numpy(w).to(queries.device).unsqueeze(1)
     g = torch.zeros((len(rows), queries.shape[1]), dtype=queries.dtype, device=queries.device)
-    g.index_add_(0, torch.from_numpy(local).to(queries.device), queries[torch.from_numpy(q_idx)])
+    g.index_add_(0, torch.from_numpy(local).to(queries.device), picked)
     return rows, g
 
 
@@ -376,6 +396,7 @@ def finetune_embeddings(
     gamma: float | None = None,
     selection: Selection | str | None = None,
     refit: bool | None = None,
+    weighting: Weighting | str | None = None,
     gammas: Sequence[float] | None = None,
     device: torch.device | str | None = None,
     block_rows: int | None = None,
@@ -386,12 +407,16 @@ def finetune_embeddings(
     indices, or a ``{row: grade}`` mapping). γ is chosen on the validation queries by
     ``selection`` (``"top1"``, as the paper's code, or ``"ndcg@10"``) unless ``gamma`` is given;
     with ``refit`` the update is then recomputed from train + validation labels at that γ.
-    ``gammas`` overrides the candidate grid (NUDGE-N: the paper's 0, 0.02, …, 0.48).
+    ``weighting`` sets each pair's pull (``"uniform"`` as the paper, or the default
+    ``"sqrt-positives"``); the paper's algorithm exactly is
+    ``refit=False, selection="top1", weighting="uniform"``. ``gammas`` overrides the
+    candidate grid (NUDGE-N: the paper's 0, 0.02, …, 0.48).
     Rows are unit-normalised before the update, as in the paper. The input is never mutated.
     """
     method = Method(method)
     selection = Selection(selection) if selection is not None else DEFAULT_SELECTION
     refit = DEFAULT_REFIT if refit is None else bool(refit)
+    weighting = Weighting(weighting) if weighting is not None else DEFAULT_WEIGHTING
     dev = torch.device(device or "cpu")
 
     _check_matrix(embeddings, "embeddings")
@@ -427,7 +452,7 @@ def finetune_embeddings(
         raise NudgeError(msg)
 
     fit_q = _float32_block(train_queries, dev)
-    rows, g = _label_sums(fit_q, train_labels)
+    rows, g = _label_sums(fit_q, train_labels, weighting)
     e = _rows_tensor(embeddings, rows, dev)
     make_update = _nudge_n_update if method is Method.NUDGE_N else _nudge_m_update
     update = make_update(e, g)
@@ -464,7 +489,7 @@ def finetune_embeddings(
 
     if refit and any(val_labels):
         all_q = torch.cat([fit_q, _float32_block(val_queries, dev)])
-        rows, g = _label_sums(all_q, train_labels + val_labels)
+        rows, g = _label_sums(all_q, train_labels + val_labels, weighting)
         update = make_update(_rows_tensor(embeddings, rows, dev), g)
 
     new = update(float(gamma)).cpu().numpy()
@@ -477,5 +502,6 @@ def finetune_embeddings(
         method=method,
         selection=chosen_selection,
         refit=refit,
+        weighting=weighting,
         curve=curve,
     )
