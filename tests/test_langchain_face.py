@@ -17,6 +17,7 @@ from nudge_rag.langchain import NudgedVectorStore, adapter_for
 EMB = DeterministicFakeEmbedding(size=16)
 TEXTS = ["apples are red", "the sky is blue", "grass is green", "snow is white", "coal is black"]
 IDS = ["a", "b", "c", "d", "e"]
+_QDRANT_KEYS = {"_nudge_id", "_id", "_collection_name"}
 
 
 def _chroma(tmp_path, space: str = "cosine") -> Chroma:
@@ -28,13 +29,48 @@ def _chroma(tmp_path, space: str = "cosine") -> Chroma:
     )
 
 
-@pytest.fixture(params=["chroma", "memory"])
+def _qdrant(tmp_path):
+    from langchain_qdrant import QdrantVectorStore
+    from qdrant_client import QdrantClient, models
+
+    client = QdrantClient(path=str(tmp_path / "qdrant"))
+    client.create_collection(
+        "docs", vectors_config=models.VectorParams(size=16, distance=models.Distance.COSINE)
+    )
+    return QdrantVectorStore(client=client, collection_name="docs", embedding=EMB)
+
+
+def _faiss():
+    import faiss
+    from langchain_community.docstore.in_memory import InMemoryDocstore
+    from langchain_community.vectorstores import FAISS
+
+    return FAISS(EMB, faiss.IndexFlatL2(16), InMemoryDocstore(), {})
+
+
+def _inner(kind: str, tmp_path) -> VectorStore:
+    if kind == "chroma":
+        return _chroma(tmp_path)
+    if kind == "qdrant":
+        return _qdrant(tmp_path)
+    if kind == "faiss":
+        return _faiss()
+    return InMemoryVectorStore(EMB)
+
+
+def _bare_id(doc: Document) -> str | None:
+    """The document id as the app knows it (Qdrant's bare results carry point ids)."""
+    return doc.metadata.get("_nudge_id", doc.id)
+
+
+@pytest.fixture(params=["chroma", "memory", "qdrant", "faiss"])
 def pair(request, tmp_path) -> tuple[NudgedVectorStore, VectorStore]:
-    inner = _chroma(tmp_path) if request.param == "chroma" else InMemoryVectorStore(EMB)
+    inner = _inner(request.param, tmp_path)
     store = NudgedVectorStore(inner, state_dir=tmp_path / "state")
     store.add_texts(TEXTS, [{"n": i} for i in range(5)], ids=IDS)
     yield store, inner
     store.close()
+    _close(inner)
 
 
 def test_documents_carry_trace_id_and_feedback_round_trips(pair):
@@ -59,12 +95,13 @@ def test_wrapped_results_equal_bare(pair):
     for q in ["grass", "coal is black", "sky"]:
         bare = inner.similarity_search_with_score(q, k=5)
         wrapped = store.similarity_search_with_score(q, k=5)
-        assert [d.id for d, _ in wrapped] == [d.id for d, _ in bare]
+        assert [d.id for d, _ in wrapped] == [_bare_id(d) for d, _ in bare]
         assert [s for _, s in wrapped] == [s for _, s in bare]
         for (w, _), (b, _) in zip(wrapped, bare, strict=True):
             meta = dict(w.metadata)
             meta.pop("nudge_trace_id")
-            assert meta == b.metadata and w.page_content == b.page_content
+            assert meta == {k: v for k, v in b.metadata.items() if k not in _QDRANT_KEYS}
+            assert w.page_content == b.page_content
         try:
             rel_b = inner.similarity_search_with_relevance_scores(q, k=3, score_threshold=-9)
         except NotImplementedError:  # InMemoryVectorStore has no relevance function
@@ -72,10 +109,10 @@ def test_wrapped_results_equal_bare(pair):
                 store.similarity_search_with_relevance_scores(q, k=3)
         else:
             rel_w = store.similarity_search_with_relevance_scores(q, k=3, score_threshold=-9)
-            assert [(d.id, s) for d, s in rel_w] == [(d.id, s) for d, s in rel_b]
+            assert [(d.id, s) for d, s in rel_w] == [(_bare_id(d), s) for d, s in rel_b]
         mmr_b = inner.max_marginal_relevance_search(q, k=3, fetch_k=5)
         mmr_w = store.max_marginal_relevance_search(q, k=3, fetch_k=5)
-        assert [d.id for d in mmr_w] == [d.id for d in mmr_b]
+        assert [d.id for d in mmr_w] == [_bare_id(d) for d in mmr_b]
     assert math.isnan(store.traces()[-1].scores[0])  # MMR: no scores
 
 
@@ -133,21 +170,33 @@ def test_overwrite_and_delete_drop_nudges(pair):
     assert store.get_by_ids(["b"]) == []
     expected = np.asarray(EMB.embed_documents(["apples are green now"]), dtype=np.float32)
     store.rollback(0)
-    assert np.allclose(store.get_vectors(["a"]), expected, atol=1e-6)
+    got = store.get_vectors(["a"])
+    if store.nudge_state.metric.value == "cosine":  # Qdrant keeps cosine vectors normalised
+        got, expected = got / np.linalg.norm(got), expected / np.linalg.norm(expected)
+    assert np.allclose(got, expected, atol=1e-6)
 
 
-def test_chroma_cosine_rollback_to_base_is_bitwise(tmp_path):
-    inner = _chroma(tmp_path, "cosine")
+@pytest.mark.parametrize("kind", ["chroma", "qdrant"])
+def test_cosine_rollback_to_base_is_bitwise(tmp_path, kind):
+    """Cosine stores do not read back what they were given: the face keeps inserted vectors."""
+    inner = _inner(kind, tmp_path)
     store = NudgedVectorStore(inner, state_dir=tmp_path / "s")
     texts = [f"document number {i}" for i in range(200)]
     ids = [str(i) for i in range(200)]
     store.add_texts(texts, ids=ids)
-    snap = store.adapter.get_exact(ids)
+    snap = store.adapter.get(ids)
     rng = np.random.default_rng(0)
     store.apply_vectors({i: rng.standard_normal(16) for i in ids})
     store.rollback(0)
-    assert np.array_equal(store.adapter.get_exact(ids), snap)
+    assert np.array_equal(store.adapter.get(ids), snap)
     store.close()
+    _close(inner)
+
+
+def _close(inner: VectorStore) -> None:
+    client = getattr(inner, "client", None)
+    if type(inner).__name__ == "QdrantVectorStore" and client is not None:
+        client.close()
 
 
 def test_metric_mismatch(tmp_path):

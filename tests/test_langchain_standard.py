@@ -66,3 +66,82 @@ class TestInMemoryTracingOff(VectorStoreIntegrationTests):
         )
         yield store
         store.close()
+
+
+def _qdrant(client, embeddings, distance: str = "Cosine"):
+    from langchain_qdrant import QdrantVectorStore
+    from qdrant_client import models
+
+    name = f"t{uuid.uuid4().hex}"
+    client.create_collection(
+        name, vectors_config=models.VectorParams(size=6, distance=models.Distance(distance))
+    )
+    return QdrantVectorStore(
+        client=client,
+        collection_name=name,
+        embedding=embeddings,
+        distance=models.Distance(distance),
+    )
+
+
+class TestQdrantMemory(VectorStoreIntegrationTests):
+    @pytest.fixture
+    def vectorstore(self, tmp_path) -> Generator[VectorStore, None, None]:  # type: ignore[override]
+        from qdrant_client import QdrantClient
+
+        inner = _qdrant(QdrantClient(":memory:"), self.get_embeddings())
+        store = NudgedVectorStore(inner, state_dir=tmp_path / "state", trace_metadata_key=None)
+        yield store
+        store.close()
+
+
+class TestQdrantDiskDot(VectorStoreIntegrationTests):
+    @pytest.fixture
+    def vectorstore(self, tmp_path) -> Generator[VectorStore, None, None]:  # type: ignore[override]
+        from qdrant_client import QdrantClient
+
+        client = QdrantClient(path=str(tmp_path / "qdrant"))
+        inner = _qdrant(client, self.get_embeddings(), "Dot")
+        store = NudgedVectorStore(inner, state_dir=tmp_path / "state", trace_metadata_key=None)
+        yield store
+        store.close()
+        client.close()
+
+
+def _faiss(embeddings, ip: bool = False):
+    import faiss
+    from langchain_community.docstore.in_memory import InMemoryDocstore
+    from langchain_community.vectorstores import FAISS
+    from langchain_community.vectorstores.utils import DistanceStrategy
+
+    return FAISS(
+        embedding_function=embeddings,
+        index=faiss.IndexFlatIP(6) if ip else faiss.IndexFlatL2(6),
+        docstore=InMemoryDocstore(),
+        index_to_docstore_id={},
+        distance_strategy=(
+            DistanceStrategy.MAX_INNER_PRODUCT if ip else DistanceStrategy.EUCLIDEAN_DISTANCE
+        ),
+    )
+
+
+class TestFaissL2(VectorStoreIntegrationTests):
+    @pytest.fixture
+    def vectorstore(self, tmp_path) -> Generator[VectorStore, None, None]:  # type: ignore[override]
+        store = NudgedVectorStore(
+            _faiss(self.get_embeddings()), state_dir=tmp_path / "state", trace_metadata_key=None
+        )
+        yield store
+        store.close()
+
+
+class TestFaissIP(VectorStoreIntegrationTests):
+    @pytest.fixture
+    def vectorstore(self, tmp_path) -> Generator[VectorStore, None, None]:  # type: ignore[override]
+        store = NudgedVectorStore(
+            _faiss(self.get_embeddings(), ip=True),
+            state_dir=tmp_path / "state",
+            trace_metadata_key=None,
+        )
+        yield store
+        store.close()

@@ -24,6 +24,7 @@ from nudge_rag.core.versions import VersionInfo
 
 TRACE_KEY = "nudge_trace_id"
 ORIGINAL_ID_KEY = "_nudge_id"  # where the Qdrant face keeps a document's own id (in metadata)
+_QDRANT_ADDED = ("_id", "_collection_name")
 
 _capture: contextvars.ContextVar[list[list[float]] | None] = contextvars.ContextVar(
     "nudge_capture", default=None
@@ -310,7 +311,13 @@ class NudgedVectorStore(VectorStore):
         if self._kind != "qdrant" and (trace_id is None or self.trace_metadata_key is None):
             return doc
         meta = dict(doc.metadata)
-        doc_id = meta.pop(ORIGINAL_ID_KEY, doc.id) if self._kind == "qdrant" else doc.id
+        doc_id = doc.id
+        if self._kind == "qdrant":
+            # the document's own id, and its metadata as stored: langchain-qdrant adds the
+            # point id and collection name, which the VectorStore contract does not allow
+            doc_id = meta.pop(ORIGINAL_ID_KEY, doc.id)
+            for key in _QDRANT_ADDED:
+                meta.pop(key, None)
         if trace_id is not None and self.trace_metadata_key is not None:
             meta[self.trace_metadata_key] = trace_id
         return Document(id=doc_id, page_content=doc.page_content, metadata=meta)

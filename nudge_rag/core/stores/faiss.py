@@ -1,0 +1,134 @@
+"""Adapter for a flat faiss index plus its row → id map (LangChain's ``FAISS`` keeps both).
+
+faiss has no public overwrite, so vectors are written into the index's raw buffer, by row
+(``IndexFlat.get_xb``), and the L2 norms cache is cleared. Only flat indexes (exact search) are
+supported: an IVF, HNSW or PQ index stores codes, not vectors. The row map may be replaced by its
+owner (LangChain's FAISS rebuilds it on delete), so the adapter reads it through a callable and
+checks its cached reverse map on every use (cost proportional to the ids asked).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from nudge_rag.core.errors import NudgeError
+from nudge_rag.core.stores.base import Metric, as_float32_matrix, missing_ids, raise_unknown
+
+
+def _as_getter(x: Any) -> Callable[[], Any]:
+    return x if callable(x) and not hasattr(x, "ntotal") else (lambda: x)
+
+
+class FaissAdapter:
+    """Vectors by id for a flat faiss index.
+
+    Example:
+        .. code-block:: python
+
+            adapter = FaissAdapter(index, {0: "doc-a", 1: "doc-b"})
+            # LangChain's FAISS (whose index and map it may replace):
+            adapter = FaissAdapter.for_holder(store, normalize=store._normalize_L2)
+    """
+
+    def __init__(
+        self,
+        index: Any,
+        id_map: Mapping[int, str] | Callable[[], Mapping[int, str]],
+        *,
+        normalize: bool = False,
+        metric: Metric | str | None = None,
+    ):
+        import faiss
+
+        self._faiss = faiss
+        self._index = _as_getter(index)
+        self._id_map = _as_getter(id_map)
+        self.normalize = bool(normalize)
+        flat = self._flat()
+        if metric is None:
+            if flat.metric_type == faiss.METRIC_INNER_PRODUCT:
+                metric = Metric.COSINE if self.normalize else Metric.IP
+            else:
+                metric = Metric.L2
+        self.metric = Metric(metric)
+        self.exact_readback = True
+        self._map_ref: Mapping[int, str] | None = None
+        self._rows: dict[str, int] = {}
+
+    @classmethod
+    def for_holder(cls, holder: Any, *, normalize: bool = False, **kw: Any) -> FaissAdapter:
+        """An adapter over ``holder.index`` and ``holder.index_to_docstore_id`` (read each time)."""
+        kw.pop("strategy", None)
+        return cls(
+            lambda: holder.index, lambda: holder.index_to_docstore_id, normalize=normalize, **kw
+        )
+
+    def _flat(self) -> Any:
+        index = self._faiss.downcast_index(self._index())
+        if not isinstance(index, self._faiss.IndexFlat):
+            msg = (
+                f"index: found {type(index).__name__}, which stores codes rather than vectors; "
+                "nudge-rag writes vectors into flat indexes only (IndexFlatIP / IndexFlatL2)."
+            )
+            raise NudgeError(msg)
+        return index
+
+    def _buffer(self, index: Any) -> np.ndarray:
+        n, d = index.ntotal, index.d
+        if n == 0:
+            return np.zeros((0, d), dtype=np.float32)
+        return self._faiss.rev_swig_ptr(index.get_xb(), n * d).reshape(n, d)
+
+    def _row_of(self, ids: Sequence[str]) -> dict[str, int]:
+        """Rows of the ``ids`` present; the reverse map is rebuilt when the owner changed it."""
+        id_map = self._id_map()
+        stale = id_map is not self._map_ref
+        if not stale:
+            for i in ids:
+                r = self._rows.get(i)
+                if r is not None and id_map.get(r) != i:
+                    stale = True
+                    break
+                if r is None and len(self._rows) != len(id_map):
+                    stale = True
+                    break
+        if stale:
+            self._rows = {v: k for k, v in id_map.items()}
+            self._map_ref = id_map
+        return {i: self._rows[i] for i in ids if i in self._rows}
+
+    def get(self, ids: Sequence[str]) -> np.ndarray:
+        """The stored vectors of ``ids``, float32, in the order given."""
+        ids = [str(i) for i in ids]
+        index = self._flat()
+        rows = self._row_of(ids)
+        raise_unknown(missing_ids(ids, set(rows)), "the faiss index")
+        return self._buffer(index)[[rows[i] for i in ids]].copy()
+
+    def put(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Overwrite the vectors of existing ``ids`` in the raw buffer (normalised if the store
+        normalises on add; unknown ids: nothing written)."""
+        ids = [str(i) for i in ids]
+        index = self._flat()
+        mat = as_float32_matrix(vectors, len(ids), index.d, "vectors").copy()
+        rows = self._row_of(ids)
+        raise_unknown(missing_ids(ids, set(rows)), "the faiss index")
+        if not ids:
+            return
+        if self.normalize:
+            self._faiss.normalize_L2(mat)
+        self._buffer(index)[[rows[i] for i in ids]] = mat
+        if hasattr(index, "clear_l2norms"):
+            index.clear_l2norms()
+
+    def present(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` the index holds."""
+        return set(self._row_of([str(i) for i in ids]))
+
+    def ids(self) -> list[str]:
+        """Every id in the index, in row order."""
+        id_map = self._id_map()
+        return [id_map[r] for r in sorted(id_map)]

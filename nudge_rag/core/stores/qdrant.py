@@ -1,0 +1,172 @@
+"""Adapter for a Qdrant collection through ``qdrant_client.QdrantClient`` (local mode or server).
+
+Qdrant point ids are UUIDs or unsigned integers, so string ids are mapped to point ids: by
+default a UUID string is kept (canonical form) and any other string becomes ``uuid5`` of it; the
+LangChain face keeps the original id in the point's payload (``metadata._nudge_id``). Pass
+``id_to_point`` / ``point_to_id`` for other conventions (LlamaIndex uses node-id UUIDs directly:
+``id_to_point=str``). Vectors are written with ``update_vectors``, which keeps the payload (an
+upsert would replace it). A cosine collection stores vectors normalised, so it does not read back
+what it was given (``exact_readback`` is False).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from nudge_rag.core.errors import NudgeError
+from nudge_rag.core.stores.base import Metric, as_float32_matrix, missing_ids, raise_unknown
+
+ORIGINAL_ID_KEY = "_nudge_id"
+_NAMESPACE = uuid.UUID("5c1f3f0e-8f7a-4a53-9d5e-6b8c0d1e2f30")  # nudge-rag's uuid5 namespace
+_PAGE = 1024
+
+
+def default_point_id(doc_id: str) -> str:
+    """The Qdrant point id of ``doc_id``: itself if it is a UUID (canonical form), else uuid5."""
+    try:
+        return str(uuid.UUID(str(doc_id)))
+    except ValueError:
+        return str(uuid.uuid5(_NAMESPACE, str(doc_id)))
+
+
+def default_doc_id(record: Any) -> str:
+    """A point's document id: payload or payload metadata ``_nudge_id``, else the point id."""
+    payload = getattr(record, "payload", None) or {}
+    if ORIGINAL_ID_KEY in payload:
+        return str(payload[ORIGINAL_ID_KEY])
+    meta = payload.get("metadata")
+    if isinstance(meta, dict) and ORIGINAL_ID_KEY in meta:
+        return str(meta[ORIGINAL_ID_KEY])
+    return str(record.id)
+
+
+class QdrantAdapter:
+    """Vectors by id for one Qdrant collection (dense vectors, unnamed or named).
+
+    Example:
+        .. code-block:: python
+
+            from qdrant_client import QdrantClient
+            client = QdrantClient(path="qdrant_db")          # local mode, on disk
+            adapter = QdrantAdapter(client, "docs")
+            adapter.put(["doc-1"], vecs)                      # payload untouched
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        collection_name: str,
+        *,
+        id_to_point: Callable[[str], str | int] | None = None,
+        point_to_id: Callable[[Any], str] | None = None,
+        vector_name: str = "",
+    ):
+        from qdrant_client import models
+
+        self.client = client
+        self.collection_name = collection_name
+        self.id_to_point = id_to_point or default_point_id
+        self.point_to_id = point_to_id or default_doc_id
+        self.vector_name = vector_name or ""
+        try:
+            info = client.get_collection(collection_name)
+        except Exception as e:  # the client raises several types for a missing collection
+            msg = (
+                f"collection_name: Qdrant has no collection {collection_name!r} ({e}); create it "
+                "first, e.g. through langchain_qdrant.QdrantVectorStore.from_texts."
+            )
+            raise NudgeError(msg) from e
+        vectors = info.config.params.vectors
+        if isinstance(vectors, dict):
+            if self.vector_name not in vectors:
+                msg = (
+                    f"vector_name: collection {collection_name!r} has vectors {sorted(vectors)}, "
+                    f"found {self.vector_name!r}; pass one of them."
+                )
+                raise NudgeError(msg)
+            params = vectors[self.vector_name]
+        else:
+            params = vectors
+        spaces = {
+            models.Distance.COSINE: Metric.COSINE,
+            models.Distance.DOT: Metric.IP,
+            models.Distance.EUCLID: Metric.L2,
+        }
+        if params.distance not in spaces:
+            msg = (
+                f"collection {collection_name!r} uses distance {params.distance}; expected "
+                "Cosine, Dot or Euclid."
+            )
+            raise NudgeError(msg)
+        self.metric = spaces[params.distance]
+        self.dim = int(params.size)
+        self.exact_readback = self.metric is not Metric.COSINE
+        self._models = models
+
+    def _retrieve(self, ids: Sequence[str], vectors: bool) -> dict[str, Any]:
+        points = [self.id_to_point(i) for i in ids]
+        with_vectors: bool | list[str] = (
+            ([self.vector_name] if self.vector_name else True) if vectors else False
+        )
+        recs = self.client.retrieve(
+            self.collection_name, points, with_vectors=with_vectors, with_payload=False
+        )
+        back = {str(p): i for p, i in zip(points, ids, strict=True)}
+        return {back[str(r.id)]: r for r in recs if str(r.id) in back}
+
+    def get(self, ids: Sequence[str]) -> np.ndarray:
+        """The stored vectors of ``ids``, float32, in the order given."""
+        ids = [str(i) for i in ids]
+        if not ids:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        recs = self._retrieve(ids, vectors=True)
+        raise_unknown(missing_ids(ids, set(recs)), f"Qdrant collection {self.collection_name!r}")
+        rows = []
+        for i in ids:
+            v = recs[i].vector
+            rows.append(v[self.vector_name] if isinstance(v, dict) else v)
+        return np.asarray(rows, dtype=np.float32)
+
+    def put(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Overwrite the vectors of existing ``ids`` (payload kept; unknown ids: no write)."""
+        ids = [str(i) for i in ids]
+        mat = as_float32_matrix(vectors, len(ids), self.dim, "vectors")
+        if not ids:
+            return
+        if len(set(ids)) != len(ids):
+            msg = "ids: found duplicates; pass each id once."
+            raise NudgeError(msg)
+        raise_unknown(
+            missing_ids(ids, self.present(ids)), f"Qdrant collection {self.collection_name!r}"
+        )
+        pv = self._models.PointVectors
+        points = [
+            pv(id=self.id_to_point(i), vector={self.vector_name: row} if self.vector_name else row)
+            for i, row in zip(ids, mat.tolist(), strict=True)
+        ]
+        self.client.update_vectors(self.collection_name, points=points, wait=True)
+
+    def present(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` the collection holds."""
+        ids = [str(i) for i in ids]
+        return set(self._retrieve(ids, vectors=False)) if ids else set()
+
+    def ids(self) -> list[str]:
+        """Every document id in the collection."""
+        out: list[str] = []
+        offset = None
+        while True:
+            recs, offset = self.client.scroll(
+                self.collection_name,
+                limit=_PAGE,
+                offset=offset,
+                with_payload=True,
+                with_vectors=False,
+            )
+            out.extend(self.point_to_id(r) for r in recs)
+            if offset is None:
+                return out
