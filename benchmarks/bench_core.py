@@ -15,8 +15,6 @@ matrix can be read; nudge-ft and ours run back to back on the same files.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import resource
 import subprocess
@@ -29,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nudge_rag.core.data import load_beir, shared_data_dir, split_queries
+from nudge_rag.bench import compare_on_dataset, datasets_in, nudge_ft
+from nudge_rag.core.data import shared_data_dir
 from nudge_rag.core.metrics import evaluate
 from nudge_rag.core.nudge import finetune_embeddings
 
@@ -39,67 +38,14 @@ MEMORY_CAP_BYTES = 14 * 2**30
 METHODS = ("nudge-n", "nudge-m")
 
 
-def nudge_ft(method, E, tq, tp, vq, vp):
-    """Run the reference implementation (PyPI nudge-ft), silencing its prints."""
-    from nudge import NUDGEM, NUDGEN
-
-    cls = NUDGEN if method == "nudge-n" else NUDGEM
-    with contextlib.redirect_stdout(io.StringIO()):
-        return cls(device=torch.device("cpu")).finetune_embeddings(
-            E,
-            {"q_embs": tq, "q_ans_indx": [sorted(p) for p in tp]},
-            {"q_embs": vq, "q_ans_indx": [sorted(p) for p in vp]},
-        )
-
-
-def timed(fn, *args, **kw):
-    t = time.perf_counter()
-    out = fn(*args, **kw)
-    return out, time.perf_counter() - t
-
-
-# --------------------------------------------------------------------------- (a) datasets
-
-
 def bench_datasets() -> list[dict]:
-    root = shared_data_dir()
-    if root is None:
+    if shared_data_dir() is None:
         print("../shared/data not found: skipping the dataset part", file=sys.stderr)
         return []
     rows = []
-    for path in sorted(p for p in root.iterdir() if (p / "emb").is_dir()):
-        ds = load_beir(path, load_text=False)
-        sp = split_queries(ds, seed=0)
-        tr, va, te = ds.task(sp.train, qrels_split="train"), ds.task(sp.dev), ds.task("test")
-        E = ds.corpus_embeddings
-        base = evaluate(te.queries, E, te.positives)
+    for path in datasets_in():
         for method in METHODS:
-            ref, t_ref = timed(
-                nudge_ft, method, E, tr.queries, tr.positives, va.queries, va.positives
-            )
-            args = (E, tr.queries, tr.positives, va.queries, va.positives)
-            plain, t_plain = timed(
-                finetune_embeddings,
-                *args,
-                method=method,
-                selection="top1",
-                refit=False,
-                weighting="uniform",
-            )
-            ours, t_ours = timed(finetune_embeddings, *args, method=method)
-            row = {
-                "dataset": ds.name,
-                "method": method,
-                "base": base,
-                "nudge_ft": evaluate(te.queries, ref, te.positives),
-                "ours_plain": evaluate(te.queries, plain.apply(E), te.positives),
-                "ours_default": evaluate(te.queries, ours.apply(E), te.positives),
-                "max_abs_diff": float(np.abs(plain.apply(E) - ref).max()),
-                "t_nudge_ft": t_ref,
-                "t_plain": t_plain,
-                "t_default": t_ours,
-                "gamma_default": ours.gamma,
-            }
+            row = compare_on_dataset(path, method)
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows

@@ -1,0 +1,286 @@
+"""The ``nudge-rag`` command line: each command opens the library object and makes one call.
+
+Library errors print as one line on stderr with exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from nudge_rag.core.errors import NudgeError
+
+app = typer.Typer(
+    help="NUDGE fine-tuning for the vector store of a RAG app: demo, fine-tune, versions, traces.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+traces_app = typer.Typer(
+    help="Inspect and export the searches a store recorded.", no_args_is_help=True
+)
+app.add_typer(traces_app, name="traces")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+StoreOpt = Annotated[
+    Path,
+    typer.Option(
+        "--store",
+        help="Folder of an embedded nudge-rag store (holds chroma/ and nudge_state/).",
+    ),
+]
+CollectionOpt = Annotated[str, typer.Option(help="Chroma collection name in the store.")]
+
+
+def one_line_errors(fn: F) -> F:
+    """Turn the library's errors into one clear line and exit status 1."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (NudgeError, FileNotFoundError, PermissionError) as e:
+            typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(1) from None
+
+    return run  # type: ignore[return-value]
+
+
+def open_store(folder: Path, collection: str = "nudge_rag") -> Any:
+    """Open an embedded store (as ``nudge-rag demo`` or ``NudgedVectorStore.from_texts`` made)."""
+    chroma_dir = folder / "chroma" if (folder / "chroma").is_dir() else folder
+    state_dir = folder / "nudge_state"
+    if not (chroma_dir / "chroma.sqlite3").exists() or not state_dir.is_dir():
+        msg = f"--store {folder}: no nudge-rag store there (expected chroma/ and nudge_state/)."
+        raise NudgeError(msg)
+    import chromadb
+    from langchain_chroma import Chroma
+
+    from nudge_rag.langchain import NudgedVectorStore
+
+    client = chromadb.PersistentClient(path=str(chroma_dir))
+    names = [c.name for c in client.list_collections()]
+    if collection not in names:
+        msg = f"--collection {collection}: not in {chroma_dir}; it has {names}."
+        raise NudgeError(msg)
+    inner = Chroma(collection_name=collection, client=client)
+    return NudgedVectorStore(inner, state_dir=state_dir)
+
+
+@app.command()
+@one_line_errors
+def demo(
+    data: Annotated[
+        Path | None, typer.Option(help="A BEIR folder (default: ../shared/data/scifact).")
+    ] = None,
+    state: Annotated[Path, typer.Option(help="Where the demo store is built.")] = Path(
+        "nudge_demo_state"
+    ),
+    plot: Annotated[Path, typer.Option(help="Where the before/after PNG goes.")] = Path(
+        "nudge_demo.png"
+    ),
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Offline end-to-end demo: a Chroma store of SciFact learns from simulated users.
+
+    Builds a persistent Chroma store with all-MiniLM-L6-v2 vectors (precomputed ones when the
+    dataset has them), runs the train queries as searches with feedback from the qrels,
+    fine-tunes with NUDGE-N, applies the proven version and prints retrieval quality on the
+    test queries before and after.
+
+    Example:  nudge-rag demo --data ../shared/data/nfcorpus --state /tmp/nf
+    """
+    from nudge_rag.demo import run_demo
+
+    result = run_demo(data, state, plot=plot, progress=not quiet, echo=typer.echo)
+    typer.echo("")
+    typer.echo(result.table())
+    typer.echo(
+        f"\nversion {result.version} applied; plot: {result.plot}; store: {result.state_dir}/ "
+        f"(try: nudge-rag versions --store {result.state_dir})"
+    )
+    typer.echo(f"took {result.seconds['total']:.0f} s")
+
+
+@app.command()
+@one_line_errors
+def finetune(
+    store: StoreOpt,
+    collection: CollectionOpt = "nudge_rag",
+    method: Annotated[
+        str, typer.Option(help="nudge-n (any metric) or nudge-m (ip stores).")
+    ] = "nudge-n",
+    llm_base_url: Annotated[
+        str | None,
+        typer.Option(help="OpenAI-compatible endpoint that judges traces without feedback."),
+    ] = None,
+    llm_model: Annotated[str, typer.Option(help="Model name for the judge.")] = "gpt-4o-mini",
+    max_calls: Annotated[int | None, typer.Option(help="Hard cap on LLM calls.")] = None,
+    min_gain: Annotated[
+        float, typer.Option(help="Apply only if the CI lower bound beats this.")
+    ] = 0.0,
+    apply: Annotated[
+        bool, typer.Option(help="Write the new version when the gain is proven.")
+    ] = True,
+    force: Annotated[bool, typer.Option(help="Apply even when the gain is not proven.")] = False,
+) -> None:
+    """Label traces, fit NUDGE, prove the gain on held-out queries, apply it.
+
+    Labels come from recorded feedback; with --llm-base-url an OpenAI-compatible model judges
+    the traces that have none (the key is read from OPENAI_API_KEY).
+
+    Example:  nudge-rag finetune --store nudge_demo_state --min-gain 0.01
+    """
+    from nudge_rag.core.engine import NudgeFinetuneEngine
+
+    s = open_store(store, collection)
+    llm = None
+    if llm_base_url:
+        import openai
+
+        llm = openai.OpenAI(base_url=llm_base_url, api_key=os.environ.get("OPENAI_API_KEY", "none"))
+    engine = NudgeFinetuneEngine(
+        s,
+        llm=llm,
+        llm_model=llm_model if llm else None,
+        method=method,
+        min_gain=min_gain,
+        max_calls=max_calls,
+    )
+    report = engine.finetune()
+    typer.echo(str(report))
+    if apply and (report.proven or force):
+        typer.echo(f"applied as version {engine.apply(report, force=force)}")
+    elif apply:
+        typer.secho(
+            "not applied: the gain is not proven (use --force to apply anyway)", fg="yellow"
+        )
+
+
+@app.command("eval")
+@one_line_errors
+def evaluate(
+    store: StoreOpt,
+    data: Annotated[Path, typer.Option(help="BEIR folder whose queries and qrels to use.")],
+    split: Annotated[str, typer.Option(help="qrels split to evaluate.")] = "test",
+    collection: CollectionOpt = "nudge_rag",
+) -> None:
+    """NDCG@10 and Recall@10 of a split's queries searched through the store as it is now.
+
+    Query vectors come from the dataset's precomputed embeddings (emb/<model>/).
+
+    Example:  nudge-rag eval --store nudge_demo_state --data ../shared/data/scifact --split test
+    """
+    from nudge_rag.core.data import load_beir
+    from nudge_rag.demo import evaluate_store
+
+    s = open_store(store, collection)
+    ds = load_beir(data, load_text=False)
+    scores = evaluate_store(s, ds, split)
+    typer.echo(
+        f"{ds.name} {split}: NDCG@10 {scores['ndcg@10']:.4f}  Recall@10 {scores['recall@10']:.4f}"
+    )
+
+
+@app.command()
+@one_line_errors
+def versions(store: StoreOpt, collection: CollectionOpt = "nudge_rag") -> None:
+    """List the store's versions: time, method, gamma, rows changed, held-out gain.
+
+    Example:  nudge-rag versions --store nudge_demo_state
+    """
+    import time
+
+    s = open_store(store, collection)
+    current = s.nudge_state.version_log.current
+    typer.echo(
+        f"{'':2}{'version':>7}  {'time':<19}  {'method':<8}{'gamma':>7}{'rows':>7}  "
+        "note / held-out NDCG@10"
+    )
+    for v in s.versions():
+        gain = ""
+        if v.report and isinstance(v.report.get("ndcg"), dict):
+            n = v.report["ndcg"]
+            gain = f"{n['before']:.4f} → {n['after']:.4f}"
+        mark = "*" if v.version == current else " "
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v.time))
+        gamma = f"{v.gamma:.3f}" if v.gamma is not None else "—"
+        typer.echo(
+            f"{mark:2}{v.version:>7}  {when:<19}  {v.method or '—':<8}{gamma:>7}"
+            f"{v.rows_changed:>7}  {gain or (v.note or '')}"
+        )
+
+
+@app.command()
+@one_line_errors
+def rollback(
+    store: StoreOpt,
+    to: Annotated[
+        int | None, typer.Option(help="Version to restore (default: the previous; 0: base).")
+    ] = None,
+    collection: CollectionOpt = "nudge_rag",
+) -> None:
+    """Restore a version's vectors exactly (bit for bit).
+
+    Example:  nudge-rag rollback --store nudge_demo_state --to 0
+    """
+    s = open_store(store, collection)
+    typer.echo(f"store is at version {s.rollback(to)}")
+
+
+@traces_app.command("stats")
+@one_line_errors
+def traces_stats(store: StoreOpt, collection: CollectionOpt = "nudge_rag") -> None:
+    """Counts of searches and feedback in the trace log.
+
+    Example:  nudge-rag traces stats --store nudge_demo_state
+    """
+    s = open_store(store, collection)
+    for key, value in s.nudge_state.trace_log.stats().items():
+        typer.echo(f"{key}: {value}")
+
+
+@traces_app.command("export")
+@one_line_errors
+def traces_export(
+    store: StoreOpt,
+    out: Annotated[Path, typer.Option(help="JSONL file to write (one search per line).")],
+    collection: CollectionOpt = "nudge_rag",
+) -> None:
+    """Export every trace, with its feedback, as JSON lines.
+
+    Example:  nudge-rag traces export --store nudge_demo_state --out traces.jsonl
+    """
+    s = open_store(store, collection)
+    n = s.nudge_state.trace_log.export_jsonl(out)
+    typer.echo(f"wrote {n} traces to {out}")
+
+
+@app.command()
+@one_line_errors
+def bench(
+    data: Annotated[
+        Path | None, typer.Option(help="Folder of BEIR datasets (default: ../shared/data).")
+    ] = None,
+    method: Annotated[str, typer.Option(help="nudge-n or nudge-m.")] = "nudge-n",
+) -> None:
+    """Ours vs nudge-ft (when installed) on each BEIR dataset with embeddings: NDCG@10, seconds.
+
+    Example:  nudge-rag bench --method nudge-m
+    """
+    from nudge_rag.bench import compare_on_dataset, datasets_in
+
+    for path in datasets_in(data):
+        row = compare_on_dataset(path, method)
+        typer.echo(json.dumps(row))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
