@@ -223,7 +223,8 @@ class FinetuneReport:
 # Small pure helpers
 
 
-def _unit_hash(seed: int, key: str) -> float:
+def split_point(seed: int, key: str) -> float:
+    """Where a query key falls in [0, 1) for the seeded split (stable across runs)."""
     digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
@@ -289,7 +290,8 @@ class NudgeFinetuneEngine:
         llm: ``None`` (feedback labels only), an ``openai.OpenAI`` client (with
             ``llm_model=``), a LangChain ``BaseChatModel`` or a LlamaIndex ``LLM``.
         method: ``"nudge-n"`` (any metric) or ``"nudge-m"`` (inner-product stores only).
-        label_k: size of the candidate pool the LLM grades per query (default 20).
+        label_k: size of the candidate pool the LLM grades per query (default 20); a pool
+            larger than ``judge_batch`` (default 20) goes out as several prompts.
         synthetic_chunks / questions_per_chunk: cold start — ask the LLM for questions that
             sampled chunks answer; they train and validate, and are the held-out proof only
             when no real trace is labeled.
@@ -315,6 +317,7 @@ class NudgeFinetuneEngine:
         method: Method | str = Method.NUDGE_N,
         llm_model: str | None = None,
         label_k: int = 20,
+        judge_batch: int = 20,
         synthetic_chunks: int = 0,
         questions_per_chunk: int = 2,
         split: tuple[float, float, float] = (0.6, 0.2, 0.2),
@@ -358,6 +361,9 @@ class NudgeFinetuneEngine:
         if label_k < 1:
             msg = f"label_k: found {label_k}, expected ≥ 1; pass e.g. 20."
             raise NudgeError(msg)
+        if judge_batch < 1:
+            msg = f"judge_batch: found {judge_batch}, expected ≥ 1; pass e.g. 20."
+            raise NudgeError(msg)
         if synthetic_chunks < 0:
             msg = f"synthetic_chunks: found {synthetic_chunks}, expected ≥ 0."
             raise NudgeError(msg)
@@ -366,6 +372,7 @@ class NudgeFinetuneEngine:
             raise NudgeError(msg)
         self.llm = as_llm(llm, model=llm_model)
         self.label_k = label_k
+        self.judge_batch = judge_batch
         self.synthetic_chunks = synthetic_chunks
         self.questions_per_chunk = questions_per_chunk
         self.split = split
@@ -445,19 +452,22 @@ class NudgeFinetuneEngine:
         wanted = sorted({int(r) for r in pools.ravel() if r >= 0})
         wanted_ids = [ids[r] for r in wanted]
         text_of = dict(zip(wanted_ids, self.state.texts(wanted_ids), strict=True))
-        items, kept = [], []
-        for (key, text, emb, tids, fb), pool in zip(groups, pools, strict=True):
+        items: list[tuple[str, list[Candidate]]] = []
+        owner: list[int] = []  # which group each prompt belongs to
+        for g, ((_, text, *_rest), pool) in enumerate(zip(groups, pools, strict=True)):
             cands = [Candidate(ids[r], text_of[ids[r]]) for r in pool if text_of.get(ids[r])]
             if not cands:
                 counts["no_candidate_text"] += 1
-                continue
-            items.append((text, cands))
-            kept.append((key, text, emb, tids, fb))
+            for start in range(0, len(cands), self.judge_batch):
+                items.append((text, cands[start : start + self.judge_batch]))
+                owner.append(g)
+        judged: dict[int, dict[str, float]] = {}
+        for g, grades in zip(owner, labeler.judge(items), strict=True):
+            if grades is not None:  # a skipped prompt leaves its candidates unjudged (counted)
+                judged.setdefault(g, {}).update({i: float(v) for i, v in grades.items()})
         out = []
-        for (key, text, emb, tids, fb), grades in zip(kept, labeler.judge(items), strict=True):
-            if grades is None:
-                continue  # skipped: counted in the labeler's stats
-            merged = {i: float(g) for i, g in grades.items()}
+        for g, merged in sorted(judged.items()):
+            key, text, emb, tids, fb = groups[g]
             merged.update(fb)  # the user's own verdicts win over the judge
             out.append(LabeledQuery(key, text, emb, merged, "llm", tids))
         return out
@@ -493,12 +503,12 @@ class NudgeFinetuneEngine:
         train, val, test = [], [], []
         three_way = real if real else synth
         for q in three_way:
-            u = _unit_hash(self.seed, q.key)
+            u = split_point(self.seed, q.key)
             (train if u < tr_f else val if u < tr_f + va_f else test).append(q)
         if real:
             share = tr_f / (tr_f + va_f)
             for q in synth:
-                (train if _unit_hash(self.seed, q.key) < share else val).append(q)
+                (train if split_point(self.seed, q.key) < share else val).append(q)
         return train, val, test, "traces" if real else "synthetic"
 
     # -- finetune -------------------------------------------------------------------------------
