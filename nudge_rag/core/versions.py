@@ -6,7 +6,7 @@ rows into the store and records them as a new version whose parent is the curren
 after a rollback branches), so the vector of an id at version ``v`` is the one recorded by the
 nearest ancestor of ``v`` that changed it, or its base vector.
 
-Vectors are kept *as given* (float64 blobs, exact for float32 and float64 input), never as read
+Vectors are kept *as given* (float32 blobs, or float64 where float32 would round), never as read
 back: stores such as a Chroma cosine collection or a Qdrant cosine collection read back vectors
 up to 1 ulp off, and writing a read-back again is not always a fixed point. Writing the same given
 vector reproduces the same stored bits, which makes rollback bitwise exact. Base vectors of ids
@@ -107,7 +107,18 @@ def check_metric(method: str | None, metric: Metric) -> None:
 
 
 def _blob(v: np.ndarray) -> bytes:
-    return np.ascontiguousarray(v, dtype=np.float64).tobytes()
+    """A vector as bytes: float32 when that is exact (tag 4), else float64 (tag 8)."""
+    v64 = np.asarray(v, dtype=np.float64)
+    v32 = v64.astype(np.float32)
+    if np.array_equal(v32.astype(np.float64), v64):
+        return b"\x04" + v32.tobytes()
+    return b"\x08" + v64.tobytes()
+
+
+def _unblob(b: bytes) -> np.ndarray:
+    """The float64 vector of a :func:`_blob`."""
+    dtype = np.float32 if b[0] == 4 else np.float64
+    return np.frombuffer(b, dtype=dtype, offset=1).astype(np.float64)
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -434,9 +445,7 @@ class VersionLog:
         if lost:  # pragma: no cover - the schema keeps a base row for every changed id
             msg = f"version log {self.path} has no base vector for ids {lost[:10]}."
             raise NudgeError(msg)
-        return np.stack(
-            [np.frombuffer(found[i][1], dtype=np.float64) if i in found else base[i] for i in ids]
-        )
+        return np.stack([_unblob(found[i][1]) if i in found else base[i] for i in ids])
 
     def _ids_in(self, table: str, ids: Sequence[str]) -> set[str]:
         out: set[str] = set()
@@ -454,7 +463,7 @@ class VersionLog:
             for i, blob in self._conn.execute(
                 f"SELECT id, vector FROM {table} WHERE id IN ({q})", part
             ):
-                out[i] = np.frombuffer(blob, dtype=np.float64)
+                out[i] = _unblob(blob)
         return out
 
     def _read_exact(self, ids: list[str]) -> np.ndarray:
