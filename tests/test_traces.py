@@ -107,6 +107,7 @@ def test_purge_and_retention(tmp_path):
     old = _rec(lg, q="old")
     lg.record_feedback(old, relevant_ids=["a"])
     # age the first trace by 10 days
+    lg.flush()
     lg._conn.execute("UPDATE traces SET time = time - 10 * 86400 WHERE id = ?", (old,))
     new = _rec(lg, q="new")
     lg.close()
@@ -122,6 +123,7 @@ def test_purge_and_retention(tmp_path):
 
 def test_since(log):
     a = _rec(log)
+    log.flush()
     log._conn.execute("UPDATE traces SET time = 100 WHERE id = ?", (a,))
     b = _rec(log)
     assert [t.id for t in log.traces(since=1000)] == [b]
@@ -176,7 +178,18 @@ def test_throughput_four_threads(tmp_path):
         th.start()
     for th in threads:
         th.join()
+    lg.flush()  # every trace committed
     rate = 4 * per_thread / (time.perf_counter() - t0)
     assert len(lg) == 4 * per_thread
     lg.close()
     assert rate >= 5000, f"{rate:.0f} traces/s"
+
+
+def test_queued_traces_are_written_on_close(tmp_path):
+    path = tmp_path / "t.sqlite"
+    lg = TraceLog(path)
+    ids = [_rec(lg, q=f"q{i}") for i in range(300)]
+    lg.close()
+    again = TraceLog(path)
+    assert [t.id for t in again.traces()] == ids
+    again.close()

@@ -1,8 +1,12 @@
 """The trace log: every search a face served, and the feedback users sent about it.
 
 One SQLite database (WAL mode) in the store's state folder, created owner-only (0600) because it
-holds users' queries. Rows are only appended; the one deletion is :meth:`TraceLog.purge` (also run
-on open and every few thousand writes when ``retention_days`` is set). Nothing here leaves the
+holds users' queries. Searches are appended by a background writer thread in batches, so a search
+pays only for queueing its row; every read (and ``record_feedback``) first waits for the queue to
+be written, and ``close`` (also run at interpreter exit) flushes it. A process killed outright
+loses the rows still queued (at most one batch). Rows are only appended; the one deletion is
+:meth:`TraceLog.purge` (also run on open and every few thousand writes when ``retention_days`` is
+set). Nothing here leaves the
 machine: :meth:`TraceLog.export_jsonl` writes a local file.
 
 Tables::
@@ -14,12 +18,14 @@ Tables::
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sqlite3
 import threading
 import time as _time
 import uuid
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +63,13 @@ CREATE INDEX IF NOT EXISTS feedback_time ON feedback(time);
 """
 
 _PURGE_EVERY = 5000  # writes between two retention purges
+_OPEN_LOGS: weakref.WeakSet[TraceLog] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_open_logs() -> None:
+    for log in list(_OPEN_LOGS):
+        log.close()
 
 
 @dataclass(frozen=True)
@@ -144,6 +157,13 @@ class TraceLog:
         self._conn.executescript(_SCHEMA)
         self._writes = 0
         self._closed = False
+        self._cv = threading.Condition()
+        self._queue: list[tuple] = []
+        self._inflight = 0
+        self._stopping = False
+        self._error: BaseException | None = None
+        self._writer: threading.Thread | None = None
+        _OPEN_LOGS.add(self)
         if retention_days is not None:
             self.purge(retention_days)
 
@@ -178,21 +198,66 @@ class TraceLog:
             emb.shape[0],
             int(k),
             None if flt is None else json.dumps(flt),
-            json.dumps(ids),
-            json.dumps(sc),
+            ids,
+            sc,
         )
-        with self._lock:
+        with self._cv:
             self._check_open()
-            self._conn.execute(
-                "INSERT INTO traces (id, time, query, embedding, dim, k, filter, result_ids,"
-                " scores) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                row,
-            )
-            self._writes += 1
-            due = self.retention_days is not None and self._writes % _PURGE_EVERY == 0
-        if due:
-            self.purge(self.retention_days)  # type: ignore[arg-type]
+            self._queue.append(row)
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._write_loop, name=f"nudge-traces-{self.path.name}", daemon=True
+                )
+                self._writer.start()
+            elif len(self._queue) == 1:
+                self._cv.notify_all()
         return trace_id
+
+    def _write_loop(self) -> None:
+        """Write queued traces in batches, one transaction each."""
+        while True:
+            with self._cv:
+                while not self._queue and not self._stopping:
+                    self._cv.wait()
+                if not self._queue:
+                    return
+                batch, self._queue = self._queue, []
+                self._inflight = len(batch)
+            rows = [(*r[:7], json.dumps(r[7]), json.dumps(r[8])) for r in batch]
+            try:
+                with self._lock:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        self._conn.executemany(
+                            "INSERT INTO traces (id, time, query, embedding, dim, k, filter,"
+                            " result_ids, scores) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            rows,
+                        )
+                        self._conn.execute("COMMIT")
+                    except BaseException:
+                        self._conn.execute("ROLLBACK")
+                        raise
+            except Exception as e:  # surfaced by the next flush
+                self._error = e
+            before = self._writes
+            self._writes += len(batch)
+            with self._cv:
+                self._inflight = 0
+                self._cv.notify_all()
+            if self.retention_days is not None and (
+                self._writes // _PURGE_EVERY != before // _PURGE_EVERY
+            ):
+                self._purge(self.retention_days)
+
+    def flush(self) -> None:
+        """Wait until every recorded trace is in the database."""
+        with self._cv:
+            while self._queue or self._inflight:
+                self._cv.wait()
+            err, self._error = self._error, None
+        if err is not None:
+            msg = f"writing traces to {self.path} failed: {err}; check the disk and permissions."
+            raise NudgeError(msg) from err
 
     def record_feedback(
         self,
@@ -224,6 +289,7 @@ class TraceLog:
                 "relevant or irrelevant to a query, remove it from one list."
             )
             raise NudgeError(msg)
+        self.flush()
         with self._lock:
             self._check_open()
             hit = self._conn.execute("SELECT 1 FROM traces WHERE id = ?", (trace_id,)).fetchone()
@@ -247,6 +313,7 @@ class TraceLog:
         if since is not None:
             sql += " WHERE time >= ?"
             args = (float(since),)
+        self.flush()
         with self._lock:
             self._check_open()
             rows = self._conn.execute(sql + " ORDER BY seq", args).fetchall()
@@ -259,6 +326,7 @@ class TraceLog:
         if trace_id is not None:
             sql += " WHERE trace_id = ?"
             args = (trace_id,)
+        self.flush()
         with self._lock:
             self._check_open()
             rows = self._conn.execute(sql + " ORDER BY seq", args).fetchall()
@@ -268,6 +336,7 @@ class TraceLog:
         ]
 
     def __len__(self) -> int:
+        self.flush()
         with self._lock:
             self._check_open()
             return int(self._conn.execute("SELECT count(*) FROM traces").fetchone()[0])
@@ -311,9 +380,13 @@ class TraceLog:
         if not older_than_days >= 0:
             msg = f"older_than_days: expected a number of days >= 0, found {older_than_days!r}."
             raise NudgeError(msg)
+        self._check_open()
+        self.flush()
+        return self._purge(older_than_days)
+
+    def _purge(self, older_than_days: float) -> int:
         cutoff = _time.time() - float(older_than_days) * 86400.0
         with self._lock:
-            self._check_open()
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 self._conn.execute(
@@ -329,6 +402,7 @@ class TraceLog:
 
     def stats(self) -> dict:
         """Counts and time span: traces, feedback rows, traces with feedback, first/last time."""
+        self.flush()
         with self._lock:
             self._check_open()
             n, first, last = self._conn.execute(
@@ -348,14 +422,21 @@ class TraceLog:
         }
 
     def close(self) -> None:
-        """Close the database (idempotent)."""
+        """Write what is queued and close the database (idempotent)."""
+        with self._cv:
+            if self._closed:
+                return
+            self._stopping = True
+            self._cv.notify_all()
+        if self._writer is not None:
+            self._writer.join()
         with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._conn.close()
+            self._closed = True
+            self._conn.close()
+        _OPEN_LOGS.discard(self)
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._closed or self._stopping:
             msg = f"TraceLog({self.path}) is closed; open a new TraceLog on the same path."
             raise NudgeError(msg)
 

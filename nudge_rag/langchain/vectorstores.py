@@ -25,6 +25,8 @@ from nudge_rag.core.versions import VersionInfo
 TRACE_KEY = "nudge_trace_id"
 ORIGINAL_ID_KEY = "_nudge_id"  # where the Qdrant face keeps a document's own id (in metadata)
 _QDRANT_ADDED = ("_id", "_collection_name")
+# stores that build new Document objects for every search (FAISS returns its stored ones)
+_FRESH_DOCS = frozenset({"chroma", "memory", "qdrant"})
 
 _capture: contextvars.ContextVar[list[list[float]] | None] = contextvars.ContextVar(
     "nudge_capture", default=None
@@ -320,6 +322,10 @@ class NudgedVectorStore(VectorStore):
                 meta.pop(key, None)
         if trace_id is not None and self.trace_metadata_key is not None:
             meta[self.trace_metadata_key] = trace_id
+        if self._kind in _FRESH_DOCS:  # a new object per search: give it the new dict, no copy
+            doc.id = doc_id
+            doc.metadata = meta
+            return doc
         return Document(id=doc_id, page_content=doc.page_content, metadata=meta)
 
     # -- writes --------------------------------------------------------------------------------
