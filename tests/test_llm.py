@@ -94,7 +94,7 @@ def test_openai_sends_a_json_schema_response_format(stub):
 
 
 def test_openai_falls_back_to_parsing_when_response_format_is_rejected():
-    with OpenAIStub(ok_judge, faults=Faults(reject_response_format=True)) as stub:
+    with OpenAIStub(ok_judge, faults=Faults(reject_params=("response_format",))) as stub:
         llm = as_llm(stub.client(), model="m")
         first = ask(llm, MESSAGES, want_ok, schema={"type": "object"}, policy=FAST)
         second = ask(llm, MESSAGES, want_ok, schema={"type": "object"}, policy=FAST)
@@ -133,12 +133,21 @@ def test_transient_errors_give_up_after_max_retries(stub):
     assert "HTTP 500" in (out.error or "")
 
 
-def test_permanent_errors_are_not_retried():
-    with OpenAIStub(ok_judge, faults=Faults(reject_response_format=True)) as stub:
-        stub.queue("400")  # a 400 without a response_format to drop: nothing to fix by retrying
+def test_a_model_without_temperature_is_asked_again_without_it():
+    with OpenAIStub(ok_judge, faults=Faults(reject_params=("temperature",))) as stub:
         llm = as_llm(stub.client(), model="m")
-        out = ask(llm, MESSAGES, want_ok, policy=FAST)
-        assert out.status is Status.FAILED and out.calls == 1
+        out = ask(llm, MESSAGES, want_ok, schema={"type": "object"}, policy=FAST)
+        assert out.status is Status.OK and out.calls == 2
+        last = stub.chat_requests[-1].body
+        assert "temperature" not in last and "response_format" in last  # only what it named
+
+
+def test_permanent_errors_are_not_retried(stub):
+    stub.queue("400")  # nothing left to drop (no schema, no temperature complaint)
+    llm = OpenAIChat(stub.client(), "m", temperature=None)
+    out = ask(llm, MESSAGES, want_ok, policy=FAST)
+    assert out.status is Status.FAILED and out.calls == 1
+    assert "HTTP 400" in (out.error or "")
 
 
 def test_malformed_answers_are_retried_then_skipped_never_guessed(stub):

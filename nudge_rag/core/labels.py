@@ -306,9 +306,7 @@ class LabelStats:
 @dataclass
 class _Job:
     key: str
-    inputs: Any
-    messages: list[dict[str, str]]
-    schema: dict[str, Any] | None
+    build: Callable[[], tuple[list[dict[str, str]], dict[str, Any] | None]]  # only on a miss
     validate: Callable[[Any], Any]
 
 
@@ -357,9 +355,10 @@ class Labeler:
             jobs.append(
                 _Job(
                     key=self.cache.key(self.llm.name, JUDGE_PROMPT_VERSION, "judge", inputs),
-                    inputs=inputs,
-                    messages=judge_messages(query, candidates),
-                    schema=judge_schema(ids),
+                    build=lambda q=query, c=candidates, ids=ids: (
+                        judge_messages(q, c),
+                        judge_schema(ids),
+                    ),
                     validate=lambda a, ids=ids: validate_judgments(a, ids),
                 )
             )
@@ -378,9 +377,7 @@ class Labeler:
                     key=self.cache.key(
                         self.llm.name, QUESTIONS_PROMPT_VERSION, "questions", inputs
                     ),
-                    inputs=inputs,
-                    messages=questions_messages(p, n),
-                    schema=QUESTIONS_SCHEMA,
+                    build=lambda p=p: (questions_messages(p, n), QUESTIONS_SCHEMA),
                     validate=lambda a, n=n: validate_questions(a, n),
                 )
             )
@@ -410,11 +407,12 @@ class Labeler:
         def work(idx: int) -> Outcome[Any]:
             job = jobs[idx]
             rng = random.Random(f"{base_seed}:{job.key}")
+            messages, schema = job.build()
             return ask(
                 self.llm,
-                job.messages,
+                messages,
                 job.validate,
-                schema=job.schema,
+                schema=schema,
                 policy=self.policy,
                 budget=self.budget,
                 rng=rng,

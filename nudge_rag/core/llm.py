@@ -173,6 +173,18 @@ class OpenAIChat:
         self.use_schema = use_schema
         self.name = f"openai:{model}"
 
+    def _drop_rejected(self, message: str, schema: Mapping[str, Any] | None) -> bool:
+        """Stop sending the parameter a 400 complains about; False when there is none."""
+        text = message.lower()
+        if self.temperature is not None and "temperature" in text:
+            self.temperature = None
+            return True
+        named = any(w in text for w in ("response_format", "json_schema", "schema", "structured"))
+        if self.use_schema and schema is not None and named:
+            self.use_schema = False
+            return True
+        return False
+
     def _create(self, messages: Messages, schema: Mapping[str, Any] | None) -> Any:
         kwargs: dict[str, Any] = {"model": self.model, "messages": [dict(m) for m in messages]}
         if self.temperature is not None:
@@ -185,19 +197,22 @@ class OpenAIChat:
         return self._client.chat.completions.create(**kwargs)
 
     def chat(self, messages: Messages, *, schema: Mapping[str, Any] | None = None) -> LLMReply:
-        """One chat completion; errors come out as :class:`LLMCallError`."""
+        """One chat completion; errors come out as :class:`LLMCallError`.
+
+        A 400 whose message names ``temperature`` or the response format (``response_format``,
+        ``json_schema``, ...) drops that parameter, for this and every later request, and asks
+        again at once; each request is counted.
+        """
         calls = 1
-        try:
+        while True:
             try:
                 resp = self._create(messages, schema if self.use_schema else None)
+                break
             except Exception as exc:
-                if not (self.use_schema and schema is not None and _status_of(exc) == 400):
-                    raise
-                self.use_schema = False  # the server does not take response_format
-                calls += 1
-                resp = self._create(messages, None)
-        except Exception as exc:
-            raise classify_error(exc) from exc
+                if _status_of(exc) == 400 and self._drop_rejected(str(exc), schema):
+                    calls += 1
+                    continue
+                raise classify_error(exc) from exc
         choice = resp.choices[0] if resp.choices else None
         text = (choice.message.content or "") if choice is not None else ""
         usage = getattr(resp, "usage", None)

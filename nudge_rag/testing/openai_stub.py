@@ -45,8 +45,9 @@ class Faults:
 
     ``rate_limit`` → 429 with ``Retry-After: retry_after``; ``server_error`` → 500;
     ``malformed`` → a 200 whose content is truncated JSON; ``slow`` → the answer after
-    ``slow_seconds``; ``reject_response_format`` → 400 for any request that sends
-    ``response_format`` (a server without structured outputs).
+    ``slow_seconds``; ``reject_params`` → 400 naming the first of these body parameters a
+    request sends (a server without structured outputs: ``("response_format",)``; a model
+    that takes no temperature: ``("temperature",)``).
     """
 
     rate_limit: float = 0.0
@@ -55,7 +56,7 @@ class Faults:
     slow: float = 0.0
     retry_after: float = 1.0
     slow_seconds: float = 2.0
-    reject_response_format: bool = False
+    reject_params: tuple[str, ...] = ()
     seed: int = 0
 
 
@@ -176,8 +177,9 @@ class OpenAIStub:
             if self._queue:
                 return self._queue.pop(0)
             f = self.faults
-            if f.reject_response_format and "response_format" in body:
-                return "400"
+            rejected = next((p for p in f.reject_params if p in body), None)
+            if rejected is not None:
+                return f"400:{rejected}"
             u = self._rng.random()
         for kind, rate in (
             ("429", f.rate_limit),
@@ -258,9 +260,10 @@ class _Handler(BaseHTTPRequestHandler):
             stub._record(self.path, int(fault), fault, body)
             self._error(int(fault), "The server had an error while processing your request.")
             return
-        if fault == "400":
+        if fault is not None and fault.startswith("400"):
+            param = fault.partition(":")[2] or "response_format"
             stub._record(self.path, 400, fault, body)
-            self._error(400, "response_format is not supported by this model.")
+            self._error(400, f"Unsupported parameter: '{param}' is not supported with this model.")
             return
         if fault == "slow":
             time.sleep(f.slow_seconds)
