@@ -557,6 +557,41 @@ def test_nudge_m_vectors_are_accepted_by_inner_product_stores(stores):
     assert nudged.query(q(QUERIES[0], 1)).ids == [node_id(1)]
 
 
+def test_the_engine_reads_chunk_texts(filled):
+    _, nudged = filled
+    ghost = "00000000-0000-0000-0000-0000000000dd"
+    got = nudged.nudge_state.texts([node_id(5), ghost])
+    if nudged.stores_text:
+        assert got == ["chunk 5 on physics", None]
+    else:  # SimpleVectorStore keeps no text: pass get_texts= (e.g. from the docstore)
+        assert got == [None, None]
+
+
+def test_from_defaults_reaches_a_chroma_server(chroma_server, tmp_path):
+    host, port = chroma_server
+    name = f"defaults-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(NudgeError, match="state_dir: found None with a Chroma server"):
+        NudgedVectorStore.from_defaults(collection_name=name, host=host, port=port)
+    nudged = NudgedVectorStore.from_defaults(
+        collection_name=name, host=host, port=port, state_dir=tmp_path / "state", metric="ip"
+    )
+    nudged.add(make_nodes())
+    assert nudged.nudge_state.metric.value == "ip"
+    assert nudged.query(q(VECS[4], 1)).ids == [node_id(4)]
+    nudged.close()
+
+
+def test_what_cannot_be_wrapped_is_refused(tmp_path):
+    nudged = NudgedVectorStore(SimpleVectorStore(), state_dir=tmp_path / "a")
+    with pytest.raises(NudgeError, match="found a NudgedVectorStore; wrap the underlying store"):
+        NudgedVectorStore(nudged, state_dir=tmp_path / "b")
+    with pytest.raises(NudgeError, match="expected a LlamaIndex BasePydanticVectorStore"):
+        NudgedVectorStore(object(), state_dir=tmp_path / "c")  # type: ignore[arg-type]
+    with pytest.raises(NudgeError, match="metric: found 'dot'"):
+        NudgedVectorStore.from_defaults(tmp_path / "chroma", metric="dot")
+    nudged.close()
+
+
 # == bad input: clear errors, nothing changed ==================================================
 def test_nodes_without_embeddings_are_refused(filled):
     _, nudged = filled

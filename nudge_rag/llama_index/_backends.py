@@ -73,15 +73,13 @@ class Backend:
             return self.matching(filters)
         return self.all_ids()
 
-    def texts(self, ids: Sequence[str]) -> list[str]:
-        """The stored text of each id (stores that keep text only)."""
-        nodes = self.store.get_nodes(node_ids=list(ids))
+    def texts(self, ids: Sequence[str]) -> list[str | None]:
+        """The stored text of each id (None for ids the store does not hold)."""
+        if not ids:
+            return []
+        nodes = self.store.get_nodes(list(ids))
         by_id = {n.node_id: n.get_content() for n in nodes}
-        missing = [i for i in ids if i not in by_id]
-        if missing:
-            msg = f"ids: the store holds no text for {missing[:10]!r}; add those nodes first."
-            raise NudgeError(msg)
-        return [by_id[i] for i in ids]
+        return [by_id.get(i) for i in ids]
 
     def has_async(self) -> bool:
         """Whether the store's own async methods can run."""
@@ -122,13 +120,6 @@ class SimpleBackend(Backend):
         """The node ids that ``delete(ref_doc_id)`` removes."""
         table = self.store.data.text_id_to_ref_doc_id
         return [i for i, ref in table.items() if ref == ref_doc_id]
-
-    def texts(self, ids: Sequence[str]) -> list[str]:
-        msg = (
-            "get_texts: SimpleVectorStore keeps no text (LlamaIndex keeps it in the docstore); "
-            "pass get_texts=lambda ids: [index.docstore.get_node(i).get_content() for i in ids]."
-        )
-        raise NudgeError(msg)
 
 
 class ChromaBackend(Backend):

@@ -249,21 +249,21 @@ class NudgedVectorStore(BasePydanticVectorStore):
     # -- writes --------------------------------------------------------------------------------
     def add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> list[str]:
         """Add nodes with embeddings; bad nodes are refused before anything is written."""
-        self._check_nodes(nodes)
+        matrix = self._check_nodes(nodes)
         self._before_add(nodes)
         ids = self._inner.add(list(nodes), **add_kwargs)
-        self._after_add(nodes, ids)
+        self._after_add(nodes, matrix)
         return ids
 
     async def async_add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[str]:
         """Async twin of ``add``."""
-        self._check_nodes(nodes)
+        matrix = self._check_nodes(nodes)
         self._before_add(nodes)
         if self._backend.has_async():
             ids = await self._inner.async_add(list(nodes), **kwargs)
         else:
             ids = self._inner.add(list(nodes), **kwargs)
-        self._after_add(nodes, ids)
+        self._after_add(nodes, matrix)
         return ids
 
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
@@ -436,9 +436,10 @@ class NudgedVectorStore(BasePydanticVectorStore):
             self._dim = self._backend.dim()
         return self._dim
 
-    def _check_nodes(self, nodes: Sequence[BaseNode]) -> None:
+    def _check_nodes(self, nodes: Sequence[BaseNode]) -> np.ndarray | None:
+        """Refuse nodes the store must not take; return their embeddings as a matrix."""
         if not nodes:
-            return
+            return None
         missing = [n.node_id for n in nodes if n.embedding is None]
         if missing:
             msg = (
@@ -467,15 +468,15 @@ class NudgedVectorStore(BasePydanticVectorStore):
             bad = nodes[int(np.nonzero(~np.isfinite(matrix).all(axis=1))[0][0])].node_id
             msg = f"nodes: the embedding of node {bad!r} holds NaN or inf; re-embed it."
             raise NudgeError(msg)
+        return matrix
 
     def _before_add(self, nodes: Sequence[BaseNode]) -> None:
         if nodes:
             self._nudge_state.on_upsert([n.node_id for n in nodes])
 
-    def _after_add(self, nodes: Sequence[BaseNode], ids: Sequence[str]) -> None:
-        if not nodes:
+    def _after_add(self, nodes: Sequence[BaseNode], matrix: np.ndarray | None) -> None:
+        if matrix is None:
             return
-        matrix = np.asarray([n.embedding for n in nodes], dtype=np.float64)
         if self._dim is None:
             self._dim = matrix.shape[1]
         self._nudge_state.on_upsert([n.node_id for n in nodes], matrix)
@@ -599,6 +600,8 @@ class _LazyAdapter:
         return self._backend.all_ids()
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # copy/pickle probes, and attributes not yet set
+            raise AttributeError(name)
         return getattr(self._get(), name)
 
 
