@@ -225,6 +225,23 @@ def test_a_second_finetune_starts_from_base_and_apply_resets_old_rows(tmp_path):
     assert world.state.get_vectors(v1._ids).tobytes() == v1._vectors.tobytes()
 
 
+def test_new_chunks_join_the_next_finetune(world):
+    world.feedback_all(world.search_all())
+    eng = engine(world)
+    first = eng.finetune()
+    eng.apply(first)
+    # a new chunk arrives (added straight into the store), and users find it relevant
+    new_vec = world.vectors[0]
+    world.records["new"] = {"id": "new", "vector": new_vec.tolist(), "text": "fresh"}
+    text, v, _ = world.queries[0]
+    tid = world.state.record_search(text + " again", v, 5, None, ["new"], [1.0])
+    world.state.record_feedback(tid, relevant_ids=["new"])
+    second = eng.finetune()
+    assert second.n_chunks == N_CHUNKS + 1
+    assert second.labels["feedback"] == len(world.queries) + 1
+    assert second.proven and eng.apply(second) == 2
+
+
 def test_a_stale_report_is_refused(world):
     world.feedback_all(world.search_all())
     eng = engine(world)
