@@ -153,7 +153,7 @@ class NudgedVectorStore(BasePydanticVectorStore):
         if get_texts is None and vector_store.stores_text:
             get_texts = backend.texts
         self._nudge_state = NudgeState(
-            adapter if adapter is not None else _LazyAdapter(backend),
+            adapter if adapter is not None else _LazyAdapter(backend, after_put=self._repersist),
             state_dir,
             embed_queries=_query_embedder(embed_model),
             get_texts=get_texts,
@@ -324,8 +324,8 @@ class NudgedVectorStore(BasePydanticVectorStore):
     def persist(self, persist_path: str, fs: Any = None) -> None:
         """Persist the wrapped store where it persists (``SimpleVectorStore``'s JSON file).
 
-        Later ``apply_vectors``/``rollback`` calls re-persist to the same path, so the file
-        never lags behind the version log.
+        Every later vector write (``apply_vectors``, ``rollback``, the fine-tune engine's
+        apply) re-persists to the same path, so the file never lags behind the version log.
         """
         self._inner.persist(persist_path, fs=fs)
         self._persisted_to = (persist_path, fs)
@@ -410,17 +410,13 @@ class NudgedVectorStore(BasePydanticVectorStore):
         report: Any = None,
     ) -> int:
         """Write new vectors for some ids as a new version; return its number."""
-        version = self._nudge_state.apply_vectors(
+        return self._nudge_state.apply_vectors(
             vectors, note=note, method=method, gamma=gamma, report=report
         )
-        self._repersist()
-        return version
 
     def rollback(self, version: int | None = None) -> int:
         """Restore the vectors of ``version`` (default: the previous one); return it."""
-        restored = self._nudge_state.rollback(version)
-        self._repersist()
-        return restored
+        return self._nudge_state.rollback(version)
 
     def versions(self) -> list[Any]:
         """Version records, oldest first."""
@@ -573,9 +569,10 @@ class _LazyAdapter:
     face resets it whenever it clears the store.
     """
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, *, after_put: Callable[[], None] | None = None) -> None:
         self._backend = backend
         self._adapter: StoreAdapter | None = None
+        self._after_put = after_put
 
     def reset(self) -> None:
         """Forget the built adapter; the next call builds a fresh one."""
@@ -595,6 +592,8 @@ class _LazyAdapter:
 
     def put(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         self._get().put(ids, vectors)
+        if self._after_put is not None:
+            self._after_put()
 
     def ids(self) -> list[str]:
         return self._backend.all_ids()
