@@ -29,7 +29,7 @@ import hashlib
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -171,7 +171,12 @@ class FinetuneReport:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable summary (stored with the version ``apply`` creates)."""
-        out = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name.startswith("_") or f.name == "version":
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = asdict(value) if isinstance(value, MetricGain) else value
         for name in ("ndcg", "recall"):
             out[name] = {**out[name], "gain": getattr(self, name).gain}
         out["proven"] = self.proven
@@ -676,3 +681,7 @@ class NudgeFinetuneEngine:
     def rollback(self, version: int | None = None) -> int:
         """Move the store back to ``version`` (None: the previous one; 0: the base)."""
         return self.state.rollback(version)
+
+    def close(self) -> None:
+        """Close the label cache (the store stays open)."""
+        self.cache.close()
