@@ -643,3 +643,26 @@ def test_non_finite_embeddings_are_refused(filled):
     with pytest.raises(NudgeError, match="NaN or inf"):
         nudged.add(bad)
     assert contents(nudged) == before
+
+
+def test_tracing_switch_on_the_store(tmp_path):
+    from llama_index.core.vector_stores import SimpleVectorStore
+    from llama_index.core.vector_stores.types import VectorStoreQuery
+
+    from nudge_rag.llama_index import NudgedVectorStore
+
+    store = NudgedVectorStore(SimpleVectorStore(), state_dir=tmp_path)
+    from llama_index.core.schema import TextNode
+
+    store.add(
+        [
+            TextNode(text="a", id_="a", embedding=[1.0, 0.0]),
+            TextNode(text="b", id_="b", embedding=[0.0, 1.0]),
+        ]
+    )
+    store.tracing = False
+    store.query(VectorStoreQuery(query_embedding=[1.0, 0.0], similarity_top_k=1))
+    assert store.traces() == [] and store.nudge_state.tracing is False
+    store.tracing = True
+    store.query(VectorStoreQuery(query_embedding=[1.0, 0.0], similarity_top_k=1))
+    assert len(store.traces()) == 1

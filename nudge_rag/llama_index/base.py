@@ -242,6 +242,15 @@ class NudgedVectorStore(BasePydanticVectorStore):
         return self._nudge_state
 
     @property
+    def tracing(self) -> bool:
+        """Whether queries are logged as traces (switch off for evaluation runs)."""
+        return self._nudge_state.tracing
+
+    @tracing.setter
+    def tracing(self, on: bool) -> None:
+        self._nudge_state.tracing = bool(on)
+
+    @property
     def last_trace_id(self) -> str | None:
         """Trace id of the latest query made in this thread or asyncio task (None if none)."""
         return self._last_trace.get()
