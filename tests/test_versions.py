@@ -215,3 +215,19 @@ def test_deleted_documents_are_skipped_on_rollback(tmp_path):
     log.rollback(0)
     assert np.array_equal(ad.get_exact([IDS[2]])[0], s0[2])
     assert log.changed_ids() == [IDS[2]]
+
+
+def test_chroma_writes_more_rows_than_one_batch(tmp_path):
+    client = chromadb.PersistentClient(path=str(tmp_path / "big"))
+    col = client.create_collection("big", metadata={"hnsw:space": "l2"})
+    n = client.get_max_batch_size() + 500
+    ids = [f"b{i}" for i in range(n)]
+    x = np.random.default_rng(0).standard_normal((n, 4)).astype(np.float32)
+    for s in range(0, n, 5000):
+        col.add(ids=ids[s : s + 5000], embeddings=x[s : s + 5000])
+    ad = ChromaAdapter(col)
+    log = VersionLog(tmp_path / "v.sqlite", ad)
+    log.apply({i: -x[n_] for n_, i in enumerate(ids)})
+    assert np.array_equal(ad.get(ids), -x)
+    log.rollback(0)
+    assert np.array_equal(ad.get(ids), x)

@@ -326,7 +326,10 @@ class NudgedVectorStore(VectorStore):
             doc.id = doc_id
             doc.metadata = meta
             return doc
-        return Document(id=doc_id, page_content=doc.page_content, metadata=meta)
+        # a stored object (FAISS): copy it; its fields are already valid, skip re-validation
+        return Document.model_construct(
+            id=doc_id, page_content=doc.page_content, metadata=meta, type="Document"
+        )
 
     # -- writes --------------------------------------------------------------------------------
     def add_texts(

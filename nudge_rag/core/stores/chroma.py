@@ -40,6 +40,15 @@ def collection_space(collection: Any) -> str:
     return str(space or "l2")
 
 
+def _max_batch(collection: Any) -> int:
+    """The most records one call may carry (Chroma refuses bigger batches)."""
+    client = getattr(collection, "_client", None)
+    try:
+        return max(1, min(_PAGE, int(client.get_max_batch_size())))  # type: ignore[union-attr]
+    except Exception:  # older clients or a stand-in: a safe default
+        return _PAGE
+
+
 class ChromaAdapter:
     """Vectors by id for one chromadb collection.
 
@@ -72,6 +81,7 @@ class ChromaAdapter:
         self.metric = _SPACES[space]
         self.exact_readback = self.metric is not Metric.COSINE
         self._dim: int | None = None
+        self.batch_size = _max_batch(collection)
 
     @property
     def name(self) -> str:
@@ -90,10 +100,17 @@ class ChromaAdapter:
         ids = [str(i) for i in ids]
         if not ids:
             return np.zeros((0, self._dim or 0), dtype=np.float64)
-        got = self.collection.get(ids=list(dict.fromkeys(ids)), include=["embeddings"])
-        where = {i: n for n, i in enumerate(got["ids"])}
+        uniq = list(dict.fromkeys(ids))
+        got_ids: list[str] = []
+        parts = []
+        for s in range(0, len(uniq), self.batch_size):
+            got = self.collection.get(ids=uniq[s : s + self.batch_size], include=["embeddings"])
+            got_ids.extend(got["ids"])
+            if len(got["ids"]):
+                parts.append(np.asarray(got["embeddings"], dtype=np.float64))
+        where = {i: n for n, i in enumerate(got_ids)}
         raise_unknown(missing_ids(ids, set(where)), f"Chroma collection {self.name!r}")
-        emb = np.asarray(got["embeddings"], dtype=np.float64)
+        emb = np.concatenate(parts)
         self._dim = emb.shape[1]
         return emb[[where[i] for i in ids]]
 
@@ -107,14 +124,19 @@ class ChromaAdapter:
         if not ids:
             return
         raise_unknown(missing_ids(ids, self.present(ids)), f"Chroma collection {self.name!r}")
-        self.collection.update(ids=ids, embeddings=mat)
+        for s in range(0, len(ids), self.batch_size):  # Chroma caps a call's batch size
+            self.collection.update(
+                ids=ids[s : s + self.batch_size], embeddings=mat[s : s + self.batch_size]
+            )
 
     def present(self, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` the collection holds."""
         ids = [str(i) for i in ids]
-        if not ids:
-            return set()
-        return set(self.collection.get(ids=list(dict.fromkeys(ids)), include=[])["ids"])
+        uniq = list(dict.fromkeys(ids))
+        out: set[str] = set()
+        for s in range(0, len(uniq), self.batch_size):
+            out.update(self.collection.get(ids=uniq[s : s + self.batch_size], include=[])["ids"])
+        return out
 
     def ids(self) -> list[str]:
         """Every id in the collection."""
