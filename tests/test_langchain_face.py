@@ -258,3 +258,19 @@ def test_score_threshold_retriever_on_chroma(tmp_path):
     docs = retriever.invoke("green grass")
     assert len(docs) == 2 and docs[0].metadata["nudge_trace_id"] == store.traces()[-1].id
     store.close()
+
+
+def test_chroma_documents_without_metadata_are_readable(tmp_path):
+    """langchain-chroma's own get_by_ids fails on them; texts feed the LLM judge."""
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    from nudge_rag.langchain import NudgedVectorStore
+
+    store = NudgedVectorStore.from_texts(
+        ["alpha beta", "gamma delta"], DeterministicFakeEmbedding(size=8), ids=["x", "y"],
+        persist_directory=tmp_path / "db",
+    )  # fmt: skip
+    docs = store.get_by_ids(["y", "x", "missing"])
+    assert {(d.id, d.page_content) for d in docs} == {("x", "alpha beta"), ("y", "gamma delta")}
+    assert all(d.metadata == {} for d in docs)
+    assert store.nudge_state.texts(["x", "missing", "y"]) == ["alpha beta", None, "gamma delta"]

@@ -430,6 +430,16 @@ class NudgedVectorStore(VectorStore):
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         """The documents of ``ids`` that exist."""
         ids = [str(i) for i in ids]
+        if self._kind == "chroma":
+            # langchain-chroma builds Document(metadata=None) for documents added without
+            # metadata, which pydantic rejects: read the collection directly instead.
+            got = self.inner._collection.get(ids=ids, include=["documents", "metadatas"])
+            return [
+                Document(id=i, page_content=text or "", metadata=meta or {})
+                for i, text, meta in zip(
+                    got["ids"], got["documents"], got["metadatas"], strict=True
+                )
+            ]
         docs = self.inner.get_by_ids(self._to_store_ids(ids))
         return [self._out(d, None) for d in docs]
 
