@@ -340,25 +340,29 @@ def _nudge_m_intervals(
     for a in range(0, len(pair_q), step):
         b = min(len(pair_q), a + step)
         q_idx = torch.from_numpy(pair_q[a:b]).to(dev)
-        qv = val_q[q_idx]
-        s = torch.cat([qv @ e.T, untouched.values[q_idx, :1]], dim=1)
-        gg = torch.cat([-(qv @ g_hat.T), torch.zeros((b - a, 1), device=dev)], dim=1)
+        # Scores once per distinct query of the block (a query has many positives), then
+        # one row per pair.
+        uq, inv = torch.unique(q_idx, return_inverse=True)
+        qv = val_q[uq]
+        s = torch.cat([qv @ e.T, untouched.values[uq, :1]], dim=1)[inv]
+        gg = torch.cat([-(qv @ g_hat.T), torch.zeros((len(uq), 1), device=dev)], dim=1)[inv]
         xc = torch.from_numpy(x_changed[a:b]).to(dev)
         col = torch.from_numpy(pos_in_rows[a:b]).to(dev)
         s_x = torch.where(xc, s.gather(1, col.unsqueeze(1)).squeeze(1), untouched.pair_scores[a:b])
         g_x = torch.where(xc, gg.gather(1, col.unsqueeze(1)).squeeze(1), torch.zeros_like(s_x))
-        g_dif = gg - g_x.unsqueeze(1)
-        s_dif = s - s_x.unsqueeze(1)
+        s_dif = s.sub_(s_x.unsqueeze(1))
+        g_dif = gg.sub_(g_x.unsqueeze(1))
         ratio = s_dif / (g_dif + EPS)
-        low = torch.where(g_dif > 0, ratio, torch.zeros_like(ratio)).max(dim=1).values.clamp(min=0)
-        high = torch.where(g_dif < 0, ratio, torch.full_like(ratio, 1 / EPS)).min(dim=1).values
+        zero = torch.zeros((), device=dev)
+        low = torch.where(g_dif > 0, ratio, zero).amax(dim=1).clamp(min=0)
+        high = torch.where(g_dif < 0, ratio, torch.full((), 1 / EPS, device=dev)).amin(dim=1)
         never = ((g_dif == 0) & (s_dif > 0)).any(dim=1)
         ok = ~never & (high >= low)
         lows.append(low[ok].cpu().numpy())
         highs.append(high[ok].cpu().numpy())
-    return np.concatenate(lows) if lows else np.zeros(0), np.concatenate(
-        highs
-    ) if highs else np.zeros(0)
+    if not lows:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(lows), np.concatenate(highs)
 
 
 def _most_covered_point(lows: np.ndarray, highs: np.ndarray) -> float:
