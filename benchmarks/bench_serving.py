@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 from langchain_core.embeddings import Embeddings
-from langchain_core.vectorstores import InMemoryVectorStore, VectorStore
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nudge_rag.langchain import NudgedVectorStore  # noqa: E402
+from nudge_rag.testing.langchain_stores import bare_store  # noqa: E402
 
 DATA = Path(os.environ.get("NUDGE_RAG_DATA", ROOT / ".." / "shared" / "data"))
 
@@ -72,41 +72,6 @@ def synthetic(
     return [f"s{i}" for i in range(n)], x, q
 
 
-def make_inner(kind: str, emb: Embeddings, d: int, tmp: Path) -> VectorStore:
-    if kind == "chroma":
-        from langchain_chroma import Chroma
-
-        return Chroma(
-            "bench",
-            embedding_function=emb,
-            persist_directory=str(tmp / "chroma"),
-            collection_metadata={"hnsw:space": "cosine"},
-        )
-    if kind == "qdrant":
-        from langchain_qdrant import QdrantVectorStore
-        from qdrant_client import QdrantClient, models
-
-        client = QdrantClient(":memory:")
-        client.create_collection(
-            "bench", vectors_config=models.VectorParams(size=d, distance=models.Distance.COSINE)
-        )
-        return QdrantVectorStore(client=client, collection_name="bench", embedding=emb)
-    if kind == "faiss":
-        import faiss
-        from langchain_community.docstore.in_memory import InMemoryDocstore
-        from langchain_community.vectorstores import FAISS
-        from langchain_community.vectorstores.utils import DistanceStrategy
-
-        return FAISS(
-            emb,
-            faiss.IndexFlatIP(d),
-            InMemoryDocstore(),
-            {},
-            distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT,
-        )
-    return InMemoryVectorStore(emb)
-
-
 def pct(xs: list[float], p: float) -> float:
     return float(np.percentile(np.asarray(xs), p)) * 1000.0
 
@@ -126,7 +91,7 @@ def bench_store(
     table.update({t: q[j] for j, t in enumerate(qtexts)})
     table["dummy_text"] = x[0]
     emb = LookupEmbeddings(table)
-    inner = make_inner(kind, emb, x.shape[1], tmp)
+    inner = bare_store(kind, emb, x.shape[1], tmp, "bench")
     store = NudgedVectorStore(inner, state_dir=tmp / "state")
     t0 = time.perf_counter()
     batch = 5000

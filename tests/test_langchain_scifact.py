@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from langchain_core.embeddings import Embeddings
-from langchain_core.vectorstores import InMemoryVectorStore, VectorStore
 
 from nudge_rag.langchain import NudgedVectorStore
+from nudge_rag.testing.langchain_stores import bare_store
 
 N_QUERIES = 150
 
@@ -39,41 +39,6 @@ def corpus(scifact_corpus, scifact_queries):
     return doc_ids, LookupEmbeddings(table), qtexts
 
 
-def _inner(kind: str, emb: Embeddings, tmp_path) -> VectorStore:
-    if kind == "chroma":
-        from langchain_chroma import Chroma
-
-        return Chroma(
-            "scifact",
-            embedding_function=emb,
-            persist_directory=str(tmp_path / "chroma"),
-            collection_metadata={"hnsw:space": "cosine"},
-        )
-    if kind == "qdrant":
-        from langchain_qdrant import QdrantVectorStore
-        from qdrant_client import QdrantClient, models
-
-        client = QdrantClient(":memory:")
-        client.create_collection(
-            "scifact", vectors_config=models.VectorParams(size=384, distance=models.Distance.COSINE)
-        )
-        return QdrantVectorStore(client=client, collection_name="scifact", embedding=emb)
-    if kind == "faiss":
-        import faiss
-        from langchain_community.docstore.in_memory import InMemoryDocstore
-        from langchain_community.vectorstores import FAISS
-        from langchain_community.vectorstores.utils import DistanceStrategy
-
-        return FAISS(
-            emb,
-            faiss.IndexFlatIP(384),
-            InMemoryDocstore(),
-            {},
-            distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT,
-        )
-    return InMemoryVectorStore(emb)
-
-
 def _ids(docs) -> list[str]:
     return [d.metadata.get("_nudge_id", d.id) for d in docs]
 
@@ -81,7 +46,7 @@ def _ids(docs) -> list[str]:
 @pytest.mark.parametrize("kind", ["chroma", "memory", "qdrant", "faiss"])
 def test_wrapped_equals_bare_on_scifact(kind, corpus, tmp_path):
     doc_ids, emb, qtexts = corpus
-    inner = _inner(kind, emb, tmp_path)
+    inner = bare_store(kind, emb, 384, tmp_path, "scifact")
     store = NudgedVectorStore(inner, state_dir=tmp_path / "state")
     store.add_texts([f"doc {i}" for i in doc_ids], ids=doc_ids)
     bare_before = []
