@@ -5,15 +5,20 @@ Others may append fixtures below; keep each one small.
 
 from __future__ import annotations
 
-import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-SHARED_DATA = Path(
-    os.environ.get("NUDGE_RAG_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
-)
+from nudge_rag.core.data import shared_data_dir
+
+SHARED_DATA = shared_data_dir() or Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture
@@ -40,3 +45,49 @@ def scifact_queries() -> tuple[list[str], np.ndarray]:
         pytest.skip(f"SciFact embeddings not found at {emb} (../shared absent; set NUDGE_RAG_DATA)")
     ids = (emb / "query_ids.txt").read_text(encoding="utf-8").splitlines()
     return ids, np.load(emb / "queries.npy")
+
+
+def _chroma_exe() -> str | None:
+    here = Path(sys.executable).with_name("chroma")
+    return str(here) if here.is_file() else shutil.which("chroma")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory) -> Generator[tuple[str, int], None, None]:
+    """A ``chroma run`` server on a free local port, stopped after the session."""
+    exe = _chroma_exe()
+    if exe is None:
+        pytest.skip("the `chroma` executable (pip install chromadb) is not on this machine")
+    import chromadb
+
+    port = _free_port()
+    path = tmp_path_factory.mktemp("chroma-server")
+    log = (path / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [exe, "run", "--path", str(path / "data"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            chromadb.HttpClient(host="127.0.0.1", port=port).heartbeat()
+            break
+        except Exception:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"chroma run did not answer on port {port}; see {path / 'server.log'}")
+            time.sleep(0.2)
+    yield "127.0.0.1", port
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Generator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,52 +11,6 @@ from langchain_core.vectorstores import VectorStore
 from langchain_tests.integration_tests import VectorStoreIntegrationTests
 
 from nudge_rag.langchain import NudgedVectorStore
-
-
-def _chroma_exe() -> str | None:
-    here = Path(sys.executable).with_name("chroma")
-    return str(here) if here.is_file() else shutil.which("chroma")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="session")
-def chroma_server(tmp_path_factory) -> Generator[tuple[str, int], None, None]:
-    """A ``chroma run`` server on a free local port, stopped after the session."""
-    exe = _chroma_exe()
-    if exe is None:
-        pytest.skip("the `chroma` executable (pip install chromadb) is not on this machine")
-    import chromadb
-
-    port = _free_port()
-    path = tmp_path_factory.mktemp("chroma-server")
-    log = (path / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [exe, "run", "--path", str(path / "data"), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            chromadb.HttpClient(host="127.0.0.1", port=port).heartbeat()
-            break
-        except Exception:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"chroma run did not answer on port {port}; see {path / 'server.log'}")
-            time.sleep(0.2)
-    yield "127.0.0.1", port
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
 
 
 def _inner(server: tuple[str, int], embeddings, space: str = "cosine"):
