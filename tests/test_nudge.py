@@ -74,7 +74,7 @@ def test_matches_nudge_ft_on_shared_data(name, method):
     np.testing.assert_array_equal(E, E_before)  # input never mutated
     # Only labelled rows change, and they are exactly the rows the reference moved.
     moved = np.nonzero(np.abs(ref - E).max(axis=1) > 1e-5)[0]
-    assert set(moved) <= set(res.rows.tolist())
+    assert set(moved) == set(res.rows.tolist())
 
 
 @pytest.mark.parametrize("method", ["nudge-n", "nudge-m"])
@@ -106,6 +106,15 @@ def test_nudge_n_stays_on_the_unit_sphere_and_nudge_m_is_bounded():
     np.testing.assert_allclose(step, m.gamma, rtol=1e-4)
 
 
+def test_gamma_zero_changes_nothing_even_for_unnormalised_rows():
+    E, tq, tp, _, _ = clustered(seed=9)
+    E = E * np.float32(1.7)  # stored vectors of any norm
+    for method in ("nudge-n", "nudge-m"):
+        res = finetune_embeddings(E, tq, tp, method=method, gamma=0.0)
+        assert len(res.rows) == 0 and res.vectors.shape == (0, E.shape[1])
+        np.testing.assert_array_equal(res.apply(E), E)
+
+
 def test_rows_are_sorted_labelled_rows_only():
     E, tq, tp, vq, vp = clustered(seed=2)
     res = finetune_embeddings(E, tq, tp, vq, vp, refit=False)
@@ -118,12 +127,15 @@ def test_rows_are_sorted_labelled_rows_only():
 
 def test_refit_uses_validation_labels_too():
     E, tq, tp, vq, vp = clustered(seed=4)
-    plain = finetune_embeddings(E, tq, tp, vq, vp, refit=False, selection="top1")
-    refit = finetune_embeddings(E, tq, tp, vq, vp, refit=True, selection="top1")
+    plain = finetune_embeddings(E, tq, tp, vq, vp, refit=False, gamma=0.3)
+    refit = finetune_embeddings(E, tq, tp, vq, vp, refit=True, gamma=0.3)
     val_only = {r for pos in vp for r in pos} - {r for pos in tp for r in pos}
-    assert plain.gamma == refit.gamma
     assert val_only & set(refit.rows.tolist())
     assert not val_only & set(plain.rows.tolist())
+    # Chosen on validation, refit keeps the γ that plain chose.
+    a = finetune_embeddings(E, tq, tp, vq, vp, refit=False, selection="ndcg@10")
+    b = finetune_embeddings(E, tq, tp, vq, vp, refit=True, selection="ndcg@10")
+    assert a.gamma == b.gamma
 
 
 def test_graded_positives_drive_ndcg_selection():

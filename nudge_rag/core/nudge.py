@@ -494,11 +494,13 @@ def finetune_embeddings(
     if refit and any(val_labels):
         all_q = torch.cat([fit_q, _float32_block(val_queries, dev)])
         rows, g = _label_sums(all_q, train_labels + val_labels, weighting)
-        update = make_update(_rows_tensor(embeddings, rows, dev), g)
+        e = _rows_tensor(embeddings, rows, dev)
+        update = make_update(e, g)
 
     new = update(float(gamma)).cpu().numpy()
-    old = np.asarray(embeddings[rows], dtype=np.float32)
-    changed = np.any(new != old, axis=1)
+    # A row changed when the update moved it off its (normalised) starting point; a row the
+    # update leaves alone keeps its stored vector, rounding included.
+    changed = np.any(new != e.cpu().numpy(), axis=1)
     return NudgeResult(
         rows=rows[changed].astype(np.int64),
         vectors=np.ascontiguousarray(new[changed], dtype=np.float32),
