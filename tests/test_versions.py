@@ -231,3 +231,45 @@ def test_chroma_writes_more_rows_than_one_batch(tmp_path):
     assert np.array_equal(ad.get(ids), -x)
     log.rollback(0)
     assert np.array_equal(ad.get(ids), x)
+
+
+class _FlakyMemory(MemoryAdapter):
+    """A store whose next ``put`` writes the first row, then fails (a dropped connection)."""
+
+    fail_next = False
+
+    def put(self, ids, vectors):
+        if self.fail_next:
+            self.fail_next = False
+            super().put(ids[:1], vectors[:1])
+            msg = "connection reset by peer"
+            raise ConnectionError(msg)
+        super().put(ids, vectors)
+
+
+def test_a_store_error_midway_leaves_the_old_version_whole(tmp_path):
+    rng = np.random.default_rng(1)
+    recs = {i: {"id": i, "vector": rng.standard_normal(D).tolist(), "text": i} for i in IDS}
+    ad = _FlakyMemory(recs, metric="ip")
+    log = VersionLog(tmp_path / "versions.sqlite", ad)
+    v1 = log.apply(_new([0, 1, 2], seed=3), method="nudge-n")
+    at_v1 = _snap(ad)
+
+    ad.fail_next = True
+    with pytest.raises(ConnectionError):
+        log.apply(_new([1, 2, 3, 4], seed=4), method="nudge-n")
+    np.testing.assert_array_equal(_snap(ad), at_v1)  # no mix of versions
+    assert log.current == v1 and [v.version for v in log.versions()] == [0, v1]
+
+    ad.fail_next = True
+    with pytest.raises(ConnectionError):
+        log.rollback(0)
+    np.testing.assert_array_equal(_snap(ad), at_v1)
+    assert log.current == v1
+
+    # Reopening finds nothing unfinished; the next moves work.
+    log = VersionLog(tmp_path / "versions.sqlite", ad)
+    assert log.current == v1
+    assert log.rollback(0) == 0
+    v = log.apply(_new([5], seed=5), method="nudge-n")
+    assert log.current == v and v == v1 + 1

@@ -27,6 +27,7 @@ import re
 import sqlite3
 import threading
 import time as _time
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -161,7 +162,15 @@ class VersionLog:
                         (_time.time(),),
                     )
                     self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('current', '0')")
-            self._recover()
+            try:
+                self._recover()
+            except Exception as e:  # the store is unreachable now: the next move retries
+                warnings.warn(
+                    f"{self.path}: an interrupted version move could not be finished now ({e}); "
+                    "it is retried by the next apply or rollback.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
 
     # -- public API ----------------------------------------------------------------------------
     @property
@@ -258,7 +267,7 @@ class VersionLog:
                     [(ver, i, _blob(mat[n])) for n, i in enumerate(ids)],
                 )
                 self._conn.execute("INSERT INTO intent VALUES (1, 'apply', ?, ?)", (cur, ver))
-            self._finish_move(cur, ver)
+            self._finish_move(cur, ver, created=True)
         return ver
 
     def rollback(self, version: int | None = None) -> int:
@@ -377,14 +386,38 @@ class VersionLog:
         if row is not None:
             self._finish_move(int(row[0]), int(row[1]))
 
-    def _finish_move(self, frm: int, to: int) -> None:
-        """Write the rows that differ between versions ``frm`` and ``to``; make ``to`` current."""
+    def _finish_move(self, frm: int, to: int, *, created: bool = False) -> None:
+        """Write the rows that differ between versions ``frm`` and ``to``; make ``to`` current.
+
+        If the store fails a write (not a crash: an error raised to us), the rows go back to
+        ``frm`` and the move is forgotten before the error is re-raised, so the store never
+        stays between versions; ``created`` marks a version made by this apply, dropped then.
+        """
         ids = self._ids_between(frm, to)
         if ids:
-            self._write(ids, self._vectors_at(to, ids))
+            try:
+                self._write(ids, self._vectors_at(to, ids))
+            except Exception:
+                self._undo_move(frm, to, ids, created=created)
+                raise
         with self._tx():
             self._conn.execute("UPDATE meta SET value = ? WHERE key = 'current'", (str(to),))
             self._conn.execute("DELETE FROM intent")
+
+    def _undo_move(self, frm: int, to: int, ids: list[str], *, created: bool) -> None:
+        """Put ``ids`` back at version ``frm`` after a failed write (best effort)."""
+        with self._tx():
+            # Should the undo fail too, recovery then moves the store back to ``frm``.
+            self._conn.execute("UPDATE intent SET from_version = ?, to_version = ?", (to, frm))
+        try:
+            self._write(ids, self._vectors_at(frm, ids))
+        except Exception:
+            return
+        with self._tx():
+            self._conn.execute("DELETE FROM intent")
+            if created:
+                self._conn.execute("DELETE FROM rows WHERE version = ?", (to,))
+                self._conn.execute("DELETE FROM versions WHERE version = ?", (to,))
 
     def _write(self, ids: list[str], mat: np.ndarray) -> None:
         try:
