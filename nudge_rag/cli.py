@@ -54,11 +54,26 @@ def one_line_errors(fn: F) -> F:
 
 
 def open_store(folder: Path, collection: str = "nudge_rag") -> Any:
-    """Open an embedded store (as ``nudge-rag demo`` or ``NudgedVectorStore.from_texts`` made)."""
+    """Open an embedded Chroma store and its nudge-rag state.
+
+    Both layouts are found: the LangChain face's (``nudge-rag demo``, ``from_texts``:
+    ``chroma/`` or the folder itself, state in ``nudge_state/``) and the LlamaIndex face's
+    (``from_defaults``: state in ``nudge_state/<collection>/``).
+    """
     chroma_dir = folder / "chroma" if (folder / "chroma").is_dir() else folder
-    state_dir = folder / "nudge_state"
-    if not (chroma_dir / "chroma.sqlite3").exists() or not state_dir.is_dir():
-        msg = f"--store {folder}: no nudge-rag store there (expected chroma/ and nudge_state/)."
+    state_dir = next(
+        (
+            d
+            for d in (folder / "nudge_state" / collection, folder / "nudge_state")
+            if (d / "versions.sqlite").is_file()
+        ),
+        None,
+    )
+    if not (chroma_dir / "chroma.sqlite3").exists() or state_dir is None:
+        msg = (
+            f"--store {folder}: no nudge-rag store there (expected a Chroma folder and "
+            "nudge_state/ with versions.sqlite)."
+        )
         raise NudgeError(msg)
     import chromadb
     from langchain_chroma import Chroma

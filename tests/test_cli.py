@@ -27,7 +27,7 @@ def test_missing_store_is_one_clear_line(tmp_path):
     assert res.exit_code == 1
     assert res.output.strip().splitlines() == [
         f"error: --store {tmp_path / 'nope'}: no nudge-rag store there "
-        "(expected chroma/ and nudge_state/)."
+        "(expected a Chroma folder and nudge_state/ with versions.sqlite)."
     ]
     assert "Traceback" not in res.output
 
@@ -73,3 +73,28 @@ def test_demo_then_versions_eval_rollback_traces(tmp_path):
     assert len(rows) == len(dataset("scifact").qrels["train"])
     res = runner.invoke(app, ["traces", "stats", "--store", str(state)])
     assert f"traces: {len(rows)}" in res.output
+
+
+def test_versions_and_rollback_of_a_store_built_by_the_llama_index_face(tmp_path):
+    """``from_defaults`` keeps its state in nudge_state/<collection>/: the CLI finds it."""
+    import numpy as np
+    from llama_index.core.schema import TextNode
+
+    from nudge_rag.llama_index import NudgedVectorStore
+
+    store = NudgedVectorStore.from_defaults(persist_dir=str(tmp_path), collection_name="docs")
+    vecs = np.eye(4, dtype=np.float32)
+    store.add([TextNode(text=f"t{i}", id_=f"n{i}", embedding=vecs[i].tolist()) for i in range(4)])
+    nudged = np.array([0.6, 0.8, 0, 0], dtype=np.float32)
+    assert store.apply_vectors({"n0": nudged}, note="by hand") == 1
+    store.nudge_state.close()
+
+    args = ["--store", str(tmp_path), "--collection", "docs"]
+    res = runner.invoke(app, ["versions", *args])
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines()[-1].startswith("*") and "by hand" in res.output
+    res = runner.invoke(app, ["rollback", *args, "--to", "0"])
+    assert res.exit_code == 0 and "version 0" in res.output
+
+    again = NudgedVectorStore.from_defaults(persist_dir=str(tmp_path), collection_name="docs")
+    np.testing.assert_allclose(again.get_vectors(["n0"])[0], vecs[0], atol=1e-7)
