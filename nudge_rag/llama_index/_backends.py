@@ -63,16 +63,6 @@ class Backend:
         """Every id the store holds."""
         return self.adapter().ids()
 
-    def candidates(
-        self, node_ids: Sequence[str] | None, filters: MetadataFilters | None
-    ) -> list[str]:
-        """A superset of the ids that ``delete_nodes(node_ids, filters)`` may remove."""
-        if node_ids:
-            return list(node_ids)
-        if filters is not None and filters.filters:
-            return self.matching(filters)
-        return self.all_ids()
-
     def texts(self, ids: Sequence[str]) -> list[str | None]:
         """The stored text of each id (None for ids the store does not hold)."""
         if not ids:
@@ -108,13 +98,6 @@ class SimpleBackend(Backend):
         meta = self.store.data.metadata_dict
         keep = build_metadata_filter_fn(lambda i: meta[i], filters)
         return [i for i in self.store.data.embedding_dict if keep(i)]
-
-    def candidates(
-        self, node_ids: Sequence[str] | None, filters: MetadataFilters | None
-    ) -> list[str]:
-        if node_ids is not None:
-            return list(node_ids)
-        return self.matching(filters) if filters is not None else self.all_ids()
 
     def ref_doc_ids(self, ref_doc_id: str) -> list[str]:
         """The node ids that ``delete(ref_doc_id)`` removes."""
