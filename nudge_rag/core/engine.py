@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from nudge_rag.core.errors import MetricMismatchError, NudgeError
+from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.labels import (
     Candidate,
     LabelCache,
@@ -50,6 +50,7 @@ from nudge_rag.core.llm import RetryPolicy, as_llm
 from nudge_rag.core.metrics import RelevanceTable, exact_knn, ndcg_at_k, recall_at_k
 from nudge_rag.core.nudge import Method, finetune_embeddings
 from nudge_rag.core.stores.base import Metric
+from nudge_rag.core.versions import check_metric
 
 LABEL_CACHE_FILE = "labels.sqlite"
 K = 10
@@ -343,13 +344,7 @@ class NudgeFinetuneEngine:
         except ValueError:
             msg = f"method: found {method!r}, expected 'nudge-n' or 'nudge-m'."
             raise NudgeError(msg) from None
-        if self.method is Method.NUDGE_M and self.metric is not Metric.IP:
-            msg = (
-                f"method='nudge-m': NUDGE-M vectors are unnormalised and only rank correctly "
-                f"under inner product, but this store compares by {self.metric.value!r}; pass "
-                "method='nudge-n', or wrap a store that searches by inner product."
-            )
-            raise MetricMismatchError(msg)
+        check_metric(self.method.value, self.metric)  # fail before any LLM call is paid for
         if len(split) != 3 or min(split) < 0 or not math.isclose(sum(split), 1.0):
             msg = (
                 f"split: found {split}, expected (train, validation, held-out) fractions "
