@@ -101,8 +101,8 @@ def check_metric(method: str | None, metric: Metric) -> None:
         msg = (
             f"method={method!r}: NUDGE-M vectors are unnormalised and only mean something under "
             f"inner-product search, but this store compares vectors by {Metric(metric).value!r}. "
-            "Pass method='nudge-n' (unit-norm vectors) for this store, or wrap a store that searches by "
-            "inner product (e.g. a Chroma collection with hnsw:space='ip')."
+            "Use NUDGE-N (method='nudge-n', unit-norm vectors) for this store, or wrap a store "
+            "that searches by inner product (e.g. a Chroma collection with hnsw:space='ip')."
         )
         raise MetricMismatchError(msg)
 
