@@ -273,3 +273,21 @@ def test_a_store_error_midway_leaves_the_old_version_whole(tmp_path):
     assert log.rollback(0) == 0
     v = log.apply(_new([5], seed=5), method="nudge-n")
     assert log.current == v and v == v1 + 1
+
+
+def test_apply_from_base_resets_other_nudged_rows_exactly_on_a_float64_store(tmp_path):
+    rng = np.random.default_rng(2)
+    recs = {i: {"id": i, "vector": rng.standard_normal(D).tolist(), "text": i} for i in IDS}
+    ad = MemoryAdapter(recs, metric="ip")
+    base = {i: list(recs[i]["vector"]) for i in IDS}  # float64 values, as the store keeps them
+    log = VersionLog(tmp_path / "versions.sqlite", ad)
+    v1 = log.apply(_new([0, 1], seed=6), method="nudge-n")
+    v2 = log.apply(_new([1, 2], seed=7), method="nudge-n", from_base=True)
+    assert recs[IDS[0]]["vector"] == base[IDS[0]]  # back to its base, bit for bit
+    assert recs[IDS[1]]["vector"] != base[IDS[1]] and recs[IDS[2]]["vector"] != base[IDS[2]]
+    assert log.versions()[-1].rows_changed == 3
+    log.rollback(v1)
+    assert recs[IDS[2]]["vector"] == base[IDS[2]] and recs[IDS[0]]["vector"] != base[IDS[0]]
+    log.rollback(v2)
+    log.rollback(0)
+    assert all(recs[i]["vector"] == base[i] for i in IDS)

@@ -93,6 +93,7 @@ class EngineStore(Protocol):
         method: str | None = None,
         gamma: float | None = None,
         report: dict | None = None,
+        from_base: bool = False,
     ) -> int: ...
     def rollback(self, version: int | None = None) -> int: ...
     def versions(self) -> list[Any]: ...
@@ -637,9 +638,11 @@ class NudgeFinetuneEngine:
                 "re-added); run finetune() again."
             )
             raise NudgeError(msg)
-        vectors.update(self._rows_to_reset(set(vectors)))
         if not vectors:
-            msg = "report: it changes no rows and the store is at its base; nothing to apply."
+            msg = (
+                "report: it changes no rows; nothing to apply (rollback(0) returns the store to "
+                "its base)."
+            )
             raise NudgeError(msg)
         version = self.state.apply_vectors(
             vectors,
@@ -647,27 +650,10 @@ class NudgeFinetuneEngine:
             method=report.method,
             gamma=report.gamma,
             report=report.to_dict(),
+            from_base=True,  # rows an older version nudged and this fit leaves alone: exact base
         )
         report.version = version
         return version
-
-    def _rows_to_reset(self, keep: set[str]) -> dict[str, np.ndarray]:
-        """Rows holding something other than their base now, and not in ``keep``: → base."""
-        log = getattr(self.state, "version_log", None)
-        changed = log.changed_ids() if log is not None and hasattr(log, "changed_ids") else None
-        candidates = [i for i in (changed if changed is not None else self.state.ids())]
-        candidates = [i for i in candidates if i not in keep]
-        if not candidates:
-            return {}
-        have = set(self.state.ids()) if changed is not None else None
-        if have is not None:
-            candidates = [i for i in candidates if i in have]
-            if not candidates:
-                return {}
-        now = np.asarray(self.state.get_vectors(candidates), dtype=np.float32)
-        base = np.asarray(self.state.base_vectors(candidates), dtype=np.float32)
-        differs = ~np.all(np.isclose(now, base, rtol=1e-5, atol=1e-6), axis=1)
-        return {candidates[n]: base[n] for n in np.nonzero(differs)[0]}
 
     def rollback(self, version: int | None = None) -> int:
         """Move the store back to ``version`` (None: the previous one; 0: the base)."""

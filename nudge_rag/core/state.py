@@ -144,10 +144,16 @@ class NudgeState:
         method: str | None = None,
         gamma: float | None = None,
         report: dict | None = None,
+        from_base: bool = False,
     ) -> int:
-        """Write ``{id: vector}`` into the store as a new version; return the version number."""
+        """Write ``{id: vector}`` into the store as a new version; return the version number.
+
+        ``from_base``: rows nudged now but not named go back to their exact base vectors.
+        """
         check_metric(method, self.metric)
-        return self.version_log.apply(vectors, method=method, gamma=gamma, note=note, report=report)
+        return self.version_log.apply(
+            vectors, method=method, gamma=gamma, note=note, report=report, from_base=from_base
+        )
 
     def rollback(self, version: int | None = None) -> int:
         """Move to ``version`` (None: the previous one, 0: the base); return it."""

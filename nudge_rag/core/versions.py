@@ -211,10 +211,13 @@ class VersionLog:
         gamma: float | None = None,
         note: str | None = None,
         report: dict | None = None,
+        from_base: bool = False,
     ) -> int:
         """Write ``vectors`` ({id: vector}) into the store as a new version; return its number.
 
-        Only these rows are written; every other row keeps what it holds. Raises
+        Only these rows are written; every other row keeps what it holds, unless ``from_base``:
+        then rows the current version holds changed and ``vectors`` does not name go back to
+        their exact base, so the new version is the base plus ``vectors``. Raises
         ``MetricMismatchError`` for NUDGE-M vectors on a cosine or l2 store, ``UnknownIdError``
         for ids the store does not hold (before anything is written).
         """
@@ -246,6 +249,10 @@ class VersionLog:
             known = self._ids_in("base", ids)
             new_base = [(i, _blob(current_now[n]), 0) for n, i in enumerate(ids) if i not in known]
             cur = self.current
+            named = set(ids)
+            stale = [i for i in self._ids_between(0, cur) if i not in named] if from_base else []
+            base_of_stale = self._vectors_at(0, stale) if stale else []
+            back = [(i, _blob(v)) for i, v in zip(stale, base_of_stale, strict=True)]
             with self._tx():
                 ver = int(self._conn.execute("SELECT max(version) FROM versions").fetchone()[0]) + 1
                 self._conn.executemany("INSERT INTO base VALUES (?, ?, ?)", new_base)
@@ -257,14 +264,15 @@ class VersionLog:
                         _time.time(),
                         method,
                         None if gamma is None else float(gamma),
-                        len(ids),
+                        len(ids) + len(back),
                         note,
                         report_json,
                     ),
                 )
                 self._conn.executemany(
                     "INSERT INTO rows VALUES (?, ?, ?)",
-                    [(ver, i, _blob(mat[n])) for n, i in enumerate(ids)],
+                    [(ver, i, _blob(mat[n])) for n, i in enumerate(ids)]
+                    + [(ver, i, blob) for i, blob in back],
                 )
                 self._conn.execute("INSERT INTO intent VALUES (1, 'apply', ?, ?)", (cur, ver))
             self._finish_move(cur, ver, created=True)
