@@ -25,28 +25,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from langchain_core.embeddings import Embeddings
+
+from nudge_rag.langchain import NudgedVectorStore
+from nudge_rag.langchain.embeddings import LookupEmbeddings
+from nudge_rag.testing.langchain_stores import bare_store
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from nudge_rag.langchain import NudgedVectorStore  # noqa: E402
-from nudge_rag.testing.langchain_stores import bare_store  # noqa: E402
 
 DATA = Path(os.environ.get("NUDGE_RAG_DATA", ROOT / ".." / "shared" / "data"))
-
-
-class LookupEmbeddings(Embeddings):
-    """Maps known texts to their vectors."""
-
-    def __init__(self, table: dict[str, np.ndarray]):
-        self.table = table
-
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return [self.table[t].tolist() for t in texts]
-
-    def embed_query(self, text: str) -> list[float]:
-        return self.table[text].tolist()
 
 
 def scifact() -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -50,27 +50,6 @@ class MiniLMEncoder:
         ).astype(np.float32)
 
 
-def lookup_embeddings(known: dict[str, np.ndarray], encode: Callable[[list[str]], np.ndarray]):
-    """A LangChain ``Embeddings`` that returns precomputed vectors for known texts.
-
-    Unknown texts are encoded with ``encode`` (the real model), so any new query works.
-    """
-    from langchain_core.embeddings import Embeddings
-
-    class LookupEmbeddings(Embeddings):
-        def embed_documents(self, texts: list[str]) -> list[list[float]]:
-            keys = [_normalise_text(t) for t in texts]
-            unknown = sorted({k for k in keys if k not in known})
-            if unknown:
-                known.update(zip(unknown, encode(unknown), strict=True))
-            return np.stack([known[k] for k in keys]).tolist()
-
-        def embed_query(self, text: str) -> list[float]:
-            return self.embed_documents([text])[0]
-
-    return LookupEmbeddings()
-
-
 @dataclass
 class DemoResult:
     """Before/after retrieval quality of the demo, and where its outputs are."""
@@ -197,7 +176,10 @@ def run_demo(
         msg = f"{path}: the demo needs qrels/train.tsv (simulated users) and qrels/test.tsv."
         raise NudgeError(msg)
     encode = MiniLMEncoder()
-    embeddings = lookup_embeddings(_known_vectors(ds, encode, progress), encode)
+    from nudge_rag.langchain.embeddings import LookupEmbeddings
+
+    known = _known_vectors(ds, encode, progress)
+    embeddings = LookupEmbeddings(known, fallback=encode, key=_normalise_text)
     state = Path(state_dir)
     _fresh_dir(state)
     echo(f"building a persistent Chroma store of {len(ds.corpus_ids)} {ds.name} chunks in {state}/")

@@ -6,25 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from langchain_core.embeddings import Embeddings
 
 from nudge_rag.langchain import NudgedVectorStore
+from nudge_rag.langchain.embeddings import LookupEmbeddings
 from nudge_rag.testing.langchain_stores import bare_store
 
 N_QUERIES = 150
-
-
-class LookupEmbeddings(Embeddings):
-    """Maps known texts to their stored vectors (no model needed)."""
-
-    def __init__(self, table: dict[str, np.ndarray]):
-        self.table = table
-
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return [self.table[t].tolist() for t in texts]
-
-    def embed_query(self, text: str) -> list[float]:
-        return self.table[text].tolist()
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,14 @@
-"""A LangChain ``Embeddings`` around any loaded sentence-transformers model."""
+"""LangChain ``Embeddings``: a sentence-transformers model, and precomputed vectors by text."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from langchain_core.embeddings import Embeddings
+
+from nudge_rag.core.errors import NudgeError
 
 
 class SentenceTransformerEmbeddings(Embeddings):
@@ -35,6 +39,46 @@ class SentenceTransformerEmbeddings(Embeddings):
             show_progress_bar=False,
         )
         return out.tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        """The vector of one query."""
+        return self.embed_documents([text])[0]
+
+
+class LookupEmbeddings(Embeddings):
+    """Precomputed vectors looked up by text; unknown texts go to ``fallback`` (the real model).
+
+    ``key`` maps a text to its table key (e.g. whitespace normalisation). Without a
+    ``fallback``, an unknown text raises ``NudgeError``. Vectors the fallback makes are kept.
+
+    Example:
+        .. code-block:: python
+
+            emb = LookupEmbeddings({"what is NUDGE?": vec}, fallback=model_encode)
+            emb.embed_query("what is NUDGE?")  # vec, no model call
+    """
+
+    def __init__(
+        self,
+        table: Mapping[str, Sequence[float] | np.ndarray],
+        fallback: Callable[[list[str]], np.ndarray] | None = None,
+        *,
+        key: Callable[[str], str] = str,
+    ) -> None:
+        self.table = {k: np.asarray(v, dtype=np.float32) for k, v in table.items()}
+        self.fallback = fallback
+        self.key = key
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Vectors of ``texts``: looked up, the unknown ones encoded by ``fallback``."""
+        keys = [self.key(t) for t in texts]
+        unknown = sorted({k for k in keys if k not in self.table})
+        if unknown:
+            if self.fallback is None:
+                msg = f"texts: {len(unknown)} unknown text(s), e.g. {unknown[0]!r}; pass fallback=."
+                raise NudgeError(msg)
+            self.table.update(zip(unknown, np.asarray(self.fallback(unknown)), strict=True))
+        return [self.table[k].tolist() for k in keys]
 
     def embed_query(self, text: str) -> list[float]:
         """The vector of one query."""
