@@ -54,12 +54,21 @@ def test_wrapped_equals_bare_on_scifact(kind, corpus, tmp_path):
     assert len(store.traces()) == len(qtexts)
     # a nudge changes what the store holds; rolling it back gives the bare results back
     top = bare_before[0][:3]
+    held = store.get_vectors(top)
     qv = np.asarray(emb.embed_query(qtexts[0]), dtype=np.float32)
     store.apply_vectors({i: -qv for i in top}, method="nudge-n")
     moved = _ids(inner.similarity_search(qtexts[0], k=10))
     assert not set(top) & set(moved)
     store.rollback(0)
+    np.testing.assert_array_equal(store.get_vectors(top), held)
+    overlap = []
     for q, before in zip(qtexts[:20], bare_before, strict=False):
-        assert _ids(inner.similarity_search(q, k=10)) == before
-        assert [d.id for d in store.similarity_search(q, k=10)] == before
+        after_bare = _ids(inner.similarity_search(q, k=10))
+        assert [d.id for d in store.similarity_search(q, k=10)] == after_bare
+        if kind == "chroma":  # HNSW is approximate: in-place updates can reshuffle near-ties
+            overlap.append(len(set(after_bare) & set(before)) / 10)
+        else:
+            assert after_bare == before
+    if overlap:
+        assert np.mean(overlap) >= 0.95
     store.close()
