@@ -27,24 +27,26 @@ def state_dir(tmp_path: Path) -> Path:
     return tmp_path / "state"
 
 
+def _scifact_embeddings(part: str) -> tuple[list[str], np.ndarray]:
+    """Ids and all-MiniLM-L6-v2 vectors of SciFact's ``part`` ("corpus" or "query"); else skip."""
+    emb = SHARED_DATA / "scifact" / "emb" / "all-MiniLM-L6-v2"
+    npy = emb / ("corpus.npy" if part == "corpus" else "queries.npy")
+    if not npy.is_file():
+        pytest.skip(f"SciFact embeddings not found at {emb} (../shared absent; set NUDGE_RAG_DATA)")
+    ids = (emb / f"{part}_ids.txt").read_text(encoding="utf-8").splitlines()
+    return ids, np.load(npy)
+
+
 @pytest.fixture(scope="session")
 def scifact_corpus() -> tuple[list[str], np.ndarray]:
-    """SciFact doc ids and their all-MiniLM-L6-v2 embeddings (float32, unit norm)."""
-    emb = SHARED_DATA / "scifact" / "emb" / "all-MiniLM-L6-v2"
-    if not (emb / "corpus.npy").is_file():
-        pytest.skip(f"SciFact embeddings not found at {emb} (../shared absent; set NUDGE_RAG_DATA)")
-    ids = (emb / "corpus_ids.txt").read_text(encoding="utf-8").splitlines()
-    return ids, np.load(emb / "corpus.npy")
+    """SciFact doc ids and their embeddings (float32, unit norm)."""
+    return _scifact_embeddings("corpus")
 
 
 @pytest.fixture(scope="session")
 def scifact_queries() -> tuple[list[str], np.ndarray]:
     """SciFact query ids and their embeddings (float32, unit norm)."""
-    emb = SHARED_DATA / "scifact" / "emb" / "all-MiniLM-L6-v2"
-    if not (emb / "queries.npy").is_file():
-        pytest.skip(f"SciFact embeddings not found at {emb} (../shared absent; set NUDGE_RAG_DATA)")
-    ids = (emb / "query_ids.txt").read_text(encoding="utf-8").splitlines()
-    return ids, np.load(emb / "queries.npy")
+    return _scifact_embeddings("query")
 
 
 def _chroma_exe() -> str | None:
