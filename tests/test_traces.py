@@ -1,4 +1,4 @@
-"""The trace log: append, read back, feedback, privacy, retention, export, throughput."""
+"""The trace log: append, read back, feedback, privacy, retention, export, concurrency."""
 
 from __future__ import annotations
 
@@ -160,29 +160,66 @@ def test_closed_log_raises(tmp_path):
         _rec(lg)
 
 
-def test_throughput_four_threads(tmp_path):
-    """At least 5,000 traces/s written from 4 threads (384-d embeddings, k=10)."""
+def test_four_threads_lose_nothing(tmp_path):
+    """4 threads record at once: every trace is written once, each thread's in its order.
+
+    The rate (issue target: 5,000 traces/s) is measured by ``benchmarks/bench_traces.py``.
+    """
     lg = TraceLog(tmp_path / "t.sqlite")
     emb = np.random.default_rng(0).standard_normal(384).astype(np.float32)
     ids = [f"doc-{i}" for i in range(10)]
     scores = [float(i) for i in range(10)]
     per_thread = 2500
+    written: dict[int, list[str]] = {}
 
-    def work():
-        for n in range(per_thread):
-            lg.record(query=f"query {n}", embedding=emb, k=10, result_ids=ids, scores=scores)
+    def work(t: int):
+        written[t] = [
+            lg.record(query=f"t{t} q{n}", embedding=emb, k=10, result_ids=ids, scores=scores)
+            for n in range(per_thread)
+        ]
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    t0 = time.perf_counter()
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
     for th in threads:
         th.start()
     for th in threads:
         th.join()
-    lg.flush()  # every trace committed
-    rate = 4 * per_thread / (time.perf_counter() - t0)
-    assert len(lg) == 4 * per_thread
+    lg.flush()
+    got = [t.id for t in lg.traces()]
+    assert len(got) == len(set(got)) == 4 * per_thread
+    pos = {tid: n for n, tid in enumerate(got)}
+    for t in range(4):
+        order = [pos[tid] for tid in written[t]]
+        assert order == sorted(order)
     lg.close()
-    assert rate >= 5000, f"{rate:.0f} traces/s"
+
+
+def test_failed_write_is_kept_and_retried(tmp_path):
+    """A batch SQLite refuses stays queued: flush names the failure, a later flush writes it."""
+    lg = TraceLog(tmp_path / "t.sqlite")
+    with lg._lock:
+        lg._conn.execute("PRAGMA query_only=ON")  # every write now fails inside SQLite
+    tids = [_rec(lg, q=f"q{i}") for i in range(5)]
+    with pytest.raises(NudgeError, match=r"failed: .*readonly.*5 traces are queued"):
+        lg.flush()
+    with lg._lock:
+        lg._conn.execute("PRAGMA query_only=OFF")
+    lg.flush()
+    assert [t.id for t in lg.traces()] == tids
+    lg.close()
+
+
+def test_close_warns_about_traces_it_could_not_write(tmp_path):
+    lg = TraceLog(tmp_path / "t.sqlite")
+    _rec(lg)
+    lg.flush()
+    with lg._lock:
+        lg._conn.execute("PRAGMA query_only=ON")
+    _rec(lg)
+    with pytest.warns(RuntimeWarning, match="1 traces could not be written"):
+        lg.close()
+    again = TraceLog(tmp_path / "t.sqlite")
+    assert len(again) == 1  # the first one, intact
+    again.close()
 
 
 def test_queued_traces_are_written_on_close(tmp_path):

@@ -130,6 +130,23 @@ _EMBEDDING_ATTRS = {
 }
 
 
+def _copy_with(doc: Document, doc_id: str | None, metadata: dict) -> Document:
+    """A shallow copy of ``doc`` with a new id and metadata, as ``copy.copy`` makes it.
+
+    Its fields are already valid, so nothing is re-validated: this runs for every result of a
+    traced FAISS search, where pydantic's own copy would be a tenth of the search's time.
+    """
+    new = object.__new__(type(doc))
+    fields = dict(doc.__dict__)
+    fields["id"] = doc_id
+    fields["metadata"] = metadata
+    object.__setattr__(new, "__dict__", fields)
+    object.__setattr__(new, "__pydantic_fields_set__", doc.__pydantic_fields_set__ | {"metadata"})
+    object.__setattr__(new, "__pydantic_extra__", doc.__pydantic_extra__)
+    object.__setattr__(new, "__pydantic_private__", doc.__pydantic_private__)
+    return new
+
+
 class NudgedVectorStore(VectorStore):
     """A LangChain vector store that learns from its own usage.
 
@@ -326,10 +343,7 @@ class NudgedVectorStore(VectorStore):
             doc.id = doc_id
             doc.metadata = meta
             return doc
-        # a stored object (FAISS): copy it; its fields are already valid, skip re-validation
-        return Document.model_construct(
-            id=doc_id, page_content=doc.page_content, metadata=meta, type="Document"
-        )
+        return _copy_with(doc, doc_id, meta)  # a stored object (FAISS): never touch it
 
     # -- writes --------------------------------------------------------------------------------
     def add_texts(
