@@ -9,6 +9,7 @@ behaviours (traces, feedback, versions, rollback, metric safety, bad input) foll
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import Callable, Iterator
@@ -348,6 +349,47 @@ def test_async_twins(pair):
     assert contents(nudged) == contents(bare)
     both("aclear")
     assert contents(nudged) == contents(bare)
+
+
+def test_async_twins_leave_the_event_loop_free(pair):
+    """Another task keeps running while each async twin waits on the store or the version log.
+
+    Chroma and SimpleVectorStore inherit LlamaIndex's default async methods, which run the sync
+    ones inside the loop; the face runs those in a thread, so none of these blocks the loop.
+    """
+    _, nudged = pair
+
+    async def main() -> dict[str, int]:
+        ticks = 0
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        calls = {
+            "async_add": lambda: nudged.async_add(make_nodes()),
+            "aquery": lambda: nudged.aquery(q(QUERIES[0], 4)),
+            "aget_nodes": lambda: nudged.aget_nodes([node_id(3)]),
+            "adelete": lambda: nudged.adelete("doc-0"),
+            "adelete_nodes": lambda: nudged.adelete_nodes([node_id(6)]),
+            "aclear": nudged.aclear,
+        }
+        seen = {}
+        for name, call in calls.items():
+            before = ticks
+            with contextlib.suppress(NotImplementedError):  # SimpleVectorStore: no get_nodes
+                await call()
+            seen[name] = ticks - before
+        stop.set()
+        await task
+        return seen
+
+    seen = asyncio.run(main())
+    assert all(n > 0 for n in seen.values()), seen
 
 
 def test_aquery_records_a_trace_per_task(filled):

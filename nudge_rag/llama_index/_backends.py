@@ -72,8 +72,12 @@ class Backend:
         return [by_id.get(i) for i in ids]
 
     def has_async(self) -> bool:
-        """Whether the store's own async methods can run."""
-        return True
+        """Whether the store has async methods of its own that can run.
+
+        The base class's async methods just call the sync ones inside the event loop (Chroma,
+        Simple), so for those stores the face runs the sync method in a thread instead.
+        """
+        return type(self.store).aquery is not BasePydanticVectorStore.aquery
 
 
 class SimpleBackend(Backend):

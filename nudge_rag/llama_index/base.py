@@ -7,6 +7,7 @@ feedback, base vectors, versions) lives in ``nudge_rag.core``; this module only 
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
@@ -265,14 +266,13 @@ class NudgedVectorStore(BasePydanticVectorStore):
         return ids
 
     async def async_add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[str]:
-        """Async twin of ``add``."""
+        """Async twin of ``add`` (blocking work runs in a thread, off the event loop)."""
+        if not self._backend.has_async():
+            return await asyncio.to_thread(self.add, nodes, **kwargs)
         matrix = self._check_nodes(nodes)
-        self._before_add(nodes)
-        if self._backend.has_async():
-            ids = await self._inner.async_add(list(nodes), **kwargs)
-        else:
-            ids = self._inner.add(list(nodes), **kwargs)
-        self._after_add(nodes, matrix)
+        await asyncio.to_thread(self._before_add, nodes)
+        ids = await self._inner.async_add(list(nodes), **kwargs)
+        await asyncio.to_thread(self._after_add, nodes, matrix)
         return ids
 
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
@@ -282,13 +282,14 @@ class NudgedVectorStore(BasePydanticVectorStore):
         self._after_delete(candidates)
 
     async def adelete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
-        """Async twin of ``delete``."""
-        candidates = self._before_delete(self._backend.ref_doc_ids(ref_doc_id))
-        if self._backend.has_async():
-            await self._inner.adelete(ref_doc_id, **delete_kwargs)
-        else:
-            self._inner.delete(ref_doc_id, **delete_kwargs)
-        self._after_delete(candidates)
+        """Async twin of ``delete`` (blocking work runs in a thread, off the event loop)."""
+        if not self._backend.has_async():
+            return await asyncio.to_thread(self.delete, ref_doc_id, **delete_kwargs)
+        ids = await asyncio.to_thread(self._backend.ref_doc_ids, ref_doc_id)
+        candidates = await asyncio.to_thread(self._before_delete, ids)
+        await self._inner.adelete(ref_doc_id, **delete_kwargs)
+        await asyncio.to_thread(self._after_delete, candidates)
+        return None
 
     def delete_nodes(
         self,
@@ -307,13 +308,13 @@ class NudgedVectorStore(BasePydanticVectorStore):
         filters: MetadataFilters | None = None,
         **delete_kwargs: Any,
     ) -> None:
-        """Async twin of ``delete_nodes``."""
-        candidates = self._before_delete_nodes(node_ids, filters)
-        if self._backend.has_async():
-            await self._inner.adelete_nodes(node_ids, filters, **delete_kwargs)
-        else:
-            self._inner.delete_nodes(node_ids, filters, **delete_kwargs)
-        self._after_delete(candidates)
+        """Async twin of ``delete_nodes`` (blocking work runs in a thread, off the loop)."""
+        if not self._backend.has_async():
+            return await asyncio.to_thread(self.delete_nodes, node_ids, filters, **delete_kwargs)
+        candidates = await asyncio.to_thread(self._before_delete_nodes, node_ids, filters)
+        await self._inner.adelete_nodes(node_ids, filters, **delete_kwargs)
+        await asyncio.to_thread(self._after_delete, candidates)
+        return None
 
     def clear(self) -> None:
         """Remove every node from the wrapped store; the version log forgets them all."""
@@ -322,13 +323,14 @@ class NudgedVectorStore(BasePydanticVectorStore):
         self._after_clear()
 
     async def aclear(self) -> None:
-        """Async twin of ``clear``."""
-        self._before_delete(self._backend.all_ids())
-        if self._backend.has_async():
-            await self._inner.aclear()
-        else:
-            self._inner.clear()
+        """Async twin of ``clear`` (blocking work runs in a thread, off the event loop)."""
+        if not self._backend.has_async():
+            return await asyncio.to_thread(self.clear)
+        ids = await asyncio.to_thread(self._backend.all_ids)
+        await asyncio.to_thread(self._before_delete, ids)
+        await self._inner.aclear()
         self._after_clear()
+        return None
 
     def persist(self, persist_path: str, fs: Any = None) -> None:
         """Persist the wrapped store where it persists (``SimpleVectorStore``'s JSON file).
@@ -358,7 +360,7 @@ class NudgedVectorStore(BasePydanticVectorStore):
         """Async twin of ``get_nodes``."""
         if self._backend.has_async():
             return await self._inner.aget_nodes(node_ids, filters, **kwargs)
-        return self._inner.get_nodes(node_ids, filters, **kwargs)
+        return await asyncio.to_thread(self._inner.get_nodes, node_ids, filters, **kwargs)
 
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         """Query the wrapped store and log the query as a trace."""
@@ -371,8 +373,8 @@ class NudgedVectorStore(BasePydanticVectorStore):
         if self._backend.has_async():
             result = await self._inner.aquery(query, **kwargs)
         else:
-            result = self._inner.query(query, **kwargs)
-        return self._traced(query, result)
+            result = await asyncio.to_thread(self._inner.query, query, **kwargs)
+        return self._traced(query, result)  # in the caller's context: sets its last_trace_id
 
     # -- NUDGE: traces, feedback, versions (all delegated to the core state) -------------------
     def record_feedback(
