@@ -24,6 +24,16 @@ def test_exact_knn_matches_a_full_sort_across_blocks():
         np.testing.assert_allclose(s, np.take_along_axis(full, i, axis=1), rtol=1e-5)
 
 
+def test_exact_knn_l2_ranks_by_distance_and_returns_minus_squared_distance():
+    rng = np.random.default_rng(1)
+    E = (rng.normal(size=(5000, 16)) * rng.uniform(0.2, 3.0, size=(5000, 1))).astype(np.float32)
+    Q = rng.normal(size=(7, 16)).astype(np.float32)
+    s, i = exact_knn(Q, E, 10, metric="l2", block_rows=333)
+    d2 = ((Q[:, None, :].astype(np.float64) - E[None, :, :]) ** 2).sum(-1)
+    np.testing.assert_array_equal(i, np.argsort(d2, axis=1)[:, :10])
+    np.testing.assert_allclose(s, -np.take_along_axis(d2, i, axis=1), rtol=1e-4, atol=1e-4)
+
+
 def test_ndcg_by_hand_with_grades():
     ranked = np.array([[3, 1, 7, 0]])
     rel = [{1: 2, 0: 1, 9: 1}]

@@ -264,7 +264,7 @@ def test_empty_validation_explains_the_fix(small):
 
 def test_integer_dtype_rejected(small):
     E, tq, tp, vq, vp = small
-    with pytest.raises(NudgeError, match=r"embeddings must hold floats.*int64"):
+    with pytest.raises(NudgeError, match=r"embeddings: expected float vectors, found dtype int64"):
         finetune_embeddings(E.astype(np.int64), tq, tp, vq, vp)
 
 

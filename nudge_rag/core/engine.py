@@ -246,16 +246,8 @@ def _digest(mat: np.ndarray) -> str:
 
 
 def search(queries: np.ndarray, vectors: np.ndarray, k: int, metric: Metric) -> np.ndarray:
-    """Top-``k`` row indices per query under the store's ``metric`` (exact).
-
-    L2 ranks by ``2 q·e − ‖e‖²`` (the same order as ``−‖q − e‖²``), done as an inner product of
-    ``[2q, −1]`` with ``[e, ‖e‖²]``.
-    """
-    if metric is Metric.L2:
-        q = np.hstack([2.0 * queries, -np.ones((len(queries), 1), np.float32)])
-        e = np.hstack([vectors, (vectors.astype(np.float64) ** 2).sum(1, keepdims=True)])
-        return exact_knn(q.astype(np.float32), e.astype(np.float32), k, metric="ip")[1]
-    kind = "cosine" if metric is Metric.COSINE else "ip"
+    """Top-``k`` row indices per query under the store's ``metric`` (exact)."""
+    kind = {Metric.COSINE: "cosine", Metric.IP: "ip", Metric.L2: "l2"}[metric]
     return exact_knn(queries, vectors, k, metric=kind)[1]
 
 

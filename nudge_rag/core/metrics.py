@@ -22,7 +22,7 @@ import torch
 from nudge_rag.core.errors import NudgeError
 
 Relevance: TypeAlias = Sequence[int] | Mapping[int, float]
-SearchMetric: TypeAlias = Literal["ip", "cosine"]
+SearchMetric: TypeAlias = Literal["ip", "cosine", "l2"]
 
 # Scores matrices are built per block of rows so that a block holds at most this many floats.
 MAX_BLOCK_ELEMENTS = 1 << 24
@@ -44,7 +44,8 @@ def exact_knn(
     """Exact top-``k`` rows of ``embeddings`` for each query, best first.
 
     Streams the corpus in blocks, so memory is ``O(Q·(block + k))`` whatever ``N`` is.
-    ``metric="cosine"`` normalises both sides; ``"ip"`` uses the raw inner product.
+    ``metric="cosine"`` normalises both sides; ``"ip"`` uses the raw inner product; ``"l2"``
+    ranks by ``2 q·e − ‖e‖²`` (the order of ``−‖q − e‖²``, which is the score returned).
     Returns ``(scores, indices)``, float32 and int64 arrays of shape ``(Q, min(k, N))``.
     """
     dev = torch.device(device or "cpu")
@@ -53,8 +54,10 @@ def exact_knn(
     q = _to_tensor(queries, dev)
     if metric == "cosine":
         q = torch.nn.functional.normalize(q, dim=1)
+    elif metric == "l2":
+        q = 2.0 * q
     elif metric != "ip":
-        msg = f"metric must be 'ip' or 'cosine', found {metric!r}."
+        msg = f"metric must be 'ip', 'cosine' or 'l2', found {metric!r}."
         raise NudgeError(msg)
     block = block_rows or max(1024, MAX_BLOCK_ELEMENTS // max(1, q.shape[0]))
     best_s = torch.full((q.shape[0], 0), -torch.inf, device=dev)
@@ -64,12 +67,16 @@ def exact_knn(
         if metric == "cosine":
             e = torch.nn.functional.normalize(e, dim=1)
         s = q @ e.T
+        if metric == "l2":
+            s -= (e * e).sum(dim=1)
         top = torch.topk(s, min(k, s.shape[1]), dim=1)
         cat_s = torch.cat([best_s, top.values], dim=1)
         cat_i = torch.cat([best_i, top.indices + start], dim=1)
         keep = torch.topk(cat_s, min(k, cat_s.shape[1]), dim=1)
         best_s = keep.values
         best_i = torch.gather(cat_i, 1, keep.indices)
+    if metric == "l2":  # 2q·e − ‖e‖² − ‖q‖² = −‖q − e‖²
+        best_s -= (q * q).sum(dim=1, keepdim=True) / 4.0
     return best_s.cpu().numpy(), best_i.cpu().numpy()
 
 

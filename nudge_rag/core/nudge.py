@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.nn.functional import normalize
 
+from nudge_rag.core.checks import require_finite_rows, require_float_dtype
 from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.metrics import MAX_BLOCK_ELEMENTS, Relevance, RelevanceTable, ndcg_at_k
 
@@ -93,17 +94,11 @@ def _check_matrix(x: np.ndarray, name: str, dim: int | None = None) -> np.ndarra
     if x.ndim != 2:
         msg = f"{name} must be a 2-d (rows, dim) array, found shape {x.shape}."
         raise NudgeError(msg)
-    if not np.issubdtype(x.dtype, np.floating):
-        msg = f"{name} must hold floats (float32 preferred), found dtype {x.dtype}."
-        raise NudgeError(msg)
+    require_float_dtype(x, name)
     if dim is not None and x.shape[1] != dim:
         msg = f"{name} has {x.shape[1]}-d vectors, but the embeddings are {dim}-d."
         raise NudgeError(msg)
-    if not np.isfinite(x.sum(dtype=np.float64)):
-        bad = np.nonzero(~np.isfinite(x).all(axis=1))[0]
-        if len(bad):
-            msg = f"{name} row {int(bad[0])} holds NaN or inf ({len(bad)} such rows)."
-            raise NudgeError(msg)
+    require_finite_rows(x, name)
     return x
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nudge_rag.core.checks import require_finite_rows, require_float_dtype
 from nudge_rag.core.errors import MetricMismatchError, NudgeError, UnknownIdError
 from nudge_rag.core.stores.base import Metric, StoreAdapter, present_ids
 from nudge_rag.core.traces import create_private_file
@@ -522,14 +523,9 @@ def _as_matrix(rows: Sequence[np.ndarray] | np.ndarray, what: str) -> np.ndarray
         shapes = sorted({np.shape(r) for r in rows})[:5]
         msg = f"{what}: expected vectors of one length, found shapes {shapes}."
         raise NudgeError(msg) from None
-    if not np.issubdtype(mat.dtype, np.floating) and not np.issubdtype(mat.dtype, np.integer):
-        msg = f"{what}: expected float vectors, found dtype {mat.dtype}."
-        raise NudgeError(msg)
+    require_float_dtype(mat, what, integers=True)
     mat = mat.astype(np.float64)
-    if not np.isfinite(mat).all():
-        bad = int(np.nonzero(~np.isfinite(mat).all(axis=1))[0][0])
-        msg = f"{what}: row {bad} holds NaN or inf; pass finite vectors."
-        raise NudgeError(msg)
+    require_finite_rows(mat, what)
     return mat
 
 

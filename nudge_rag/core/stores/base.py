@@ -22,6 +22,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from nudge_rag.core.checks import require_finite_rows, require_float_dtype
 from nudge_rag.core.errors import NudgeError, UnknownIdError
 
 
@@ -76,13 +77,8 @@ def as_float32_matrix(vectors: np.ndarray, n: int, dim: int | None, what: str) -
     if dim is not None and arr.shape[1] != dim:
         msg = f"{what}: vectors have {arr.shape[1]} dimensions, the store expects {dim}."
         raise NudgeError(msg)
-    if not np.issubdtype(arr.dtype, np.floating):
-        msg = f"{what}: expected float vectors, found dtype {arr.dtype}."
-        raise NudgeError(msg)
-    if not np.isfinite(arr.sum()) and not np.isfinite(arr).all():
-        bad = int(np.nonzero(~np.isfinite(arr).all(axis=1))[0][0])
-        msg = f"{what}: row {bad} holds NaN or inf."
-        raise NudgeError(msg)
+    require_float_dtype(arr, what)
+    require_finite_rows(arr, what)
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
