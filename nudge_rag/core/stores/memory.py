@@ -45,10 +45,22 @@ class MemoryAdapter:
                 "pass e.g. InMemoryVectorStore(...).store."
             )
             raise NudgeError(msg)
-        self.records = records
+        self._records = records
+        self.name = "the in-memory store"  # how errors name the store
         self.vector_key = vector_key
         self.metric = Metric(metric)
         self.exact_readback = True
+
+    @property
+    def records(self) -> MutableMapping[str, Any]:
+        """The store's dict (a subclass may look it up anew on every call)."""
+        return self._records
+
+    @property
+    def dim(self) -> int | None:
+        """The vectors' dimension, or None while the store is empty."""
+        first = next(iter(self.records.values()), None)
+        return None if first is None else len(self._vector(first))
 
     def _vector(self, rec: Any) -> Any:
         return rec if self.vector_key is None else rec[self.vector_key]
@@ -60,27 +72,29 @@ class MemoryAdapter:
     def get_exact(self, ids: Sequence[str]) -> np.ndarray:
         """The stored vectors of ``ids`` as float64 (exactly the stored Python floats)."""
         ids = [str(i) for i in ids]
-        raise_unknown(missing_ids(ids, self.present(ids)), "the in-memory store")
+        raise_unknown(missing_ids(ids, self.present(ids)), self.name)
         if not ids:
-            return np.zeros((0, 0), dtype=np.float64)
-        return np.asarray([self._vector(self.records[i]) for i in ids], dtype=np.float64)
+            return np.zeros((0, self.dim or 0), dtype=np.float64)
+        records = self.records
+        return np.asarray([self._vector(records[i]) for i in ids], dtype=np.float64)
 
     def put(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Overwrite the vectors of existing ``ids`` (unknown ids: nothing written)."""
         ids = [str(i) for i in ids]
-        raise_unknown(missing_ids(ids, self.present(ids)), "the in-memory store")
-        dim = len(self._vector(self.records[ids[0]])) if ids else None
-        as_float32_matrix(vectors, len(ids), dim, "vectors")  # validation only
+        as_float32_matrix(vectors, len(ids), self.dim, "vectors")  # validation only
+        raise_unknown(missing_ids(ids, self.present(ids)), self.name)
+        records = self.records
         mat = np.asarray(vectors, dtype=np.float64)
         for i, row in zip(ids, mat.tolist(), strict=True):
             if self.vector_key is None:
-                self.records[i] = row
+                records[i] = row
             else:
-                self.records[i][self.vector_key] = row
+                records[i][self.vector_key] = row
 
     def present(self, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` the store holds."""
-        return {str(i) for i in ids if str(i) in self.records}
+        records = self.records
+        return {str(i) for i in ids if str(i) in records}
 
     def ids(self) -> list[str]:
         """Every id in the store."""
