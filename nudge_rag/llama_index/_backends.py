@@ -17,7 +17,7 @@ from llama_index.core.vector_stores.types import (
 )
 
 from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.stores.base import Metric, StoreAdapter
+from nudge_rag.core.stores.base import Metric, StoreAdapter, present_ids
 
 _MILVUS_PAGE = 16384  # Milvus's largest query window; beyond it, page with an iterator
 SUPPORTED = "ChromaVectorStore, SimpleVectorStore, QdrantVectorStore, MilvusVectorStore"
@@ -43,7 +43,7 @@ class Backend:
 
     def existing(self, ids: Sequence[str]) -> set[str]:
         """The ids of ``ids`` the store holds."""
-        raise NotImplementedError
+        return present_ids(self.adapter(), ids) if ids else set()
 
     def matching(self, filters: MetadataFilters) -> list[str]:
         """The ids whose metadata match ``filters``."""
@@ -89,12 +89,7 @@ class SimpleBackend(Backend):
         return LlamaSimpleAdapter(self.store)
 
     def dim(self) -> int | None:
-        first = next(iter(self.store.data.embedding_dict.values()), None)
-        return None if first is None else len(first)
-
-    def existing(self, ids: Sequence[str]) -> set[str]:
-        table = self.store.data.embedding_dict
-        return {i for i in ids if i in table}
+        return self.adapter().dim  # type: ignore[attr-defined]
 
     def matching(self, filters: MetadataFilters) -> list[str]:
         from llama_index.core.vector_stores.utils import build_metadata_filter_fn
@@ -121,11 +116,6 @@ class ChromaBackend(Backend):
         got = self.store.client.peek(limit=1)
         emb = got.get("embeddings")
         return None if emb is None or len(emb) == 0 else len(emb[0])
-
-    def existing(self, ids: Sequence[str]) -> set[str]:
-        if not ids:
-            return set()
-        return set(self.store.client.get(ids=list(ids), include=[])["ids"])
 
     def matching(self, filters: MetadataFilters) -> list[str]:
         from llama_index.vector_stores.chroma.base import _to_chroma_filter
