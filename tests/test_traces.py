@@ -208,6 +208,23 @@ def test_failed_write_is_kept_and_retried(tmp_path):
     lg.close()
 
 
+def test_embedding_lists_and_arrays_are_stored_alike(log):
+    vec = np.array([0.1, -2.5, 3e38, 7.0], dtype=np.float32)
+    a = _rec(log, embedding=vec)
+    b = _rec(log, embedding=[float(x) for x in vec])
+    with pytest.warns(RuntimeWarning, match="overflow"):  # beyond float32: numpy's inf
+        c = _rec(log, embedding=[1e300, 0.0, 1.0, 2.0])
+    got = {t.id: t.embedding for t in log.traces()}
+    np.testing.assert_array_equal(got[a], vec)
+    np.testing.assert_array_equal(got[b], vec)
+    assert np.isinf(got[c][0])
+
+
+def test_query_must_be_text(log):
+    with pytest.raises(NudgeError, match="query: expected the query text"):
+        _rec(log, q=b"bytes")  # type: ignore[arg-type]
+
+
 def test_close_warns_about_traces_it_could_not_write(tmp_path):
     lg = TraceLog(tmp_path / "t.sqlite")
     _rec(lg)

@@ -123,7 +123,7 @@ def embedding_blob(embedding: np.ndarray | Sequence[float]) -> tuple[bytes, int]
     if isinstance(embedding, list | tuple):
         try:
             return struct.pack(f"={len(embedding)}f", *embedding), len(embedding)
-        except (struct.error, TypeError):  # nested or non-numeric: let numpy judge it
+        except (struct.error, TypeError, OverflowError):  # nested, non-numeric, beyond float32
             pass
     arr = np.ascontiguousarray(embedding, dtype=np.float32).reshape(-1)
     return arr.tobytes(), arr.shape[0]
@@ -204,6 +204,9 @@ class TraceLog:
         scores: Sequence[float],
     ) -> str:
         """Append one search; return its new trace id."""
+        if query is not None and not isinstance(query, str):  # SQLite would refuse the batch
+            msg = f"query: expected the query text (str) or None, found {type(query).__name__}."
+            raise NudgeError(msg)
         blob, dim = embedding_blob(embedding)
         ids = [str(i) for i in result_ids]
         sc = [float(s) for s in scores]
