@@ -198,7 +198,8 @@ def compare_with_gold(
             raise NudgeError(msg)
         tuned = base.copy()
         vecs = report.vectors()
-        tuned[[row_of[i] for i in vecs]] = np.stack(list(vecs.values()))
+        if vecs:  # empty when validation chose gamma = 0
+            tuned[[row_of[i] for i in vecs]] = np.stack(list(vecs.values()))
         before = evaluate(test.queries, base, test.positives, metric="cosine")
         after = evaluate(test.queries, tuned, test.positives, metric="cosine")
 
