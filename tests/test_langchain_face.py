@@ -90,6 +90,43 @@ def test_documents_carry_trace_id_and_feedback_round_trips(pair):
         store.record_feedback(tid, relevant_ids=["zz"])
 
 
+def _assert_scores_follow_kind(scores: list[float], kind: str | None) -> None:
+    assert kind in ("similarity", "distance")
+    assert len(set(scores)) > 1  # the check below means something
+    assert scores == sorted(scores, reverse=kind == "similarity"), (kind, scores)
+
+
+def test_score_kind_says_which_way_the_store_scores_run(pair, tmp_path):
+    """Traces keep the store's own scores; score_kind tells distances from similarities."""
+    store, _ = pair
+    store.similarity_search_with_score("grass", k=5)
+    kind = store.nudge_state.trace_log.score_kind
+    _assert_scores_follow_kind(store.traces()[-1].scores, kind)
+    assert store.nudge_state.trace_log.export_jsonl(tmp_path / "t.jsonl") == 1
+    assert '"score_kind": "' + kind + '"' in (tmp_path / "t.jsonl").read_text()
+
+
+def test_score_kind_of_an_inner_product_faiss_index(tmp_path):
+    import faiss
+    from langchain_community.docstore.in_memory import InMemoryDocstore
+    from langchain_community.vectorstores import FAISS
+    from langchain_community.vectorstores.utils import DistanceStrategy
+
+    inner = FAISS(
+        EMB,
+        faiss.IndexFlatIP(16),
+        InMemoryDocstore(),
+        {},
+        distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT,
+    )
+    store = NudgedVectorStore(inner, state_dir=tmp_path / "state")
+    store.add_texts(TEXTS, ids=IDS)
+    store.similarity_search_with_score("grass", k=5)
+    assert store.nudge_state.trace_log.score_kind == "similarity"
+    _assert_scores_follow_kind(store.traces()[-1].scores, "similarity")
+    store.close()
+
+
 def test_wrapped_results_equal_bare(pair):
     store, inner = pair
     for q in ["grass", "coal is black", "sky"]:

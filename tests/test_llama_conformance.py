@@ -461,6 +461,15 @@ def test_each_query_records_a_trace(filled):
     assert (res.nodes is not None) == nudged.stores_text
 
 
+def test_score_kind_says_which_way_the_similarities_run(filled):
+    _, nudged = filled
+    nudged.query(q(QUERIES[0], 6))
+    kind = nudged.nudge_state.trace_log.score_kind
+    scores = nudged.traces()[-1].scores
+    assert kind in ("similarity", "distance") and len(set(scores)) > 1
+    assert scores == sorted(scores, reverse=kind == "similarity"), (kind, scores)
+
+
 def test_feedback_is_attached_to_its_trace(filled):
     _, nudged = filled
     nudged.query(q(QUERIES[1], 2))

@@ -17,6 +17,8 @@ Tables::
     traces(seq, id, time, query, embedding float32 blob, dim, k, filter json, result_ids json,
            scores json)
     feedback(seq, trace_id, time, relevant_ids json, irrelevant_ids json, rating, text)
+    meta(key, value)   -- score_kind: whether the wrapped store's scores are similarities or
+                          distances (set by the faces; exported with every trace)
 """
 
 from __future__ import annotations
@@ -64,7 +66,9 @@ CREATE TABLE IF NOT EXISTS feedback (
 );
 CREATE INDEX IF NOT EXISTS feedback_trace ON feedback(trace_id);
 CREATE INDEX IF NOT EXISTS feedback_time ON feedback(time);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+SCORE_KINDS = ("similarity", "distance")  # higher is better / lower is better
 
 _PURGE_EVERY = 5000  # writes between two retention purges
 LINGER_S = 0.2  # longest a queued trace waits for others to share its transaction
@@ -419,6 +423,7 @@ class TraceLog:
                 }
             )
         n = 0
+        kind = self.score_kind
         with out.open("w", encoding="utf-8") as fh:
             for t in self.traces():
                 rec = {
@@ -430,11 +435,33 @@ class TraceLog:
                     "filter": t.filter,
                     "result_ids": t.result_ids,
                     "scores": t.scores,
+                    "score_kind": kind,
                     "feedback": by_trace.get(t.id, []),
                 }
                 fh.write(json.dumps(rec) + "\n")
                 n += 1
         return n
+
+    # -- what the scores mean ------------------------------------------------------------------
+    @property
+    def score_kind(self) -> str | None:
+        """``"similarity"`` or ``"distance"``: what the stored ``scores`` are (None: not said)."""
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM meta WHERE key = 'score_kind'").fetchone()
+        return None if row is None else str(row[0])
+
+    @score_kind.setter
+    def score_kind(self, kind: str) -> None:
+        if kind not in SCORE_KINDS:
+            msg = f"score_kind: expected one of {SCORE_KINDS}, found {kind!r}."
+            raise NudgeError(msg)
+        self._check_open()
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('score_kind', ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (kind,),
+            )
 
     # -- housekeeping --------------------------------------------------------------------------
     def purge(self, older_than_days: float) -> int:

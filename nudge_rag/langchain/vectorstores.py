@@ -247,6 +247,9 @@ class NudgedVectorStore(VectorStore):
             tracing=tracing,
             retention_days=retention_days,
         )
+        # the scores searches return (and traces keep): Chroma and every l2 store give distances
+        distance = self._kind == "chroma" or self.nudge_state.metric is Metric.L2
+        self.nudge_state.trace_log.score_kind = "distance" if distance else "similarity"
 
     # -- wiring --------------------------------------------------------------------------------
     def _install_capture(self, ad: StoreAdapter) -> None:

@@ -27,7 +27,7 @@ from llama_index.core.vector_stores.types import (
 from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.state import NudgeState
 from nudge_rag.core.stores.base import Metric, StoreAdapter
-from nudge_rag.llama_index._backends import Backend, backend_for
+from nudge_rag.llama_index._backends import Backend, ChromaBackend, backend_for
 
 TRACE_ID_KEY = "nudge_trace_id"
 """Metadata key under which each returned node carries the id of the query's trace."""
@@ -161,6 +161,9 @@ class NudgedVectorStore(BasePydanticVectorStore):
             tracing=tracing,
             retention_days=retention_days,
         )
+        # LlamaIndex's Chroma store turns distances into similarities; l2 stores give distances
+        distance = self._nudge_state.metric is Metric.L2 and not isinstance(backend, ChromaBackend)
+        self._nudge_state.trace_log.score_kind = "distance" if distance else "similarity"
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
