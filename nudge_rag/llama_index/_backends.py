@@ -28,6 +28,7 @@ class Backend:
 
     def __init__(self, store: BasePydanticVectorStore) -> None:
         self.store = store
+        self._presence: StoreAdapter | None = None  # built once: Chroma's asks the server
 
     def adapter(self) -> StoreAdapter:
         """The core adapter over the store's native client."""
@@ -43,7 +44,11 @@ class Backend:
 
     def existing(self, ids: Sequence[str]) -> set[str]:
         """The ids of ``ids`` the store holds."""
-        return present_ids(self.adapter(), ids) if ids else set()
+        if not ids:
+            return set()
+        if self._presence is None:
+            self._presence = self.adapter()
+        return present_ids(self._presence, ids)
 
     def matching(self, filters: MetadataFilters) -> list[str]:
         """The ids whose metadata match ``filters``."""
