@@ -1,6 +1,8 @@
 """The ``nudge-rag`` command line: each command opens the library object and makes one call.
 
-Library errors print as one line on stderr with exit status 1, never a traceback.
+Library errors print as one line on stderr with exit status 1, never a traceback (set
+``NUDGE_RAG_TRACEBACK=1`` to see one for an unexpected error). ``versions`` and ``traces`` only
+read the state folder, so they work on a folder that is not writable.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -39,33 +42,58 @@ StoreOpt = Annotated[
 CollectionOpt = Annotated[str, typer.Option(help="Chroma collection name in the store.")]
 
 
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {' '.join(message.split())}", err=True, fg=typer.colors.RED)
+    return typer.Exit(1)
+
+
 def one_line_errors(fn: F) -> F:
-    """Turn the library's errors into one clear line and exit status 1."""
+    """Turn any error into one clear line on stderr and exit status 1."""
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (NudgeError, FileNotFoundError, PermissionError) as e:
-            typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
-            raise typer.Exit(1) from None
+        except NudgeError as e:
+            raise _fail(str(e)) from None
+        except sqlite3.Error as e:
+            raise _fail(
+                f"a state file could not be used (SQLite: {e}); check that the state folder "
+                "is readable and writable and its files are not damaged (nudge-rag verify)."
+            ) from None
+        except OSError as e:
+            raise _fail(f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")) from None
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            if os.environ.get("NUDGE_RAG_TRACEBACK"):
+                raise
+            raise _fail(
+                f"{type(e).__name__}: {e} (unexpected; set NUDGE_RAG_TRACEBACK=1 to see where)"
+            ) from None
 
     return run  # type: ignore[return-value]
 
 
-def open_store(folder: Path, collection: str = "nudge_rag") -> Any:
-    """Open an embedded Chroma store and its nudge-rag state.
+_STATE_FILES = ("versions.sqlite", "versions.marker.json", "traces.sqlite")
+
+
+def find_state(folder: Path, collection: str = "nudge_rag") -> tuple[Path, Path]:
+    """The Chroma folder and the nudge-rag state folder of an embedded store.
 
     Both layouts are found: the LangChain face's (``nudge-rag demo``, ``from_texts``:
     ``chroma/`` or the folder itself, state in ``nudge_state/``) and the LlamaIndex face's
-    (``from_defaults``: state in ``nudge_state/<collection>/``).
+    (``from_defaults``: state in ``nudge_state/<collection>/``). A state folder whose version
+    log is missing is still found (by its marker or trace log), so that ``verify`` and
+    ``repair`` can say so.
     """
     chroma_dir = folder / "chroma" if (folder / "chroma").is_dir() else folder
     state_dir = next(
         (
             d
+            for name in _STATE_FILES
             for d in (folder / "nudge_state" / collection, folder / "nudge_state")
-            if (d / "versions.sqlite").is_file()
+            if (d / name).is_file()
         ),
         None,
     )
@@ -75,6 +103,12 @@ def open_store(folder: Path, collection: str = "nudge_rag") -> Any:
             "nudge_state/ with versions.sqlite)."
         )
         raise NudgeError(msg)
+    return chroma_dir, state_dir
+
+
+def open_store(folder: Path, collection: str = "nudge_rag") -> Any:
+    """Open an embedded Chroma store and its nudge-rag state (see :func:`find_state`)."""
+    chroma_dir, state_dir = find_state(folder, collection)
     import chromadb
     from langchain_chroma import Chroma
 
@@ -213,13 +247,18 @@ def versions(store: StoreOpt, collection: CollectionOpt = "nudge_rag") -> None:
     """
     import time
 
-    s = open_store(store, collection)
-    current = s.nudge_state.version_log.current
+    from nudge_rag.core.state import VERSIONS_FILE
+    from nudge_rag.core.versions import VersionLog
+
+    log = VersionLog(find_state(store, collection)[1] / VERSIONS_FILE, None, read_only=True)
+    listed = log.versions()
+    log.close()
+    current = next(v.version for v in listed if v.current)
     typer.echo(
         f"{'':2}{'version':>7}  {'time':<19}  {'method':<8}{'gamma':>7}{'rows':>7}  "
         "note / held-out NDCG@10"
     )
-    for v in s.versions():
+    for v in listed:
         gain = ""
         if v.report and isinstance(v.report.get("ndcg"), dict):
             n = v.report["ndcg"]
@@ -250,6 +289,56 @@ def rollback(
     typer.echo(f"store is at version {s.rollback(to)}")
 
 
+@app.command()
+@one_line_errors
+def verify(
+    store: StoreOpt,
+    collection: CollectionOpt = "nudge_rag",
+    rows: Annotated[
+        int | None, typer.Option(help="Read back at most this many nudged rows (default: all).")
+    ] = None,
+) -> None:
+    """Check that the version log is whole and that the store holds its current version.
+
+    Exits with status 1 and one line per problem when they disagree; nudge-rag repair fixes it.
+
+    Example:  nudge-rag verify --store nudge_demo_state
+    """
+    report = open_store(store, collection).nudge_state.verify(rows=rows)
+    if report.ok:
+        typer.echo(str(report))
+        return
+    for problem in report.problems:
+        typer.secho(f"error: {' '.join(problem.split())}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(1)
+
+
+@app.command()
+@one_line_errors
+def repair(
+    store: StoreOpt,
+    collection: CollectionOpt = "nudge_rag",
+    adopt_store: Annotated[
+        bool,
+        typer.Option(
+            help="Trust the store, not the log: the log follows what the store holds (a "
+            "missing or damaged log is moved aside and a new one starts at version 0)."
+        ),
+    ] = False,
+) -> None:
+    """Make the version log and the store agree again, then verify.
+
+    By default the log is trusted: nudged rows the store holds wrong are rewritten with the
+    log's current version, and an unfinished move that cannot complete is undone.
+
+    Example:  nudge-rag repair --store nudge_demo_state --adopt-store
+    """
+    report = open_store(store, collection).nudge_state.repair(adopt_store=adopt_store)
+    typer.echo(str(report))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 @traces_app.command("stats")
 @one_line_errors
 def traces_stats(store: StoreOpt, collection: CollectionOpt = "nudge_rag") -> None:
@@ -257,9 +346,15 @@ def traces_stats(store: StoreOpt, collection: CollectionOpt = "nudge_rag") -> No
 
     Example:  nudge-rag traces stats --store nudge_demo_state
     """
-    s = open_store(store, collection)
-    for key, value in s.nudge_state.trace_log.stats().items():
-        typer.echo(f"{key}: {value}")
+    from nudge_rag.core.state import TRACES_FILE
+    from nudge_rag.core.traces import TraceLog
+
+    log = TraceLog(find_state(store, collection)[1] / TRACES_FILE, read_only=True)
+    try:
+        for key, value in log.stats().items():
+            typer.echo(f"{key}: {value}")
+    finally:
+        log.close()
 
 
 @traces_app.command("export")
@@ -273,8 +368,14 @@ def traces_export(
 
     Example:  nudge-rag traces export --store nudge_demo_state --out traces.jsonl
     """
-    s = open_store(store, collection)
-    n = s.nudge_state.trace_log.export_jsonl(out)
+    from nudge_rag.core.state import TRACES_FILE
+    from nudge_rag.core.traces import TraceLog
+
+    log = TraceLog(find_state(store, collection)[1] / TRACES_FILE, read_only=True)
+    try:
+        n = log.export_jsonl(out)
+    finally:
+        log.close()
     typer.echo(f"wrote {n} traces to {out}")
 
 

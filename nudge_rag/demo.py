@@ -20,6 +20,7 @@ import numpy as np
 
 from nudge_rag.core.data import BeirDataset, load_beir, shared_data_dir
 from nudge_rag.core.errors import NudgeError
+from nudge_rag.core.files import atomic_path, atomic_write
 from nudge_rag.core.metrics import RelevanceTable, ndcg_at_k, recall_at_k
 
 MARKER = ".nudge_rag_demo"
@@ -105,7 +106,7 @@ def _fresh_dir(path: Path) -> None:
             raise NudgeError(msg)
         shutil.rmtree(path)
     path.mkdir(parents=True)
-    (path / MARKER).write_text("made by nudge-rag demo; safe to delete\n")
+    atomic_write(path / MARKER, "made by nudge-rag demo; safe to delete\n")
 
 
 def _known_vectors(ds: BeirDataset, encode: Callable, progress: bool) -> dict[str, np.ndarray]:
@@ -253,6 +254,7 @@ def save_plot(result: DemoResult, path: Path) -> Path:
     ax.legend(loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:  # a kill never leaves a cut image
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path

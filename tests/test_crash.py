@@ -1,152 +1,280 @@
-"""Crash safety: a writer process applying and rolling back versions is killed with SIGKILL at
-random points; after every kill, reopening the version log leaves the store exactly at one
-version, every vector bitwise equal to that version's.
+"""Crash safety: a writer killed with SIGKILL at random points never leaves a store between
+versions, on any store that persists, through either face; and the files nudge-rag writes are
+replaced atomically.
 
-Each round is one process on a persistent Chroma collection: it opens the log (which completes
-an unfinished move), checks every vector, reports, then applies and rolls back at random until
-the test kills it.
+For each store, each round is one worker process (``tests/crash_worker.py``, forked from one
+server that imported the frameworks once): it opens the store as a user does and wraps it (the
+version log completes an unfinished move), checks every one of 200 vectors bitwise against the
+version the log says is current, reports, then applies and rolls back versions at random until
+the test kills it. A kill that lands inside a move shows as an intent row found before opening.
 
-The collection never syncs its HNSW files during the test (``hnsw:sync_threshold`` above every
-write the test makes), so all of Chroma's data stays in its SQLite log, which survives SIGKILL.
-At Chroma's default threshold a kill that lands while Chroma rewrites ``index_metadata.pickle``
-in place leaves Chroma itself unable to open the collection ("Error deserializing pickle file",
-chroma-core/chroma#4218), with or without nudge-rag; that is Chroma's durability, not the
-version log's, and this test is about the version log.
+Chroma (both faces) runs on a collection whose HNSW files never sync during the test
+(``hnsw:sync_threshold`` above every write the test makes), so all of Chroma's data stays in its
+SQLite log, which survives SIGKILL. At Chroma's default threshold a kill that lands while Chroma
+rewrites ``index_metadata.pickle`` in place leaves Chroma itself unable to open the collection
+("Error deserializing pickle file", chroma-core/chroma#4218), with or without nudge-rag; that is
+Chroma's durability, not the version log's.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
+import selectors
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-N, D = 200, 16
-IDS = [f"doc-{i}" for i in range(N)]
-KILLS = 22
-# Chroma keeps every write in its crash-safe SQLite log until this many are pending (see above).
-CHROMA_METADATA = {"hnsw:space": "l2", "hnsw:sync_threshold": 10_000_000, "hnsw:batch_size": 100}
+from nudge_rag.core.errors import NudgeError
+from nudge_rag.core.files import atomic_path, atomic_write, persist_atomic, save_faiss_atomic
+
+KILLS = 20
+WORKER = Path(__file__).with_name("crash_worker.py")
+STORES = ["lc-chroma", "lc-qdrant", "lc-faiss", "li-chroma", "li-simple", "li-qdrant", "li-milvus"]
+START_TIMEOUT = 120.0  # seconds a worker may take to open and check its store
 
 
-def _base() -> np.ndarray:
-    return np.random.default_rng(0).standard_normal((N, D)).astype(np.float32)
+class ForkServer:
+    """``crash_worker.py serve``: forks one worker per round; tells how each one ended."""
 
-
-def _version_rows(v: int) -> dict[str, np.ndarray]:
-    """The rows and vectors of version ``v`` (a function of ``v`` only)."""
-    rng = np.random.default_rng(1000 + v)
-    rows = rng.choice(N, size=int(rng.integers(5, 80)), replace=False)
-    vecs = rng.standard_normal((len(rows), D)).astype(np.float32)
-    return {IDS[r]: vecs[n] for n, r in enumerate(rows)}
-
-
-def _expected(log, version: int) -> np.ndarray:
-    """Every vector at ``version``: the nearest ancestor's row, else the base."""
-    parents = {v.version: v.parent for v in log.versions()}
-    out = _base().copy()
-    chain = [version]
-    while chain[-1] != 0:
-        chain.append(parents[chain[-1]] or 0)
-    for v in reversed(chain[:-1]):  # oldest first, so nearer versions overwrite
-        for i, vec in _version_rows(v).items():
-            out[IDS.index(i)] = vec
-    return out
-
-
-def _open(root: Path):
-    import chromadb
-
-    from nudge_rag.core.stores.chroma import ChromaAdapter
-    from nudge_rag.core.versions import VersionLog
-
-    client = chromadb.PersistentClient(path=str(root / "chroma"))
-    col = client.get_or_create_collection("docs", metadata=CHROMA_METADATA)
-    if col.count() == 0:
-        col.add(ids=IDS, embeddings=_base(), documents=IDS)
-    adapter = ChromaAdapter(col)
-    return adapter, VersionLog(root / "state" / "versions.sqlite", adapter)
-
-
-def _pending(root: Path) -> int:
-    """Unfinished moves in the log, read raw before the log is opened (and recovers them)."""
-    import sqlite3
-
-    path = root / "state" / "versions.sqlite"
-    if not path.exists():
-        return 0
-    conn = sqlite3.connect(path)
-    try:
-        return int(conn.execute("SELECT count(*) FROM intent").fetchone()[0])
-    except sqlite3.OperationalError:  # killed before the schema was written
-        return 0
-    finally:
-        conn.close()
-
-
-def _worker(root: Path, seed: int, report: Path) -> None:
-    pending = _pending(root)
-    adapter, log = _open(root)  # recovers an unfinished move
-    cur = log.current
-    held = adapter.get(IDS)
-    exp = _expected(log, cur)
-    bad = int((held != exp).any(axis=1).sum())
-    intent = log._conn.execute("SELECT count(*) FROM intent").fetchone()[0]
-    with report.open("a") as fh:
-        fh.write(
-            json.dumps({"current": cur, "bad_rows": bad, "intent": intent, "pending": pending})
-            + "\n"
-        )
-        fh.flush()
-        os.fsync(fh.fileno())
-    print("READY", flush=True)
-    rng = random.Random(seed)
-    while True:
-        known = [v.version for v in log.versions()]
-        if rng.random() < 0.6:
-            log.apply(_version_rows(max(known) + 1), method="nudge-n", note=f"seed {seed}")
-        else:
-            log.rollback(rng.choice(known))
-
-
-def test_sigkill_at_random_points(tmp_path):
-    report = tmp_path / "report.jsonl"
-    rng = random.Random(12345)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    for round_ in range(KILLS + 1):
-        proc = subprocess.Popen(
-            [sys.executable, __file__, str(tmp_path), str(round_), str(report)],
+    def __init__(self, log: Path) -> None:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        env.setdefault("ANONYMIZED_TELEMETRY", "False")
+        self.log = log
+        self._err = log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(WORKER), "serve"],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self._err,
             env=env,
         )
-        line = proc.stdout.readline() if proc.stdout else b""
-        if line.strip() != b"READY":
-            proc.kill()
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            pytest.fail(f"round {round_}: worker did not start: {line!r}\n{err[-3000:]}")
-        if round_ == KILLS:
-            proc.kill()
-            proc.wait()
-            break
-        time.sleep(rng.uniform(0.05, 0.8))
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        self._sel = selectors.DefaultSelector()
+        assert self.proc.stdout is not None
+        self._sel.register(self.proc.stdout, selectors.EVENT_READ)
+        self._buf = b""
+        first = self.readline(START_TIMEOUT)
+        if first != "SERVING":
+            pytest.fail(f"the fork server did not start: {first!r}\n{self.stderr()}")
+
+    def stderr(self) -> str:
+        self._err.flush()
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def readline(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._sel.select(left):
+                return "<timeout>"
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return "<eof>"
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line.decode()
+
+    def start(self, store: str, root: Path, seed: int, report: Path) -> int:
+        """Fork a worker; return its pid once it has checked the store and started writing."""
+        assert self.proc.stdin is not None
+        cmd = {"store": store, "root": str(root), "seed": seed, "report": str(report)}
+        self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
+        self.proc.stdin.flush()
+        line = self.readline(START_TIMEOUT)
+        if not line.startswith("READY "):
+            detail = json.loads(line[5:]) if line.startswith("FAIL ") else line
+            self.readline(60)  # its EXIT line, so that the next round starts in step
+            pytest.fail(f"{store} seed {seed}: the worker did not start:\n{detail}\n{self.stderr()}")
+        return int(line.split()[1])
+
+    def kill(self, pid: int) -> int:
+        """SIGKILL the worker; return the signal that ended it (SIGKILL if it was still running)."""
+        os.kill(pid, signal.SIGKILL)
+        line = self.readline(60)
+        assert line.startswith("EXIT "), (line, self.stderr())
+        status = int(line.split()[1])
+        return os.WTERMSIG(status) if os.WIFSIGNALED(status) else -os.WEXITSTATUS(status)
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._err.close()
+
+
+@pytest.fixture(scope="module")
+def fork_server(tmp_path_factory) -> Iterator[ForkServer]:
+    server = ForkServer(tmp_path_factory.mktemp("fork-server") / "stderr.log")
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_sigkill_at_random_points(store, fork_server, tmp_path):
+    root, report = tmp_path / "store", tmp_path / "report.jsonl"
+    rng = random.Random(f"{store}-12345")
+    t0 = time.monotonic()
+    for round_ in range(KILLS + 1):
+        pid = fork_server.start(store, root, round_, report)
+        if round_ < KILLS:
+            time.sleep(rng.uniform(0.05, 0.6))
+        sig = fork_server.kill(pid)
+        if round_ < KILLS:  # the worker was writing when it died, by our hand
+            assert sig == signal.SIGKILL, f"round {round_}: worker ended with {sig}"
     rounds = [json.loads(s) for s in report.read_text().splitlines()]
+    print(f"{store}: {KILLS} kills in {time.monotonic() - t0:.1f} s")
     assert len(rounds) == KILLS + 1
-    assert all(r["bad_rows"] == 0 for r in rounds), rounds
+    assert [r["bad_rows"] for r in rounds] == [0] * len(rounds), rounds
     assert all(r["intent"] == 0 for r in rounds), rounds
     # the kills landed while versions were being written: history grew and moved around
     assert len({r["current"] for r in rounds}) > KILLS // 3, rounds
-    assert sum(r["pending"] for r in rounds) >= 1, "no kill landed inside a move"
+    assert sum(r["pending"] for r in rounds) >= 1, f"no kill landed inside a move: {rounds}"
 
 
-if __name__ == "__main__":
-    _worker(Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]))
+# -- atomic files --------------------------------------------------------------------------------
+def _hidden(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_atomic_write_replaces_whole_and_keeps_the_mode(tmp_path):
+    path = tmp_path / "sub" / "f.json"
+    atomic_write(path, "one", mode=0o600)
+    assert path.read_text() == "one"
+    assert path.stat().st_mode & 0o777 == 0o600
+    atomic_write(path, b"two")  # no mode given: the replaced file's mode is kept
+    assert path.read_bytes() == b"two"
+    assert path.stat().st_mode & 0o777 == 0o600
+    os.chmod(path, 0o644)
+    atomic_write(path, "three")
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert _hidden(path.parent) == []  # no temp file left behind
+
+
+def test_atomic_path_leaves_the_target_untouched_on_error_or_no_write(tmp_path):
+    path = tmp_path / "plot.png"
+    path.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        assert tmp.parent == tmp_path and tmp.suffix == ".png"  # writers infer the format
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed mid-write")
+    assert path.read_bytes() == b"old"
+    with atomic_path(path):
+        pass  # a writer that writes nothing (a persist() that keeps its data elsewhere)
+    assert path.read_bytes() == b"old"
+    assert _hidden(tmp_path) == []
+    with pytest.raises(NudgeError, match="is a folder"), atomic_path(tmp_path):
+        pass
+
+
+def test_persist_atomic_on_local_and_other_filesystems(tmp_path):
+    import fsspec
+
+    def persist(p: str, fs=None) -> None:
+        with (fs or fsspec.filesystem("file")).open(p, "w") as fh:
+            fh.write("data")
+
+    path = tmp_path / "store" / "vector_store.json"
+    persist_atomic(persist, path)
+    persist_atomic(persist, f"file://{path}", fs=fsspec.filesystem("file"))
+    assert path.read_text() == "data"
+    mem = fsspec.filesystem("memory")
+    persist_atomic(lambda p: persist(p, mem), "/x/vector_store.json", fs=mem)
+    assert mem.cat("/x/vector_store.json") == b"data"  # written by the store itself
+
+
+def test_simple_store_file_is_never_cut_by_a_failing_write(tmp_path):
+    """The re-persist after each move goes through a temp file: the old file stays whole."""
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores import SimpleVectorStore
+
+    from nudge_rag.llama_index import NudgedVectorStore
+
+    path = tmp_path / "storage" / "vector_store.json"
+    store = NudgedVectorStore(SimpleVectorStore(), state_dir=tmp_path / "state")
+    store.add([TextNode(id_=f"n{i}", text="t", embedding=[float(i), 1.0]) for i in range(3)])
+    store.persist(str(path))
+    before = path.read_bytes()
+    json_dump = json.dump
+
+    def dies_half_way(obj, fh, **kw):  # the process dies after writing a part of the file
+        fh.write(json.dumps(obj)[:10])
+        raise KeyboardInterrupt
+
+    json.dump = dies_half_way
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            store.persist(str(path))
+    finally:
+        json.dump = json_dump
+    assert path.read_bytes() == before
+    assert _hidden(path.parent) == []
+    store.apply_vectors({"n1": np.asarray([0.5, 0.5])})
+    again = SimpleVectorStore.from_persist_path(str(path))
+    assert again.data.embedding_dict["n1"] == [0.5, 0.5]
+    store.close()
+
+
+def _faiss_store(n: int):
+    import faiss
+    from langchain_community.docstore.in_memory import InMemoryDocstore
+    from langchain_community.vectorstores import FAISS
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    store = FAISS(DeterministicFakeEmbedding(size=4), faiss.IndexFlatL2(4), InMemoryDocstore(), {})
+    store.add_texts([f"t{i}" for i in range(n)], ids=[f"d{i}" for i in range(n)])
+    return store
+
+
+def _load(folder: Path):
+    from langchain_community.vectorstores import FAISS
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    emb = DeterministicFakeEmbedding(size=4)
+    return FAISS.load_local(str(folder), emb, allow_dangerous_deserialization=True)
+
+
+def test_save_faiss_atomic_switches_the_pair_at_once(tmp_path):
+    folder = tmp_path / "faiss"
+    _faiss_store(2).save_local(str(folder))  # a plain save first: switched over in place
+    gen = save_faiss_atomic(_faiss_store(3), folder)
+    assert os.path.islink(folder / "index.faiss") and os.path.islink(folder / "index.pkl")
+    assert _load(folder).index.ntotal == 3
+    meta = folder / ".index.nudge"
+    assert os.readlink(meta / "current") == gen.name
+    for n in range(4, 8):
+        save_faiss_atomic(_faiss_store(n), folder)
+    loaded = _load(folder)
+    assert loaded.index.ntotal == 7 and len(loaded.index_to_docstore_id) == 7
+    # current and the previous generation are kept, older ones dropped
+    assert sorted(p.name for p in meta.iterdir() if p.name.startswith("g")) == [
+        "g000005",
+        "g000006",
+    ]
+    # a save killed half-way leaves the current pair as it was, and is cleaned up next time
+    (meta / "g000007.tmp").mkdir()
+    (meta / "g000007.tmp" / "index.faiss").write_bytes(b"cut")
+    assert _load(folder).index.ntotal == 7
+    save_faiss_atomic(_faiss_store(8), folder)
+    assert not (meta / "g000007.tmp").exists()
+    assert _load(folder).index.ntotal == 8
+    with (folder / "index.pkl").open("rb") as fh:
+        _, id_map = pickle.load(fh)
+    assert len(id_map) == 8
+    with pytest.raises(NudgeError, match="save_local"):
+        save_faiss_atomic(object(), folder)
+    with pytest.raises(NudgeError, match="index_name"):
+        save_faiss_atomic(_faiss_store(1), folder, index_name="../x")

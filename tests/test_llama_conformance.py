@@ -204,7 +204,7 @@ def bare_async(store: BasePydanticVectorStore, name: str) -> Callable[..., Any]:
     A QdrantVectorStore built without ``aclient`` fails every async call; the wrapper runs
     the sync method there instead, so the sync one is its reference.
     """
-    from nudge_rag.llama_index._backends import backend_for
+    from nudge_rag.llama_index.backends import backend_for
 
     if backend_for(store).has_async():
         method = getattr(store, name)
@@ -454,11 +454,30 @@ def test_each_query_records_a_trace(filled):
     np.testing.assert_allclose(trace.scores, res.similarities, rtol=1e-6)
     np.testing.assert_allclose(trace.embedding, QUERIES[0], rtol=1e-6)
     assert trace.filter["filters"]["filters"][0]["key"] == "year"
-    for node in res.nodes or []:
-        assert node.metadata[TRACE_ID_KEY] == trace.id
-        assert trace.id not in node.get_content(metadata_mode=MetadataMode.LLM)
-        assert trace.id not in node.get_content(metadata_mode=MetadataMode.EMBED)
+    for node in res.nodes or []:  # identity untouched: no trace id in the node's metadata
+        assert TRACE_ID_KEY not in node.metadata
     assert (res.nodes is not None) == nudged.stores_text
+
+
+def test_nodes_hash_as_the_bare_stores_do(filled):
+    bare, nudged = filled
+    query = q(QUERIES[0], 4)
+    got, want = nudged.query(query), bare.query(query)
+    if want.nodes is None:
+        pytest.skip("this store returns ids only")
+    assert [n.hash for n in got.nodes or []] == [n.hash for n in want.nodes]
+
+
+def test_trace_id_on_nodes_when_asked(stores):
+    nudged = stores.wrap(stores.make("stamped"), "stamped", trace_metadata_key=TRACE_ID_KEY)
+    nudged.add(make_nodes())
+    res = nudged.query(q(QUERIES[0], 3))
+    if res.nodes is None:
+        pytest.skip("this store returns ids only")
+    for node in res.nodes:
+        assert node.metadata[TRACE_ID_KEY] == nudged.last_trace_id
+        assert nudged.last_trace_id not in node.get_content(metadata_mode=MetadataMode.LLM)
+        assert nudged.last_trace_id not in node.get_content(metadata_mode=MetadataMode.EMBED)
 
 
 def test_score_kind_says_which_way_the_similarities_run(filled):

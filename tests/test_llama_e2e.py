@@ -63,8 +63,8 @@ def test_index_retriever_query_engine_and_nudge_on_persistent_chroma(embed_model
 
     hits = index.as_retriever(similarity_top_k=2).retrieve(QUESTION)
     assert hits[0].node.ref_doc_id == "banana"
-    trace_id = hits[0].node.metadata[TRACE_ID_KEY]
-    assert trace_id == store.last_trace_id
+    trace_id = store.last_trace_id
+    assert TRACE_ID_KEY not in hits[0].node.metadata  # nodes come back as the bare store's
     (trace,) = store.traces()
     assert trace.query == QUESTION
     assert trace.result_ids == [h.node.node_id for h in hits]
@@ -76,7 +76,7 @@ def test_index_retriever_query_engine_and_nudge_on_persistent_chroma(embed_model
     answer = index.as_query_engine(llm=MockLLM(), similarity_top_k=2).query(QUESTION)
     assert "yellow skin" in str(answer)
     assert store.last_trace_id not in str(answer)
-    assert answer.source_nodes[0].node.metadata[TRACE_ID_KEY] == store.last_trace_id
+    assert store.last_trace_id == store.traces()[-1].id != trace_id
     assert len(store.traces()) == 2
 
     again = VectorStoreIndex.from_vector_store(store, embed_model=embed_model)
@@ -114,7 +114,7 @@ async def test_async_retrieval_records_a_trace(embed_model, tmp_path):
         embed_model=embed_model,
     )
     hits = await index.as_retriever(similarity_top_k=3).aretrieve(QUESTION)
-    assert hits[0].node.metadata[TRACE_ID_KEY] == store.last_trace_id
+    assert store.last_trace_id == store.traces()[0].id
     assert store.traces()[0].result_ids == [h.node.node_id for h in hits]
     store.close()
 

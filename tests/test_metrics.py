@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from shared_data import dataset
 
+from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.metrics import RelevanceTable, evaluate, exact_knn, ndcg_at_k, recall_at_k
+from nudge_rag.core.stores.base import Metric
 
 
 def test_exact_knn_matches_a_full_sort_across_blocks():
@@ -87,3 +89,63 @@ def test_agrees_with_pytrec_eval_on_a_real_run(name, split):
     # And the published baseline of ../shared/README.md.
     published = {"scifact": 0.6451, "nfcorpus": 0.3159}[name]
     assert theirs_ndcg == pytest.approx(published, abs=5e-5)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def tiny():
+    rng = np.random.default_rng(3)
+    return rng.normal(size=(5, 4)).astype(np.float32), rng.normal(size=(50, 4)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"k": 0}, r"k: found 0, expected an integer ≥ 1"),
+        ({"k": -3}, r"k: found -3, expected an integer ≥ 1"),
+        ({"k": 2.5}, r"k: expected an integer, found float 2.5"),
+        ({"k": True}, r"k: expected an integer, found bool True"),
+        ({"block_rows": 0}, r"block_rows: found 0, expected an integer ≥ 1"),
+        ({"metric": "dot"}, r"metric: found 'dot', expected one of 'ip', 'cosine', 'l2'"),
+    ],
+)
+def test_exact_knn_refuses_bad_arguments(tiny, kwargs, message):
+    Q, E = tiny
+    args = {"k": 3, **kwargs}
+    with pytest.raises(NudgeError, match=message):
+        exact_knn(Q, E, args.pop("k"), **args)
+
+
+def test_exact_knn_checks_the_vectors(tiny):
+    Q, E = tiny
+    with pytest.raises(NudgeError, match=r"queries: its vectors have 3 dimensions, the embeddings"):
+        exact_knn(Q[:, :3], E, 3)
+    E64 = E.astype(np.float64)
+    E64[7, 1] = 1e39  # finite in float64, inf in float32
+    with pytest.raises(
+        NudgeError, match=r"embeddings row 7 holds NaN or inf once stored as float32"
+    ):
+        exact_knn(Q, E64, 3)
+
+
+def test_metric_enum_is_accepted(tiny):
+    Q, E = tiny
+    for m in Metric:
+        a = exact_knn(Q, E, 3, metric=m)
+        b = exact_knn(Q, E, 3, metric=m.value)
+        np.testing.assert_array_equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("grade", [np.nan, np.inf, "2", None])
+def test_relevance_refuses_non_finite_grades(grade):
+    with pytest.raises(NudgeError, match=r"relevant\[1\] gives row 4 the grade"):
+        RelevanceTable([{1: 1}, {4: grade}])
+
+
+def test_rank_cutoff_must_be_positive():
+    with pytest.raises(NudgeError, match=r"k: found 0, expected an integer ≥ 1"):
+        ndcg_at_k(np.array([[0, 1]]), [[1]], k=0)
+    with pytest.raises(NudgeError, match=r"k: found -1, expected an integer ≥ 1"):
+        recall_at_k(np.array([[0, 1]]), [[1]], k=-1)

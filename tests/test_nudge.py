@@ -213,7 +213,8 @@ def small():
 def test_dimension_mismatch(small):
     E, _tq, tp, vq, vp = small
     with pytest.raises(
-        NudgeError, match=r"train_queries has 9-d vectors, but the embeddings are 8-d"
+        NudgeError,
+        match=r"train_queries: its vectors have 9 dimensions, the embeddings matrix expects 8",
     ):
         finetune_embeddings(E, np.ones((20, 9), np.float32), tp, vq, vp)
 
@@ -278,7 +279,9 @@ def test_positives_length_mismatch(small):
 
 def test_gamma_out_of_range(small):
     E, tq, tp, _vq, _vp = small
-    with pytest.raises(NudgeError, match=r"gamma must be in \[0, 2.0\] for nudge-n"):
+    with pytest.raises(
+        NudgeError, match=r"gamma: found 3.0, expected a finite number in \[0.0, 2.0\]"
+    ):
         finetune_embeddings(E, tq, tp, gamma=3.0)
 
 
@@ -289,3 +292,126 @@ def test_float64_input_is_accepted_and_not_mutated(small):
     res = finetune_embeddings(E64, tq.astype(np.float64), tp, vq, vp)
     np.testing.assert_array_equal(E64, before)
     assert res.apply(E64).dtype == np.float32
+
+
+# --------------------------------------------------------------------------- numeric arguments
+# (issue 11 item 9: each was accepted and gave NaN/inf vectors or a wrong γ)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"gammas": [np.nan]}, r"gammas\[0\]: found nan, expected a finite number in \[0.0, 2.0\]"),
+        (
+            {"gammas": [0.1, -1]},
+            r"gammas\[1\]: found -1.0, expected a finite number in \[0.0, 2.0\]",
+        ),
+        ({"gammas": [np.inf]}, r"gammas\[0\]: found inf, expected a finite number"),
+        ({"gammas": []}, r"gammas: found an empty sequence, expected at least one candidate"),
+        ({"gammas": "0.1"}, r"gammas: expected a sequence of candidate γ values, found str"),
+        ({"gammas": [0.1, "x"]}, r"gammas\[1\]: expected a number, found str 'x'"),
+        (
+            {"method": "nudge-m", "gammas": [np.inf]},
+            r"gammas\[0\]: found inf, expected a finite number ≥ 0",
+        ),
+        (
+            {"method": "nudge-m", "gamma": np.inf},
+            r"gamma: found inf, expected a finite number ≥ 0.0; NUDGE-M",
+        ),
+        (
+            {"method": "nudge-m", "gamma": np.nan},
+            r"gamma: found nan, expected a finite number ≥ 0.0",
+        ),
+        (
+            {"method": "nudge-m", "gamma": -0.5},
+            r"gamma: found -0.5, expected a finite number ≥ 0.0",
+        ),
+        ({"gamma": np.nan}, r"gamma: found nan, expected a finite number in \[0.0, 2.0\]; NUDGE-N"),
+        ({"gamma": True}, r"gamma: expected a number, found bool True"),
+        ({"gamma": "0.3"}, r"gamma: expected a number, found str '0.3'"),
+        ({"block_rows": -5}, r"block_rows: found -5, expected an integer ≥ 1"),
+        ({"block_rows": 0}, r"block_rows: found 0, expected an integer ≥ 1"),
+        ({"block_rows": 2.5}, r"block_rows: expected an integer, found float 2.5"),
+        ({"method": "nudge-x"}, r"method: found 'nudge-x', expected one of 'nudge-m', 'nudge-n'"),
+        ({"selection": "top3"}, r"selection: found 'top3', expected one of 'top1', 'ndcg@10'"),
+        ({"weighting": "log"}, r"weighting: found 'log', expected one of 'uniform'"),
+        ({"device": "gpu:x"}, r"device: found 'gpu:x', expected a torch device"),
+    ],
+)
+def test_bad_numeric_argument_is_refused(small, kwargs, message):
+    E, tq, tp, vq, vp = small
+    with pytest.raises(NudgeError, match=message):
+        finetune_embeddings(E, tq, tp, vq, vp, **kwargs)
+
+
+@pytest.mark.parametrize("grade", [np.inf, np.nan, -np.inf, 1e39, "high", None])
+def test_bad_grade_is_refused(small, grade):
+    E, tq, tp, vq, vp = small
+    graded = [{p[0]: 1.0} for p in tp]
+    graded[3] = {tp[3][0]: grade}
+    with pytest.raises(NudgeError, match=r"train_positives\[3\] gives row \d+ the grade"):
+        finetune_embeddings(E, tq, graded, vq, vp)
+
+
+def test_bad_positives_container_is_refused(small):
+    E, tq, tp, vq, vp = small
+    with pytest.raises(NudgeError, match=r"train_positives: expected one list of positive rows"):
+        finetune_embeddings(E, tq, None, vq, vp)
+    bad = [list(p) for p in tp]
+    bad[2] = 7
+    with pytest.raises(NudgeError, match=r"train_positives\[2\]: found int 7, expected a list"):
+        finetune_embeddings(E, tq, bad, vq, vp)
+
+
+def test_rows_beyond_float32_are_refused(small):
+    """1e200 (and 1e39) are finite in float64 and inf in float32, where NUDGE computes."""
+    E, tq, tp, vq, vp = small
+    for value in (1e200, 1e39):
+        E64 = E.astype(np.float64)
+        E64[11, 2] = value
+        with pytest.raises(
+            NudgeError, match=r"embeddings row 11 holds NaN or inf once stored as float32"
+        ):
+            finetune_embeddings(E64, tq, tp, vq, vp)
+    q64 = tq.astype(np.float64)
+    q64[6, 0] = -1e200
+    with pytest.raises(NudgeError, match=r"train_queries row 6 holds NaN or inf once stored"):
+        finetune_embeddings(E, q64, tp, vq, vp)
+
+
+def test_rows_whose_norm_overflows_are_refused(small):
+    """A row of 1e30 is finite in float32 but normalises to zeros (its squared norm is inf)."""
+    E, tq, tp, vq, vp = small
+    bad = E.copy()
+    bad[4] = 1e30
+    with pytest.raises(
+        NudgeError, match=r"embeddings row 4 has norm 2.828e\+30, whose square overflows float32"
+    ):
+        finetune_embeddings(bad, tq, tp, vq, vp)
+
+
+def test_huge_grades_cannot_overflow_the_label_sums(small):
+    E, tq, tp, vq, vp = small
+    graded = [{p[0]: 3e38} for p in tp]  # finite float32 grades whose sum is not
+    with pytest.raises(
+        NudgeError, match=r"weighted sum of the queries that label row \d+ overflows"
+    ):
+        finetune_embeddings(E, tq, graded, vq, vp, weighting="sqrt-positives", gamma=0.1)
+
+
+def test_huge_nudge_m_gamma_never_returns_inf(small):
+    E, tq, tp, _vq, _vp = small
+    with pytest.raises(NudgeError, match=r"gamma=1e\+30: the nudge-m update does not fit float32"):
+        finetune_embeddings(E, tq, tp, method="nudge-m", gamma=1e30)
+
+
+@pytest.mark.parametrize("method", ["nudge-n", "nudge-m"])
+def test_valid_edge_arguments_give_finite_vectors(small, method):
+    E, tq, tp, vq, vp = small
+    res = finetune_embeddings(E, tq, tp, vq, vp, method=method, gammas=np.array([0.0, 0.1]))
+    assert res.gamma in (0.0, 0.1) and np.isfinite(res.vectors).all()
+    res = finetune_embeddings(E, tq, tp, vq, vp, method=method, block_rows=np.int64(7))
+    assert np.isfinite(res.vectors).all()
+    grades = [{p[0]: 2, (p[0] + 1) % len(E): -1} for p in tp]  # ≤ 0: not relevant
+    res = finetune_embeddings(E, tq, grades, vq, vp, method=method, gamma=0.2)
+    assert np.isfinite(res.vectors).all()

@@ -9,6 +9,7 @@ import pytest
 from nudge_rag.core.errors import MetricMismatchError, NudgeError, UnknownIdError
 from nudge_rag.core.state import NudgeState
 from nudge_rag.core.stores.chroma import ChromaAdapter
+from nudge_rag.core.versions import StaleStoreError
 
 IDS = ["a", "b", "c", "d"]
 
@@ -93,3 +94,96 @@ def test_upsert_and_delete_drop_nudges(state, collection):
     state.rollback(0)
     # the new document keeps its new base embedding
     assert np.allclose(state.get_vectors(["a"])[0], new, atol=1e-5)
+
+
+# -- the log and the store agree, across processes (issue 11, items 3 and 4) ---------------------
+
+_OTHER_PROCESS = """
+import sys, chromadb
+from nudge_rag.core.state import NudgeState
+from nudge_rag.core.stores.chroma import ChromaAdapter
+col = chromadb.PersistentClient(path=sys.argv[1]).get_collection("docs")
+state = NudgeState(ChromaAdapter(col), sys.argv[2])
+state.check_fresh()  # a fresh process reads the store afresh: it serves what the log says
+if sys.argv[3] == "rollback":
+    state.rollback(0)
+print(state.current_version, *(f"{x:.4f}" for x in state.get_vectors(["b"])[0][:2]))
+state.close()
+"""
+
+
+def _in_other_process(tmp_path, state_dir, op: str) -> str:
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-c", _OTHER_PROCESS, str(tmp_path / "db"), str(state_dir), op],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
+def test_a_rollback_by_another_process_is_not_served_silently_on_embedded_chroma(
+    state, tmp_path, state_dir
+):
+    """`nudge-rag rollback` while an app holds an embedded Chroma store: the app must not keep
+    serving version 1 while the log says 0 (Chroma's embedded client caches in each process)."""
+    base_b = state.get_vectors(["b"])[0].copy()
+    state.apply_vectors({"b": np.full(8, 0.5, dtype=np.float32)}, method="nudge-n")
+    state.check_fresh()  # its own move: fine
+    assert _in_other_process(tmp_path, state_dir, "rollback").startswith("0 ")
+
+    with pytest.raises(StaleStoreError) as err:
+        state.check_fresh()
+    msg = str(err.value)
+    assert "another process moved this store's version log to version 0" in msg
+    assert "embedded Chroma" in msg and "Restart this process" in msg
+    assert "Chroma server" in msg
+    with pytest.raises(StaleStoreError):  # every search, until restarted
+        state.check_fresh()
+    # a restarted process serves the base
+    out = _in_other_process(tmp_path, state_dir, "read")
+    assert out == f"0 {base_b[0]:.4f} {base_b[1]:.4f}"
+
+
+def test_check_fresh_on_a_chroma_server_sees_the_other_processs_rollback(chroma_server, tmp_path):
+    """Readers of a shared server see every write: nothing to refuse."""
+    import chromadb
+
+    host, port = chroma_server
+    col = chromadb.HttpClient(host=host, port=port).create_collection(
+        f"fresh-{tmp_path.name[-20:]}", metadata={"hnsw:space": "l2"}
+    )
+    col.add(ids=IDS, embeddings=np.eye(4, 8, dtype=np.float32) + 0.1)
+    app = NudgeState(ChromaAdapter(col), tmp_path / "state")
+    app.apply_vectors({"b": np.full(8, 0.5, dtype=np.float32)})
+    other_col = chromadb.HttpClient(host=host, port=port).get_collection(col.name)
+    other = NudgeState(ChromaAdapter(other_col), tmp_path / "state")
+    assert other.rollback(0) == 0
+    app.check_fresh()
+    assert app.current_version == 0
+    np.testing.assert_allclose(app.get_vectors(["b"])[0], np.eye(4, 8)[1] + 0.1, atol=1e-6)
+    app.close()
+    other.close()
+
+
+def test_verify_and_repair_through_the_state(state, collection):
+    state.apply_vectors({"a": np.full(8, 0.5), "c": np.full(8, -0.5)}, method="nudge-n")
+    assert state.verify().ok
+    collection.update(ids=["a"], embeddings=[np.arange(8, dtype=np.float32)])  # behind its back
+    report = state.verify()
+    assert not report.ok and "1 of 2 nudged rows read back differ (e.g. id 'a')" in str(report)
+    fixed = state.repair()
+    assert fixed.ok and fixed.actions == ("rewrote 1 row(s) of the store with version 1's vectors",)
+    np.testing.assert_allclose(state.get_vectors(["a"])[0], np.full(8, 8**-0.5), atol=1e-6)
+
+
+def test_engine_refuses_too_few_bootstrap_resamples(state):
+    from nudge_rag.core.engine import NudgeFinetuneEngine
+
+    for bad in (0, -5, 10, True, 2.5):
+        with pytest.raises(NudgeError, match=f"n_resamples: found {bad!r}"):
+            NudgeFinetuneEngine(state, n_resamples=bad)

@@ -9,8 +9,15 @@ import pytest
 from nudge_rag.core.errors import MetricMismatchError, NudgeError, UnknownIdError
 from nudge_rag.core.stores.base import Metric
 from nudge_rag.core.stores.chroma import ChromaAdapter
+from nudge_rag.core.stores.faiss import FaissAdapter
 from nudge_rag.core.stores.memory import MemoryAdapter
-from nudge_rag.core.versions import VersionLog, check_metric
+from nudge_rag.core.versions import (
+    StaleStoreError,
+    StoreDriftError,
+    VersionLog,
+    VersionLogError,
+    check_metric,
+)
 
 N, D = 60, 16
 IDS = [f"d{i}" for i in range(N)]
@@ -52,7 +59,7 @@ def _log(tmp_path, ad) -> VersionLog:
 
 
 def _snap(ad) -> np.ndarray:
-    return ad.get_exact(IDS).copy()
+    return getattr(ad, "get_exact", ad.get)(IDS).copy()
 
 
 def _new(rows: list[int], seed: int) -> dict[str, np.ndarray]:
@@ -291,3 +298,320 @@ def test_apply_from_base_resets_other_nudged_rows_exactly_on_a_float64_store(tmp
     log.rollback(v2)
     log.rollback(0)
     assert all(recs[i]["vector"] == base[i] for i in IDS)
+
+
+# -- the log and the store cannot drift apart unnoticed (issue 11, item 4) ---------------------
+
+
+def _memory_store(seed: int = 0) -> MemoryAdapter:
+    rng = np.random.default_rng(seed)
+    recs = {i: {"id": i, "vector": rng.standard_normal(D).tolist(), "text": i} for i in IDS}
+    return MemoryAdapter(recs, metric="ip")
+
+
+def _faiss_store(index) -> FaissAdapter:
+    return FaissAdapter(index, dict(enumerate(IDS)))
+
+
+def _faiss_index():
+    import faiss
+
+    index = faiss.IndexFlatIP(D)
+    index.add(_base())
+    return index
+
+
+@pytest.mark.parametrize("how", ["deleted", "emptied"])
+def test_a_lost_log_next_to_a_nudged_store_is_refused_not_restarted(tmp_path, how):
+    ad = _memory_store()
+    path = tmp_path / "versions.sqlite"
+    log = VersionLog(path, ad)
+    nudged = _new([1, 2], 1)
+    log.apply(nudged)
+    log.close()
+    if how == "deleted":
+        path.unlink()
+    else:
+        path.write_bytes(b"")
+
+    log = VersionLog(path, ad)  # opens, so that it can be repaired
+    assert isinstance(log.problem, VersionLogError)
+    with pytest.raises(VersionLogError, match=r"records a version log with 1 version\(s\)"):
+        log.rollback(0)
+    with pytest.raises(VersionLogError, match="adopt_store=True"):
+        log.check_fresh()
+    assert not log.verify().ok
+    assert not path.exists() or path.stat().st_size == 0  # no new log was started silently
+    with pytest.raises(VersionLogError, match="there is none to trust"):
+        log.repair()
+
+    report = log.repair(adopt_store=True)
+    assert report.ok, report
+    assert "started a new version log" in " ".join(report.actions)
+    assert log.current == 0 and [v.version for v in log.versions()] == [0]
+    # the store keeps what it held; the nudged vectors are now the base
+    np.testing.assert_allclose(ad.get([IDS[1]])[0], nudged[IDS[1]], atol=1e-7)
+    log.close()
+    assert VersionLog(path, ad).problem is None
+
+
+def test_a_log_that_never_moved_may_be_recreated(tmp_path):
+    ad = _memory_store()
+    path = tmp_path / "versions.sqlite"
+    VersionLog(path, ad).close()
+    path.unlink()
+    log = VersionLog(path, ad)
+    assert log.problem is None and log.current == 0
+
+
+@pytest.mark.parametrize("store", ["faiss", "memory"])
+def test_a_store_reloaded_from_a_save_older_than_the_last_apply_is_refused(tmp_path, store):
+    """The FAISS / in-memory case: the save predates v1, the log says v1."""
+    import copy
+
+    import faiss
+
+    if store == "faiss":
+        index = _faiss_index()
+        ad = _faiss_store(index)
+        faiss.write_index(index, str(tmp_path / "saved.faiss"))  # saved before the apply
+    else:
+        ad = _memory_store()
+        saved = copy.deepcopy(ad.records)
+    path = tmp_path / "state" / "versions.sqlite"
+    log = VersionLog(path, ad)
+    s0 = _snap(ad)
+    v1 = log.apply(_new(list(range(20)), 1), method="nudge-n")
+    s1 = _snap(ad)
+    log.close()
+
+    # the process restarts and reloads the old save
+    if store == "faiss":
+        ad = _faiss_store(faiss.read_index(str(tmp_path / "saved.faiss")))
+    else:
+        ad = MemoryAdapter(saved, metric="ip")
+    np.testing.assert_array_equal(_snap(ad), s0)
+    log = VersionLog(path, ad)
+    assert isinstance(log.problem, StoreDriftError)
+    msg = "does not hold the vectors of version 1.*they hold version 0's vectors.*repair"
+    with pytest.raises(StoreDriftError, match=msg):
+        log.check_fresh()
+    with pytest.raises(StoreDriftError):
+        log.apply(_new([30], 2))
+    report = log.verify()
+    assert not report.ok and report.rows_checked == 20
+    assert "20 of 20 nudged rows" in report.problems[0]
+
+    fixed = log.repair()  # trust the log: version 1's vectors are written back
+    assert fixed.ok and fixed.version == v1, fixed
+    assert "rewrote 20 row(s)" in fixed.actions[0]
+    np.testing.assert_array_equal(_snap(ad), s1)
+    log.check_fresh()
+    assert log.rollback(0) == 0
+    np.testing.assert_array_equal(_snap(ad), s0)
+
+
+def test_repair_adopt_store_follows_the_version_the_store_holds(tmp_path):
+    import copy
+
+    ad = _memory_store()
+    path = tmp_path / "versions.sqlite"
+    log = VersionLog(path, ad)
+    log.apply(_new([1, 2, 3], 1))
+    at_v1 = copy.deepcopy(ad.records)
+    log.apply(_new([2, 3, 4], 2))
+    log.close()
+
+    ad = MemoryAdapter(at_v1, metric="ip")  # a save made at version 1
+    ad.put([IDS[9]], np.full((1, D), 0.5))  # and one row changed outside nudge-rag: no version
+    log = VersionLog(path, ad)
+    assert isinstance(log.problem, StoreDriftError)
+    report = log.repair(adopt_store=True)
+    assert report.ok and log.current == 1, report
+    assert "holds version 1" in report.actions[0]
+    assert log.rollback(2) == 2 and log.rollback(0) == 0
+    np.testing.assert_array_equal(ad.get(IDS[:9]), _memory_store().get(IDS[:9]))
+
+
+def test_an_intent_naming_a_missing_version_is_refused_and_repaired(tmp_path):
+    ad = _memory_store()
+    path = tmp_path / "versions.sqlite"
+    log = VersionLog(path, ad)
+    s0 = _snap(ad)
+    log.apply(_new([1, 2], 1))
+    log.rollback(0)
+    log._conn.execute("INSERT INTO intent VALUES (1, 'rollback', 0, 7)")  # version 7: none
+    ad.put([IDS[1]], np.ones((1, D)))  # a half-done write
+    log.close()
+
+    log = VersionLog(path, ad)
+    with pytest.raises(VersionLogError, match="move from version 0 to version 7 names a version"):
+        log.apply(_new([3], 2))
+    assert log.current == 0  # not moved to a version that does not exist
+    report = log.repair()
+    assert report.ok, report
+    assert "dropped an unfinished 'rollback' move to version 7" in report.actions[0]
+    np.testing.assert_array_equal(_snap(ad), s0)
+
+
+def test_a_cycle_in_parents_is_refused_not_walked_forever(tmp_path):
+    ad = _memory_store()
+    path = tmp_path / "versions.sqlite"
+    log = VersionLog(path, ad)
+    log.apply(_new([1], 1))
+    log.apply(_new([2], 2))
+    log._conn.execute("UPDATE versions SET parent = 2 WHERE version = 1")  # 2 → 1 → 2 → …
+    log.close()
+
+    log = VersionLog(path, ad)
+    with pytest.raises(VersionLogError, match=r"version → parent: 1 → 2\)"):
+        log.rollback(0)
+    with pytest.raises(VersionLogError, match="adopt_store=True"):
+        log.repair()
+    assert log.repair(adopt_store=True).ok
+    assert list(tmp_path.glob("versions.sqlite.broken-*"))
+
+
+@pytest.mark.parametrize("how", ["replaced", "restored"])
+def test_a_log_that_is_not_this_folders_latest_is_refused(tmp_path, how):
+    import shutil
+
+    ad = _memory_store()
+    path = tmp_path / "a" / "versions.sqlite"
+    log = VersionLog(path, ad)
+    log.apply(_new([1], 1))
+    log.close()
+    if how == "replaced":  # another store's log copied over this one
+        other = tmp_path / "b" / "versions.sqlite"
+        VersionLog(other, _memory_store()).close()
+        shutil.copy(other, path)
+        match = "is not the version log this folder had"
+    else:  # an older copy of this log restored after a rollback
+        shutil.copy(path, tmp_path / "old.sqlite")
+        log = VersionLog(path, ad)
+        log.rollback(0)
+        log.close()
+        shutil.copy(tmp_path / "old.sqlite", path)
+        match = r"older than the store's last version move: it records 1 move\(s\).* records 2"
+    log = VersionLog(path, ad)
+    with pytest.raises(VersionLogError, match=match):
+        log.apply(_new([2], 2))
+    report = log.repair()  # accept this log, write its version into the store
+    assert report.ok, report
+    log.apply(_new([2], 2))
+
+
+def test_verify_checks_each_versions_fingerprint(tmp_path):
+    ad = _memory_store()
+    log = VersionLog(tmp_path / "versions.sqlite", ad)
+    log.apply(_new([1, 2], 1))
+    log.apply(_new([3], 2))
+    log.forget([IDS[2]])  # forgetting keeps fingerprints whole
+    assert log.verify().ok
+    log._conn.execute("DELETE FROM rows WHERE version = 1 AND id = ?", (IDS[1],))
+    report = log.verify()
+    assert not report.ok
+    assert any("the rows of version 1 are not those it recorded" in p for p in report.problems)
+
+
+@pytest.mark.parametrize("bad", [b"not a database, just text" * 100, "cut"])
+def test_a_garbage_or_cut_short_log_is_one_clear_error(tmp_path, bad):
+    ad = _memory_store()
+    path = tmp_path / "versions.sqlite"
+    log = VersionLog(path, ad)
+    for v in range(1, 6):
+        log.apply(_new(list(range(40)), v))
+    log.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3] if bad == "cut" else bad)
+
+    log = VersionLog(path, ad)
+    with pytest.raises(VersionLogError, match="damaged or not a version log"):
+        log.versions()
+        log.rollback(0)
+    report = log.verify()
+    assert not report.ok and "damaged" in report.problems[0]
+    assert log.repair(adopt_store=True).ok
+    with pytest.raises(VersionLogError, match="damaged"):
+        VersionLog(next(tmp_path.glob("versions.sqlite.broken-*[0-9]")), None, read_only=True)
+
+
+def test_read_only_log_lists_versions_and_writes_nothing(tmp_path):
+    ad = _memory_store()
+    path = tmp_path / "versions.sqlite"
+    log = VersionLog(path, ad)
+    log.apply(_new([1], 1), note="one")
+    log.close()
+    files = [path, tmp_path / "versions.marker.json"]
+    before = [p.read_bytes() for p in files]
+    ro = VersionLog(path, None, read_only=True)
+    assert [(v.version, v.note, v.current) for v in ro.versions()] == [
+        (0, "base", False),
+        (1, "one", True),
+    ]
+    with pytest.raises(NudgeError, match="read_only=True"):
+        ro.rollback(0)
+    ro.check_fresh()  # nothing to check without a store
+    ro.close()
+    assert [p.read_bytes() for p in files] == before
+    with pytest.raises(VersionLogError, match="no version log there"):
+        VersionLog(tmp_path / "none.sqlite", None, read_only=True)
+
+
+# -- another process's move (issue 11, item 3) -------------------------------------------------
+
+
+def test_check_fresh_sees_a_move_made_through_another_connection(tmp_path):
+    """Two logs on one file over one shared store (like a server): the move is seen, no error."""
+    ad = _memory_store()
+    path = tmp_path / "versions.sqlite"
+    mine, theirs = VersionLog(path, ad), VersionLog(path, ad)
+    mine.check_fresh()
+    theirs.apply(_new([1, 2], 1))
+    mine.check_fresh()  # the shared store holds version 1: nothing to say
+    assert mine.current == 1
+
+
+def test_check_fresh_refuses_when_this_process_still_serves_the_old_version(tmp_path):
+    """Another process's store object is not this one's: each FAISS / dict holds its own copy."""
+    import copy
+
+    ad = _memory_store()
+    path = tmp_path / "versions.sqlite"
+    mine = VersionLog(path, ad)
+    other_copy = MemoryAdapter(copy.deepcopy(ad.records), metric="ip")
+    theirs = VersionLog(path, other_copy)
+    theirs.apply(_new([1, 2], 1))
+    for _ in range(2):  # and it keeps refusing
+        with pytest.raises(
+            StaleStoreError, match=r"another process moved .* to version 1.*in-memory"
+        ):
+            mine.check_fresh()
+    theirs.rollback(0)  # back to what this process serves: fine again
+    mine.check_fresh()
+
+
+# -- bad input (issue 11, item 11) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("version", "found"), [(1.7, "1.7 \\(float\\)"), (True, "True \\(a bool\\)"), ("1", "'1'")]
+)
+def test_rollback_refuses_a_version_that_is_not_an_int(tmp_path, version, found):
+    ad = _memory_store()
+    log = VersionLog(tmp_path / "versions.sqlite", ad)
+    log.apply(_new([1], 1))
+    log.rollback(0)
+    with pytest.raises(NudgeError, match=f"version: found {found}"):
+        log.rollback(version)
+    assert log.current == 0
+    assert log.rollback(np.int64(1)) == 1
+
+
+def test_apply_refuses_two_keys_naming_one_id(tmp_path):
+    ad = _memory_store()
+    ad.records["1"] = {"id": "1", "vector": [0.0] * D, "text": "one"}
+    log = VersionLog(tmp_path / "versions.sqlite", ad)
+    with pytest.raises(NudgeError, match="keys 1 and '1' both name id '1'"):
+        log.apply({1: np.ones(D), "1": np.zeros(D)})
+    assert [v.version for v in log.versions()] == [0]

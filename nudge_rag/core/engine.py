@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,17 +43,21 @@ from nudge_rag.core.labels import (
     Labeler,
     LabelStats,
     feedback_grades,
-    group_traces,
+    judge_injection,
+    positive_rate_outliers,
+    query_key,
     sample_chunks,
 )
 from nudge_rag.core.llm import RetryPolicy, as_llm
 from nudge_rag.core.metrics import RelevanceTable, exact_knn, ndcg_at_k, recall_at_k
 from nudge_rag.core.nudge import Method, finetune_embeddings
 from nudge_rag.core.stores.base import Metric
+from nudge_rag.core.traces import embedding_problem
 from nudge_rag.core.versions import check_metric
 
 LABEL_CACHE_FILE = "labels.sqlite"
 K = 10
+_BAD_LISTED = 1000  # bad trace ids a report names (all are counted)
 
 _STORE_METHODS = (
     "ids",
@@ -156,6 +160,17 @@ class FinetuneReport:
     seed: int
     created: float = field(default_factory=time.time)
     version: int | None = None
+    suspects: dict[str, list[str]] = field(default_factory=dict)
+    """Chunk ids under suspicion: ``"injection"`` (their text addresses the judge, so the
+    judge never saw them), ``"outlier"`` (judged relevant in an unusual share of the pools
+    they were in; their LLM positives dropped unless ``exclude_outliers=False``)."""
+    heldout_by: str = ""
+    """Who labelled the held-out queries: ``"feedback"`` (people), ``"llm"``,
+    ``"feedback+llm"`` or ``"synthetic"``."""
+    bad_traces: dict[str, str] = field(default_factory=dict)
+    """Traces skipped because their query vector cannot label (trace id → zero norm, wrong
+    dimension or NaN/inf; the first 1,000, all counted in ``labels["bad_traces"]``); remove
+    them with ``store.delete_traces(list(report.bad_traces))``."""
     _ids: list[str] = field(default_factory=list, repr=False)
     _vectors: np.ndarray | None = field(default=None, repr=False)
     _base_digest: str = field(default="", repr=False)
@@ -191,7 +206,8 @@ class FinetuneReport:
             f"NUDGE fine-tune: {self.method}, gamma={self.gamma:.3f}, {self.metric} store, "
             f"{self.n_chunks} chunks, {self.rows_changed} rows changed",
             f"queries: train {q.get('train', 0)}, validation {q.get('validation', 0)}, "
-            f"held-out {q.get('heldout', 0)} ({self.heldout_source}); labeled by feedback "
+            f"held-out {q.get('heldout', 0)} ({self.heldout_source}"
+            f"{', by ' + self.heldout_by if self.heldout_by else ''}); labeled by feedback "
             f"{self.labels.get('feedback', 0)}, llm {self.labels.get('llm', 0)}, synthetic "
             f"{self.labels.get('synthetic', 0)}",
             "",
@@ -219,6 +235,26 @@ class FinetuneReport:
             f"{c.get('skipped_budget', 0)} over budget; tokens {c.get('prompt_tokens', 0)} in, "
             f"{c.get('completion_tokens', 0)} out",
         ]
+        for kind, why in (
+            ("injection", "text addresses the judge; never shown to it"),
+            ("outlier", "judged relevant in an outlying share of pools; LLM positives dropped"),
+        ):
+            flagged = self.suspects.get(kind, [])
+            if flagged:
+                shown = ", ".join(flagged[:5]) + (", ..." if len(flagged) > 5 else "")
+                lines.append(f"suspect chunks ({why}): {len(flagged)}: {shown}")
+        if self.heldout_by == "feedback+llm":
+            lines.append(
+                "note: the held-out proof mixes LLM-judged queries with too few human-labelled "
+                "ones to stand alone; it trusts the judge."
+            )
+        n_bad = self.labels.get("bad_traces", 0)
+        if n_bad:
+            lines.append(
+                f"skipped {n_bad} traces whose query vector cannot label (zero norm, wrong "
+                "dimension or NaN/inf): report.bad_traces names them; "
+                "store.delete_traces(list(report.bad_traces)) removes them."
+            )
         if q.get("heldout", 0) < 30:
             lines.append(f"note: only {q.get('heldout', 0)} held-out queries; the CI is wide.")
         if self.version is not None:
@@ -267,6 +303,53 @@ def paired_bootstrap(
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
     return float(low), float(high)
+
+
+def _trace_reader(state: Any) -> Callable[..., Iterable[Any]]:
+    """``iter_traces(*, ids=None, with_embeddings=True)`` of the store's trace log, paged.
+
+    A store without one (a custom :class:`EngineStore`) gets a stand-in over ``traces()``.
+    """
+    for owner in (state, getattr(state, "trace_log", None)):
+        fn = getattr(owner, "iter_traces", None)
+        if callable(fn):
+            return fn
+
+    def from_list(*, ids: Iterable[str] | None = None, with_embeddings: bool = True) -> list:
+        wanted = None if ids is None else set(ids)
+        return [t for t in state.traces() if wanted is None or str(t.id) in wanted]
+
+    return from_list
+
+
+class _TraceGroup:
+    """The traces of one query (its key), without embeddings: (time, id) and its text."""
+
+    __slots__ = ("members", "text", "text_time")
+
+    def __init__(self) -> None:
+        self.members: list[tuple[float, str]] = []
+        self.text: str | None = None
+        self.text_time = math.inf
+
+    def add(self, time: float, trace_id: str, query: str | None) -> None:
+        self.members.append((time, trace_id))
+        if query and time < self.text_time:  # the earliest wording of the query
+            self.text, self.text_time = query, time
+
+    def ids(self) -> tuple[str, ...]:
+        """Trace ids, oldest first."""
+        return tuple(i for _, i in sorted(self.members, key=lambda m: m[0]))
+
+    def latest_first(self) -> list[str]:
+        return list(reversed(self.ids()))
+
+    def grades(self, by_trace: Mapping[str, dict[str, float]]) -> dict[str, float]:
+        """Feedback grades of the group's traces, in time order (a later verdict wins)."""
+        out: dict[str, float] = {}
+        for tid in self.ids():
+            out.update(by_trace.get(tid, {}))
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,6 +412,9 @@ class NudgeFinetuneEngine:
         retry: RetryPolicy | None = None,
         progress: bool = True,
         device: str | None = None,
+        min_human_heldout: int = 10,
+        exclude_outliers: bool = True,
+        outlier_min_pools: int = 10,
     ) -> None:
         self.state = resolve_store(store)
         self.metric = Metric(self.state.metric)
@@ -359,6 +445,13 @@ class NudgeFinetuneEngine:
         if not 0 < confidence < 1:
             msg = f"confidence: found {confidence}, expected a level in (0, 1), e.g. 0.95."
             raise NudgeError(msg)
+        integral = isinstance(n_resamples, int | np.integer) and not isinstance(n_resamples, bool)
+        if not integral or n_resamples < 100:
+            msg = (
+                f"n_resamples: found {n_resamples!r}, expected an integer ≥ 100 (bootstrap "
+                "resamples behind the gain's confidence interval); pass e.g. 2000."
+            )
+            raise NudgeError(msg)
         self.llm = as_llm(llm, model=llm_model)
         self.label_k = label_k
         self.judge_batch = judge_batch
@@ -377,12 +470,23 @@ class NudgeFinetuneEngine:
         self.retry = retry
         self.progress = progress
         self.device = device
+        if min_human_heldout < 0 or outlier_min_pools < 1:
+            msg = (
+                f"min_human_heldout / outlier_min_pools: found {min_human_heldout} / "
+                f"{outlier_min_pools}, expected ≥ 0 / ≥ 1; pass e.g. 10 / 10."
+            )
+            raise NudgeError(msg)
+        self.min_human_heldout = min_human_heldout
+        self.exclude_outliers = exclude_outliers
+        self.outlier_min_pools = outlier_min_pools
+        self._suspects: dict[str, list[str]] = {}
         if cache_path is None:
             state_dir = getattr(self.state, "state_dir", None)
             cache_path = Path(state_dir) / LABEL_CACHE_FILE if state_dir is not None else None
         self.cache = LabelCache(cache_path)
         self.last_report: FinetuneReport | None = None
         self.last_labels: list[LabeledQuery] = []
+        self.last_bad_traces: dict[str, str] = {}  # trace id -> why its vector was skipped
 
     # -- labels ---------------------------------------------------------------------------------
 
@@ -402,30 +506,89 @@ class NudgeFinetuneEngine:
     def collect_labels(
         self, ids: list[str], base: np.ndarray, labeler: Labeler | None, counts: dict[str, int]
     ) -> list[LabeledQuery]:
-        """Every labeled query so far: feedback, LLM judgments of traces, synthetic questions."""
-        traces = self.state.traces()
+        """Every labeled query so far: feedback, LLM judgments of traces, synthetic questions.
+
+        Traces are streamed in pages without their embeddings (memory stays flat however many
+        are stored); only the embedding of the trace standing for each labeled query, its
+        latest good one, is read. A trace whose vector cannot be a query (zero norm, wrong
+        dimension, NaN or inf) is skipped and counted; ``self.last_bad_traces`` names it.
+        """
         by_trace = feedback_grades(self.state.feedback())
-        out: list[LabeledQuery] = []
-        to_judge: list[tuple[str, str, np.ndarray, tuple[str, ...], dict[str, float]]] = []
-        for key, group in group_traces(traces).items():
-            group = sorted(group, key=lambda t: t.time)
-            grades: dict[str, float] = {}
-            for t in group:
-                grades.update(by_trace.get(str(t.id), {}))
-            text = next((t.query for t in group if t.query), None)
-            emb = np.asarray(group[-1].embedding, dtype=np.float32)
-            tids = tuple(str(t.id) for t in group)
+        read = _trace_reader(self.state)
+        counts.setdefault("bad_traces", 0)
+        self.last_bad_traces = {}
+        keep = None  # without a judge only the queries that have feedback can be labeled
+        if labeler is None:
+            fed = read(ids=list(by_trace), with_embeddings=False)
+            keep = {query_key(t.query, t.id) for t in fed}
+        groups: dict[str, _TraceGroup] = {}
+        others: set[int] = set()  # hashes of the other queries' keys, to count them
+        n_traces = 0
+        for t in read(with_embeddings=False):
+            n_traces += 1
+            key = query_key(t.query, t.id)
+            if keep is not None and key not in keep:
+                others.add(hash(key))
+                continue
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = _TraceGroup()
+            group.add(t.time, str(t.id), t.query)
+        counts["traces"] = n_traces
+        counts["unlabeled_traces"] += len(others)
+        chosen: list[tuple[str, _TraceGroup, dict[str, float], str]] = []
+        for key, group in groups.items():
+            grades = group.grades(by_trace)
             if any(g > 0 for g in grades.values()):
-                out.append(LabeledQuery(key, text, emb, grades, "feedback", tids))
-            elif labeler is not None and text:
-                to_judge.append((key, text, emb, tids, grades))
+                chosen.append((key, group, grades, "feedback"))
+            elif labeler is not None and group.text:
+                chosen.append((key, group, grades, "llm"))
             else:
                 counts["unlabeled_traces"] += 1
-        counts["traces"] = len(traces)
+        embs = self._query_embeddings([g.latest_first() for _, g, _, _ in chosen], base.shape[1])
+        counts["bad_traces"] += len(self.last_bad_traces)
+        out: list[LabeledQuery] = []
+        to_judge: list[tuple[str, str, np.ndarray, tuple[str, ...], dict[str, float]]] = []
+        for (key, group, grades, source), emb in zip(chosen, embs, strict=True):
+            if emb is None:  # every trace of the query is bad (counted)
+                continue
+            tids = group.ids()
+            if source == "feedback":
+                out.append(LabeledQuery(key, group.text, emb, grades, "feedback", tids))
+            else:
+                to_judge.append((key, str(group.text), emb, tids, grades))
         if to_judge and labeler is not None:
             out += self._judge(to_judge, ids, base, labeler, counts)
         if self.synthetic_chunks and labeler is not None:
             out += self._synthesize(ids, labeler, counts)
+        return out
+
+    def _query_embeddings(self, candidates: list[list[str]], dim: int) -> list[np.ndarray | None]:
+        """Per query, the embedding of its first good trace of ``candidates`` (latest first).
+
+        Reads only those traces' embeddings, a batch per round; a bad one is recorded in
+        ``self.last_bad_traces`` (id → reason) and the query's next trace is tried.
+        """
+        read = _trace_reader(self.state)
+        out: list[np.ndarray | None] = [None] * len(candidates)
+        at = [0] * len(candidates)
+        pending = [q for q, c in enumerate(candidates) if c]
+        while pending:
+            asked = {candidates[q][at[q]]: q for q in pending}
+            got = {str(t.id): t.embedding for t in read(ids=list(asked), with_embeddings=True)}
+            pending = []
+            for tid, q in asked.items():
+                emb = got.get(tid)
+                if emb is not None:
+                    emb = np.asarray(emb, dtype=np.float32).reshape(-1)
+                    problem = embedding_problem(emb, dim)
+                    if problem is None:
+                        out[q] = emb
+                        continue
+                    self.last_bad_traces[tid] = problem
+                at[q] += 1  # a bad trace, or one deleted meanwhile: try the query's next one
+                if at[q] < len(candidates[q]):
+                    pending.append(q)
         return out
 
     def _judge(
@@ -441,10 +604,13 @@ class NudgeFinetuneEngine:
         wanted = sorted({int(r) for r in pools.ravel() if r >= 0})
         wanted_ids = [ids[r] for r in wanted]
         text_of = dict(zip(wanted_ids, self.state.texts(wanted_ids), strict=True))
+        injected = self._withhold_injections(text_of)
         items: list[tuple[str, list[Candidate]]] = []
         owner: list[int] = []  # which group each prompt belongs to
         for g, ((_, text, *_rest), pool) in enumerate(zip(groups, pools, strict=True)):
-            cands = [Candidate(ids[r], text_of[ids[r]]) for r in pool if text_of.get(ids[r])]
+            shown = [ids[r] for r in pool if text_of.get(ids[r])]
+            cands = [Candidate(i, str(text_of[i])) for i in shown if i not in injected]
+            counts["withheld_candidates"] += len(shown) - len(cands)
             if not cands:
                 counts["no_candidate_text"] += 1
             for start in range(0, len(cands), self.judge_batch):
@@ -454,20 +620,35 @@ class NudgeFinetuneEngine:
         for g, grades in zip(owner, labeler.judge(items), strict=True):
             if grades is not None:  # a skipped prompt leaves its candidates unjudged (counted)
                 judged.setdefault(g, {}).update({i: float(v) for i, v in grades.items()})
+        outliers = positive_rate_outliers(judged.values(), min_pools=self.outlier_min_pools)
+        self._suspects["outlier"] = sorted(outliers)
+        counts["outlier_chunks"] = len(outliers)
         out = []
         for g, merged in sorted(judged.items()):
             key, text, emb, tids, fb = groups[g]
+            if self.exclude_outliers:
+                merged = {i: (0.0 if i in outliers else v) for i, v in merged.items()}
             merged.update(fb)  # the user's own verdicts win over the judge
             out.append(LabeledQuery(key, text, emb, merged, "llm", tids))
         return out
+
+    def _withhold_injections(self, text_of: Mapping[str, str | None]) -> set[str]:
+        """The ids whose text addresses the judge (:func:`judge_injection`): never shown to
+        it, counted and listed in the report."""
+        flagged = {i for i, t in text_of.items() if t and judge_injection(t) is not None}
+        self._suspects["injection"] = sorted(set(self._suspects.get("injection", [])) | flagged)
+        return flagged
 
     def _synthesize(
         self, ids: list[str], labeler: Labeler, counts: dict[str, int]
     ) -> list[LabeledQuery]:
         chosen = sample_chunks(ids, self.synthetic_chunks, seed=self.seed)
         texts = self.state.texts(chosen)
+        injected = self._withhold_injections(dict(zip(chosen, texts, strict=True)))
         passages = [Candidate(i, t) for i, t in zip(chosen, texts, strict=True) if t]
         counts["no_candidate_text"] += len(chosen) - len(passages)
+        counts["withheld_candidates"] += sum(p.id in injected for p in passages)
+        passages = [p for p in passages if p.id not in injected]
         answers = labeler.questions(passages, self.questions_per_chunk)
         pairs = [(p.id, q) for p, qs in zip(passages, answers, strict=True) if qs for q in qs]
         if not pairs:
@@ -485,19 +666,33 @@ class NudgeFinetuneEngine:
     def split_labels(
         self, labeled: Sequence[LabeledQuery]
     ) -> tuple[list[LabeledQuery], list[LabeledQuery], list[LabeledQuery], str]:
-        """(train, validation, held-out, held-out source), by each query key's seeded hash."""
+        """(train, validation, held-out, held-out source), by each query key's seeded hash.
+
+        When at least ``min_human_heldout`` human-labelled (feedback) queries fall in the
+        held-out share, the held-out set is those alone and LLM-judged queries only train and
+        validate: the proof then never trusts the judge it is checking.
+        """
         tr_f, va_f, _ = self.split
         real = [q for q in labeled if q.source != "synthetic"]
         synth = [q for q in labeled if q.source == "synthetic"]
+        human = [q for q in real if q.source == "feedback"]
+        human_heldout = sum(split_point(self.seed, q.key) >= tr_f + va_f for q in human)
+        human_only = (
+            self.min_human_heldout > 0
+            and human_heldout >= self.min_human_heldout
+            and len(human) < len(real)
+        )
         train, val, test = [], [], []
-        three_way = real if real else synth
+        three_way = human if human_only else real if real else synth
+        two_way = ([q for q in real if q.source != "feedback"] if human_only else []) + (
+            synth if real else []
+        )
         for q in three_way:
             u = split_point(self.seed, q.key)
             (train if u < tr_f else val if u < tr_f + va_f else test).append(q)
-        if real:
-            share = tr_f / (tr_f + va_f)
-            for q in synth:
-                (train if split_point(self.seed, q.key) < share else val).append(q)
+        share = tr_f / (tr_f + va_f)
+        for q in two_way:
+            (train if split_point(self.seed, q.key) < share else val).append(q)
         return train, val, test, "traces" if real else "synthetic"
 
     # -- finetune -------------------------------------------------------------------------------
@@ -517,7 +712,10 @@ class NudgeFinetuneEngine:
         counts = dict.fromkeys(
             ("traces", "unlabeled_traces", "no_candidate_text", "unknown_ids", "no_positive"), 0
         )
+        counts.update(injected_chunks=0, withheld_candidates=0, outlier_chunks=0)
+        self._suspects = {}
         labeled = self.collect_labels(ids, base, labeler, counts)
+        counts["injected_chunks"] = len(self._suspects.get("injection", []))
         usable = []
         for q in labeled:
             known = {i: g for i, g in q.grades.items() if i in row_of}
@@ -585,10 +783,13 @@ class NudgeFinetuneEngine:
             min_gain=self.min_gain,
             confidence=self.confidence,
             heldout_source=source,
+            heldout_by="+".join(sorted({q.source for q in test})),
             queries={"train": len(train), "validation": len(val), "heldout": len(test)},
             labels={**sources, **counts},
             cost=stats.to_dict(),
             seed=self.seed,
+            suspects={k: list(v) for k, v in self._suspects.items() if v},
+            bad_traces=dict(list(self.last_bad_traces.items())[:_BAD_LISTED]),
             _ids=changed_ids,
             _vectors=res.vectors,
             _base_digest=_digest(base[res.rows]),

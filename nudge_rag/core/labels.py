@@ -28,10 +28,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
+import re
 import sqlite3
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, fields
@@ -42,6 +45,7 @@ import numpy as np
 
 from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.llm import (
+    MAX_ANSWER_CHARS,
     CallBudget,
     InvalidAnswerError,
     LLMClient,
@@ -51,6 +55,7 @@ from nudge_rag.core.llm import (
     Status,
     ask,
 )
+from nudge_rag.core.traces import create_private_file
 
 JUDGE_PROMPT_VERSION = "judge-v1"
 QUESTIONS_PROMPT_VERSION = "questions-v1"
@@ -208,30 +213,174 @@ def validate_questions(answer: Any, n: int) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Chunks that talk to the judge
+
+_OBJ = r"(?:this|the|these|every|each|all|any|my|our)\s+(?:\w+\s+)?"
+_DOC = (
+    r"(?:passages?|documents?|docs?|chunks?|texts?|results?|candidates?|snippets?|excerpts?|"
+    r"articles?|entr(?:y|ies)|sources?)"
+)
+_HIGH = r"(?:as\s+)?(?:highly\s+|very\s+|fully\s+|most\s+|maximally\s+|extremely\s+)?"
+_REL = r"(?:relevant|correct|the\s+best(?:\s+match)?|a\s+(?:2|two)\b|2\b|grade\s+2)"
+_GRADE_VERB = r"(?:mark|grade|rate|label|judge|score|rank|classify|tag|flag|consider|treat)"
+_AI = (
+    r"(?:ai|a\.i\.|assistant|llm|language\s+model|chatbot|grader|judge|evaluator|annotator|"
+    r"rater|labell?er|reranker|ranker|gpt|chatgpt|claude|gemini)"
+)
+
+INJECTION_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (name, re.compile(rx, re.MULTILINE))  # matched against lowercased text
+    for name, rx in (
+        (
+            "tells the reader to ignore its instructions",
+            r"\b(?:ignore|disregard|forget|override|bypass)\s+(?:all\s+|any\s+|the\s+|your\s+|"
+            r"previous\s+|prior\s+|above\s+|earlier\s+|preceding\s+|other\s+|original\s+|"
+            r"user'?s?\s+|given\s+)*(?:instructions?|questions?|quer(?:y|ies)|prompts?|rules?|"
+            r"directions?|guidelines?|system\s+(?:messages?|prompts?)|tasks?|grading|criteria)\b",
+        ),
+        (
+            "orders a grade",
+            rf"\b{_GRADE_VERB}\s+(?:{_OBJ}{_DOC}|everything|it|them|me|us)\s+{_HIGH}{_REL}",
+        ),
+        (
+            "orders a grade",
+            rf"\b(?:this|the)\s+{_DOC}\s+(?:is\s+to|should|must|shall|has\s+to|needs\s+to)\s+"
+            rf"(?:always\s+)?(?:be\s+)?(?:marked|graded|rated|labell?ed|judged|scored|ranked|"
+            rf"considered|treated|classified)\s+{_HIGH}{_REL}",
+        ),
+        (
+            "orders a grade",
+            r"\b(?:give|assign|award)\s+(?:this|it|me|us|the)\s*(?:\w+\s+)?(?:a\s+|the\s+)?"
+            r"(?:grade|score|rating|relevance)\s+(?:of\s+)?(?:2|two|maximum|max|highest|full|"
+            r"top)\b|\b(?:give|assign|award)\s+(?:this|it|me|us)\s+(?:a\s+|the\s+)?(?:highest|"
+            r"maximum|max|top|full|best|perfect)\s+(?:grade|score|rating|relevance)\b",
+        ),
+        (
+            "claims relevance to every query",
+            r"\b(?:(?:is|are|be)\s+(?:highly\s+|always\s+)?relevant|the\s+(?:best|right)\s+"
+            r"answer)\s+(?:to|for)\s+(?:every|all|any)\s+"
+            r"(?:possible\s+)?(?:quer(?:y|ies)|questions?|searche?s?|users?)\b",
+        ),
+        (
+            "addresses the model",
+            rf"\b(?:note|message|instructions?|attention|reminder|memo)\s+(?:to|for)\s+(?:the\s+|"
+            rf"any\s+|all\s+)?{_AI}s?\b|\b(?:dear|hey|hello|hi)\s+{_AI}\b|\b(?:you\s+are\s+"
+            rf"(?:now\s+)?|act\s+as\s+|pretend\s+to\s+be\s+)an?\s+{_AI}\b|\bif\s+you\s+are\s+an?"
+            rf"\s+{_AI}\b|\b{_AI}s?\s+(?:reading|grading|judging|evaluating)\s+this\b",
+        ),
+        (
+            "carries chat role tags",
+            r"<\|?(?:im_start|im_end|system|assistant|endoftext|eot_id|start_header_id)\|?>|"
+            r"\[/?inst\]|<<\s*/?sys\s*>>|^\s*(?:system|assistant)\s*:|</?(?:system|"
+            r"instructions?)>|#{2,}\s*(?:system|instructions?)\b",
+        ),
+        (
+            "forges an answer",
+            r"request_json|[\"']judgments[\"']\s*:|[\"']grade[\"']\s*:\s*\d",
+        ),
+        (
+            "gives new instructions",
+            r"\b(?:system\s+prompt|(?:new|updated|real|actual|hidden)\s+instructions?\s*:|"
+            r"instructions?\s+(?:to|for)\s+(?:the\s+)?(?:model|grader|judge))",
+        ),
+    )
+)
+"""What :func:`judge_injection` looks for, each with the reason it reports."""
+
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), None)
+
+
+def judge_injection(text: str | None) -> str | None:
+    """Why ``text`` looks written to steer an LLM judge, or ``None`` when it does not.
+
+    It looks for text that addresses the grader rather than a reader: orders to ignore the
+    instructions or the question, to mark or grade the passage (or everything) relevant,
+    claims of relevance to every query, words to the AI / assistant / grader, chat role tags
+    (``<|im_start|>``, ``[INST]``, ``system:``), forged answer JSON. Text is NFKC-normalised
+    and stripped of invisible characters first. Measured false positives: 0 of 5,183 SciFact
+    and 0 of 3,633 NFCorpus chunks (``tests/test_labels.py``).
+    """
+    if not text:
+        return None
+    norm = unicodedata.normalize("NFKC", text).translate(_INVISIBLE).lower()
+    for reason, rx in INJECTION_PATTERNS:
+        m = rx.search(norm)
+        if m is not None:
+            return f"{reason}: {m.group(0)[:80]!r}"
+    return None
+
+
+def pool_positive_rates(pools: Iterable[Mapping[str, float]]) -> dict[str, tuple[int, int]]:
+    """Per chunk id, ``(positives, pools)``: in how many judged pools it was graded > 0, of
+    how many it was judged in."""
+    seen: dict[str, list[int]] = {}
+    for grades in pools:
+        for cid, grade in grades.items():
+            c = seen.setdefault(cid, [0, 0])
+            c[0] += grade > 0
+            c[1] += 1
+    return {cid: (p, n) for cid, (p, n) in seen.items()}
+
+
+def positive_rate_outliers(
+    pools: Iterable[Mapping[str, float]], *, min_pools: int = 10, min_rate: float = 0.5
+) -> dict[str, tuple[int, int]]:
+    """Chunks the judge found relevant in an outlying share of the pools they were in.
+
+    A chunk is flagged when it was judged in at least ``min_pools`` pools and its positive
+    rate ``p / n`` is at least ``min_rate`` and beyond the upper Tukey fence of the rates of
+    every chunk judged that often (``Q3 + 3·IQR``). A chunk that tells a gullible judge to
+    mark it relevant is positive in nearly every pool; an honest chunk, only for the few
+    queries it answers.
+    """
+    rates = pool_positive_rates(pools)
+    often = {cid: (p, n) for cid, (p, n) in rates.items() if n >= min_pools}
+    if not often:
+        return {}
+    values = np.array([p / n for p, n in often.values()])
+    q1, q3 = np.quantile(values, [0.25, 0.75])
+    fence = max(min_rate, q3 + 3.0 * (q3 - q1))
+    return {cid: pn for cid, pn in often.items() if pn[0] / pn[1] >= fence}
+
+
+# ---------------------------------------------------------------------------------------------
 # Cache
 
 
 class LabelCache:
-    """Settled LLM answers in SQLite (WAL), keyed by model, prompt version and inputs.
+    """LLM answers in SQLite (WAL, owner-only 0600), keyed by model, prompt version and inputs.
 
-    ``path=None`` keeps the cache in memory (for one engine's lifetime).
+    Two tables: ``answers`` holds each question's settled outcome (OK with its value, or
+    INVALID); ``raw_answers`` holds the text of every answer paid for, written the moment it
+    arrives and before it is parsed, so a run that dies midway (or an answer that breaks a
+    parser) is never paid for twice. ``path=None`` keeps the cache in memory (for one
+    engine's lifetime).
     """
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = None if path is None else Path(path)
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            create_private_file(self.path)
+            _tighten(self.path)
         target = ":memory:" if self.path is None else str(self.path)
         self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         with self._lock:
             if self.path is not None:
+                self._db.execute("PRAGMA busy_timeout=10000")
                 self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, model TEXT, "
                 "prompt_version TEXT, kind TEXT, status TEXT, value TEXT, calls INTEGER, "
                 "created REAL)"
             )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS raw_answers (id INTEGER PRIMARY KEY, key TEXT, "
+                "model TEXT, text TEXT, created REAL)"
+            )
+            self._db.execute("CREATE INDEX IF NOT EXISTS raw_answers_key ON raw_answers (key)")
+        if self.path is not None:  # SQLite made -wal / -shm like the database; make sure
+            _tighten(self.path)
 
     @staticmethod
     def key(model: str, prompt_version: str, kind: str, inputs: Any) -> str:
@@ -240,7 +389,7 @@ class LabelCache:
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
     def get(self, key: str) -> tuple[Status, Any] | None:
-        """The cached ``(status, value)`` of ``key``, or ``None``."""
+        """The settled ``(status, value)`` of ``key``, or ``None``."""
         with self._lock:
             row = self._db.execute(
                 "SELECT status, value FROM answers WHERE key = ?", (key,)
@@ -268,14 +417,59 @@ class LabelCache:
                 (key, model, prompt_version, kind, status.value, blob, calls, time.time()),
             )
 
-    def __len__(self) -> int:
+    def put_raw(self, key: str, text: str, *, model: str) -> None:
+        """Keep the text of one paid answer to ``key`` (committed at once, before parsing).
+
+        Text beyond ``MAX_ANSWER_CHARS`` is cut one character past it: still too long, so
+        still invalid when replayed.
+        """
+        if not isinstance(text, str):
+            text = repr(text)
+        text = text[: MAX_ANSWER_CHARS + 1].encode("utf-8", "replace").decode("utf-8")
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
+            self._db.execute(
+                "INSERT INTO raw_answers (key, model, text, created) VALUES (?, ?, ?, ?)",
+                (key, model, text, time.time()),
+            )
+
+    def raw(self, key: str) -> list[str]:
+        """The paid answers to ``key``, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT text FROM raw_answers WHERE key = ? ORDER BY id", (key,)
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def raw_count(self) -> int:
+        """How many paid answers are kept."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM raw_answers").fetchone()[0])
+
+    def __len__(self) -> int:
+        """Questions with a paid answer on record (settled, or kept raw and not yet settled)."""
+        with self._lock:
+            return int(
+                self._db.execute(
+                    "SELECT COUNT(*) FROM (SELECT key FROM answers UNION SELECT key FROM "
+                    "raw_answers)"
+                ).fetchone()[0]
+            )
 
     def close(self) -> None:
         """Close the database."""
         with self._lock:
             self._db.close()
+
+
+def _tighten(path: Path) -> None:
+    """Make ``path`` and its ``-wal`` / ``-shm`` owner-only (a cache written by an older
+    version was 0644)."""
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if p.stat().st_mode & 0o077:
+                os.chmod(p, 0o600)
+        except FileNotFoundError:
+            continue
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,10 +598,15 @@ class Labeler:
             return results
         base_seed = self._seed
 
+        model = self.llm.name
+
         def work(idx: int) -> Outcome[Any]:
             job = jobs[idx]
             rng = random.Random(f"{base_seed}:{job.key}")
             messages, schema = job.build()
+            # answers paid for by a run that died before settling them; a settled INVALID
+            # asked again (retry_invalid) starts afresh
+            replay = [] if self.cache.get(job.key) is not None else self.cache.raw(job.key)
             return ask(
                 self.llm,
                 messages,
@@ -416,6 +615,8 @@ class Labeler:
                 policy=self.policy,
                 budget=self.budget,
                 rng=rng,
+                replay=replay,
+                on_answer=lambda text, key=job.key: self.cache.put_raw(key, text, model=model),
             )
 
         bar = tqdm(total=len(todo), desc=desc, disable=not self.progress, leave=False)
@@ -438,6 +639,8 @@ class Labeler:
 
     def _settle(self, kind: str, version: str, job: _Job, out: Outcome[Any]) -> None:
         s = self.stats
+        if out.calls == 0 and out.status in (Status.OK, Status.INVALID):
+            s.cache_hits += 1  # settled from answers paid for earlier
         s.llm_calls += out.calls
         s.retries += out.retries
         s.invalid_answers += out.invalid_answers

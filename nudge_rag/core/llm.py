@@ -8,13 +8,20 @@ into one:
 - an ``openai.OpenAI`` (or ``AzureOpenAI``) client, with ``model=``: chat completions with a
   ``json_schema`` response format; a server that rejects the format is asked again without
   it, and the text is parsed;
-- any LangChain ``BaseChatModel``;
-- any LlamaIndex ``LLM``.
+- any LangChain ``Runnable`` that returns a message: a ``BaseChatModel``, or one wrapped in
+  ``with_retry()``, ``with_fallbacks([...])``, ``bind(...)``, ``with_config(...)`` or a chain
+  that ends in one; with a schema, the framework's own ``with_structured_output`` is used
+  where every model inside supports it, and the text is parsed otherwise;
+- any LlamaIndex ``LLM`` (``structured_predict`` for function-calling models, the text
+  otherwise).
 
 The frameworks are imported only when such an object is passed. :func:`ask` adds what a
 production caller needs around one request: a hard call budget shared by all threads,
 retries with exponential backoff on 429 / 5xx / timeouts that honour ``Retry-After``, and
-re-asking when the answer does not parse or validate — then giving up, never guessing.
+re-asking when the answer does not parse or validate — then giving up, never guessing. Any
+failure to parse or validate an answer (a ``RecursionError`` on hostile nesting included) is
+an invalid answer, and every paid answer is handed to ``on_answer`` (the label cache keeps it)
+before it is parsed.
 """
 
 from __future__ import annotations
@@ -58,7 +65,18 @@ class LLMCallError(NudgeError):
 
 
 class InvalidAnswerError(NudgeError):
-    """An LLM answer that does not parse, or names ids / values outside what was asked."""
+    """An LLM answer that does not parse, or names ids / values outside what was asked.
+
+    ``raw`` is the answer's text where a framework's own parser rejected it.
+    """
+
+    def __init__(self, message: str, *, raw: str | None = None) -> None:
+        super().__init__(message)
+        self.raw = raw
+
+
+MAX_ANSWER_CHARS = 1_000_000
+"""Longer answers are invalid without being parsed (no judge or question answer comes near)."""
 
 
 @dataclass(frozen=True)
@@ -241,45 +259,152 @@ def _content_text(content: Any) -> str:
     return "" if content is None else str(content)
 
 
-class LangChainChat:
-    """A LangChain ``BaseChatModel`` as an :class:`LLMClient` (``invoke``; text parsed)."""
+def _schema_named(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """``schema`` with the top-level title and description frameworks need to name a tool."""
+    return {"title": "answer", "description": "The answer, as JSON.", **dict(schema)}
 
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        label = getattr(model, "model_name", None) or getattr(model, "model", None) or ""
-        self.name = f"langchain:{type(model).__name__}:{label}".rstrip(":")
+
+def _answer_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a framework's parser rejecting an answer (not a failed request)."""
+    if isinstance(exc, RecursionError | UnicodeError | json.JSONDecodeError):
+        return True
+    return any(c.__name__ in _PARSER_ERRORS for c in type(exc).__mro__)
+
+
+_PARSER_ERRORS = frozenset({"OutputParserException", "ValidationError"})
+
+
+def _describe_runnable(runnable: Any) -> str:
+    """A stable label for a LangChain runnable: the chat models inside, outermost wrappers
+    dropped (``chat``, ``chat.with_retry()`` and ``chat.bind(...)`` share a cache)."""
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.runnables import RunnableBinding, RunnableSequence, RunnableWithFallbacks
+
+    if isinstance(runnable, BaseChatModel):
+        label = getattr(runnable, "model_name", None) or getattr(runnable, "model", None) or ""
+        return f"{type(runnable).__name__}:{label}".rstrip(":")
+    if isinstance(runnable, RunnableBinding):
+        return _describe_runnable(runnable.bound)
+    if isinstance(runnable, RunnableWithFallbacks):
+        return "|".join(_describe_runnable(r) for r in (runnable.runnable, *runnable.fallbacks))
+    if isinstance(runnable, RunnableSequence):
+        return _describe_runnable(runnable.last)
+    return f"{type(runnable).__name__}:{runnable.get_name()}"
+
+
+def _structured_runnable(runnable: Any, schema: Mapping[str, Any]) -> Any | None:
+    """``runnable`` rebuilt around each model's own ``with_structured_output(schema)``, keeping
+    its retries, fallbacks, bound arguments and config; ``None`` where a model inside does not
+    support structured output or the shape is opaque (a lambda, a chain): then parse text."""
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.runnables import RunnableBinding, RunnableWithFallbacks
+
+    if isinstance(runnable, BaseChatModel):
+        try:
+            return runnable.with_structured_output(_schema_named(schema))
+        except (NotImplementedError, ValueError, TypeError):  # no tool calling / json mode
+            return None
+    if isinstance(runnable, RunnableBinding):  # bind(...), with_retry(), with_config(...)
+        inner = _structured_runnable(runnable.bound, schema)
+        # a bound call's kwargs reach the first step of the structured chain: the model call
+        return None if inner is None else runnable.model_copy(update={"bound": inner})
+    if isinstance(runnable, RunnableWithFallbacks):
+        parts = [_structured_runnable(r, schema) for r in (runnable.runnable, *runnable.fallbacks)]
+        if any(p is None for p in parts):
+            return None
+        return runnable.model_copy(update={"runnable": parts[0], "fallbacks": parts[1:]})
+    return None
+
+
+class LangChainChat:
+    """A LangChain ``Runnable`` that returns a message, as an :class:`LLMClient`.
+
+    A ``BaseChatModel``, or one wrapped in ``with_retry()``, ``with_fallbacks([...])``,
+    ``bind(...)``, ``with_config(...)``, or a chain (``RunnableLambda``, ``prompt | model``)
+    that ends in one. With a ``schema``, the model's own ``with_structured_output`` is used,
+    rebuilt under the same wrappers, where every model inside supports it; otherwise (or with
+    ``structured=False``) the answer's text is parsed. Retries the runnable makes on its own
+    (``with_retry``) are invisible to the call budget.
+    """
+
+    def __init__(self, runnable: Any, *, structured: bool = True) -> None:
+        self.runnable = runnable
+        self.model = runnable  # the name earlier versions exposed
+        self.structured = structured
+        self.name = f"langchain:{_describe_runnable(runnable)}"
 
     def chat(self, messages: Messages, *, schema: Mapping[str, Any] | None = None) -> LLMReply:
-        """One ``invoke``; the schema is in the prompt already, so it is not sent again."""
+        """One ``invoke``: structured where supported, else text (the schema is in the
+        prompt already). A framework parser that rejects the answer raises
+        :class:`InvalidAnswerError` (an invalid answer, asked again); other failures
+        :class:`LLMCallError`."""
+        from langchain_core.callbacks import UsageMetadataCallbackHandler
         from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
         kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
         lc = [kinds.get(m["role"], HumanMessage)(content=m["content"]) for m in messages]
+        runnable = self.runnable
+        if schema is not None and self.structured:
+            runnable = _structured_runnable(self.runnable, schema) or self.runnable
+        usage = UsageMetadataCallbackHandler()
         try:
-            out = self.model.invoke(lc)
+            out = runnable.invoke(lc, config={"callbacks": [usage]})
+            text = _output_text(out)
         except Exception as exc:
+            if _answer_error(exc):
+                raw = getattr(exc, "llm_output", None)
+                msg = f"the framework rejected the answer ({type(exc).__name__}): {exc}"[:300]
+                raise InvalidAnswerError(msg, raw=raw if isinstance(raw, str) else None) from exc
             raise classify_error(exc) from exc
-        usage = getattr(out, "usage_metadata", None) or {}
+        tokens = list(usage.usage_metadata.values())
+        if not tokens:  # a model that reports usage only on its message
+            meta = getattr(out, "usage_metadata", None)
+            tokens = [meta] if isinstance(meta, Mapping) else []
         return LLMReply(
-            text=_content_text(getattr(out, "content", out)),
-            prompt_tokens=int(usage.get("input_tokens", 0) or 0),
-            completion_tokens=int(usage.get("output_tokens", 0) or 0),
+            text=text,
+            prompt_tokens=sum(int(t.get("input_tokens", 0) or 0) for t in tokens),
+            completion_tokens=sum(int(t.get("output_tokens", 0) or 0) for t in tokens),
         )
 
 
-class LlamaIndexChat:
-    """A LlamaIndex ``LLM`` as an :class:`LLMClient` (``chat``; text parsed)."""
+def _output_text(out: Any) -> str:
+    """The answer text of a runnable's output: a message's content, a string, or the JSON of
+    what a structured-output parser returned (a dict, or a pydantic object)."""
+    if isinstance(out, str):
+        return out
+    if hasattr(out, "content") and not isinstance(out, Mapping):
+        return _content_text(out.content)
+    dump = getattr(out, "model_dump", None)
+    if callable(dump):
+        out = dump(mode="json")
+    return json.dumps(out, ensure_ascii=False)
 
-    def __init__(self, llm: Any) -> None:
+
+class LlamaIndexChat:
+    """A LlamaIndex ``LLM`` as an :class:`LLMClient`.
+
+    With a schema and a function-calling model (``metadata.is_function_calling_model``),
+    LlamaIndex's own ``structured_predict`` fills a pydantic model built from the schema;
+    otherwise ``chat`` is called and the text parsed.
+    """
+
+    def __init__(self, llm: Any, *, structured: bool = True) -> None:
         self.llm = llm
+        self.structured = structured
         try:
             label = llm.metadata.model_name
         except Exception:  # metadata is optional on custom LLMs
             label = ""
         self.name = f"llama_index:{type(llm).__name__}:{label}".rstrip(":")
 
+    def _function_calling(self) -> bool:
+        try:
+            return bool(self.llm.metadata.is_function_calling_model)
+        except Exception:  # metadata is optional on custom LLMs
+            return False
+
     def chat(self, messages: Messages, *, schema: Mapping[str, Any] | None = None) -> LLMReply:
-        """One ``chat`` call; the schema is in the prompt already."""
+        """One ``structured_predict`` or ``chat`` call (the schema is in the prompt too)."""
         from llama_index.core.llms import ChatMessage, MessageRole
 
         roles = {
@@ -291,11 +416,58 @@ class LlamaIndexChat:
             ChatMessage(role=roles.get(m["role"], MessageRole.USER), content=m["content"])
             for m in messages
         ]
+        output_cls = (
+            pydantic_model(schema)
+            if schema is not None and self.structured and self._function_calling()
+            else None
+        )
         try:
-            out = self.llm.chat(li)
+            if output_cls is not None:
+                from llama_index.core.prompts import ChatPromptTemplate
+
+                out = self.llm.structured_predict(output_cls, ChatPromptTemplate(li))
+                return LLMReply(text=_output_text(out))
+            reply = self.llm.chat(li)
         except Exception as exc:
+            if _answer_error(exc):
+                msg = f"the framework rejected the answer ({type(exc).__name__}): {exc}"[:300]
+                raise InvalidAnswerError(msg) from exc
             raise classify_error(exc) from exc
-        return LLMReply(text=_content_text(out.message.content))
+        return LLMReply(text=_content_text(reply.message.content))
+
+
+_JSON_TYPES: dict[str, Any] = {
+    "string": str,
+    "integer": int,
+    "number": float,
+    "boolean": bool,
+}
+
+
+def pydantic_model(schema: Mapping[str, Any], name: str = "Answer") -> Any | None:
+    """A pydantic model for a JSON object ``schema`` (objects, arrays, scalars), or ``None``
+    for shapes it does not cover. Enums are left to the validator that reads the answer."""
+    from pydantic import create_model
+
+    def field_type(sub: Mapping[str, Any], sub_name: str) -> Any | None:
+        kind = sub.get("type")
+        if kind == "object":
+            return pydantic_model(sub, sub_name)
+        if kind == "array" and isinstance(sub.get("items"), Mapping):
+            inner = field_type(sub["items"], sub_name + "Item")
+            return None if inner is None else list[inner]  # type: ignore[valid-type]
+        return _JSON_TYPES.get(str(kind))
+
+    if schema.get("type") != "object" or not isinstance(schema.get("properties"), Mapping):
+        return None
+    required = set(schema.get("required", ()))
+    fields: dict[str, Any] = {}
+    for key, sub in schema["properties"].items():
+        t = field_type(sub, f"{name}{str(key).title()}") if isinstance(sub, Mapping) else None
+        if t is None:
+            return None
+        fields[str(key)] = (t, ...) if key in required else (t | None, None)
+    return create_model(name, **fields)
 
 
 def _from_module(obj: Any, prefix: str) -> bool:
@@ -303,7 +475,8 @@ def _from_module(obj: Any, prefix: str) -> bool:
 
 
 def as_llm(llm: Any, *, model: str | None = None) -> LLMClient | None:
-    """Turn an openai client, a LangChain chat model or a LlamaIndex LLM into an LLMClient.
+    """Turn an openai client, a LangChain runnable (a chat model, wrapped or not) or a
+    LlamaIndex LLM into an LLMClient.
 
     ``None`` stays ``None`` (feedback labels only); an :class:`LLMClient` passes through.
     ``model`` names the model for an openai client (required there, ignored elsewhere).
@@ -328,9 +501,9 @@ def as_llm(llm: Any, *, model: str | None = None) -> LLMClient | None:
             raise NudgeError(msg)
         return OpenAIChat(llm, model)
     if _from_module(llm, "langchain"):
-        from langchain_core.language_models import BaseChatModel
+        from langchain_core.runnables import Runnable
 
-        if isinstance(llm, BaseChatModel):
+        if isinstance(llm, Runnable):
             return LangChainChat(llm)
     if _from_module(llm, "llama_index"):
         from llama_index.core.llms import LLM
@@ -341,8 +514,9 @@ def as_llm(llm: Any, *, model: str | None = None) -> LLMClient | None:
         return llm
     msg = (
         f"llm: found {type(llm).__module__}.{type(llm).__name__}, expected an openai.OpenAI "
-        "client (with llm_model=...), a LangChain BaseChatModel, a LlamaIndex LLM or an object "
-        "with name and chat(messages, schema=None); pass one of those, or llm=None."
+        "client (with llm_model=...), a LangChain chat model or Runnable that returns a message "
+        "(chat.with_retry(), .with_fallbacks([...]), .bind(...)), a LlamaIndex LLM or an "
+        "object with name and chat(messages, schema=None); pass one of those, or llm=None."
     )
     raise NudgeError(msg)
 
@@ -351,24 +525,59 @@ def as_llm(llm: Any, *, model: str | None = None) -> LLMClient | None:
 # Parsing
 
 
+_PARSE_ERRORS = (ValueError, TypeError, RecursionError, UnicodeError, MemoryError)
+"""What ``json.loads`` can raise on hostile text (``JSONDecodeError`` and ``UnicodeError``
+are ``ValueError``s; ``RecursionError`` on deep nesting)."""
+
+
+def _loads(s: str) -> tuple[bool, Any, str]:
+    try:
+        return True, json.loads(s), ""
+    except _PARSE_ERRORS as exc:
+        return False, None, type(exc).__name__
+
+
 def extract_json(text: str) -> Any:
-    """Parse a JSON answer, tolerating code fences and prose around one object."""
+    """Parse a JSON answer, tolerating code fences and prose around one object.
+
+    Anything that is not JSON, too long (``MAX_ANSWER_CHARS``), or nested beyond what the
+    parser can take raises :class:`InvalidAnswerError`, never the parser's own error.
+    """
+    if not isinstance(text, str):
+        msg = f"answer is not text: found {type(text).__name__}"
+        raise InvalidAnswerError(msg)
+    if len(text) > MAX_ANSWER_CHARS:
+        msg = f"answer is {len(text)} characters long, over {MAX_ANSWER_CHARS}"
+        raise InvalidAnswerError(msg)
     s = text.strip()
     if s.startswith("```"):
         s = s.split("\n", 1)[1] if "\n" in s else ""
         s = s.rsplit("```", 1)[0]
-    try:
-        return json.loads(s)
-    except ValueError:
-        pass
+    ok, value, why = _loads(s)
+    if ok:
+        return value
     start, end = s.find("{"), s.rfind("}")
     if start != -1 and end > start:
-        try:
-            return json.loads(s[start : end + 1])
-        except ValueError:
-            pass
-    msg = f"answer is not JSON: {text[:120]!r}"
+        ok, value, _ = _loads(s[start : end + 1])
+        if ok:
+            return value
+    msg = f"answer is not JSON ({why}): {text[:120]!r}"
     raise InvalidAnswerError(msg)
+
+
+def judge_answer(text: str, validate: Callable[[Any], T]) -> T:
+    """``validate(extract_json(text))``; any failure is an :class:`InvalidAnswerError`.
+
+    A validator meeting hostile structure (deep nesting, odd types) may raise anything; that
+    is the answer's fault, so it is reported as an invalid answer, never raised as is.
+    """
+    try:
+        return validate(extract_json(text))
+    except InvalidAnswerError:
+        raise
+    except Exception as exc:  # whatever hostile input makes a parser or validator raise
+        msg = f"{type(exc).__name__}: {str(exc)[:200]}"
+        raise InvalidAnswerError(msg) from exc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,6 +659,7 @@ class Outcome(Generic[T]):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    replayed: int = 0  # answers paid for earlier, judged again at no cost
 
 
 def ask(
@@ -462,15 +672,46 @@ def ask(
     budget: CallBudget | None = None,
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
+    replay: Sequence[str] = (),
+    on_answer: Callable[[str], None] | None = None,
 ) -> Outcome[T]:
     """Ask ``client`` until ``validate(parsed JSON)`` accepts an answer, within the limits.
 
-    ``validate`` raises :class:`InvalidAnswerError` (or ``ValueError``) to reject an answer.
+    ``validate`` raises :class:`InvalidAnswerError` (or anything else) to reject an answer;
+    a rejected or unparsable answer is asked again up to ``policy.max_invalid`` times, then
+    the question is given up as INVALID. ``replay`` are answers paid for earlier (a run that
+    died before settling them): they are judged first, at no cost. ``on_answer`` gets the
+    text of every paid answer before it is parsed (to cache it).
     """
     policy = policy or RetryPolicy()
     budget = budget or CallBudget()
     rng = rng or random.Random()
     out: Outcome[T] = Outcome(Status.FAILED)
+
+    def settle(text: str) -> bool:
+        """True when ``text`` is a valid answer (``out`` is then OK)."""
+        try:
+            out.value = judge_answer(text, validate)
+        except InvalidAnswerError as exc:
+            out.invalid_answers += 1
+            out.error = f"invalid answer: {exc}"
+            return False
+        out.status = Status.OK
+        out.error = None
+        return True
+
+    def gave_up() -> bool:
+        if out.invalid_answers > policy.max_invalid:
+            out.status = Status.INVALID
+            return True
+        return False
+
+    for text in replay:
+        out.replayed += 1
+        if settle(text):
+            return out
+        if gave_up():
+            return out
     transient = 0
     while True:
         if not budget.take():
@@ -479,6 +720,15 @@ def ask(
         out.calls += 1
         try:
             reply = client.chat(messages, schema=schema)
+        except InvalidAnswerError as exc:  # the framework's own parser rejected the answer
+            if on_answer is not None:
+                on_answer(exc.raw or "")
+            out.invalid_answers += 1
+            out.error = f"invalid answer: {exc}"
+            if gave_up():
+                return out
+            out.retries += 1
+            continue
         except Exception as exc:
             err = classify_error(exc)
             out.error = str(err)
@@ -494,16 +744,10 @@ def ask(
             out.calls += reply.calls - 1
         out.prompt_tokens += reply.prompt_tokens
         out.completion_tokens += reply.completion_tokens
-        try:
-            out.value = validate(extract_json(reply.text))
-        except (InvalidAnswerError, ValueError, TypeError, KeyError) as exc:
-            out.invalid_answers += 1
-            out.error = f"invalid answer: {exc}"
-            if out.invalid_answers > policy.max_invalid:
-                out.status = Status.INVALID
-                return out
-            out.retries += 1
-            continue
-        out.status = Status.OK
-        out.error = None
-        return out
+        if on_answer is not None:
+            on_answer(reply.text)  # paid for: kept before anything can go wrong parsing it
+        if settle(reply.text):
+            return out
+        if gave_up():
+            return out
+        out.retries += 1

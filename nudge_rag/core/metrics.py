@@ -13,16 +13,19 @@ A query with no relevant rows scores 0 on both.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping, Sequence
-from typing import Literal, TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
 
+from nudge_rag.core.checks import check_int, check_vectors
 from nudge_rag.core.errors import NudgeError
+from nudge_rag.core.stores.base import Metric
 
 Relevance: TypeAlias = Sequence[int] | Mapping[int, float]
-SearchMetric: TypeAlias = Literal["ip", "cosine", "l2"]
 
 # Scores matrices are built per block of rows so that a block holds at most this many floats.
 MAX_BLOCK_ELEMENTS = 1 << 24
@@ -37,37 +40,43 @@ def exact_knn(
     embeddings: np.ndarray,
     k: int,
     *,
-    metric: SearchMetric = "ip",
+    metric: Metric | str = Metric.IP,
     device: torch.device | str | None = None,
     block_rows: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` rows of ``embeddings`` for each query, best first.
 
     Streams the corpus in blocks, so memory is ``O(Q·(block + k))`` whatever ``N`` is.
-    ``metric="cosine"`` normalises both sides; ``"ip"`` uses the raw inner product; ``"l2"``
-    ranks by ``2 q·e − ‖e‖²`` (the order of ``−‖q − e‖²``, which is the score returned).
+    ``metric`` is a :class:`Metric` (or its value): ``"cosine"`` normalises both sides; ``"ip"``
+    uses the raw inner product; ``"l2"`` ranks by ``2 q·e − ‖e‖²`` (the order of ``−‖q − e‖²``,
+    which is the score returned). Inputs are checked by ``check_vectors`` (not copied).
     Returns ``(scores, indices)``, float32 and int64 arrays of shape ``(Q, min(k, N))``.
     """
+    metric = _check_metric(metric)
+    embeddings = check_vectors(embeddings, what="embeddings", dtype=None)
+    queries = check_vectors(
+        queries, what="queries", dim=embeddings.shape[1], dim_source="the embeddings", dtype=None
+    )
+    k = check_int(k, what="k", low=1, hint="the number of neighbours per query, e.g. 10")
+    if block_rows is not None:
+        block_rows = check_int(block_rows, what="block_rows", low=1, hint="e.g. 4096, or None")
     dev = torch.device(device or "cpu")
     n = embeddings.shape[0]
     k = min(k, n)
     q = _to_tensor(queries, dev)
-    if metric == "cosine":
+    if metric is Metric.COSINE:
         q = torch.nn.functional.normalize(q, dim=1)
-    elif metric == "l2":
+    elif metric is Metric.L2:
         q = 2.0 * q
-    elif metric != "ip":
-        msg = f"metric must be 'ip', 'cosine' or 'l2', found {metric!r}."
-        raise NudgeError(msg)
     block = block_rows or max(1024, MAX_BLOCK_ELEMENTS // max(1, q.shape[0]))
     best_s = torch.full((q.shape[0], 0), -torch.inf, device=dev)
     best_i = torch.zeros((q.shape[0], 0), dtype=torch.int64, device=dev)
     for start in range(0, n, block):
         e = _to_tensor(embeddings[start : start + block], dev)
-        if metric == "cosine":
+        if metric is Metric.COSINE:
             e = torch.nn.functional.normalize(e, dim=1)
         s = q @ e.T
-        if metric == "l2":
+        if metric is Metric.L2:
             s -= (e * e).sum(dim=1)
         top = torch.topk(s, min(k, s.shape[1]), dim=1)
         cat_s = torch.cat([best_s, top.values], dim=1)
@@ -75,9 +84,21 @@ def exact_knn(
         keep = torch.topk(cat_s, min(k, cat_s.shape[1]), dim=1)
         best_s = keep.values
         best_i = torch.gather(cat_i, 1, keep.indices)
-    if metric == "l2":  # 2q·e − ‖e‖² − ‖q‖² = −‖q − e‖²
+    if metric is Metric.L2:  # 2q·e − ‖e‖² − ‖q‖² = −‖q − e‖²
         best_s -= (q * q).sum(dim=1, keepdim=True) / 4.0
     return best_s.cpu().numpy(), best_i.cpu().numpy()
+
+
+def _check_metric(metric: Any) -> Metric:
+    try:
+        return Metric(metric)
+    except ValueError:
+        msg = f"metric: found {metric!r}, expected one of 'ip', 'cosine', 'l2' (a Metric)."
+        raise NudgeError(msg) from None
+
+
+def _check_k(k: Any) -> int:
+    return check_int(k, what="k", low=1, hint="the rank cut-off, e.g. 10")
 
 
 class RelevanceTable:
@@ -88,6 +109,16 @@ class RelevanceTable:
         for qi, rel in enumerate(relevant):
             items = rel.items() if isinstance(rel, Mapping) else ((r, 1.0) for r in rel)
             for row, grade in items:
+                if (
+                    isinstance(grade, bool)
+                    or not isinstance(grade, numbers.Real)
+                    or not math.isfinite(grade)
+                ):
+                    msg = (
+                        f"relevant[{qi}] gives row {row!r} the grade {grade!r}; expected a finite "
+                        "number (≤ 0: not relevant)."
+                    )
+                    raise NudgeError(msg)
                 if grade > 0:
                     queries.append(qi)
                     rows.append(int(row))
@@ -137,6 +168,7 @@ def ndcg_at_k(
     ranked: np.ndarray, relevant: Sequence[Relevance] | RelevanceTable, k: int = 10
 ) -> np.ndarray:
     """Per-query NDCG@k of ``ranked`` (``(Q, ≥k)`` row indices, best first; -1 pads)."""
+    k = _check_k(k)
     table = _as_table(relevant)
     top = np.asarray(ranked)[:, :k]
     gains = table.grade(np.arange(top.shape[0]), top)
@@ -149,6 +181,7 @@ def recall_at_k(
     ranked: np.ndarray, relevant: Sequence[Relevance] | RelevanceTable, k: int = 10
 ) -> np.ndarray:
     """Per-query Recall@k of ``ranked`` (``(Q, ≥k)`` row indices, best first)."""
+    k = _check_k(k)
     table = _as_table(relevant)
     top = np.asarray(ranked)[:, :k]
     hits = (table.grade(np.arange(top.shape[0]), top) > 0).sum(axis=1)
@@ -162,7 +195,7 @@ def evaluate(
     relevant: Sequence[Relevance],
     *,
     k: int = 10,
-    metric: SearchMetric = "ip",
+    metric: Metric | str = Metric.IP,
     device: torch.device | str | None = None,
 ) -> dict[str, float]:
     """Mean NDCG@k and Recall@k of exact search of ``queries`` over ``embeddings``."""

@@ -21,15 +21,18 @@ candidate γ is scored against the changed rows only. Memory beyond the input is
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import math
+import numbers
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch.nn.functional import normalize
 
-from nudge_rag.core.checks import require_finite_rows, require_float_dtype
+from nudge_rag.core.checks import FLOAT32_MAX, check_float, check_int, check_vectors
 from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.metrics import MAX_BLOCK_ELEMENTS, Relevance, RelevanceTable, ndcg_at_k
 
@@ -87,23 +90,16 @@ class NudgeResult:
 # --------------------------------------------------------------------------- validation
 
 
-def _check_matrix(x: np.ndarray, name: str, dim: int | None = None) -> np.ndarray:
-    if not isinstance(x, np.ndarray):
-        msg = f"{name} must be a numpy array, found {type(x).__name__}."
-        raise NudgeError(msg)
-    if x.ndim != 2:
-        msg = f"{name} must be a 2-d (rows, dim) array, found shape {x.shape}."
-        raise NudgeError(msg)
-    require_float_dtype(x, name)
-    if dim is not None and x.shape[1] != dim:
-        msg = f"{name} has {x.shape[1]}-d vectors, but the embeddings are {dim}-d."
-        raise NudgeError(msg)
-    require_finite_rows(x, name)
-    return x
+_E = TypeVar("_E", bound=Enum)
 
 
-def _check_queries(x: np.ndarray, name: str, dim: int) -> np.ndarray:
-    _check_matrix(x, name, dim)
+def _check_matrix(x: Any, name: str, dim: int | None = None) -> np.ndarray:
+    """A float matrix of finite float32 values, as given (the corpus may be memory-mapped)."""
+    return check_vectors(x, what=name, dim=dim, dim_source="the embeddings matrix", dtype=None)
+
+
+def _check_queries(x: Any, name: str, dim: int) -> np.ndarray:
+    x = _check_matrix(x, name, dim)
     zero = np.nonzero(np.linalg.norm(x, axis=1) == 0)[0]
     if len(zero):
         msg = f"{name} row {int(zero[0])} has zero norm; a zero query cannot label anything."
@@ -111,9 +107,54 @@ def _check_queries(x: np.ndarray, name: str, dim: int) -> np.ndarray:
     return x
 
 
+def _check_enum(cls: type[_E], value: Any, what: str) -> _E:
+    try:
+        return cls(value)
+    except ValueError:
+        options = ", ".join(repr(m.value) for m in cls)  # type: ignore[attr-defined]
+        msg = f"{what}: found {value!r}, expected one of {options}."
+        raise NudgeError(msg) from None
+
+
+def check_gamma(gamma: Any, method: Method | str, *, what: str = "gamma") -> float:
+    """``gamma`` as a float in NUDGE-N's ``[0, 2]`` or, for NUDGE-M, finite and ≥ 0."""
+    method = _check_enum(Method, method, "method")
+    if method is Method.NUDGE_N:
+        hint = (
+            "NUDGE-N's γ bounds the squared step ‖e' − e‖² on the unit sphere "
+            "(the paper's grid is 0, 0.02, …, 0.48)"
+        )
+        return check_float(gamma, what=what, low=0.0, high=2.0, hint=hint)
+    hint = "NUDGE-M's γ is the length of each changed row's step, e.g. 0.1"
+    return check_float(gamma, what=what, low=0.0, hint=hint)
+
+
+def _check_gammas(gammas: Any, method: Method) -> list[float]:
+    if isinstance(gammas, (str, bytes)) or not isinstance(gammas, Iterable):
+        msg = (
+            f"gammas: expected a sequence of candidate γ values, found {type(gammas).__name__}; "
+            "pass e.g. [0.1, 0.2, 0.3], or None for the default grid."
+        )
+        raise NudgeError(msg)
+    grid = [check_gamma(g, method, what=f"gammas[{i}]") for i, g in enumerate(gammas)]
+    if not grid:
+        msg = (
+            "gammas: found an empty sequence, expected at least one candidate γ; pass e.g. "
+            "[0.1, 0.2, 0.3], or None for the default grid."
+        )
+        raise NudgeError(msg)
+    return grid
+
+
 def _check_positives(
-    positives: Sequence[Relevance], n_queries: int, n_rows: int, name: str
+    positives: Any, n_queries: int, n_rows: int, name: str
 ) -> list[dict[int, float]]:
+    if isinstance(positives, (str, bytes, Mapping)) or not isinstance(positives, Sequence):
+        msg = (
+            f"{name}: expected one list of positive rows (or {{row: grade}}) per query, found "
+            f"{type(positives).__name__}."
+        )
+        raise NudgeError(msg)
     if len(positives) != n_queries:
         msg = (
             f"{name} has {len(positives)} entries but there are {n_queries} queries; "
@@ -122,7 +163,16 @@ def _check_positives(
         raise NudgeError(msg)
     out: list[dict[int, float]] = []
     for qi, rel in enumerate(positives):
-        items = rel.items() if isinstance(rel, Mapping) else ((r, 1.0) for r in rel)
+        if isinstance(rel, Mapping):
+            items: Iterable[tuple[Any, Any]] = rel.items()
+        elif isinstance(rel, Iterable) and not isinstance(rel, (str, bytes)):
+            items = ((r, 1.0) for r in rel)
+        else:
+            msg = (
+                f"{name}[{qi}]: found {type(rel).__name__} {rel!r}, expected a list of row "
+                "indices or a {row: grade} mapping."
+            )
+            raise NudgeError(msg)
         labels: dict[int, float] = {}
         for row, grade in items:
             if isinstance(row, bool) or not isinstance(row, (int, np.integer)):
@@ -131,10 +181,40 @@ def _check_positives(
             if not 0 <= row < n_rows:
                 msg = f"{name}[{qi}] holds row {int(row)}, out of range for {n_rows} embeddings."
                 raise NudgeError(msg)
-            if grade > 0:
-                labels[int(row)] = float(grade)
+            ok = not isinstance(grade, bool) and isinstance(grade, numbers.Real)
+            value = float(grade) if ok else math.nan
+            if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+                msg = (
+                    f"{name}[{qi}] gives row {int(row)} the grade {grade!r}; expected a finite "
+                    "number (e.g. 1 relevant, 2 highly relevant; ≤ 0 not relevant)."
+                )
+                raise NudgeError(msg)
+            if value > 0:
+                labels[int(row)] = value
         out.append(labels)
     return out
+
+
+def _check_device(device: Any) -> torch.device:
+    try:
+        return torch.device(device or "cpu")
+    except (RuntimeError, TypeError) as e:
+        msg = f"device: found {device!r}, expected a torch device such as 'cpu' or 'cuda' ({e})."
+        raise NudgeError(msg) from None
+
+
+def _check_label_sums(rows: np.ndarray, g: torch.Tensor) -> None:
+    """Refuse label sums whose squared norm overflows float32 (huge queries or grades)."""
+    sq = (g * g).sum(dim=1)
+    bad = torch.nonzero(~torch.isfinite(sq)).flatten()
+    if len(bad):
+        row = int(rows[int(bad[0])])
+        msg = (
+            f"train_queries/train_positives: the weighted sum of the queries that label row "
+            f"{row} overflows float32; expected queries of moderate norm and small grades; "
+            "normalise the queries (and use grades such as 1–3)."
+        )
+        raise NudgeError(msg)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -412,18 +492,34 @@ def finetune_embeddings(
     candidate grid (NUDGE-N: the paper's 0, 0.02, …, 0.48).
     Rows are unit-normalised before the update, as in the paper. The input is never mutated.
     """
-    method = Method(method)
-    selection = Selection(selection) if selection is not None else DEFAULT_SELECTION
+    method = _check_enum(Method, method, "method")
+    selection = (
+        _check_enum(Selection, selection, "selection")
+        if selection is not None
+        else DEFAULT_SELECTION
+    )
     refit = DEFAULT_REFIT if refit is None else bool(refit)
-    weighting = Weighting(weighting) if weighting is not None else DEFAULT_WEIGHTING
-    dev = torch.device(device or "cpu")
+    weighting = (
+        _check_enum(Weighting, weighting, "weighting")
+        if weighting is not None
+        else DEFAULT_WEIGHTING
+    )
+    dev = _check_device(device)
+    if block_rows is not None:
+        block_rows = check_int(
+            block_rows,
+            what="block_rows",
+            low=1,
+            hint="corpus rows scored per block, e.g. 4096, or None to size blocks by memory",
+        )
+    grid_override = _check_gammas(gammas, method) if gammas is not None else None
 
-    _check_matrix(embeddings, "embeddings")
+    embeddings = _check_matrix(embeddings, "embeddings")
     n, dim = embeddings.shape
     if n == 0:
         msg = "embeddings is empty: there are no chunks to fine-tune."
         raise NudgeError(msg)
-    _check_queries(train_queries, "train_queries", dim)
+    train_queries = _check_queries(train_queries, "train_queries", dim)
     train_labels = _check_positives(train_positives, len(train_queries), n, "train_positives")
     if not any(train_labels):
         msg = (
@@ -431,18 +527,15 @@ def finetune_embeddings(
         )
         raise NudgeError(msg)
     if gamma is not None:
-        gamma = float(gamma)
-        upper = 2.0 if method is Method.NUDGE_N else np.inf
-        if not 0 <= gamma <= upper:
-            msg = f"gamma must be in [0, {upper}] for {method.value}, found {gamma}."
-            raise NudgeError(msg)
+        gamma = check_gamma(gamma, method)
     val_labels: list[dict[int, float]] = []
+    val_mat = np.zeros((0, dim), dtype=np.float32)
     if val_queries is not None:
-        _check_queries(val_queries, "val_queries", dim)
+        val_mat = _check_queries(val_queries, "val_queries", dim)
         if val_positives is None:
             msg = "val_positives is missing: give one list of positive rows per validation query."
             raise NudgeError(msg)
-        val_labels = _check_positives(val_positives, len(val_queries), n, "val_positives")
+        val_labels = _check_positives(val_positives, len(val_mat), n, "val_positives")
     if gamma is None and not any(val_labels):
         msg = (
             "the validation set is empty: gamma is chosen on validation queries with positives. "
@@ -452,6 +545,7 @@ def finetune_embeddings(
 
     fit_q = _float32_block(train_queries, dev)
     rows, g = _label_sums(fit_q, train_labels, weighting)
+    _check_label_sums(rows, g)
     e = _rows_tensor(embeddings, rows, dev)
     make_update = _nudge_n_update if method is Method.NUDGE_N else _nudge_m_update
     update = make_update(e, g)
@@ -461,7 +555,7 @@ def finetune_embeddings(
     if gamma is None:
         chosen_selection = selection
         keep = [i for i, rel in enumerate(val_labels) if rel]
-        val_q = _float32_block(val_queries[keep], dev)
+        val_q = _float32_block(val_mat[keep], dev)
         labels = [val_labels[i] for i in keep]
         table = RelevanceTable(labels)
         pair_q, pair_r = _pairs(labels)
@@ -472,13 +566,13 @@ def finetune_embeddings(
             g_hat = normalize(-g, dim=1)
             lows, highs = _nudge_m_intervals(val_q, e, -g_hat, rows, pair_q, pair_r, untouched)
             gamma = _most_covered_point(lows, highs)
-            grid: Sequence[float] = (
+            grid: Sequence[float] | np.ndarray = (
                 [gamma] if selection is Selection.TOP1 else _nudge_m_candidates(lows, highs, gamma)
             )
         else:
             grid = NUDGE_N_GRID
-        if gammas is not None:
-            grid = [float(x) for x in gammas]
+        if grid_override is not None:
+            grid = grid_override
         best = -1.0
         for cand in grid:
             value = score(val_q, update(float(cand)), rows, untouched, table)
@@ -487,12 +581,23 @@ def finetune_embeddings(
                 best, gamma = value, float(cand)
 
     if refit and any(val_labels):
-        all_q = torch.cat([fit_q, _float32_block(val_queries, dev)])
+        all_q = torch.cat([fit_q, _float32_block(val_mat, dev)])
         rows, g = _label_sums(all_q, train_labels + val_labels, weighting)
+        _check_label_sums(rows, g)
         e = _rows_tensor(embeddings, rows, dev)
         update = make_update(e, g)
 
+    if gamma is None:  # pragma: no cover - every grid value scores ≥ 0 > -1
+        gamma = 0.0
     new = update(float(gamma)).cpu().numpy()
+    try:  # never NaN or inf out (a last guard: the inputs were checked above)
+        check_vectors(new, what="the fitted vectors")
+    except NudgeError as err:
+        msg = (
+            f"gamma={gamma}: the {method.value} update does not fit float32 ({err}); "
+            "pass a smaller gamma."
+        )
+        raise NudgeError(msg) from None
     # A row changed when the update moved it off its (normalised) starting point; a row the
     # update leaves alone keeps its stored vector, rounding included.
     changed = np.any(new != e.cpu().numpy(), axis=1)

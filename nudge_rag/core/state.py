@@ -23,11 +23,20 @@ from nudge_rag.core.stores.base import (
     present_ids,
     raise_unknown,
 )
+from nudge_rag.core.surface import LastTrace
 from nudge_rag.core.traces import Feedback, Trace, TraceLog
-from nudge_rag.core.versions import VersionInfo, VersionLog, check_metric
+from nudge_rag.core.versions import VerifyReport, VersionInfo, VersionLog, check_metric
 
 TRACES_FILE = "traces.sqlite"
 VERSIONS_FILE = "versions.sqlite"
+
+
+def _expand(ids: list[str], held: set[str], children: Mapping[str, list[str]]) -> list[str]:
+    """``ids`` with each parent id replaced by its chunk ids (order kept, no repeats)."""
+    out: list[str] = []
+    for i in ids:
+        out.extend([i] if i in held else children.get(i, [i]))
+    return list(dict.fromkeys(out))
 
 
 class NudgeState:
@@ -50,6 +59,8 @@ class NudgeState:
         *,
         embed_queries: Callable[[list[str]], np.ndarray] | None = None,
         get_texts: Callable[[list[str]], list[str | None]] | None = None,
+        children_of: Callable[[list[str], str], dict[str, list[str]]] | None = None,
+        parent_id_key: str | None = None,
         tracing: bool = True,
         retention_days: float | None = None,
     ):
@@ -68,6 +79,9 @@ class NudgeState:
         self.tracing = bool(tracing)
         self._embed_queries = embed_queries
         self._get_texts = get_texts
+        self._children_of = children_of
+        self.parent_id_key = parent_id_key
+        self.last_trace = LastTrace(f"nudge_last_trace_{id(self)}")
         self.trace_log = TraceLog(self.state_dir / TRACES_FILE, retention_days=retention_days)
         self.version_log = VersionLog(self.state_dir / VERSIONS_FILE, adapter)
 
@@ -101,19 +115,46 @@ class NudgeState:
         irrelevant_ids: Iterable[str] = (),
         rating: float | None = None,
         text: str | None = None,
+        id_key: str | None = None,
     ) -> None:
-        """Attach feedback to a trace; every id must be in the store (``UnknownIdError``)."""
+        """Attach feedback to a trace; every id must be in the store (``UnknownIdError``).
+
+        ``id_key`` (or the state's ``parent_id_key`` for ids the store does not hold): the ids
+        are parent ids, each standing for the chunks whose metadata ``id_key`` carries it.
+        """
         rel = [str(i) for i in relevant_ids]
         irr = [str(i) for i in irrelevant_ids]
         asked = list(dict.fromkeys(rel + irr))
         if asked:
+            key = id_key or self.parent_id_key
+            held = present_ids(self.adapter, asked) if id_key is None else set()
+            children = self.children(missing_ids(asked, held), key) if key else {}
+            rel = _expand(rel, held, children)
+            irr = _expand(irr, held, children)
             raise_unknown(
-                missing_ids(asked, present_ids(self.adapter, asked)),
-                "record_feedback: the store",
+                [i for i in asked if i not in held and not children.get(i)],
+                "record_feedback: the store"
+                + (f" (nor any chunk with metadata {key!r} equal to it)" if key else ""),
             )
         self.trace_log.record_feedback(
             trace_id, relevant_ids=rel, irrelevant_ids=irr, rating=rating, text=text
         )
+
+    def known_ids(self, ids: Sequence[str]) -> set[str]:
+        """The ids of ``ids`` the store holds."""
+        return present_ids(self.adapter, [str(i) for i in ids]) if ids else set()
+
+    def children(self, parent_ids: Sequence[str], id_key: str) -> dict[str, list[str]]:
+        """The chunk ids whose metadata ``id_key`` equals each parent id (face callback)."""
+        if not parent_ids:
+            return {}
+        if self._children_of is None:
+            msg = (
+                f"id_key: found {id_key!r}, but this store cannot look chunks up by metadata; "
+                "pass the chunk ids instead."
+            )
+            raise NudgeError(msg)
+        return self._children_of(list(parent_ids), id_key)
 
     def traces(self, **kw: Any) -> list[Trace]:
         """Every recorded trace (``since=`` a time to get only newer ones)."""
@@ -213,3 +254,28 @@ class NudgeState:
         """Close both logs."""
         self.trace_log.close()
         self.version_log.close()
+
+    # -- log and store agreement ---------------------------------------------------------------
+    def check_fresh(self) -> None:
+        """Raise unless the store serves the version the log is at (a few µs; call per search).
+
+        ``StaleStoreError`` when another process moved the version and this process's store
+        cannot see it (embedded Chroma, FAISS, in-memory: restart, or use a server);
+        ``StoreDriftError`` / ``VersionLogError`` for a problem found on open (``repair()``).
+        """
+        self.version_log.check_fresh()
+
+    def verify(self, *, rows: int | None = None) -> VerifyReport:
+        """Check the version log and read every nudged row back (``rows``: at most that many).
+
+        Example: ``print(store.nudge_state.verify())`` → ``ok: the store is at version 2; ...``.
+        """
+        return self.version_log.verify(rows=rows)
+
+    def repair(self, *, adopt_store: bool = False) -> VerifyReport:
+        """Make the log and the store agree again; returns what was done and a new verify().
+
+        By default the log is trusted (the store's nudged rows are rewritten to the log's
+        version); ``adopt_store=True`` makes the log follow what the store holds.
+        """
+        return self.version_log.repair(adopt_store=adopt_store)

@@ -7,16 +7,31 @@ pays only for queueing its row. The writer lets rows gather for up to ``LINGER_S
 a second, not once per search. Every read (and ``record_feedback``) first waits for the queue to
 be written, and ``close`` (also run at interpreter exit) flushes it. A batch that fails to write
 (disk full, database locked) stays queued and is retried; ``flush`` raises the error meanwhile. A
-process killed outright loses the rows still queued (at most ``LINGER_S`` worth). Rows are only
-appended; the one deletion is :meth:`TraceLog.purge` (also run on open and every few thousand
-writes when ``retention_days`` is set). Nothing here leaves the machine:
-:meth:`TraceLog.export_jsonl` writes a local file.
+process killed outright loses the rows still queued (at most ``LINGER_S`` worth).
+
+Bad rows never cost other rows. ``record`` normalises what it can (each lone surrogate in a text,
+as broken client JSON decodes, becomes U+FFFD) and never raises for what the search produced: a
+trace it cannot store faithfully (an embedding that is empty or not finite in float32, ``k`` not
+an integer in 1..2**63-1) is not written, goes to the ``quarantine`` table with the reason, is
+counted in :meth:`TraceLog.stats` and warned about once; ``record`` then returns None, as for an
+untraced search. A row SQLite still refuses inside a batch is retried alone, quarantined the same
+way, and the rest of the batch is written.
+
+Rows are only appended; deletions are :meth:`TraceLog.purge` (also run on open and every few
+thousand writes when ``retention_days`` is set) and :meth:`TraceLog.delete_traces`. Both run with
+SQLite's ``secure_delete`` on and truncate the WAL afterwards, so deleted text is overwritten in
+the file. Nothing here leaves the machine: :meth:`TraceLog.export_jsonl` writes a local file
+(strict JSON, replaced atomically, owner-only). ``TraceLog(path, read_only=True)`` opens an
+existing log without ever writing or creating anything (for read-only commands on a read-only
+folder). A damaged or foreign file is reported as one ``NudgeError`` naming the file and the fix.
 
 Tables::
 
     traces(seq, id, time, query, embedding float32 blob, dim, k, filter json, result_ids json,
-           scores json)
+           scores json)   -- a non-finite score (MMR gives none) is stored as null
     feedback(seq, trace_id, time, relevant_ids json, irrelevant_ids json, rating, text)
+    quarantine(seq, trace_id, time, reason, row)   -- traces that could not be stored; row is an
+                          ASCII description without the embedding
     meta(key, value)   -- score_kind: whether the wrapped store's scores are similarities or
                           distances (set by the faces; exported with every trace)
 """
@@ -24,15 +39,19 @@ Tables::
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
+import math
+import operator
 import os
+import re
 import sqlite3
 import struct
 import threading
 import time as _time
 import warnings
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +59,7 @@ from typing import Any
 import numpy as np
 
 from nudge_rag.core.errors import NudgeError, UnknownIdError
+from nudge_rag.core.files import atomic_path
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS traces (
@@ -66,6 +86,13 @@ CREATE TABLE IF NOT EXISTS feedback (
 );
 CREATE INDEX IF NOT EXISTS feedback_trace ON feedback(trace_id);
 CREATE INDEX IF NOT EXISTS feedback_time ON feedback(time);
+CREATE TABLE IF NOT EXISTS quarantine (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    trace_id TEXT NOT NULL,
+    time REAL NOT NULL,
+    reason TEXT NOT NULL,
+    row TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 SCORE_KINDS = ("similarity", "distance")  # higher is better / lower is better
@@ -73,9 +100,32 @@ SCORE_KINDS = ("similarity", "distance")  # higher is better / lower is better
 _PURGE_EVERY = 5000  # writes between two retention purges
 LINGER_S = 0.2  # longest a queued trace waits for others to share its transaction
 BATCH_ROWS = 2000  # a queue this long is written at once
+PAGE_ROWS = 1000  # traces read per query by iter_traces (what a reader holds at once)
+_IN_CHUNK = 500  # ids per "IN (...)" query (SQLite's variable limit is 999 on old builds)
 _RETRY_S = 1.0  # pause after a failed write before retrying it
 _MAX_PENDING = 200_000  # rows kept for retry while writes fail; older ones are dropped
+_K_MAX = 2**63 - 1  # SQLite's INTEGER range
+_ROW_TEXT_MAX = 4000  # characters of a quarantined row's description
 _OPEN_LOGS: weakref.WeakSet[TraceLog] = weakref.WeakSet()
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_NO_EMBEDDING = np.zeros(0, dtype=np.float32)
+_NO_EMBEDDING.flags.writeable = False
+# a row-level failure (this row cannot be bound or violates a constraint); anything else, an
+# OperationalError (disk full, locked, read-only) or a damaged file, fails the whole batch
+_ROW_ERRORS = (
+    sqlite3.IntegrityError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    sqlite3.DataError,
+    ValueError,
+    TypeError,
+    OverflowError,
+)
+_INSERT = (
+    "INSERT INTO traces (id, time, query, embedding, dim, k, filter, result_ids, scores)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_QUARANTINE = "INSERT INTO quarantine (trace_id, time, reason, row) VALUES (?, ?, ?, ?)"
 
 
 @atexit.register
@@ -86,7 +136,11 @@ def _flush_open_logs() -> None:
 
 @dataclass(frozen=True)
 class Trace:
-    """One search: what was asked, with which embedding, and what came back."""
+    """One search: what was asked, with which embedding, and what came back.
+
+    ``embedding`` is empty when read with ``with_embeddings=False``; a score the store did not
+    give (MMR) is NaN.
+    """
 
     id: str
     time: float
@@ -118,44 +172,131 @@ def create_private_file(path: Path) -> None:
     os.close(fd)
 
 
+def clean_text(text: str) -> str:
+    """``text`` storable as UTF-8: each surrogate code point (broken JSON) becomes U+FFFD."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    return text
+
+
 def embedding_blob(embedding: np.ndarray | Sequence[float]) -> tuple[bytes, int]:
     """The embedding as native float32 bytes, and its length.
 
     A list of floats (what LangChain embedders return) is packed directly: a quarter of the
-    time numpy takes to convert it, which matters on the search path.
+    time numpy takes to convert it, which matters on the search path. Values beyond float32
+    become ``inf`` (which :func:`embedding_problem` then names).
     """
     if isinstance(embedding, list | tuple):
         try:
             return struct.pack(f"={len(embedding)}f", *embedding), len(embedding)
         except (struct.error, TypeError, OverflowError):  # nested, non-numeric, beyond float32
             pass
-    arr = np.ascontiguousarray(embedding, dtype=np.float32).reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        arr = np.ascontiguousarray(embedding, dtype=np.float32).reshape(-1)
     return arr.tobytes(), arr.shape[0]
 
 
+def embedding_problem(vec: np.ndarray, dim: int | None = None) -> str | None:
+    """Why float32 ``vec`` cannot stand for a query (None if it can).
+
+    Empty, a length other than ``dim``, a NaN or infinite value, or (with ``dim`` given, at
+    label time) a zero norm. The cheap check first: a float64 sum is finite exactly when every
+    float32 value is.
+    """
+    if vec.size == 0:
+        return "empty embedding"
+    if dim is not None and vec.shape[0] != dim:
+        return f"wrong dimension ({vec.shape[0]}, the store's vectors have {dim})"
+    if not math.isfinite(float(vec.sum(dtype=np.float64))):
+        return f"non-finite embedding ({int((~np.isfinite(vec)).sum())} NaN or inf values)"
+    if dim is not None and not np.any(vec):
+        return "zero-norm embedding"
+    return None
+
+
+def _k_or_none(k: Any) -> int | None:
+    """``k`` as an int in SQLite's range and > 0, or None."""
+    if isinstance(k, bool):
+        return None
+    try:
+        n = operator.index(k)
+    except TypeError:
+        if not (isinstance(k, float) and k.is_integer()):
+            return None
+        n = int(k)
+    return n if 0 < n <= _K_MAX else None
+
+
 def filter_as_dict(filter: Any) -> dict | None:
-    """A JSON-safe dict for a store's filter (dicts as they are, objects by their dump/repr)."""
+    """A strict-JSON-safe dict for a store's filter (dicts as they are, objects by dump/repr)."""
     if filter is None:
         return None
     if isinstance(filter, dict):
         try:
-            json.dumps(filter)
+            json.dumps(filter, allow_nan=False)
             return filter
         except (TypeError, ValueError):
-            return {"repr": repr(filter)}
+            return {"repr": clean_text(repr(filter))}
     dump = getattr(filter, "model_dump", None)
     if callable(dump):
         try:
             out = dump(mode="json", exclude_none=True)
-            json.dumps(out)
+            json.dumps(out, allow_nan=False)
             return out
         except (TypeError, ValueError):
             pass
-    return {"repr": repr(filter)}
+    return {"repr": clean_text(repr(filter))}
+
+
+def _finite_or_none(x: Any) -> Any:
+    """``x`` with every NaN or infinite float replaced by None (for strict JSON)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite_or_none(v) for v in x]
+    return x
+
+
+def _strict_json(obj: Any) -> str:
+    """``obj`` as strict JSON: a NaN or infinite number becomes null."""
+    try:
+        return json.dumps(obj, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite_or_none(obj), allow_nan=False)
+
+
+def _db_row(r: tuple) -> tuple:
+    """A queued row as SQLite parameters (the lists as JSON)."""
+    return (*r[:7], json.dumps(r[7]), _strict_json(r[8]))
+
+
+def _describe(r: tuple) -> str:
+    """A queued row described in ASCII, without its embedding (what the quarantine keeps)."""
+    _, _, query, _, dim, k, flt, ids, scores = r
+    text = ascii(
+        {"query": query, "dim": dim, "k": k, "filter": flt, "result_ids": ids, "scores": scores}
+    )
+    return text[:_ROW_TEXT_MAX]
+
+
+def _in(n: int) -> str:
+    return ",".join("?" * n)
 
 
 class TraceLog:
     """Append-only SQLite log of searches and feedback, safe to share between threads.
+
+    Key init args:
+        path: the database file (created owner-only with its folder, unless ``read_only``).
+        retention_days: purge traces older than this on open and every few thousand writes.
+        read_only: open an existing log with SQLite's ``mode=ro``; it never writes or creates
+            anything (no retention purge); recording, feedback and deletions raise.
 
     Example:
         .. code-block:: python
@@ -163,10 +304,18 @@ class TraceLog:
             log = TraceLog("state/traces.sqlite", retention_days=30)
             tid = log.record(query="q", embedding=vec, k=4, result_ids=["a"], scores=[0.9])
             log.record_feedback(tid, relevant_ids=["b"], rating=1.0)
+            for t in log.iter_traces(with_embeddings=False):   # pages, not the whole log
+                ...
             log.export_jsonl("traces.jsonl")
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, retention_days: float | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        retention_days: float | None = None,
+        read_only: bool = False,
+    ):
         if retention_days is not None and not retention_days > 0:
             msg = (
                 f"retention_days: expected a positive number of days or None (keep all), "
@@ -175,26 +324,92 @@ class TraceLog:
             raise NudgeError(msg)
         self.path = Path(path)
         self.retention_days = retention_days
-        create_private_file(self.path)
+        self.read_only = bool(read_only)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute("PRAGMA busy_timeout=10000")
-        self._conn.executescript(_SCHEMA)
+        self._conn = self._open()
         self._writes = 0
         self._closed = False
         self._cv = threading.Condition()
         self._queue: list[tuple] = []
+        self._held: list[tuple] = []  # quarantine rows waiting for the writer
         self._inflight = 0
         self._urgent = 0  # flushes waiting: write now, do not linger
         self._dropped = 0  # rows given up on (writes kept failing)
+        self._warned = False
+        self._unwarned: str | None = None  # a writer-side quarantine to warn about on flush
         self._stopping = False
         self._error: BaseException | None = None
         self._writer: threading.Thread | None = None
         _OPEN_LOGS.add(self)
-        if retention_days is not None:
+        if retention_days is not None and not self.read_only:
             self.purge(retention_days)
+
+    def _open(self) -> sqlite3.Connection:
+        """Connect, set the pragmas and the schema; a bad file is one clear NudgeError."""
+        conn: sqlite3.Connection | None = None
+        try:
+            if self.read_only:
+                conn = self._open_read_only()
+            else:
+                create_private_file(self.path)
+                conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA busy_timeout=10000")
+                conn.execute("PRAGMA secure_delete=ON")  # deleted text is overwritten
+                conn.executescript(_SCHEMA)
+            self._tables = {
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            if "traces" not in self._tables:
+                msg = "no traces table"
+                raise sqlite3.DatabaseError(msg)
+            conn.execute("SELECT seq, id, embedding FROM traces ORDER BY seq DESC LIMIT 1")
+        except (sqlite3.Error, OSError) as e:
+            if conn is not None:
+                conn.close()
+            raise self._db_error(e) from None
+        return conn
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """``mode=ro``; with no ``-wal`` file beside it (no connection open anywhere) also
+        ``immutable=1``, so SQLite creates no ``-wal``/``-shm`` and takes no lock."""
+        if not self.path.is_file():
+            msg = f"{self.path}: no trace database here (read_only=True never creates one)."
+            raise sqlite3.OperationalError(msg)
+        live = Path(f"{self.path}-wal").exists()
+        uri = self.path.resolve().as_uri() + ("?mode=ro" if live else "?mode=ro&immutable=1")
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout=10000")
+        return conn
+
+    def _db_error(self, err: BaseException) -> NudgeError:
+        """One line naming the file, what SQLite said and the fix."""
+        if isinstance(err, NudgeError):
+            return err
+        if isinstance(err, sqlite3.OperationalError | OSError):
+            msg = (
+                f"{self.path}: cannot use the trace database ({err}); check that the file and "
+                "its folder are readable (and writable, or open it with read_only=True) and "
+                "that the disk is not full."
+            )
+        else:
+            msg = (
+                f"{self.path}: not a readable trace database ({err}); it is damaged or not a "
+                f"nudge-rag trace log. Move it aside (mv '{self.path}' '{self.path}.bad') and a "
+                "new, empty log is created on the next open, or restore it from a backup."
+            )
+        return NudgeError(msg)
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """The connection under the lock; SQLite's errors become one-line NudgeErrors."""
+        with self._lock:
+            self._check_open()
+            try:
+                yield self._conn
+            except sqlite3.Error as e:
+                raise self._db_error(e) from e
 
     # -- writing -------------------------------------------------------------------------------
     def record(
@@ -206,14 +421,22 @@ class TraceLog:
         filter: Any = None,
         result_ids: Sequence[str],
         scores: Sequence[float],
-    ) -> str:
-        """Append one search; return its new trace id."""
-        if query is not None and not isinstance(query, str):  # SQLite would refuse the batch
-            msg = f"query: expected the query text (str) or None, found {type(query).__name__}."
-            raise NudgeError(msg)
+    ) -> str | None:
+        """Append one search; return its new trace id, or None if it could not be stored.
+
+        Lone surrogates in ``query`` become U+FFFD. A trace whose embedding is empty or not
+        finite in float32, or whose ``k`` is not an integer in 1..2**63-1, is quarantined and
+        counted (warned about once), never raised: the search already happened. Raises only for
+        a caller's mistake (``query`` not text, one score per result id) or a closed log.
+        """
+        if query is not None:
+            if not isinstance(query, str):  # SQLite would refuse the batch
+                msg = f"query: expected the query text (str) or None, found {type(query).__name__}."
+                raise NudgeError(msg)
+            query = clean_text(query)
         blob, dim = embedding_blob(embedding)
         ids = [str(i) for i in result_ids]
-        sc = [float(s) for s in scores]
+        sc = [float("nan") if s is None else float(s) for s in scores]
         if len(sc) != len(ids):
             msg = (
                 f"scores: expected one score per result id ({len(ids)}), found {len(sc)}; "
@@ -222,36 +445,68 @@ class TraceLog:
             raise NudgeError(msg)
         trace_id = os.urandom(16).hex()  # as random as uuid4, a third of its cost
         flt = filter_as_dict(filter)
+        kk = _k_or_none(k)
         row = (
             trace_id,
             _time.time(),
             query,
             blob,
             dim,
-            int(k),
+            k if kk is None else kk,
             None if flt is None else json.dumps(flt),
             ids,
             sc,
         )
+        problem = embedding_problem(np.frombuffer(blob, dtype=np.float32))
+        if kk is None:
+            problem = f"k: expected an integer in 1..2**63-1, found {k!r}"
+        if problem is not None:
+            self._write_row((trace_id, row[1], problem, _describe(row)), quarantine=True)
+            self._warn_once(problem)
+            return None
+        self._write_row(row)
+        return trace_id
+
+    def _write_row(self, row: tuple, *, quarantine: bool = False) -> None:
+        """Queue a trace row (or a quarantine row) for the writer thread."""
+        if self.read_only:
+            msg = f"TraceLog({self.path}) was opened read_only; open it without read_only=True."
+            raise NudgeError(msg)
         with self._cv:
             self._check_open()
-            self._queue.append(row)
+            if quarantine:
+                self._held.append(row)
+                n = 1
+            else:
+                self._queue.append(row)
+                n = len(self._queue)
             if self._writer is None:
                 self._writer = threading.Thread(
                     target=self._write_loop, name=f"nudge-traces-{self.path.name}", daemon=True
                 )
                 self._writer.start()
-            elif len(self._queue) == 1 or len(self._queue) == BATCH_ROWS:
+            elif n == 1 or n == BATCH_ROWS:
                 self._cv.notify_all()
-        return trace_id
+
+    def _warn_once(self, reason: str) -> None:
+        if self._warned:
+            return
+        self._warned = True
+        warnings.warn(
+            f"TraceLog({self.path}): a trace could not be stored ({reason}); it is in the "
+            "quarantine table and counted in stats()['quarantined'] (further ones are counted "
+            "without a warning).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def _write_loop(self) -> None:
         """Write queued traces in batches, one transaction each; retry a batch that fails."""
         while True:
             with self._cv:
-                while not self._queue and not self._stopping:
+                while not self._queue and not self._held and not self._stopping:
                     self._cv.wait()
-                if not self._queue:
+                if not self._queue and not self._held:
                     return
                 deadline = _time.monotonic() + LINGER_S
                 while not self._stopping and not self._urgent and len(self._queue) < BATCH_ROWS:
@@ -260,8 +515,9 @@ class TraceLog:
                         break
                     self._cv.wait(left)
                 batch, self._queue = self._queue, []
-                self._inflight = len(batch)
-            err = self._insert(batch)
+                held, self._held = self._held, []
+                self._inflight = len(batch) + len(held)
+            err, bad = self._insert(batch, held)
             with self._cv:
                 self._inflight = 0
                 if err is not None:
@@ -272,36 +528,71 @@ class TraceLog:
                         keep = (batch + self._queue)[-_MAX_PENDING:]
                         self._dropped += len(batch) + len(self._queue) - len(keep)
                         self._queue = keep
+                        self._held = (held + self._held)[-_MAX_PENDING:]
+                elif bad and self._unwarned is None and not self._warned:
+                    self._unwarned = bad[0][2]
                 self._cv.notify_all()
                 if err is not None:
                     self._cv.wait_for(lambda: self._stopping, timeout=_RETRY_S)
                     continue
             before = self._writes
-            self._writes += len(batch)
+            self._writes += len(batch) - len(bad)
             if self.retention_days is not None and (
                 self._writes // _PURGE_EVERY != before // _PURGE_EVERY
             ):
-                self._purge(self.retention_days)
+                with contextlib.suppress(sqlite3.Error):  # the next purge tries again
+                    self._purge(self.retention_days)
 
-    def _insert(self, batch: list[tuple]) -> Exception | None:
-        """Write ``batch`` in one transaction; the error if it failed (nothing written)."""
-        rows = [(*r[:7], json.dumps(r[7]), json.dumps(r[8])) for r in batch]
+    def _insert(self, batch: list[tuple], held: list[tuple]) -> tuple[Exception | None, list]:
+        """Write ``batch`` and the quarantine rows ``held`` in one transaction.
+
+        Returns (the error if the write failed and nothing was written, the rows of ``batch``
+        quarantined). If a row fails on its own, the rows are written one by one: those SQLite
+        refuses are quarantined with the reason, the others written.
+        """
         try:
-            with self._lock:
-                self._conn.execute("BEGIN IMMEDIATE")
+            self._transaction(lambda c: c.executemany(_INSERT, [_db_row(r) for r in batch]), held)
+        except _ROW_ERRORS:
+            pass  # some row is bad: find it below
+        except Exception as e:  # surfaced by flush; the batch is retried
+            return e, []
+        else:
+            return None, []
+        bad: list[tuple] = []
+
+        def one_by_one(conn: sqlite3.Connection) -> None:
+            for r in batch:
                 try:
-                    self._conn.executemany(
-                        "INSERT INTO traces (id, time, query, embedding, dim, k, filter,"
-                        " result_ids, scores) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        rows,
+                    conn.execute(_INSERT, _db_row(r))
+                except _ROW_ERRORS as e:
+                    reason = f"SQLite refused the row: {type(e).__name__}: {e}"
+                    bad.append(
+                        (
+                            r[0],
+                            r[1],
+                            reason.encode("ascii", "backslashreplace").decode(),
+                            _describe(r),
+                        )
                     )
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
-        except Exception as e:  # surfaced by flush
-            return e
-        return None
+
+        try:
+            self._transaction(one_by_one, held, bad)
+        except Exception as e:
+            return e, []
+        return None, bad
+
+    def _transaction(self, write: Any, *quarantine: list[tuple]) -> None:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                write(self._conn)
+                for rows in quarantine:
+                    if rows:
+                        self._conn.executemany(_INSERT_QUARANTINE, rows)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
 
     def flush(self) -> None:
         """Wait until every recorded trace is in the database.
@@ -312,12 +603,15 @@ class TraceLog:
             self._urgent += 1
             self._cv.notify_all()
             try:
-                while (self._queue or self._inflight) and self._error is None:
+                while (self._queue or self._held or self._inflight) and self._error is None:
                     self._cv.wait()
             finally:
                 self._urgent -= 1
             err, self._error = self._error, None
             pending = len(self._queue)
+            unwarned, self._unwarned = self._unwarned, None
+        if unwarned is not None:
+            self._warn_once(unwarned)
         if err is not None:
             msg = (
                 f"writing traces to {self.path} failed: {err}; {pending} traces are queued and "
@@ -334,7 +628,22 @@ class TraceLog:
         rating: float | None = None,
         text: str | None = None,
     ) -> None:
-        """Attach feedback to trace ``trace_id`` (``UnknownIdError`` if there is no such trace)."""
+        """Attach feedback to trace ``trace_id`` (``UnknownIdError`` if there is no such trace).
+
+        ``text`` must be a str (lone surrogates become U+FFFD) or None.
+        """
+        for name, value in (("relevant_ids", relevant_ids), ("irrelevant_ids", irrelevant_ids)):
+            if isinstance(value, str | bytes):
+                msg = f"{name}: expected a list of chunk ids, found the one {value!r}; pass [id]."
+                raise NudgeError(msg)
+        if text is not None:
+            if not isinstance(text, str):
+                msg = (
+                    f"text: expected the feedback text (str) or None, found "
+                    f"{type(text).__name__}; decode it first (e.g. text.decode('utf-8'))."
+                )
+                raise NudgeError(msg)
+            text = clean_text(text)
         rel = [str(i) for i in relevant_ids]
         irr = [str(i) for i in irrelevant_ids]
         if rating is not None:
@@ -355,35 +664,80 @@ class TraceLog:
                 "relevant or irrelevant to a query, remove it from one list."
             )
             raise NudgeError(msg)
+        self._check_writable()
         self.flush()
-        with self._lock:
-            self._check_open()
-            hit = self._conn.execute("SELECT 1 FROM traces WHERE id = ?", (trace_id,)).fetchone()
+        with self._db() as conn:
+            hit = conn.execute("SELECT 1 FROM traces WHERE id = ?", (trace_id,)).fetchone()
             if hit is None:
                 msg = (
                     f"trace_id: no trace {trace_id!r} in {self.path} (it may have been purged "
                     "by the retention setting); pass the 'nudge_trace_id' of a returned document."
                 )
                 raise UnknownIdError(msg)
-            self._conn.execute(
+            conn.execute(
                 "INSERT INTO feedback (trace_id, time, relevant_ids, irrelevant_ids, rating, text)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (trace_id, _time.time(), json.dumps(rel), json.dumps(irr), rating, text),
             )
 
     # -- reading -------------------------------------------------------------------------------
-    def traces(self, *, since: float | None = None) -> list[Trace]:
-        """Every trace (oldest first), or those recorded at or after time ``since``."""
-        sql = "SELECT id, time, query, embedding, k, filter, result_ids, scores FROM traces"
-        args: tuple = ()
-        if since is not None:
-            sql += " WHERE time >= ?"
-            args = (float(since),)
+    def iter_traces(
+        self,
+        *,
+        since: float | None = None,
+        ids: Iterable[str] | None = None,
+        with_embeddings: bool = True,
+        page_rows: int = PAGE_ROWS,
+    ) -> Iterator[Trace]:
+        """The traces (oldest first), read ``page_rows`` at a time: memory stays flat.
+
+        ``since``: only those recorded at or after this time. ``ids``: only these traces
+        (unknown ids are skipped; oldest first within each page of ids).
+        ``with_embeddings=False`` leaves every ``embedding`` empty and never reads them.
+        """
+        if page_rows < 1:
+            msg = f"page_rows: expected a positive number of rows, found {page_rows!r}."
+            raise NudgeError(msg)
+        cols = "seq, id, time, query, " + ("embedding" if with_embeddings else "NULL")
+        cols += ", k, filter, result_ids, scores"
         self.flush()
-        with self._lock:
-            self._check_open()
-            rows = self._conn.execute(sql + " ORDER BY seq", args).fetchall()
-        return [_trace_from_row(r) for r in rows]
+        if ids is not None:
+            if isinstance(ids, str | bytes):
+                msg = f"ids: expected a list of trace ids, found the single {ids!r}; pass [id]."
+                raise NudgeError(msg)
+            wanted = list(dict.fromkeys(str(i) for i in ids))
+            step = min(page_rows, _IN_CHUNK)
+            for start in range(0, len(wanted), step):
+                chunk = wanted[start : start + step]
+                sql = f"SELECT {cols} FROM traces WHERE id IN ({_in(len(chunk))})"
+                args: tuple = tuple(chunk)
+                if since is not None:
+                    sql += " AND time >= ?"
+                    args += (float(since),)
+                with self._db() as conn:
+                    rows = conn.execute(sql + " ORDER BY seq", args).fetchall()
+                yield from (_trace_from_row(r) for r in rows)
+            return
+        last = 0
+        while True:
+            sql = f"SELECT {cols} FROM traces WHERE seq > ?"
+            args = (last,)
+            if since is not None:
+                sql += " AND time >= ?"
+                args += (float(since),)
+            with self._db() as conn:
+                rows = conn.execute(sql + " ORDER BY seq LIMIT ?", (*args, page_rows)).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield from (_trace_from_row(r) for r in rows)
+
+    def traces(self, *, since: float | None = None) -> list[Trace]:
+        """Every trace (oldest first), or those recorded at or after time ``since``.
+
+        Holds them all in memory; :meth:`iter_traces` reads them in pages.
+        """
+        return list(self.iter_traces(since=since))
 
     def feedback(self, trace_id: str | None = None) -> list[Feedback]:
         """Every feedback row (oldest first), or those attached to ``trace_id``."""
@@ -393,26 +747,61 @@ class TraceLog:
             sql += " WHERE trace_id = ?"
             args = (trace_id,)
         self.flush()
-        with self._lock:
-            self._check_open()
-            rows = self._conn.execute(sql + " ORDER BY seq", args).fetchall()
-        return [
-            Feedback(t, tm, json.loads(rel), json.loads(irr), rating, text)
-            for t, tm, rel, irr, rating, text in rows
-        ]
+        with self._db() as conn:
+            rows = conn.execute(sql + " ORDER BY seq", args).fetchall()
+        return [_feedback_from_row(r) for r in rows]
+
+    def quarantined(self) -> list[dict[str, Any]]:
+        """The traces that could not be stored (oldest first): id, time, reason, row (ASCII)."""
+        self.flush()
+        if "quarantine" not in self._tables:
+            return []
+        with self._db() as conn:
+            rows = conn.execute(
+                "SELECT trace_id, time, reason, row FROM quarantine ORDER BY seq"
+            ).fetchall()
+        return [{"trace_id": t, "time": tm, "reason": r, "row": row} for t, tm, r, row in rows]
 
     def __len__(self) -> int:
         self.flush()
-        with self._lock:
-            self._check_open()
-            return int(self._conn.execute("SELECT count(*) FROM traces").fetchone()[0])
+        with self._db() as conn:
+            return int(conn.execute("SELECT count(*) FROM traces").fetchone()[0])
 
     def export_jsonl(self, path: str | os.PathLike[str]) -> int:
-        """Write every trace, with its feedback, as one JSON line each; return the count."""
+        """Write every trace, with its feedback, as one strict-JSON line each; return the count.
+
+        The file is written next to ``path`` and renamed over it, owner-only (0600) even when
+        ``path`` existed with other permissions; NaN scores (MMR) are ``null``.
+        """
         out = Path(path)
-        create_private_file(out)
+        if not out.parent.exists():
+            out.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+        kind = self.score_kind
+        n = 0
+        with atomic_path(out, mode=0o600) as tmp:
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                page: list[Trace] = []
+                for t in self.iter_traces():
+                    page.append(t)
+                    if len(page) >= _IN_CHUNK:
+                        n += self._export_page(fh, page, kind)
+                        page = []
+                n += self._export_page(fh, page, kind)
+        return n
+
+    def _export_page(self, fh: Any, page: list[Trace], kind: str | None) -> int:
+        if not page:
+            return 0
+        ids = [t.id for t in page]
+        with self._db() as conn:
+            rows = conn.execute(
+                "SELECT trace_id, time, relevant_ids, irrelevant_ids, rating, text FROM feedback"
+                f" WHERE trace_id IN ({_in(len(ids))}) ORDER BY seq",
+                ids,
+            ).fetchall()
         by_trace: dict[str, list[dict]] = {}
-        for f in self.feedback():
+        for f in map(_feedback_from_row, rows):
             by_trace.setdefault(f.trace_id, []).append(
                 {
                     "time": f.time,
@@ -422,32 +811,30 @@ class TraceLog:
                     "text": f.text,
                 }
             )
-        n = 0
-        kind = self.score_kind
-        with out.open("w", encoding="utf-8") as fh:
-            for t in self.traces():
-                rec = {
-                    "id": t.id,
-                    "time": t.time,
-                    "query": t.query,
-                    "embedding": t.embedding.tolist(),
-                    "k": t.k,
-                    "filter": t.filter,
-                    "result_ids": t.result_ids,
-                    "scores": t.scores,
-                    "score_kind": kind,
-                    "feedback": by_trace.get(t.id, []),
-                }
-                fh.write(json.dumps(rec) + "\n")
-                n += 1
-        return n
+        for t in page:
+            rec = {
+                "id": t.id,
+                "time": t.time,
+                "query": t.query,
+                "embedding": t.embedding.tolist(),
+                "k": t.k,
+                "filter": t.filter,
+                "result_ids": t.result_ids,
+                "scores": t.scores,
+                "score_kind": kind,
+                "feedback": by_trace.get(t.id, []),
+            }
+            fh.write(_strict_json(rec) + "\n")
+        return len(page)
 
     # -- what the scores mean ------------------------------------------------------------------
     @property
     def score_kind(self) -> str | None:
         """``"similarity"`` or ``"distance"``: what the stored ``scores`` are (None: not said)."""
-        with self._lock:
-            row = self._conn.execute("SELECT value FROM meta WHERE key = 'score_kind'").fetchone()
+        if "meta" not in self._tables:
+            return None
+        with self._db() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'score_kind'").fetchone()
         return None if row is None else str(row[0])
 
     @score_kind.setter
@@ -455,9 +842,11 @@ class TraceLog:
         if kind not in SCORE_KINDS:
             msg = f"score_kind: expected one of {SCORE_KINDS}, found {kind!r}."
             raise NudgeError(msg)
-        self._check_open()
-        with self._lock:
-            self._conn.execute(
+        if self.score_kind == kind:  # nothing to write (a read-only log opens through here)
+            return
+        self._check_writable()
+        with self._db() as conn:
+            conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('score_kind', ?)"
                 " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (kind,),
@@ -465,13 +854,19 @@ class TraceLog:
 
     # -- housekeeping --------------------------------------------------------------------------
     def purge(self, older_than_days: float) -> int:
-        """Delete traces (and their feedback) older than ``older_than_days``; return how many."""
+        """Delete traces (and their feedback) older than ``older_than_days``; return how many.
+
+        The deleted rows are overwritten in the file (``secure_delete``, WAL truncated).
+        """
         if not older_than_days >= 0:
             msg = f"older_than_days: expected a number of days >= 0, found {older_than_days!r}."
             raise NudgeError(msg)
-        self._check_open()
+        self._check_writable()
         self.flush()
-        return self._purge(older_than_days)
+        try:
+            return self._purge(older_than_days)
+        except sqlite3.Error as e:
+            raise self._db_error(e) from e
 
     def _purge(self, older_than_days: float) -> int:
         cutoff = _time.time() - float(older_than_days) * 86400.0
@@ -483,27 +878,73 @@ class TraceLog:
                     (cutoff,),
                 )
                 n = self._conn.execute("DELETE FROM traces WHERE time < ?", (cutoff,)).rowcount
+                n_q = self._conn.execute(
+                    "DELETE FROM quarantine WHERE time < ?", (cutoff,)
+                ).rowcount
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+            if n or n_q:
+                self._truncate_wal()
         return int(n)
 
-    def stats(self) -> dict:
-        """Counts and time span: traces, feedback rows, traces with feedback, first/last time."""
+    def delete_traces(self, ids: Iterable[str]) -> int:
+        """Delete the traces ``ids`` with their feedback; return how many traces were deleted.
+
+        Ids not in the log are ignored. For cleanup, e.g. of the bad traces a fine-tune report
+        names; the rows are overwritten in the file like :meth:`purge`'s.
+        """
+        if isinstance(ids, str | bytes):
+            msg = f"ids: expected a list of trace ids, found the single {ids!r}; pass [id]."
+            raise NudgeError(msg)
+        wanted = list(dict.fromkeys(str(i) for i in ids))
+        self._check_writable()
         self.flush()
-        with self._lock:
-            self._check_open()
-            n, first, last = self._conn.execute(
+        n = 0
+        with self._db() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for start in range(0, len(wanted), _IN_CHUNK):
+                    chunk = wanted[start : start + _IN_CHUNK]
+                    marks = _in(len(chunk))
+                    conn.execute(f"DELETE FROM feedback WHERE trace_id IN ({marks})", chunk)
+                    conn.execute(f"DELETE FROM quarantine WHERE trace_id IN ({marks})", chunk)
+                    n += conn.execute(f"DELETE FROM traces WHERE id IN ({marks})", chunk).rowcount
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            if n:
+                self._truncate_wal()
+        return n
+
+    def _truncate_wal(self) -> None:
+        """Checkpoint and empty the WAL, where deleted rows' old pages still lie (lock held)."""
+        with contextlib.suppress(sqlite3.Error):  # a reader elsewhere: the next one truncates
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def stats(self) -> dict:
+        """Counts and time span: traces, feedback rows, traces with feedback, quarantined
+        traces (could not be stored; see :meth:`quarantined`), first/last time."""
+        self.flush()
+        with self._db() as conn:
+            n, first, last = conn.execute(
                 "SELECT count(*), min(time), max(time) FROM traces"
             ).fetchone()
-            nf, nft = self._conn.execute(
+            nf, nft = conn.execute(
                 "SELECT count(*), count(DISTINCT trace_id) FROM feedback"
             ).fetchone()
+            nq = (
+                conn.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+                if "quarantine" in self._tables
+                else 0
+            )
         return {
             "traces": int(n),
             "feedback": int(nf),
             "traces_with_feedback": int(nft),
+            "quarantined": int(nq),
             "first_time": first,
             "last_time": last,
             "path": str(self.path),
@@ -523,6 +964,8 @@ class TraceLog:
             self._closed = True
             self._conn.close()
         _OPEN_LOGS.discard(self)
+        if self._unwarned is not None:
+            self._warn_once(self._unwarned)
         if self._dropped:
             warnings.warn(
                 f"TraceLog({self.path}): {self._dropped} traces could not be written "
@@ -536,6 +979,12 @@ class TraceLog:
             msg = f"TraceLog({self.path}) is closed; open a new TraceLog on the same path."
             raise NudgeError(msg)
 
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.read_only:
+            msg = f"TraceLog({self.path}) was opened read_only; open it without read_only=True."
+            raise NudgeError(msg)
+
     def __enter__(self) -> TraceLog:
         return self
 
@@ -544,14 +993,19 @@ class TraceLog:
 
 
 def _trace_from_row(r: tuple) -> Trace:
-    tid, tm, query, emb, k, flt, rids, scores = r
+    _, tid, tm, query, emb, k, flt, rids, scores = r
     return Trace(
         id=tid,
         time=tm,
         query=query,
-        embedding=np.frombuffer(emb, dtype=np.float32).copy(),
+        embedding=_NO_EMBEDDING if emb is None else np.frombuffer(emb, dtype=np.float32).copy(),
         k=int(k),
         filter=None if flt is None else json.loads(flt),
         result_ids=json.loads(rids),
-        scores=json.loads(scores),
+        scores=[float("nan") if s is None else s for s in json.loads(scores)],
     )
+
+
+def _feedback_from_row(r: tuple) -> Feedback:
+    t, tm, rel, irr, rating, text = r
+    return Feedback(t, tm, json.loads(rel), json.loads(irr), rating, text)

@@ -17,25 +17,46 @@ Crash safety: every move first commits an *intent* row together with all the vec
 then writes the store (idempotent writes), then commits the new current version and clears the
 intent. Opening the log completes an unfinished move, so the store is always exactly at one
 version. A file lock serialises moves between processes.
+
+Drift between the log and the store is detected, never served silently:
+
+- a *marker* file next to the log (``versions.marker.json``, replaced atomically after every
+  move) records the log's identity and its number of moves, so a log that was deleted, emptied,
+  replaced by another one or restored from an older copy is noticed when it is opened;
+- every version keeps a *fingerprint* of the rows it wrote (count and XOR of per-row SHA-256),
+  checked by :meth:`VersionLog.verify`;
+- opening the log reads a sample of nudged rows back from the store and compares them with the
+  version the log says the store is at (a FAISS index or an in-memory store reloaded from a save
+  older than the last apply is caught here);
+- :meth:`VersionLog.check_fresh` (a few µs: SQLite's ``PRAGMA data_version``) notices that
+  another process moved the version, and refuses when this process's store cannot see it.
+
+Problems are raised by every move and by ``check_fresh`` until :meth:`VersionLog.repair` fixes
+them; :meth:`VersionLog.verify` lists them.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import operator
 import os
 import re
 import sqlite3
 import threading
 import time as _time
+import uuid
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
-from nudge_rag.core.checks import require_finite_rows, require_float_dtype
+from nudge_rag.core.checks import check_vectors
 from nudge_rag.core.errors import MetricMismatchError, NudgeError, UnknownIdError
 from nudge_rag.core.stores.base import Metric, StoreAdapter, present_ids
 from nudge_rag.core.traces import create_private_file
@@ -74,6 +95,23 @@ CREATE TABLE IF NOT EXISTS intent (
 """
 
 _CHUNK = 900  # ids per SQL "IN (...)" list
+MARKER_SUFFIX = ".marker.json"  # versions.sqlite -> versions.marker.json
+OPEN_SAMPLE = 16  # nudged rows read back from the store when the log is opened
+_SQLITE_DAMAGED = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class VersionLogError(NudgeError):
+    """The version log is missing, damaged, or is not the log this state folder had."""
+
+
+class StoreDriftError(NudgeError):
+    """The store does not hold the vectors of the version the log says it is at."""
+
+
+class StaleStoreError(StoreDriftError):
+    """Another process moved the version and this process's store client cannot see it."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +129,28 @@ class VersionInfo:
     current: bool = False
 
 
+@dataclass(frozen=True)
+class VerifyReport:
+    """What :meth:`VersionLog.verify` found (and, from :meth:`VersionLog.repair`, what it did)."""
+
+    ok: bool
+    version: int | None
+    rows_checked: int
+    problems: tuple[str, ...] = ()
+    actions: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        lines = [f"done: {a}" for a in self.actions]
+        if self.ok:
+            lines.append(
+                f"ok: the store is at version {self.version}; {self.rows_checked} nudged rows "
+                "read back match the version log."
+            )
+        else:
+            lines += [f"problem: {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
 def is_nudge_m(method: str | None) -> bool:
     """Whether ``method`` names NUDGE-M (unnormalised vectors), however it is spelled."""
     return method is not None and re.sub(r"[^a-z0-9]", "", method.lower()) in {"nudgem", "m"}
@@ -106,6 +166,32 @@ def check_metric(method: str | None, metric: Metric) -> None:
             "that searches by inner product (e.g. a Chroma collection with hnsw:space='ip')."
         )
         raise MetricMismatchError(msg)
+
+
+def describe_store(adapter: Any) -> tuple[str, bool]:
+    """A store's kind in words, and whether its readers see other processes' writes.
+
+    Embedded Chroma, FAISS, in-memory stores, Qdrant local mode and Milvus Lite keep what they
+    serve in the process that opened them; a server (Chroma, Qdrant, Milvus, Postgres) is shared.
+    """
+    inner = getattr(adapter, "_adapter", None)  # a face's lazily built adapter
+    name = type(inner if inner is not None else adapter).__name__
+    if name == "ChromaAdapter":
+        client = type(getattr(adapter.collection, "_client", None)).__name__
+        if "Rust" in client or "Segment" in client:
+            return "embedded Chroma client (PersistentClient / EphemeralClient)", False
+        return "Chroma server client", True
+    if name == "QdrantAdapter":
+        local = "Local" in type(getattr(adapter.client, "_client", None)).__name__
+        return ("Qdrant local mode", False) if local else ("Qdrant server client", True)
+    if name == "MilvusAdapter":
+        uri = str(getattr(getattr(adapter, "client", None), "_uri", "") or "")
+        return ("Milvus Lite", False) if uri.endswith(".db") else ("Milvus client", True)
+    if "Faiss" in name:
+        return "FAISS index (held in this process's memory)", False
+    if "Memory" in name or "Simple" in name:
+        return "in-memory store (held in this process's memory)", False
+    return f"{name} store", True
 
 
 def _blob(v: np.ndarray) -> bytes:
@@ -128,8 +214,104 @@ def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
         yield items[i : i + _CHUNK]
 
 
+def _row_hash(vid: str, blob: bytes) -> int:
+    """128 bits of SHA-256 over one recorded row (id and vector bytes)."""
+    return int.from_bytes(hashlib.sha256(vid.encode() + b"\0" + blob).digest()[:16], "big")
+
+
+def _fingerprint(count: int, xor: int) -> str:
+    """A version's fingerprint: how many rows it holds and the XOR of their row hashes."""
+    return f"{count}:{xor:032x}"
+
+
+def _parse_fingerprint(fp: str) -> tuple[int, int]:
+    count, xor = fp.split(":")
+    return int(count), int(xor, 16)
+
+
+def same_vectors(held: np.ndarray, expected: np.ndarray, metric: Metric) -> np.ndarray:
+    """Per row: whether a vector read back from the store is the one that was written.
+
+    Stores keep float32 and cosine stores normalise what they are given, so rows are compared
+    up to 1e-5 of their scale (directions, for a cosine store).
+    """
+    a = np.asarray(held, dtype=np.float64)
+    b = np.asarray(expected, dtype=np.float64)
+    if a.shape != b.shape:
+        return np.zeros(len(b), dtype=bool)
+    if Metric(metric) is Metric.COSINE:
+        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-30)
+        b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-30)
+    scale = np.maximum(np.abs(b).max(axis=1, initial=0.0), 1.0)
+    return np.abs(a - b).max(axis=1, initial=0.0) <= 1e-5 * scale
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (temp file in the same folder, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _version_number(version: Any) -> int:
+    """``version`` as an int; a bool, a float or a string is refused, not rounded."""
+    if isinstance(version, bool | np.bool_):
+        msg = f"version: found {version!r} (a bool); pass a version number from versions()."
+        raise NudgeError(msg)
+    try:
+        return operator.index(version)
+    except TypeError:
+        msg = (
+            f"version: found {version!r} ({type(version).__name__}), expected an int version "
+            "number; pass one from versions() (0 is the base)."
+        )
+        raise NudgeError(msg) from None
+
+
+def _damaged(e: sqlite3.DatabaseError) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return (code & 0xFF) in _SQLITE_DAMAGED
+    text = str(e).lower()
+    return "not a database" in text or "malformed" in text
+
+
+def _sql_errors(fn: F) -> F:
+    """Turn SQLite's "damaged file" errors into a ``VersionLogError`` naming the file and fix."""
+
+    @functools.wraps(fn)
+    def run(self: VersionLog, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except sqlite3.DatabaseError as e:
+            if not _damaged(e):
+                raise
+            raise self._damaged_error(e) from e
+
+    return run  # type: ignore[return-value]
+
+
 class VersionLog:
     """Base vectors, version records and crash-safe apply / rollback for one store adapter.
+
+    ``read_only=True`` opens an existing log without writing anything (no adapter needed): for
+    listing versions from a folder that is not writable.
 
     Example:
         .. code-block:: python
@@ -138,54 +320,71 @@ class VersionLog:
             v = log.apply({"doc-1": new_vec}, method="nudge-n", gamma=0.3)
             log.rollback(0)          # every changed row back to its base, bitwise
             log.versions()           # [VersionInfo(version=0, ...), VersionInfo(version=1, ...)]
+            log.verify()             # VerifyReport(ok=True, ...): log and store agree
     """
 
-    def __init__(self, path: str | os.PathLike[str], adapter: StoreAdapter):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        adapter: StoreAdapter | None,
+        *,
+        read_only: bool = False,
+    ):
         self.path = Path(path)
         self.adapter = adapter
-        create_private_file(self.path)
+        self.read_only = bool(read_only)
+        self.marker_path = self.path.with_name(self.path.stem + MARKER_SUFFIX)
         self._lockfile = self.path.with_name(self.path.name + ".lock")
-        create_private_file(self._lockfile)
         self._tlock = threading.RLock()
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA busy_timeout=30000")
+        self._wlock = threading.Lock()
+        self._depth = 0  # nesting of _moving() in the thread that holds _tlock
+        self._conn: sqlite3.Connection | None = None
+        self._watch: sqlite3.Connection | None = None
+        self._broken: VersionLogError | None = None
+        self._drift: StoreDriftError | None = None
+        self._stale: StaleStoreError | None = None
+        self._seen_dv = -1
+        self._known = (0, 0)  # (moves, current) the store is known to be at in this process
+        if self.read_only:
+            self._open_read_only()
+            return
+        if adapter is None:
+            msg = "adapter: found None; pass the store's adapter (None only with read_only=True)."
+            raise NudgeError(msg)
+        try:
+            create_private_file(self._lockfile)
+        except OSError as e:
+            raise self._unwritable(e) from e
         with self._moving():
-            self._conn.executescript(_SCHEMA)
-            with self._tx():
-                if (
-                    self._conn.execute("SELECT 1 FROM versions WHERE version = 0").fetchone()
-                    is None
-                ):
-                    self._conn.execute(
-                        "INSERT INTO versions VALUES (0, NULL, ?, NULL, NULL, 0, 'base', NULL)",
-                        (_time.time(),),
-                    )
-                    self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('current', '0')")
-            try:
-                self._recover()
-            except Exception as e:  # the store is unreachable now: the next move retries
-                warnings.warn(
-                    f"{self.path}: an interrupted version move could not be finished now ({e}); "
-                    "it is retried by the next apply or rollback.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+            self._broken = self._open()
+            if self._broken is None:
+                self._drift = self._check_store(OPEN_SAMPLE)
+                self._watch = self._connect()
+                self._seen_dv = self._data_version()
+                self._known = self._moves_and_current(self._conn_())
 
     # -- public API ----------------------------------------------------------------------------
     @property
+    def problem(self) -> NudgeError | None:
+        """What stops this log from being used now (``repair()`` fixes it), or None."""
+        return self._broken or self._drift or self._stale
+
+    @property
+    @_sql_errors
     def current(self) -> int:
         """The version the store is at."""
         with self._tlock:
-            row = self._conn.execute("SELECT value FROM meta WHERE key = 'current'").fetchone()
+            conn = self._conn_()
+            row = conn.execute("SELECT value FROM meta WHERE key = 'current'").fetchone()
         return int(row[0])
 
+    @_sql_errors
     def versions(self) -> list[VersionInfo]:
         """Every recorded version, oldest first (``current`` marks the one the store is at)."""
         with self._tlock:
+            conn = self._conn_()
             cur = self.current
-            rows = self._conn.execute(
+            rows = conn.execute(
                 "SELECT version, time, method, gamma, rows_changed, note, report, parent"
                 " FROM versions ORDER BY version"
             ).fetchall()
@@ -204,6 +403,7 @@ class VersionLog:
             for v, t, m, g, n, note, rep, p in rows
         ]
 
+    @_sql_errors
     def apply(
         self,
         vectors: Mapping[str, np.ndarray],
@@ -222,7 +422,8 @@ class VersionLog:
         ``MetricMismatchError`` for NUDGE-M vectors on a cosine or l2 store, ``UnknownIdError``
         for ids the store does not hold (before anything is written).
         """
-        check_metric(method, self.adapter.metric)
+        adapter = self._store()
+        check_metric(method, adapter.metric)
         if not isinstance(vectors, Mapping) or len(vectors) == 0:
             msg = (
                 f"vectors: expected a non-empty mapping {{id: vector}}, found "
@@ -230,7 +431,17 @@ class VersionLog:
             )
             raise NudgeError(msg)
         ids = [str(i) for i in vectors]
-        mat = _as_matrix([vectors[i] for i in vectors], "vectors")
+        if len(set(ids)) != len(ids):
+            seen: dict[str, object] = {}
+            for key in vectors:
+                if str(key) in seen:
+                    msg = (
+                        f"vectors: keys {seen[str(key)]!r} and {key!r} both name id {str(key)!r} "
+                        "(ids are compared as strings); pass one vector per id."
+                    )
+                    raise NudgeError(msg)
+                seen[str(key)] = key
+        mat = _as_matrix([vectors[i] for i in vectors], "vectors", ids)
         report_json = None
         if report is not None:
             try:
@@ -239,6 +450,8 @@ class VersionLog:
                 msg = f"report: expected a JSON-serialisable dict, found one that fails: {e}."
                 raise NudgeError(msg) from e
         with self._moving():
+            self._require_ok(moving=True)
+            conn = self._conn_()
             self._recover()
             current_now = self._read_exact(ids)  # validates every id before anything is written
             if current_now.shape[1] != mat.shape[1]:
@@ -252,39 +465,47 @@ class VersionLog:
             cur = self.current
             named = set(ids)
             stale = [i for i in self._ids_between(0, cur) if i not in named] if from_base else []
-            base_of_stale = self._vectors_at(0, stale) if stale else []
+            base_of_stale = self._vectors_at(0, stale) if stale else np.zeros((0, 0))
             back = [(i, _blob(v)) for i, v in zip(stale, base_of_stale, strict=True)]
+            new_rows = [(i, _blob(mat[n])) for n, i in enumerate(ids)] + back
+            xor = 0
+            for i, blob in new_rows:
+                xor ^= _row_hash(i, blob)
             with self._tx():
-                ver = int(self._conn.execute("SELECT max(version) FROM versions").fetchone()[0]) + 1
-                self._conn.executemany("INSERT INTO base VALUES (?, ?, ?)", new_base)
-                self._conn.execute(
-                    "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                ver = int(conn.execute("SELECT max(version) FROM versions").fetchone()[0]) + 1
+                conn.executemany("INSERT INTO base VALUES (?, ?, ?)", new_base)
+                conn.execute(
+                    "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         ver,
                         cur,
                         _time.time(),
                         method,
                         None if gamma is None else float(gamma),
-                        len(ids) + len(back),
+                        len(new_rows),
                         note,
                         report_json,
+                        _fingerprint(len(new_rows), xor),
                     ),
                 )
-                self._conn.executemany(
-                    "INSERT INTO rows VALUES (?, ?, ?)",
-                    [(ver, i, _blob(mat[n])) for n, i in enumerate(ids)]
-                    + [(ver, i, blob) for i, blob in back],
+                conn.executemany(
+                    "INSERT INTO rows VALUES (?, ?, ?)", [(ver, i, b) for i, b in new_rows]
                 )
-                self._conn.execute("INSERT INTO intent VALUES (1, 'apply', ?, ?)", (cur, ver))
+                conn.execute("INSERT INTO intent VALUES (1, 'apply', ?, ?)", (cur, ver))
             self._finish_move(cur, ver, created=True)
         return ver
 
+    @_sql_errors
     def rollback(self, version: int | None = None) -> int:
         """Move the store to ``version`` (None: the parent of the current one; 0: the base).
 
         Restores exactly the vectors the store held at that version; returns the version.
         """
+        if version is not None:
+            version = _version_number(version)
         with self._moving():
+            self._require_ok(moving=True)
+            conn = self._conn_()
             self._recover()
             cur = self.current
             if version is None:
@@ -295,11 +516,8 @@ class VersionLog:
                     )
                     raise NudgeError(msg)
                 version = self._parent(cur)
-            version = int(version)
             if (
-                self._conn.execute(
-                    "SELECT 1 FROM versions WHERE version = ?", (version,)
-                ).fetchone()
+                conn.execute("SELECT 1 FROM versions WHERE version = ?", (version,)).fetchone()
                 is None
             ):
                 known = [v.version for v in self.versions()]
@@ -308,19 +526,19 @@ class VersionLog:
             if version == cur:
                 return cur
             with self._tx():
-                self._conn.execute(
-                    "INSERT INTO intent VALUES (1, 'rollback', ?, ?)", (cur, version)
-                )
+                conn.execute("INSERT INTO intent VALUES (1, 'rollback', ?, ?)", (cur, version))
             self._finish_move(cur, version)
         return version
 
+    @_sql_errors
     def base_vectors(self, ids: Sequence[str]) -> np.ndarray:
         """Base vectors of ``ids`` (float32); for ids never changed, what the store holds now."""
         ids = [str(i) for i in ids]
+        self._require_ok()
         with self._tlock:
             base = self._load("base", ids)
         missing = [i for i in ids if i not in base]
-        out_store = self.adapter.get(missing) if missing else None
+        out_store = self._store().get(missing) if missing else None
         if out_store is not None:
             for n, i in enumerate(missing):
                 base[i] = np.asarray(out_store[n], dtype=np.float64)
@@ -328,22 +546,27 @@ class VersionLog:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack([base[i] for i in ids]).astype(np.float32)
 
+    @_sql_errors
     def changed_ids(self) -> list[str]:
         """Ids changed by any recorded version (whatever the current version)."""
+        self._require_ok()
         with self._tlock:
-            rows = self._conn.execute("SELECT DISTINCT id FROM rows ORDER BY id").fetchall()
+            rows = self._conn_().execute("SELECT DISTINCT id FROM rows ORDER BY id").fetchall()
         return [r[0] for r in rows]
 
+    @_sql_errors
     def record_base(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Keep ``vectors`` as the base of ``ids`` exactly as given to the store (on insert)."""
         ids = [str(i) for i in ids]
-        mat = _as_matrix(vectors, "vectors")
+        mat = _as_matrix(vectors, "vectors", ids)
+        self._require_ok()
         with self._tlock, self._tx():
-            self._conn.executemany(
+            self._conn_().executemany(
                 "INSERT OR REPLACE INTO base VALUES (?, ?, 1)",
                 [(i, _blob(mat[n])) for n, i in enumerate(ids)],
             )
 
+    @_sql_errors
     def forget(self, ids: Iterable[str]) -> None:
         """Drop the nudges and base records of ``ids`` (their documents were replaced or deleted).
 
@@ -352,47 +575,768 @@ class VersionLog:
         ids = [str(i) for i in ids]
         if not ids:
             return
-        with self._moving(), self._tx():
-            for part in _chunks(ids):
-                q = ",".join("?" * len(part))
-                self._conn.execute(f"DELETE FROM rows WHERE id IN ({q})", part)
-                self._conn.execute(f"DELETE FROM base WHERE id IN ({q})", part)
+        self._require_ok()
+        with self._moving():
+            self._drop(ids)
+
+    @_sql_errors
+    def check_fresh(self) -> None:
+        """Raise if the store may not serve the version the log is at; a few µs when it does.
+
+        Call it before a search. It raises the problem found when the log was opened
+        (``StoreDriftError``, ``VersionLogError``) and ``StaleStoreError`` when another process
+        moved the version and this process's store still serves the old vectors (embedded Chroma,
+        FAISS, in-memory stores: each process holds its own copy). A store read from a shared
+        server sees the move, and nothing is raised. Thread-safe.
+        """
+        if self._broken is not None:
+            raise self._broken
+        if self._drift is not None:
+            raise self._drift
+        if self._watch is None:  # read-only, or closed
+            return
+        with self._wlock:
+            dv = self._data_version()
+            if dv != self._seen_dv:
+                self._seen_dv = dv
+                self._stale = self._stale_check()
+            if self._stale is not None:
+                raise self._stale
+
+    def verify(self, *, rows: int | None = None) -> VerifyReport:
+        """Check that the log is whole and that the store holds the version the log is at.
+
+        Checks SQLite's ``quick_check``, the marker, the parent of every version, an unfinished
+        move, each version's fingerprint, and reads back every nudged row (``rows``: at most that
+        many) from the store. Nothing is written.
+        """
+        problems: list[str] = []
+        if self._broken is not None and self._conn is None:
+            return VerifyReport(False, None, 0, (str(self._broken),))
+        with self._moving():
+            try:
+                checked, version = self._verify(problems, rows)
+            except sqlite3.DatabaseError as e:
+                problems.append(str(self._damaged_error(e)) if _damaged(e) else str(e))
+                checked, version = 0, None
+        return VerifyReport(not problems, version, checked, tuple(dict.fromkeys(problems)))
+
+    def repair(self, *, adopt_store: bool = False) -> VerifyReport:
+        """Bring the log and the store back into agreement; return a verification afterwards.
+
+        By default the log is trusted: an unfinished move that points at a missing version is
+        undone, a log that does not match the marker is accepted as the log of this folder, and
+        every nudged row the store holds wrong is rewritten with the vector of the log's current
+        version. ``adopt_store=True`` trusts the store instead: the log moves to the version the
+        store's rows match (rows that match no version keep what the store holds as their new
+        base); a log that is missing, damaged or whose versions do not chain is moved aside and a
+        new log starts from the store's vectors as version 0 (earlier versions are then lost).
+        """
+        if self.read_only:
+            msg = f"{self.path}: opened read_only=True; open it writable to repair it."
+            raise NudgeError(msg)
+        actions: list[str] = []
+        with self._moving():
+            problem = self._tree_problem()
+            if problem is not None:
+                if not adopt_store:
+                    msg = f"repair() trusts the version log, and there is none to trust: {problem}"
+                    raise VersionLogError(msg)
+                self._start_over(actions)
+            else:
+                self._repair_marker(actions)
+                self._repair_intent(actions)
+                if adopt_store:
+                    self._adopt(actions)
+                else:
+                    self._sync_store(actions)
+            self._broken = self._drift = self._stale = None
+            self._write_marker()
+            conn = self._conn_()
+            if self._watch is None:
+                self._watch = self._connect()
+            self._seen_dv = self._data_version()
+            self._known = self._moves_and_current(conn)
+        report = self.verify()
+        return replace(report, actions=tuple(actions))
 
     def close(self) -> None:
         """Close the database (idempotent)."""
         with self._tlock:
-            self._conn.close()
+            if self._conn is not None:
+                self._conn.close()
+        with self._wlock:
+            if self._watch is not None:
+                self._watch.close()
+                self._watch = None
 
-    # -- internals -----------------------------------------------------------------------------
+    # -- opening -------------------------------------------------------------------------------
+    def _connect(self, uri: str | None = None) -> sqlite3.Connection:
+        if uri is not None:
+            conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+        else:
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
+    def _open(self) -> VersionLogError | None:
+        """Open (or create) the log; return the problem that needs ``repair()``, if any."""
+        marker, marker_problem = self._read_marker()
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            if marker is not None and int(marker.get("versions", 0)) > 0:
+                state = "missing" if not self.path.exists() else "empty (0 bytes)"
+                msg = (
+                    f"{self.path} is {state}, but {self.marker_path.name} records a version log "
+                    f"with {marker['versions']} version(s), at version {marker.get('current')} "
+                    "when last used: the store may hold nudged vectors that no log describes. "
+                    f"Put a backup of {self.path.name} back, or run repair(adopt_store=True) "
+                    "(nudge-rag repair --adopt-store) to start a new log from what the store "
+                    "holds now."
+                )
+                return VersionLogError(msg)
+            marker = None  # a log that never moved: nothing is lost by starting afresh
+        try:
+            create_private_file(self.path)
+            conn = self._connect()
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.executescript(_SCHEMA)
+            cols = {r[1] for r in conn.execute("PRAGMA table_info(versions)")}
+            if "fingerprint" not in cols:
+                conn.execute("ALTER TABLE versions ADD COLUMN fingerprint TEXT")
+        except sqlite3.DatabaseError as e:
+            if _damaged(e):
+                return self._damaged_error(e)
+            raise self._unwritable(e) from e
+        except OSError as e:
+            raise self._unwritable(e) from e
+        self._conn = conn
+        try:
+            with self._tx():
+                if conn.execute("SELECT 1 FROM versions WHERE version = 0").fetchone() is None:
+                    conn.execute(
+                        "INSERT INTO versions VALUES (0, NULL, ?, NULL, NULL, 0, 'base', NULL, ?)",
+                        (_time.time(), _fingerprint(0, 0)),
+                    )
+                    conn.execute("INSERT OR IGNORE INTO meta VALUES ('current', '0')")
+                conn.execute("INSERT OR IGNORE INTO meta VALUES ('moves', '0')")
+                conn.execute("INSERT OR IGNORE INTO meta VALUES ('log_id', ?)", (uuid.uuid4().hex,))
+                self._fill_fingerprints()
+        except sqlite3.DatabaseError as e:
+            if _damaged(e):
+                return self._damaged_error(e)
+            raise self._unwritable(e) from e
+        if marker_problem is not None:
+            return VersionLogError(marker_problem)
+        if marker is not None:
+            problem = self._marker_mismatch(marker)
+            if problem is not None:
+                return VersionLogError(problem)
+        problem = self._structure_problem()
+        if problem is not None:
+            return VersionLogError(problem)
+        self._write_marker(unless=marker)
+        try:
+            self._recover()
+        except NudgeError:
+            raise
+        except Exception as e:  # the store is unreachable now: the next move retries
+            warnings.warn(
+                f"{self.path}: an interrupted version move could not be finished now ({e}); "
+                "it is retried by the next apply or rollback.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return None
+
+    def _open_read_only(self) -> None:
+        """Open an existing log for reading only; every problem is raised here."""
+        marker, marker_problem = self._read_marker()
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            if marker is not None and int(marker.get("versions", 0)) > 0:
+                msg = (
+                    f"{self.path} is missing or empty, but {self.marker_path.name} records a "
+                    f"version log with {marker['versions']} version(s); put a backup of it back, "
+                    "or run nudge-rag repair --adopt-store on a writable folder."
+                )
+            else:
+                msg = f"{self.path}: no version log there; open the store once to create it."
+            raise VersionLogError(msg)
+        uri = self.path.resolve().as_uri()
+        try:
+            conn = self._connect(uri + "?mode=ro")
+            conn.execute("SELECT value FROM meta WHERE key = 'current'").fetchone()
+        except sqlite3.DatabaseError as e:
+            if _damaged(e):
+                raise self._damaged_error(e) from e
+            if Path(f"{self.path}-wal").exists():
+                raise self._unreadable(e) from e
+            # A read-only folder without a -wal file: no writer can be running there, and SQLite
+            # cannot create the -shm file a WAL reader needs, so read the file as immutable.
+            conn = self._connect(uri + "?mode=ro&immutable=1")
+        self._conn = conn
+        try:
+            conn.execute("SELECT value FROM meta WHERE key = 'current'").fetchone()
+            problem = marker_problem or (
+                self._marker_mismatch(marker) if marker is not None else None
+            )
+            problem = problem or self._structure_problem()
+        except sqlite3.DatabaseError as e:
+            if _damaged(e):
+                raise self._damaged_error(e) from e
+            raise
+        if problem is not None:
+            raise VersionLogError(problem)
+
+    def _read_marker(self) -> tuple[dict | None, str | None]:
+        """The marker's content, or a description of why it cannot be read."""
+        try:
+            raw = self.marker_path.read_bytes()
+        except FileNotFoundError:
+            return None, None
+        except OSError as e:
+            return None, f"{self.marker_path}: cannot be read ({e}); check its permissions."
+        try:
+            marker = json.loads(raw)
+            if not isinstance(marker, dict):
+                raise ValueError
+            int(marker["versions"]), int(marker["moves"]), str(marker["log_id"])
+        except (ValueError, KeyError, TypeError):
+            return None, (
+                f"{self.marker_path} is damaged ({len(raw)} bytes that are not a marker); run "
+                "repair() (nudge-rag repair) to check the log against the store and rewrite it."
+            )
+        return marker, None
+
+    def _marker_mismatch(self, marker: dict) -> str | None:
+        conn = self._conn_()
+        log_id = self._meta(conn, "log_id")
+        moves = int(self._meta(conn, "moves") or 0)
+        fix = (
+            "Put the right versions.sqlite back, or run repair() (nudge-rag repair) to accept "
+            "this log and write its version into the store, or repair(adopt_store=True) "
+            "(nudge-rag repair --adopt-store) to make the log follow the store."
+        )
+        if log_id is not None and marker["log_id"] != log_id:
+            return (
+                f"{self.path} is not the version log this folder had: {self.marker_path.name} "
+                f"names log {marker['log_id'][:12]}…, the file is log {log_id[:12]}… (copied "
+                f"from another store, or recreated). {fix}"
+            )
+        if int(marker["moves"]) > moves:
+            return (
+                f"{self.path} is older than the store's last version move: it records {moves} "
+                f"move(s), {self.marker_path.name} records {marker['moves']} (restored from an "
+                f"older copy?). {fix}"
+            )
+        return None
+
+    def _write_marker(self, *, unless: dict | None = None) -> None:
+        """Record the log's identity and moves next to it (atomically); a no-op read-only.
+
+        ``unless``: the marker as read; nothing is written when it already says the same.
+        """
+        if self.read_only:
+            return
+        conn = self._conn_()
+        data: dict[str, Any] = {
+            "format": 1,
+            "log_id": self._meta(conn, "log_id"),
+            "moves": int(self._meta(conn, "moves") or 0),
+            "current": int(self._meta(conn, "current") or 0),
+            "versions": int(conn.execute("SELECT count(*) - 1 FROM versions").fetchone()[0]),
+        }
+        if unless is not None and all(unless.get(k) == v for k, v in data.items()):
+            return
+        data["time"] = _time.time()
+        try:
+            write_atomic(self.marker_path, json.dumps(data, indent=1).encode())
+        except OSError as e:
+            raise self._unwritable(e) from e
+
+    def _structure_problem(self, *, tree_only: bool = False) -> str | None:
+        """What makes moves go wrong: a version whose parent is not an older version (the
+        tree), a current version or an unfinished move naming a version the log does not hold."""
+        conn = self._conn_()
+        parents = dict(conn.execute("SELECT version, parent FROM versions").fetchall())
+        fix = (
+            "Put a backup of the log back, or run repair(adopt_store=True) (nudge-rag repair "
+            "--adopt-store) to start a new log from what the store holds."
+        )
+        if 0 not in parents:
+            return f"{self.path}: version 0 (the base) is missing from the log. {fix}"
+        bad = [
+            (v, p)
+            for v, p in sorted(parents.items())
+            if v != 0 and (p is None or p not in parents or not 0 <= p < v)
+        ]
+        if bad:
+            shown = ", ".join(f"{v} → {p}" for v, p in bad[:5])
+            return (
+                f"{self.path}: {len(bad)} version(s) name a parent that is not an older version "
+                f"of the log (version → parent: {shown}); the version tree is damaged. {fix}"
+            )
+        if tree_only:
+            return None
+        cur = self._meta(conn, "current")
+        if cur is None or not cur.lstrip("-").isdigit() or int(cur) not in parents:
+            return (
+                f"{self.path}: the log says the store is at version {cur!r}, which it does not "
+                "hold. Run repair(adopt_store=True) (nudge-rag repair --adopt-store) to find the "
+                "version the store holds."
+            )
+        row = conn.execute("SELECT op, from_version, to_version FROM intent").fetchone()
+        if row is not None:
+            op, frm, to = row
+            if op not in ("apply", "rollback") or frm not in parents or to not in parents:
+                return (
+                    f"{self.path}: an unfinished {op!r} move from version {frm} to version {to} "
+                    "names a version the log does not hold; it cannot be completed. Run repair() "
+                    "(nudge-rag repair) to undo it and rewrite the store at a recorded version."
+                )
+        return None
+
+    def _fill_fingerprints(self) -> None:
+        """Compute fingerprints of versions recorded before fingerprints existed."""
+        conn = self._conn_()
+        todo = [
+            r[0] for r in conn.execute("SELECT version FROM versions WHERE fingerprint IS NULL")
+        ]
+        for v in todo:
+            fp = _fingerprint(*self._rows_digest(conn, v))
+            conn.execute("UPDATE versions SET fingerprint = ? WHERE version = ?", (fp, v))
+
+    @staticmethod
+    def _rows_digest(conn: sqlite3.Connection, v: int) -> tuple[int, int]:
+        count, xor = 0, 0
+        for vid, blob in conn.execute("SELECT id, vector FROM rows WHERE version = ?", (v,)):
+            count += 1
+            xor ^= _row_hash(vid, blob)
+        return count, xor
+
+    # -- errors --------------------------------------------------------------------------------
+    def _damaged_error(self, e: BaseException) -> VersionLogError:
+        msg = (
+            f"{self.path} is damaged or not a version log (SQLite: {e}). Put a backup of it "
+            "back, or run repair(adopt_store=True) (nudge-rag repair --adopt-store) to move it "
+            "aside and start a new log from what the store holds now."
+        )
+        return VersionLogError(msg)
+
+    def _unreadable(self, e: BaseException) -> VersionLogError:
+        msg = (
+            f"{self.path}: the version log cannot be read ({e}); check that the file, its -wal "
+            "and -shm files and their folder are readable by this user."
+        )
+        return VersionLogError(msg)
+
+    def _unwritable(self, e: BaseException) -> VersionLogError:
+        msg = (
+            f"{self.path}: the version log cannot be opened for writing ({e}); make the folder "
+            f"{self.path.parent} and its files writable by this user, or use a read-only command "
+            "(nudge-rag versions, nudge-rag traces stats)."
+        )
+        return VersionLogError(msg)
+
+    def _require_ok(self, *, moving: bool = False) -> None:
+        if self._broken is not None:
+            raise self._broken
+        if moving and self._drift is not None:
+            raise self._drift
+        if self.read_only and moving:
+            msg = f"{self.path}: opened read_only=True; open it writable to apply or roll back."
+            raise NudgeError(msg)
+
+    def _conn_(self) -> sqlite3.Connection:
+        if self._conn is None:
+            if self._broken is not None:
+                raise self._broken
+            msg = f"{self.path}: the version log is not open."  # pragma: no cover
+            raise VersionLogError(msg)
+        return self._conn
+
+    def _store(self) -> StoreAdapter:
+        if self.adapter is None:
+            msg = f"{self.path}: opened without a store (read_only=True); pass the adapter."
+            raise NudgeError(msg)
+        return self.adapter
+
+    @staticmethod
+    def _meta(conn: sqlite3.Connection, key: str) -> str | None:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _moves_and_current(self, conn: sqlite3.Connection) -> tuple[int, int]:
+        rows = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('moves', 'current')"))
+        return int(rows.get("moves", 0)), int(rows.get("current", 0))
+
+    # -- checking the store --------------------------------------------------------------------
+    def _data_version(self) -> int:
+        assert self._watch is not None
+        return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
+
+    def _sample_ids(self, conn: sqlite3.Connection, cur: int, n: int) -> list[str]:
+        """Up to ``n`` nudged ids: first rows of the versions on ``cur``'s chain, then others."""
+        out: list[str] = []
+        chain = [v for v in self._chain(cur, conn) if v != 0]
+        for v in chain:
+            out += [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM rows WHERE version = ? ORDER BY id LIMIT ?", (v, n)
+                )
+            ]
+            if len(set(out)) >= n // 2:
+                break
+        out = list(dict.fromkeys(out))[: n // 2 if chain else 0]
+        q = ",".join("?" * len(chain)) or "NULL"
+        out += [
+            r[0]
+            for r in conn.execute(
+                f"SELECT id FROM rows WHERE version NOT IN ({q}) ORDER BY id LIMIT ?",
+                [*chain, n],
+            )
+        ]
+        return list(dict.fromkeys(out))[:n]
+
+    def _held(self, ids: list[str]) -> tuple[list[str], np.ndarray]:
+        """What the store holds for those of ``ids`` it still has (deleted ones are skipped)."""
+        adapter = self._store()
+        try:
+            return ids, np.asarray(adapter.get(ids), dtype=np.float64)
+        except UnknownIdError:
+            have = present_ids(adapter, ids)
+            ids = [i for i in ids if i in have]
+            if not ids:
+                return [], np.zeros((0, 0))
+            return ids, np.asarray(adapter.get(ids), dtype=np.float64)
+
+    def _compare(
+        self, conn: sqlite3.Connection, version: int, ids: list[str]
+    ) -> tuple[list[str], list[str]]:
+        """Of ``ids``, those the store holds as at ``version`` and those it holds otherwise."""
+        ids, held = self._held(ids)
+        if not ids:
+            return [], []
+        ok = same_vectors(held, self._vectors_at(version, ids, conn), self._store().metric)
+        return [i for i, g in zip(ids, ok, strict=True) if g], [
+            i for i, g in zip(ids, ok, strict=True) if not g
+        ]
+
+    def _which_version(self, conn: sqlite3.Connection, ids: list[str]) -> int | None:
+        """The version (newest first) whose vectors the store holds for all of ``ids``."""
+        ids, held = self._held(ids)
+        if not ids:
+            return None
+        newest = conn.execute("SELECT version FROM versions ORDER BY version DESC LIMIT 200")
+        for (v,) in newest.fetchall():
+            if same_vectors(held, self._vectors_at(v, ids, conn), self._store().metric).all():
+                return int(v)
+        return None
+
+    def _check_store(self, n: int) -> StoreDriftError | None:
+        """Read ``n`` nudged rows back; a ``StoreDriftError`` if the store is not at ``current``."""
+        conn = self._conn_()
+        cur = self.current
+        ids = self._sample_ids(conn, cur, n)
+        if not ids:
+            return None
+        try:
+            good, bad = self._compare(conn, cur, ids)
+            held_as = self._which_version(conn, bad) if bad else None
+        except NudgeError:
+            raise
+        except Exception as e:  # the store is unreachable now; verify() checks it later
+            warnings.warn(
+                f"{self.path}: could not read nudged rows back from the store to check it ({e}).",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return None
+        if not bad:
+            return None
+        return StoreDriftError(self._drift_message(cur, good, bad, held_as))
+
+    def _drift_message(self, cur: int, good: list[str], bad: list[str], held_as: int | None) -> str:
+        what = (
+            f"they hold version {held_as}'s vectors"
+            if held_as is not None
+            else "they hold vectors of no recorded version (changed outside nudge-rag?)"
+        )
+        why = (
+            " Was the store reloaded from a save made before the last apply or rollback (FAISS "
+            "save_local, an in-memory store's dump, a copied folder)?"
+            if held_as is not None
+            else ""
+        )
+        return (
+            f"the store does not hold the vectors of version {cur}, the version its log "
+            f"{self.path} says it is at: {len(bad)} of {len(good) + len(bad)} nudged rows read "
+            f"back differ (e.g. id {bad[0]!r}); {what}.{why} Run repair() (nudge-rag repair) to "
+            f"write version {cur}'s vectors back into the store, or repair(adopt_store=True) "
+            "(nudge-rag repair --adopt-store) to make the log follow the store."
+        )
+
+    def _stale_check(self) -> StaleStoreError | None:
+        """After the log changed: whether another process moved the version out of our sight."""
+        assert self._watch is not None
+        conn = self._watch
+        moves, cur = self._moves_and_current(conn)
+        known_moves, known_cur = self._known
+        if moves == known_moves:
+            return self._stale
+        ids = self._ids_between(known_cur, cur, conn)
+        if ids:
+            step = max(1, len(ids) // OPEN_SAMPLE)
+            sample = list(ids[::step][:OPEN_SAMPLE])
+            _, bad = self._compare(conn, cur, sample)
+            if bad:
+                kind, shared = describe_store(self.adapter)
+                why = (
+                    "its client keeps the vectors it serves in this process and does not see "
+                    "another process's writes"
+                    if not shared
+                    else "it does not return what the other process wrote"
+                )
+                msg = (
+                    f"another process moved this store's version log to version {cur}, but the "
+                    f"{kind} in this process still serves other vectors ({len(bad)} of "
+                    f"{len(sample)} rows read back are not version {cur}'s, e.g. id {bad[0]!r}): "
+                    f"{why}. Restart this process to serve version {cur}; for an app with "
+                    "several processes, use a store served by a server (a Chroma server through "
+                    "chromadb.HttpClient, a Qdrant or Milvus server, Postgres with pgvector)."
+                )
+                return StaleStoreError(msg)
+        self._known = (moves, cur)
+        return None
+
+    def _verify(self, problems: list[str], rows: int | None) -> tuple[int, int | None]:
+        conn = self._conn_()
+        if self._broken is not None:
+            problems.append(str(self._broken))
+        check = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
+        if check != ["ok"]:
+            problems.append(
+                f"{self.path}: SQLite's quick_check reports damage ({'; '.join(check)}). "
+                "Put a backup back, or run repair(adopt_store=True)."
+            )
+            return 0, None
+        marker, marker_problem = self._read_marker()
+        if marker_problem:
+            problems.append(marker_problem)
+        elif marker is None:
+            problems.append(
+                f"{self.marker_path} is missing; run repair() (nudge-rag repair) to write it."
+            )
+        else:
+            mismatch = self._marker_mismatch(marker)
+            if mismatch:
+                problems.append(mismatch)
+        structure = self._structure_problem()
+        if structure:
+            problems.append(structure)
+            return 0, None
+        for v, fp in conn.execute("SELECT version, fingerprint FROM versions ORDER BY version"):
+            if fp is None or self._rows_digest(conn, v) != _parse_fingerprint(fp):
+                problems.append(
+                    f"{self.path}: the rows of version {v} are not those it recorded (their "
+                    "fingerprint differs): the log was altered outside nudge-rag. Put a backup "
+                    "back, or run repair(adopt_store=True)."
+                )
+        cur = self.current
+        if self.adapter is None:
+            return 0, cur
+        ids = [r[0] for r in conn.execute("SELECT DISTINCT id FROM rows ORDER BY id")]
+        if rows is not None and len(ids) > rows:
+            step = len(ids) / max(rows, 1)
+            ids = [ids[int(k * step)] for k in range(rows)]
+        good: list[str] = []
+        bad: list[str] = []
+        for part in _chunks(ids):
+            g, b = self._compare(conn, cur, list(part))
+            good += g
+            bad += b
+        if bad:
+            problems.append(
+                self._drift_message(cur, good, bad, self._which_version(conn, bad[:OPEN_SAMPLE]))
+            )
+        return len(good) + len(bad), cur
+
+    # -- repairing -----------------------------------------------------------------------------
+    def _start_over(self, actions: list[str]) -> None:
+        """Move a damaged or missing log aside and start a new one from the store's vectors."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        stamp = _time.strftime("%Y%m%d-%H%M%S")
+        if self.path.exists() and self.path.stat().st_size > 0:
+            aside = self.path.with_name(f"{self.path.name}.broken-{stamp}")
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(str(self.path) + suffix)
+                if src.exists():
+                    os.replace(src, Path(str(aside) + suffix))
+            actions.append(f"moved the unusable version log aside to {aside.name}")
+        else:
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(self.path) + suffix).unlink(missing_ok=True)
+        self.marker_path.unlink(missing_ok=True)
+        self._broken = self._open()
+        if self._broken is not None:  # pragma: no cover - a fresh file has no problem
+            raise self._broken
+        actions.append(
+            "started a new version log: what the store holds now is version 0 (earlier versions "
+            "cannot be restored)"
+        )
+
+    def _tree_problem(self) -> str | None:
+        """Why this log cannot be repaired in place (missing, damaged, broken tree), or None."""
+        if self._conn is None:
+            return str(self._broken)
+        try:
+            check = [r[0] for r in self._conn.execute("PRAGMA quick_check(5)")]
+            if check != ["ok"]:
+                return str(self._damaged_error(sqlite3.DatabaseError("; ".join(check))))
+            return self._structure_problem(tree_only=True)
+        except sqlite3.DatabaseError as e:
+            if not _damaged(e):
+                raise
+            return str(self._damaged_error(e))
+
+    def _repair_marker(self, actions: list[str]) -> None:
+        marker, problem = self._read_marker()
+        mismatch = problem or (self._marker_mismatch(marker) if marker is not None else None)
+        if marker is None or mismatch:
+            self._write_marker()
+            if mismatch:
+                actions.append(f"accepted {self.path.name} as this folder's version log")
+
+    def _repair_intent(self, actions: list[str]) -> None:
+        conn = self._conn_()
+        row = conn.execute("SELECT op, from_version, to_version FROM intent").fetchone()
+        if row is None:
+            return
+        op, frm, to = row
+        known = {r[0] for r in conn.execute("SELECT version FROM versions")}
+        if op in ("apply", "rollback") and frm in known and to in known:
+            self._finish_move(int(frm), int(to))
+            actions.append(f"finished the interrupted move from version {frm} to {to}")
+            return
+        cur = int(self._meta(conn, "current") or 0)
+        target = frm if frm in known else cur if cur in known else 0
+        with self._tx():
+            conn.execute("DELETE FROM intent")
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'current'", (str(target),))
+        actions.append(
+            f"dropped an unfinished {op!r} move to version {to}, which the log does not hold; "
+            f"the store is brought back to version {target}"
+        )
+
+    def _sync_store(self, actions: list[str]) -> None:
+        """Rewrite every nudged row the store does not hold as the current version has it."""
+        conn = self._conn_()
+        problem = self._structure_problem()
+        if problem is not None:  # the current version is not in the log: only the store knows
+            msg = f"{problem} repair() cannot trust this log's current version."
+            raise VersionLogError(msg)
+        cur = self.current
+        ids = [r[0] for r in conn.execute("SELECT DISTINCT id FROM rows ORDER BY id")]
+        bad: list[str] = []
+        for part in _chunks(ids):
+            bad += self._compare(conn, cur, list(part))[1]
+        if bad:
+            self._write(bad, self._vectors_at(cur, bad))
+            actions.append(f"rewrote {len(bad)} row(s) of the store with version {cur}'s vectors")
+        self._bump_moves(cur)
+
+    def _adopt(self, actions: list[str]) -> None:
+        """Move the log to the version the store's rows match; other rows become base."""
+        conn = self._conn_()
+        ids = [r[0] for r in conn.execute("SELECT DISTINCT id FROM rows ORDER BY id")]
+        held: dict[str, np.ndarray] = {}
+        for part in _chunks(ids):
+            have, mat = self._held(list(part))
+            held.update(zip(have, mat, strict=True))
+        ids = [i for i in ids if i in held]
+        cur = self.current
+        best, best_n = cur, -1
+        metric = self._store().metric
+        if ids:
+            mat = np.stack([held[i] for i in ids])
+            for (v,) in conn.execute(
+                "SELECT version FROM versions ORDER BY version DESC"
+            ).fetchall():
+                n = int(same_vectors(mat, self._vectors_at(v, ids, conn), metric).sum())
+                if n > best_n or (n == best_n and v == cur):
+                    best, best_n = int(v), n
+            ok = same_vectors(mat, self._vectors_at(best, ids, conn), metric)
+            odd = [i for i, g in zip(ids, ok, strict=True) if not g]
+        else:
+            odd = []
+        with self._tx():
+            conn.execute("DELETE FROM intent")
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'current'", (str(best),))
+        if best != cur:
+            actions.append(f"the store holds version {best}: the log now says so (was {cur})")
+        if odd:
+            self._drop(odd)
+            actions.append(
+                f"{len(odd)} row(s) match no version: their nudges are forgotten and what the "
+                "store holds is their new base"
+            )
+        self._bump_moves(best)
+
+    def _bump_moves(self, cur: int) -> None:
+        conn = self._conn_()
+        with self._tx():
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'current'", (str(cur),))
+            conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'moves'")
+        self._write_marker()
+
+    # -- moving --------------------------------------------------------------------------------
     @contextmanager
     def _tx(self) -> Iterator[None]:
         with self._tlock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            conn = self._conn_()
+            conn.execute("BEGIN IMMEDIATE")
             try:
                 yield
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
+            conn.execute("COMMIT")
 
     @contextmanager
     def _moving(self) -> Iterator[None]:
-        """Hold the thread lock and the inter-process file lock for one move."""
+        """Hold the thread lock and the inter-process file lock for one move (re-entrant)."""
         with self._tlock:
-            if fcntl is None:  # pragma: no cover
-                yield
-                return
-            with open(self._lockfile, "a+b") as fh:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            if fcntl is None or self._depth > 0 or self.read_only:
+                self._depth += 1
                 try:
                     yield
                 finally:
+                    self._depth -= 1
+                return
+            with open(self._lockfile, "a+b") as fh:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
                     fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def _recover(self) -> None:
         """Complete a move that a crash interrupted (its intent row holds everything it needs)."""
-        row = self._conn.execute("SELECT from_version, to_version FROM intent").fetchone()
+        conn = self._conn_()
+        row = conn.execute("SELECT from_version, to_version FROM intent").fetchone()
         if row is not None:
+            problem = self._structure_problem()
+            if problem is not None:
+                self._broken = VersionLogError(problem)
+                raise self._broken
             self._finish_move(int(row[0]), int(row[1]))
 
     def _finish_move(self, frm: int, to: int, *, created: bool = False) -> None:
@@ -409,124 +1353,162 @@ class VersionLog:
             except Exception:
                 self._undo_move(frm, to, ids, created=created)
                 raise
+        conn = self._conn_()
         with self._tx():
-            self._conn.execute("UPDATE meta SET value = ? WHERE key = 'current'", (str(to),))
-            self._conn.execute("DELETE FROM intent")
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'current'", (str(to),))
+            conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'moves'")
+            conn.execute("DELETE FROM intent")
+        self._known = self._moves_and_current(conn)
+        self._write_marker()
 
     def _undo_move(self, frm: int, to: int, ids: list[str], *, created: bool) -> None:
         """Put ``ids`` back at version ``frm`` after a failed write (best effort)."""
+        conn = self._conn_()
         with self._tx():
             # Should the undo fail too, recovery then moves the store back to ``frm``.
-            self._conn.execute("UPDATE intent SET from_version = ?, to_version = ?", (to, frm))
+            conn.execute("UPDATE intent SET from_version = ?, to_version = ?", (to, frm))
         try:
             self._write(ids, self._vectors_at(frm, ids))
         except Exception:
             return
         with self._tx():
-            self._conn.execute("DELETE FROM intent")
+            conn.execute("DELETE FROM intent")
             if created:
-                self._conn.execute("DELETE FROM rows WHERE version = ?", (to,))
-                self._conn.execute("DELETE FROM versions WHERE version = ?", (to,))
+                conn.execute("DELETE FROM rows WHERE version = ?", (to,))
+                conn.execute("DELETE FROM versions WHERE version = ?", (to,))
 
     def _write(self, ids: list[str], mat: np.ndarray) -> None:
+        adapter = self._store()
         try:
-            self.adapter.put(ids, mat)
+            adapter.put(ids, mat)
         except UnknownIdError:
             # documents deleted behind our back: forget them, write the rest
-            have = present_ids(self.adapter, ids)
-            gone = [i for i in ids if i not in have]
-            with self._tx():
-                for part in _chunks(gone):
-                    q = ",".join("?" * len(part))
-                    self._conn.execute(f"DELETE FROM rows WHERE id IN ({q})", part)
-                    self._conn.execute(f"DELETE FROM base WHERE id IN ({q})", part)
+            have = present_ids(adapter, ids)
+            self._drop([i for i in ids if i not in have])
             keep = [n for n, i in enumerate(ids) if i in have]
             if keep:
-                self.adapter.put([ids[n] for n in keep], mat[keep])
+                adapter.put([ids[n] for n in keep], mat[keep])
+
+    def _drop(self, ids: list[str]) -> None:
+        """Delete the rows and base records of ``ids``, keeping each version's fingerprint."""
+        if not ids:
+            return
+        conn = self._conn_()
+        with self._tx():
+            gone: dict[int, tuple[int, int]] = {}
+            for part in _chunks(ids):
+                q = ",".join("?" * len(part))
+                for v, vid, blob in conn.execute(
+                    f"SELECT version, id, vector FROM rows WHERE id IN ({q})", part
+                ):
+                    n, x = gone.get(v, (0, 0))
+                    gone[v] = (n + 1, x ^ _row_hash(vid, blob))
+                conn.execute(f"DELETE FROM rows WHERE id IN ({q})", part)
+                conn.execute(f"DELETE FROM base WHERE id IN ({q})", part)
+            for v, (n, x) in gone.items():
+                row = conn.execute(
+                    "SELECT fingerprint FROM versions WHERE version = ?", (v,)
+                ).fetchone()
+                if row is not None and row[0] is not None:
+                    count, xor = _parse_fingerprint(row[0])
+                    conn.execute(
+                        "UPDATE versions SET fingerprint = ? WHERE version = ?",
+                        (_fingerprint(count - n, xor ^ x), v),
+                    )
 
     def _parent(self, v: int) -> int:
-        row = self._conn.execute("SELECT parent FROM versions WHERE version = ?", (v,)).fetchone()
-        return int(row[0]) if row is not None and row[0] is not None else 0
+        chain = self._chain(v)
+        return chain[1] if len(chain) > 1 else 0
 
-    def _chain(self, v: int) -> list[int]:
-        """``v`` and its ancestors down to 0."""
-        parents = dict(self._conn.execute("SELECT version, parent FROM versions").fetchall())
+    def _chain(self, v: int, conn: sqlite3.Connection | None = None) -> list[int]:
+        """``v`` and its ancestors down to 0 (each parent is older, so the walk ends)."""
+        conn = conn or self._conn_()
+        parents = dict(conn.execute("SELECT version, parent FROM versions").fetchall())
         out = [v]
         while out[-1] != 0:
-            out.append(int(parents.get(out[-1]) or 0))
+            p = parents.get(out[-1], -1)
+            if p is None or p not in parents or not 0 <= p < out[-1]:
+                msg = (
+                    f"{self.path}: version {out[-1]} names parent {p!r}, which is not an older "
+                    "version of the log; the version tree is damaged. Put a backup back, or run "
+                    "repair(adopt_store=True)."
+                )
+                raise VersionLogError(msg)
+            out.append(int(p))
         return out
 
-    def _ids_between(self, a: int, b: int) -> list[str]:
+    def _ids_between(self, a: int, b: int, conn: sqlite3.Connection | None = None) -> list[str]:
         """Ids changed on the tree path between versions ``a`` and ``b``."""
-        ca, cb = self._chain(a), self._chain(b)
+        conn = conn or self._conn_()
+        ca, cb = self._chain(a, conn), self._chain(b, conn)
         path = sorted(set(ca) ^ set(cb))
         if not path:
             return []
         q = ",".join("?" * len(path))
-        rows = self._conn.execute(
+        rows = conn.execute(
             f"SELECT DISTINCT id FROM rows WHERE version IN ({q}) ORDER BY id", path
         ).fetchall()
         return [r[0] for r in rows]
 
-    def _vectors_at(self, v: int, ids: list[str]) -> np.ndarray:
+    def _vectors_at(
+        self, v: int, ids: list[str], conn: sqlite3.Connection | None = None
+    ) -> np.ndarray:
         """The given vectors of ``ids`` at version ``v`` (nearest ancestor's row, else base)."""
-        chain = self._chain(v)
+        conn = conn or self._conn_()
+        chain = self._chain(v, conn)
         qv = ",".join("?" * len(chain))
         found: dict[str, tuple[int, bytes]] = {}
         for part in _chunks(ids):
             qi = ",".join("?" * len(part))
-            for vid, ver, blob in self._conn.execute(
+            for vid, ver, blob in conn.execute(
                 f"SELECT id, version, vector FROM rows WHERE version IN ({qv}) AND id IN ({qi})",
                 [*chain, *part],
             ):
                 if vid not in found or ver > found[vid][0]:
                     found[vid] = (ver, blob)
         base_ids = [i for i in ids if i not in found]
-        base = self._load("base", base_ids)
+        base = self._load("base", base_ids, conn)
         lost = [i for i in base_ids if i not in base]
-        if lost:  # pragma: no cover - the schema keeps a base row for every changed id
-            msg = f"version log {self.path} has no base vector for ids {lost[:10]}."
-            raise NudgeError(msg)
+        if lost:
+            msg = (
+                f"{self.path} has no base vector for nudged id(s) {lost[:10]}: the log was "
+                "altered outside nudge-rag. Put a backup back, or run repair(adopt_store=True)."
+            )
+            raise VersionLogError(msg)
         return np.stack([_unblob(found[i][1]) if i in found else base[i] for i in ids])
 
     def _ids_in(self, table: str, ids: Sequence[str]) -> set[str]:
+        conn = self._conn_()
         out: set[str] = set()
         for part in _chunks(list(ids)):
             q = ",".join("?" * len(part))
             out.update(
-                r[0] for r in self._conn.execute(f"SELECT id FROM {table} WHERE id IN ({q})", part)
+                r[0] for r in conn.execute(f"SELECT id FROM {table} WHERE id IN ({q})", part)
             )
         return out
 
-    def _load(self, table: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
+    def _load(
+        self, table: str, ids: Sequence[str], conn: sqlite3.Connection | None = None
+    ) -> dict[str, np.ndarray]:
+        conn = conn or self._conn_()
         out: dict[str, np.ndarray] = {}
         for part in _chunks(list(ids)):
             q = ",".join("?" * len(part))
-            for i, blob in self._conn.execute(
-                f"SELECT id, vector FROM {table} WHERE id IN ({q})", part
-            ):
+            for i, blob in conn.execute(f"SELECT id, vector FROM {table} WHERE id IN ({q})", part):
                 out[i] = _unblob(blob)
         return out
 
     def _read_exact(self, ids: list[str]) -> np.ndarray:
-        getter = getattr(self.adapter, "get_exact", None) or self.adapter.get
+        adapter = self._store()
+        getter = getattr(adapter, "get_exact", None) or adapter.get
         return np.asarray(getter(ids), dtype=np.float64)
 
 
-def _as_matrix(rows: Sequence[np.ndarray] | np.ndarray, what: str) -> np.ndarray:
-    """Stack ``rows`` into a finite float64 matrix (exact for float32 and float64 input)."""
-    try:
-        mat = np.asarray(rows)
-        if mat.dtype == object or mat.ndim != 2:
-            raise ValueError
-    except ValueError:
-        shapes = sorted({np.shape(r) for r in rows})[:5]
-        msg = f"{what}: expected vectors of one length, found shapes {shapes}."
-        raise NudgeError(msg) from None
-    require_float_dtype(mat, what, integers=True)
-    mat = mat.astype(np.float64)
-    require_finite_rows(mat, what)
-    return mat
+def _as_matrix(
+    rows: Sequence[np.ndarray] | np.ndarray, what: str, ids: Sequence[str] | None = None
+) -> np.ndarray:
+    """``rows`` as a float64 matrix (exact for float32 and float64 input), by ``check_vectors``."""
+    return check_vectors(rows, what=what, dtype=np.float64, integers=True, row_names=ids)
 
 
 def _json_default(o: object) -> object:

@@ -1,5 +1,10 @@
 """NudgedVectorStore: a LangChain VectorStore that wraps a real store, traces every search and
-keeps versions of the stored vectors."""
+keeps versions of the stored vectors.
+
+Everything NUDGE (feedback, traces, versions, the latest trace id) comes from the shared
+:class:`~nudge_rag.core.surface.NudgeSurface`; everything store-specific from one backend object
+(``nudge_rag.langchain.backends``). This module only translates LangChain calls.
+"""
 
 from __future__ import annotations
 
@@ -14,26 +19,21 @@ import numpy as np
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.runnables.config import run_in_executor
+from langchain_core.tools import BaseTool
 from langchain_core.vectorstores import VectorStore
 
 from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.state import NudgeState
-from nudge_rag.core.stores.base import Metric, StoreAdapter, exact_readback, present_ids
-from nudge_rag.core.traces import Feedback, Trace
-from nudge_rag.core.versions import VersionInfo
+from nudge_rag.core.stores.base import StoreAdapter, exact_readback, present_ids
+from nudge_rag.core.surface import NudgeSurface
+from nudge_rag.langchain.backends import Backend, backend_for
 
 TRACE_KEY = "nudge_trace_id"
-ORIGINAL_ID_KEY = "_nudge_id"  # where the Qdrant face keeps a document's own id (in metadata)
-_QDRANT_ADDED = ("_id", "_collection_name")
-# stores that build new Document objects for every search (FAISS returns its stored ones)
-_FRESH_DOCS = frozenset({"chroma", "memory", "qdrant"})
 
 _capture: contextvars.ContextVar[list[list[float]] | None] = contextvars.ContextVar(
     "nudge_capture", default=None
 )
-_last_trace: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "nudge_last_trace", default=None
-)
+ScoredDocs = list[tuple[Document, float]]
 
 
 class _CapturingEmbeddings(Embeddings):
@@ -66,70 +66,6 @@ class _CapturingEmbeddings(Embeddings):
         return getattr(self.inner, name)
 
 
-def _kind(store: Any) -> str:
-    """'chroma', 'memory', 'qdrant' or 'faiss' for the supported LangChain stores."""
-    mod = type(store).__module__
-    name = type(store).__name__
-    if name == "Chroma" and mod.startswith("langchain_chroma"):
-        return "chroma"
-    if name == "InMemoryVectorStore" and mod.startswith("langchain_core"):
-        return "memory"
-    if name == "QdrantVectorStore" and mod.startswith("langchain_qdrant"):
-        return "qdrant"
-    if name == "FAISS" and mod.startswith("langchain_community"):
-        return "faiss"
-    return "other"
-
-
-_SUPPORTED = (
-    "langchain_chroma.Chroma, langchain_core InMemoryVectorStore, "
-    "langchain_qdrant.QdrantVectorStore, langchain_community FAISS"
-)
-
-
-def adapter_for(store: VectorStore) -> StoreAdapter:
-    """The store adapter of the native client inside a LangChain ``store``."""
-    kind = _kind(store)
-    if kind == "chroma":
-        from nudge_rag.core.stores.chroma import ChromaAdapter
-
-        return ChromaAdapter(store._collection)  # type: ignore[attr-defined]
-    if kind == "memory":
-        from nudge_rag.core.stores.memory import MemoryAdapter
-
-        return MemoryAdapter(store.store, metric=Metric.COSINE)  # type: ignore[attr-defined]
-    if kind == "qdrant":
-        from nudge_rag.core.stores.qdrant import QdrantAdapter
-
-        return QdrantAdapter(
-            store.client,  # type: ignore[attr-defined]
-            store.collection_name,  # type: ignore[attr-defined]
-            vector_name=store.vector_name,  # type: ignore[attr-defined]
-        )
-    if kind == "faiss":
-        from nudge_rag.core.stores.faiss import FaissAdapter
-
-        return FaissAdapter.for_holder(
-            store,
-            normalize=bool(getattr(store, "_normalize_L2", False)),
-            strategy=str(getattr(store.distance_strategy, "value", store.distance_strategy)),  # type: ignore[attr-defined]
-        )
-    msg = (
-        f"store: found {type(store).__module__}.{type(store).__name__}, which NudgedVectorStore "
-        f"cannot reach inside; supported: {_SUPPORTED}. Pass adapter=... (a "
-        "nudge_rag.core.stores adapter over its native client) to wrap another store."
-    )
-    raise NudgeError(msg)
-
-
-_EMBEDDING_ATTRS = {
-    "chroma": "_embedding_function",
-    "memory": "embedding",
-    "qdrant": "_embeddings",
-    "faiss": "embedding_function",
-}
-
-
 def _copy_with(doc: Document, doc_id: str | None, metadata: dict) -> Document:
     """A shallow copy of ``doc`` with a new id and metadata, as ``copy.copy`` makes it.
 
@@ -147,7 +83,7 @@ def _copy_with(doc: Document, doc_id: str | None, metadata: dict) -> Document:
     return new
 
 
-class NudgedVectorStore(VectorStore):
+class NudgedVectorStore(NudgeSurface, VectorStore):
     """A LangChain vector store that learns from its own usage.
 
     Wraps a real store (Chroma, InMemoryVectorStore, Qdrant, FAISS) without changing its
@@ -222,86 +158,60 @@ class NudgedVectorStore(VectorStore):
         tracing: bool = True,
         retention_days: float | None = None,
         trace_metadata_key: str | None = TRACE_KEY,
+        parent_id_key: str | None = None,
         adapter: StoreAdapter | None = None,
     ):
+        if isinstance(inner_store, NudgedVectorStore):
+            msg = "inner_store: found a NudgedVectorStore; wrap the bare store once."
+            raise NudgeError(msg)
         if not isinstance(inner_store, VectorStore):
             msg = (
                 f"inner_store: expected a LangChain VectorStore, found "
                 f"{type(inner_store).__name__}; pass e.g. langchain_chroma.Chroma(...)."
             )
             raise NudgeError(msg)
-        if isinstance(inner_store, NudgedVectorStore):
-            msg = "inner_store: found a NudgedVectorStore; wrap the bare store once."
-            raise NudgeError(msg)
         self.inner = inner_store
-        self._kind = _kind(inner_store)
-        ad = adapter if adapter is not None else adapter_for(inner_store)
+        self.backend: Backend = backend_for(inner_store, adapter)
+        ad = self.backend.adapter()
         self.trace_metadata_key = trace_metadata_key
         self._install_capture(ad)
-        self._vector_search = self._find_vector_search()
-        self.nudge_state = NudgeState(
+        self._nudge_state = NudgeState(
             ad,
             state_dir,
             embed_queries=self._embed_queries,
             get_texts=self._get_texts,
+            children_of=self.backend.children_of,
+            parent_id_key=parent_id_key,
             tracing=tracing,
             retention_days=retention_days,
         )
-        # the scores searches return (and traces keep): Chroma and every l2 store give distances
-        distance = self._kind == "chroma" or self.nudge_state.metric is Metric.L2
-        self.nudge_state.trace_log.score_kind = "distance" if distance else "similarity"
+        self._nudge_state.trace_log.score_kind = self.backend.score_kind(self._nudge_state.metric)
 
     # -- wiring --------------------------------------------------------------------------------
+    @property
+    def nudge_state(self) -> NudgeState:
+        """The core state (adapter, trace log, version log) that the engine works on."""
+        return self._nudge_state
+
+    @property
+    def adapter(self) -> StoreAdapter:
+        """The adapter over the wrapped store's native client."""
+        return self._nudge_state.adapter
+
     def _install_capture(self, ad: StoreAdapter) -> None:
         """Keep inserted vectors as given when the store does not read them back exactly."""
-        attr = _EMBEDDING_ATTRS.get(self._kind)
+        attr = self.backend.embeddings_attr
         if exact_readback(ad) or attr is None:
             return
         emb = getattr(self.inner, attr, None)
         if isinstance(emb, Embeddings) and not isinstance(emb, _CapturingEmbeddings):
             setattr(self.inner, attr, _CapturingEmbeddings(emb))
 
-    def _find_vector_search(self) -> Callable[..., list[tuple[Document, float]]]:
-        for name in (
-            "similarity_search_with_score_by_vector",
-            "similarity_search_by_vector_with_relevance_scores",  # Chroma
-        ):
-            fn = getattr(self.inner, name, None)
-            if callable(fn):
-                return fn
-        return self._no_vector_search
-
-    def _no_vector_search(self, *a: Any, **k: Any) -> list[tuple[Document, float]]:
-        msg = (
-            f"{type(self.inner).__name__} has no search by vector with scores, so its searches "
-            "cannot be traced; construct NudgedVectorStore(..., tracing=False)."
-        )
-        raise NudgeError(msg)
-
-    @property
-    def tracing(self) -> bool:
-        """Whether searches are logged (settable)."""
-        return self.nudge_state.tracing
-
-    @tracing.setter
-    def tracing(self, on: bool) -> None:
-        self.nudge_state.tracing = bool(on)
-
-    @property
-    def adapter(self) -> StoreAdapter:
-        """The adapter over the wrapped store's native client."""
-        return self.nudge_state.adapter
-
     @property
     def embeddings(self) -> Embeddings | None:
         """The wrapped store's embeddings."""
         emb = self.inner.embeddings
         return emb.inner if isinstance(emb, _CapturingEmbeddings) else emb
-
-    @property
-    def last_trace_id(self) -> str | None:
-        """The trace id of the last search made in this context (thread or task)."""
-        return _last_trace.get()
 
     def _embedding(self) -> Embeddings:
         emb = self.inner.embeddings
@@ -321,28 +231,16 @@ class NudgedVectorStore(VectorStore):
         found = {d.id: d.page_content for d in self.get_by_ids(ids)}
         return [found.get(i) for i in ids]
 
-    # -- ids (Qdrant needs UUID point ids) -----------------------------------------------------
-    def _to_store_ids(self, ids: Sequence[str]) -> list[str]:
-        if self._kind != "qdrant":
-            return list(ids)
-        conv = self.adapter.id_to_point  # type: ignore[attr-defined]
-        return [str(conv(i)) for i in ids]
-
     def _out(self, doc: Document, trace_id: str | None) -> Document:
         """The document as the app sees it: its own id, and the trace id in its metadata."""
-        if self._kind != "qdrant" and (trace_id is None or self.trace_metadata_key is None):
+        doc_id, meta = self.backend.own(doc)
+        stamp = trace_id is not None and self.trace_metadata_key is not None
+        if meta is None and not stamp:
             return doc
-        meta = dict(doc.metadata)
-        doc_id = doc.id
-        if self._kind == "qdrant":
-            # the document's own id, and its metadata as stored: langchain-qdrant adds the
-            # point id and collection name, which the VectorStore contract does not allow
-            doc_id = meta.pop(ORIGINAL_ID_KEY, doc.id)
-            for key in _QDRANT_ADDED:
-                meta.pop(key, None)
-        if trace_id is not None and self.trace_metadata_key is not None:
-            meta[self.trace_metadata_key] = trace_id
-        if self._kind in _FRESH_DOCS:  # a new object per search: give it the new dict, no copy
+        meta = dict(doc.metadata) if meta is None else meta
+        if stamp:
+            meta[self.trace_metadata_key] = trace_id  # type: ignore[index]
+        if self.backend.fresh_docs:  # a new object per search: give it the new dict, no copy
             doc.id = doc_id
             doc.metadata = meta
             return doc
@@ -357,7 +255,7 @@ class NudgedVectorStore(VectorStore):
         ids: list[str] | None = None,
         **kwargs: Any,
     ) -> list[str]:
-        """Embed and add texts; an existing id is overwritten (its nudge and base dropped)."""
+        """Embed and add texts (in batches the store accepts); an existing id is overwritten."""
         texts = list(texts)
         if ids is None:
             ids = [str(uuid.uuid4()) for _ in texts]
@@ -371,27 +269,33 @@ class NudgedVectorStore(VectorStore):
         if metadatas is not None and len(metadatas) != len(texts):
             msg = f"metadatas: found {len(metadatas)} for {len(texts)} texts; pass one per text."
             raise NudgeError(msg)
-        if not texts:
-            return []
-        state = self.nudge_state
+        step = self.backend.max_batch() or max(1, len(texts))
+        for s in range(0, len(texts), step):
+            self._add_batch(
+                texts[s : s + step],
+                None if metadatas is None else metadatas[s : s + step],
+                ids[s : s + step],
+                kwargs,
+            )
+        return ids
+
+    def _add_batch(
+        self, texts: list[str], metadatas: list[dict] | None, ids: list[str], kwargs: dict
+    ) -> None:
+        state = self._nudge_state
         state.on_upsert(ids)  # before the write: never an old base on a new document
-        if self._kind == "faiss":  # FAISS refuses existing ids: overwrite = delete + add
-            old = present_ids(state.adapter, ids)
-            if old:
-                self.inner.delete([i for i in ids if i in old])
-        store_ids = self._to_store_ids(ids)
-        if self._kind == "qdrant":
-            metas = metadatas or [{} for _ in texts]
-            metadatas = [{**(m or {}), ORIGINAL_ID_KEY: i} for m, i in zip(metas, ids, strict=True)]
+        present = present_ids(state.adapter, ids)
+        if present:
+            self.backend.before_overwrite(present, ids)
+        metadatas = self.backend.prepare_add(ids, metadatas, len(texts))
         buf: list[list[float]] = []
         token = _capture.set(buf)
         try:
-            self.inner.add_texts(texts, metadatas, ids=store_ids, **kwargs)
+            self.inner.add_texts(texts, metadatas, ids=self.backend.to_store_ids(ids), **kwargs)
         finally:
             _capture.reset(token)
         if len(buf) == len(ids):
             state.on_upsert(ids, np.asarray(buf, dtype=np.float64))
-        return ids
 
     def add_documents(self, documents: list[Document], **kwargs: Any) -> list[str]:
         """Add documents (ids from ``ids=`` or each document's ``id``)."""
@@ -434,10 +338,10 @@ class NudgedVectorStore(VectorStore):
         if not ids:
             return True
         have = present_ids(self.adapter, ids)
-        self.nudge_state.on_delete(ids)
+        self._nudge_state.on_delete(ids)
         gone = [i for i in ids if i in have]
         if gone:
-            self.inner.delete(self._to_store_ids(gone), **kwargs)
+            self.inner.delete(self.backend.to_store_ids(gone), **kwargs)
         return True
 
     async def adelete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
@@ -446,67 +350,82 @@ class NudgedVectorStore(VectorStore):
 
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         """The documents of ``ids`` that exist."""
-        ids = [str(i) for i in ids]
-        if self._kind == "chroma":
-            # langchain-chroma builds Document(metadata=None) for documents added without
-            # metadata, which pydantic rejects: read the collection directly instead.
-            got = self.inner._collection.get(ids=ids, include=["documents", "metadatas"])
-            return [
-                Document(id=i, page_content=text or "", metadata=meta or {})
-                for i, text, meta in zip(
-                    got["ids"], got["documents"], got["metadatas"], strict=True
-                )
-            ]
-        docs = self.inner.get_by_ids(self._to_store_ids(ids))
-        return [self._out(d, None) for d in docs]
+        return self.backend.get_by_ids([str(i) for i in ids])
 
     async def aget_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         """Async :meth:`get_by_ids`."""
         return await run_in_executor(None, self.get_by_ids, ids)
 
     # -- searches ------------------------------------------------------------------------------
-    def _traced(
-        self, query: str | None, embedding: list[float], k: int, kwargs: dict[str, Any]
-    ) -> list[tuple[Document, float]]:
-        pairs = self._vector_search(embedding, k=k, **kwargs)
-        tid = self.nudge_state.record_search(
-            query,
-            embedding,
-            k,
-            kwargs.get("filter"),
-            [self._out(d, None).id or "" for d, _ in pairs],
-            [s for _, s in pairs],
+    # Each traced search runs in two steps: the store's search (blocking; in a worker thread for
+    # the async twins), then _finish in the caller's own context, which logs the trace and sets
+    # the caller's last_trace_id.
+    def _vector_pairs(self, embedding: list[float], k: int, kwargs: dict) -> ScoredDocs:
+        search = self.backend.vector_search()
+        if search is None:
+            msg = (
+                f"{type(self.inner).__name__} has no search by vector with scores, so its "
+                "searches cannot be traced; construct NudgedVectorStore(..., tracing=False)."
+            )
+            raise NudgeError(msg)
+        return search(embedding, k=k, **kwargs)
+
+    def _query_pairs(self, query: str, k: int, kwargs: dict) -> tuple[list[float], ScoredDocs]:
+        emb = self._embedding().embed_query(query)
+        return emb, self._vector_pairs(emb, k, kwargs)
+
+    def _finish(
+        self, query: str | None, emb: list[float], k: int, kwargs: dict, pairs: ScoredDocs
+    ) -> ScoredDocs:
+        plain = [self._out(d, None) for d, _ in pairs]  # own ids, for the trace
+        tid = self._nudge_state.record_search(
+            query, emb, k, kwargs.get("filter"), [d.id or "" for d in plain], [s for _, s in pairs]
         )
-        _last_trace.set(tid)
+        self._nudge_state.last_trace.set(tid)
         return [(self._out(d, tid), s) for d, s in pairs]
 
-    def _untraced(self, docs: list[Document]) -> list[Document]:
-        return docs if self._kind != "qdrant" else [self._out(d, None) for d in docs]
+    def _plain(self, docs: list[Document]) -> list[Document]:
+        """Results of an untraced search (tracing off), with the documents' own ids."""
+        self._nudge_state.last_trace.set(None)
+        return [self._out(d, None) for d in docs]
+
+    def _plain_pairs(self, pairs: ScoredDocs) -> ScoredDocs:
+        self._nudge_state.last_trace.set(None)
+        return [(self._out(d, None), s) for d, s in pairs]
+
+    def _mmr_docs(
+        self, emb: list[float], k: int, fetch_k: int, lambda_mult: float, kwargs: dict
+    ) -> ScoredDocs:
+        docs = self.inner.max_marginal_relevance_search_by_vector(
+            emb, k=k, fetch_k=fetch_k, lambda_mult=lambda_mult, **kwargs
+        )
+        return [(d, float("nan")) for d in docs]  # MMR gives no scores
 
     def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
         """The ``k`` documents most similar to ``query`` (traced)."""
         if not self.tracing:
-            return self._untraced(self.inner.similarity_search(query, k=k, **kwargs))
-        emb = self._embedding().embed_query(query)
-        return [d for d, _ in self._traced(query, emb, k, kwargs)]
+            return self._plain(self.inner.similarity_search(query, k=k, **kwargs))
+        return [d for d, _ in self.similarity_search_with_score(query, k, **kwargs)]
 
     def similarity_search_with_score(
         self, query: str, k: int = 4, **kwargs: Any
     ) -> list[tuple[Document, float]]:
         """Documents and the wrapped store's own scores (distances for Chroma, FAISS l2)."""
         if not self.tracing:
-            pairs = self.inner.similarity_search_with_score(query, k=k, **kwargs)
-            return [(self._out(d, None), s) for d, s in pairs]
-        emb = self._embedding().embed_query(query)
-        return self._traced(query, emb, k, kwargs)
+            return self._plain_pairs(self.inner.similarity_search_with_score(query, k=k, **kwargs))
+        emb, pairs = self._query_pairs(query, k, kwargs)
+        return self._finish(query, emb, k, kwargs, pairs)
 
     def similarity_search_by_vector(
         self, embedding: list[float], k: int = 4, **kwargs: Any
     ) -> list[Document]:
         """The ``k`` documents most similar to ``embedding`` (traced, without query text)."""
         if not self.tracing:
-            return self._untraced(self.inner.similarity_search_by_vector(embedding, k=k, **kwargs))
-        return [d for d, _ in self._traced(None, list(embedding), k, kwargs)]
+            return self._plain(self.inner.similarity_search_by_vector(embedding, k=k, **kwargs))
+        emb = list(embedding)
+        return [
+            d for d, _ in self._finish(None, emb, k, kwargs, self._vector_pairs(emb, k, kwargs))
+        ]
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
         return self.inner._select_relevance_score_fn()
@@ -516,7 +435,7 @@ class NudgedVectorStore(VectorStore):
     ) -> list[tuple[Document, float]]:
         if not self.tracing:
             pairs = self.inner._similarity_search_with_relevance_scores(query, k=k, **kwargs)
-            return [(self._out(d, None), s) for d, s in pairs]
+            return self._plain_pairs(pairs)
         fn = self._select_relevance_score_fn()
         return [(d, fn(s)) for d, s in self.similarity_search_with_score(query, k, **kwargs)]
 
@@ -530,12 +449,14 @@ class NudgedVectorStore(VectorStore):
     ) -> list[Document]:
         """Diverse results by maximal marginal relevance (traced; MMR gives no scores: NaN)."""
         if not self.tracing:
-            docs = self.inner.max_marginal_relevance_search(
-                query, k=k, fetch_k=fetch_k, lambda_mult=lambda_mult, **kwargs
+            return self._plain(
+                self.inner.max_marginal_relevance_search(
+                    query, k=k, fetch_k=fetch_k, lambda_mult=lambda_mult, **kwargs
+                )
             )
-            return self._untraced(docs)
         emb = self._embedding().embed_query(query)
-        return self._mmr(query, emb, k, fetch_k, lambda_mult, kwargs)
+        pairs = self._mmr_docs(emb, k, fetch_k, lambda_mult, kwargs)
+        return [d for d, _ in self._finish(query, emb, k, kwargs, pairs)]
 
     def max_marginal_relevance_search_by_vector(
         self,
@@ -547,59 +468,51 @@ class NudgedVectorStore(VectorStore):
     ) -> list[Document]:
         """MMR from a query vector (traced without query text)."""
         if not self.tracing:
-            docs = self.inner.max_marginal_relevance_search_by_vector(
-                embedding, k=k, fetch_k=fetch_k, lambda_mult=lambda_mult, **kwargs
+            return self._plain(
+                self.inner.max_marginal_relevance_search_by_vector(
+                    embedding, k=k, fetch_k=fetch_k, lambda_mult=lambda_mult, **kwargs
+                )
             )
-            return self._untraced(docs)
-        return self._mmr(None, list(embedding), k, fetch_k, lambda_mult, kwargs)
+        emb = list(embedding)
+        pairs = self._mmr_docs(emb, k, fetch_k, lambda_mult, kwargs)
+        return [d for d, _ in self._finish(None, emb, k, kwargs, pairs)]
 
-    def _mmr(
-        self,
-        query: str | None,
-        emb: list[float],
-        k: int,
-        fetch_k: int,
-        lambda_mult: float,
-        kwargs: dict[str, Any],
-    ) -> list[Document]:
-        docs = self.inner.max_marginal_relevance_search_by_vector(
-            emb, k=k, fetch_k=fetch_k, lambda_mult=lambda_mult, **kwargs
-        )
-        plain = [self._out(d, None) for d in docs]
-        tid = self.nudge_state.record_search(
-            query,
-            emb,
-            k,
-            kwargs.get("filter"),
-            [d.id or "" for d in plain],
-            [float("nan")] * len(plain),
-        )
-        _last_trace.set(tid)
-        return [self._out(d, tid) for d in docs]
-
+    # -- async twins: the store's work in a thread, the trace in the caller's context -----------
     async def asimilarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
         """Async :meth:`similarity_search`."""
-        return await run_in_executor(None, self.similarity_search, query, k, **kwargs)
+        if not self.tracing:
+            return self._plain(await self.inner.asimilarity_search(query, k=k, **kwargs))
+        return [d for d, _ in await self.asimilarity_search_with_score(query, k, **kwargs)]
 
     async def asimilarity_search_with_score(
         self, query: str, k: int = 4, **kwargs: Any
     ) -> list[tuple[Document, float]]:
         """Async :meth:`similarity_search_with_score`."""
-        return await run_in_executor(None, self.similarity_search_with_score, query, k, **kwargs)
+        if not self.tracing:
+            pairs = await self.inner.asimilarity_search_with_score(query, k=k, **kwargs)
+            return self._plain_pairs(pairs)
+        emb, pairs = await run_in_executor(None, self._query_pairs, query, k, kwargs)
+        return self._finish(query, emb, k, kwargs, pairs)
 
     async def asimilarity_search_by_vector(
         self, embedding: list[float], k: int = 4, **kwargs: Any
     ) -> list[Document]:
         """Async :meth:`similarity_search_by_vector`."""
-        return await run_in_executor(None, self.similarity_search_by_vector, embedding, k, **kwargs)
+        if not self.tracing:
+            docs = await self.inner.asimilarity_search_by_vector(embedding, k=k, **kwargs)
+            return self._plain(docs)
+        emb = list(embedding)
+        pairs = await run_in_executor(None, self._vector_pairs, emb, k, kwargs)
+        return [d for d, _ in self._finish(None, emb, k, kwargs, pairs)]
 
-    async def asimilarity_search_with_relevance_scores(
+    async def _asimilarity_search_with_relevance_scores(
         self, query: str, k: int = 4, **kwargs: Any
     ) -> list[tuple[Document, float]]:
-        """Async :meth:`similarity_search_with_relevance_scores`."""
-        return await run_in_executor(
-            None, self.similarity_search_with_relevance_scores, query, k, **kwargs
-        )
+        if not self.tracing:
+            pairs = await self.inner._asimilarity_search_with_relevance_scores(query, k=k, **kwargs)
+            return self._plain_pairs(pairs)
+        fn = self._select_relevance_score_fn()
+        return [(d, fn(s)) for d, s in await self.asimilarity_search_with_score(query, k, **kwargs)]
 
     async def amax_marginal_relevance_search(
         self,
@@ -610,9 +523,14 @@ class NudgedVectorStore(VectorStore):
         **kwargs: Any,
     ) -> list[Document]:
         """Async :meth:`max_marginal_relevance_search`."""
-        return await run_in_executor(
-            None, self.max_marginal_relevance_search, query, k, fetch_k, lambda_mult, **kwargs
-        )
+        if not self.tracing:
+            docs = await self.inner.amax_marginal_relevance_search(
+                query, k=k, fetch_k=fetch_k, lambda_mult=lambda_mult, **kwargs
+            )
+            return self._plain(docs)
+        emb = await run_in_executor(None, self._embedding().embed_query, query)
+        pairs = await run_in_executor(None, self._mmr_docs, emb, k, fetch_k, lambda_mult, kwargs)
+        return [d for d, _ in self._finish(query, emb, k, kwargs, pairs)]
 
     async def amax_marginal_relevance_search_by_vector(
         self,
@@ -623,76 +541,35 @@ class NudgedVectorStore(VectorStore):
         **kwargs: Any,
     ) -> list[Document]:
         """Async :meth:`max_marginal_relevance_search_by_vector`."""
-        return await run_in_executor(
-            None,
-            self.max_marginal_relevance_search_by_vector,
-            embedding,
-            k,
-            fetch_k,
-            lambda_mult,
-            **kwargs,
-        )
+        if not self.tracing:
+            docs = await self.inner.amax_marginal_relevance_search_by_vector(
+                embedding, k=k, fetch_k=fetch_k, lambda_mult=lambda_mult, **kwargs
+            )
+            return self._plain(docs)
+        emb = list(embedding)
+        pairs = await run_in_executor(None, self._mmr_docs, emb, k, fetch_k, lambda_mult, kwargs)
+        return [d for d, _ in self._finish(None, emb, k, kwargs, pairs)]
 
-    # -- feedback and versions (delegating to nudge_state) -------------------------------------
-    def record_feedback(
+    # -- agents ---------------------------------------------------------------------------------
+    def as_retriever_tool(
         self,
-        trace_id: str,
+        name: str = "search_documents",
+        description: str = "Search the knowledge base; cite the chunks you use as [id].",
         *,
-        relevant_ids: Iterable[str] = (),
-        irrelevant_ids: Iterable[str] = (),
-        rating: float | None = None,
-        text: str | None = None,
-    ) -> None:
-        """Attach feedback to a search; relevant ids need not be among its results."""
-        self.nudge_state.record_feedback(
-            trace_id,
-            relevant_ids=relevant_ids,
-            irrelevant_ids=irrelevant_ids,
-            rating=rating,
-            text=text,
-        )
+        k: int = 4,
+        search_kwargs: dict[str, Any] | None = None,
+    ) -> BaseTool:
+        """A LangChain tool for agents: content shows each chunk as ``[id] text`` so the model can
+        cite it; its artifact carries ``{"trace_id", "ids"}`` for :meth:`record_citations`.
 
-    def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
-        """The vectors the wrapped store holds now (float32, in order)."""
-        return self.nudge_state.get_vectors(ids)
+        .. code-block:: python
 
-    def base_vectors(self, ids: Sequence[str]) -> np.ndarray:
-        """The base (version 0) vectors of ``ids``."""
-        return self.nudge_state.base_vectors(ids)
+            tool = store.as_retriever_tool("search_docs", "Search the product docs.")
+            agent = create_react_agent(model, [tool])
+        """
+        from nudge_rag.langchain.tools import retriever_tool
 
-    def apply_vectors(
-        self,
-        vectors: dict[str, np.ndarray],
-        *,
-        note: str | None = None,
-        method: str | None = None,
-        gamma: float | None = None,
-        report: dict | None = None,
-    ) -> int:
-        """Write ``{id: vector}`` in place as a new version; return its number."""
-        return self.nudge_state.apply_vectors(
-            vectors, note=note, method=method, gamma=gamma, report=report
-        )
-
-    def rollback(self, version: int | None = None) -> int:
-        """Restore ``version`` exactly (None: the previous one; 0: the base)."""
-        return self.nudge_state.rollback(version)
-
-    def versions(self) -> list[VersionInfo]:
-        """Every recorded version, oldest first."""
-        return self.nudge_state.versions()
-
-    def traces(self, **kw: Any) -> list[Trace]:
-        """Every recorded search (``since=`` a time for newer ones only)."""
-        return self.nudge_state.traces(**kw)
-
-    def feedback(self, trace_id: str | None = None) -> list[Feedback]:
-        """Every feedback row, or those of one trace."""
-        return self.nudge_state.feedback(trace_id)
-
-    def close(self) -> None:
-        """Close the trace and version logs (the wrapped store stays open)."""
-        self.nudge_state.close()
+        return retriever_tool(self, name, description, k=k, search_kwargs=search_kwargs)
 
     # -- the embedded default: Chroma ----------------------------------------------------------
     @classmethod
@@ -722,7 +599,7 @@ class NudgedVectorStore(VectorStore):
             raise NudgeError(msg) from e
         wrap_kw = {
             k: kwargs.pop(k)
-            for k in ("tracing", "retention_days", "trace_metadata_key")
+            for k in ("tracing", "retention_days", "trace_metadata_key", "parent_id_key")
             if k in kwargs
         }
         inner = Chroma(
@@ -758,3 +635,8 @@ class NudgedVectorStore(VectorStore):
             ids=ids,
             **kwargs,
         )
+
+
+def adapter_for(store: VectorStore) -> StoreAdapter:
+    """The store adapter of the native client inside a LangChain ``store``."""
+    return backend_for(store).adapter()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Sequence
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +24,22 @@ from llama_index.core.vector_stores.types import (
 )
 
 from nudge_rag.core.errors import NudgeError
+from nudge_rag.core.files import persist_atomic
 from nudge_rag.core.state import NudgeState
 from nudge_rag.core.stores.base import Metric, StoreAdapter
-from nudge_rag.llama_index._backends import Backend, ChromaBackend, backend_for
+from nudge_rag.core.surface import NudgeSurface
+from nudge_rag.llama_index.backends import Backend, ChromaBackend, backend_for
 
 TRACE_ID_KEY = "nudge_trace_id"
-"""Metadata key under which each returned node carries the id of the query's trace."""
+"""Metadata key for the trace id, for apps that opt in with ``trace_metadata_key=TRACE_ID_KEY``.
+
+Off by default: LlamaIndex's ``node.hash`` covers metadata, and fusion retrievers
+(``QueryFusionRetriever``) merge the legs' nodes by hash, so a stamped node would no longer merge
+with the same chunk found by BM25; wrapping must not change what a pipeline computes.
+"""
 
 
-class NudgedVectorStore(BasePydanticVectorStore):
+class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
     """LlamaIndex vector store that records its queries and serves NUDGE-tuned vectors.
 
     Every call goes to the wrapped store unchanged; queries are also logged (query text,
@@ -85,14 +91,16 @@ class NudgedVectorStore(BasePydanticVectorStore):
         hits = index.as_retriever(similarity_top_k=2).retrieve("how does NUDGE work?")
         ```
 
-    Send feedback (the trace id rides on every returned node):
+    Send feedback (nodes come back untouched; the trace id is the store's, per thread/task):
         ```python
-        trace_id = hits[0].node.metadata["nudge_trace_id"]   # or store.last_trace_id
+        trace_id = store.last_trace_id        # the latest query of this thread or task
         store.record_feedback(trace_id, relevant_ids=[hits[0].node.node_id])
+        with store.trace_scope() as scope:    # every query of a pipeline run (fusion, agents)
+            fusion_retriever.retrieve("how does NUDGE work?")
+        scope.trace_ids
         ```
-        ``SimpleVectorStore`` returns ids only (LlamaIndex takes the nodes from its
-        docstore), so there read ``store.last_trace_id`` right after the query; it is kept
-        per thread and per asyncio task.
+        Nodes keep their metadata (and so their ``node.hash``, which fusion retrievers merge
+        by); pass ``trace_metadata_key="nudge_trace_id"`` to stamp the trace id on each node.
 
     Versions:
         ```python
@@ -116,7 +124,7 @@ class NudgedVectorStore(BasePydanticVectorStore):
     _backend: Backend = PrivateAttr()
     _nudge_state: NudgeState = PrivateAttr()
     _dim: int | None = PrivateAttr(default=None)
-    _last_trace: ContextVar[str | None] = PrivateAttr()
+    _trace_metadata_key: str | None = PrivateAttr(default=None)
     _persisted_to: tuple[str, Any] | None = PrivateAttr(default=None)
 
     def __init__(
@@ -128,6 +136,7 @@ class NudgedVectorStore(BasePydanticVectorStore):
         get_texts: Callable[[Sequence[str]], list[str]] | None = None,
         tracing: bool = True,
         retention_days: float | None = None,
+        trace_metadata_key: str | None = None,
         adapter: StoreAdapter | None = None,
     ) -> None:
         if isinstance(vector_store, NudgedVectorStore):
@@ -150,7 +159,7 @@ class NudgedVectorStore(BasePydanticVectorStore):
         )
         self._inner = vector_store
         self._backend = backend
-        self._last_trace = ContextVar(f"nudge_trace_{id(self)}", default=None)
+        self._trace_metadata_key = trace_metadata_key
         if get_texts is None and vector_store.stores_text:
             get_texts = backend.texts
         self._nudge_state = NudgeState(
@@ -245,20 +254,6 @@ class NudgedVectorStore(BasePydanticVectorStore):
         """The core state (adapter, trace log, version log) that the engine works on."""
         return self._nudge_state
 
-    @property
-    def tracing(self) -> bool:
-        """Whether queries are logged as traces (switch off for evaluation runs)."""
-        return self._nudge_state.tracing
-
-    @tracing.setter
-    def tracing(self, on: bool) -> None:
-        self._nudge_state.tracing = bool(on)
-
-    @property
-    def last_trace_id(self) -> str | None:
-        """Trace id of the latest query made in this thread or asyncio task (None if none)."""
-        return self._last_trace.get()
-
     # -- writes --------------------------------------------------------------------------------
     def add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> list[str]:
         """Add nodes with embeddings; bad nodes are refused before anything is written."""
@@ -340,8 +335,13 @@ class NudgedVectorStore(BasePydanticVectorStore):
 
         Every later vector write (``apply_vectors``, ``rollback``, the fine-tune engine's
         apply) re-persists to the same path, so the file never lags behind the version log.
+        On the local disk the file is replaced atomically (written beside it, fsynced,
+        renamed over it): a kill leaves the previous file or the new one, never a cut one.
+        On another fsspec filesystem the store writes the path itself, as whole as that
+        filesystem makes a closed file (an object store publishes it whole).
         """
-        self._inner.persist(persist_path, fs=fs)
+        local_fs = fs if fs is not None else getattr(self._inner, "_fs", None)
+        persist_atomic(lambda p: self._inner.persist(p, fs=fs), persist_path, fs=local_fs)
         self._persisted_to = (persist_path, fs)
 
     # -- reads ---------------------------------------------------------------------------------
@@ -378,67 +378,6 @@ class NudgedVectorStore(BasePydanticVectorStore):
         else:
             result = await asyncio.to_thread(self._inner.query, query, **kwargs)
         return self._traced(query, result)  # in the caller's context: sets its last_trace_id
-
-    # -- NUDGE: traces, feedback, versions (all delegated to the core state) -------------------
-    def record_feedback(
-        self,
-        trace_id: str,
-        *,
-        relevant_ids: Sequence[str] = (),
-        irrelevant_ids: Sequence[str] = (),
-        rating: float | None = None,
-        text: str | None = None,
-    ) -> None:
-        """Attach a user's judgment to a query's trace (ids need not be among its results)."""
-        self._nudge_state.record_feedback(
-            trace_id,
-            relevant_ids=relevant_ids,
-            irrelevant_ids=irrelevant_ids,
-            rating=rating,
-            text=text,
-        )
-
-    def traces(self, **kwargs: Any) -> list[Any]:
-        """Logged queries, oldest first (keyword filters as ``NudgeState.traces``)."""
-        return self._nudge_state.traces(**kwargs)
-
-    def feedback(self, *args: Any, **kwargs: Any) -> list[Any]:
-        """Recorded feedback (arguments as ``NudgeState.feedback``)."""
-        return self._nudge_state.feedback(*args, **kwargs)
-
-    def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
-        """The vectors the store serves now for ``ids`` (float32, one row per id)."""
-        return self._nudge_state.get_vectors(ids)
-
-    def base_vectors(self, ids: Sequence[str]) -> np.ndarray:
-        """The original (pre-NUDGE) vectors of ``ids``."""
-        return self._nudge_state.base_vectors(ids)
-
-    def apply_vectors(
-        self,
-        vectors: Any,
-        *,
-        note: str | None = None,
-        method: str | None = None,
-        gamma: float | None = None,
-        report: Any = None,
-    ) -> int:
-        """Write new vectors for some ids as a new version; return its number."""
-        return self._nudge_state.apply_vectors(
-            vectors, note=note, method=method, gamma=gamma, report=report
-        )
-
-    def rollback(self, version: int | None = None) -> int:
-        """Restore the vectors of ``version`` (default: the previous one); return it."""
-        return self._nudge_state.rollback(version)
-
-    def versions(self) -> list[Any]:
-        """Version records, oldest first."""
-        return self._nudge_state.versions()
-
-    def close(self) -> None:
-        """Close the trace and version logs (the wrapped store stays open)."""
-        self._nudge_state.close()
 
     # -- internals -----------------------------------------------------------------------------
     def _store_dim(self) -> int | None:
@@ -559,20 +498,20 @@ class NudgedVectorStore(BasePydanticVectorStore):
                 list(ids),
                 list(scores) if scores is not None else [float("nan")] * len(ids),
             )
-        self._last_trace.set(trace_id)
-        if trace_id is not None:
+        self._nudge_state.last_trace.set(trace_id)
+        key = self._trace_metadata_key
+        if trace_id is not None and key is not None:  # opted in: see TRACE_ID_KEY
             for node in result.nodes or ():
-                node.metadata[TRACE_ID_KEY] = trace_id
+                node.metadata[key] = trace_id
                 hidden = (node.excluded_llm_metadata_keys, node.excluded_embed_metadata_keys)
                 for excluded in hidden:
-                    if TRACE_ID_KEY not in excluded:
-                        excluded.append(TRACE_ID_KEY)
+                    if key not in excluded:
+                        excluded.append(key)
         return result
 
     def _repersist(self) -> None:
         if self._persisted_to is not None:
-            path, fs = self._persisted_to
-            self._inner.persist(path, fs=fs)
+            self.persist(*self._persisted_to)  # atomically, inside the move (before it commits)
 
 
 class _LazyAdapter:

@@ -3,7 +3,14 @@
 Nothing here is imported by the library itself.
 """
 
-from nudge_rag.testing.judges import QrelsJudge
+from nudge_rag.testing.judges import GullibleJudge, QrelsJudge, ScriptedJudge
 from nudge_rag.testing.openai_stub import Faults, OpenAIStub, StubRequest
 
-__all__ = ["Faults", "OpenAIStub", "QrelsJudge", "StubRequest"]
+__all__ = [
+    "Faults",
+    "GullibleJudge",
+    "OpenAIStub",
+    "QrelsJudge",
+    "ScriptedJudge",
+    "StubRequest",
+]

@@ -98,9 +98,8 @@ def simulate_searches(
 ) -> list[str]:
     """Run each query as a search over the vectors the store holds now; return trace ids."""
     ids = state.ids()
-    kind = "ip" if state.metric is Metric.IP else "cosine"
     queries = np.asarray(embeddings, np.float32)
-    scores, top = exact_knn(queries, state.get_vectors(ids), k, metric=kind)
+    scores, top = exact_knn(queries, state.get_vectors(ids), k, metric=state.metric)
     out = []
     for text, emb, s, t in zip(texts, embeddings, scores, top, strict=True):
         tid = state.record_search(text, emb, k, None, [ids[r] for r in t], s.tolist())

@@ -22,8 +22,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from nudge_rag.core.checks import require_finite_rows, require_float_dtype
-from nudge_rag.core.errors import NudgeError, UnknownIdError
+from nudge_rag.core.checks import check_vectors
+from nudge_rag.core.errors import UnknownIdError
 
 
 class Metric(str, Enum):
@@ -69,17 +69,8 @@ def raise_unknown(missing: Sequence[str], store: str) -> None:
 
 
 def as_float32_matrix(vectors: np.ndarray, n: int, dim: int | None, what: str) -> np.ndarray:
-    """Check ``vectors`` is a finite ``(n, dim)`` float matrix and return it as float32."""
-    arr = np.asarray(vectors)
-    if arr.ndim != 2 or arr.shape[0] != n:
-        msg = f"{what}: expected a ({n}, d) matrix, found shape {arr.shape}."
-        raise NudgeError(msg)
-    if dim is not None and arr.shape[1] != dim:
-        msg = f"{what}: vectors have {arr.shape[1]} dimensions, the store expects {dim}."
-        raise NudgeError(msg)
-    require_float_dtype(arr, what)
-    require_finite_rows(arr, what)
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    """Deprecated: :func:`nudge_rag.core.checks.check_vectors` (kept for adapters not yet moved)."""
+    return check_vectors(vectors, what=what, n_rows=n, dim=dim)
 
 
 def present_ids(adapter: StoreAdapter, ids: Sequence[str]) -> set[str]:

@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from nudge_rag.core.checks import check_vectors
 from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.stores.base import Metric, as_float32_matrix, missing_ids, raise_unknown
+from nudge_rag.core.stores.base import Metric, missing_ids, raise_unknown
 
 _SPACES = {"cosine": Metric.COSINE, "ip": Metric.IP, "l2": Metric.L2}
 _PAGE = 5000
@@ -120,7 +121,7 @@ class ChromaAdapter:
         if len(set(ids)) != len(ids):
             msg = "ids: found duplicates; pass each id once."
             raise NudgeError(msg)
-        mat = as_float32_matrix(vectors, len(ids), self._dim, "vectors")
+        mat = check_vectors(vectors, what="vectors", n_rows=len(ids), dim=self._dim)
         if not ids:
             return
         raise_unknown(missing_ids(ids, self.present(ids)), f"Chroma collection {self.name!r}")

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from nudge_rag.core.checks import check_vectors
 from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.stores.base import Metric, as_float32_matrix, missing_ids, raise_unknown
+from nudge_rag.core.stores.base import Metric, missing_ids, raise_unknown
 
 
 def _as_getter(x: Any) -> Callable[[], Any]:
@@ -113,7 +114,7 @@ class FaissAdapter:
         normalises on add; unknown ids: nothing written)."""
         ids = [str(i) for i in ids]
         index = self._flat()
-        mat = as_float32_matrix(vectors, len(ids), index.d, "vectors").copy()
+        mat = check_vectors(vectors, what="vectors", n_rows=len(ids), dim=index.d).copy()
         rows = self._row_of(ids)
         raise_unknown(missing_ids(ids, set(rows)), "the faiss index")
         if not ids:

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from nudge_rag.core.checks import check_vectors
 from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.stores.base import Metric, as_float32_matrix, missing_ids, raise_unknown
+from nudge_rag.core.stores.base import Metric, missing_ids, raise_unknown
 
 
 class MemoryAdapter:
@@ -81,10 +82,10 @@ class MemoryAdapter:
     def put(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Overwrite the vectors of existing ``ids`` (unknown ids: nothing written)."""
         ids = [str(i) for i in ids]
-        as_float32_matrix(vectors, len(ids), self.dim, "vectors")  # validation only
+        # float64: the stored Python floats are exactly the values given
+        mat = check_vectors(vectors, what="vectors", n_rows=len(ids), dim=self.dim, dtype=np.float64)
         raise_unknown(missing_ids(ids, self.present(ids)), self.name)
         records = self.records
-        mat = np.asarray(vectors, dtype=np.float64)
         for i, row in zip(ids, mat.tolist(), strict=True):
             if self.vector_key is None:
                 records[i] = row

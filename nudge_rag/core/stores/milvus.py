@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from nudge_rag.core.checks import check_vectors
 from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.stores.base import Metric, as_float32_matrix, missing_ids, raise_unknown
+from nudge_rag.core.stores.base import Metric, missing_ids, raise_unknown
 
 _METRICS = {"COSINE": Metric.COSINE, "IP": Metric.IP, "L2": Metric.L2}
 _INT_TYPES = {"INT8", "INT16", "INT32", "INT64"}
@@ -110,7 +111,7 @@ class MilvusAdapter:
     def put(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Overwrite existing ``ids`` by partial upsert; unknown ids change nothing."""
         ids = list(ids)
-        arr = as_float32_matrix(vectors, len(ids), self.dim, "vectors")
+        arr = check_vectors(vectors, what="vectors", n_rows=len(ids), dim=self.dim)
         present = self._fetch(ids, [self.id_field])
         raise_unknown(missing_ids(ids, set(present)), f"Milvus collection {self.collection_name!r}")
         keys = self._keys(ids)

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from nudge_rag.core.checks import check_vectors
 from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.stores.base import Metric, as_float32_matrix, missing_ids, raise_unknown
+from nudge_rag.core.stores.base import Metric, missing_ids, raise_unknown
 
 ORIGINAL_ID_KEY = "_nudge_id"
 _NAMESPACE = uuid.UUID("5c1f3f0e-8f7a-4a53-9d5e-6b8c0d1e2f30")  # nudge-rag's uuid5 namespace
@@ -134,7 +135,7 @@ class QdrantAdapter:
     def put(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Overwrite the vectors of existing ``ids`` (payload kept; unknown ids: no write)."""
         ids = [str(i) for i in ids]
-        mat = as_float32_matrix(vectors, len(ids), self.dim, "vectors")
+        mat = check_vectors(vectors, what="vectors", n_rows=len(ids), dim=self.dim)
         if not ids:
             return
         if len(set(ids)) != len(ids):

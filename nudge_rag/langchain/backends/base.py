@@ -1,0 +1,108 @@
+"""What the LangChain face needs from one wrapped store, beyond the core adapter.
+
+One class per store, one file each (``chroma.py``, ``memory.py``, ``qdrant.py``, ``faiss.py``):
+which core adapter reads and writes its vectors, where it keeps its embeddings, how to search by
+vector with scores, how its document ids map to store ids, its batch limit, and how to find
+chunks by a metadata key (for parent-document feedback).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+from langchain_core.documents import Document
+from langchain_core.vectorstores import VectorStore
+
+from nudge_rag.core.errors import NudgeError
+from nudge_rag.core.stores.base import Metric, StoreAdapter
+
+ScoredDocs = list[tuple[Document, float]]
+
+
+class Backend:
+    """A wrapped LangChain store; subclasses fill in the store-specific parts."""
+
+    #: attribute of the store that holds its ``Embeddings`` (None: not known)
+    embeddings_attr: ClassVar[str | None] = None
+    #: whether each search builds new ``Document`` objects (FAISS returns its stored ones)
+    fresh_docs: ClassVar[bool] = True
+
+    def __init__(self, store: VectorStore, adapter: StoreAdapter | None = None) -> None:
+        self.store = store
+        self._adapter = adapter
+
+    @classmethod
+    def matches(cls, store: VectorStore) -> bool:
+        """Whether this backend serves ``store``."""
+        return False
+
+    # -- vectors ---------------------------------------------------------------------------------
+    def adapter(self) -> StoreAdapter:
+        """The core adapter over the store's native client (built once)."""
+        if self._adapter is None:
+            self._adapter = self.build_adapter()
+        return self._adapter
+
+    def build_adapter(self) -> StoreAdapter:
+        """A new core adapter over the store's native client."""
+        msg = (
+            f"store: found {type(self.store).__module__}.{type(self.store).__name__}, which "
+            "NudgedVectorStore cannot reach inside; pass adapter=... (a nudge_rag.core.stores "
+            "adapter over its native client) to wrap another store."
+        )
+        raise NudgeError(msg)
+
+    def score_kind(self, metric: Metric) -> str:
+        """'distance' or 'similarity': what the store's scores are."""
+        return "distance" if metric is Metric.L2 else "similarity"
+
+    def max_batch(self) -> int | None:
+        """The most documents one write may carry (None: no limit)."""
+        return None
+
+    # -- searches --------------------------------------------------------------------------------
+    def vector_search(self) -> Callable[..., ScoredDocs] | None:
+        """The store's search by vector with its own scores (None: it has none)."""
+        fn = getattr(self.store, "similarity_search_with_score_by_vector", None)
+        return fn if callable(fn) else None
+
+    # -- ids and documents -----------------------------------------------------------------------
+    def to_store_ids(self, ids: Sequence[str]) -> list[str]:
+        """The store's ids of documents ``ids``."""
+        return list(ids)
+
+    def own(self, doc: Document) -> tuple[str | None, dict[str, Any] | None]:
+        """The document's own id and metadata as the app gave them (None: unchanged)."""
+        return doc.id, None
+
+    def prepare_add(
+        self, ids: list[str], metadatas: list[dict] | None, n: int
+    ) -> list[dict] | None:
+        """Metadata to write for an add (a store may keep the document id in it)."""
+        return metadatas
+
+    def before_overwrite(self, present: set[str], ids: list[str]) -> None:
+        """Called before an add that overwrites ``present`` ids (FAISS deletes them first)."""
+
+    def get_by_ids(self, ids: Sequence[str]) -> list[Document]:
+        """The documents of ``ids`` that exist, as the store returns them."""
+        return list(self.store.get_by_ids(self.to_store_ids(ids)))
+
+    def children_of(self, parent_ids: Sequence[str], key: str) -> dict[str, list[str]]:
+        """The document ids whose metadata ``key`` equals each of ``parent_ids``."""
+        msg = (
+            f"id_key: {type(self.store).__name__} cannot be searched by metadata here; pass the "
+            "chunk ids instead of parent ids."
+        )
+        raise NudgeError(msg)
+
+
+def group_children(pairs: Sequence[tuple[str, Any]], parent_ids: Sequence[str]) -> dict:
+    """``{parent: [child ids]}`` from ``(child id, parent value)`` pairs."""
+    wanted = {str(p) for p in parent_ids}
+    out: dict[str, list[str]] = {}
+    for child, parent in pairs:
+        if parent is not None and str(parent) in wanted:
+            out.setdefault(str(parent), []).append(str(child))
+    return out

@@ -1,0 +1,52 @@
+"""``langchain_chroma.Chroma``: the native client is its chromadb Collection."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from langchain_core.documents import Document
+from langchain_core.vectorstores import VectorStore
+
+from nudge_rag.core.stores.base import Metric, StoreAdapter
+from nudge_rag.langchain.backends.base import Backend, ScoredDocs, group_children
+
+
+class ChromaBackend(Backend):
+    """Chroma (embedded, persistent, or a ``chroma run`` server)."""
+
+    embeddings_attr = "_embedding_function"
+
+    @classmethod
+    def matches(cls, store: VectorStore) -> bool:
+        t = type(store)
+        return t.__name__ == "Chroma" and t.__module__.startswith("langchain_chroma")
+
+    def build_adapter(self) -> StoreAdapter:
+        from nudge_rag.core.stores.chroma import ChromaAdapter
+
+        return ChromaAdapter(self.store._collection)  # type: ignore[attr-defined]
+
+    def score_kind(self, metric: Metric) -> str:
+        return "distance"  # langchain-chroma returns the collection's distances
+
+    def max_batch(self) -> int | None:
+        return int(self.adapter().batch_size)  # type: ignore[attr-defined]
+
+    def vector_search(self) -> Callable[..., ScoredDocs] | None:
+        return self.store.similarity_search_by_vector_with_relevance_scores  # type: ignore[attr-defined]
+
+    def get_by_ids(self, ids: Sequence[str]) -> list[Document]:
+        # langchain-chroma builds Document(metadata=None) for documents added without metadata,
+        # which pydantic rejects: read the collection directly instead.
+        got = self.store._collection.get(ids=list(ids), include=["documents", "metadatas"])  # type: ignore[attr-defined]
+        return [
+            Document(id=i, page_content=text or "", metadata=meta or {})
+            for i, text, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True)
+        ]
+
+    def children_of(self, parent_ids: Sequence[str], key: str) -> dict[str, list[str]]:
+        got = self.store._collection.get(  # type: ignore[attr-defined]
+            where={key: {"$in": [str(p) for p in parent_ids]}}, include=["metadatas"]
+        )
+        pairs = [(i, (m or {}).get(key)) for i, m in zip(got["ids"], got["metadatas"], strict=True)]
+        return group_children(pairs, parent_ids)

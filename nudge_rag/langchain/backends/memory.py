@@ -1,0 +1,31 @@
+"""``langchain_core`` ``InMemoryVectorStore``: a dict of records (cosine)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from langchain_core.vectorstores import VectorStore
+
+from nudge_rag.core.stores.base import Metric, StoreAdapter
+from nudge_rag.langchain.backends.base import Backend, group_children
+
+
+class MemoryBackend(Backend):
+    """LangChain's in-memory store."""
+
+    embeddings_attr = "embedding"
+
+    @classmethod
+    def matches(cls, store: VectorStore) -> bool:
+        t = type(store)
+        return t.__name__ == "InMemoryVectorStore" and t.__module__.startswith("langchain_core")
+
+    def build_adapter(self) -> StoreAdapter:
+        from nudge_rag.core.stores.memory import MemoryAdapter
+
+        return MemoryAdapter(self.store.store, metric=Metric.COSINE)  # type: ignore[attr-defined]
+
+    def children_of(self, parent_ids: Sequence[str], key: str) -> dict[str, list[str]]:
+        records = self.store.store  # type: ignore[attr-defined]
+        pairs = [(i, (r.get("metadata") or {}).get(key)) for i, r in records.items()]
+        return group_children(pairs, parent_ids)

@@ -1,0 +1,58 @@
+"""A retriever tool for agents whose artifact carries the search's trace id and chunk ids."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.tools import BaseTool, StructuredTool
+from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:
+    from nudge_rag.langchain.vectorstores import NudgedVectorStore
+
+
+class _SearchInput(BaseModel):
+    query: str = Field(description="What to search for.")
+
+
+def format_chunks(ids: list[str], texts: list[str]) -> str:
+    """Each chunk as ``[id] text``, one block each, for a model to read and cite."""
+    return "\n\n".join(f"[{i}] {t}" for i, t in zip(ids, texts, strict=True))
+
+
+def retriever_tool(
+    store: NudgedVectorStore,
+    name: str,
+    description: str,
+    *,
+    k: int = 4,
+    search_kwargs: dict[str, Any] | None = None,
+) -> BaseTool:
+    """A ``content_and_artifact`` tool over ``store.similarity_search``.
+
+    The content lists the chunks as ``[id] text``; the artifact is ``{"trace_id": ..., "ids":
+    [...]}`` (trace_id None when tracing is off). It travels with the ``ToolMessage``, so it
+    reaches the app even when the agent runs the tool in another thread.
+    """
+    extra = dict(search_kwargs or {})
+
+    def run(query: str) -> tuple[str, dict[str, Any]]:
+        docs = store.similarity_search(query, k=k, **extra)
+        ids = [d.id or "" for d in docs]
+        content = format_chunks(ids, [d.page_content for d in docs]) or "No documents found."
+        return content, {"trace_id": store.last_trace_id, "ids": ids}
+
+    async def arun(query: str) -> tuple[str, dict[str, Any]]:
+        docs = await store.asimilarity_search(query, k=k, **extra)
+        ids = [d.id or "" for d in docs]
+        content = format_chunks(ids, [d.page_content for d in docs]) or "No documents found."
+        return content, {"trace_id": store.last_trace_id, "ids": ids}
+
+    return StructuredTool.from_function(
+        func=run,
+        coroutine=arun,
+        name=name,
+        description=description,
+        args_schema=_SearchInput,
+        response_format="content_and_artifact",
+    )

@@ -1,0 +1,49 @@
+"""One backend per wrapped LlamaIndex store; :func:`backend_for` picks it by class."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from llama_index.core.vector_stores.types import BasePydanticVectorStore
+
+from nudge_rag.core.errors import NudgeError
+from nudge_rag.llama_index.backends.base import Backend
+from nudge_rag.llama_index.backends.chroma import ChromaBackend
+from nudge_rag.llama_index.backends.milvus import MilvusBackend
+from nudge_rag.llama_index.backends.qdrant import QdrantBackend
+from nudge_rag.llama_index.backends.simple import SimpleBackend
+
+SUPPORTED = "ChromaVectorStore, SimpleVectorStore, QdrantVectorStore, MilvusVectorStore"
+BACKENDS: dict[str, type[Backend]] = {
+    "SimpleVectorStore": SimpleBackend,
+    "ChromaVectorStore": ChromaBackend,
+    "QdrantVectorStore": QdrantBackend,
+    "MilvusVectorStore": MilvusBackend,
+}
+
+__all__ = ["BACKENDS", "SUPPORTED", "Backend", "ChromaBackend", "backend_for"]
+
+
+def _class_names(store: object) -> Iterable[str]:
+    return (cls.__name__ for cls in type(store).__mro__)
+
+
+def backend_for(store: BasePydanticVectorStore) -> Backend:
+    """Pick the backend of a LlamaIndex store by its class (subclasses included)."""
+    names = set(_class_names(store))
+    if "FaissVectorStore" in names or "FaissMapVectorStore" in names:
+        msg = (
+            f"vector_store: found {type(store).__name__}; LlamaIndex's FAISS stores cannot look "
+            "up or overwrite vectors by node id, so NUDGE cannot edit them. Use "
+            "NudgedVectorStore.from_defaults(...) (persistent Chroma) or a Simple, Qdrant or "
+            "Milvus store instead."
+        )
+        raise NudgeError(msg)
+    for name, backend in BACKENDS.items():
+        if name in names:
+            return backend(store)
+    msg = (
+        f"vector_store: found {type(store).__name__}, expected one of {SUPPORTED}; "
+        "wrap one of those, or pass adapter= with a StoreAdapter for your store's native client."
+    )
+    raise NudgeError(msg)

@@ -1,0 +1,77 @@
+"""What the LlamaIndex face needs from one wrapped store, beyond the core adapter.
+
+One class per store, one file each (``simple.py``, ``chroma.py``, ``qdrant.py``, ``milvus.py``):
+which core adapter reads and writes its vectors, which node ids a delete is about to remove (so
+the version log forgets them), the stored dimension (to refuse bad input before anything is
+written), the chunk texts (for labelling), and whether its async methods work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from llama_index.core.vector_stores.types import BasePydanticVectorStore, MetadataFilters
+
+from nudge_rag.core.stores.base import Metric, StoreAdapter, present_ids
+
+
+class Backend:
+    """What the face asks of one wrapped store; subclasses fill in the store-specific parts."""
+
+    def __init__(self, store: BasePydanticVectorStore) -> None:
+        self.store = store
+        self._presence: StoreAdapter | None = None  # built once: Chroma's asks the server
+
+    def adapter(self) -> StoreAdapter:
+        """The core adapter over the store's native client."""
+        raise NotImplementedError
+
+    def metric(self) -> Metric:
+        """How the store compares vectors."""
+        return Metric(self.adapter().metric)
+
+    def dim(self) -> int | None:
+        """The dimension of the stored vectors, or None while the store holds none."""
+        raise NotImplementedError
+
+    def existing(self, ids: Sequence[str]) -> set[str]:
+        """The ids of ``ids`` the store holds."""
+        if not ids:
+            return set()
+        if self._presence is None:
+            self._presence = self.adapter()
+        return present_ids(self._presence, ids)
+
+    def matching(self, filters: MetadataFilters) -> list[str]:
+        """The ids whose metadata match ``filters``."""
+        raise NotImplementedError
+
+    def ref_doc_filters(self, ref_doc_id: str) -> MetadataFilters:
+        """Filters selecting the nodes that ``delete(ref_doc_id)`` removes."""
+        from llama_index.core.vector_stores.types import MetadataFilter
+
+        return MetadataFilters(filters=[MetadataFilter(key="ref_doc_id", value=ref_doc_id)])
+
+    def ref_doc_ids(self, ref_doc_id: str) -> list[str]:
+        """A superset of the node ids that ``delete(ref_doc_id)`` removes."""
+        return self.matching(self.ref_doc_filters(ref_doc_id))
+
+    def all_ids(self) -> list[str]:
+        """Every id the store holds."""
+        return self.adapter().ids()
+
+    def texts(self, ids: Sequence[str]) -> list[str | None]:
+        """The stored text of each id (None for ids the store does not hold)."""
+        if not ids:
+            return []
+        nodes = self.store.get_nodes(list(ids))
+        by_id = {n.node_id: n.get_content() for n in nodes}
+        return [by_id.get(i) for i in ids]
+
+    def has_async(self) -> bool:
+        """Whether the store has async methods of its own that can run.
+
+        The base class's async methods just call the sync ones inside the event loop (Chroma,
+        Simple), so for those stores the face runs the sync method in a thread instead.
+        """
+        return type(self.store).aquery is not BasePydanticVectorStore.aquery

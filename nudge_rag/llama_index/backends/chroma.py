@@ -1,0 +1,32 @@
+"""``ChromaVectorStore``: ``store.client`` is the chromadb Collection."""
+
+from __future__ import annotations
+
+from llama_index.core.vector_stores.types import MetadataFilters
+
+from nudge_rag.core.stores.base import StoreAdapter
+from nudge_rag.llama_index.backends.base import Backend
+
+
+class ChromaBackend(Backend):
+    """``ChromaVectorStore``: ``store.client`` is the chromadb Collection."""
+
+    def adapter(self) -> StoreAdapter:
+        from nudge_rag.core.stores.chroma import ChromaAdapter
+
+        return ChromaAdapter(self.store.client)
+
+    def dim(self) -> int | None:
+        got = self.store.client.peek(limit=1)
+        emb = got.get("embeddings")
+        return None if emb is None or len(emb) == 0 else len(emb[0])
+
+    def matching(self, filters: MetadataFilters) -> list[str]:
+        from llama_index.vector_stores.chroma.base import _to_chroma_filter
+
+        return list(self.store.client.get(where=_to_chroma_filter(filters), include=[])["ids"])
+
+    def ref_doc_filters(self, ref_doc_id: str) -> MetadataFilters:
+        from llama_index.core.vector_stores.types import MetadataFilter
+
+        return MetadataFilters(filters=[MetadataFilter(key="document_id", value=ref_doc_id)])

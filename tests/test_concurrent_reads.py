@@ -1,0 +1,325 @@
+"""What a search sees while apply/rollback moves >= 1,000 rows (issue 11 item 10).
+
+Each store holds ``N`` unit vectors; ``M`` of them move between two versions. For the query
+``e0`` every moved row scores 0.5 at version 0 and 0.9 at version 1, every other row ≤ 0.1, so
+a top-``K`` search (``K > M``) returns every moved row and its score says which version each
+came from. A search that returns moved rows from both versions saw the store *between*
+versions: it matches neither. Searches run in reader threads, through each framework's own
+search, while the version log moves the store back and forth.
+
+``python tests/test_concurrent_reads.py`` prints the figures for every store (README, "What a
+concurrent reader sees during apply/rollback").
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from nudge_rag.core.stores.base import StoreAdapter
+from nudge_rag.core.versions import VersionLog
+
+N, M, D, K = 3000, 1000, 64, 1100  # rows, moved rows, dimensions, results per search
+OLD_SCORE, NEW_SCORE, OTHER_SCORE = 0.5, 0.9, 0.1
+
+
+def _vectors(seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Ids (the first ``M`` move), the version-0 vectors and the moved rows' version-1 vectors."""
+    rng = np.random.default_rng(seed)
+    u = rng.normal(size=(N, D))
+    u[:, 0] = 0
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+
+    def at(score: float, rows: np.ndarray) -> np.ndarray:
+        out = np.sqrt(1 - score**2) * rows
+        out[:, 0] = score
+        return out.astype(np.float32)
+
+    ids = [f"doc-{i:05d}" for i in range(N)]
+    base = np.concatenate([at(OLD_SCORE, u[:M]), at(OTHER_SCORE, u[M:])])
+    return ids, base, at(NEW_SCORE, u[:M])
+
+
+@dataclass
+class Store:
+    """A wrapped store: its adapter, a search through the framework, and a cleanup."""
+
+    name: str
+    adapter: StoreAdapter
+    search: Callable[[np.ndarray, int], list[tuple[str, float]]]  # (id, cosine similarity)
+    close: Callable[[], None] = lambda: None
+
+
+# --------------------------------------------------------------------------- stores
+
+
+def faiss_langchain(tmp: Path, ids: list[str], base: np.ndarray) -> Store:
+    """LangChain's FAISS (flat inner-product index) through its own search."""
+    pytest.importorskip("faiss")
+    from langchain_community.vectorstores import FAISS
+    from langchain_community.vectorstores.utils import DistanceStrategy
+    from langchain_core.embeddings import FakeEmbeddings
+
+    from nudge_rag.core.stores.faiss import FaissAdapter
+
+    store = FAISS.from_embeddings(
+        [(i, v) for i, v in zip(ids, base.tolist(), strict=True)],
+        FakeEmbeddings(size=D),
+        ids=ids,
+        distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT,
+    )
+
+    def search(q: np.ndarray, k: int) -> list[tuple[str, float]]:
+        hits = store.similarity_search_with_score_by_vector(q.tolist(), k=k)
+        return [(str(d.id), float(s)) for d, s in hits]
+
+    return Store("FAISS (LangChain)", FaissAdapter.for_holder(store), search)
+
+
+def memory_langchain(tmp: Path, ids: list[str], base: np.ndarray) -> Store:
+    """LangChain's InMemoryVectorStore through its own search."""
+    from langchain_core.embeddings import FakeEmbeddings
+    from langchain_core.vectorstores import InMemoryVectorStore
+
+    from nudge_rag.core.stores.memory import MemoryAdapter
+
+    store = InMemoryVectorStore(FakeEmbeddings(size=D))
+    for i, v in zip(ids, base.tolist(), strict=True):
+        store.store[i] = {"id": i, "vector": v, "text": i, "metadata": {}}
+
+    def search(q: np.ndarray, k: int) -> list[tuple[str, float]]:
+        hits = store.similarity_search_with_score_by_vector(q.tolist(), k=k)
+        return [(str(d.id), float(s)) for d, s in hits]
+
+    return Store("InMemoryVectorStore (LangChain)", MemoryAdapter(store.store), search)
+
+
+def simple_llama(tmp: Path, ids: list[str], base: np.ndarray) -> Store:
+    """LlamaIndex's SimpleVectorStore through its own query."""
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores import SimpleVectorStore, VectorStoreQuery
+
+    from nudge_rag.core.stores.llama_simple import LlamaSimpleAdapter
+
+    store = SimpleVectorStore()
+    store.add(
+        [TextNode(id_=i, text=i, embedding=v) for i, v in zip(ids, base.tolist(), strict=True)]
+    )
+
+    def search(q: np.ndarray, k: int) -> list[tuple[str, float]]:
+        res = store.query(VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=k))
+        return list(zip(res.ids or [], res.similarities or [], strict=True))
+
+    return Store("SimpleVectorStore (LlamaIndex)", LlamaSimpleAdapter(store), search)
+
+
+def qdrant_local(tmp: Path, ids: list[str], base: np.ndarray) -> Store:
+    """A Qdrant collection in local mode (on disk), searched with ``query_points``."""
+    qc = pytest.importorskip("qdrant_client")
+    from qdrant_client import models
+
+    from nudge_rag.core.stores.qdrant import ORIGINAL_ID_KEY, QdrantAdapter, default_point_id
+
+    client = qc.QdrantClient(path=str(tmp / "qdrant"))
+    client.create_collection(
+        "c", vectors_config=models.VectorParams(size=D, distance=models.Distance.COSINE)
+    )
+    for s in range(0, N, 1000):
+        client.upsert(
+            "c",
+            points=[
+                models.PointStruct(id=default_point_id(i), vector=v, payload={ORIGINAL_ID_KEY: i})
+                for i, v in zip(ids[s : s + 1000], base[s : s + 1000].tolist(), strict=True)
+            ],
+        )
+
+    def search(q: np.ndarray, k: int) -> list[tuple[str, float]]:
+        pts = client.query_points("c", query=q.tolist(), limit=k, with_payload=True).points
+        return [(str(p.payload[ORIGINAL_ID_KEY]), float(p.score)) for p in pts]
+
+    return Store("Qdrant local mode", QdrantAdapter(client, "c"), search, client.close)
+
+
+def chroma_persistent(tmp: Path, ids: list[str], base: np.ndarray) -> Store:
+    """A persistent (embedded) Chroma collection, searched with ``collection.query``."""
+    chromadb = pytest.importorskip("chromadb")
+
+    from nudge_rag.core.stores.chroma import ChromaAdapter
+
+    client = chromadb.PersistentClient(str(tmp / "chroma"))
+    col = client.get_or_create_collection(
+        f"c{uuid.uuid4().hex[:8]}", metadata={"hnsw:space": "cosine"}
+    )
+    col.add(ids=ids, embeddings=base)
+
+    def search(q: np.ndarray, k: int) -> list[tuple[str, float]]:
+        got = col.query(query_embeddings=[q], n_results=k, include=["distances"])
+        return [
+            (i, 1.0 - float(d)) for i, d in zip(got["ids"][0], got["distances"][0], strict=True)
+        ]
+
+    return Store("Chroma (embedded)", ChromaAdapter(col), search)
+
+
+def milvus_lite(tmp: Path, ids: list[str], base: np.ndarray) -> Store:
+    """A Milvus Lite collection (FLAT index, cosine, strong consistency), searched natively."""
+    pymilvus = pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    from pymilvus import DataType
+
+    from nudge_rag.core.stores.milvus import MilvusAdapter
+
+    client = pymilvus.MilvusClient(str(tmp / "milvus.db"))
+    schema = client.create_schema(auto_id=False)
+    schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+    schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=D)
+    index = client.prepare_index_params()
+    index.add_index("embedding", index_type="FLAT", metric_type="COSINE")
+    client.create_collection("c", schema=schema, index_params=index, consistency_level="Strong")
+    client.insert("c", [{"id": i, "embedding": v} for i, v in zip(ids, base.tolist(), strict=True)])
+
+    def search(q: np.ndarray, k: int) -> list[tuple[str, float]]:
+        hits = client.search("c", data=[q.tolist()], limit=k, output_fields=["id"])[0]
+        return [(str(h["id"]), float(h["distance"])) for h in hits]
+
+    return Store("Milvus Lite", MilvusAdapter(client, "c"), search, client.close)
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+@dataclass
+class Figures:
+    """What the readers saw while the store moved between versions."""
+
+    store: str
+    moves: int = 0
+    move_seconds: float = 0.0
+    searches_during_moves: int = 0
+    mixed: int = 0
+    incomplete: int = 0  # searches that did not return every moved row (approximate search)
+    spans: list[tuple[float, float]] = field(default_factory=list, repr=False)
+
+    def line(self) -> str:
+        per_move = 1000 * self.move_seconds / max(1, self.moves)
+        return (
+            f"{self.store:32s} moves {self.moves:3d} ({per_move:7.1f} ms each)  searches during "
+            f"moves {self.searches_during_moves:5d}  mixed {self.mixed:5d}"
+            f"  incomplete {self.incomplete}"
+        )
+
+
+def classify(hits: list[tuple[str, float]], moved: set[str]) -> tuple[int, int]:
+    """(moved rows at version 0, moved rows at version 1) among ``hits``, by score."""
+    old = new = 0
+    for i, s in hits:
+        if i in moved:
+            if s > (OLD_SCORE + NEW_SCORE) / 2:
+                new += 1
+            elif s > (OLD_SCORE + OTHER_SCORE) / 2:
+                old += 1
+    return old, new
+
+
+def measure(
+    make: Callable[[Path, list[str], np.ndarray], Store],
+    tmp: Path,
+    *,
+    moves: int = 20,
+    readers: int = 2,
+    max_seconds: float = 60.0,
+) -> Figures:
+    """Move ``M`` rows between two versions ``moves`` times while ``readers`` threads search."""
+    ids, base, new = _vectors()
+    store = make(tmp, ids, base)
+    moved = set(ids[:M])
+    q = np.zeros(D, dtype=np.float32)
+    q[0] = 1.0
+    log = VersionLog(tmp / "versions.sqlite", store.adapter)
+    figures = Figures(store.name)
+    results: list[tuple[float, float, int, int]] = []
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            while not done.is_set():
+                t0 = time.perf_counter()
+                hits = store.search(q, K)
+                t1 = time.perf_counter()
+                results.append((t0, t1, *classify(hits, moved)))
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    try:
+        old_hits = classify(store.search(q, K), moved)
+        threads = [threading.Thread(target=read, daemon=True) for _ in range(readers)]
+        for t in threads:
+            t.start()
+        deadline = time.perf_counter() + max_seconds
+        for n in range(moves):
+            t0 = time.perf_counter()
+            if n == 0:
+                log.apply(dict(zip(ids[:M], new, strict=True)), method="nudge-n")
+            else:
+                log.rollback(0 if n % 2 else 1)
+            t1 = time.perf_counter()
+            figures.spans.append((t0, t1))
+            figures.moves += 1
+            figures.move_seconds += t1 - t0
+            time.sleep(0.002)  # let the readers see each version settled, too
+            if time.perf_counter() > deadline:
+                break
+        done.set()
+        for t in threads:
+            t.join(timeout=60)
+        if errors:
+            raise errors[0]
+        new_hits = classify(store.search(q, K), moved)
+    finally:
+        done.set()
+        log.close()
+        store.close()
+    # Sanity: the settled versions are told apart (every moved row found, at one version).
+    assert old_hits[1] == 0 and old_hits[0] >= 0.9 * M, old_hits
+    assert new_hits[1 - figures.moves % 2] == 0, new_hits
+    for t0, t1, n_old, n_new in results:
+        if any(t0 < b and t1 > a for a, b in figures.spans):
+            figures.searches_during_moves += 1
+            figures.mixed += bool(n_old and n_new)
+        figures.incomplete += n_old + n_new < M
+    return figures
+
+
+# --------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("make", [faiss_langchain, memory_langchain], ids=["faiss", "memory"])
+def test_a_search_sees_one_version_or_the_other(make, tmp_path):
+    """FAISS swaps in a new flat index and the in-memory store replaces its records in one
+    dict update: no search sees a mix of versions (FAISS mixed 2 of 847 before)."""
+    figures = measure(make, tmp_path, moves=40)
+    assert figures.searches_during_moves > 0, figures.line()
+    assert figures.mixed == 0, figures.line()
+
+
+if __name__ == "__main__":  # the README's figures
+    import sys
+    import tempfile
+
+    makers = [faiss_langchain, memory_langchain, simple_llama, qdrant_local, chroma_persistent]
+    makers += [milvus_lite]
+    wanted = sys.argv[1:]
+    for make in makers:
+        if wanted and make.__name__ not in wanted:
+            continue
+        with tempfile.TemporaryDirectory() as d:
+            print(measure(make, Path(d), moves=20).line(), flush=True)
