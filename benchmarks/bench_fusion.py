@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ K = 10
 FACES = ("llama_index", "langchain")
 LC_KINDS = ("chroma", "faiss", "qdrant", "memory")
 LLAMA_KINDS = ("chroma", "simple")
+IdsOf = Callable[[Any], list[str]]
 
 
 @dataclass
@@ -77,7 +79,9 @@ class Row:
 
 def ndcg10(ranked: list[list[str]], qids: Sequence[str], qrels: dict) -> float:
     """Mean NDCG@10 (pytrec_eval, as BEIR reports it) of ranked ids, one list per query."""
-    run = {q: {d: float(K - r) for r, d in enumerate(ids)} for q, ids in zip(qids, ranked)}
+    run = {
+        q: {d: float(K - r) for r, d in enumerate(ids)} for q, ids in zip(qids, ranked, strict=True)
+    }
     ev = pytrec_eval.RelevanceEvaluator({q: qrels[q] for q in qids}, {"ndcg_cut.10"})
     return float(np.mean([m["ndcg_cut_10"] for m in ev.evaluate(run).values()]))
 
@@ -148,17 +152,29 @@ def llama_runs(ds: BeirDataset, qids: list[str], kind: str, work: Path) -> dict[
     row = {q: n for n, q in enumerate(ds.query_ids)}
     # the precomputed query vector rides in the bundle: the embed model is never called
     bundles = [
-        (ds.query_text[q], ds.query_embeddings[row[q]].tolist()) for q in qids
+        QueryBundle(ds.query_text[q], embedding=ds.query_embeddings[row[q]].tolist()) for q in qids
     ]
     bm25 = BM25Retriever.from_defaults(nodes=llama_nodes(ds), similarity_top_k=K)
-    out: dict[str, list[Run]] = {}
-    for label, store in llama_stores(kind, work).items():
-        index = VectorStoreIndex(
-            llama_nodes(ds),
-            storage_context=StorageContext.from_defaults(vector_store=store),
-            embed_model=MockEmbedding(embed_dim=384),  # nodes bring their vectors
+    embed_model = MockEmbedding(embed_dim=384)  # never called: nodes and queries bring vectors
+    indexes = {
+        label: (
+            store,
+            VectorStoreIndex(
+                llama_nodes(ds),
+                embed_model=embed_model,
+                storage_context=StorageContext.from_defaults(vector_store=store),
+            ),
         )
-        scope = getattr(store, "trace_scope", None)
+        for label, store in llama_stores(kind, work).items()
+    }
+    if kind == "chroma":  # the bare collection itself, wrapped: the same HNSW graph, no noise
+        from nudge_rag.llama_index import NudgedVectorStore
+
+        over = NudgedVectorStore(indexes["bare"][0], state_dir=work / "chroma-over-bare-state")
+        index = VectorStoreIndex.from_vector_store(over, embed_model=embed_model)
+        indexes["wrapped over the bare collection"] = (over, index)
+    out: dict[str, list[Run]] = {}
+    for label, (store, index) in indexes.items():
 
         def fusion(use_async: bool, index: Any = index) -> Any:
             return QueryFusionRetriever(
@@ -170,27 +186,15 @@ def llama_runs(ds: BeirDataset, qids: list[str], kind: str, work: Path) -> dict[
                 use_async=use_async,
             )
 
-        runs = []
-        for call, use_async in (("retrieve, use_async=False", False), ("retrieve, use_async=True", True)):
-            retriever = fusion(use_async)
-            runs.append(
-                _run_sync(
-                    call,
-                    [lambda t=t, v=v: retriever.retrieve(QueryBundle(t, embedding=v)) for t, v in bundles],
-                    scope,
-                    lambda hits: [h.node.node_id for h in hits],
-                )
-            )
-        retriever = fusion(True)
-        runs.append(
-            _run_async(
-                "await aretrieve",
-                [lambda t=t, v=v: retriever.aretrieve(QueryBundle(t, embedding=v)) for t, v in bundles],
-                scope,
-                lambda hits: [h.node.node_id for h in hits],
-            )
-        )
-        out[label] = runs
+        def ids_of(hits: list[Any]) -> list[str]:
+            return [h.node.node_id for h in hits]
+
+        sync, in_tasks, run_async = fusion(False), fusion(True), fusion(True)
+        out[label] = [
+            _run_sync("retrieve, use_async=False", sync.retrieve, bundles, store, ids_of),
+            _run_sync("retrieve, use_async=True", in_tasks.retrieve, bundles, store, ids_of),
+            _run_async("await aretrieve", run_async.aretrieve, bundles, store, ids_of),
+        ]
     return out
 
 
@@ -209,7 +213,13 @@ def lc_runs(ds: BeirDataset, qids: list[str], kind: str, work: Path) -> dict[str
     assert ds.corpus_embeddings is not None and ds.query_embeddings is not None
     table = {ds.text_of(d): ds.corpus_embeddings[n] for n, d in enumerate(ds.corpus_ids)}
     table.update({ds.query_text[q]: ds.query_embeddings[n] for n, q in enumerate(ds.query_ids)})
-    emb = LookupEmbeddings(table)  # no fallback: an unknown text would raise
+    probes: list[str] = []
+
+    def probe(texts: list[str]) -> np.ndarray:  # langchain-qdrant embeds "dummy_text" once
+        probes.extend(texts)
+        return np.full((len(texts), 384), 384**-0.5, dtype=np.float32)
+
+    emb = LookupEmbeddings(table, fallback=probe)
     docs = [Document(ds.text_of(d), id=d, metadata={"doc_id": d}) for d in ds.corpus_ids]
     ids = list(ds.corpus_ids)
     bm25 = BM25Retriever.from_documents(docs, k=K)
@@ -217,7 +227,9 @@ def lc_runs(ds: BeirDataset, qids: list[str], kind: str, work: Path) -> dict[str
     def bare(name: str) -> Any:
         store = bare_store(kind, emb, 384, work / name, "scifact")
         # Qdrant takes UUID point ids: the ones the wrapper derives from the same doc ids
-        store.add_documents(docs, ids=[default_point_id(i) for i in ids] if kind == "qdrant" else ids)
+        store.add_documents(
+            docs, ids=[default_point_id(i) for i in ids] if kind == "qdrant" else ids
+        )
         return store
 
     stores: dict[str, Any] = {"bare": bare("lc-bare")}
@@ -225,6 +237,10 @@ def lc_runs(ds: BeirDataset, qids: list[str], kind: str, work: Path) -> dict[str
         stores["bare again"] = bare("lc-bare-again")
         stores["wrapped"] = NudgedVectorStore.from_documents(
             docs, emb, persist_directory=work / "lc-wrapped", collection_name="scifact"
+        )
+        # the bare collection itself, wrapped: the same HNSW graph, no noise
+        stores["wrapped over the bare collection"] = NudgedVectorStore(
+            stores["bare"], state_dir=work / "lc-over-bare-state"
         )
     else:
         wrapped = NudgedVectorStore(
@@ -234,57 +250,62 @@ def lc_runs(ds: BeirDataset, qids: list[str], kind: str, work: Path) -> dict[str
         wrapped.add_documents(docs, ids=ids)
         stores["wrapped"] = wrapped
 
+    if set(probes) - {"dummy_text"}:
+        msg = f"texts outside SciFact were embedded: {sorted(set(probes))[:3]}"
+        raise RuntimeError(msg)
     out: dict[str, list[Run]] = {}
     for label, store in stores.items():
         ens = EnsembleRetriever(retrievers=[bm25, store.as_retriever(search_kwargs={"k": K})])
-        scope = getattr(store, "trace_scope", None)
         texts = [ds.query_text[q] for q in qids]
 
         def top(found: list[Any]) -> list[str]:
             return [d.metadata["doc_id"] for d in found[:K]]
 
         out[label] = [
-            _run_sync("invoke", [lambda t=t: ens.invoke(t) for t in texts], scope, top),
-            _run_async("await ainvoke", [lambda t=t: ens.ainvoke(t) for t in texts], scope, top),
+            _run_sync("invoke", ens.invoke, texts, store, top),
+            _run_async("await ainvoke", ens.ainvoke, texts, store, top),
         ]
     return out
 
 
 # -- running ------------------------------------------------------------------------------------
+def _scope(store: Any) -> Any:
+    """The wrapped store's trace scope (the searches of one call); nothing for a bare store."""
+    return store.trace_scope() if hasattr(store, "trace_scope") else nullcontext()
+
+
 def _run_sync(
-    label: str, calls: list[Callable[[], Any]], scope: Any, ids_of: Callable[[Any], list[str]]
+    label: str, call: Callable[[Any], Any], inputs: list[Any], store: Any, ids_of: IdsOf
 ) -> Run:
     t0 = time.perf_counter()
     ranked, traced = [], 0
-    for call in calls:
-        if scope is None:
-            ranked.append(ids_of(call()))
-            continue
-        with scope() as s:
-            ranked.append(ids_of(call()))
-        traced += len(s.trace_ids) == 1
-    return Run(label, ranked, None if scope is None else traced, time.perf_counter() - t0)
+    for x in inputs:
+        with _scope(store) as scope:
+            ranked.append(ids_of(call(x)))
+        traced += scope is not None and len(scope.trace_ids) == 1
+    wrapped = hasattr(store, "trace_scope")
+    return Run(label, ranked, traced if wrapped else None, time.perf_counter() - t0)
 
 
 def _run_async(
-    label: str, calls: list[Callable[[], Any]], scope: Any, ids_of: Callable[[Any], list[str]]
+    label: str, call: Callable[[Any], Any], inputs: list[Any], store: Any, ids_of: IdsOf
 ) -> Run:
     async def main() -> Run:
         t0 = time.perf_counter()
         ranked, traced = [], 0
-        for call in calls:
-            if scope is None:
-                ranked.append(ids_of(await call()))
-                continue
-            with scope() as s:
-                ranked.append(ids_of(await call()))
-            traced += len(s.trace_ids) == 1
-        return Run(label, ranked, None if scope is None else traced, time.perf_counter() - t0)
+        for x in inputs:
+            with _scope(store) as scope:
+                ranked.append(ids_of(await call(x)))
+            traced += scope is not None and len(scope.trace_ids) == 1
+        wrapped = hasattr(store, "trace_scope")
+        return Run(label, ranked, traced if wrapped else None, time.perf_counter() - t0)
 
     return asyncio.run(main())
 
 
-def compare(face: str, kind: str, runs: dict[str, list[Run]], qids: list[str], qrels: dict) -> list[Row]:
+def compare(
+    face: str, kind: str, runs: dict[str, list[Run]], qids: list[str], qrels: dict
+) -> list[Row]:
     """Each non-bare pipeline against the bare one, call style by call style."""
     rows = []
     for label, own in runs.items():
@@ -339,8 +360,11 @@ def main(argv: list[str] | None = None) -> int:
     ds = load_beir(root / "scifact")
     qrels = ds.qrels["test"]
     qids = sorted(qrels, key=int)[: args.queries]
-    print(f"SciFact: {len(ds.corpus_ids):,} chunks, {len(qids)} test queries; {platform.python_version()}, "
-          f"{os.cpu_count()} CPUs", flush=True)
+    print(
+        f"SciFact: {len(ds.corpus_ids):,} chunks, {len(qids)} test queries; {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs",
+        flush=True,
+    )
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench_fusion_") as tmp:
         work = Path(tmp)

@@ -33,6 +33,7 @@ FEEDBACK_SHARE = 0.02
 _CHILD = r"""
 import json, sys, time
 import numpy as np
+import nudge_rag
 from nudge_rag import NudgeFinetuneEngine
 from nudge_rag.core.state import NudgeState
 from nudge_rag.core.stores.memory import MemoryAdapter
@@ -62,7 +63,8 @@ labeled = engine.collect_labels(ids, base, None, counts)
 seconds = time.perf_counter() - t0
 peak = status_mb("VmHWM")
 print(json.dumps({"rss_before_mb": before, "peak_mb": peak, "added_mb": peak - before,
-                  "seconds": seconds, "labeled": len(labeled), "traces": counts["traces"]}))
+                  "seconds": seconds, "labeled": len(labeled), "traces": counts["traces"],
+                  "code": nudge_rag.__file__.rsplit("/nudge_rag/", 1)[0]}))
 """
 
 
@@ -103,11 +105,12 @@ def build(folder: Path, n: int) -> None:
 
 def measure(folder: Path, code: str | None) -> dict:
     env = dict(os.environ)
-    if code:
-        env["PYTHONPATH"] = code + os.pathsep + env.get("PYTHONPATH", "")
+    code = code or str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = code + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run(
         [sys.executable, "-c", _CHILD, str(folder), str(N_CHUNKS), str(DIM)],
         env=env,
+        cwd=folder,  # not a checkout: nudge_rag comes from ``code``
         capture_output=True,
         text=True,
         check=True,
@@ -136,7 +139,7 @@ def main() -> None:
         print(
             f"{n:>9,} traces, {r['labeled']:,} labeled: collect_labels peak RSS "
             f"+{r['added_mb']:,.0f} MB over {r['rss_before_mb']:,.0f} MB "
-            f"(peak {r['peak_mb']:,.0f} MB), {r['seconds']:.1f}s  [{args.code or 'this checkout'}]"
+            f"(peak {r['peak_mb']:,.0f} MB), {r['seconds']:.1f}s  [code: {r['code']}]"
         )
 
 

@@ -68,6 +68,7 @@ def compare_on_dataset(path: str | Path, method: str, *, seed: int = 0) -> dict[
     sp = split_queries(ds, seed=seed)
     tr, va, te = ds.task(sp.train, qrels_split="train"), ds.task(sp.dev), ds.task("test")
     E = ds.corpus_embeddings
+    assert E is not None  # load_beir loads the embeddings unless told not to
     args = (E, tr.queries, tr.positives, va.queries, va.positives)
     plain, t_plain = timed(finetune_embeddings, *args, method=method, **REFERENCE_MODE)
     ours, t_ours = timed(finetune_embeddings, *args, method=method)

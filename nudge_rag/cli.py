@@ -106,9 +106,27 @@ def find_state(folder: Path, collection: str = "nudge_rag") -> tuple[Path, Path]
     return chroma_dir, state_dir
 
 
+def require_writable(*folders: Path) -> None:
+    """Refuse, in one line, a folder this user cannot create files in."""
+    import tempfile
+
+    for folder in folders:
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            msg = (
+                f"{folder}: not writable by this user ({e.strerror or e}); this command writes to "
+                "the store and its state folder. Make them writable, or use a read-only command "
+                "(nudge-rag versions, nudge-rag traces stats, nudge-rag traces export)."
+            )
+            raise NudgeError(msg) from None
+
+
 def open_store(folder: Path, collection: str = "nudge_rag") -> Any:
     """Open an embedded Chroma store and its nudge-rag state (see :func:`find_state`)."""
     chroma_dir, state_dir = find_state(folder, collection)
+    require_writable(chroma_dir, state_dir)
     import chromadb
     from langchain_chroma import Chroma
 

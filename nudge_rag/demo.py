@@ -127,6 +127,8 @@ def _known_vectors(ds: BeirDataset, encode: Callable, progress: bool) -> dict[st
         _normalise_text(ds.corpus_text[d]): v
         for d, v in zip(ds.corpus_ids, ds.corpus_embeddings, strict=True)
     }
+    if ds.query_embeddings is None:
+        ds.query_embeddings = encode([ds.query_text[q] for q in ds.query_ids])
     known.update(
         (_normalise_text(ds.query_text[q]), v)
         for q, v in zip(ds.query_ids, ds.query_embeddings, strict=True)

@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import selectors
 import sqlite3
 import sys
+import time
 import traceback
 import uuid
 import warnings
@@ -255,20 +257,24 @@ OPEN: dict[str, Callable[[Path], Any]] = {
 
 
 # -- one worker ----------------------------------------------------------------------------------
-def work(kind: str, root: Path, seed: int, report: Path) -> None:
+def work(cmd: dict[str, Any]) -> None:
+    """Open, check and report; then apply and roll back until killed."""
+    kind, tag, seed = cmd["store"], cmd["tag"], int(cmd["seed"])
+    root, report = Path(cmd["root"]), Path(cmd["report"])
     root.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
     pending = intent_rows(root / "state")
     store = OPEN[kind](root)  # the face's version log completes an unfinished move
     cur, exp = expected(store.versions())
     held = np.asarray(store.get_vectors(IDS), dtype=np.float32)
     bad = int((held.view(np.uint32) != exp.view(np.uint32)).any(axis=1).sum())
     row = {"current": cur, "bad_rows": bad, "intent": intent_rows(root / "state")}
-    row["pending"] = pending
+    row.update(pending=pending, open_s=round(time.perf_counter() - t0, 3))
     with report.open("a") as fh:
         fh.write(json.dumps(row) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
-    print(f"READY {os.getpid()}", flush=True)
+    _emit(f"READY {tag} {os.getpid()}")
     rng = random.Random(seed)
     while True:
         known = [v.version for v in store.versions()]
@@ -276,6 +282,11 @@ def work(kind: str, root: Path, seed: int, report: Path) -> None:
             store.apply_vectors(version_rows(max(known) + 1), method="nudge-n", note=f"{seed}")
         else:
             store.rollback(rng.choice(known))
+
+
+def _emit(line: str) -> None:
+    """One line to the test, in one write (lines from several workers never interleave)."""
+    os.write(sys.stdout.fileno(), (line[:3500] + "\n").encode())
 
 
 def serve() -> None:
@@ -286,30 +297,47 @@ def serve() -> None:
     import langchain_chroma  # noqa: F401
     import langchain_community.vectorstores  # noqa: F401
     import langchain_qdrant  # noqa: F401
-    import llama_index.vector_stores.chroma  # noqa: F401
-    import llama_index.vector_stores.milvus  # noqa: F401
+    import llama_index.vector_stores.chroma
+    import llama_index.vector_stores.milvus
     import llama_index.vector_stores.qdrant  # noqa: F401
 
     import nudge_rag.langchain
     import nudge_rag.llama_index  # noqa: F401
 
-    print("SERVING", flush=True)
-    for line in sys.stdin:
-        cmd = json.loads(line)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                work(cmd["store"], Path(cmd["root"]), int(cmd["seed"]), Path(cmd["report"]))
-            except BaseException:
-                print("FAIL " + json.dumps(traceback.format_exc()), flush=True)
-                code = 1
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        print(f"EXIT {status}", flush=True)
+    tags: dict[int, str] = {}
+    sel = selectors.DefaultSelector()
+    sel.register(sys.stdin.fileno(), selectors.EVENT_READ)
+    buf = b""
+    _emit("SERVING")
+    while True:
+        if sel.select(0.02):
+            chunk = os.read(sys.stdin.fileno(), 65536)
+            if not chunk:
+                break
+            buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            cmd = json.loads(line)
+            pid = os.fork()
+            if pid == 0:
+                code = 0
+                try:
+                    sel.close()
+                    os.close(0)
+                    work(cmd)
+                except BaseException:
+                    _emit(f"FAIL {cmd['tag']} " + json.dumps(traceback.format_exc()[-3000:]))
+                    code = 1
+                finally:
+                    os._exit(code)
+            tags[pid] = cmd["tag"]
+        while tags:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            _emit(f"EXIT {tags.pop(pid)} {status}")
+    for pid in tags:
+        os.waitpid(pid, 0)
 
 
 if __name__ == "__main__":

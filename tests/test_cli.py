@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from shared_data import dataset
@@ -11,8 +16,8 @@ from typer.testing import CliRunner
 from nudge_rag.cli import app
 
 runner = CliRunner()
-COMMANDS = [["demo"], ["finetune"], ["eval"], ["versions"], ["rollback"], ["bench"],
-            ["traces", "stats"], ["traces", "export"]]  # fmt: skip
+COMMANDS = [["demo"], ["finetune"], ["eval"], ["versions"], ["rollback"], ["verify"],
+            ["repair"], ["bench"], ["traces", "stats"], ["traces", "export"]]  # fmt: skip
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=" ".join)
@@ -99,3 +104,140 @@ def test_versions_and_rollback_of_a_store_built_by_the_llama_index_face(tmp_path
 
     again = NudgedVectorStore.from_defaults(persist_dir=str(tmp_path), collection_name="docs")
     np.testing.assert_allclose(again.get_vectors(["n0"])[0], vecs[0], atol=1e-7)
+
+
+# -- one-line errors, read-only folders, verify and repair (issue 11, items 4 and 11) -----------
+
+
+def _llama_store(folder: Path) -> list[str]:
+    """A store built by the LlamaIndex face, nudged once; returns the CLI's --store arguments."""
+    import numpy as np
+    from llama_index.core.schema import TextNode
+
+    from nudge_rag.llama_index import NudgedVectorStore
+
+    store = NudgedVectorStore.from_defaults(persist_dir=str(folder), collection_name="docs")
+    vecs = np.eye(4, dtype=np.float32)
+    store.add([TextNode(text=f"t{i}", id_=f"n{i}", embedding=vecs[i].tolist()) for i in range(4)])
+    store.nudge_state.record_search("q", vecs[0], 2, None, ["n0"], [1.0])
+    store.apply_vectors({"n0": np.array([0.6, 0.8, 0, 0], dtype=np.float32)}, note="by hand")
+    store.nudge_state.close()
+    return ["--store", str(folder), "--collection", "docs"]
+
+
+def _one_line_error(res, *needles: str) -> str:
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "cut short"])
+def test_a_damaged_version_log_is_one_line_and_repairable(tmp_path, damage):
+    args = _llama_store(tmp_path)
+    log = tmp_path / "nudge_state" / "docs" / "versions.sqlite"
+    data = log.read_bytes()
+    log.write_bytes(b"\x00garbage" * 512 if damage == "garbage" else data[: len(data) // 2])
+
+    for cmd in (["versions"], ["rollback", "--to", "0"]):
+        _one_line_error(runner.invoke(app, [*cmd, *args]), "versions.sqlite", "damaged")
+    res = runner.invoke(app, ["verify", *args])
+    assert res.exit_code == 1 and "damaged" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["repair", *args])
+    _one_line_error(res, "there is none to trust", "--adopt-store")
+    res = runner.invoke(app, ["repair", *args, "--adopt-store"])
+    assert res.exit_code == 0, res.output
+    assert "moved the unusable version log aside" in res.output and "ok: " in res.output
+    res = runner.invoke(app, ["versions", *args])
+    assert res.exit_code == 0 and res.output.splitlines()[-1].split()[:2] == ["*", "0"]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "cut short", "empty"])
+def test_a_damaged_trace_log_is_one_line(tmp_path, damage):
+    args = _llama_store(tmp_path)
+    traces = tmp_path / "nudge_state" / "docs" / "traces.sqlite"
+    data = traces.read_bytes()
+    cut = {"garbage": b"garbage!" * 600, "cut short": data[:1000], "empty": b""}[damage]
+    traces.write_bytes(cut)
+    res = runner.invoke(app, ["traces", "stats", *args])
+    _one_line_error(res, "traces.sqlite")
+
+
+def test_a_lost_version_log_is_refused_by_every_command(tmp_path):
+    args = _llama_store(tmp_path)
+    (tmp_path / "nudge_state" / "docs" / "versions.sqlite").unlink()
+    _one_line_error(runner.invoke(app, ["versions", *args]), "missing", "repair --adopt-store")
+    _one_line_error(runner.invoke(app, ["rollback", *args]), "missing", "records a version log")
+    res = runner.invoke(app, ["repair", *args, "--adopt-store"])
+    assert res.exit_code == 0 and "started a new version log" in res.output, res.output
+
+
+def test_verify_then_repair_a_store_changed_behind_the_logs_back(tmp_path):
+    import chromadb
+
+    args = _llama_store(tmp_path)
+    res = runner.invoke(app, ["verify", *args])
+    assert res.exit_code == 0 and res.output.startswith("ok: the store is at version 1"), res.output
+    col = chromadb.PersistentClient(path=str(tmp_path)).get_collection("docs")
+    col.update(ids=["n0"], embeddings=[[0.0, 0.0, 0.0, 1.0]])  # not through nudge-rag
+
+    res = runner.invoke(app, ["verify", *args])
+    assert res.exit_code == 1
+    assert "does not hold the vectors of version 1" in res.output and "e.g. id 'n0'" in res.output
+    res = runner.invoke(app, ["repair", *args])
+    assert res.exit_code == 0, res.output
+    assert "done: rewrote 1 row(s) of the store with version 1's vectors" in res.output
+    assert runner.invoke(app, ["verify", *args]).exit_code == 0
+
+
+def _make_read_only(folder: Path) -> None:
+    for path in [*sorted(folder.rglob("*"), reverse=True), folder]:
+        path.chmod(0o555 if path.is_dir() else 0o400)
+
+
+def _run_without_write_access(args: list[str]) -> subprocess.CompletedProcess:
+    """The CLI in a process that file permissions bind (root too: CAP_DAC_OVERRIDE dropped)."""
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: cannot take write access away")
+        prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]
+    res = subprocess.run(
+        [*prefix, sys.executable, "-m", "nudge_rag.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "ANONYMIZED_TELEMETRY": "False"},
+    )
+    if res.returncode != 0 and res.stderr.startswith("setpriv:"):
+        pytest.skip(f"cannot drop capabilities here: {res.stderr.strip()}")
+    return res
+
+
+def test_read_only_commands_work_on_a_read_only_folder(tmp_path):
+    folder = tmp_path / "ro"
+    args = _llama_store(folder)
+    out = tmp_path / "out"
+    out.mkdir()
+    _make_read_only(folder)
+    try:
+        res = _run_without_write_access(["versions", *args])
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.splitlines()[-1].startswith("*") and "by hand" in res.stdout
+        res = _run_without_write_access(["traces", "stats", *args])
+        assert res.returncode == 0 and "traces: 1" in res.stdout, res.stderr
+        res = _run_without_write_access(["traces", "export", *args, "--out", str(out / "t.jsonl")])
+        assert res.returncode == 0 and "wrote 1 traces" in res.stdout, res.stderr
+
+        for cmd in (["rollback", "--to", "0"], ["finetune"]):
+            res = _run_without_write_access([*cmd, *args])
+            assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+            lines = res.stderr.strip().splitlines()
+            assert len(lines) == 1 and "not writable by this user" in lines[0], lines
+    finally:
+        for path in [folder, *folder.rglob("*")]:
+            path.chmod(0o700 if path.is_dir() else 0o600)

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -302,13 +302,107 @@ def measure(
 # --------------------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize("make", [faiss_langchain, memory_langchain], ids=["faiss", "memory"])
-def test_a_search_sees_one_version_or_the_other(make, tmp_path):
+@pytest.mark.parametrize(
+    ("make", "moves"), [(faiss_langchain, 40), (memory_langchain, 10)], ids=["faiss", "memory"]
+)
+def test_a_search_sees_one_version_or_the_other(make, moves, tmp_path):
     """FAISS swaps in a new flat index and the in-memory store replaces its records in one
-    dict update: no search sees a mix of versions (FAISS mixed 2 of 847 before)."""
-    figures = measure(make, tmp_path, moves=40)
+    dict update: no search sees a mix of versions (FAISS in place: 16 of 787 mixed)."""
+    figures = measure(make, tmp_path, moves=moves)
     assert figures.searches_during_moves > 0, figures.line()
     assert figures.mixed == 0, figures.line()
+
+
+def test_faiss_searches_never_read_a_half_written_index():
+    """Writes straight through the adapter, 400 in a row, while two threads run faiss searches
+    on the LangChain store's index (as its similarity_search does). In place: 216 of 830
+    searches mixed versions; with the swap: none."""
+    ids, base, new = _vectors()
+    store = faiss_langchain(Path("."), ids, base)
+    holder_index = store.adapter._index  # what LangChain's search reads: store.index, each time
+    q = np.zeros((1, D), dtype=np.float32)
+    q[0, 0] = 1.0
+    moved = ids[:M]
+    done = threading.Event()
+    seen: list[tuple[float, float, int, int]] = []
+
+    def read() -> None:
+        while not done.is_set():
+            t0 = time.perf_counter()
+            scores, _ = holder_index().search(q, K)
+            t1 = time.perf_counter()
+            s = scores[0]
+            n_new = int((s > (OLD_SCORE + NEW_SCORE) / 2).sum())
+            n_old = int(
+                ((s > (OLD_SCORE + OTHER_SCORE) / 2) & (s <= (OLD_SCORE + NEW_SCORE) / 2)).sum()
+            )
+            seen.append((t0, t1, n_old, n_new))
+
+    threads = [threading.Thread(target=read, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    spans = []
+    try:
+        for n in range(400):
+            t0 = time.perf_counter()
+            store.adapter.put(moved, new if n % 2 == 0 else base[:M])
+            spans.append((t0, time.perf_counter()))
+    finally:
+        done.set()
+        for t in threads:
+            t.join(timeout=60)
+    during = [r for r in seen if any(r[0] < b and r[1] > a for a, b in spans)]
+    mixed = sum(1 for _, _, n_old, n_new in during if n_old and n_new)
+    assert len(during) > 50, len(during)
+    assert mixed == 0, f"{mixed} of {len(during)} searches during writes mixed versions"
+    np.testing.assert_array_equal(store.adapter.get(moved), base[:M])
+
+
+@pytest.mark.parametrize("kind", ["ip", "l2"])
+def test_faiss_write_swaps_in_a_new_index_and_keeps_the_old_one_whole(kind):
+    faiss = pytest.importorskip("faiss")
+    from nudge_rag.core.stores.faiss import FaissAdapter
+
+    holder = SimpleNamespace(  # what LangChain's FAISS holds: an index and its row map
+        index=(faiss.IndexFlatIP if kind == "ip" else faiss.IndexFlatL2)(4),
+        index_to_docstore_id={0: "a", 1: "b", 2: "c"},
+    )
+    holder.index.add(np.eye(4, dtype=np.float32)[:3])
+    if kind == "l2":
+        holder.index.sync_l2norms()  # a cached norm that must not survive the write
+    old = holder.index
+    adapter = FaissAdapter.for_holder(holder)
+    adapter.put(["b"], np.array([[0, 0, 0, 3.0]], dtype=np.float32))
+    assert holder.index is not old and type(holder.index) is type(old)
+    np.testing.assert_array_equal(adapter.get(["a", "b", "c"])[1], [0, 0, 0, 3])
+    np.testing.assert_array_equal(faiss.rev_swig_ptr(old.get_xb(), 12).reshape(3, 4), np.eye(4)[:3])
+    _, idx = holder.index.search(np.array([[0, 0, 0, 3.0]], dtype=np.float32), 1)
+    assert idx[0, 0] == 1
+
+
+def test_faiss_write_refuses_an_index_that_grew_meanwhile():
+    """A document added while the copy was written would be lost by the swap: refuse instead."""
+    faiss = pytest.importorskip("faiss")
+    from nudge_rag.core.errors import NudgeError
+    from nudge_rag.core.stores.faiss import FaissAdapter
+
+    index = faiss.IndexFlatIP(4)
+    index.add(np.eye(4, dtype=np.float32)[:2])
+    reads = []
+
+    def current_index():  # the second read is the check after the copy: an add lands first
+        reads.append(1)
+        if len(reads) == 2:
+            index.add(np.ones((1, 4), dtype=np.float32))
+        return index
+
+    swapped = []
+    adapter = FaissAdapter(current_index, {0: "a", 1: "b"}, set_index=swapped.append)
+    reads.clear()
+    with pytest.raises(NudgeError, match=r"the faiss index changed while its rows were written"):
+        adapter.put(["a"], np.ones((1, 4), dtype=np.float32))
+    assert swapped == [] and index.ntotal == 3
+    np.testing.assert_array_equal(adapter.get(["a"]), [[1, 0, 0, 0]])
 
 
 if __name__ == "__main__":  # the README's figures

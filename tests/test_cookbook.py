@@ -42,13 +42,14 @@ def kernel_specs(tmp_path_factory: pytest.TempPathFactory) -> KernelSpecManager:
     return manager
 
 
-def test_the_cookbook_has_its_four_notebooks_and_a_readme():
+def test_the_cookbook_has_its_notebooks_and_a_readme():
     names = [p.name for p in NOTEBOOKS]
     assert names == [
         "01_langchain_quickstart.ipynb",
         "02_llamaindex_quickstart.ipynb",
         "03_cold_start_synthetic.ipynb",
         "04_nudge_rag_vs_nudge_ft.ipynb",
+        "05_langgraph_agent_feedback.ipynb",
     ]
     readme = (COOKBOOK / "README.md").read_text(encoding="utf-8")
     assert all(name in readme for name in names)

@@ -21,13 +21,15 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import queue
 import random
-import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +41,12 @@ from nudge_rag.core.files import atomic_path, atomic_write, persist_atomic, save
 KILLS = 20
 WORKER = Path(__file__).with_name("crash_worker.py")
 STORES = ["lc-chroma", "lc-qdrant", "lc-faiss", "li-chroma", "li-simple", "li-qdrant", "li-milvus"]
-START_TIMEOUT = 120.0  # seconds a worker may take to open and check its store
+START_TIMEOUT = 180.0  # seconds a worker may take to open and check its store
+PARALLEL = 4  # stores killed side by side (their writers mostly wait on fsync)
 
 
 class ForkServer:
-    """``crash_worker.py serve``: forks one worker per round; tells how each one ended."""
+    """``crash_worker.py serve``: forks workers on request, several at once, routed by tag."""
 
     def __init__(self, log: Path) -> None:
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -57,50 +60,58 @@ class ForkServer:
             stderr=self._err,
             env=env,
         )
-        self._sel = selectors.DefaultSelector()
-        assert self.proc.stdout is not None
-        self._sel.register(self.proc.stdout, selectors.EVENT_READ)
-        self._buf = b""
-        first = self.readline(START_TIMEOUT)
+        self._lock = threading.Lock()
+        self._queues: dict[str, queue.Queue[str]] = {"": queue.Queue()}
+        threading.Thread(target=self._route, daemon=True).start()
+        first = self._get("", START_TIMEOUT)
         if first != "SERVING":
             pytest.fail(f"the fork server did not start: {first!r}\n{self.stderr()}")
+
+    def _route(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            word, _, rest = raw.decode().rstrip("\n").partition(" ")
+            tag, _, rest = rest.partition(" ")
+            if word == "SERVING":
+                tag, rest = "", "SERVING"
+            with self._lock:
+                q = self._queues.setdefault(tag, queue.Queue())
+            q.put(f"{word} {rest}" if word != "SERVING" else rest)
+        with self._lock:
+            for q in self._queues.values():
+                q.put("<eof>")
+
+    def _get(self, tag: str, timeout: float) -> str:
+        with self._lock:
+            q = self._queues.setdefault(tag, queue.Queue())
+        try:
+            return q.get(timeout=timeout)
+        except queue.Empty:
+            return "<timeout>"
 
     def stderr(self) -> str:
         self._err.flush()
         return self.log.read_text(errors="replace")[-4000:]
 
-    def readline(self, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not self._sel.select(left):
-                return "<timeout>"
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return "<eof>"
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        return line.decode()
-
-    def start(self, store: str, root: Path, seed: int, report: Path) -> int:
+    def start(self, tag: str, store: str, root: Path, seed: int, report: Path) -> int:
         """Fork a worker; return its pid once it has checked the store and started writing."""
         assert self.proc.stdin is not None
-        cmd = {"store": store, "root": str(root), "seed": seed, "report": str(report)}
-        self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
-        self.proc.stdin.flush()
-        line = self.readline(START_TIMEOUT)
+        cmd = {"tag": tag, "store": store, "root": str(root), "seed": seed, "report": str(report)}
+        with self._lock:
+            self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
+            self.proc.stdin.flush()
+        line = self._get(tag, START_TIMEOUT)
         if not line.startswith("READY "):
             detail = json.loads(line[5:]) if line.startswith("FAIL ") else line
-            self.readline(60)  # its EXIT line, so that the next round starts in step
-            pytest.fail(f"{store} seed {seed}: the worker did not start:\n{detail}\n{self.stderr()}")
+            self._get(tag, 60)  # its EXIT line
+            msg = f"{store} seed {seed}: the worker did not start:\n{detail}\n{self.stderr()}"
+            raise AssertionError(msg)
         return int(line.split()[1])
 
-    def kill(self, pid: int) -> int:
+    def kill(self, tag: str, pid: int) -> int:
         """SIGKILL the worker; return the signal that ended it (SIGKILL if it was still running)."""
         os.kill(pid, signal.SIGKILL)
-        line = self.readline(60)
+        line = self._get(tag, 60)
         assert line.startswith("EXIT "), (line, self.stderr())
         status = int(line.split()[1])
         return os.WTERMSIG(status) if os.WIFSIGNALED(status) else -os.WEXITSTATUS(status)
@@ -116,27 +127,55 @@ class ForkServer:
         self._err.close()
 
 
-@pytest.fixture(scope="module")
-def fork_server(tmp_path_factory) -> Iterator[ForkServer]:
-    server = ForkServer(tmp_path_factory.mktemp("fork-server") / "stderr.log")
-    yield server
-    server.close()
-
-
-@pytest.mark.parametrize("store", STORES)
-def test_sigkill_at_random_points(store, fork_server, tmp_path):
-    root, report = tmp_path / "store", tmp_path / "report.jsonl"
+def _kill_rounds(server: ForkServer, store: str, folder: Path) -> dict:
+    """Kill a writer on ``store`` at ``KILLS`` random points; the rounds' reports and timing."""
+    root, report = folder / "store", folder / "report.jsonl"
     rng = random.Random(f"{store}-12345")
     t0 = time.monotonic()
     for round_ in range(KILLS + 1):
-        pid = fork_server.start(store, root, round_, report)
+        pid = server.start(f"{store}#{round_}", store, root, round_, report)
         if round_ < KILLS:
-            time.sleep(rng.uniform(0.05, 0.6))
-        sig = fork_server.kill(pid)
+            time.sleep(rng.uniform(0.02, 0.4))
+        sig = server.kill(f"{store}#{round_}", pid)
         if round_ < KILLS:  # the worker was writing when it died, by our hand
             assert sig == signal.SIGKILL, f"round {round_}: worker ended with {sig}"
     rounds = [json.loads(s) for s in report.read_text().splitlines()]
-    print(f"{store}: {KILLS} kills in {time.monotonic() - t0:.1f} s")
+    return {"rounds": rounds, "seconds": time.monotonic() - t0}
+
+
+@pytest.fixture(scope="module")
+def kill_runs(request, tmp_path_factory) -> Iterator[dict[str, dict | str]]:
+    """Every selected store's kill rounds, run side by side (each store in its own folder)."""
+    wanted = {
+        item.callspec.params["store"]
+        for item in request.session.items
+        if item.name.startswith("test_sigkill_at_random_points[")
+    }
+    server = ForkServer(tmp_path_factory.mktemp("fork-server") / "stderr.log")
+
+    def run(store: str) -> dict | str:
+        try:
+            return _kill_rounds(server, store, tmp_path_factory.mktemp(store))
+        except AssertionError as e:
+            return str(e)
+
+    try:
+        with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+            yield dict(zip(sorted(wanted), pool.map(run, sorted(wanted)), strict=True))
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_sigkill_at_random_points(store, kill_runs):
+    run = kill_runs[store]
+    if isinstance(run, str):
+        pytest.fail(run)
+    rounds = run["rounds"]
+    opened = sum(r["open_s"] for r in rounds)
+    inside = sum(r["pending"] for r in rounds)
+    took = f"{run['seconds']:.1f} s, {opened:.1f} s of it opening"
+    print(f"{store}: {KILLS} kills ({inside} inside a move) in {took}")
     assert len(rounds) == KILLS + 1
     assert [r["bad_rows"] for r in rounds] == [0] * len(rounds), rounds
     assert all(r["intent"] == 0 for r in rounds), rounds

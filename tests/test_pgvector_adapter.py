@@ -83,7 +83,9 @@ def _langchain(pg: PgServer, db: str, ids: list[str], vecs: np.ndarray, **kw: An
         TableEmbeddings(dict(zip(texts, vecs, strict=True))),
         connection=pg.langchain_url(db),
         collection_name=kw.pop("collection_name", "docs"),
-        use_jsonb=True,  # no embedding_length: LangChain fixes its ORM class per process
+        # no embedding_length: LangChain builds its ORM classes once per process, with the
+        # first store's length; unset, stores of any dimension can share them.
+        use_jsonb=True,
         **kw,
     )
     store.add_embeddings(
@@ -383,8 +385,9 @@ def test_put_of_10k_rows_is_seen_old_or_new_by_concurrent_searches(pg, db):
     rng = np.random.default_rng(5)
     old = rng.normal(size=(n, dim)).astype(np.float32)
     ids = [f"r{i}" for i in range(n)]
-    store = _langchain(pg, db, ids, old)
+    store = _langchain(pg, db, ids[:100], old[:100])
     adapter = PgVectorAdapter.for_langchain(pg.langchain_url(db), "docs")
+    _bulk_add(pg.conninfo(db), adapter.scope["collection_id"], ids[100:], old[100:])
     new = old[rng.permutation(n)]
     queries = rng.normal(size=(8, dim)).astype(np.float32)
     before = [_search(store, q) for q in queries]
@@ -427,6 +430,18 @@ def test_put_of_10k_rows_is_seen_old_or_new_by_concurrent_searches(pg, db):
         assert res in (before[qi], after[qi])
     adapter.close()
     store._engine.dispose()
+
+
+def _bulk_add(conninfo: str, collection: Any, ids: list[str], vecs: np.ndarray) -> None:
+    """Rows into PGVector's table by SQL, as ``add_embeddings`` writes them (but quicker)."""
+    texts = ["[" + ",".join(map(repr, row)) + "]" for row in vecs.tolist()]
+    with psycopg.connect(conninfo) as conn:
+        conn.execute(
+            "INSERT INTO langchain_pg_embedding (id, collection_id, embedding, document, cmetadata)"
+            " SELECT i, %s, e::vector, 'doc ' || i, '{}'::jsonb FROM unnest(%s::text[], %s::text[])"
+            " AS u(i, e)",
+            [collection, ids, texts],
+        )
 
 
 def _wait_for_lock_wait(conninfo: str, writer: threading.Thread) -> None:

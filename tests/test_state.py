@@ -178,7 +178,7 @@ def test_verify_and_repair_through_the_state(state, collection):
     assert not report.ok and "1 of 2 nudged rows read back differ (e.g. id 'a')" in str(report)
     fixed = state.repair()
     assert fixed.ok and fixed.actions == ("rewrote 1 row(s) of the store with version 1's vectors",)
-    np.testing.assert_allclose(state.get_vectors(["a"])[0], np.full(8, 8**-0.5), atol=1e-6)
+    np.testing.assert_allclose(state.get_vectors(["a"])[0], np.full(8, 0.5), atol=1e-6)
 
 
 def test_engine_refuses_too_few_bootstrap_resamples(state):

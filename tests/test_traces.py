@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -513,6 +517,50 @@ def test_read_only_log_on_a_read_only_folder(tmp_path):
         ro.close()
     finally:
         folder.chmod(0o700)
+
+
+_RO_CHILD = """
+import sys
+from nudge_rag.core.errors import NudgeError
+from nudge_rag.core.traces import TraceLog
+folder = sys.argv[1]
+try:
+    TraceLog(folder + "/traces.sqlite")
+except NudgeError as e:
+    assert "cannot use the trace database" in str(e) and "read_only=True" in str(e), e
+else:
+    raise AssertionError("opened read-write on a read-only file system")
+ro = TraceLog(folder + "/traces.sqlite", read_only=True)
+print(ro.stats()["traces"], len(ro.traces()))
+ro.close()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root")
+def test_read_only_log_on_a_read_only_file_system(tmp_path):
+    """The state folder on a read-only mount (root ignores folder permissions, not mounts)."""
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    lg = TraceLog(src / "traces.sqlite")
+    _rec(lg)
+    lg.close()
+    mnt.mkdir()
+    script = (
+        f"mount --bind {src} {mnt} && mount -o remount,bind,ro {mnt} || exit 77; "
+        f'exec "$0" -c "$1" {mnt}'
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run(
+        ["unshare", "-m", "bash", "-c", script, sys.executable, _RO_CHILD],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if run.returncode == 77 or "unshare:" in run.stderr:
+        pytest.skip(f"no private read-only mount here: {run.stderr.strip()[:200]}")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["1", "1"]
+    assert sorted(p.name for p in src.iterdir()) == ["traces.sqlite"]
 
 
 def _open_and_read(path, **kw) -> None:

@@ -566,6 +566,7 @@ def test_check_fresh_sees_a_move_made_through_another_connection(tmp_path):
     ad = _memory_store()
     path = tmp_path / "versions.sqlite"
     mine, theirs = VersionLog(path, ad), VersionLog(path, ad)
+    mine.fresh_every_s = 0  # ask the log on every call
     mine.check_fresh()
     theirs.apply(_new([1, 2], 1))
     mine.check_fresh()  # the shared store holds version 1: nothing to say
@@ -579,6 +580,7 @@ def test_check_fresh_refuses_when_this_process_still_serves_the_old_version(tmp_
     ad = _memory_store()
     path = tmp_path / "versions.sqlite"
     mine = VersionLog(path, ad)
+    mine.fresh_every_s = 0
     other_copy = MemoryAdapter(copy.deepcopy(ad.records), metric="ip")
     theirs = VersionLog(path, other_copy)
     theirs.apply(_new([1, 2], 1))
@@ -615,3 +617,23 @@ def test_apply_refuses_two_keys_naming_one_id(tmp_path):
     with pytest.raises(NudgeError, match="keys 1 and '1' both name id '1'"):
         log.apply({1: np.ones(D), "1": np.zeros(D)})
     assert [v.version for v in log.versions()] == [0]
+
+
+def test_a_save_made_at_v1_reloaded_after_a_rollback_to_0_is_refused(tmp_path):
+    import copy
+
+    ad = _memory_store()
+    path = tmp_path / "versions.sqlite"
+    log = VersionLog(path, ad)
+    s0 = _snap(ad)
+    log.apply(_new([4, 5, 6], 1))
+    saved_at_v1 = copy.deepcopy(ad.records)
+    log.rollback(0)
+    log.close()
+
+    ad = MemoryAdapter(saved_at_v1, metric="ip")
+    log = VersionLog(path, ad)
+    with pytest.raises(StoreDriftError, match=r"version 0.*they hold version 1's vectors"):
+        log.check_fresh()
+    assert log.repair().ok
+    np.testing.assert_array_equal(_snap(ad), s0)

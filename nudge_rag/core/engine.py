@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -522,20 +523,20 @@ class NudgeFinetuneEngine:
             fed = read(ids=list(by_trace), with_embeddings=False)
             keep = {query_key(t.query, t.id) for t in fed}
         groups: dict[str, _TraceGroup] = {}
-        others: set[int] = set()  # hashes of the other queries' keys, to count them
+        others = array("q")  # 8-byte hashes of the other queries' keys, to count them
         n_traces = 0
         for t in read(with_embeddings=False):
             n_traces += 1
             key = query_key(t.query, t.id)
             if keep is not None and key not in keep:
-                others.add(hash(key))
+                others.append(hash(key))
                 continue
             group = groups.get(key)
             if group is None:
                 group = groups[key] = _TraceGroup()
             group.add(t.time, str(t.id), t.query)
         counts["traces"] = n_traces
-        counts["unlabeled_traces"] += len(others)
+        counts["unlabeled_traces"] += len(np.unique(np.frombuffer(others, dtype=np.int64)))
         chosen: list[tuple[str, _TraceGroup, dict[str, float], str]] = []
         for key, group in groups.items():
             grades = group.grades(by_trace)
@@ -682,7 +683,9 @@ class NudgeFinetuneEngine:
             and human_heldout >= self.min_human_heldout
             and len(human) < len(real)
         )
-        train, val, test = [], [], []
+        train: list[LabeledQuery] = []
+        val: list[LabeledQuery] = []
+        test: list[LabeledQuery] = []
         three_way = human if human_only else real if real else synth
         two_way = ([q for q in real if q.source != "feedback"] if human_only else []) + (
             synth if real else []

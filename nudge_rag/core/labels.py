@@ -38,6 +38,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -497,6 +498,26 @@ class LabelStats:
         return {f.name: int(getattr(self, f.name)) for f in fields(self)}
 
 
+def _judge_request(
+    query: str, candidates: list[Candidate]
+) -> tuple[list[dict[str, str]], dict[str, Any] | None]:
+    return judge_messages(query, candidates), judge_schema([c.id for c in candidates])
+
+
+def _questions_request(
+    passage: Candidate, n: int
+) -> tuple[list[dict[str, str]], dict[str, Any] | None]:
+    return questions_messages(passage, n), QUESTIONS_SCHEMA
+
+
+def _check_judgments(ids: list[str], answer: Any) -> dict[str, int]:
+    return validate_judgments(answer, ids)
+
+
+def _check_questions(n: int, answer: Any) -> list[str]:
+    return validate_questions(answer, n)
+
+
 @dataclass
 class _Job:
     key: str
@@ -549,11 +570,8 @@ class Labeler:
             jobs.append(
                 _Job(
                     key=self.cache.key(self.llm.name, JUDGE_PROMPT_VERSION, "judge", inputs),
-                    build=lambda q=query, c=candidates, ids=ids: (
-                        judge_messages(q, c),
-                        judge_schema(ids),
-                    ),
-                    validate=lambda a, ids=ids: validate_judgments(a, ids),
+                    build=partial(_judge_request, query, list(candidates)),
+                    validate=partial(_check_judgments, ids),
                 )
             )
         return self._run("judge", JUDGE_PROMPT_VERSION, jobs, desc="judging")
@@ -571,8 +589,8 @@ class Labeler:
                     key=self.cache.key(
                         self.llm.name, QUESTIONS_PROMPT_VERSION, "questions", inputs
                     ),
-                    build=lambda p=p: (questions_messages(p, n), QUESTIONS_SCHEMA),
-                    validate=lambda a, n=n: validate_questions(a, n),
+                    build=partial(_questions_request, p, n),
+                    validate=partial(_check_questions, n),
                 )
             )
         return self._run("questions", QUESTIONS_PROMPT_VERSION, jobs, desc="questions")
@@ -616,7 +634,7 @@ class Labeler:
                 budget=self.budget,
                 rng=rng,
                 replay=replay,
-                on_answer=lambda text, key=job.key: self.cache.put_raw(key, text, model=model),
+                on_answer=partial(self._keep_raw, job.key, model),
             )
 
         bar = tqdm(total=len(todo), desc=desc, disable=not self.progress, leave=False)
@@ -636,6 +654,9 @@ class Labeler:
         finally:
             bar.close()
         return results
+
+    def _keep_raw(self, key: str, model: str, text: str) -> None:
+        self.cache.put_raw(key, text, model=model)
 
     def _settle(self, kind: str, version: str, job: _Job, out: Outcome[Any]) -> None:
         s = self.stats

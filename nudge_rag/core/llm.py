@@ -278,12 +278,13 @@ def _describe_runnable(runnable: Any) -> str:
     """A stable label for a LangChain runnable: the chat models inside, outermost wrappers
     dropped (``chat``, ``chat.with_retry()`` and ``chat.bind(...)`` share a cache)."""
     from langchain_core.language_models import BaseChatModel
-    from langchain_core.runnables import RunnableBinding, RunnableSequence, RunnableWithFallbacks
+    from langchain_core.runnables import RunnableSequence, RunnableWithFallbacks
+    from langchain_core.runnables.base import RunnableBindingBase
 
     if isinstance(runnable, BaseChatModel):
         label = getattr(runnable, "model_name", None) or getattr(runnable, "model", None) or ""
         return f"{type(runnable).__name__}:{label}".rstrip(":")
-    if isinstance(runnable, RunnableBinding):
+    if isinstance(runnable, RunnableBindingBase):
         return _describe_runnable(runnable.bound)
     if isinstance(runnable, RunnableWithFallbacks):
         return "|".join(_describe_runnable(r) for r in (runnable.runnable, *runnable.fallbacks))
@@ -297,14 +298,15 @@ def _structured_runnable(runnable: Any, schema: Mapping[str, Any]) -> Any | None
     its retries, fallbacks, bound arguments and config; ``None`` where a model inside does not
     support structured output or the shape is opaque (a lambda, a chain): then parse text."""
     from langchain_core.language_models import BaseChatModel
-    from langchain_core.runnables import RunnableBinding, RunnableWithFallbacks
+    from langchain_core.runnables import RunnableWithFallbacks
+    from langchain_core.runnables.base import RunnableBindingBase
 
     if isinstance(runnable, BaseChatModel):
         try:
             return runnable.with_structured_output(_schema_named(schema))
         except (NotImplementedError, ValueError, TypeError):  # no tool calling / json mode
             return None
-    if isinstance(runnable, RunnableBinding):  # bind(...), with_retry(), with_config(...)
+    if isinstance(runnable, RunnableBindingBase):  # bind(...), with_retry(), with_config(...)
         inner = _structured_runnable(runnable.bound, schema)
         # a bound call's kwargs reach the first step of the structured chain: the model call
         return None if inner is None else runnable.model_copy(update={"bound": inner})
@@ -338,15 +340,29 @@ class LangChainChat:
         prompt already). A framework parser that rejects the answer raises
         :class:`InvalidAnswerError` (an invalid answer, asked again); other failures
         :class:`LLMCallError`."""
-        from langchain_core.callbacks import UsageMetadataCallbackHandler
+        from langchain_core.callbacks import BaseCallbackHandler
         from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+        class Usage(BaseCallbackHandler):
+            """Token counts of every model call inside the runnable (fallbacks included)."""
+
+            def __init__(self) -> None:
+                self.tokens = [0, 0]
+
+            def on_llm_end(self, response: Any, **kwargs: Any) -> None:
+                for gens in response.generations:
+                    for gen in gens:
+                        meta = getattr(getattr(gen, "message", None), "usage_metadata", None)
+                        if isinstance(meta, Mapping):
+                            self.tokens[0] += int(meta.get("input_tokens", 0) or 0)
+                            self.tokens[1] += int(meta.get("output_tokens", 0) or 0)
 
         kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
         lc = [kinds.get(m["role"], HumanMessage)(content=m["content"]) for m in messages]
         runnable = self.runnable
         if schema is not None and self.structured:
             runnable = _structured_runnable(self.runnable, schema) or self.runnable
-        usage = UsageMetadataCallbackHandler()
+        usage = Usage()
         try:
             out = runnable.invoke(lc, config={"callbacks": [usage]})
             text = _output_text(out)
@@ -356,15 +372,7 @@ class LangChainChat:
                 msg = f"the framework rejected the answer ({type(exc).__name__}): {exc}"[:300]
                 raise InvalidAnswerError(msg, raw=raw if isinstance(raw, str) else None) from exc
             raise classify_error(exc) from exc
-        tokens = list(usage.usage_metadata.values())
-        if not tokens:  # a model that reports usage only on its message
-            meta = getattr(out, "usage_metadata", None)
-            tokens = [meta] if isinstance(meta, Mapping) else []
-        return LLMReply(
-            text=text,
-            prompt_tokens=sum(int(t.get("input_tokens", 0) or 0) for t in tokens),
-            completion_tokens=sum(int(t.get("output_tokens", 0) or 0) for t in tokens),
-        )
+        return LLMReply(text=text, prompt_tokens=usage.tokens[0], completion_tokens=usage.tokens[1])
 
 
 def _output_text(out: Any) -> str:

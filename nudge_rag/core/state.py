@@ -8,12 +8,16 @@ queries and how to read document texts. The engine talks to a store only through
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nudge_rag.core.citations import Citations, cited_ids
 from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.stores.base import (
     Metric,
@@ -23,12 +27,54 @@ from nudge_rag.core.stores.base import (
     present_ids,
     raise_unknown,
 )
-from nudge_rag.core.surface import LastTrace
 from nudge_rag.core.traces import Feedback, Trace, TraceLog
 from nudge_rag.core.versions import VerifyReport, VersionInfo, VersionLog, check_metric
 
 TRACES_FILE = "traces.sqlite"
 VERSIONS_FILE = "versions.sqlite"
+
+
+@dataclass
+class TraceScope:
+    """The searches made in one scope: their trace ids (oldest first) and the latest one.
+
+    ``last`` is None before any search and after an untraced one (tracing off).
+    """
+
+    trace_ids: list[str] = field(default_factory=list)
+    last: str | None = None
+
+
+class LastTrace:
+    """The latest trace id of one store, per context and shared with the work it spawns."""
+
+    def __init__(self, name: str) -> None:
+        self._var: ContextVar[TraceScope | None] = ContextVar(name, default=None)
+
+    def get(self) -> str | None:
+        """The trace id of the latest search in this context (None if none)."""
+        scope = self._var.get()
+        return None if scope is None else scope.last
+
+    def set(self, trace_id: str | None) -> None:
+        """Record ``trace_id`` as this context's latest search (None: an untraced search)."""
+        scope = self._var.get()
+        if scope is None:
+            scope = TraceScope()
+            self._var.set(scope)
+        scope.last = trace_id
+        if trace_id is not None:
+            scope.trace_ids.append(trace_id)
+
+    @contextmanager
+    def scope(self) -> Iterator[TraceScope]:
+        """A fresh slot for the block; the outer one comes back afterwards."""
+        scope = TraceScope()
+        token = self._var.set(scope)
+        try:
+            yield scope
+        finally:
+            self._var.reset(token)
 
 
 def _expand(ids: list[str], held: set[str], children: Mapping[str, list[str]]) -> list[str]:
@@ -139,6 +185,30 @@ class NudgeState:
         self.trace_log.record_feedback(
             trace_id, relevant_ids=rel, irrelevant_ids=irr, rating=rating, text=text
         )
+
+    def record_citations(self, trace_id: str, answer: Any) -> Citations:
+        """Turn the ``[id]`` citations of an answer into relevant ids of ``trace_id``.
+
+        Returns the cited ids recorded as relevant and those the store does not hold (not
+        recorded).
+        """
+        cited = cited_ids(answer)
+        known = self.known_ids(cited)
+        relevant = [i for i in cited if i in known]
+        if relevant:
+            self.record_feedback(trace_id, relevant_ids=relevant)
+        return Citations(relevant, [i for i in cited if i not in known])
+
+    def trace_scope(self) -> Any:
+        """A context manager collecting every search of this store made inside it.
+
+        .. code-block:: python
+
+            with store.trace_scope() as scope:
+                answer = chain.invoke("how do refunds work?")
+            store.record_feedback(scope.last, relevant_ids=["refund"])
+        """
+        return self.last_trace.scope()
 
     def known_ids(self, ids: Sequence[str]) -> set[str]:
         """The ids of ``ids`` the store holds."""

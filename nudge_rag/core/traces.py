@@ -296,7 +296,10 @@ class TraceLog:
         path: the database file (created owner-only with its folder, unless ``read_only``).
         retention_days: purge traces older than this on open and every few thousand writes.
         read_only: open an existing log with SQLite's ``mode=ro``; it never writes or creates
-            anything (no retention purge); recording, feedback and deletions raise.
+            anything (no retention purge); recording, feedback and deletions raise. A log that
+            no process has open (no ``-wal`` file) is read as ``immutable``, so SQLite needs no
+            ``-shm`` file either (a read-only folder); a writer that opens it meanwhile may then
+            make a long read fail, never the file.
 
     Example:
         .. code-block:: python

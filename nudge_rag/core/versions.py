@@ -58,6 +58,7 @@ import numpy as np
 
 from nudge_rag.core.checks import check_vectors
 from nudge_rag.core.errors import MetricMismatchError, NudgeError, UnknownIdError
+from nudge_rag.core.files import atomic_write
 from nudge_rag.core.stores.base import Metric, StoreAdapter, present_ids
 from nudge_rag.core.traces import create_private_file
 
@@ -97,6 +98,7 @@ CREATE TABLE IF NOT EXISTS intent (
 _CHUNK = 900  # ids per SQL "IN (...)" list
 MARKER_SUFFIX = ".marker.json"  # versions.sqlite -> versions.marker.json
 OPEN_SAMPLE = 16  # nudged rows read back from the store when the log is opened
+FRESH_EVERY_S = 0.02  # check_fresh() asks the log at most this often
 _SQLITE_DAMAGED = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -246,29 +248,6 @@ def same_vectors(held: np.ndarray, expected: np.ndarray, metric: Metric) -> np.n
     return np.abs(a - b).max(axis=1, initial=0.0) <= 1e-5 * scale
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically (temp file in the same folder, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def _version_number(version: Any) -> int:
     """``version`` as an int; a bool, a float or a string is refused, not rounded."""
     if isinstance(version, bool | np.bool_):
@@ -345,6 +324,8 @@ class VersionLog:
         self._stale: StaleStoreError | None = None
         self._seen_dv = -1
         self._known = (0, 0)  # (moves, current) the store is known to be at in this process
+        self.fresh_every_s = FRESH_EVERY_S
+        self._next_fresh = 0.0
         if self.read_only:
             self._open_read_only()
             return
@@ -358,7 +339,10 @@ class VersionLog:
         with self._moving():
             self._broken = self._open()
             if self._broken is None:
-                self._drift = self._check_store(OPEN_SAMPLE)
+                try:
+                    self._drift = self._check_store(OPEN_SAMPLE)
+                except VersionLogError as e:  # the log cannot say what the store should hold
+                    self._broken = e
                 self._watch = self._connect()
                 self._seen_dv = self._data_version()
                 self._known = self._moves_and_current(self._conn_())
@@ -581,13 +565,17 @@ class VersionLog:
 
     @_sql_errors
     def check_fresh(self) -> None:
-        """Raise if the store may not serve the version the log is at; a few µs when it does.
+        """Raise if the store may not serve the version the log is at; about 1 µs when it does.
 
         Call it before a search. It raises the problem found when the log was opened
         (``StoreDriftError``, ``VersionLogError``) and ``StaleStoreError`` when another process
         moved the version and this process's store still serves the old vectors (embedded Chroma,
         FAISS, in-memory stores: each process holds its own copy). A store read from a shared
         server sees the move, and nothing is raised. Thread-safe.
+
+        The log is asked (SQLite's ``PRAGMA data_version``, a file-lock round trip) at most once
+        every ``fresh_every_s`` seconds (20 ms by default; 0: on every call); in between, the
+        last answer stands.
         """
         if self._broken is not None:
             raise self._broken
@@ -595,9 +583,17 @@ class VersionLog:
             raise self._drift
         if self._watch is None:  # read-only, or closed
             return
+        now = _time.monotonic()
+        if now < self._next_fresh:
+            if self._stale is not None:
+                raise self._stale
+            return
         with self._wlock:
+            self._next_fresh = now + self.fresh_every_s
+            if self._watch is None:
+                return
             dv = self._data_version()
-            if dv != self._seen_dv:
+            if dv != self._seen_dv or self._stale is not None:  # a stale read may be transient
                 self._seen_dv = dv
                 self._stale = self._stale_check()
             if self._stale is not None:
@@ -695,6 +691,7 @@ class VersionLog:
                 )
                 return VersionLogError(msg)
             marker = None  # a log that never moved: nothing is lost by starting afresh
+        conn: sqlite3.Connection | None = None
         try:
             create_private_file(self.path)
             conn = self._connect()
@@ -704,11 +701,11 @@ class VersionLog:
             cols = {r[1] for r in conn.execute("PRAGMA table_info(versions)")}
             if "fingerprint" not in cols:
                 conn.execute("ALTER TABLE versions ADD COLUMN fingerprint TEXT")
-        except sqlite3.DatabaseError as e:
-            if _damaged(e):
+        except (sqlite3.DatabaseError, OSError) as e:
+            if conn is not None:
+                conn.close()
+            if isinstance(e, sqlite3.DatabaseError) and _damaged(e):
                 return self._damaged_error(e)
-            raise self._unwritable(e) from e
-        except OSError as e:
             raise self._unwritable(e) from e
         self._conn = conn
         try:
@@ -738,8 +735,8 @@ class VersionLog:
         self._write_marker(unless=marker)
         try:
             self._recover()
-        except NudgeError:
-            raise
+        except VersionLogError as e:
+            return e
         except Exception as e:  # the store is unreachable now: the next move retries
             warnings.warn(
                 f"{self.path}: an interrupted version move could not be finished now ({e}); "
@@ -850,7 +847,7 @@ class VersionLog:
             return
         data["time"] = _time.time()
         try:
-            write_atomic(self.marker_path, json.dumps(data, indent=1).encode())
+            atomic_write(self.marker_path, json.dumps(data, indent=1), mode=0o600)
         except OSError as e:
             raise self._unwritable(e) from e
 
@@ -988,13 +985,13 @@ class VersionLog:
             ]
             if len(set(out)) >= n // 2:
                 break
-        out = list(dict.fromkeys(out))[: n // 2 if chain else 0]
-        q = ",".join("?" * len(chain)) or "NULL"
+        out = list(dict.fromkeys(out))[: n // 2]
+        q = ",".join("?" * len(chain))
+        off_chain = f"WHERE version NOT IN ({q})" if chain else ""
         out += [
             r[0]
             for r in conn.execute(
-                f"SELECT id FROM rows WHERE version NOT IN ({q}) ORDER BY id LIMIT ?",
-                [*chain, n],
+                f"SELECT id FROM rows {off_chain} ORDER BY id LIMIT ?", [*chain, n]
             )
         ]
         return list(dict.fromkeys(out))[:n]
@@ -1044,7 +1041,7 @@ class VersionLog:
         try:
             good, bad = self._compare(conn, cur, ids)
             held_as = self._which_version(conn, bad) if bad else None
-        except NudgeError:
+        except VersionLogError:
             raise
         except Exception as e:  # the store is unreachable now; verify() checks it later
             warnings.warn(
@@ -1084,7 +1081,7 @@ class VersionLog:
         moves, cur = self._moves_and_current(conn)
         known_moves, known_cur = self._known
         if moves == known_moves:
-            return self._stale
+            return None
         ids = self._ids_between(known_cur, cur, conn)
         if ids:
             step = max(1, len(ids) // OPEN_SAMPLE)

@@ -361,6 +361,7 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
     # the async twins), then _finish in the caller's own context, which logs the trace and sets
     # the caller's last_trace_id.
     def _vector_pairs(self, embedding: list[float], k: int, kwargs: dict) -> ScoredDocs:
+        self._nudge_state.check_fresh()
         search = self.backend.vector_search()
         if search is None:
             msg = (
@@ -386,16 +387,19 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
 
     def _plain(self, docs: list[Document]) -> list[Document]:
         """Results of an untraced search (tracing off), with the documents' own ids."""
+        self._nudge_state.check_fresh()
         self._nudge_state.last_trace.set(None)
         return [self._out(d, None) for d in docs]
 
     def _plain_pairs(self, pairs: ScoredDocs) -> ScoredDocs:
+        self._nudge_state.check_fresh()
         self._nudge_state.last_trace.set(None)
         return [(self._out(d, None), s) for d, s in pairs]
 
     def _mmr_docs(
         self, emb: list[float], k: int, fetch_k: int, lambda_mult: float, kwargs: dict
     ) -> ScoredDocs:
+        self._nudge_state.check_fresh()
         docs = self.inner.max_marginal_relevance_search_by_vector(
             emb, k=k, fetch_k=fetch_k, lambda_mult=lambda_mult, **kwargs
         )
@@ -549,6 +553,15 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
         emb = list(embedding)
         pairs = await run_in_executor(None, self._mmr_docs, emb, k, fetch_k, lambda_mult, kwargs)
         return [d for d, _ in self._finish(None, emb, k, kwargs, pairs)]
+
+    # -- files ---------------------------------------------------------------------------------
+    def save_local(self, folder_path: str, index_name: str = "index") -> None:
+        """Save a FAISS store to ``folder_path``, atomically (``FAISS.load_local`` reads it).
+
+        Every later ``apply_vectors``/``rollback`` re-saves there before its version commits, so
+        the saved pair never lags behind the version log; a kill never leaves a cut or mixed pair.
+        """
+        self.backend.save_local(folder_path, index_name)
 
     # -- agents ---------------------------------------------------------------------------------
     def as_retriever_tool(

@@ -11,7 +11,7 @@ import asyncio
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from llama_index.core.bridge.pydantic import PrivateAttr
@@ -133,7 +133,7 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
         *,
         state_dir: str | os.PathLike[str],
         embed_model: Any = None,
-        get_texts: Callable[[Sequence[str]], list[str]] | None = None,
+        get_texts: Callable[[Sequence[str]], list[str | None]] | None = None,
         tracing: bool = True,
         retention_days: float | None = None,
         trace_metadata_key: str | None = None,
@@ -155,7 +155,7 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
         super().__init__(
             stores_text=vector_store.stores_text,
             is_embedding_query=vector_store.is_embedding_query,
-            flat_metadata=bool(getattr(vector_store, "flat_metadata", False)),
+            flat_metadata=bool(getattr(vector_store, "flat_metadata", False)),  # type: ignore[call-arg]
         )
         self._inner = vector_store
         self._backend = backend
@@ -163,7 +163,9 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
         if get_texts is None and vector_store.stores_text:
             get_texts = backend.texts
         self._nudge_state = NudgeState(
-            adapter if adapter is not None else _LazyAdapter(backend, after_put=self._repersist),
+            adapter
+            if adapter is not None
+            else cast(StoreAdapter, _LazyAdapter(backend, after_put=self._repersist)),
             state_dir,
             embed_queries=_query_embedder(embed_model),
             get_texts=get_texts,
@@ -367,11 +369,13 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
 
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         """Query the wrapped store and log the query as a trace."""
+        self._nudge_state.check_fresh()
         self._check_query(query)
         return self._traced(query, self._inner.query(query, **kwargs))
 
     async def aquery(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         """Async twin of ``query``."""
+        self._nudge_state.check_fresh()
         self._check_query(query)
         if self._backend.has_async():
             result = await self._inner.aquery(query, **kwargs)

@@ -28,7 +28,7 @@ class SentenceTransformerEmbedding(BaseEmbedding):
 
     def __init__(self, model: Any, *, normalize: bool = True, **kwargs: Any) -> None:
         name = kwargs.pop("model_name", None) or type(model).__name__
-        super().__init__(model_name=name, normalize=normalize, **kwargs)
+        super().__init__(model_name=name, normalize=normalize, **kwargs)  # type: ignore[call-arg]
         self._model = model
 
     @classmethod

@@ -59,7 +59,7 @@ class QrelsJudge:
 
     def __call__(self, body: dict[str, Any]) -> dict[str, Any]:
         request = parse_request(body.get("messages", []))
-        task = request.get("task")
+        task = str(request.get("task"))
         self.calls[task] = self.calls.get(task, 0) + 1
         if task == "judge":
             query = request["query"]

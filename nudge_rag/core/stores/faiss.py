@@ -1,10 +1,16 @@
 """Adapter for a flat faiss index plus its row → id map (LangChain's ``FAISS`` keeps both).
 
-faiss has no public overwrite, so vectors are written into the index's raw buffer, by row
+faiss has no public overwrite, so vectors are written into an index's raw buffer, by row
 (``IndexFlat.get_xb``), and the L2 norms cache is cleared. Only flat indexes (exact search) are
 supported: an IVF, HNSW or PQ index stores codes, not vectors. The row map may be replaced by its
 owner (LangChain's FAISS rebuilds it on delete), so the adapter reads it through a callable and
 checks its cached reverse map on every use (cost proportional to the ids asked).
+
+What a concurrent search sees: faiss searches without the GIL, so rows written in place while a
+search runs can be read half old, half new. When the adapter can replace the index (``set_index``,
+given by :meth:`FaissAdapter.for_holder`), ``put`` writes into a copy and swaps it in with one
+attribute assignment: a search uses the old index or the new one, never a mix (the cost: one copy
+of the index per write, ``N·d`` floats). Without ``set_index`` rows are written in place.
 """
 
 from __future__ import annotations
@@ -41,12 +47,14 @@ class FaissAdapter:
         *,
         normalize: bool = False,
         metric: Metric | str | None = None,
+        set_index: Callable[[Any], None] | None = None,
     ):
         import faiss
 
         self._faiss = faiss
         self._index = _as_getter(index)
         self._id_map = _as_getter(id_map)
+        self._set_index = set_index
         self.normalize = bool(normalize)
         flat = self._flat()
         if metric is None:
@@ -61,14 +69,22 @@ class FaissAdapter:
 
     @classmethod
     def for_holder(cls, holder: Any, *, normalize: bool = False, **kw: Any) -> FaissAdapter:
-        """An adapter over ``holder.index`` and ``holder.index_to_docstore_id`` (read each time)."""
+        """An adapter over ``holder.index`` and ``holder.index_to_docstore_id`` (read each time).
+
+        Writes swap in a new ``holder.index`` (one assignment), so searches see whole versions.
+        """
         kw.pop("strategy", None)
         return cls(
-            lambda: holder.index, lambda: holder.index_to_docstore_id, normalize=normalize, **kw
+            lambda: holder.index,
+            lambda: holder.index_to_docstore_id,
+            normalize=normalize,
+            set_index=lambda index: setattr(holder, "index", index),
+            **kw,
         )
 
-    def _flat(self) -> Any:
-        index = self._faiss.downcast_index(self._index())
+    def _flat(self, raw: Any = None) -> Any:
+        """The flat index (``raw``, or the current one), refused if it stores codes."""
+        index = self._faiss.downcast_index(self._index() if raw is None else raw)
         if not isinstance(index, self._faiss.IndexFlat):
             msg = (
                 f"index: found {type(index).__name__}, which stores codes rather than vectors; "
@@ -110,10 +126,12 @@ class FaissAdapter:
         return self._buffer(index)[[rows[i] for i in ids]].copy()
 
     def put(self, ids: Sequence[str], vectors: np.ndarray) -> None:
-        """Overwrite the vectors of existing ``ids`` in the raw buffer (normalised if the store
-        normalises on add; unknown ids: nothing written)."""
+        """Overwrite the vectors of existing ``ids`` (normalised if the store normalises on add;
+        unknown ids: nothing written): into a copy swapped in whole when the adapter can replace
+        the index, else in place."""
         ids = [str(i) for i in ids]
-        index = self._flat()
+        raw = self._index()
+        index = self._flat(raw)
         mat = check_vectors(vectors, what="vectors", n_rows=len(ids), dim=index.d).copy()
         rows = self._row_of(ids)
         raise_unknown(missing_ids(ids, set(rows)), "the faiss index")
@@ -121,7 +139,22 @@ class FaissAdapter:
             return
         if self.normalize:
             self._faiss.normalize_L2(mat)
-        self._buffer(index)[[rows[i] for i in ids]] = mat
+        where = [rows[i] for i in ids]
+        if self._set_index is None:
+            self._write_rows(index, where, mat)
+            return
+        new = self._faiss.clone_index(index)  # the same flat type, owning its copy
+        self._write_rows(new, where, mat)
+        if self._index() is not raw or index.ntotal != new.ntotal:
+            msg = (
+                "the faiss index changed while its rows were written (documents added or "
+                "deleted at the same time); nothing was written; retry the apply or rollback."
+            )
+            raise NudgeError(msg)
+        self._set_index(new)  # one assignment: a search uses the old index or the new one
+
+    def _write_rows(self, index: Any, rows: list[int], mat: np.ndarray) -> None:
+        self._buffer(index)[rows] = mat
         if hasattr(index, "clear_l2norms"):
             index.clear_l2norms()
 

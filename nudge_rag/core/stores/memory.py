@@ -4,6 +4,11 @@ LangChain's ``InMemoryVectorStore`` keeps ``store.store[id] = {"id", "vector", "
 "metadata"}`` with the vector as a list of Python floats (its public add re-embeds, so vectors are
 written into the dict directly). LlamaIndex's ``SimpleVectorStore`` keeps
 ``store.data.embedding_dict[id] = [floats]``: pass ``vector_key=None`` for such a dict.
+
+``put`` writes all rows with one ``dict.update`` (records are replaced, not mutated), which no
+other Python thread can interleave with. A search that snapshots the records first
+(``InMemoryVectorStore``: ``list(store.values())``) sees one version whole; one that iterates the
+dict while reading vectors (``SimpleVectorStore.query``) can straddle the update.
 """
 
 from __future__ import annotations
@@ -83,14 +88,18 @@ class MemoryAdapter:
         """Overwrite the vectors of existing ``ids`` (unknown ids: nothing written)."""
         ids = [str(i) for i in ids]
         # float64: the stored Python floats are exactly the values given
-        mat = check_vectors(vectors, what="vectors", n_rows=len(ids), dim=self.dim, dtype=np.float64)
+        mat = check_vectors(
+            vectors, what="vectors", n_rows=len(ids), dim=self.dim, dtype=np.float64
+        )
         raise_unknown(missing_ids(ids, self.present(ids)), self.name)
         records = self.records
-        for i, row in zip(ids, mat.tolist(), strict=True):
-            if self.vector_key is None:
-                records[i] = row
-            else:
-                records[i][self.vector_key] = row
+        key = self.vector_key
+        rows = mat.tolist()
+        if key is None:
+            new: dict[str, Any] = dict(zip(ids, rows, strict=True))
+        else:  # new record objects: a search holding the old ones reads the old version whole
+            new = {i: {**records[i], key: row} for i, row in zip(ids, rows, strict=True)}
+        records.update(new)  # one C call on a dict: no other Python thread runs in between
 
     def present(self, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` the store holds."""

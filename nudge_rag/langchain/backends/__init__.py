@@ -10,12 +10,19 @@ from nudge_rag.langchain.backends.base import Backend
 from nudge_rag.langchain.backends.chroma import ChromaBackend
 from nudge_rag.langchain.backends.faiss import FaissBackend
 from nudge_rag.langchain.backends.memory import MemoryBackend
+from nudge_rag.langchain.backends.pgvector import PgVectorBackend
 from nudge_rag.langchain.backends.qdrant import QdrantBackend
 
-BACKENDS: list[type[Backend]] = [ChromaBackend, MemoryBackend, QdrantBackend, FaissBackend]
+BACKENDS: list[type[Backend]] = [
+    ChromaBackend,
+    MemoryBackend,
+    QdrantBackend,
+    FaissBackend,
+    PgVectorBackend,
+]
 SUPPORTED = (
     "langchain_chroma.Chroma, langchain_core InMemoryVectorStore, "
-    "langchain_qdrant.QdrantVectorStore, langchain_community FAISS"
+    "langchain_qdrant.QdrantVectorStore, langchain_community FAISS, langchain_postgres.PGVector"
 )
 
 __all__ = ["BACKENDS", "SUPPORTED", "Backend", "backend_for"]

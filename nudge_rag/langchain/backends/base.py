@@ -85,6 +85,14 @@ class Backend:
     def before_overwrite(self, present: set[str], ids: list[str]) -> None:
         """Called before an add that overwrites ``present`` ids (FAISS deletes them first)."""
 
+    def save_local(self, folder: str, index_name: str = "index") -> None:
+        """Save the store to ``folder`` (stores that save to files: FAISS)."""
+        msg = (
+            f"save_local: {type(self.store).__name__} does not save to a folder; it persists on "
+            "its own (Chroma's persist_directory, Qdrant's path) or lives on a server."
+        )
+        raise NudgeError(msg)
+
     def get_by_ids(self, ids: Sequence[str]) -> list[Document]:
         """The documents of ``ids`` that exist, as the store returns them."""
         return list(self.store.get_by_ids(self.to_store_ids(ids)))

@@ -10,15 +10,19 @@ from nudge_rag.core.errors import NudgeError
 from nudge_rag.llama_index.backends.base import Backend
 from nudge_rag.llama_index.backends.chroma import ChromaBackend
 from nudge_rag.llama_index.backends.milvus import MilvusBackend
+from nudge_rag.llama_index.backends.pgvector import PgVectorBackend
 from nudge_rag.llama_index.backends.qdrant import QdrantBackend
 from nudge_rag.llama_index.backends.simple import SimpleBackend
 
-SUPPORTED = "ChromaVectorStore, SimpleVectorStore, QdrantVectorStore, MilvusVectorStore"
+SUPPORTED = (
+    "ChromaVectorStore, SimpleVectorStore, QdrantVectorStore, MilvusVectorStore, PGVectorStore"
+)
 BACKENDS: dict[str, type[Backend]] = {
     "SimpleVectorStore": SimpleBackend,
     "ChromaVectorStore": ChromaBackend,
     "QdrantVectorStore": QdrantBackend,
     "MilvusVectorStore": MilvusBackend,
+    "PGVectorStore": PgVectorBackend,
 }
 
 __all__ = ["BACKENDS", "SUPPORTED", "Backend", "ChromaBackend", "backend_for"]

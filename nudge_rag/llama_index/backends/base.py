@@ -9,6 +9,7 @@ written), the chunk texts (for labelling), and whether its async methods work.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from llama_index.core.vector_stores.types import BasePydanticVectorStore, MetadataFilters
 
@@ -19,7 +20,7 @@ class Backend:
     """What the face asks of one wrapped store; subclasses fill in the store-specific parts."""
 
     def __init__(self, store: BasePydanticVectorStore) -> None:
-        self.store = store
+        self.store: Any = store  # each backend reads its own store class's attributes
         self._presence: StoreAdapter | None = None  # built once: Chroma's asks the server
 
     def adapter(self) -> StoreAdapter:

@@ -1,0 +1,71 @@
+"""``langchain_postgres.PGVector``: one collection's rows of ``langchain_pg_embedding``.
+
+The native client is the store's SQLAlchemy engine; vectors are read and overwritten by id
+through :class:`~nudge_rag.core.stores.pgvector.PgVectorAdapter` (one transaction per write).
+Searches return pgvector distances (cosine distance, l2, or the negated inner product), lower
+is nearer, whatever the distance strategy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.vectorstores import VectorStore
+
+from nudge_rag.core.errors import NudgeError
+from nudge_rag.core.stores.base import Metric, StoreAdapter
+from nudge_rag.langchain.backends.base import Backend, group_children
+
+
+class PgVectorBackend(Backend):
+    """``langchain_postgres.PGVector`` (sync or async engine; jsonb metadata)."""
+
+    embeddings_attr = "embedding_function"
+
+    @classmethod
+    def matches(cls, store: VectorStore) -> bool:
+        t = type(store)
+        return t.__name__ == "PGVector" and t.__module__.startswith("langchain_postgres")
+
+    def _connection(self) -> Any:
+        """The store's engine (sync, else async): the adapter reads its URL."""
+        s: Any = self.store
+        engine = s._engine if s._engine is not None else s._async_engine
+        if engine is None:
+            msg = (
+                "inner_store: the PGVector store has no engine; build it with "
+                "connection=<postgresql+psycopg:// URL or engine>."
+            )
+            raise NudgeError(msg)
+        return engine
+
+    def build_adapter(self) -> StoreAdapter:
+        from nudge_rag.core.stores.pgvector import PgVectorAdapter
+
+        s: Any = self.store
+        return PgVectorAdapter.for_langchain(
+            self._connection(), s.collection_name, distance_strategy=s._distance_strategy
+        )
+
+    def score_kind(self, metric: Metric) -> str:
+        return "distance"  # PGVector returns the pgvector operator's value: lower is nearer
+
+    def children_of(self, parent_ids: Sequence[str], key: str) -> dict[str, list[str]]:
+        import psycopg
+        from psycopg import sql
+
+        from nudge_rag.core.stores.pgvector import conninfo_from
+
+        ad: Any = self.adapter()
+        wanted = [str(p) for p in parent_ids]
+        if not wanted:
+            return {}
+        q = sql.SQL(
+            "SELECT {id}::text, cmetadata->>%s FROM {table} "
+            "WHERE collection_id = %s AND cmetadata->>%s = ANY(%s)"
+        ).format(id=sql.Identifier(ad.id_column), table=sql.Identifier(ad.schema, ad.table))
+        args = [key, ad.scope["collection_id"], key, wanted]
+        with psycopg.connect(conninfo_from(self._connection())) as conn:
+            pairs = conn.execute(q, args).fetchall()
+        return group_children(pairs, parent_ids)

@@ -1,0 +1,73 @@
+"""``PGVectorStore`` (``llama-index-vector-stores-postgres``): table ``data_<table_name>``.
+
+Node ids live in the ``node_id`` column (not unique: re-adding a node adds a row), metadata in
+``metadata_``; every query ranks by cosine distance, so the metric is cosine. Ids and filters
+are read through the store's own SQLAlchemy session and filter translation, so they select
+exactly what its deletes remove; vectors go through
+:class:`~nudge_rag.core.stores.pgvector.PgVectorAdapter` (one transaction per write).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from llama_index.core.vector_stores.types import MetadataFilters
+
+from nudge_rag.core.stores.base import Metric, StoreAdapter
+from nudge_rag.llama_index.backends.base import Backend
+
+
+class PgVectorBackend(Backend):
+    """``PGVectorStore``: node ids in ``node_id``, cosine distance, tables made on first use."""
+
+    def __init__(self, store: Any) -> None:
+        super().__init__(store)
+        self._adapter: StoreAdapter | None = None
+
+    def adapter(self) -> StoreAdapter:
+        """The adapter over the store's table (built once: ``clear`` keeps the table)."""
+        if self._adapter is None:
+            from nudge_rag.core.stores.pgvector import PgVectorAdapter
+
+            self.store._initialize()  # the store's own setup: engine, schema, table
+            self._adapter = PgVectorAdapter.for_llama_index(
+                self.store.client, self.store.table_name, schema=self.store.schema_name
+            )
+        return self._adapter
+
+    def metric(self) -> Metric:
+        return Metric.COSINE  # PGVectorStore ranks by cosine distance, whatever its index
+
+    def dim(self) -> int | None:
+        return int(self.store.embed_dim)
+
+    def _node_ids(self, where: Any = None) -> list[str]:
+        from sqlalchemy import select
+
+        self.store._initialize()
+        table = self.store._table_class
+        stmt = select(table.node_id)
+        if where is not None:
+            stmt = stmt.where(where)
+        with self.store._session() as session:
+            return list(dict.fromkeys(str(r[0]) for r in session.execute(stmt)))
+
+    def existing(self, ids: Sequence[str]) -> set[str]:
+        if not ids:
+            return set()
+        return set(self._node_ids(self.store._table_class.node_id.in_([str(i) for i in ids])))
+
+    def matching(self, filters: MetadataFilters) -> list[str]:
+        return self._node_ids(self.store._recursively_apply_filters(filters))
+
+    def ref_doc_ids(self, ref_doc_id: str) -> list[str]:
+        """The node ids that ``delete(ref_doc_id)`` removes (``metadata_->>'ref_doc_id'``)."""
+        table = self.store._table_class
+        return self._node_ids(table.metadata_["ref_doc_id"].astext == ref_doc_id)
+
+    def all_ids(self) -> list[str]:
+        return self._node_ids()
+
+    def has_async(self) -> bool:
+        return True  # asyncpg, through the store's async_connection_string
