@@ -243,3 +243,26 @@ def test_1e39_never_reaches_the_store(make, tmp_path):
     after = adapter.get(ids)
     np.testing.assert_array_equal(after, before)
     assert np.isfinite(after).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "nudge-m", "gamma": float("inf")}, r"gamma: found inf, expected a finite"),
+        ({"gamma": float("nan")}, r"gamma: found nan, expected a finite number in \[0.0, 2.0\]"),
+        ({"gamma": 3}, r"gamma: found 3.0, expected a finite number in \[0.0, 2.0\]"),
+        ({"selection": "top3"}, r"selection: found 'top3', expected 'ndcg@10' or 'top1'"),
+    ],
+)
+def test_engine_refuses_bad_fit_arguments_before_any_llm_call(tmp_path, kwargs, message):
+    from nudge_rag.core.engine import NudgeFinetuneEngine
+    from nudge_rag.core.state import NudgeState
+    from nudge_rag.core.stores.memory import MemoryAdapter
+
+    recs = {f"d{i}": {"id": f"d{i}", "vector": np.eye(D)[i].tolist()} for i in range(4)}
+    state = NudgeState(MemoryAdapter(recs, metric="ip"), tmp_path / "state")
+    try:
+        with pytest.raises(NudgeError, match=message):
+            NudgeFinetuneEngine(state, progress=False, **kwargs)
+    finally:
+        state.close()

@@ -28,6 +28,7 @@ pytest.importorskip("langchain_postgres", reason='needs pip install "nudge-rag[p
 pytest.importorskip("llama_index.vector_stores.postgres", reason="needs nudge-rag[postgres]")
 
 import psycopg
+import test_llama_conformance as conformance  # tests/ is on sys.path under pytest
 from langchain_core.vectorstores import VectorStore
 from langchain_postgres import PGVector
 from langchain_postgres.vectorstores import DistanceStrategy
@@ -40,6 +41,7 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQuery,
 )
 from llama_index.vector_stores.postgres import PGVectorStore
+from test_llama_conformance import filled, pair  # noqa: F401 - the suite's fixtures, reused
 
 from nudge_rag.core.errors import MetricMismatchError
 from nudge_rag.core.stores.base import Metric
@@ -49,9 +51,6 @@ from nudge_rag.langchain.embeddings import LookupEmbeddings
 from nudge_rag.llama_index import NudgedVectorStore as LlamaNudged
 from nudge_rag.llama_index.backends.pgvector import PgVectorBackend as LlamaPgBackend
 from nudge_rag.testing.pgserver import PgServer, start_pgserver
-
-import test_llama_conformance as conformance  # noqa: E402 - tests/ is on sys.path under pytest
-from test_llama_conformance import filled, pair  # noqa: F401 - the suite's fixtures, reused
 
 N_QUERIES = 300
 _names = itertools.count()
@@ -257,7 +256,7 @@ def test_apply_of_10k_rows_is_seen_old_or_new_by_concurrent_wrapped_searches(pg,
             for j in range(12):
                 k = (seed + j) % len(queries)
                 seen.append((k, top(queries[k])))
-        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+        except BaseException as e:
             errors.append(e)
 
     readers = [threading.Thread(target=searcher, args=(s,)) for s in range(3)]

@@ -51,7 +51,7 @@ from nudge_rag.core.labels import (
 )
 from nudge_rag.core.llm import RetryPolicy, as_llm
 from nudge_rag.core.metrics import RelevanceTable, exact_knn, ndcg_at_k, recall_at_k
-from nudge_rag.core.nudge import Method, finetune_embeddings
+from nudge_rag.core.nudge import Method, Selection, check_gamma, finetune_embeddings
 from nudge_rag.core.stores.base import Metric
 from nudge_rag.core.traces import embedding_problem
 from nudge_rag.core.versions import check_metric
@@ -425,6 +425,11 @@ class NudgeFinetuneEngine:
             msg = f"method: found {method!r}, expected 'nudge-n' or 'nudge-m'."
             raise NudgeError(msg) from None
         check_metric(self.method.value, self.metric)  # fail before any LLM call is paid for
+        if gamma is not None:  # the fit's own checks, before any LLM call too
+            gamma = check_gamma(gamma, self.method)
+        if selection is not None and selection not in list(Selection):
+            msg = f"selection: found {selection!r}, expected 'ndcg@10' or 'top1'."
+            raise NudgeError(msg)
         if len(split) != 3 or min(split) < 0 or not math.isclose(sum(split), 1.0):
             msg = (
                 f"split: found {split}, expected (train, validation, held-out) fractions "

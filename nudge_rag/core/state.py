@@ -321,9 +321,11 @@ class NudgeState:
         self.version_log.forget([str(i) for i in ids])
 
     def close(self) -> None:
-        """Close both logs."""
+        """Close both logs, and the adapter's own connections (the wrapped store stays open)."""
         self.trace_log.close()
         self.version_log.close()
+        if callable(getattr(type(self.adapter), "close", None)):
+            self.adapter.close()  # type: ignore[attr-defined]
 
     # -- log and store agreement ---------------------------------------------------------------
     def check_fresh(self) -> None:

@@ -108,6 +108,9 @@ _K_MAX = 2**63 - 1  # SQLite's INTEGER range
 _ROW_TEXT_MAX = 4000  # characters of a quarantined row's description
 _OPEN_LOGS: weakref.WeakSet[TraceLog] = weakref.WeakSet()
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_STRICT = json.JSONEncoder(
+    allow_nan=False
+)  # built once: json.dumps(allow_nan=...) builds one a call
 _NO_EMBEDDING = np.zeros(0, dtype=np.float32)
 _NO_EMBEDDING.flags.writeable = False
 # a row-level failure (this row cannot be bound or violates a constraint); anything else, an
@@ -237,7 +240,7 @@ def filter_as_dict(filter: Any) -> dict | None:
         return None
     if isinstance(filter, dict):
         try:
-            json.dumps(filter, allow_nan=False)
+            _STRICT.encode(filter)
             return filter
         except (TypeError, ValueError):
             return {"repr": clean_text(repr(filter))}
@@ -245,7 +248,7 @@ def filter_as_dict(filter: Any) -> dict | None:
     if callable(dump):
         try:
             out = dump(mode="json", exclude_none=True)
-            json.dumps(out, allow_nan=False)
+            _STRICT.encode(out)
             return out
         except (TypeError, ValueError):
             pass
@@ -266,9 +269,9 @@ def _finite_or_none(x: Any) -> Any:
 def _strict_json(obj: Any) -> str:
     """``obj`` as strict JSON: a NaN or infinite number becomes null."""
     try:
-        return json.dumps(obj, allow_nan=False)
+        return _STRICT.encode(obj)
     except ValueError:
-        return json.dumps(_finite_or_none(obj), allow_nan=False)
+        return _STRICT.encode(_finite_or_none(obj))
 
 
 def _db_row(r: tuple) -> tuple:
@@ -439,7 +442,10 @@ class TraceLog:
             query = clean_text(query)
         blob, dim = embedding_blob(embedding)
         ids = [str(i) for i in result_ids]
-        sc = [float("nan") if s is None else float(s) for s in scores]
+        try:
+            sc = [float(s) for s in scores]
+        except TypeError:  # a store that gives no score for some results
+            sc = [float("nan") if s is None else float(s) for s in scores]
         if len(sc) != len(ids):
             msg = (
                 f"scores: expected one score per result id ({len(ids)}), found {len(sc)}; "

@@ -535,6 +535,11 @@ class _LazyAdapter:
         """Forget the built adapter; the next call builds a fresh one."""
         self._adapter = None
 
+    def close(self) -> None:
+        """Close the built adapter's own connections, if it has any."""
+        if self._adapter is not None and callable(getattr(self._adapter, "close", None)):
+            self._adapter.close()  # type: ignore[attr-defined]
+
     def _get(self) -> StoreAdapter:
         if self._adapter is None:
             self._adapter = self._backend.adapter()
