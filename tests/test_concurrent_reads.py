@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -56,6 +57,7 @@ class Store:
     adapter: StoreAdapter
     search: Callable[[np.ndarray, int], list[tuple[str, float]]]  # (id, cosine similarity)
     close: Callable[[], None] = lambda: None
+    native: object = None  # the framework's store object
 
 
 # --------------------------------------------------------------------------- stores
@@ -81,7 +83,7 @@ def faiss_langchain(tmp: Path, ids: list[str], base: np.ndarray) -> Store:
         hits = store.similarity_search_with_score_by_vector(q.tolist(), k=k)
         return [(str(d.id), float(s)) for d, s in hits]
 
-    return Store("FAISS (LangChain)", FaissAdapter.for_holder(store), search)
+    return Store("FAISS (LangChain)", FaissAdapter.for_holder(store), search, native=store)
 
 
 def memory_langchain(tmp: Path, ids: list[str], base: np.ndarray) -> Store:
@@ -321,7 +323,7 @@ def test_faiss_searches_never_read_a_half_written_index(tmp_path):
     n, m, d = 6000, 3000, 256
     ids, base, new = _vectors(n, m, d)
     store = faiss_langchain(tmp_path, ids, base)
-    holder_index = store.adapter._index  # what LangChain's search reads: store.index, each time
+    lc_store: Any = store.native
     q = np.zeros((1, d), dtype=np.float32)
     q[0, 0] = 1.0
     new_above, old_above = (OLD_SCORE + NEW_SCORE) / 2, (OLD_SCORE + OTHER_SCORE) / 2
@@ -331,7 +333,7 @@ def test_faiss_searches_never_read_a_half_written_index(tmp_path):
     def read() -> None:
         while not done.is_set():
             t0 = time.perf_counter()
-            scores, _ = holder_index().search(q, m + 100)
+            scores, _ = lc_store.index.search(q, m + 100)  # as LangChain's search: store.index
             t1 = time.perf_counter()
             s = scores[0]
             seen.append(

@@ -215,3 +215,14 @@ def _range(low: float | None, high: float | None, *, low_open: bool = False) -> 
 
 def _hint(hint: str) -> str:
     return f"; {hint}." if hint else "."
+
+
+MAX_K = 10_000
+"""The most results one search may ask for (a larger k is a bug that would allocate for it)."""
+
+
+def check_k(k: Any, *, what: str = "k") -> int:
+    """A search's ``k``: an integer in ``[1, MAX_K]``, checked before the store sees it."""
+    return check_int(
+        k, what=what, low=1, high=MAX_K, hint="ask for the number of results you will use"
+    )

@@ -40,3 +40,9 @@ def cited_ids(answer: Any) -> list[str]:
             if part:
                 found.append(part)
     return list(dict.fromkeys(found))
+
+
+def format_chunks(ids: list[str], texts: list[str]) -> str:
+    """Each chunk as ``[id] text``, one block each, for a model to read and cite."""
+    blocks = [f"[{i}] {t}" for i, t in zip(ids, texts, strict=True)]
+    return "\n\n".join(blocks) or "No documents found."

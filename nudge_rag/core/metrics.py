@@ -105,7 +105,9 @@ class RelevanceTable:
     """Graded relevance of (query, row) pairs, looked up in bulk with one ``searchsorted``."""
 
     def __init__(self, relevant: Sequence[Relevance]) -> None:
-        queries, rows, grades = [], [], []
+        queries: list[int] = []
+        rows: list[int] = []
+        grades: list[float] = []
         for qi, rel in enumerate(relevant):
             items = rel.items() if isinstance(rel, Mapping) else ((r, 1.0) for r in rel)
             for row, grade in items:

@@ -107,6 +107,7 @@ class NudgeState:
         get_texts: Callable[[list[str]], list[str | None]] | None = None,
         children_of: Callable[[list[str], str], dict[str, list[str]]] | None = None,
         parent_id_key: str | None = None,
+        after_write: Callable[[], None] | None = None,
         tracing: bool = True,
         retention_days: float | None = None,
     ):
@@ -130,6 +131,7 @@ class NudgeState:
         self.last_trace = LastTrace(f"nudge_last_trace_{id(self)}")
         self.trace_log = TraceLog(self.state_dir / TRACES_FILE, retention_days=retention_days)
         self.version_log = VersionLog(self.state_dir / VERSIONS_FILE, adapter)
+        self.version_log.after_write = after_write
 
     # -- traces --------------------------------------------------------------------------------
     def record_search(
@@ -168,6 +170,13 @@ class NudgeState:
         ``id_key`` (or the state's ``parent_id_key`` for ids the store does not hold): the ids
         are parent ids, each standing for the chunks whose metadata ``id_key`` carries it.
         """
+        for name, given in (("relevant_ids", relevant_ids), ("irrelevant_ids", irrelevant_ids)):
+            if isinstance(given, (str, bytes)):
+                msg = (
+                    f"{name}: found a single string {given!r}, expected a list of ids; pass "
+                    f"{name}=[{given!r}]."
+                )
+                raise NudgeError(msg)
         rel = [str(i) for i in relevant_ids]
         irr = [str(i) for i in irrelevant_ids]
         asked = list(dict.fromkeys(rel + irr))
@@ -229,6 +238,14 @@ class NudgeState:
     def traces(self, **kw: Any) -> list[Trace]:
         """Every recorded trace (``since=`` a time to get only newer ones)."""
         return self.trace_log.traces(**kw)
+
+    def iter_traces(self, **kw: Any) -> Iterator[Trace]:
+        """Traces page by page (``with_embeddings=False`` skips vectors; ``since``, ``ids``)."""
+        return self.trace_log.iter_traces(**kw)
+
+    def delete_traces(self, ids: Iterable[str]) -> int:
+        """Delete traces (and their feedback) by id, securely; return how many were deleted."""
+        return self.trace_log.delete_traces(ids)
 
     def feedback(self, trace_id: str | None = None) -> list[Feedback]:
         """Every feedback row, or those of one trace."""

@@ -56,6 +56,8 @@ class NudgeSurface:
     record_citations = _StateMethod(NudgeState.record_citations)
     trace_scope = _StateMethod(NudgeState.trace_scope)
     traces = _StateMethod(NudgeState.traces)
+    iter_traces = _StateMethod(NudgeState.iter_traces)
+    delete_traces = _StateMethod(NudgeState.delete_traces)
     feedback = _StateMethod(NudgeState.feedback)
     get_vectors = _StateMethod(NudgeState.get_vectors)
     base_vectors = _StateMethod(NudgeState.base_vectors)

@@ -312,6 +312,9 @@ class VersionLog:
         self.path = Path(path)
         self.adapter = adapter
         self.read_only = bool(read_only)
+        #: called after every write into the store, inside the move (before it commits): a
+        #: face whose store lives in a file (FAISS, LlamaIndex Simple) saves it there
+        self.after_write: Callable[[], None] | None = None
         self.marker_path = self.path.with_name(self.path.stem + MARKER_SUFFIX)
         self._lockfile = self.path.with_name(self.path.name + ".lock")
         self._tlock = threading.RLock()
@@ -1385,6 +1388,8 @@ class VersionLog:
             keep = [n for n, i in enumerate(ids) if i in have]
             if keep:
                 adapter.put([ids[n] for n in keep], mat[keep])
+        if self.after_write is not None:
+            self.after_write()
 
     def _drop(self, ids: list[str]) -> None:
         """Delete the rows and base records of ``ids``, keeping each version's fingerprint."""

@@ -7,17 +7,14 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, Field
 
+from nudge_rag.core.citations import format_chunks
+
 if TYPE_CHECKING:
     from nudge_rag.langchain.vectorstores import NudgedVectorStore
 
 
 class _SearchInput(BaseModel):
     query: str = Field(description="What to search for.")
-
-
-def format_chunks(ids: list[str], texts: list[str]) -> str:
-    """Each chunk as ``[id] text``, one block each, for a model to read and cite."""
-    return "\n\n".join(f"[{i}] {t}" for i, t in zip(ids, texts, strict=True))
 
 
 def retriever_tool(
@@ -39,13 +36,13 @@ def retriever_tool(
     def run(query: str) -> tuple[str, dict[str, Any]]:
         docs = store.similarity_search(query, k=k, **extra)
         ids = [d.id or "" for d in docs]
-        content = format_chunks(ids, [d.page_content for d in docs]) or "No documents found."
+        content = format_chunks(ids, [d.page_content for d in docs])
         return content, {"trace_id": store.last_trace_id, "ids": ids}
 
     async def arun(query: str) -> tuple[str, dict[str, Any]]:
         docs = await store.asimilarity_search(query, k=k, **extra)
         ids = [d.id or "" for d in docs]
-        content = format_chunks(ids, [d.page_content for d in docs]) or "No documents found."
+        content = format_chunks(ids, [d.page_content for d in docs])
         return content, {"trace_id": store.last_trace_id, "ids": ids}
 
     return StructuredTool.from_function(

@@ -22,6 +22,7 @@ from langchain_core.runnables.config import run_in_executor
 from langchain_core.tools import BaseTool
 from langchain_core.vectorstores import VectorStore
 
+from nudge_rag.core.checks import check_k
 from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.state import NudgeState
 from nudge_rag.core.stores.base import StoreAdapter, exact_readback, present_ids
@@ -182,6 +183,7 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
             get_texts=self._get_texts,
             children_of=self.backend.children_of,
             parent_id_key=parent_id_key,
+            after_write=self.backend.after_write,
             tracing=tracing,
             retention_days=retention_days,
         )
@@ -407,6 +409,7 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
 
     def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
         """The ``k`` documents most similar to ``query`` (traced)."""
+        k = check_k(k)
         if not self.tracing:
             return self._plain(self.inner.similarity_search(query, k=k, **kwargs))
         return [d for d, _ in self.similarity_search_with_score(query, k, **kwargs)]
@@ -415,6 +418,7 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
         self, query: str, k: int = 4, **kwargs: Any
     ) -> list[tuple[Document, float]]:
         """Documents and the wrapped store's own scores (distances for Chroma, FAISS l2)."""
+        k = check_k(k)
         if not self.tracing:
             return self._plain_pairs(self.inner.similarity_search_with_score(query, k=k, **kwargs))
         emb, pairs = self._query_pairs(query, k, kwargs)
@@ -424,6 +428,7 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
         self, embedding: list[float], k: int = 4, **kwargs: Any
     ) -> list[Document]:
         """The ``k`` documents most similar to ``embedding`` (traced, without query text)."""
+        k = check_k(k)
         if not self.tracing:
             return self._plain(self.inner.similarity_search_by_vector(embedding, k=k, **kwargs))
         emb = list(embedding)
@@ -437,6 +442,7 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
     def _similarity_search_with_relevance_scores(
         self, query: str, k: int = 4, **kwargs: Any
     ) -> list[tuple[Document, float]]:
+        k = check_k(k)
         if not self.tracing:
             pairs = self.inner._similarity_search_with_relevance_scores(query, k=k, **kwargs)
             return self._plain_pairs(pairs)
@@ -452,6 +458,8 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
         **kwargs: Any,
     ) -> list[Document]:
         """Diverse results by maximal marginal relevance (traced; MMR gives no scores: NaN)."""
+        k = check_k(k)
+        fetch_k = check_k(fetch_k, what="fetch_k")
         if not self.tracing:
             return self._plain(
                 self.inner.max_marginal_relevance_search(
@@ -471,6 +479,8 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
         **kwargs: Any,
     ) -> list[Document]:
         """MMR from a query vector (traced without query text)."""
+        k = check_k(k)
+        fetch_k = check_k(fetch_k, what="fetch_k")
         if not self.tracing:
             return self._plain(
                 self.inner.max_marginal_relevance_search_by_vector(
@@ -484,6 +494,7 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
     # -- async twins: the store's work in a thread, the trace in the caller's context -----------
     async def asimilarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
         """Async :meth:`similarity_search`."""
+        k = check_k(k)
         if not self.tracing:
             return self._plain(await self.inner.asimilarity_search(query, k=k, **kwargs))
         return [d for d, _ in await self.asimilarity_search_with_score(query, k, **kwargs)]
@@ -492,6 +503,7 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
         self, query: str, k: int = 4, **kwargs: Any
     ) -> list[tuple[Document, float]]:
         """Async :meth:`similarity_search_with_score`."""
+        k = check_k(k)
         if not self.tracing:
             pairs = await self.inner.asimilarity_search_with_score(query, k=k, **kwargs)
             return self._plain_pairs(pairs)
@@ -502,6 +514,7 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
         self, embedding: list[float], k: int = 4, **kwargs: Any
     ) -> list[Document]:
         """Async :meth:`similarity_search_by_vector`."""
+        k = check_k(k)
         if not self.tracing:
             docs = await self.inner.asimilarity_search_by_vector(embedding, k=k, **kwargs)
             return self._plain(docs)
@@ -512,6 +525,7 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
     async def _asimilarity_search_with_relevance_scores(
         self, query: str, k: int = 4, **kwargs: Any
     ) -> list[tuple[Document, float]]:
+        k = check_k(k)
         if not self.tracing:
             pairs = await self.inner._asimilarity_search_with_relevance_scores(query, k=k, **kwargs)
             return self._plain_pairs(pairs)
@@ -527,6 +541,8 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
         **kwargs: Any,
     ) -> list[Document]:
         """Async :meth:`max_marginal_relevance_search`."""
+        k = check_k(k)
+        fetch_k = check_k(fetch_k, what="fetch_k")
         if not self.tracing:
             docs = await self.inner.amax_marginal_relevance_search(
                 query, k=k, fetch_k=fetch_k, lambda_mult=lambda_mult, **kwargs
@@ -545,6 +561,8 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
         **kwargs: Any,
     ) -> list[Document]:
         """Async :meth:`max_marginal_relevance_search_by_vector`."""
+        k = check_k(k)
+        fetch_k = check_k(fetch_k, what="fetch_k")
         if not self.tracing:
             docs = await self.inner.amax_marginal_relevance_search_by_vector(
                 embedding, k=k, fetch_k=fetch_k, lambda_mult=lambda_mult, **kwargs

@@ -11,7 +11,7 @@ import asyncio
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 from llama_index.core.bridge.pydantic import PrivateAttr
@@ -23,6 +23,7 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQueryResult,
 )
 
+from nudge_rag.core.checks import check_k, check_vectors
 from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.files import persist_atomic
 from nudge_rag.core.state import NudgeState
@@ -163,12 +164,11 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
         if get_texts is None and vector_store.stores_text:
             get_texts = backend.texts
         self._nudge_state = NudgeState(
-            adapter
-            if adapter is not None
-            else cast(StoreAdapter, _LazyAdapter(backend, after_put=self._repersist)),
+            adapter if adapter is not None else backend.adapter(),
             state_dir,
             embed_queries=_query_embedder(embed_model),
             get_texts=get_texts,
+            after_write=self._repersist,
             tracing=tracing,
             retention_days=retention_days,
         )
@@ -383,6 +383,25 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
             result = await asyncio.to_thread(self._inner.query, query, **kwargs)
         return self._traced(query, result)  # in the caller's context: sets its last_trace_id
 
+    # -- agents ---------------------------------------------------------------------------------
+    def as_retriever_tool(
+        self,
+        index_or_retriever: Any,
+        name: str = "search_documents",
+        description: str = "Search the knowledge base; cite the chunks you use as [id].",
+        *,
+        k: int | None = None,
+    ) -> Any:
+        """A LlamaIndex ``FunctionTool`` for agents: it shows each node as ``[node_id] text`` and
+        its ``raw_output`` is ``{"trace_id", "ids"}`` for :meth:`record_citations`.
+
+        ``index_or_retriever``: an index over this store, or any retriever that searches it
+        (a vector retriever, a ``QueryFusionRetriever``).
+        """
+        from nudge_rag.llama_index.tools import retriever_tool
+
+        return retriever_tool(self, index_or_retriever, name, description, k=k)
+
     # -- internals -----------------------------------------------------------------------------
     def _store_dim(self) -> int | None:
         if self._dim is None:
@@ -416,12 +435,13 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
                 "embed with the store's model or use a new collection."
             )
             raise NudgeError(msg)
-        matrix = np.asarray([n.embedding for n in nodes], dtype=np.float64)
-        if not np.isfinite(matrix).all():
-            bad = nodes[int(np.nonzero(~np.isfinite(matrix).all(axis=1))[0][0])].node_id
-            msg = f"nodes: the embedding of node {bad!r} holds NaN or inf; re-embed it."
-            raise NudgeError(msg)
-        return matrix
+        return check_vectors(
+            [n.embedding for n in nodes],
+            what="nodes",
+            dim=want,
+            dtype=np.float64,
+            row_names=[n.node_id for n in nodes],
+        )
 
     def _before_add(self, nodes: Sequence[BaseNode]) -> None:
         if nodes:
@@ -470,12 +490,10 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
             self._nudge_state.on_delete(gone)
 
     def _after_clear(self) -> None:
-        self._dim = None
-        adapter = self._nudge_state.adapter
-        if isinstance(adapter, _LazyAdapter):
-            adapter.reset()
+        self._dim = None  # the next add may bring another dimension
 
     def _check_query(self, query: VectorStoreQuery) -> None:
+        check_k(query.similarity_top_k, what="query.similarity_top_k")
         emb = query.query_embedding
         if emb is None:
             return
@@ -516,54 +534,6 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
     def _repersist(self) -> None:
         if self._persisted_to is not None:
             self.persist(*self._persisted_to)  # atomically, inside the move (before it commits)
-
-
-class _LazyAdapter:
-    """Builds the store's adapter on first use, and anew after ``reset()``.
-
-    Qdrant creates its collection on the first ``add`` and drops it on ``clear`` (Milvus drops
-    it on ``clear`` too), so the adapter cannot be built when the store is wrapped, and the
-    face resets it whenever it clears the store.
-    """
-
-    def __init__(self, backend: Backend, *, after_put: Callable[[], None] | None = None) -> None:
-        self._backend = backend
-        self._adapter: StoreAdapter | None = None
-        self._after_put = after_put
-
-    def reset(self) -> None:
-        """Forget the built adapter; the next call builds a fresh one."""
-        self._adapter = None
-
-    def close(self) -> None:
-        """Close the built adapter's own connections, if it has any."""
-        if self._adapter is not None and callable(getattr(self._adapter, "close", None)):
-            self._adapter.close()  # type: ignore[attr-defined]
-
-    def _get(self) -> StoreAdapter:
-        if self._adapter is None:
-            self._adapter = self._backend.adapter()
-        return self._adapter
-
-    @property
-    def metric(self) -> Metric:
-        return self._get().metric if self._adapter is not None else self._backend.metric()
-
-    def get(self, ids: Sequence[str]) -> np.ndarray:
-        return self._get().get(ids)
-
-    def put(self, ids: Sequence[str], vectors: np.ndarray) -> None:
-        self._get().put(ids, vectors)
-        if self._after_put is not None:
-            self._after_put()
-
-    def ids(self) -> list[str]:
-        return self._backend.all_ids()
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):  # copy/pickle probes, and attributes not yet set
-            raise AttributeError(name)
-        return getattr(self._get(), name)
 
 
 def _metric(metric: Metric | str) -> Metric:

@@ -9,6 +9,7 @@ from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.schema import MetadataMode, NodeWithScore
 from llama_index.core.tools import FunctionTool, ToolOutput
 
+from nudge_rag.core.citations import format_chunks
 from nudge_rag.core.errors import NudgeError
 
 if TYPE_CHECKING:
@@ -17,8 +18,8 @@ if TYPE_CHECKING:
 
 def format_nodes(hits: Sequence[NodeWithScore]) -> str:
     """Each node as ``[node_id] text`` (the text the LLM sees), one block each."""
-    blocks = [f"[{h.node.node_id}] {h.node.get_content(MetadataMode.LLM)}" for h in hits]
-    return "\n\n".join(blocks) or "No documents found."
+    ids = [h.node.node_id for h in hits]
+    return format_chunks(ids, [h.node.get_content(MetadataMode.LLM) for h in hits])
 
 
 def retriever_tool(

@@ -38,7 +38,10 @@ class Metric(str, Enum):
 class StoreAdapter(Protocol):
     """Vectors by id, in place, for one native vector store."""
 
-    metric: Metric
+    @property
+    def metric(self) -> Metric:
+        """How the store compares vectors."""
+        ...
 
     def get(self, ids: Sequence[str]) -> np.ndarray:
         """Return the stored vectors of ``ids`` (float32, in the order given)."""

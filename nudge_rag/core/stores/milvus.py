@@ -41,30 +41,66 @@ class MilvusAdapter:
         *,
         vector_field: str = "embedding",
         batch_size: int = 1000,
+        metric: Metric | str | None = None,
     ) -> None:
-        if not client.has_collection(collection_name):
+        """``metric``: the collection's metric while it does not exist yet (a framework that
+        creates it on its first add); without it, a missing collection is an error."""
+        self.client = client
+        self.collection_name = collection_name
+        self.vector_field = vector_field
+        self.batch_size = batch_size
+        self._planned = None if metric is None else Metric(metric)
+        self._schema: tuple[str, bool, int | None, Metric] | None = None
+        if self._planned is None and not self._exists():
             msg = (
                 f"collection_name: Milvus holds no collection {collection_name!r}; "
                 "create it (add nodes through the store) first."
             )
             raise NudgeError(msg)
-        self.client = client
-        self.collection_name = collection_name
-        self.vector_field = vector_field
-        self.batch_size = batch_size
-        info = client.describe_collection(collection_name)
-        fields = {f["name"]: f for f in info["fields"]}
-        if vector_field not in fields:
-            msg = (
-                f"vector_field: collection {collection_name!r} has no field {vector_field!r} "
-                f"(fields: {sorted(fields)}); pass the dense vector field's name."
-            )
-            raise NudgeError(msg)
-        self.dim: int | None = int(fields[vector_field].get("params", {}).get("dim", 0)) or None
-        primary = next(f for f in info["fields"] if f.get("is_primary"))
-        self.id_field: str = primary["name"]
-        self._int_ids = getattr(primary["type"], "name", str(primary["type"])) in _INT_TYPES
-        self.metric = self._read_metric()
+        if self._exists():
+            self._read_schema()  # a collection NUDGE cannot use is refused now
+
+    def _exists(self) -> bool:
+        return bool(self.client.has_collection(self.collection_name))
+
+    def _read_schema(self) -> tuple[str, bool, int | None, Metric]:
+        """Primary key field, whether it is an integer, dimension and metric (read once)."""
+        if self._schema is None:
+            info = self.client.describe_collection(self.collection_name)
+            fields = {f["name"]: f for f in info["fields"]}
+            if self.vector_field not in fields:
+                msg = (
+                    f"vector_field: collection {self.collection_name!r} has no field "
+                    f"{self.vector_field!r} (fields: {sorted(fields)}); pass the dense vector "
+                    "field's name."
+                )
+                raise NudgeError(msg)
+            dim = int(fields[self.vector_field].get("params", {}).get("dim", 0)) or None
+            primary = next(f for f in info["fields"] if f.get("is_primary"))
+            int_ids = getattr(primary["type"], "name", str(primary["type"])) in _INT_TYPES
+            self._schema = (primary["name"], int_ids, dim, self._read_metric())
+        return self._schema
+
+    @property
+    def id_field(self) -> str:
+        """The primary key field."""
+        return self._read_schema()[0] if self._exists() else "id"
+
+    @property
+    def _int_ids(self) -> bool:
+        return self._read_schema()[1]
+
+    @property
+    def dim(self) -> int | None:
+        """The stored dimension (None before the collection exists)."""
+        return self._read_schema()[2] if self._exists() else None
+
+    @property
+    def metric(self) -> Metric:
+        """The index's metric (the planned one before the collection exists)."""
+        if self._planned is not None and not self._exists():
+            return self._planned
+        return self._read_schema()[3]
 
     def _read_metric(self) -> Metric:
         names = self.client.list_indexes(self.collection_name, field_name=self.vector_field)
@@ -102,7 +138,7 @@ class MilvusAdapter:
     def get(self, ids: Sequence[str]) -> np.ndarray:
         """Return the stored vectors of ``ids`` (float32, in the order given)."""
         ids = list(ids)
-        rows = self._fetch(ids, [self.id_field, self.vector_field])
+        rows = self._fetch(ids, [self.id_field, self.vector_field]) if self._exists() else {}
         raise_unknown(missing_ids(ids, set(rows)), f"Milvus collection {self.collection_name!r}")
         if not ids:
             return np.zeros((0, self.dim or 0), dtype=np.float32)
@@ -112,7 +148,7 @@ class MilvusAdapter:
         """Overwrite existing ``ids`` by partial upsert; unknown ids change nothing."""
         ids = list(ids)
         arr = check_vectors(vectors, what="vectors", n_rows=len(ids), dim=self.dim)
-        present = self._fetch(ids, [self.id_field])
+        present = self.present(ids)
         raise_unknown(missing_ids(ids, set(present)), f"Milvus collection {self.collection_name!r}")
         keys = self._keys(ids)
         for start in range(0, len(ids), self.batch_size):
@@ -128,10 +164,12 @@ class MilvusAdapter:
 
     def present(self, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` the collection holds."""
-        return set(self._fetch(list(ids), [self.id_field]))
+        return set(self._fetch(list(ids), [self.id_field])) if self._exists() else set()
 
     def ids(self) -> list[str]:
         """Every id in the collection."""
+        if not self._exists():
+            return []
         it = self.client.query_iterator(
             self.collection_name, batch_size=self.batch_size, output_fields=[self.id_field]
         )

@@ -64,49 +64,84 @@ class QdrantAdapter:
         *,
         id_to_point: Callable[[str], str | int] | None = None,
         point_to_id: Callable[[Any], str] | None = None,
-        vector_name: str = "",
+        vector_name: str | Callable[[], str] = "",
+        metric: Metric | str | None = None,
     ):
+        """``metric``: the collection's metric while it does not exist yet (a framework that
+        creates it on its first add); without it, a missing collection is an error.
+        ``vector_name``: the dense vector's name, or a callable that gives it."""
         from qdrant_client import models
 
         self.client = client
         self.collection_name = collection_name
         self.id_to_point = id_to_point or default_point_id
         self.point_to_id = point_to_id or default_doc_id
-        self.vector_name = vector_name or ""
-        try:
-            info = client.get_collection(collection_name)
-        except Exception as e:  # the client raises several types for a missing collection
+        self._vector_name = vector_name
+        self._models = models
+        self._planned = None if metric is None else Metric(metric)
+        if self._planned is None and not self._exists():
             msg = (
-                f"collection_name: Qdrant has no collection {collection_name!r} ({e}); create it "
+                f"collection_name: Qdrant has no collection {collection_name!r}; create it "
                 "first, e.g. through langchain_qdrant.QdrantVectorStore.from_texts."
             )
-            raise NudgeError(msg) from e
-        vectors = info.config.params.vectors
+            raise NudgeError(msg)
+        self._params()  # a collection NUDGE cannot use is refused now
+
+    def _exists(self) -> bool:
+        return bool(self.client.collection_exists(self.collection_name))
+
+    @property
+    def vector_name(self) -> str:
+        """The dense vector's name ("" when unnamed); a callable is asked each time (LlamaIndex
+        settles the name when it creates the collection)."""
+        name = self._vector_name() if callable(self._vector_name) else self._vector_name
+        return name or ""
+
+    def _params(self) -> tuple[Metric, int | None]:
+        """The collection's metric and dimension (read each time: it may be dropped, remade)."""
+        if not self._exists():
+            if self._planned is None:
+                msg = f"Qdrant collection {self.collection_name!r} no longer exists."
+                raise NudgeError(msg)
+            return self._planned, None
+        vectors = self.client.get_collection(self.collection_name).config.params.vectors
         if isinstance(vectors, dict):
             if self.vector_name not in vectors:
                 msg = (
-                    f"vector_name: collection {collection_name!r} has vectors {sorted(vectors)}, "
-                    f"found {self.vector_name!r}; pass one of them."
+                    f"vector_name: collection {self.collection_name!r} has vectors "
+                    f"{sorted(vectors)}, found {self.vector_name!r}; pass one of them."
                 )
                 raise NudgeError(msg)
             params = vectors[self.vector_name]
         else:
             params = vectors
         spaces = {
-            models.Distance.COSINE: Metric.COSINE,
-            models.Distance.DOT: Metric.IP,
-            models.Distance.EUCLID: Metric.L2,
+            self._models.Distance.COSINE: Metric.COSINE,
+            self._models.Distance.DOT: Metric.IP,
+            self._models.Distance.EUCLID: Metric.L2,
         }
         if params.distance not in spaces:
             msg = (
-                f"collection {collection_name!r} uses distance {params.distance}; expected "
+                f"collection {self.collection_name!r} uses distance {params.distance}; expected "
                 "Cosine, Dot or Euclid."
             )
             raise NudgeError(msg)
-        self.metric = spaces[params.distance]
-        self.dim = int(params.size)
-        self.exact_readback = self.metric is not Metric.COSINE
-        self._models = models
+        return spaces[params.distance], int(params.size)
+
+    @property
+    def metric(self) -> Metric:
+        """How the collection compares vectors (the planned metric before it exists)."""
+        return self._params()[0]
+
+    @property
+    def dim(self) -> int | None:
+        """The stored dimension (None before the collection exists)."""
+        return self._params()[1]
+
+    @property
+    def exact_readback(self) -> bool:
+        """Cosine collections store vectors normalised: they do not read back what was given."""
+        return self.metric is not Metric.COSINE
 
     def _retrieve(self, ids: Sequence[str], vectors: bool) -> dict[str, Any]:
         points = [self.id_to_point(i) for i in ids]
@@ -123,8 +158,8 @@ class QdrantAdapter:
         """The stored vectors of ``ids``, float32, in the order given."""
         ids = [str(i) for i in ids]
         if not ids:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        recs = self._retrieve(ids, vectors=True)
+            return np.zeros((0, self.dim or 0), dtype=np.float32)
+        recs = self._retrieve(ids, vectors=True) if self._exists() else {}
         raise_unknown(missing_ids(ids, set(recs)), f"Qdrant collection {self.collection_name!r}")
         rows = []
         for i in ids:
@@ -154,11 +189,13 @@ class QdrantAdapter:
     def present(self, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` the collection holds."""
         ids = [str(i) for i in ids]
-        return set(self._retrieve(ids, vectors=False)) if ids else set()
+        return set(self._retrieve(ids, vectors=False)) if ids and self._exists() else set()
 
     def ids(self) -> list[str]:
         """Every document id in the collection."""
         out: list[str] = []
+        if not self._exists():
+            return out
         offset = None
         while True:
             recs, offset = self.client.scroll(

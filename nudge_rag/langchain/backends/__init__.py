@@ -10,6 +10,7 @@ from nudge_rag.langchain.backends.base import Backend
 from nudge_rag.langchain.backends.chroma import ChromaBackend
 from nudge_rag.langchain.backends.faiss import FaissBackend
 from nudge_rag.langchain.backends.memory import MemoryBackend
+from nudge_rag.langchain.backends.milvus import MilvusBackend
 from nudge_rag.langchain.backends.pgvector import PgVectorBackend
 from nudge_rag.langchain.backends.qdrant import QdrantBackend
 
@@ -19,10 +20,12 @@ BACKENDS: list[type[Backend]] = [
     QdrantBackend,
     FaissBackend,
     PgVectorBackend,
+    MilvusBackend,
 ]
 SUPPORTED = (
     "langchain_chroma.Chroma, langchain_core InMemoryVectorStore, "
-    "langchain_qdrant.QdrantVectorStore, langchain_community FAISS, langchain_postgres.PGVector"
+    "langchain_qdrant.QdrantVectorStore, langchain_community FAISS, langchain_postgres.PGVector, "
+    "langchain_milvus.Milvus"
 )
 
 __all__ = ["BACKENDS", "SUPPORTED", "Backend", "backend_for"]

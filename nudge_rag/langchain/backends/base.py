@@ -53,6 +53,9 @@ class Backend:
         )
         raise NudgeError(msg)
 
+    def after_write(self) -> None:
+        """Called after each version write into the store (a file-backed store saves itself)."""
+
     def score_kind(self, metric: Metric) -> str:
         """'distance' or 'similarity': what the store's scores are."""
         return "distance" if metric is Metric.L2 else "similarity"

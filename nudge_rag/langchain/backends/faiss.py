@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 from langchain_core.vectorstores import VectorStore
 
 from nudge_rag.core.files import save_faiss_atomic
 from nudge_rag.core.stores.base import StoreAdapter
 from nudge_rag.core.stores.faiss import FaissAdapter
 from nudge_rag.langchain.backends.base import Backend, group_children
-
-
-class _SavingFaissAdapter(FaissAdapter):
-    """The FAISS adapter, re-saving the store after each write (inside the version move)."""
-
-    after_put: Callable[[], None] | None = None
-
-    def put(self, ids: Sequence[str], vectors: np.ndarray) -> None:
-        super().put(ids, vectors)
-        if self.after_put is not None:
-            self.after_put()
 
 
 class FaissBackend(Backend):
@@ -42,18 +30,17 @@ class FaissBackend(Backend):
         self._saved_to: tuple[Path, str] | None = None
 
     def build_adapter(self) -> StoreAdapter:
-        ad = _SavingFaissAdapter.for_holder(
+        return FaissAdapter.for_holder(
             self.store, normalize=bool(getattr(self.store, "_normalize_L2", False))
         )
-        ad.after_put = self._resave  # type: ignore[attr-defined]
-        return ad
 
     def save_local(self, folder: str | os.PathLike[str], index_name: str = "index") -> None:
         """Save atomically (never a cut or mixed pair); later writes re-save there."""
         save_faiss_atomic(self.store, folder, index_name)
         self._saved_to = (Path(folder), index_name)
 
-    def _resave(self) -> None:
+    def after_write(self) -> None:
+        """Re-save where :meth:`save_local` saved, inside each version move."""
         if self._saved_to is not None:
             save_faiss_atomic(self.store, *self._saved_to)
 

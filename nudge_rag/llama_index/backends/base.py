@@ -21,10 +21,17 @@ class Backend:
 
     def __init__(self, store: BasePydanticVectorStore) -> None:
         self.store: Any = store  # each backend reads its own store class's attributes
-        self._presence: StoreAdapter | None = None  # built once: Chroma's asks the server
+        self._adapter: StoreAdapter | None = None
 
     def adapter(self) -> StoreAdapter:
-        """The core adapter over the store's native client."""
+        """The core adapter over the store's native client (built once; it may exist before the
+        store's collection does)."""
+        if self._adapter is None:
+            self._adapter = self.build_adapter()
+        return self._adapter
+
+    def build_adapter(self) -> StoreAdapter:
+        """A new core adapter over the store's native client."""
         raise NotImplementedError
 
     def metric(self) -> Metric:
@@ -39,9 +46,7 @@ class Backend:
         """The ids of ``ids`` the store holds."""
         if not ids:
             return set()
-        if self._presence is None:
-            self._presence = self.adapter()
-        return present_ids(self._presence, ids)
+        return present_ids(self.adapter(), ids)
 
     def matching(self, filters: MetadataFilters) -> list[str]:
         """The ids whose metadata match ``filters``."""

@@ -11,7 +11,7 @@ from nudge_rag.llama_index.backends.base import Backend
 class ChromaBackend(Backend):
     """``ChromaVectorStore``: ``store.client`` is the chromadb Collection."""
 
-    def adapter(self) -> StoreAdapter:
+    def build_adapter(self) -> StoreAdapter:
         from nudge_rag.core.stores.chroma import ChromaAdapter
 
         return ChromaAdapter(self.store.client)

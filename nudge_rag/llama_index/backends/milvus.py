@@ -4,27 +4,38 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from llama_index.core.vector_stores.types import MetadataFilters
+from llama_index.core.vector_stores.types import BasePydanticVectorStore, MetadataFilters
 
-from nudge_rag.core.stores.base import StoreAdapter
+from nudge_rag.core.stores.base import Metric, StoreAdapter
 from nudge_rag.llama_index.backends.base import Backend
 
+_METRICS = {"COSINE": Metric.COSINE, "IP": Metric.IP, "L2": Metric.L2}
 _MILVUS_PAGE = 16384  # Milvus's largest query window; beyond it, page with an iterator
 
 
 class MilvusBackend(Backend):
     """``MilvusVectorStore``: ``store.client`` is a MilvusClient; ``id`` is the primary key."""
 
+    def __init__(self, store: BasePydanticVectorStore) -> None:
+        super().__init__(store)
+        # a collection reopened from disk (Milvus Lite) comes back released: searches fail
+        # until it is loaded, which the bare store does not do
+        if self._exists():
+            state = str(self.store.client.get_load_state(self.store.collection_name)["state"])
+            if not state.endswith("Loaded"):
+                self.store.client.load_collection(self.store.collection_name)
+
     def _exists(self) -> bool:
         return bool(self.store.client.has_collection(self.store.collection_name))
 
-    def adapter(self) -> StoreAdapter:
+    def build_adapter(self) -> StoreAdapter:
         from nudge_rag.core.stores.milvus import MilvusAdapter
 
         return MilvusAdapter(
             self.store.client,
             self.store.collection_name,
             vector_field=self.store.embedding_field,
+            metric=_METRICS.get(str(self.store.similarity_metric).upper(), Metric.IP),
         )
 
     def dim(self) -> int | None:

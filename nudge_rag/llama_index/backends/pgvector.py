@@ -25,7 +25,7 @@ class PgVectorBackend(Backend):
         super().__init__(store)
         self._adapter: StoreAdapter | None = None
 
-    def adapter(self) -> StoreAdapter:
+    def build_adapter(self) -> StoreAdapter:
         """The adapter over the store's table (built once: ``clear`` keeps the table)."""
         if self._adapter is None:
             from nudge_rag.core.stores.pgvector import PgVectorAdapter

@@ -22,20 +22,20 @@ class QdrantBackend(Backend):
     def _exists(self) -> bool:
         return bool(self.store.client.collection_exists(self.store.collection_name))
 
-    def adapter(self) -> StoreAdapter:
+    def build_adapter(self) -> StoreAdapter:
         from nudge_rag.core.stores.qdrant import QdrantAdapter
 
         return QdrantAdapter(
             self.store.client,
             self.store.collection_name,
             id_to_point=str,  # LlamaIndex uses node ids (UUIDs) as point ids
-            vector_name=self._vector_name(),
+            point_to_id=lambda record: str(record.id),
+            vector_name=self._vector_name,
+            metric=self._planned_metric(),
         )
 
-    def metric(self) -> Metric:
-        if self._exists():
-            return Metric(self.adapter().metric)
-        # the collection is created on the first add, with dense_config or cosine
+    def _planned_metric(self) -> Metric:
+        """The metric the store creates its collection with on the first add."""
         config = getattr(self.store, "_dense_config", None)
         distance = str(getattr(getattr(config, "distance", None), "value", "Cosine")).lower()
         found = {"cosine": Metric.COSINE, "dot": Metric.IP, "euclid": Metric.L2}.get(distance)

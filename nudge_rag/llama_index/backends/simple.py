@@ -11,7 +11,7 @@ from nudge_rag.llama_index.backends.base import Backend
 class SimpleBackend(Backend):
     """``SimpleVectorStore``: a dict of embeddings and a dict of flat metadata."""
 
-    def adapter(self) -> StoreAdapter:
+    def build_adapter(self) -> StoreAdapter:
         from nudge_rag.core.stores.llama_simple import LlamaSimpleAdapter
 
         return LlamaSimpleAdapter(self.store)
