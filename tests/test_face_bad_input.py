@@ -82,3 +82,21 @@ def test_milvus_lite_collection_reopened_through_llama_index_is_loaded(tmp_path)
     got = store.query(VectorStoreQuery(query_embedding=[1.0, 0, 0, 0], similarity_top_k=2))
     assert got.ids == ["n4", "n3"]
     store.close()
+
+
+def test_method_names_are_one_vocabulary(tmp_path):
+    import numpy as np
+
+    from nudge_rag.core.errors import MetricMismatchError
+    from nudge_rag.core.nudge import Method
+
+    assert Method("NUDGE-M") is Method("nudge_m") is Method.NUDGE_M
+    emb = DeterministicFakeEmbedding(size=8)
+    store = NudgedVectorStore(bare_store("memory", emb, 8, tmp_path), state_dir=tmp_path / "s")
+    store.add_texts(["a"], ids=["a"])
+    with pytest.raises(NudgeError, match=r"method: found 'nudge-x'"):
+        store.apply_vectors({"a": np.ones(8)}, method="nudge-x")
+    with pytest.raises(MetricMismatchError):  # a cosine store refuses NUDGE-M however spelled
+        store.apply_vectors({"a": np.ones(8)}, method="Nudge_M")
+    assert store.versions()[-1].version == 0
+    store.close()

@@ -230,7 +230,7 @@ def test_empty_store_is_wrapped_before_its_collection_exists(uri, tmp_path):
 
 
 def test_reopened_collection_and_auto_id(uri, tmp_path):
-    inner, store, emb = _small(uri, tmp_path, collection_name="reopen")
+    _, store, emb = _small(uri, tmp_path, collection_name="reopen")
     before = [d.id for d in store.similarity_search("q", k=5)]
     store.close()
     # langchain-milvus opens an existing collection through pymilvus's ORM, under an alias that

@@ -284,8 +284,7 @@ def _digest(mat: np.ndarray) -> str:
 
 def search(queries: np.ndarray, vectors: np.ndarray, k: int, metric: Metric) -> np.ndarray:
     """Top-``k`` row indices per query under the store's ``metric`` (exact)."""
-    kind = {Metric.COSINE: "cosine", Metric.IP: "ip", Metric.L2: "l2"}[metric]
-    return exact_knn(queries, vectors, k, metric=kind)[1]
+    return exact_knn(queries, vectors, k, metric=metric)[1]
 
 
 def paired_bootstrap(

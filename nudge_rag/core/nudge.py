@@ -41,10 +41,15 @@ EPS = 1e-8  # the reference's guard against division by a zero score difference
 
 
 class Method(str, Enum):
-    """Which closed form to use."""
+    """Which closed form to use (``Method("NUDGE-M")`` and ``"nudge_m"`` read as NUDGE-M)."""
 
     NUDGE_M = "nudge-m"
     NUDGE_N = "nudge-n"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Method | None:
+        key = value.strip().lower().replace("_", "-") if isinstance(value, str) else None
+        return next((m for m in cls if m.value == key), None)
 
 
 class Weighting(str, Enum):

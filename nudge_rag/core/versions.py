@@ -42,7 +42,6 @@ import hashlib
 import json
 import operator
 import os
-import re
 import sqlite3
 import threading
 import time as _time
@@ -59,6 +58,7 @@ import numpy as np
 from nudge_rag.core.checks import check_vectors
 from nudge_rag.core.errors import MetricMismatchError, NudgeError, UnknownIdError
 from nudge_rag.core.files import atomic_write
+from nudge_rag.core.nudge import Method
 from nudge_rag.core.stores.base import Metric, StoreAdapter, present_ids
 from nudge_rag.core.traces import create_private_file
 
@@ -155,7 +155,16 @@ class VerifyReport:
 
 def is_nudge_m(method: str | None) -> bool:
     """Whether ``method`` names NUDGE-M (unnormalised vectors), however it is spelled."""
-    return method is not None and re.sub(r"[^a-z0-9]", "", method.lower()) in {"nudgem", "m"}
+    if method is None:
+        return False
+    try:
+        return Method(method) is Method.NUDGE_M
+    except ValueError:
+        msg = (
+            f"method: found {method!r}, expected one of {[m.value for m in Method]} (or None "
+            "for vectors made some other way)."
+        )
+        raise NudgeError(msg) from None
 
 
 def check_metric(method: str | None, metric: Metric) -> None:

@@ -47,8 +47,7 @@ def register_orm_alias(client: Any) -> None:
     handler = getattr(client, "_handler", None)
     if alias is None or handler is None:  # an older pymilvus registers it itself
         return
-    if not connections.has_connection(alias):
-        connections._alias_handlers[alias] = handler
+    connections._alias_handlers.setdefault(alias, handler)
 
 
 class MilvusBackend(Backend):
@@ -135,7 +134,12 @@ class MilvusBackend(Backend):
     def before_overwrite(self, present: set[str], ids: list[str]) -> None:
         # Milvus's insert keeps an old row of the same key: delete it first
         s: Any = self.store
-        s.client.delete(s.collection_name, ids=[i for i in ids if i in present])
+        ad: Any = self.adapter()
+        gone = [i for i in ids if i in present]
+        for start in range(0, len(gone), _PAGE):
+            expr = ad.key_filter(gone[start : start + _PAGE])
+            if expr is not None:
+                s.client.delete(s.collection_name, filter=expr)
 
     def get_by_ids(self, ids: Sequence[str]) -> list[Document]:
         s: Any = self.store
@@ -143,15 +147,15 @@ class MilvusBackend(Backend):
         if not ids or not self._exists():
             return []
         ad: Any = self.adapter()
-        keys = ad.keys(ids)
         fields = (
             ["*"] if s.enable_dynamic_field else [f for f in s.fields if f not in s.vector_fields]
         )
         rows: dict[str, dict] = {}
-        for start in range(0, len(keys), _PAGE):
-            for row in s.client.query(
-                s.collection_name, ids=keys[start : start + _PAGE], output_fields=fields
-            ):
+        for start in range(0, len(ids), _PAGE):
+            expr = ad.key_filter(ids[start : start + _PAGE])
+            if expr is None:
+                continue
+            for row in s.client.query(s.collection_name, filter=expr, output_fields=fields):
                 rows[str(row[s._primary_field])] = row
         out = []
         for i in dict.fromkeys(ids):
@@ -229,6 +233,7 @@ class _CollectionAdapter:
     def __init__(self, store: Any) -> None:
         self._store = store
         self._adapter: Any = None
+        self._int: bool | None = None
 
     def _built(self) -> Any:
         if self._adapter is None and self._store.client.has_collection(self._store.collection_name):
@@ -261,17 +266,25 @@ class _CollectionAdapter:
             raise NudgeError(msg)
         return _METRICS[found]
 
-    def keys(self, ids: Sequence[str]) -> list[Any]:
-        """The primary keys of ``ids`` (integers for an INT64 key)."""
-        ad = self._built()
-        if ad is not None and ad.id_field == self._store._primary_field and self._int_keys():
-            return [int(i) for i in ids]
-        return [str(i) for i in ids]
+    def key_filter(self, ids: Sequence[str]) -> str | None:
+        """A filter expression for the rows of ``ids``, each id quoted as a literal.
+
+        pymilvus's ``ids=`` wraps string keys in single quotes unescaped, so an id holding a
+        quote or a trailing backslash breaks (or rewrites) the expression.
+        """
+        pk = self._store._primary_field
+        if self._int_keys():
+            keys = [str(int(i)) for i in ids if str(i).lstrip("-").isdigit()]
+        else:
+            keys = [_literal(i) for i in ids]
+        return f"{pk} in [{', '.join(keys)}]" if keys else None  # None: no row can match
 
     def _int_keys(self) -> bool:
-        info = self._store.client.describe_collection(self._store.collection_name)
-        primary = next(f for f in info["fields"] if f.get("is_primary"))
-        return getattr(primary["type"], "name", str(primary["type"])).startswith("INT")
+        if self._int is None:
+            info = self._store.client.describe_collection(self._store.collection_name)
+            primary = next(f for f in info["fields"] if f.get("is_primary"))
+            self._int = getattr(primary["type"], "name", str(primary["type"])).startswith("INT")
+        return self._int
 
     def get(self, ids: Sequence[str]) -> np.ndarray:
         ad = self._built()
@@ -288,8 +301,18 @@ class _CollectionAdapter:
         ad.put(ids, vectors)
 
     def present(self, ids: Sequence[str]) -> set[str]:
-        ad = self._built()
-        return set() if ad is None or not ids else set(ad.present(ids))
+        if not ids or self._built() is None:
+            return set()
+        pk = self._store._primary_field
+        out: set[str] = set()
+        for start in range(0, len(ids), _PAGE):
+            expr = self.key_filter(ids[start : start + _PAGE])
+            if expr is not None:
+                rows = self._store.client.query(
+                    self._store.collection_name, filter=expr, output_fields=[pk]
+                )
+                out.update(str(r[pk]) for r in rows)
+        return out & {str(i) for i in ids}
 
     def ids(self) -> list[str]:
         ad = self._built()
