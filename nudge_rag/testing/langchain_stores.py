@@ -11,12 +11,22 @@ KINDS = ("chroma", "memory", "qdrant", "faiss")
 
 
 def bare_store(
-    kind: str, embedding: Embeddings, dim: int, folder: Path, name: str = "docs"
+    kind: str,
+    embedding: Embeddings,
+    dim: int,
+    folder: Path,
+    name: str = "docs",
+    *,
+    connection: str | None = None,
 ) -> VectorStore:
     """A fresh, empty cosine (FAISS: inner product) store of ``kind`` in ``folder``.
 
     ``chroma``: persistent Chroma; ``qdrant``: Qdrant local mode in memory; ``faiss``: a flat
-    inner-product index; ``memory``: LangChain's ``InMemoryVectorStore``.
+    inner-product index; ``memory``: LangChain's ``InMemoryVectorStore``; ``pgvector`` (not in
+    :data:`KINDS`: it needs a server): ``langchain_postgres.PGVector``, collection ``name``, at
+    ``connection`` (a ``postgresql+psycopg://`` URL, e.g.
+    :meth:`~nudge_rag.testing.pgserver.PgServer.langchain_url`). Its ``embedding_length`` is
+    left unset: LangChain fixes the table once per process from the first store's value.
     """
     if kind == "chroma":
         from langchain_chroma import Chroma
@@ -51,5 +61,15 @@ def bare_store(
         )
     if kind == "memory":
         return InMemoryVectorStore(embedding)
-    msg = f"kind: found {kind!r}, expected one of {KINDS}."
+    if kind == "pgvector":
+        if connection is None:
+            msg = (
+                "connection: found None for kind 'pgvector'; pass the server's URL, e.g. "
+                "start_pgserver().langchain_url()."
+            )
+            raise ValueError(msg)
+        from langchain_postgres import PGVector
+
+        return PGVector(embedding, connection=connection, collection_name=name, use_jsonb=True)
+    msg = f"kind: found {kind!r}, expected one of {(*KINDS, 'pgvector')}."
     raise ValueError(msg)
