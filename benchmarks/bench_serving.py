@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,7 @@ def pg_load(
 
     db = f"bench{next(_databases)}"
     pg.create_database(db)
-    inner = bare_store(
+    inner: Any = bare_store(
         "pgvector", emb, x.shape[1], folder, "bench", connection=pg.langchain_url(db)
     )
     hnsw = kind == "pgvector-hnsw"
@@ -161,7 +162,7 @@ def bench_store(
             store.tracing = mode == "on"
             search = inner.similarity_search if mode == "bare" else store.similarity_search
             for t in qtexts:
-                lat[mode].append(timed(lambda t=t, search=search: search(t, k=k)))
+                lat[mode].append(timed(partial(search, t, k=k)))
             if mode == "on":
                 writer_s += timed(store.nudge_state.trace_log.flush)
     store.tracing = True
@@ -186,8 +187,8 @@ def bench_store(
         new = x[rows] + 0.05 * rng.standard_normal((m, x.shape[1])).astype(np.float32)
         new /= np.linalg.norm(new, axis=1, keepdims=True)
         vecs = {ids[r]: new[n] for n, r in enumerate(rows)}
-        res[f"apply_{int(frac * 100)}pct_s"] = timed(lambda v=vecs: store.apply_vectors(v))
-        res[f"rollback_{int(frac * 100)}pct_s"] = timed(lambda: store.rollback(0))
+        res[f"apply_{int(frac * 100)}pct_s"] = timed(partial(store.apply_vectors, vecs))
+        res[f"rollback_{int(frac * 100)}pct_s"] = timed(partial(store.rollback, 0))
         res[f"rows_{int(frac * 100)}pct"] = m
     store.close()
     client = getattr(inner, "client", None)

@@ -227,3 +227,88 @@ def test_langgraph_agent_citations_become_feedback(embeddings, tmp_path):
     (fb,) = store.feedback(artifact["trace_id"])
     assert fb.relevant_ids == ["refund"]
     store.close()
+
+
+async def test_concurrent_requests_never_read_each_others_trace(embeddings, tmp_path):
+    store = _store("memory", embeddings, tmp_path, "req")
+    store.similarity_search("a warm-up search in the server's own context", k=1)
+
+    async def request(q: str) -> tuple[str, str | None]:
+        await store.asimilarity_search(q, k=1)
+        await asyncio.sleep(0.01)  # the LLM call, while the other request searches
+        return q, store.last_trace_id
+
+    got = await asyncio.gather(*(request(q) for q in ["money back", "password", "export"]))
+    by_id = {t.id: t.query for t in store.traces()}
+    assert [by_id[tid] for _, tid in got] == [q for q, _ in got]
+    store.close()
+
+
+def test_a_chain_run_first_thing_still_names_its_search(embeddings, tmp_path):
+    store = _store("memory", embeddings, tmp_path, "first")
+    chain = store.as_retriever(search_kwargs={"k": 1}) | RunnableLambda(lambda d: d)
+    chain.invoke("cancel my plan")  # no search in this context before
+    assert store.last_trace_id == store.traces()[-1].id
+    store.close()
+
+
+def test_the_slot_does_not_grow_with_searches(embeddings, tmp_path):
+    import tracemalloc
+
+    store = _store("memory", embeddings, tmp_path, "grow")
+    vec = store.embeddings.embed_query("money back")
+    for _ in range(50):
+        store.similarity_search_by_vector(vec, k=1)
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for _ in range(500):
+        store.similarity_search_by_vector(vec, k=1)
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    grown = [s for s in after.compare_to(before, "filename") if "last_trace" in str(s.traceback)]
+    assert sum(s.size_diff for s in grown) < 2_000
+    store.close()
+
+
+def test_wrapping_leaves_the_app_store_object_as_built(embeddings, tmp_path):
+    inner = bare_store("chroma", embeddings, 384, tmp_path, "asbuilt")
+    before = inner.embeddings
+    store = NudgedVectorStore(inner, state_dir=tmp_path / "state")
+    store.add_texts(list(DOCS.values()), ids=list(DOCS))
+    assert inner.embeddings is before
+    assert store.nudge_state.base_vectors(["refund"]).shape == (1, 384)
+    store.close()
+
+
+def test_citations_count_only_what_that_search_showed(two_stores):
+    a, _ = two_stores
+    msg = a.as_retriever_tool("t", "d", search_kwargs={"k": 2}).invoke(
+        {"type": "tool_call", "name": "t", "args": {"query": "money back"}, "id": "1"}
+    )
+    tid1, shown = msg.artifact["trace_id"], msg.artifact["ids"]
+    assert tid1 == a.traces()[-1].id and shown == a.traces()[-1].result_ids
+    assert len(shown) == 2  # k from search_kwargs, as as_retriever takes it
+    a.similarity_search("reset my password", k=2)
+    other = [i for i in a.traces()[-1].result_ids if i not in shown][0]
+    answer = f"See [{shown[0]}] and [{other}], and [made-up], [the docs](https://x.y) [^1]."
+    cited = a.record_citations(tid1, answer)
+    assert cited.relevant_ids == [shown[0]]
+    assert cited.unknown_ids == [other, "made-up"]
+    (fb,) = a.feedback(tid1)
+    assert fb.relevant_ids == [shown[0]]
+    with pytest.raises(UnknownIdError, match="no trace"):
+        a.record_citations("no-such-trace", answer)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_parent_ids_stored_as_integers_and_cited(kind, embeddings, tmp_path):
+    inner = bare_store(kind, embeddings, 384, tmp_path, "ints")
+    store = NudgedVectorStore(inner, state_dir=tmp_path / "state", parent_id_key="doc_id")
+    ids = [f"c{n}" for n in range(len(DOCS))]
+    store.add_texts(list(DOCS.values()), [{"doc_id": n} for n in range(len(DOCS))], ids=ids)
+    tid = store.search_with_trace("how long until my refund arrives?", k=2)[1]
+    store.record_feedback(tid, relevant_ids=["0"])  # refund's parent, stored as the int 0
+    assert store.feedback(tid)[0].relevant_ids == ["c0"]
+    cited = store.record_citations(tid, "Refunds take 5 days [0].")
+    assert cited.relevant_ids == ["c0"] and cited.unknown_ids == []
+    store.close()

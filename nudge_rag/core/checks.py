@@ -217,8 +217,9 @@ def _hint(hint: str) -> str:
     return f"; {hint}." if hint else "."
 
 
-MAX_K = 10_000
-"""The most results one search may ask for (a larger k is a bug that would allocate for it)."""
+MAX_K = 1_000_000
+"""The most results one search may ask for: beyond any real candidate pool (rerankers fetch
+thousands), below what would make a store allocate gigabytes (``k=1e9``)."""
 
 
 def check_k(k: Any, *, what: str = "k") -> int:

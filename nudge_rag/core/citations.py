@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,14 +15,16 @@ class Citations:
     """What :meth:`NudgeSurface.record_citations` found in an answer."""
 
     relevant_ids: list[str]
-    unknown_ids: list[str]
+    unknown_ids: list[str]  # cited, but not among what the trace showed (or made up)
 
 
-_CITATION = re.compile(r"\[([^\[\]\n]{1,200})\]")
+# [id] or [id1, id2]; not a markdown link "[text](url)" nor a footnote "[^1]"
+_CITATION = re.compile(r"\[(?!\^)([^\[\]\n]{1,200})\](?!\()")
 
 
-def cited_ids(answer: Any) -> list[str]:
-    """The ids an answer cites as ``[id]`` (a string, or a message with ``.content``), in order."""
+def cited_ids(answer: Any, *, whole: Container[str] = ()) -> list[str]:
+    """The ids an answer cites as ``[id]`` or ``[id1, id2]`` (a string, or a message with
+    ``.content``), in order; a bracket whose whole text is in ``whole`` is one id."""
     text = getattr(answer, "content", answer)
     if isinstance(text, list):  # content blocks of a chat message
         text = " ".join(b.get("text", "") if isinstance(b, dict) else str(b) for b in text)
@@ -33,8 +36,9 @@ def cited_ids(answer: Any) -> list[str]:
         raise NudgeError(msg)
     found: list[str] = []
     for match in _CITATION.finditer(text):
-        for part in match.group(1).split(","):
-            part = part.strip()
+        inside = match.group(1).strip()
+        parts = [inside] if inside in whole else [p.strip() for p in inside.split(",")]
+        for part in parts:
             if part.lower().startswith("id:"):
                 part = part[3:].strip()
             if part:

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from nudge_rag.core.citations import Citations, cited_ids
-from nudge_rag.core.errors import NudgeError
+from nudge_rag.core.errors import NudgeError, UnknownIdError
+from nudge_rag.core.last_trace import LastTrace
 from nudge_rag.core.stores.base import (
     Metric,
     StoreAdapter,
@@ -32,49 +30,6 @@ from nudge_rag.core.versions import VerifyReport, VersionInfo, VersionLog, check
 
 TRACES_FILE = "traces.sqlite"
 VERSIONS_FILE = "versions.sqlite"
-
-
-@dataclass
-class TraceScope:
-    """The searches made in one scope: their trace ids (oldest first) and the latest one.
-
-    ``last`` is None before any search and after an untraced one (tracing off).
-    """
-
-    trace_ids: list[str] = field(default_factory=list)
-    last: str | None = None
-
-
-class LastTrace:
-    """The latest trace id of one store, per context and shared with the work it spawns."""
-
-    def __init__(self, name: str) -> None:
-        self._var: ContextVar[TraceScope | None] = ContextVar(name, default=None)
-
-    def get(self) -> str | None:
-        """The trace id of the latest search in this context (None if none)."""
-        scope = self._var.get()
-        return None if scope is None else scope.last
-
-    def set(self, trace_id: str | None) -> None:
-        """Record ``trace_id`` as this context's latest search (None: an untraced search)."""
-        scope = self._var.get()
-        if scope is None:
-            scope = TraceScope()
-            self._var.set(scope)
-        scope.last = trace_id
-        if trace_id is not None:
-            scope.trace_ids.append(trace_id)
-
-    @contextmanager
-    def scope(self) -> Iterator[TraceScope]:
-        """A fresh slot for the block; the outer one comes back afterwards."""
-        scope = TraceScope()
-        token = self._var.set(scope)
-        try:
-            yield scope
-        finally:
-            self._var.reset(token)
 
 
 def _expand(ids: list[str], held: set[str], children: Mapping[str, list[str]]) -> list[str]:
@@ -198,15 +153,29 @@ class NudgeState:
     def record_citations(self, trace_id: str, answer: Any) -> Citations:
         """Turn the ``[id]`` citations of an answer into relevant ids of ``trace_id``.
 
-        Returns the cited ids recorded as relevant and those the store does not hold (not
-        recorded).
+        Only what that search showed counts: a cited id among its results, or a parent id
+        (``parent_id_key``) whose chunks are among them. Every other cited id (another search's,
+        or one the model made up) is returned in ``unknown_ids`` and not recorded.
         """
-        cited = cited_ids(answer)
-        known = self.known_ids(cited)
-        relevant = [i for i in cited if i in known]
+        found = list(self.trace_log.iter_traces(ids=[str(trace_id)], with_embeddings=False))
+        if not found:
+            msg = (
+                f"trace_id: no trace {trace_id!r} (purged, or not this store's); pass the "
+                "trace id the search's tool artifact carries."
+            )
+            raise UnknownIdError(msg)
+        shown = found[0].result_ids
+        cited = cited_ids(answer, whole=set(shown))
+        relevant = [i for i in cited if i in shown]
+        others = [i for i in cited if i not in shown]
+        if others and self.parent_id_key is not None:
+            children = self.children(others, self.parent_id_key)
+            relevant += [c for i in others for c in children.get(i, []) if c in shown]
+            others = [i for i in others if not any(c in shown for c in children.get(i, []))]
+        relevant = list(dict.fromkeys(relevant))
         if relevant:
             self.record_feedback(trace_id, relevant_ids=relevant)
-        return Citations(relevant, [i for i in cited if i not in known])
+        return Citations(relevant, others)
 
     def trace_scope(self) -> Any:
         """A context manager collecting every search of this store made inside it.

@@ -32,18 +32,18 @@ def retriever_tool(
     reaches the app even when the agent runs the tool in another thread.
     """
     extra = dict(search_kwargs or {})
+    k = extra.pop("k", k)  # as_retriever's habit: k inside search_kwargs
+
+    def shown(docs: list[Any], trace_id: str | None) -> tuple[str, dict[str, Any]]:
+        ids = [d.id or "" for d in docs]
+        content = format_chunks(ids, [d.page_content for d in docs])
+        return content, {"trace_id": trace_id, "ids": ids}
 
     def run(query: str) -> tuple[str, dict[str, Any]]:
-        docs = store.similarity_search(query, k=k, **extra)
-        ids = [d.id or "" for d in docs]
-        content = format_chunks(ids, [d.page_content for d in docs])
-        return content, {"trace_id": store.last_trace_id, "ids": ids}
+        return shown(*store.search_with_trace(query, k=k, **extra))
 
     async def arun(query: str) -> tuple[str, dict[str, Any]]:
-        docs = await store.asimilarity_search(query, k=k, **extra)
-        ids = [d.id or "" for d in docs]
-        content = format_chunks(ids, [d.page_content for d in docs])
-        return content, {"trace_id": store.last_trace_id, "ids": ids}
+        return shown(*await store.asearch_with_trace(query, k=k, **extra))
 
     return StructuredTool.from_function(
         func=run,

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextvars
 import tempfile
+import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +189,7 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
         self.backend: Backend = backend_for(inner_store, adapter)
         ad = self.backend.adapter()
         self.trace_metadata_key = trace_metadata_key
-        self._install_capture(ad)
+        self._add_lock = threading.Lock()
         self._nudge_state = NudgeState(
             ad,
             state_dir,
@@ -212,14 +214,24 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
         """The adapter over the wrapped store's native client."""
         return self._nudge_state.adapter
 
-    def _install_capture(self, ad: StoreAdapter) -> None:
-        """Keep inserted vectors as given when the store does not read them back exactly."""
+    @contextmanager
+    def _capturing(self) -> Iterator[list[list[float]]]:
+        """During one add: the vectors given to the store, when it will not read them back
+        exactly (cosine Chroma, Qdrant). The store's embeddings are swapped for a pass-through
+        recorder only for the add, so the app's store object stays as it built it."""
+        buf: list[list[float]] = []
         attr = self.backend.embeddings_attr
-        if exact_readback(ad) or attr is None:
-            return
-        emb = getattr(self.inner, attr, None)
-        if isinstance(emb, Embeddings) and not isinstance(emb, _CapturingEmbeddings):
-            setattr(self.inner, attr, _CapturingEmbeddings(emb))
+        emb = getattr(self.inner, attr, None) if attr is not None else None
+        swap = isinstance(emb, Embeddings) and not exact_readback(self.adapter)
+        token = _capture.set(buf)
+        if swap:
+            setattr(self.inner, attr, _CapturingEmbeddings(emb))  # type: ignore[arg-type]
+        try:
+            yield buf
+        finally:
+            if swap:
+                setattr(self.inner, attr, emb)  # type: ignore[arg-type]
+            _capture.reset(token)
 
     @property
     def embeddings(self) -> Embeddings | None:
@@ -302,12 +314,8 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
         if present:
             self.backend.before_overwrite(present, ids)
         metadatas = self.backend.prepare_add(ids, metadatas, len(texts))
-        buf: list[list[float]] = []
-        token = _capture.set(buf)
-        try:
+        with self._add_lock, self._capturing() as buf:
             self.inner.add_texts(texts, metadatas, ids=self.backend.to_store_ids(ids), **kwargs)
-        finally:
-            _capture.reset(token)
         if len(buf) == len(ids):
             state.on_upsert(ids, np.asarray(buf, dtype=np.float64))
 
@@ -392,12 +400,17 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
     def _finish(
         self, query: str | None, emb: list[float], k: int, kwargs: dict, pairs: ScoredDocs
     ) -> ScoredDocs:
+        return self._finish_with_id(query, emb, k, kwargs, pairs)[0]
+
+    def _finish_with_id(
+        self, query: str | None, emb: list[float], k: int, kwargs: dict, pairs: ScoredDocs
+    ) -> tuple[ScoredDocs, str | None]:
         plain = [self._out(d, None) for d, _ in pairs]  # own ids, for the trace
         tid = self._nudge_state.record_search(
             query, emb, k, kwargs.get("filter"), [d.id or "" for d in plain], [s for _, s in pairs]
         )
         self._nudge_state.last_trace.set(tid)
-        return [(self._out(d, tid), s) for d, s in pairs]
+        return [(self._out(d, tid), s) for d, s in pairs], tid
 
     def _plain(self, docs: list[Document]) -> list[Document]:
         """Results of an untraced search (tracing off), with the documents' own ids."""
@@ -592,6 +605,28 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
         the saved pair never lags behind the version log; a kill never leaves a cut or mixed pair.
         """
         self.backend.save_local(folder_path, index_name)
+
+    def search_with_trace(
+        self, query: str, k: int = 4, **kwargs: Any
+    ) -> tuple[list[Document], str | None]:
+        """:meth:`similarity_search` and the id of that very search's trace (None: untraced)."""
+        k = check_k(k)
+        if not self.tracing:
+            return self.similarity_search(query, k, **kwargs), None
+        emb, pairs = self._query_pairs(query, k, kwargs)
+        docs, tid = self._finish_with_id(query, emb, k, kwargs, pairs)
+        return [d for d, _ in docs], tid
+
+    async def asearch_with_trace(
+        self, query: str, k: int = 4, **kwargs: Any
+    ) -> tuple[list[Document], str | None]:
+        """Async :meth:`search_with_trace`."""
+        k = check_k(k)
+        if not self.tracing:
+            return await self.asimilarity_search(query, k, **kwargs), None
+        emb, pairs = await run_in_executor(None, self._query_pairs, query, k, kwargs)
+        docs, tid = self._finish_with_id(query, emb, k, kwargs, pairs)
+        return [d for d, _ in docs], tid
 
     # -- agents ---------------------------------------------------------------------------------
     def as_retriever_tool(

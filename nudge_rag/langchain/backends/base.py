@@ -109,6 +109,14 @@ class Backend:
         raise NudgeError(msg)
 
 
+def parent_values(parent_ids: Sequence[str]) -> tuple[list[str], list[int]]:
+    """The parent ids as strings, and as integers where they read as one (metadata may hold
+    either: ``{"doc_id": 7}`` or ``{"doc_id": "7"}``)."""
+    strs = [str(p) for p in parent_ids]
+    ints = [int(p) for p in strs if p.lstrip("-").isdigit()]
+    return strs, ints
+
+
 def group_children(pairs: Sequence[tuple[str, Any]], parent_ids: Sequence[str]) -> dict:
     """``{parent: [child ids]}`` from ``(child id, parent value)`` pairs."""
     wanted = {str(p) for p in parent_ids}

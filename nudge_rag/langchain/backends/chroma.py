@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from langchain_core.documents import Document
 from langchain_core.vectorstores import VectorStore
 
 from nudge_rag.core.stores.base import Metric, StoreAdapter
-from nudge_rag.langchain.backends.base import Backend, ScoredDocs, group_children
+from nudge_rag.langchain.backends.base import Backend, ScoredDocs, group_children, parent_values
 
 
 class ChromaBackend(Backend):
@@ -45,8 +46,10 @@ class ChromaBackend(Backend):
         ]
 
     def children_of(self, parent_ids: Sequence[str], key: str) -> dict[str, list[str]]:
-        got = self.store._collection.get(  # type: ignore[attr-defined]
-            where={key: {"$in": [str(p) for p in parent_ids]}}, include=["metadatas"]
-        )
+        strs, ints = parent_values(parent_ids)
+        where: dict[str, Any] = {key: {"$in": strs}}
+        if ints:
+            where = {"$or": [where, {key: {"$in": ints}}]}
+        got = self.store._collection.get(where=where, include=["metadatas"])  # type: ignore[attr-defined]
         pairs = [(i, (m or {}).get(key)) for i, m in zip(got["ids"], got["metadatas"], strict=True)]
         return group_children(pairs, parent_ids)

@@ -11,7 +11,7 @@ from langchain_core.vectorstores import VectorStore
 
 from nudge_rag.core.stores.base import StoreAdapter
 from nudge_rag.core.stores.qdrant import ORIGINAL_ID_KEY, default_point_id
-from nudge_rag.langchain.backends.base import Backend
+from nudge_rag.langchain.backends.base import Backend, parent_values
 
 _ADDED = ("_id", "_collection_name")  # what langchain-qdrant adds to every result's metadata
 
@@ -60,12 +60,13 @@ class QdrantBackend(Backend):
         from qdrant_client import models
 
         s: Any = self.store
+        field = f"{s.metadata_payload_key}.{key}"
+        strs, ints = parent_values(parent_ids)
         flt = models.Filter(
-            must=[
-                models.FieldCondition(
-                    key=f"{s.metadata_payload_key}.{key}",
-                    match=models.MatchAny(any=[str(p) for p in parent_ids]),
-                )
+            should=[
+                models.FieldCondition(key=field, match=models.MatchAny(any=values))
+                for values in (strs, ints)
+                if values
             ]
         )
         out: dict[str, list[str]] = {}
