@@ -289,7 +289,7 @@ def test_citations_count_only_what_that_search_showed(two_stores):
     assert tid1 == a.traces()[-1].id and shown == a.traces()[-1].result_ids
     assert len(shown) == 2  # k from search_kwargs, as as_retriever takes it
     a.similarity_search("reset my password", k=2)
-    other = [i for i in a.traces()[-1].result_ids if i not in shown][0]
+    other = next(i for i in a.traces()[-1].result_ids if i not in shown)
     answer = f"See [{shown[0]}] and [{other}], and [made-up], [the docs](https://x.y) [^1]."
     cited = a.record_citations(tid1, answer)
     assert cited.relevant_ids == [shown[0]]
