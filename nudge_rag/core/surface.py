@@ -5,12 +5,9 @@ A face (the LangChain or the LlamaIndex ``NudgedVectorStore``) holds a
 feedback, citations, traces, vectors and versions are the state's own methods, reached through
 the face (one signature, one implementation, no forwarding code).
 
-The latest trace id is kept per store and per context (thread or asyncio task): a search writes
-into the slot of the context it runs in, and work that context spawns afterwards (a chain's steps,
-``run_in_executor``, ``asyncio.gather``) shares that slot, so ``store.last_trace_id`` after
-``chain.invoke(...)`` names the chain's search, never an older one. ``store.trace_scope()`` opens
-a fresh slot explicitly (one per request in a server, or around an agent run) and lists every
-search made inside it.
+The latest trace id is kept per store and per thread or asyncio task, and passed up to the
+contexts that spawned the search (:mod:`nudge_rag.core.last_trace`); ``store.trace_scope()``
+lists every search made inside a block, in any thread or task it spawns.
 """
 
 from __future__ import annotations
