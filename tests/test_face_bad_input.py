@@ -100,3 +100,22 @@ def test_method_names_are_one_vocabulary(tmp_path):
         store.apply_vectors({"a": np.ones(8)}, method="Nudge_M")
     assert store.versions()[-1].version == 0
     store.close()
+
+
+def test_milvus_ids_with_quotes_and_backslashes(tmp_path):
+    import numpy as np
+    from pymilvus import MilvusClient
+
+    from nudge_rag.core.stores.milvus import MilvusAdapter
+
+    client = MilvusClient(str(tmp_path / "q.db"))
+    client.create_collection(
+        "d", dimension=4, id_type="string", max_length=100, metric_type="COSINE"
+    )
+    ids = ["a'b", "c\\", 'q"x', "x' or id != '"]  # the last one rewrote pymilvus's own filter
+    client.insert("d", [{"id": i, "vector": [1.0, float(n), 0, 0]} for n, i in enumerate(ids)])
+    ad = MilvusAdapter(client, "d", vector_field="vector")
+    assert ad.present([*ids, "plain"]) == set(ids)
+    ad.put(ids[:1], np.full((1, 4), 0.5, dtype=np.float32))
+    assert ad.get(ids[:2]).tolist() == [[0.5] * 4, [1.0, 1.0, 0.0, 0.0]]
+    client.close()

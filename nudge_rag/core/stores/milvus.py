@@ -8,6 +8,7 @@ supports partial updates; Milvus Lite does).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -130,10 +131,17 @@ class MilvusAdapter:
         rows: dict[str, dict] = {}
         for chunk in self._batches(list(ids)):
             for row in self.client.query(
-                self.collection_name, ids=self._keys(chunk), output_fields=fields
+                self.collection_name, filter=self.ids_filter(chunk), output_fields=fields
             ):
                 rows[str(row[self.id_field])] = row
         return rows
+
+    def ids_filter(self, ids: Sequence[str]) -> str:
+        """A filter expression selecting ``ids``, every string escaped (pymilvus's own ``ids=``
+        quotes keys without escaping: an id holding a quote breaks it, or rewrites the filter)."""
+        keys = self._keys(ids)
+        values = ", ".join(str(k) if self._int_ids else json.dumps(k) for k in keys)
+        return f"{self.id_field} in [{values}]"
 
     def get(self, ids: Sequence[str]) -> np.ndarray:
         """Return the stored vectors of ``ids`` (float32, in the order given)."""

@@ -44,10 +44,7 @@ class MilvusBackend(Backend):
     def existing(self, ids: Sequence[str]) -> set[str]:
         if not ids or not self._exists():
             return set()
-        rows = self.store.client.query(
-            self.store.collection_name, ids=list(ids), output_fields=["id"]
-        )
-        return {str(r["id"]) for r in rows}
+        return self.adapter().present(list(ids))  # type: ignore[attr-defined]
 
     def _query_ids(self, expr: str) -> list[str]:
         rows = self.store.client.query(
