@@ -89,11 +89,11 @@ def _copy_with(doc: Document, doc_id: str | None, metadata: dict) -> Document:
 class NudgedVectorStore(NudgeSurface, VectorStore):
     """A LangChain vector store that learns from its own usage.
 
-    Wraps a real store (Chroma, InMemoryVectorStore, Qdrant, FAISS) without changing its
-    results: every search is delegated, logged as a trace in ``state_dir`` and its documents
-    carry the trace id in ``metadata["nudge_trace_id"]`` so the app can send feedback. The stored
-    vectors are versioned: ``apply_vectors`` writes fine-tuned vectors in place (nothing is
-    re-embedded), ``rollback`` restores any version exactly.
+    Wraps a real store (Chroma, InMemoryVectorStore, Qdrant, FAISS, PGVector, Milvus) without
+    changing its results: every search is delegated, logged as a trace in ``state_dir`` and its
+    documents carry the trace id in ``metadata["nudge_trace_id"]`` so the app can send feedback.
+    The stored vectors are versioned: ``apply_vectors`` writes fine-tuned vectors in place
+    (nothing is re-embedded), ``rollback`` restores any version exactly.
 
     Setup:
         .. code-block:: bash
