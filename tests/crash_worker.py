@@ -177,7 +177,7 @@ class SavingAdapter:
     there is re-saved by every later apply or rollback, atomically, before the move commits.
     """
 
-    def __init__(self, adapter: Any, save: Callable[[], None]) -> None:
+    def __init__(self, adapter: Any, save: Callable[[], object]) -> None:
         self._adapter = adapter
         self._save = save
 
@@ -314,7 +314,7 @@ def work(cmd: dict[str, Any]) -> None:
     cur, exp = expected(store.versions())
     held = np.asarray(store.get_vectors(IDS), dtype=np.float32)
     bad = int((held.view(np.uint32) != exp.view(np.uint32)).any(axis=1).sum())
-    row = {"current": cur, "bad_rows": bad, "intent": intent_rows(root / "state")}
+    row: dict[str, Any] = {"current": cur, "bad_rows": bad, "intent": intent_rows(root / "state")}
     row.update(pending=pending, open_s=round(time.perf_counter() - t0, 3))
     with report.open("a") as fh:
         fh.write(json.dumps(row) + "\n")

@@ -264,7 +264,7 @@ def test_atomic_path_leaves_the_target_untouched_on_error_or_no_write(tmp_path):
 
 
 def test_persist_atomic_on_local_and_other_filesystems(tmp_path):
-    import fsspec
+    import fsspec  # type: ignore[import-untyped]
 
     def persist(p: str, fs=None) -> None:
         with (fs or fsspec.filesystem("file")).open(p, "w") as fh:
