@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
 import pytest
 
@@ -23,3 +24,23 @@ def dataset(name: str) -> BeirDataset:
     if ds is None:
         pytest.skip(f"../shared/data/{name} not found (set NUDGE_RAG_DATA to the data folder)")
     return ds
+
+
+def scifact_lookup(
+    corpus: tuple[list[str], Any], queries: tuple[list[str], Any], n_queries: int
+) -> tuple[list[str], Any, list[str]]:
+    """SciFact as a LangChain store sees it, with nothing re-encoded: the doc ids, a
+    ``LookupEmbeddings`` of the precomputed vectors of texts ``"doc <id>"`` and ``"query <id>"``,
+    and ``n_queries`` query texts picked at random (seed 0)."""
+    import numpy as np
+
+    from nudge_rag.langchain.embeddings import LookupEmbeddings
+
+    doc_ids, docs = corpus
+    q_ids, q_vecs = queries
+    table = {f"doc {i}": v for i, v in zip(doc_ids, docs, strict=True)}
+    picked = np.random.default_rng(0).choice(len(q_ids), n_queries, replace=False)
+    qtexts = [f"query {q_ids[j]}" for j in picked]
+    table.update({t: q_vecs[j] for t, j in zip(qtexts, picked, strict=True)})
+    table["dummy_text"] = docs[0]  # langchain-qdrant embeds this once to learn the dimension
+    return doc_ids, LookupEmbeddings(table), qtexts

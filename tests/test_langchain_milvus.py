@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from shared_data import scifact_lookup
 
 pytest.importorskip("langchain_milvus")
 pytest.importorskip("milvus_lite")
@@ -61,13 +62,7 @@ class TestMilvusLite(VectorStoreIntegrationTests):
 # -- SciFact: the wrapper never changes results ------------------------------------------------
 @pytest.fixture(scope="module")
 def scifact(scifact_corpus, scifact_queries):
-    doc_ids, docs = scifact_corpus
-    q_ids, queries = scifact_queries
-    table = {f"doc {i}": v for i, v in zip(doc_ids, docs, strict=True)}
-    picked = np.random.default_rng(0).choice(len(q_ids), N_QUERIES, replace=False)
-    qtexts = [f"query {q_ids[j]}" for j in picked]
-    table.update({t: queries[j] for t, j in zip(qtexts, picked, strict=True)})
-    return doc_ids, LookupEmbeddings(table), qtexts
+    return scifact_lookup(scifact_corpus, scifact_queries, N_QUERIES)
 
 
 def _bare_ids(pairs) -> list[str]:

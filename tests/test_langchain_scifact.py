@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from shared_data import scifact_lookup
 
 from nudge_rag.langchain import NudgedVectorStore
-from nudge_rag.langchain.embeddings import LookupEmbeddings
 from nudge_rag.testing.langchain_stores import bare_store
 
 N_QUERIES = 150
@@ -16,14 +16,7 @@ N_QUERIES = 150
 
 @pytest.fixture(scope="module")
 def corpus(scifact_corpus, scifact_queries):
-    doc_ids, docs = scifact_corpus
-    q_ids, queries = scifact_queries
-    table = {f"doc {i}": v for i, v in zip(doc_ids, docs, strict=True)}
-    picked = np.random.default_rng(0).choice(len(q_ids), N_QUERIES, replace=False)
-    qtexts = [f"query {q_ids[j]}" for j in picked]
-    table.update({t: queries[j] for t, j in zip(qtexts, picked, strict=True)})
-    table["dummy_text"] = docs[0]  # langchain-qdrant embeds this once to learn the dimension
-    return doc_ids, LookupEmbeddings(table), qtexts
+    return scifact_lookup(scifact_corpus, scifact_queries, N_QUERIES)
 
 
 def _ids(docs) -> list[str]:

