@@ -136,6 +136,29 @@ def _flush_open_logs() -> None:
         log.close()
 
 
+class _TraceIds:
+    """128-bit random trace ids (as random as uuid4), drawn from ``os.urandom`` 256 at a time:
+    one system call per 256 searches instead of one per search (~7 µs on a busy VM)."""
+
+    _BATCH = 256
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: list[str] = []
+        self._pid = os.getpid()
+
+    def __call__(self) -> str:
+        with self._lock:
+            if not self._pool or self._pid != os.getpid():  # a forked child draws its own
+                raw = os.urandom(16 * self._BATCH).hex()
+                self._pool = [raw[i : i + 32] for i in range(0, len(raw), 32)]
+                self._pid = os.getpid()
+            return self._pool.pop()
+
+
+_new_trace_id = _TraceIds()
+
+
 @dataclass(frozen=True)
 class Trace:
     """One search: what was asked, with which embedding, and what came back.
@@ -451,7 +474,7 @@ class TraceLog:
                 "pass the scores the store returned with the results."
             )
             raise NudgeError(msg)
-        trace_id = os.urandom(16).hex()  # as random as uuid4, a third of its cost
+        trace_id = _new_trace_id()
         flt = filter_as_dict(filter)
         kk = _k_or_none(k)
         row = (
