@@ -405,9 +405,12 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
     def _finish_with_id(
         self, query: str | None, emb: list[float], k: int, kwargs: dict, pairs: ScoredDocs
     ) -> tuple[ScoredDocs, str | None]:
-        plain = [self._out(d, None) for d, _ in pairs]  # own ids, for the trace
+        if self.backend.rewrites_docs:  # the documents' own ids, for the trace
+            ids = [self._out(d, None).id or "" for d, _ in pairs]
+        else:
+            ids = [d.id or "" for d, _ in pairs]
         tid = self._nudge_state.record_search(
-            query, emb, k, kwargs.get("filter"), [d.id or "" for d in plain], [s for _, s in pairs]
+            query, emb, k, kwargs.get("filter"), ids, [s for _, s in pairs]
         )
         self._nudge_state.last_trace.set(tid)
         return [(self._out(d, tid), s) for d, s in pairs], tid
@@ -416,11 +419,13 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
         """Results of an untraced search (tracing off), with the documents' own ids."""
         self._nudge_state.check_fresh()
         self._nudge_state.last_trace.set(None)
-        return [self._out(d, None) for d in docs]
+        return [self._out(d, None) for d in docs] if self.backend.rewrites_docs else docs
 
     def _plain_pairs(self, pairs: ScoredDocs) -> ScoredDocs:
         self._nudge_state.check_fresh()
         self._nudge_state.last_trace.set(None)
+        if not self.backend.rewrites_docs:
+            return pairs
         return [(self._out(d, None), s) for d, s in pairs]
 
     def _mmr_docs(

@@ -31,6 +31,8 @@ class Backend:
     def __init__(self, store: VectorStore, adapter: StoreAdapter | None = None) -> None:
         self.store = store
         self._adapter = adapter
+        #: whether :meth:`own` changes a result's id or metadata (else results pass as they are)
+        self.rewrites_docs = type(self).own is not Backend.own
 
     @classmethod
     def matches(cls, store: VectorStore) -> bool:
