@@ -44,3 +44,14 @@ def scifact_lookup(
     table.update({t: q_vecs[j] for t, j in zip(qtexts, picked, strict=True)})
     table["dummy_text"] = docs[0]  # langchain-qdrant embeds this once to learn the dimension
     return doc_ids, LookupEmbeddings(table), qtexts
+
+
+# a tiny help-center corpus for pipeline tests (id -> text), embedded by the real model
+HELP_CENTER = {
+    "refund": "Refunds are issued to the original payment method within 5 business days.",
+    "cancel": "You can cancel a subscription at any time from Settings > Billing.",
+    "invoice": "Invoices are emailed monthly and can be downloaded as PDF from Billing.",
+    "password": "Reset a forgotten password from the sign-in page with the 'Forgot?' link.",
+    "2fa": "Two-factor authentication can be enabled with any TOTP authenticator app.",
+    "export": "Export all your data as CSV or JSON from Settings > Data.",
+}

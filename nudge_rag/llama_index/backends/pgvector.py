@@ -21,20 +21,14 @@ from nudge_rag.llama_index.backends.base import Backend
 class PgVectorBackend(Backend):
     """``PGVectorStore``: node ids in ``node_id``, cosine distance, tables made on first use."""
 
-    def __init__(self, store: Any) -> None:
-        super().__init__(store)
-        self._adapter: StoreAdapter | None = None
-
     def build_adapter(self) -> StoreAdapter:
-        """The adapter over the store's table (built once: ``clear`` keeps the table)."""
-        if self._adapter is None:
-            from nudge_rag.core.stores.pgvector import PgVectorAdapter
+        """The adapter over the store's table (built once by ``adapter()``: ``clear`` keeps it)."""
+        from nudge_rag.core.stores.pgvector import PgVectorAdapter
 
-            self.store._initialize()  # the store's own setup: engine, schema, table
-            self._adapter = PgVectorAdapter.for_llama_index(
-                self.store.client, self.store.table_name, schema=self.store.schema_name
-            )
-        return self._adapter
+        self.store._initialize()  # the store's own setup: engine, schema, table
+        return PgVectorAdapter.for_llama_index(
+            self.store.client, self.store.table_name, schema=self.store.schema_name
+        )
 
     def metric(self) -> Metric:
         return Metric.COSINE  # PGVectorStore ranks by cosine distance, whatever its index

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from llama_index.core.vector_stores.types import MetadataFilters
@@ -48,21 +47,7 @@ class QdrantBackend(Backend):
         return found
 
     def dim(self) -> int | None:
-        if not self._exists():
-            return None
-        vectors = self.store.client.get_collection(self.store.collection_name).config.params
-        params = vectors.vectors
-        if isinstance(params, dict):
-            params = params.get(self._vector_name()) or next(iter(params.values()))
-        return int(params.size)
-
-    def existing(self, ids: Sequence[str]) -> set[str]:
-        if not ids or not self._exists():
-            return set()
-        got = self.store.client.retrieve(
-            self.store.collection_name, ids=list(ids), with_payload=False, with_vectors=False
-        )
-        return {str(p.id) for p in got}
+        return self.adapter().dim  # type: ignore[attr-defined]
 
     def _scroll(self, flt: Any) -> list[str]:
         out: list[str] = []
