@@ -13,10 +13,11 @@ import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 import typer
 
+from nudge_rag.core.db import StateLocation, is_postgres_url, state_part
 from nudge_rag.core.errors import NudgeError
 
 app = typer.Typer(
@@ -33,13 +34,17 @@ app.add_typer(traces_app, name="traces")
 F = TypeVar("F", bound=Callable[..., Any])
 
 StoreOpt = Annotated[
-    Path,
+    str,
     typer.Option(
         "--store",
-        help="Folder of an embedded nudge-rag store (holds chroma/ and nudge_state/).",
+        help="Folder of an embedded nudge-rag store (holds chroma/ and nudge_state/), or a "
+        "Postgres URL whose database holds a LangChain PGVector collection and the state "
+        "(postgresql://user@host/db?schema=nudge_docs, as given to state=).",
     ),
 ]
-CollectionOpt = Annotated[str, typer.Option(help="Chroma collection name in the store.")]
+CollectionOpt = Annotated[
+    str, typer.Option(help="Collection name in the store (Chroma or PGVector).")
+]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -106,6 +111,13 @@ def find_state(folder: Path, collection: str = "nudge_rag") -> tuple[Path, Path]
     return chroma_dir, state_dir
 
 
+def state_of(store: str, collection: str = "nudge_rag") -> Path | StateLocation:
+    """Where the state of ``--store`` lives: its state folder, or its Postgres schemas."""
+    if is_postgres_url(store):
+        return StateLocation.parse(store)
+    return find_state(Path(store), collection)[1]
+
+
 def require_writable(*folders: Path) -> None:
     """Refuse, in one line, a folder this user cannot create files in."""
     import tempfile
@@ -123,9 +135,12 @@ def require_writable(*folders: Path) -> None:
             raise NudgeError(msg) from None
 
 
-def open_store(folder: Path, collection: str = "nudge_rag") -> Any:
-    """Open an embedded Chroma store and its nudge-rag state (see :func:`find_state`)."""
-    chroma_dir, state_dir = find_state(folder, collection)
+def open_store(store: str, collection: str = "nudge_rag") -> Any:
+    """Open an embedded Chroma store (see :func:`find_state`), or a PGVector collection whose
+    state is in the same Postgres database, with its nudge-rag state."""
+    if is_postgres_url(store):
+        return open_pgvector(store, collection)
+    chroma_dir, state_dir = find_state(Path(store), collection)
     require_writable(chroma_dir, state_dir)
     import chromadb
     from langchain_chroma import Chroma
@@ -139,6 +154,45 @@ def open_store(folder: Path, collection: str = "nudge_rag") -> Any:
         raise NudgeError(msg)
     inner = Chroma(collection_name=collection, client=client)
     return NudgedVectorStore(inner, state_dir=state_dir)
+
+
+def open_pgvector(url: str, collection: str) -> Any:
+    """A LangChain ``PGVector`` collection and its state, both in the database of ``url``."""
+    try:
+        from langchain_postgres import PGVector
+    except ImportError as e:
+        msg = 'a Postgres --store needs langchain-postgres; pip install "nudge-rag[postgres]".'
+        raise NudgeError(msg) from e
+    from nudge_rag.langchain import NudgedVectorStore
+
+    where = StateLocation.parse(url)
+    assert where.url is not None
+    engine_url = where.url.replace("postgresql://", "postgresql+psycopg://", 1)
+    inner = PGVector(
+        cast(Any, _NoEmbeddings()),  # an Embeddings in all but name
+        collection_name=collection,
+        connection=engine_url,
+        use_jsonb=True,
+        create_extension=False,
+        pre_delete_collection=False,
+    )
+    return NudgedVectorStore(inner, state=url)
+
+
+class _NoEmbeddings:
+    """Stands in for the app's embedding model: the CLI searches and fine-tunes with the
+    vectors its traces hold, and never embeds text."""
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        msg = (
+            "this store was opened by the command line without the app's embedding model, so it "
+            "cannot embed text; run the fine-tune from the app (NudgeFinetuneEngine) to label "
+            "with synthetic queries."
+        )
+        raise NudgeError(msg)
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.embed_documents([text])[0]
 
 
 @app.command()
@@ -231,6 +285,67 @@ def finetune(
         )
 
 
+@app.command()
+@one_line_errors
+def watch(
+    store: StoreOpt,
+    collection: CollectionOpt = "nudge_rag",
+    every: Annotated[str, typer.Option(help="Time between rounds: 90s, 15m, 1h, 1d.")] = "1h",
+    min_new_labels: Annotated[
+        int, typer.Option(help="Searches with new feedback needed before a fine-tune.")
+    ] = 50,
+    rounds: Annotated[int | None, typer.Option(help="Stop after this many rounds.")] = None,
+    llm_base_url: Annotated[
+        str | None,
+        typer.Option(help="OpenAI-compatible endpoint that judges traces without feedback."),
+    ] = None,
+    llm_model: Annotated[str, typer.Option(help="Model name for the judge.")] = "gpt-4o-mini",
+    max_calls: Annotated[int | None, typer.Option(help="Hard cap on LLM calls a round.")] = None,
+    min_gain: Annotated[
+        float, typer.Option(help="Apply only if the CI lower bound beats this.")
+    ] = 0.0,
+    min_guard_searches: Annotated[
+        int, typer.Option(help="Searches with feedback after an apply before the guard judges.")
+    ] = 30,
+) -> None:
+    """Fine-tune round after round; apply when proven; roll back when live searches get worse.
+
+    Each round fine-tunes when enough new labels arrived and applies only a proven gain. After
+    an apply it compares the share of feedback-bearing searches whose relevant chunks came
+    back, before and after, and rolls back by itself when the drop is beyond its confidence
+    interval (Newcombe / Wilson). Every decision goes to watch.jsonl in the state folder.
+
+    Example:  nudge-rag watch --store nudge_demo_state --every 1h --min-new-labels 50
+    """
+    from nudge_rag.core.engine import NudgeFinetuneEngine
+    from nudge_rag.core.watch import Watcher
+
+    s = open_store(store, collection)
+    llm = None
+    if llm_base_url:
+        import openai
+
+        llm = openai.OpenAI(base_url=llm_base_url, api_key=os.environ.get("OPENAI_API_KEY", "none"))
+    engine = NudgeFinetuneEngine(
+        s,
+        llm=llm,
+        llm_model=llm_model if llm else None,
+        min_gain=min_gain,
+        max_calls=max_calls,
+        progress=False,
+    )
+    watcher = Watcher(
+        s,
+        engine=engine,
+        every=every,
+        min_new_labels=min_new_labels,
+        min_guard_searches=min_guard_searches,
+        settle_searches=max(300, min_guard_searches),
+        echo=typer.echo,
+    )
+    watcher.run(rounds=rounds)
+
+
 @app.command("eval")
 @one_line_errors
 def evaluate(
@@ -265,10 +380,9 @@ def versions(store: StoreOpt, collection: CollectionOpt = "nudge_rag") -> None:
     """
     import time
 
-    from nudge_rag.core.state import VERSIONS_FILE
     from nudge_rag.core.versions import VersionLog
 
-    log = VersionLog(find_state(store, collection)[1] / VERSIONS_FILE, None, read_only=True)
+    log = VersionLog(state_part(state_of(store, collection), "versions"), None, read_only=True)
     listed = log.versions()
     log.close()
     current = next(v.version for v in listed if v.current)
@@ -364,10 +478,9 @@ def traces_stats(store: StoreOpt, collection: CollectionOpt = "nudge_rag") -> No
 
     Example:  nudge-rag traces stats --store nudge_demo_state
     """
-    from nudge_rag.core.state import TRACES_FILE
     from nudge_rag.core.traces import TraceLog
 
-    log = TraceLog(find_state(store, collection)[1] / TRACES_FILE, read_only=True)
+    log = TraceLog(state_part(state_of(store, collection), "traces"), read_only=True)
     try:
         for key, value in log.stats().items():
             typer.echo(f"{key}: {value}")
@@ -386,10 +499,9 @@ def traces_export(
 
     Example:  nudge-rag traces export --store nudge_demo_state --out traces.jsonl
     """
-    from nudge_rag.core.state import TRACES_FILE
     from nudge_rag.core.traces import TraceLog
 
-    log = TraceLog(find_state(store, collection)[1] / TRACES_FILE, read_only=True)
+    log = TraceLog(state_part(state_of(store, collection), "traces"), read_only=True)
     try:
         n = log.export_jsonl(out)
     finally:

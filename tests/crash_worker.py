@@ -38,7 +38,7 @@ POS = {i: n for n, i in enumerate(IDS)}
 # Chroma keeps every write in its crash-safe SQLite log until this many are pending; its HNSW
 # files, rewritten in place at each sync, are not kill-safe (chroma-core/chroma#4218).
 CHROMA_SYNC = 10_000_000
-PG_STORES = ["lc-pgvector", "li-pgvector"]
+PG_STORES = ["lc-pgvector", "li-pgvector", "lc-pgvector-pgstate"]
 STORES = [
     "lc-chroma",
     "lc-qdrant",
@@ -77,8 +77,21 @@ def expected(versions: list[Any]) -> tuple[int, np.ndarray]:
     return cur, out
 
 
-def intent_rows(state: Path) -> int:
+def intent_rows(state: Path | str) -> int:
     """Unfinished moves in the version log, read raw (0 when the log does not exist yet)."""
+    if isinstance(state, str):  # a Postgres state URL: the version log's schema
+        import psycopg
+
+        from nudge_rag.core.db import StateLocation
+
+        where = StateLocation.parse(state)
+        assert where.url is not None
+        with psycopg.connect(where.url, autocommit=True) as pg:
+            try:
+                sql = f'SELECT count(*) FROM "{where.schema}_versions".intent'
+                return int(pg.execute(sql).fetchone()[0])  # type: ignore[index]
+            except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+                return 0  # killed before the schema was written
     path = state / "versions.sqlite"
     if not path.exists():
         return 0
@@ -123,10 +136,12 @@ def _nodes() -> list[Any]:
     ]
 
 
-def _lc_face(inner: Any, root: Path, **kw: Any) -> Any:
+def _lc_face(inner: Any, root: Path, *, state: str | None = None, **kw: Any) -> Any:
+    """The LangChain face on ``inner``; its state in ``root/state``, or at ``state`` (a URL)."""
     from nudge_rag.langchain import NudgedVectorStore
 
-    store = NudgedVectorStore(inner, state_dir=root / "state", **kw)
+    where: dict[str, Any] = {"state": state} if state else {"state_dir": root / "state"}
+    store = NudgedVectorStore(inner, **where, **kw)
     if not store.nudge_state.ids():
         store.add_texts(IDS, ids=IDS)
     return store
@@ -259,8 +274,9 @@ def open_li_milvus(root: Path) -> Any:
     return _li_face(inner, root)
 
 
-def open_lc_pgvector(root: Path, *, url: str) -> Any:
-    """``langchain_postgres.PGVector`` (l2) on ``url``: collection ``docs``, made on first use."""
+def open_lc_pgvector(root: Path, *, url: str, state: str | None = None) -> Any:
+    """``langchain_postgres.PGVector`` (l2) on ``url``: collection ``docs``, made on first use;
+    the state in ``root/state``, or in Postgres at ``state``, a URL (``lc-pgvector-pgstate``)."""
     from langchain_postgres import PGVector
     from langchain_postgres.vectorstores import DistanceStrategy
 
@@ -271,7 +287,7 @@ def open_lc_pgvector(root: Path, *, url: str) -> Any:
         distance_strategy=DistanceStrategy.EUCLIDEAN,
         use_jsonb=True,
     )
-    return _lc_face(inner, root)
+    return _lc_face(inner, root, state=state)
 
 
 def open_li_pgvector(root: Path, *, urls: list[str]) -> Any:
@@ -298,6 +314,7 @@ OPEN: dict[str, Callable[..., Any]] = {
     "li-qdrant": open_li_qdrant,
     "li-milvus": open_li_milvus,
     "lc-pgvector": open_lc_pgvector,
+    "lc-pgvector-pgstate": open_lc_pgvector,  # connect names the state URL too
     "li-pgvector": open_li_pgvector,
 }
 
@@ -309,12 +326,13 @@ def work(cmd: dict[str, Any]) -> None:
     root, report = Path(cmd["root"]), Path(cmd["report"])
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    pending = intent_rows(root / "state")
+    state = cmd.get("connect", {}).get("state") or root / "state"  # a folder, or a URL
+    pending = intent_rows(state)
     store = OPEN[kind](root, **cmd.get("connect", {}))  # the log completes an unfinished move
     cur, exp = expected(store.versions())
     held = np.asarray(store.get_vectors(IDS), dtype=np.float32)
     bad = int((held.view(np.uint32) != exp.view(np.uint32)).any(axis=1).sum())
-    row: dict[str, Any] = {"current": cur, "bad_rows": bad, "intent": intent_rows(root / "state")}
+    row: dict[str, Any] = {"current": cur, "bad_rows": bad, "intent": intent_rows(state)}
     row.update(pending=pending, open_s=round(time.perf_counter() - t0, 3))
     with report.open("a") as fh:
         fh.write(json.dumps(row) + "\n")

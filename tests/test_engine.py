@@ -433,3 +433,47 @@ def test_a_report_without_vectors_cannot_be_applied(world):
     with pytest.raises(NudgeError, match="expected the FinetuneReport that finetune"):
         eng.apply(d)  # type: ignore[arg-type]
     assert isinstance(eng.last_report, FinetuneReport)
+
+
+# -- negatives: what is known not relevant reaches the fit (issue 14) -----------------------------
+
+
+def negative_counts(eng: NudgeFinetuneEngine) -> int:
+    """(query, chunk) pairs graded 0 among the engine's train + validation queries."""
+    train, val, _, _ = eng.split_labels(eng.last_labels)
+    return sum(1 for q in train + val for g in q.grades.values() if g <= 0)
+
+
+def test_feedback_irrelevant_ids_reach_the_fit_as_negatives(world):
+    traces = world.search_all()
+    targets = {target for _, _, target in world.queries}
+    shown = {str(t.id): t.result_ids for t in world.state.traces()}
+    pushed = 0
+    for tid, (_, _, target) in zip(traces, world.queries, strict=True):
+        wrong = [i for i in shown[tid] if i != target][:2]
+        pushed += sum(i in targets for i in wrong)
+        world.state.record_feedback(tid, relevant_ids=[target], irrelevant_ids=wrong)
+    assert pushed > 0  # some wrongly shown chunks answer other queries: their update changes
+    with_neg = engine(world, gamma=0.3)
+    report = with_neg.finetune()
+    assert report.labels["negative_pairs"] == negative_counts(with_neg) > 0
+    assert report.negative_weight > 0  # γ fixed: the default λ
+    without = engine(world, gamma=0.3, use_negatives=False).finetune()
+    assert without.labels["negative_pairs"] == 0 and without.negative_weight == 0
+    a, b = report.vectors(), without.vectors()
+    assert set(a) == set(b)
+    assert max(np.abs(a[i] - b[i]).max() for i in a) > 1e-4
+    assert report.to_dict()["negative_weight"] == report.negative_weight
+
+
+def test_judge_grade_zero_candidates_are_negatives(world):
+    world.search_all()
+    with OpenAIStub(QrelsJudge(world.qrels)) as stub:
+        eng = engine(world, llm=stub.client(), llm_model="judge", label_k=20)
+        report = eng.finetune()
+        off = engine(world, llm=stub.client(), llm_model="judge", use_negatives=False).finetune()
+    # every judged candidate that is not relevant, of the train and validation queries only
+    n = negative_counts(eng)
+    assert report.labels["negative_pairs"] == n > 10 * report.queries["train"]
+    assert off.labels["negative_pairs"] == 0
+    assert report.proven and report.ndcg.after >= off.ndcg.after - 0.02

@@ -415,3 +415,181 @@ def test_valid_edge_arguments_give_finite_vectors(small, method):
     grades = [{p[0]: 2, (p[0] + 1) % len(E): -1} for p in tp]  # ≤ 0: not relevant
     res = finetune_embeddings(E, tq, grades, vq, vp, method=method, gamma=0.2)
     assert np.isfinite(res.vectors).all()
+
+
+# --------------------------------------------------------------------------- negatives (issue 14)
+
+
+def top_negatives(E, q, positives, k):
+    """Per query, the top-``k`` rows by inner product that are not its positives."""
+    top = np.argsort(-(q @ E.T), axis=1)[:, :k]
+    return [
+        [int(r) for r in row if int(r) not in set(p)] for row, p in zip(top, positives, strict=True)
+    ]
+
+
+def test_no_negatives_or_empty_lists_are_the_update_without_negatives():
+    E, tq, tp, vq, vp = clustered(seed=11)
+    plain = finetune_embeddings(E, tq, tp, vq, vp)
+    empty = finetune_embeddings(
+        E, tq, tp, vq, vp, train_negatives=[[] for _ in tp], val_negatives=[[] for _ in vp]
+    )
+    np.testing.assert_array_equal(plain.rows, empty.rows)
+    np.testing.assert_array_equal(plain.vectors, empty.vectors)
+    assert plain.gamma == empty.gamma and plain.negative_weight == empty.negative_weight == 0
+
+
+def test_weight_zero_is_the_paper_and_reference_settings_still_match_nudge_ft():
+    E, tq, tp, vq, vp = clustered(seed=12)
+    ref_kw = {"selection": "top1", "refit": False, "weighting": "uniform"}
+    negs = top_negatives(E, tq, tp, 10)
+    res = finetune_embeddings(
+        E, tq, tp, vq, vp, train_negatives=negs, negative_weight=0.0, **ref_kw
+    )
+    ref = reference("nudge-n", E, tq, tp, vq, vp)
+    assert res.negative_weight == 0.0
+    assert np.abs(res.apply(E) - ref).max() <= 1e-5
+
+
+def mixed_row_case():
+    """Row 0 answers query a; query b ranks row 0 high but row 0 does not answer it."""
+    rng = np.random.default_rng(0)
+    E = rng.normal(size=(50, 8)).astype(np.float32)
+    E /= np.linalg.norm(E, axis=1, keepdims=True)
+    a = E[0] + 0.3 * rng.normal(size=8)
+    b = E[0] + 0.8 * E[1]
+    q = np.stack([a, b]).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    return E, q
+
+
+@pytest.mark.parametrize("method", ["nudge-n", "nudge-m"])
+def test_a_negative_pushes_its_row_away_from_the_query(method):
+    E, q = mixed_row_case()
+    kw = {"method": method, "gamma": 0.2, "refit": False}
+    plain = finetune_embeddings(E, q, [[0], [1]], **kw)
+    pushed = finetune_embeddings(
+        E, q, [[0], [1]], train_negatives=[[], [0]], negative_weight=0.5, **kw
+    )
+    assert pushed.negative_weight == 0.5
+    row = lambda res: res.vectors[list(res.rows).index(0)]  # noqa: E731
+    # Away from b, still toward a (a is the row's only positive), same norm constraints.
+    assert row(pushed) @ q[1] < row(plain) @ q[1]
+    assert row(pushed) @ q[0] > E[0] @ q[0]
+    if method == "nudge-n":
+        np.testing.assert_allclose(np.linalg.norm(pushed.vectors, axis=1), 1.0, atol=1e-5)
+        assert np.sum((row(pushed) - E[0]) ** 2) <= 0.2 + 1e-5
+    else:
+        np.testing.assert_allclose(np.linalg.norm(row(pushed) - E[0]), 0.2, rtol=1e-4)
+
+
+def test_rows_with_negatives_only_stay_unless_negative_step_lets_them_move():
+    E, q = mixed_row_case()
+    kw = {"gamma": 0.2, "refit": False, "train_negatives": [[2], [0, 3]]}
+    stay = finetune_embeddings(E, q, [[0], [1]], **kw)
+    assert stay.negative_step == 0.0
+    assert not {2, 3} & set(stay.rows.tolist())
+    move = finetune_embeddings(E, q, [[0], [1]], negative_step=0.5, **kw)
+    assert {2, 3} <= set(move.rows.tolist())
+    new3 = move.vectors[list(move.rows).index(3)]
+    assert new3 @ q[1] < E[3] @ q[1]  # pushed away from the query that wrongly retrieved it
+    np.testing.assert_allclose(np.linalg.norm(new3), 1.0, atol=1e-5)
+    assert np.sum((new3 - E[3]) ** 2) <= 0.5 * 0.2 + 1e-5  # a budget of ρ·γ
+
+
+def test_refit_uses_validation_negatives_too():
+    E, tq, tp, vq, vp = clustered(seed=13)
+    kw = {"gamma": 0.3, "negative_weight": 0.5, "train_negatives": top_negatives(E, tq, tp, 5)}
+    without = finetune_embeddings(E, tq, tp, vq, vp, **kw)
+    with_val = finetune_embeddings(
+        E, tq, tp, vq, vp, val_negatives=top_negatives(E, vq, vp, 5), **kw
+    )
+    assert np.abs(without.apply(E) - with_val.apply(E)).max() > 1e-4
+
+
+def test_the_weight_is_kept_only_when_validation_improves():
+    E, tq, tp, vq, vp = clustered(seed=14)
+    negs = top_negatives(E, tq, tp, 10)
+    plain = finetune_embeddings(E, tq, tp, vq, vp)
+    res = finetune_embeddings(
+        E, tq, tp, vq, vp, train_negatives=negs, val_negatives=top_negatives(E, vq, vp, 10)
+    )
+    assert res.gamma == plain.gamma  # γ is chosen for the positives alone, as before
+    best_plain = max(v for _, v in plain.curve)
+    assert res.negative_weight == 0.0 or max(v for _, v in res.curve) >= best_plain
+
+
+def test_gold_negatives_help_on_nfcorpus():
+    ds = dataset("nfcorpus")
+    sp = split_queries(ds, seed=0, use_given_dev=False)
+    tr, va, te = ds.task(sp.train, qrels_split="train"), ds.task(sp.dev), ds.task("test")
+    E = ds.corpus_embeddings
+    plain = finetune_embeddings(E, tr.queries, tr.positives, va.queries, va.positives)
+    res = finetune_embeddings(
+        E,
+        tr.queries,
+        tr.positives,
+        va.queries,
+        va.positives,
+        train_negatives=top_negatives(E, tr.queries, tr.positives, 20),
+        val_negatives=top_negatives(E, va.queries, va.positives, 20),
+    )
+    assert res.negative_weight > 0
+    before = evaluate(te.queries, plain.apply(E), te.positives)["ndcg@10"]
+    after = evaluate(te.queries, res.apply(E), te.positives)["ndcg@10"]
+    assert after > before + 0.003
+
+
+def test_a_row_both_positive_and_negative_is_refused(small):
+    E, tq, tp, vq, vp = small
+    negs = [[] for _ in tp]
+    negs[4] = [tp[4][0]]
+    with pytest.raises(
+        NudgeError,
+        match=rf"train_negatives\[4\] \(query 4\) holds row {tp[4][0]}, which "
+        r"train_positives\[4\] lists as relevant",
+    ):
+        finetune_embeddings(E, tq, tp, vq, vp, train_negatives=negs)
+    vnegs = [[] for _ in vp]
+    vnegs[2] = [vp[2][0]]
+    with pytest.raises(NudgeError, match=r"val_negatives\[2\] \(query 2\) holds row"):
+        finetune_embeddings(E, tq, tp, vq, vp, val_negatives=vnegs)
+
+
+@pytest.mark.parametrize("row", [200, -1, 10**12])
+def test_a_negative_out_of_range_names_query_and_row(small, row):
+    E, tq, tp, vq, vp = small
+    negs = [[] for _ in tp]
+    negs[7] = [1, row]
+    with pytest.raises(
+        NudgeError,
+        match=rf"train_negatives\[7\] \(query 7\) holds row {row}, out of range for 200 "
+        r"embeddings; expected a row index in \[0, 199\]",
+    ):
+        finetune_embeddings(E, tq, tp, vq, vp, train_negatives=negs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"train_negatives": "1,2"}, r"train_negatives: expected one list of row indices"),
+        ({"train_negatives": {0: [1]}}, r"train_negatives: expected one list of row indices"),
+        ({"train_negatives": [[1]]}, r"train_negatives has 1 entries but there are 20 queries"),
+        ({"train_negatives": [[1.5]] * 20}, r"train_negatives\[0\] holds 1.5; negatives are int"),
+        ({"train_negatives": [[True]] * 20}, r"train_negatives\[0\] holds True"),
+        ({"train_negatives": [3] * 20}, r"train_negatives\[0\]: found int 3, expected a list"),
+        ({"negative_weight": -0.1}, r"negative_weight: found -0.1, expected a finite number"),
+        ({"negative_weight": np.nan}, r"negative_weight: found nan"),
+        ({"negative_step": 1.5}, r"negative_step: found 1.5, expected a finite number in"),
+    ],
+)
+def test_bad_negatives_are_refused(small, kwargs, message):
+    E, tq, tp, vq, vp = small
+    with pytest.raises(NudgeError, match=message):
+        finetune_embeddings(E, tq, tp, vq, vp, **kwargs)
+
+
+def test_val_negatives_without_val_queries_are_refused(small):
+    E, tq, tp, _, _ = small
+    with pytest.raises(NudgeError, match=r"val_negatives is given without val_queries"):
+        finetune_embeddings(E, tq, tp, gamma=0.2, val_negatives=[[1]])

@@ -497,7 +497,7 @@ def test_read_only_log_reads_and_never_writes(tmp_path):
     ro.close()
     assert _snapshot(folder) == before  # no -wal, no -shm, not a byte changed
 
-    with pytest.raises(NudgeError, match="no trace database here"):
+    with pytest.raises(NudgeError, match="no database here"):
         TraceLog(tmp_path / "none" / "traces.sqlite", read_only=True)
     assert not (tmp_path / "none").exists()
 

@@ -36,13 +36,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from nudge_rag.core.db import Database
 from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.labels import (
+    AnswerRating,
     Candidate,
     LabelCache,
     LabeledQuery,
     Labeler,
     LabelStats,
+    answer_ratings,
     feedback_grades,
     judge_injection,
     positive_rate_outliers,
@@ -56,7 +59,6 @@ from nudge_rag.core.stores.base import Metric
 from nudge_rag.core.traces import embedding_problem
 from nudge_rag.core.versions import check_metric
 
-LABEL_CACHE_FILE = "labels.sqlite"
 K = 10
 _BAD_LISTED = 1000  # bad trace ids a report names (all are counted)
 
@@ -172,6 +174,9 @@ class FinetuneReport:
     """Traces skipped because their query vector cannot label (trace id → zero norm, wrong
     dimension or NaN/inf; the first 1,000, all counted in ``labels["bad_traces"]``); remove
     them with ``store.delete_traces(list(report.bad_traces))``."""
+    negative_weight: float = 0.0
+    """λ, the weight the fit gave chunks judged not relevant (``labels["negative_pairs"]``
+    counts those (query, chunk) pairs); 0 when validation preferred the fit without them."""
     _ids: list[str] = field(default_factory=list, repr=False)
     _vectors: np.ndarray | None = field(default=None, repr=False)
     _base_digest: str = field(default="", repr=False)
@@ -210,7 +215,7 @@ class FinetuneReport:
             f"held-out {q.get('heldout', 0)} ({self.heldout_source}"
             f"{', by ' + self.heldout_by if self.heldout_by else ''}); labeled by feedback "
             f"{self.labels.get('feedback', 0)}, llm {self.labels.get('llm', 0)}, synthetic "
-            f"{self.labels.get('synthetic', 0)}",
+            f"{self.labels.get('synthetic', 0)}, answer ratings {self.labels.get('answer', 0)}",
             "",
             f"{'held-out':<10}{'before':>9}{'after':>9}{'gain':>9}   {pct}% CI of the gain",
         ]
@@ -370,12 +375,16 @@ class NudgeFinetuneEngine:
         method: ``"nudge-n"`` (any metric) or ``"nudge-m"`` (inner-product stores only).
         label_k: size of the candidate pool the LLM grades per query (default 20); a pool
             larger than ``judge_batch`` (default 20) goes out as several prompts.
+        use_negatives: feed what is known not relevant to the fit (feedback's
+            ``irrelevant_ids``, the judge's grade-0 candidates) as ``train_negatives`` /
+            ``val_negatives``; their weight is chosen on validation (default True).
         synthetic_chunks / questions_per_chunk: cold start — ask the LLM for questions that
             sampled chunks answer; they train and validate, and are the held-out proof only
             when no real trace is labeled.
         min_gain: ``apply`` needs the NDCG@10 gain's CI lower bound above this (default 0).
         max_calls: hard cap on LLM requests per ``finetune()``; concurrency, retry: how.
-        cache_path: the SQLite label cache (default ``labels.sqlite`` in the state folder).
+        cache_path: the label cache (default: the state's, ``labels.sqlite`` in its folder or
+            its Postgres schema).
 
     Use:
         .. code-block:: python
@@ -406,7 +415,7 @@ class NudgeFinetuneEngine:
         gamma: float | None = None,
         selection: str | None = None,
         refit: bool | None = None,
-        cache_path: str | Path | None = None,
+        cache_path: str | Path | Database | None = None,
         concurrency: int = 4,
         max_calls: int | None = None,
         retry: RetryPolicy | None = None,
@@ -415,6 +424,7 @@ class NudgeFinetuneEngine:
         min_human_heldout: int = 10,
         exclude_outliers: bool = True,
         outlier_min_pools: int = 10,
+        use_negatives: bool = True,
     ) -> None:
         self.state = resolve_store(store)
         self.metric = Metric(self.state.metric)
@@ -484,10 +494,11 @@ class NudgeFinetuneEngine:
         self.min_human_heldout = min_human_heldout
         self.exclude_outliers = exclude_outliers
         self.outlier_min_pools = outlier_min_pools
+        self.use_negatives = bool(use_negatives)
         self._suspects: dict[str, list[str]] = {}
         if cache_path is None:
-            state_dir = getattr(self.state, "state_dir", None)
-            cache_path = Path(state_dir) / LABEL_CACHE_FILE if state_dir is not None else None
+            part = getattr(self.state, "part", None)  # the state's label cache (file or schema)
+            cache_path = part("labels") if callable(part) else None
         self.cache = LabelCache(cache_path)
         self.last_report: FinetuneReport | None = None
         self.last_labels: list[LabeledQuery] = []
@@ -518,7 +529,14 @@ class NudgeFinetuneEngine:
         latest good one, is read. A trace whose vector cannot be a query (zero norm, wrong
         dimension, NaN or inf) is skipped and counted; ``self.last_bad_traces`` names it.
         """
-        by_trace = feedback_grades(self.state.feedback())
+        for name in ("answer_unjudged", "withheld_answers", "outlier_chunks"):
+            counts.setdefault(name, 0)
+        feedback = self.state.feedback()
+        by_trace = feedback_grades(feedback)
+        rated = answer_ratings(feedback)
+        liked = {t for t, r in rated.items() if r.positive}  # answers rated helpful
+        counts["answer_positive"] = len(liked)
+        counts["answer_negative"] = len(rated) - len(liked)  # kept and counted, never a label
         read = _trace_reader(self.state)
         counts.setdefault("bad_traces", 0)
         self.last_bad_traces = {}
@@ -546,6 +564,12 @@ class NudgeFinetuneEngine:
             grades = group.grades(by_trace)
             if any(g > 0 for g in grades.values()):
                 chosen.append((key, group, grades, "feedback"))
+            elif any(tid in liked for _, tid in group.members):
+                if labeler is not None and group.text:  # the judge picks what the answer used
+                    chosen.append((key, group, grades, "answer"))
+                else:
+                    counts["answer_unjudged"] += 1
+                    counts["unlabeled_traces"] += 1
             elif labeler is not None and group.text:
                 chosen.append((key, group, grades, "llm"))
             else:
@@ -554,6 +578,7 @@ class NudgeFinetuneEngine:
         counts["bad_traces"] += len(self.last_bad_traces)
         out: list[LabeledQuery] = []
         to_judge: list[tuple[str, str, np.ndarray, tuple[str, ...], dict[str, float]]] = []
+        to_support: list[tuple[str, str, np.ndarray, tuple[str, ...], dict[str, float]]] = []
         for (key, group, grades, source), emb in zip(chosen, embs, strict=True):
             if emb is None:  # every trace of the query is bad (counted)
                 continue
@@ -561,7 +586,11 @@ class NudgeFinetuneEngine:
             if source == "feedback":
                 out.append(LabeledQuery(key, group.text, emb, grades, "feedback", tids))
             else:
-                to_judge.append((key, str(group.text), emb, tids, grades))
+                (to_support if source == "answer" else to_judge).append(
+                    (key, str(group.text), emb, tids, grades)
+                )
+        if to_support and labeler is not None:
+            out += self._judge_support(to_support, liked, rated, labeler, counts)
         if to_judge and labeler is not None:
             out += self._judge(to_judge, ids, base, labeler, counts)
         if self.synthetic_chunks and labeler is not None:
@@ -626,8 +655,8 @@ class NudgeFinetuneEngine:
             if grades is not None:  # a skipped prompt leaves its candidates unjudged (counted)
                 judged.setdefault(g, {}).update({i: float(v) for i, v in grades.items()})
         outliers = positive_rate_outliers(judged.values(), min_pools=self.outlier_min_pools)
-        self._suspects["outlier"] = sorted(outliers)
-        counts["outlier_chunks"] = len(outliers)
+        self._suspects["outlier"] = sorted(set(self._suspects.get("outlier", [])) | set(outliers))
+        counts["outlier_chunks"] += len(outliers)
         out = []
         for g, merged in sorted(judged.items()):
             key, text, emb, tids, fb = groups[g]
@@ -635,6 +664,61 @@ class NudgeFinetuneEngine:
                 merged = {i: (0.0 if i in outliers else v) for i, v in merged.items()}
             merged.update(fb)  # the user's own verdicts win over the judge
             out.append(LabeledQuery(key, text, emb, merged, "llm", tids))
+        return out
+
+    def _judge_support(
+        self,
+        groups: list[tuple[str, str, np.ndarray, tuple[str, ...], dict[str, float]]],
+        liked: set[str],
+        rated: Mapping[str, AnswerRating],
+        labeler: Labeler,
+        counts: dict[str, int],
+    ) -> list[LabeledQuery]:
+        """Label the queries whose answer a user rated helpful without citing chunks: the judge
+        reads each such search's query, answer and shown chunks and grades which the answer
+        rests on. Same cache, budget and injection rules as :meth:`_judge`; an answer whose
+        text addresses the judge is withheld with its search (counted)."""
+        wanted = [t for g in groups for t in g[3] if t in liked]
+        shown = {str(t.id): t for t in _trace_reader(self.state)(ids=wanted, with_embeddings=False)}
+        chunk_ids = sorted({i for t in shown.values() for i in t.result_ids})
+        text_of = dict(zip(chunk_ids, self.state.texts(chunk_ids), strict=True))
+        injected = self._withhold_injections(text_of)
+        items: list[tuple[str, str | None, list[Candidate]]] = []
+        owner: list[int] = []
+        for g, (_, text, _emb, tids, _fb) in enumerate(groups):
+            for tid in tids:
+                trace = shown.get(tid)
+                if tid not in liked or trace is None:
+                    continue
+                answer = rated[tid].answer
+                if answer and judge_injection(answer) is not None:
+                    counts["withheld_answers"] += 1
+                    continue
+                texted = [i for i in trace.result_ids if text_of.get(i)]
+                cands = [Candidate(i, str(text_of[i])) for i in texted if i not in injected]
+                counts["withheld_candidates"] += len(texted) - len(cands)
+                if not cands:
+                    counts["no_candidate_text"] += 1
+                for start in range(0, len(cands), self.judge_batch):
+                    batch = cands[start : start + self.judge_batch]
+                    items.append((trace.query or text, answer, batch))
+                    owner.append(g)
+        judged: dict[int, dict[str, float]] = {}
+        for g, grades in zip(owner, labeler.support(items), strict=True):
+            if grades is not None:  # several rated searches of one query: the best grade wins
+                mine = judged.setdefault(g, {})
+                for i, v in grades.items():
+                    mine[i] = max(mine.get(i, 0.0), float(v))
+        outliers = positive_rate_outliers(judged.values(), min_pools=self.outlier_min_pools)
+        self._suspects["outlier"] = sorted(set(self._suspects.get("outlier", [])) | set(outliers))
+        counts["outlier_chunks"] += len(outliers)
+        out = []
+        for g, merged in sorted(judged.items()):
+            key, text, emb, tids, fb = groups[g]
+            if self.exclude_outliers:
+                merged = {i: (0.0 if i in outliers else v) for i, v in merged.items()}
+            merged.update(fb)  # the user's own verdicts win over the judge
+            out.append(LabeledQuery(key, text, emb, merged, "answer", tids))
         return out
 
     def _withhold_injections(self, text_of: Mapping[str, str | None]) -> set[str]:
@@ -720,6 +804,7 @@ class NudgeFinetuneEngine:
             ("traces", "unlabeled_traces", "no_candidate_text", "unknown_ids", "no_positive"), 0
         )
         counts.update(injected_chunks=0, withheld_candidates=0, outlier_chunks=0)
+        counts.update(answer_positive=0, answer_negative=0, answer_unjudged=0, withheld_answers=0)
         self._suspects = {}
         labeled = self.collect_labels(ids, base, labeler, counts)
         counts["injected_chunks"] = len(self._suspects.get("injection", []))
@@ -740,10 +825,24 @@ class NudgeFinetuneEngine:
                 "one in each split; record more searches and feedback, pass llm=... to judge "
                 "traces, or synthetic_chunks=... for a cold start."
             )
+            if counts["answer_unjudged"]:
+                msg += (
+                    f" {counts['answer_unjudged']} queries have only a positive answer rating: "
+                    "pass llm=... so the judge picks the chunks those answers rest on."
+                )
             raise NudgeError(msg)
 
         def rows(qs: list[LabeledQuery]) -> list[dict[int, float]]:
             return [{row_of[i]: g for i, g in q.positives.items()} for q in qs]
+
+        def negatives(qs: list[LabeledQuery]) -> list[list[int]] | None:
+            # judged not relevant: feedback's irrelevant_ids, the judge's grade-0 candidates
+            if not self.use_negatives:
+                return None
+            return [sorted(row_of[i] for i, g in q.grades.items() if g <= 0) for q in qs]
+
+        train_neg, val_neg = negatives(train), negatives(val)
+        counts["negative_pairs"] = sum(map(len, (train_neg or []) + (val_neg or [])))
 
         def mat(qs: list[LabeledQuery]) -> np.ndarray:
             return np.stack([q.embedding for q in qs]).astype(np.float32)
@@ -761,6 +860,8 @@ class NudgeFinetuneEngine:
             selection=self.selection,
             refit=self.refit,
             device=self.device,
+            train_negatives=train_neg,
+            val_negatives=val_neg,
         )
         after = res.apply(fit_base)
         test_q = mat(test)
@@ -774,7 +875,7 @@ class NudgeFinetuneEngine:
                 a - b, n_resamples=self.n_resamples, confidence=self.confidence, seed=self.seed
             )
             gains[name] = MetricGain(float(b.mean()), float(a.mean()), low, high)
-        sources = {"feedback": 0, "llm": 0, "synthetic": 0}
+        sources = {"feedback": 0, "llm": 0, "synthetic": 0, "answer": 0}
         for q in usable:
             sources[q.source] += 1
         stats = labeler.stats if labeler is not None else LabelStats()
@@ -797,6 +898,7 @@ class NudgeFinetuneEngine:
             seed=self.seed,
             suspects={k: list(v) for k, v in self._suspects.items() if v},
             bad_traces=dict(list(self.last_bad_traces.items())[:_BAD_LISTED]),
+            negative_weight=res.negative_weight,
             _ids=changed_ids,
             _vectors=res.vectors,
             _base_digest=_digest(base[res.rows]),

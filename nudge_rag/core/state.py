@@ -1,7 +1,8 @@
 """NudgeState: the one object both faces hold; it implements the version API once.
 
 It owns a store adapter, the trace log (``traces.sqlite``) and the version log
-(``versions.sqlite``) in one state folder, and the callbacks a face provides: how to embed
+(``versions.sqlite``) in one state folder, or in Postgres schemas (``state="postgresql://..."``),
+and the callbacks a face provides: how to embed
 queries and how to read document texts. The engine talks to a store only through this object.
 """
 
@@ -15,8 +16,12 @@ from typing import Any
 import numpy as np
 
 from nudge_rag.core.citations import Citations, cited_ids
+from nudge_rag.core.citations import cited_ids as _cited
+from nudge_rag.core.db import Database, StateLocation, state_part
 from nudge_rag.core.errors import NudgeError, UnknownIdError
+from nudge_rag.core.labels import POSITIVE_RATING
 from nudge_rag.core.last_trace import LastTrace
+from nudge_rag.core.records import ImportReport, TraceRecord, current_external_id, import_records
 from nudge_rag.core.stores.base import (
     Metric,
     StoreAdapter,
@@ -28,9 +33,6 @@ from nudge_rag.core.stores.base import (
 from nudge_rag.core.traces import Feedback, Trace, TraceLog
 from nudge_rag.core.versions import VerifyReport, VersionInfo, VersionLog, check_metric
 
-TRACES_FILE = "traces.sqlite"
-VERSIONS_FILE = "versions.sqlite"
-
 
 def _expand(ids: list[str], held: set[str], children: Mapping[str, list[str]]) -> list[str]:
     """``ids`` with each parent id replaced by its chunk ids (order kept, no repeats)."""
@@ -38,6 +40,20 @@ def _expand(ids: list[str], held: set[str], children: Mapping[str, list[str]]) -
     for i in ids:
         out.extend([i] if i in held else children.get(i, [i]))
     return list(dict.fromkeys(out))
+
+
+def _answer_text(answer: Any) -> str:
+    """The text of an answer: a string, or a chat message's ``.content`` (blocks joined)."""
+    text = getattr(answer, "content", answer)
+    if isinstance(text, list):  # content blocks of a chat message
+        text = " ".join(b.get("text", "") if isinstance(b, dict) else str(b) for b in text)
+    if not isinstance(text, str):
+        msg = (
+            f"answer: found {type(answer).__name__}, expected a string or a message with "
+            "string .content."
+        )
+        raise NudgeError(msg)
+    return text
 
 
 class NudgeState:
@@ -56,7 +72,7 @@ class NudgeState:
     def __init__(
         self,
         adapter: StoreAdapter,
-        state_dir: str | os.PathLike[str],
+        state: str | os.PathLike[str] | StateLocation,
         *,
         embed_queries: Callable[[list[str]], np.ndarray] | None = None,
         get_texts: Callable[[list[str]], list[str | None]] | None = None,
@@ -76,17 +92,25 @@ class NudgeState:
                 raise NudgeError(msg)
         self.adapter = adapter
         self.metric: Metric = Metric(adapter.metric)
-        self.state_dir = Path(state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        #: where the state lives: a folder, or a Postgres URL and schema
+        self.location = StateLocation.parse(state)
+        #: the state folder (None when the state is in Postgres)
+        self.state_dir = self.location.folder
+        if self.state_dir is not None:
+            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.tracing = bool(tracing)
         self._embed_queries = embed_queries
         self._get_texts = get_texts
         self._children_of = children_of
         self.parent_id_key = parent_id_key
         self.last_trace = LastTrace(f"nudge_last_trace_{id(self)}")
-        self.trace_log = TraceLog(self.state_dir / TRACES_FILE, retention_days=retention_days)
-        self.version_log = VersionLog(self.state_dir / VERSIONS_FILE, adapter)
+        self.trace_log = TraceLog(self.part("traces"), retention_days=retention_days)
+        self.version_log = VersionLog(self.part("versions"), adapter)
         self.version_log.after_write = after_write
+
+    def part(self, name: str) -> Path | Database:
+        """Where one part of the state lives: ``traces``, ``versions`` or ``labels``."""
+        return state_part(self.location, name)
 
     # -- traces --------------------------------------------------------------------------------
     def record_search(
@@ -108,7 +132,28 @@ class NudgeState:
             filter=filter,
             result_ids=result_ids,
             scores=scores,
+            external=current_external_id(),
         )
+
+    def import_traces(
+        self, records: Iterable[TraceRecord], *, source: str | None = None, strict: bool = False
+    ) -> ImportReport:
+        """Add past retrievals (from LangSmith, Langfuse, Phoenix, JSONL) to the trace log.
+
+        ``records``: :class:`~nudge_rag.core.records.TraceRecord` items, e.g. from
+        ``nudge_rag.importers.langsmith.read(runs, feedback)``; ``source`` overrides each
+        record's id space. Original times are kept; queries without an embedding are embedded
+        with the store's embedding function, in batches. Idempotent on (source, external id):
+        importing the same export twice adds nothing, and feedback that arrived since joins the
+        trace it names (also a live search that ran in that run or span). Chunk ids the store
+        does not hold are dropped and counted; a bad record (no query, a bad embedding or time)
+        is reported with its reason in ``bad`` and never costs the others; with ``strict=True``
+        it raises a ``NudgeError`` naming it, and nothing is stored.
+
+        Example: ``print(store.import_traces(langsmith.read(runs, feedback)))`` →
+        ``imported 812 traces, 0 already there, 809 feedback rows; ...``.
+        """
+        return import_records(self, records, source=source, strict=strict)
 
     def record_feedback(
         self,
@@ -157,6 +202,55 @@ class NudgeState:
         (``parent_id_key``) whose chunks are among them. Every other cited id (another search's,
         or one the model made up) is returned in ``unknown_ids`` and not recorded.
         """
+        shown = self._shown_ids(trace_id)
+        relevant, others = self._shown_only(shown, cited_ids(answer, whole=set(shown)))
+        if relevant:
+            self.record_feedback(trace_id, relevant_ids=relevant)
+        return Citations(relevant, others)
+
+    def record_answer_feedback(
+        self,
+        trace_id: str,
+        rating: float,
+        *,
+        answer: Any = None,
+        cited_ids: Iterable[str] | None = None,
+    ) -> Citations:
+        """Record a user's rating of the answer built on search ``trace_id``.
+
+        ``rating`` is on a 0..1 scale (``True``/``False`` for a thumbs up/down); at least 0.5 is
+        positive. A positive rating makes the chunks the answer cites relevant: ``cited_ids``,
+        or the ``[id]`` marks in ``answer`` when it is None; only ids the search showed count,
+        as in :meth:`record_citations`. A positive rating without such citations marks the
+        trace for the LLM judge, which decides which of the shown chunks the answer rests on
+        at the next ``finetune()``. A negative rating is kept and counted, never a positive.
+        The answer text (a string or a message's ``.content``) is stored with the rating.
+        """
+        number = isinstance(rating, int | float | np.integer | np.floating)
+        if not number or not 0.0 <= float(rating) <= 1.0:
+            msg = (
+                f"rating: found {rating!r}, expected a number in [0, 1] or a bool (True = "
+                "helpful); map your scale onto it, e.g. thumbs down 0 / up 1, stars (s - 1) / 4."
+            )
+            raise NudgeError(msg)
+        if isinstance(cited_ids, str | bytes):
+            msg = f"cited_ids: found a single string {cited_ids!r}; pass cited_ids=[{cited_ids!r}]."
+            raise NudgeError(msg)
+        text = None if answer is None else _answer_text(answer)
+        shown = self._shown_ids(trace_id)
+        relevant: list[str] = []
+        others: list[str] = []
+        if float(rating) >= POSITIVE_RATING:
+            if cited_ids is None:
+                cited = _cited(text, whole=set(shown)) if text else []
+            else:
+                cited = [str(i) for i in cited_ids]
+            relevant, others = self._shown_only(shown, cited)
+        self.record_feedback(trace_id, relevant_ids=relevant, rating=float(rating), text=text)
+        return Citations(relevant, others)
+
+    def _shown_ids(self, trace_id: str) -> list[str]:
+        """The chunk ids search ``trace_id`` returned (``UnknownIdError`` without such a trace)."""
         found = list(self.trace_log.iter_traces(ids=[str(trace_id)], with_embeddings=False))
         if not found:
             msg = (
@@ -164,18 +258,18 @@ class NudgeState:
                 "trace id the search's tool artifact carries."
             )
             raise UnknownIdError(msg)
-        shown = found[0].result_ids
-        cited = cited_ids(answer, whole=set(shown))
+        return found[0].result_ids
+
+    def _shown_only(self, shown: list[str], cited: list[str]) -> tuple[list[str], list[str]]:
+        """``(relevant, others)``: the cited ids the search showed (parent ids through
+        ``parent_id_key`` to their shown chunks), and the rest."""
         relevant = [i for i in cited if i in shown]
         others = [i for i in cited if i not in shown]
         if others and self.parent_id_key is not None:
             children = self.children(others, self.parent_id_key)
             relevant += [c for i in others for c in children.get(i, []) if c in shown]
             others = [i for i in others if not any(c in shown for c in children.get(i, []))]
-        relevant = list(dict.fromkeys(relevant))
-        if relevant:
-            self.record_feedback(trace_id, relevant_ids=relevant)
-        return Citations(relevant, others)
+        return list(dict.fromkeys(relevant)), others
 
     def trace_scope(self) -> Any:
         """A context manager collecting every search of this store made inside it.

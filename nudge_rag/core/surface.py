@@ -51,6 +51,8 @@ class NudgeSurface:
 
     record_feedback = _StateMethod(NudgeState.record_feedback)
     record_citations = _StateMethod(NudgeState.record_citations)
+    import_traces = _StateMethod(NudgeState.import_traces)
+    record_answer_feedback = _StateMethod(NudgeState.record_answer_feedback)
     trace_scope = _StateMethod(NudgeState.trace_scope)
     traces = _StateMethod(NudgeState.traces)
     iter_traces = _StateMethod(NudgeState.iter_traces)

@@ -1,8 +1,9 @@
 """The trace log: every search a face served, and the feedback users sent about it.
 
 One SQLite database (WAL mode) in the store's state folder, created owner-only (0600) because it
-holds users' queries. Searches are appended by a background writer thread in batches, so a search
-pays only for queueing its row. The writer lets rows gather for up to ``LINGER_S`` (or
+holds users' queries, or a schema in Postgres shared by every worker (``nudge_rag.core.db``: the
+SQL here is the same for both). Searches are appended by a background writer thread in batches,
+so a search pays only for queueing its row. The writer lets rows gather for up to ``LINGER_S`` (or
 ``BATCH_ROWS`` rows) before one transaction writes them all, so a busy server wakes it a few times
 a second, not once per search. Every read (and ``record_feedback``) first waits for the queue to
 be written, and ``close`` (also run at interpreter exit) flushes it. A batch that fails to write
@@ -45,7 +46,6 @@ import math
 import operator
 import os
 import re
-import sqlite3
 import struct
 import threading
 import time as _time
@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from nudge_rag.core.db import Database, SQLiteDatabase
 from nudge_rag.core.errors import NudgeError, UnknownIdError
 from nudge_rag.core.files import atomic_path
 
@@ -114,19 +115,21 @@ _NO_EMBEDDING = np.zeros(0, dtype=np.float32)
 _NO_EMBEDDING.flags.writeable = False
 # a row-level failure (this row cannot be bound or violates a constraint); anything else, an
 # OperationalError (disk full, locked, read-only) or a damaged file, fails the whole batch
-_ROW_ERRORS = (
-    sqlite3.IntegrityError,
-    sqlite3.InterfaceError,
-    sqlite3.ProgrammingError,
-    sqlite3.DataError,
-    ValueError,
-    TypeError,
-    OverflowError,
-)
+_VALUE_ERRORS = (ValueError, TypeError, OverflowError)
 _INSERT = (
-    "INSERT INTO traces (id, time, query, embedding, dim, k, filter, result_ids, scores)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO traces (id, time, query, embedding, dim, k, filter, result_ids, scores,"
+    " external_id, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# Imported traces carry their tool's id: (source, external_id), unique, so an import is
+# idempotent. A live search keeps the run/span it ran in as external_id "<source>:<id>" with
+# source NULL (several searches may share a span; NULLs never conflict in a unique index).
+# Portable SQL (SQLite and Postgres), applied on open when the columns are missing.
+_MIGRATION_EXTERNAL_IDS = [
+    "ALTER TABLE traces ADD COLUMN external_id TEXT",
+    "ALTER TABLE traces ADD COLUMN source TEXT",
+    "CREATE UNIQUE INDEX IF NOT EXISTS traces_external ON traces(source, external_id)",
+]
+_IMPORT_ROWS = 500  # imported traces per transaction
 _INSERT_QUARANTINE = "INSERT INTO quarantine (trace_id, time, reason, row) VALUES (?, ?, ?, ?)"
 
 
@@ -175,6 +178,8 @@ class Trace:
     filter: dict | None
     result_ids: list[str]
     scores: list[float]
+    external_id: str | None = None  # imported: the tool's id; live: "<source>:<run/span id>"
+    source: str | None = None  # imported: the id space (e.g. "langsmith"); live: None
 
 
 @dataclass(frozen=True)
@@ -187,14 +192,6 @@ class Feedback:
     irrelevant_ids: list[str]
     rating: float | None
     text: str | None
-
-
-def create_private_file(path: Path) -> None:
-    """Create ``path`` (and its folder) readable by the owner only, if it does not exist."""
-    if not path.parent.exists():
-        path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    os.close(fd)
 
 
 def clean_text(text: str) -> str:
@@ -298,12 +295,12 @@ def _strict_json(obj: Any) -> str:
 
 def _db_row(r: tuple) -> tuple:
     """A queued row as SQLite parameters (the lists as JSON)."""
-    return (*r[:7], json.dumps(r[7]), _strict_json(r[8]))
+    return (*r[:7], json.dumps(r[7]), _strict_json(r[8]), *r[9:11])
 
 
 def _describe(r: tuple) -> str:
     """A queued row described in ASCII, without its embedding (what the quarantine keeps)."""
-    _, _, query, _, dim, k, flt, ids, scores = r
+    _, _, query, _, dim, k, flt, ids, scores = r[:9]
     text = ascii(
         {"query": query, "dim": dim, "k": k, "filter": flt, "result_ids": ids, "scores": scores}
     )
@@ -339,7 +336,7 @@ class TraceLog:
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | Database,
         *,
         retention_days: float | None = None,
         read_only: bool = False,
@@ -350,7 +347,13 @@ class TraceLog:
                 f"found {retention_days!r}."
             )
             raise NudgeError(msg)
-        self.path = Path(path)
+        self._database = path if isinstance(path, Database) else trace_database(Path(path))
+        self.path = self._database.path  # None in Postgres
+        self.where = self._database.label
+        self._row_errors: tuple[type[BaseException], ...] = (
+            *self._database.row_errors,
+            *_VALUE_ERRORS,
+        )
         self.retention_days = retention_days
         self.read_only = bool(read_only)
         self._lock = threading.Lock()
@@ -363,6 +366,9 @@ class TraceLog:
         self._inflight = 0
         self._urgent = 0  # flushes waiting: write now, do not linger
         self._dropped = 0  # rows given up on (writes kept failing)
+        #: traces kept queued while writes fail (the newest; older ones are dropped, counted)
+        self.max_pending = _MAX_PENDING
+        self._overflowing = False
         self._warned = False
         self._unwarned: str | None = None  # a writer-side quarantine to warn about on flush
         self._stopping = False
@@ -372,54 +378,44 @@ class TraceLog:
         if retention_days is not None and not self.read_only:
             self.purge(retention_days)
 
-    def _open(self) -> sqlite3.Connection:
-        """Connect, set the pragmas and the schema; a bad file is one clear NudgeError."""
-        conn: sqlite3.Connection | None = None
+    def _open(self) -> Any:
+        """Connect and bring the schema up to date; a bad database is one clear NudgeError."""
+        conn: Any = None
         try:
-            if self.read_only:
-                conn = self._open_read_only()
-            else:
-                create_private_file(self.path)
-                conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute("PRAGMA busy_timeout=10000")
-                conn.execute("PRAGMA secure_delete=ON")  # deleted text is overwritten
-                conn.executescript(_SCHEMA)
-            self._tables = {
-                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            }
+            conn = self._database.connect(read_only=self.read_only)
+            if not self.read_only:
+                self._database.migrate(conn, _MIGRATIONS)
+            self._tables = self._database.tables(conn)
             if "traces" not in self._tables:
-                msg = "no traces table"
-                raise sqlite3.DatabaseError(msg)
+                msg = f"{self.where}: no traces table (not a nudge-rag trace log)"
+                raise NudgeError(msg)
+            self._external_ids = "external_id" in self._database.columns(conn, "traces")
             conn.execute("SELECT seq, id, embedding FROM traces ORDER BY seq DESC LIMIT 1")
-        except (sqlite3.Error, OSError) as e:
+        except (self._database.Error, OSError, NudgeError) as e:
             if conn is not None:
                 conn.close()
             raise self._db_error(e) from None
-        return conn
-
-    def _open_read_only(self) -> sqlite3.Connection:
-        """``mode=ro``; with no ``-wal`` file beside it (no connection open anywhere) also
-        ``immutable=1``, so SQLite creates no ``-wal``/``-shm`` and takes no lock."""
-        if not self.path.is_file():
-            msg = f"{self.path}: no trace database here (read_only=True never creates one)."
-            raise sqlite3.OperationalError(msg)
-        live = Path(f"{self.path}-wal").exists()
-        uri = self.path.resolve().as_uri() + ("?mode=ro" if live else "?mode=ro&immutable=1")
-        conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA busy_timeout=10000")
         return conn
 
     def _db_error(self, err: BaseException) -> NudgeError:
         """One line naming the file, what SQLite said and the fix."""
         if isinstance(err, NudgeError):
             return err
-        if isinstance(err, sqlite3.OperationalError | OSError):
+        if isinstance(err, self._database.value_errors):
             msg = (
-                f"{self.path}: cannot use the trace database ({err}); check that the file and "
-                "its folder are readable (and writable, or open it with read_only=True) and "
-                "that the disk is not full."
+                f"{self.where}: {self._database.product} refused a value ({err}); nothing was "
+                "written. Remove what it names (Postgres text holds no NUL characters) and retry."
+            )
+        elif isinstance(err, self._database.OperationalError | OSError):
+            msg = (
+                f"{self.where}: cannot use the trace database ({err}); check that it is "
+                "readable (and writable, or open it with read_only=True), that the disk is not "
+                "full and, for Postgres, that the server is reachable."
+            )
+        elif self.path is None:
+            msg = (
+                f"{self.where}: not a usable trace log ({err}); drop or rename the schema and a "
+                "new, empty log is created on the next open, or restore it from a backup."
             )
         else:
             msg = (
@@ -430,14 +426,20 @@ class TraceLog:
         return NudgeError(msg)
 
     @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        """The connection under the lock; SQLite's errors become one-line NudgeErrors."""
+    def _db(self) -> Iterator[Any]:
+        """The connection under the lock; the database's errors become one-line NudgeErrors."""
         with self._lock:
             self._check_open()
             try:
-                yield self._conn
-            except sqlite3.Error as e:
+                yield self._live_conn()
+            except self._database.Error as e:
                 raise self._db_error(e) from e
+
+    def _live_conn(self) -> Any:
+        """The connection, replaced first if its server went away (lock held)."""
+        if self._database.broken(self._conn):
+            self._conn = self._database.connect(read_only=self.read_only)
+        return self._conn
 
     # -- writing -------------------------------------------------------------------------------
     def record(
@@ -449,8 +451,12 @@ class TraceLog:
         filter: Any = None,
         result_ids: Sequence[str],
         scores: Sequence[float],
+        external: tuple[str, str] | None = None,
     ) -> str | None:
         """Append one search; return its new trace id, or None if it could not be stored.
+
+        ``external``: (source, id) of the run or span the search ran in, kept as external_id
+        ``"<source>:<id>"`` (see :func:`nudge_rag.core.records.current_external_id`).
 
         Lone surrogates in ``query`` become U+FFFD. A trace whose embedding is empty or not
         finite in float32, or whose ``k`` is not an integer in 1..2**63-1, is quarantined and
@@ -487,6 +493,8 @@ class TraceLog:
             None if flt is None else json.dumps(flt),
             ids,
             sc,
+            None if external is None else f"{external[0]}:{external[1]}",
+            None,
         )
         problem = embedding_problem(np.frombuffer(blob, dtype=np.float32))
         if kk is None:
@@ -501,7 +509,7 @@ class TraceLog:
     def _write_row(self, row: tuple, *, quarantine: bool = False) -> None:
         """Queue a trace row (or a quarantine row) for the writer thread."""
         if self.read_only:
-            msg = f"TraceLog({self.path}) was opened read_only; open it without read_only=True."
+            msg = f"TraceLog({self.where}) was opened read_only; open it without read_only=True."
             raise NudgeError(msg)
         with self._cv:
             self._check_open()
@@ -513,7 +521,9 @@ class TraceLog:
                 n = len(self._queue)
             if self._writer is None:
                 self._writer = threading.Thread(
-                    target=self._write_loop, name=f"nudge-traces-{self.path.name}", daemon=True
+                    target=self._write_loop,
+                    name=f"nudge-traces-{Path(self.where).name}",
+                    daemon=True,
                 )
                 self._writer.start()
             elif n == 1 or n == BATCH_ROWS:
@@ -524,7 +534,7 @@ class TraceLog:
             return
         self._warned = True
         warnings.warn(
-            f"TraceLog({self.path}): a trace could not be stored ({reason}); it is in the "
+            f"TraceLog({self.where}): a trace could not be stored ({reason}); it is in the "
             "quarantine table and counted in stats()['quarantined'] (further ones are counted "
             "without a warning).",
             RuntimeWarning,
@@ -555,13 +565,26 @@ class TraceLog:
                     self._error = err
                     if self._stopping:  # closing: nothing will retry
                         self._dropped += len(batch)
-                    else:  # keep the rows (oldest first) for the next try
-                        keep = (batch + self._queue)[-_MAX_PENDING:]
-                        self._dropped += len(batch) + len(self._queue) - len(keep)
+                    else:  # keep the newest rows (in order) for the next try
+                        keep = (batch + self._queue)[-self.max_pending :]
+                        lost = len(batch) + len(self._queue) - len(keep)
+                        self._dropped += lost
                         self._queue = keep
-                        self._held = (held + self._held)[-_MAX_PENDING:]
-                elif bad and self._unwarned is None and not self._warned:
-                    self._unwarned = bad[0][2]
+                        self._held = (held + self._held)[-self.max_pending :]
+                        if lost and not self._overflowing:
+                            self._overflowing = True
+                            warnings.warn(
+                                f"TraceLog({self.where}): writes keep failing ({err}) and more "
+                                f"than {self.max_pending} traces are queued; the oldest are "
+                                f"dropped ({self._dropped} so far, counted in "
+                                "stats()['dropped']). Check that the database is reachable.",
+                                RuntimeWarning,
+                                stacklevel=1,
+                            )
+                else:
+                    self._overflowing = False
+                    if bad and self._unwarned is None and not self._warned:
+                        self._unwarned = bad[0][2]
                 self._cv.notify_all()
                 if err is not None:
                     self._cv.wait_for(lambda: self._stopping, timeout=_RETRY_S)
@@ -571,7 +594,7 @@ class TraceLog:
             if self.retention_days is not None and (
                 self._writes // _PURGE_EVERY != before // _PURGE_EVERY
             ):
-                with contextlib.suppress(sqlite3.Error):  # the next purge tries again
+                with contextlib.suppress(self._database.Error):  # the next purge tries again
                     self._purge(self.retention_days)
 
     def _insert(self, batch: list[tuple], held: list[tuple]) -> tuple[Exception | None, list]:
@@ -583,7 +606,7 @@ class TraceLog:
         """
         try:
             self._transaction(lambda c: c.executemany(_INSERT, [_db_row(r) for r in batch]), held)
-        except _ROW_ERRORS:
+        except self._row_errors:
             pass  # some row is bad: find it below
         except Exception as e:  # surfaced by flush; the batch is retried
             return e, []
@@ -591,12 +614,15 @@ class TraceLog:
             return None, []
         bad: list[tuple] = []
 
-        def one_by_one(conn: sqlite3.Connection) -> None:
+        def one_by_one(conn: Any) -> None:
             for r in batch:
+                conn.execute("SAVEPOINT one_row")  # a refused row must not end the transaction
                 try:
                     conn.execute(_INSERT, _db_row(r))
-                except _ROW_ERRORS as e:
-                    reason = f"SQLite refused the row: {type(e).__name__}: {e}"
+                    conn.execute("RELEASE SAVEPOINT one_row")
+                except self._row_errors as e:
+                    conn.execute("ROLLBACK TO SAVEPOINT one_row")
+                    reason = f"{self._database.product} refused the row: {type(e).__name__}: {e}"
                     bad.append(
                         (
                             r[0],
@@ -613,17 +639,11 @@ class TraceLog:
         return None, bad
 
     def _transaction(self, write: Any, *quarantine: list[tuple]) -> None:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                write(self._conn)
-                for rows in quarantine:
-                    if rows:
-                        self._conn.executemany(_INSERT_QUARANTINE, rows)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        with self._lock, self._database.transaction(self._live_conn()) as conn:
+            write(conn)
+            for rows in quarantine:
+                if rows:
+                    conn.executemany(_INSERT_QUARANTINE, rows)
 
     def flush(self) -> None:
         """Wait until every recorded trace is in the database.
@@ -645,8 +665,9 @@ class TraceLog:
             self._warn_once(unwarned)
         if err is not None:
             msg = (
-                f"writing traces to {self.path} failed: {err}; {pending} traces are queued and "
-                "will be retried. Check the disk and permissions."
+                f"writing traces to {self.where} failed: {err}; {pending} traces are queued and "
+                "will be retried. Check the disk and permissions (Postgres: that the server is "
+                "reachable)."
             )
             raise NudgeError(msg) from err
 
@@ -701,7 +722,7 @@ class TraceLog:
             hit = conn.execute("SELECT 1 FROM traces WHERE id = ?", (trace_id,)).fetchone()
             if hit is None:
                 msg = (
-                    f"trace_id: no trace {trace_id!r} in {self.path} (it may have been purged "
+                    f"trace_id: no trace {trace_id!r} in {self.where} (it may have been purged "
                     "by the retention setting); pass the 'nudge_trace_id' of a returned document."
                 )
                 raise UnknownIdError(msg)
@@ -710,6 +731,31 @@ class TraceLog:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (trace_id, _time.time(), json.dumps(rel), json.dumps(irr), rating, text),
             )
+
+    def import_rows(
+        self, rows: Sequence[tuple], *, batch_rows: int = _IMPORT_ROWS
+    ) -> list[tuple[str, str, int]]:
+        """Write imported traces now, ``batch_rows`` per transaction, keeping their times.
+
+        Each row: ``(source, external_id, time, query, embedding float32 bytes, dim, k, filter
+        json or None, result_ids, scores, feedback)``, feedback a list of ``(time, relevant_ids,
+        irrelevant_ids, rating, text)``. A row whose (source, external_id) is in the log already
+        adds no trace (``INSERT ... ON CONFLICT DO NOTHING``), nor does one whose run or span a
+        live trace with the same query ran in (external_id ``"<source>:<id>"``): its feedback
+        rows not yet there join that trace. Returns per row (trace id, ``"new"`` /
+        ``"duplicate"`` / ``"live"``, feedback rows added).
+        """
+        if batch_rows < 1:
+            msg = f"batch_rows: expected a positive number of rows, found {batch_rows!r}."
+            raise NudgeError(msg)
+        self._check_writable()
+        self.flush()
+        out: list[tuple[str, str, int]] = []
+        for start in range(0, len(rows), batch_rows):
+            with self._db() as conn, self._database.transaction(conn):
+                done = [_import_row(conn, r) for r in rows[start : start + batch_rows]]
+            out.extend(done)
+        return out
 
     # -- reading -------------------------------------------------------------------------------
     def iter_traces(
@@ -731,6 +777,7 @@ class TraceLog:
             raise NudgeError(msg)
         cols = "seq, id, time, query, " + ("embedding" if with_embeddings else "NULL")
         cols += ", k, filter, result_ids, scores"
+        cols += ", external_id, source" if self._external_ids else ", NULL, NULL"
         self.flush()
         if ids is not None:
             if isinstance(ids, str | bytes):
@@ -853,6 +900,8 @@ class TraceLog:
                 "result_ids": t.result_ids,
                 "scores": t.scores,
                 "score_kind": kind,
+                "external_id": t.external_id,
+                "source": t.source,
                 "feedback": by_trace.get(t.id, []),
             }
             fh.write(_strict_json(rec) + "\n")
@@ -896,28 +945,22 @@ class TraceLog:
         self.flush()
         try:
             return self._purge(older_than_days)
-        except sqlite3.Error as e:
+        except self._database.Error as e:
             raise self._db_error(e) from e
 
     def _purge(self, older_than_days: float) -> int:
         cutoff = _time.time() - float(older_than_days) * 86400.0
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.execute(
+            conn = self._live_conn()
+            with self._database.transaction(conn):
+                conn.execute(
                     "DELETE FROM feedback WHERE trace_id IN (SELECT id FROM traces WHERE time < ?)",
                     (cutoff,),
                 )
-                n = self._conn.execute("DELETE FROM traces WHERE time < ?", (cutoff,)).rowcount
-                n_q = self._conn.execute(
-                    "DELETE FROM quarantine WHERE time < ?", (cutoff,)
-                ).rowcount
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+                n = conn.execute("DELETE FROM traces WHERE time < ?", (cutoff,)).rowcount
+                n_q = conn.execute("DELETE FROM quarantine WHERE time < ?", (cutoff,)).rowcount
             if n or n_q:
-                self._truncate_wal()
+                self._database.after_delete(conn)
         return int(n)
 
     def delete_traces(self, ids: Iterable[str]) -> int:
@@ -934,26 +977,16 @@ class TraceLog:
         self.flush()
         n = 0
         with self._db() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._database.transaction(conn):
                 for start in range(0, len(wanted), _IN_CHUNK):
                     chunk = wanted[start : start + _IN_CHUNK]
                     marks = _in(len(chunk))
                     conn.execute(f"DELETE FROM feedback WHERE trace_id IN ({marks})", chunk)
                     conn.execute(f"DELETE FROM quarantine WHERE trace_id IN ({marks})", chunk)
                     n += conn.execute(f"DELETE FROM traces WHERE id IN ({marks})", chunk).rowcount
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             if n:
-                self._truncate_wal()
+                self._database.after_delete(conn)
         return n
-
-    def _truncate_wal(self) -> None:
-        """Checkpoint and empty the WAL, where deleted rows' old pages still lie (lock held)."""
-        with contextlib.suppress(sqlite3.Error):  # a reader elsewhere: the next one truncates
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def stats(self) -> dict:
         """Counts and time span: traces, feedback rows, traces with feedback, quarantined
@@ -976,9 +1009,10 @@ class TraceLog:
             "feedback": int(nf),
             "traces_with_feedback": int(nft),
             "quarantined": int(nq),
+            "dropped": self._dropped,
             "first_time": first,
             "last_time": last,
-            "path": str(self.path),
+            "path": self.where,
             "retention_days": self.retention_days,
         }
 
@@ -994,12 +1028,13 @@ class TraceLog:
         with self._lock:
             self._closed = True
             self._conn.close()
+            self._database.close()
         _OPEN_LOGS.discard(self)
         if self._unwarned is not None:
             self._warn_once(self._unwarned)
         if self._dropped:
             warnings.warn(
-                f"TraceLog({self.path}): {self._dropped} traces could not be written "
+                f"TraceLog({self.where}): {self._dropped} traces could not be written "
                 f"({self._error}) and were dropped.",
                 RuntimeWarning,
                 stacklevel=2,
@@ -1007,13 +1042,13 @@ class TraceLog:
 
     def _check_open(self) -> None:
         if self._closed or self._stopping:
-            msg = f"TraceLog({self.path}) is closed; open a new TraceLog on the same path."
+            msg = f"TraceLog({self.where}) is closed; open a new TraceLog on the same path."
             raise NudgeError(msg)
 
     def _check_writable(self) -> None:
         self._check_open()
         if self.read_only:
-            msg = f"TraceLog({self.path}) was opened read_only; open it without read_only=True."
+            msg = f"TraceLog({self.where}) was opened read_only; open it without read_only=True."
             raise NudgeError(msg)
 
     def __enter__(self) -> TraceLog:
@@ -1023,8 +1058,71 @@ class TraceLog:
         self.close()
 
 
+def _add_external_ids(db: Database, conn: Any) -> None:
+    """Migration 2: the external id columns and their unique index (if not there yet)."""
+    if "external_id" not in db.columns(conn, "traces"):
+        for statement in _MIGRATION_EXTERNAL_IDS:
+            conn.execute(statement)
+
+
+#: the trace log's schema versions (see :meth:`Database.migrate`)
+_MIGRATIONS: list[Any] = [[_SCHEMA], _add_external_ids]
+
+
+def trace_database(path: Path) -> SQLiteDatabase:
+    """The SQLite trace database at ``path`` with the trace log's pragmas."""
+    # secure_delete: deleted text is overwritten in the file
+    return SQLiteDatabase(path, journal_mode="WAL", synchronous="NORMAL", secure_delete="ON")
+
+
+def _import_row(conn: Any, r: tuple) -> tuple[str, str, int]:
+    """One imported trace (see :meth:`TraceLog.import_rows`), inside the caller's transaction."""
+    source, ext, tm, query, blob, dim, k, flt, ids, scores, feedback = r
+    find = "SELECT id FROM traces WHERE source = ? AND external_id = ?"
+    hit = conn.execute(find, (source, ext)).fetchone()
+    status = "duplicate"
+    if hit is None:
+        hit = conn.execute(
+            "SELECT id FROM traces WHERE source IS NULL AND external_id = ? AND query = ?"
+            " ORDER BY seq LIMIT 1",
+            (f"{source}:{ext}", query),
+        ).fetchone()
+        status = "live"
+    if hit is None:
+        row = (_new_trace_id(), tm, query, blob, dim, k, flt, ids, scores, ext, source)
+        cur = conn.execute(_INSERT + " ON CONFLICT DO NOTHING", _db_row(row))
+        if cur.rowcount == 1:
+            status, tid = "new", row[0]
+        else:  # written meanwhile by another importer
+            status, tid = "duplicate", conn.execute(find, (source, ext)).fetchone()[0]
+    else:
+        tid = hit[0]
+    have: set[tuple] = set()
+    if status != "new" and feedback:
+        have = set(
+            conn.execute(
+                "SELECT time, relevant_ids, irrelevant_ids, rating, text FROM feedback"
+                " WHERE trace_id = ?",
+                (tid,),
+            ).fetchall()
+        )
+    added = 0
+    for f_time, rel, irr, rating, text in feedback:
+        key = (f_time, json.dumps(list(rel)), json.dumps(list(irr)), rating, text)
+        if key in have:
+            continue
+        have.add(key)
+        conn.execute(
+            "INSERT INTO feedback (trace_id, time, relevant_ids, irrelevant_ids, rating, text)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (tid, *key),
+        )
+        added += 1
+    return tid, status, added
+
+
 def _trace_from_row(r: tuple) -> Trace:
-    _, tid, tm, query, emb, k, flt, rids, scores = r
+    _, tid, tm, query, emb, k, flt, rids, scores, ext, source = r
     return Trace(
         id=tid,
         time=tm,
@@ -1034,6 +1132,8 @@ def _trace_from_row(r: tuple) -> Trace:
         filter=None if flt is None else json.loads(flt),
         result_ids=json.loads(rids),
         scores=[float("nan") if s is None else s for s in json.loads(scores)],
+        external_id=ext,
+        source=source,
     )
 
 

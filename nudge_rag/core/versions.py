@@ -16,11 +16,12 @@ store before their first change.
 Crash safety: every move first commits an *intent* row together with all the vectors it needs,
 then writes the store (idempotent writes), then commits the new current version and clears the
 intent. Opening the log completes an unfinished move, so the store is always exactly at one
-version. A file lock serialises moves between processes.
+version. The database's lock serialises moves between processes (a file lock next to a SQLite
+log, an advisory lock in Postgres: ``nudge_rag.core.db``).
 
 Drift between the log and the store is detected, never served silently:
 
-- a *marker* file next to the log (``versions.marker.json``, replaced atomically after every
+- a *marker* file next to a SQLite log (``versions.marker.json``, replaced atomically after every
   move) records the log's identity and its number of moves, so a log that was deleted, emptied,
   replaced by another one or restored from an older copy is noticed when it is opened;
 - every version keeps a *fingerprint* of the rows it wrote (count and XOR of per-row SHA-256),
@@ -42,7 +43,6 @@ import hashlib
 import json
 import operator
 import os
-import sqlite3
 import threading
 import time as _time
 import uuid
@@ -56,16 +56,11 @@ from typing import Any, TypeVar
 import numpy as np
 
 from nudge_rag.core.checks import check_vectors
+from nudge_rag.core.db import Database, SQLiteDatabase
 from nudge_rag.core.errors import MetricMismatchError, NudgeError, UnknownIdError
 from nudge_rag.core.files import atomic_write
 from nudge_rag.core.nudge import Method
 from nudge_rag.core.stores.base import Metric, StoreAdapter, present_ids
-from nudge_rag.core.traces import create_private_file
-
-try:  # POSIX only; elsewhere moves are serialised within one process
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -95,11 +90,27 @@ CREATE TABLE IF NOT EXISTS intent (
 );
 """
 
+
+def _add_fingerprints(db: Database, conn: Any) -> None:
+    """Migration 2: each version's fingerprint (logs made before fingerprints lack it)."""
+    if "fingerprint" not in db.columns(conn, "versions"):
+        conn.execute("ALTER TABLE versions ADD COLUMN fingerprint TEXT")
+
+
+#: the version log's schema versions (see :meth:`Database.migrate`)
+_MIGRATIONS: list[Any] = [[_SCHEMA], _add_fingerprints]
+
+
+def version_database(path: Path) -> SQLiteDatabase:
+    """The SQLite version database at ``path`` (a move's commit must survive a power cut)."""
+    return SQLiteDatabase(path, busy_timeout=30000, journal_mode="WAL", synchronous="FULL")
+
+
+_COUNT_MOVE = "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = 'moves'"
 _CHUNK = 900  # ids per SQL "IN (...)" list
 MARKER_SUFFIX = ".marker.json"  # versions.sqlite -> versions.marker.json
 OPEN_SAMPLE = 16  # nudged rows read back from the store when the log is opened
 FRESH_EVERY_S = 0.02  # check_fresh() asks the log at most this often
-_SQLITE_DAMAGED = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -272,23 +283,15 @@ def _version_number(version: Any) -> int:
         raise NudgeError(msg) from None
 
 
-def _damaged(e: sqlite3.DatabaseError) -> bool:
-    code = getattr(e, "sqlite_errorcode", None)
-    if code is not None:
-        return (code & 0xFF) in _SQLITE_DAMAGED
-    text = str(e).lower()
-    return "not a database" in text or "malformed" in text
-
-
 def _sql_errors(fn: F) -> F:
-    """Turn SQLite's "damaged file" errors into a ``VersionLogError`` naming the file and fix."""
+    """Turn "damaged database" errors into a ``VersionLogError`` naming the log and the fix."""
 
     @functools.wraps(fn)
     def run(self: VersionLog, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(self, *args, **kwargs)
-        except sqlite3.DatabaseError as e:
-            if not _damaged(e):
+        except self._database.Error as e:
+            if not self._database.damaged(e):
                 raise
             raise self._damaged_error(e) from e
 
@@ -313,24 +316,27 @@ class VersionLog:
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | Database,
         adapter: StoreAdapter | None,
         *,
         read_only: bool = False,
     ):
-        self.path = Path(path)
+        self._database = path if isinstance(path, Database) else version_database(Path(path))
+        self.path = self._database.path  # None in Postgres
+        self.where = self._database.label
         self.adapter = adapter
         self.read_only = bool(read_only)
         #: called after every write into the store, inside the move (before it commits): a
         #: face whose store lives in a file (FAISS, LlamaIndex Simple) saves it there
         self.after_write: Callable[[], None] | None = None
-        self.marker_path = self.path.with_name(self.path.stem + MARKER_SUFFIX)
-        self._lockfile = self.path.with_name(self.path.name + ".lock")
+        #: a file next to a SQLite log (a Postgres log is checked by its server)
+        self.marker_path = (
+            None if self.path is None else self.path.with_name(self.path.stem + MARKER_SUFFIX)
+        )
         self._tlock = threading.RLock()
         self._wlock = threading.Lock()
-        self._depth = 0  # nesting of _moving() in the thread that holds _tlock
-        self._conn: sqlite3.Connection | None = None
-        self._watch: sqlite3.Connection | None = None
+        self._conn: Any = None
+        self._watch: Any = None
         self._broken: VersionLogError | None = None
         self._drift: StoreDriftError | None = None
         self._stale: StaleStoreError | None = None
@@ -344,10 +350,6 @@ class VersionLog:
         if adapter is None:
             msg = "adapter: found None; pass the store's adapter (None only with read_only=True)."
             raise NudgeError(msg)
-        try:
-            create_private_file(self._lockfile)
-        except OSError as e:
-            raise self._unwritable(e) from e
         with self._moving():
             self._broken = self._open()
             if self._broken is None:
@@ -355,7 +357,7 @@ class VersionLog:
                     self._drift = self._check_store(OPEN_SAMPLE)
                 except VersionLogError as e:  # the log cannot say what the store should hold
                     self._broken = e
-                self._watch = self._connect()
+                self._watch = self._database.connect(read_only=self.read_only)
                 self._seen_dv = self._data_version()
                 self._known = self._moves_and_current(self._conn_())
 
@@ -558,7 +560,8 @@ class VersionLog:
         self._require_ok()
         with self._tlock, self._tx():
             self._conn_().executemany(
-                "INSERT OR REPLACE INTO base VALUES (?, ?, 1)",
+                "INSERT INTO base VALUES (?, ?, 1) ON CONFLICT (id)"
+                " DO UPDATE SET vector = excluded.vector, given = excluded.given",
                 [(i, _blob(mat[n])) for n, i in enumerate(ids)],
             )
 
@@ -624,8 +627,9 @@ class VersionLog:
         with self._moving():
             try:
                 checked, version = self._verify(problems, rows)
-            except sqlite3.DatabaseError as e:
-                problems.append(str(self._damaged_error(e)) if _damaged(e) else str(e))
+            except self._database.Error as e:
+                damaged = self._database.damaged(e)
+                problems.append(str(self._damaged_error(e)) if damaged else str(e))
                 checked, version = 0, None
         return VerifyReport(not problems, version, checked, tuple(dict.fromkeys(problems)))
 
@@ -641,7 +645,7 @@ class VersionLog:
         new log starts from the store's vectors as version 0 (earlier versions are then lost).
         """
         if self.read_only:
-            msg = f"{self.path}: opened read_only=True; open it writable to repair it."
+            msg = f"{self.where}: opened read_only=True; open it writable to repair it."
             raise NudgeError(msg)
         actions: list[str] = []
         with self._moving():
@@ -662,7 +666,7 @@ class VersionLog:
             self._write_marker()
             conn = self._conn_()
             if self._watch is None:
-                self._watch = self._connect()
+                self._watch = self._database.connect(read_only=self.read_only)
             self._seen_dv = self._data_version()
             self._known = self._moves_and_current(conn)
         report = self.verify()
@@ -677,21 +681,15 @@ class VersionLog:
             if self._watch is not None:
                 self._watch.close()
                 self._watch = None
+        self._database.close()
 
     # -- opening -------------------------------------------------------------------------------
-    def _connect(self, uri: str | None = None) -> sqlite3.Connection:
-        if uri is not None:
-            conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
-        else:
-            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA busy_timeout=30000")
-        return conn
-
     def _open(self) -> VersionLogError | None:
         """Open (or create) the log; return the problem that needs ``repair()``, if any."""
         marker, marker_problem = self._read_marker()
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            if marker is not None and int(marker.get("versions", 0)) > 0:
+        if marker is not None and not self._database.exists():
+            assert self.path is not None and self.marker_path is not None
+            if int(marker.get("versions", 0)) > 0:
                 state = "missing" if not self.path.exists() else "empty (0 bytes)"
                 msg = (
                     f"{self.path} is {state}, but {self.marker_path.name} records a version log "
@@ -703,20 +701,14 @@ class VersionLog:
                 )
                 return VersionLogError(msg)
             marker = None  # a log that never moved: nothing is lost by starting afresh
-        conn: sqlite3.Connection | None = None
+        conn: Any = None
         try:
-            create_private_file(self.path)
-            conn = self._connect()
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.executescript(_SCHEMA)
-            cols = {r[1] for r in conn.execute("PRAGMA table_info(versions)")}
-            if "fingerprint" not in cols:
-                conn.execute("ALTER TABLE versions ADD COLUMN fingerprint TEXT")
-        except (sqlite3.DatabaseError, OSError) as e:
+            conn = self._database.connect()
+            self._database.migrate(conn, _MIGRATIONS)
+        except (self._database.Error, OSError) as e:
             if conn is not None:
                 conn.close()
-            if isinstance(e, sqlite3.DatabaseError) and _damaged(e):
+            if self._database.damaged(e):
                 return self._damaged_error(e)
             raise self._unwritable(e) from e
         self._conn = conn
@@ -727,12 +719,15 @@ class VersionLog:
                         "INSERT INTO versions VALUES (0, NULL, ?, NULL, NULL, 0, 'base', NULL, ?)",
                         (_time.time(), _fingerprint(0, 0)),
                     )
-                    conn.execute("INSERT OR IGNORE INTO meta VALUES ('current', '0')")
-                conn.execute("INSERT OR IGNORE INTO meta VALUES ('moves', '0')")
-                conn.execute("INSERT OR IGNORE INTO meta VALUES ('log_id', ?)", (uuid.uuid4().hex,))
+                    conn.execute("INSERT INTO meta VALUES ('current', '0') ON CONFLICT DO NOTHING")
+                conn.execute("INSERT INTO meta VALUES ('moves', '0') ON CONFLICT DO NOTHING")
+                conn.execute(
+                    "INSERT INTO meta VALUES ('log_id', ?) ON CONFLICT DO NOTHING",
+                    (uuid.uuid4().hex,),
+                )
                 self._fill_fingerprints()
-        except sqlite3.DatabaseError as e:
-            if _damaged(e):
+        except self._database.Error as e:
+            if self._database.damaged(e):
                 return self._damaged_error(e)
             raise self._unwritable(e) from e
         if marker_problem is not None:
@@ -751,7 +746,7 @@ class VersionLog:
             return e
         except Exception as e:  # the store is unreachable now: the next move retries
             warnings.warn(
-                f"{self.path}: an interrupted version move could not be finished now ({e}); "
+                f"{self.where}: an interrupted version move could not be finished now ({e}); "
                 "it is retried by the next apply or rollback.",
                 RuntimeWarning,
                 stacklevel=3,
@@ -761,44 +756,36 @@ class VersionLog:
     def _open_read_only(self) -> None:
         """Open an existing log for reading only; every problem is raised here."""
         marker, marker_problem = self._read_marker()
-        if not self.path.exists() or self.path.stat().st_size == 0:
+        if not self._database.exists():
             if marker is not None and int(marker.get("versions", 0)) > 0:
+                assert self.marker_path is not None
                 msg = (
-                    f"{self.path} is missing or empty, but {self.marker_path.name} records a "
+                    f"{self.where} is missing or empty, but {self.marker_path.name} records a "
                     f"version log with {marker['versions']} version(s); put a backup of it back, "
                     "or run nudge-rag repair --adopt-store on a writable folder."
                 )
             else:
-                msg = f"{self.path}: no version log there; open the store once to create it."
+                msg = f"{self.where}: no version log there; open the store once to create it."
             raise VersionLogError(msg)
-        uri = self.path.resolve().as_uri()
         try:
-            conn = self._connect(uri + "?mode=ro")
-            conn.execute("SELECT value FROM meta WHERE key = 'current'").fetchone()
-        except sqlite3.DatabaseError as e:
-            if _damaged(e):
-                raise self._damaged_error(e) from e
-            if Path(f"{self.path}-wal").exists():
-                raise self._unreadable(e) from e
-            # A read-only folder without a -wal file: no writer can be running there, and SQLite
-            # cannot create the -shm file a WAL reader needs, so read the file as immutable.
-            conn = self._connect(uri + "?mode=ro&immutable=1")
-        self._conn = conn
-        try:
+            conn = self._database.connect(read_only=True)
+            self._conn = conn
             conn.execute("SELECT value FROM meta WHERE key = 'current'").fetchone()
             problem = marker_problem or (
                 self._marker_mismatch(marker) if marker is not None else None
             )
             problem = problem or self._structure_problem()
-        except sqlite3.DatabaseError as e:
-            if _damaged(e):
+        except self._database.Error as e:
+            if self._database.damaged(e):
                 raise self._damaged_error(e) from e
-            raise
+            raise self._unreadable(e) from e
         if problem is not None:
             raise VersionLogError(problem)
 
     def _read_marker(self) -> tuple[dict | None, str | None]:
         """The marker's content, or a description of why it cannot be read."""
+        if self.marker_path is None:
+            return None, None
         try:
             raw = self.marker_path.read_bytes()
         except FileNotFoundError:
@@ -818,6 +805,7 @@ class VersionLog:
         return marker, None
 
     def _marker_mismatch(self, marker: dict) -> str | None:
+        assert self.marker_path is not None  # a marker was read from it
         conn = self._conn_()
         log_id = self._meta(conn, "log_id")
         moves = int(self._meta(conn, "moves") or 0)
@@ -828,13 +816,13 @@ class VersionLog:
         )
         if log_id is not None and marker["log_id"] != log_id:
             return (
-                f"{self.path} is not the version log this folder had: {self.marker_path.name} "
+                f"{self.where} is not the version log this folder had: {self.marker_path.name} "
                 f"names log {marker['log_id'][:12]}…, the file is log {log_id[:12]}… (copied "
                 f"from another store, or recreated). {fix}"
             )
         if int(marker["moves"]) > moves:
             return (
-                f"{self.path} is older than the store's last version move: it records {moves} "
+                f"{self.where} is older than the store's last version move: it records {moves} "
                 f"move(s), {self.marker_path.name} records {marker['moves']} (restored from an "
                 f"older copy?). {fix}"
             )
@@ -845,7 +833,7 @@ class VersionLog:
 
         ``unless``: the marker as read; nothing is written when it already says the same.
         """
-        if self.read_only:
+        if self.read_only or self.marker_path is None:
             return
         conn = self._conn_()
         data: dict[str, Any] = {
@@ -873,7 +861,7 @@ class VersionLog:
             "--adopt-store) to start a new log from what the store holds."
         )
         if 0 not in parents:
-            return f"{self.path}: version 0 (the base) is missing from the log. {fix}"
+            return f"{self.where}: version 0 (the base) is missing from the log. {fix}"
         bad = [
             (v, p)
             for v, p in sorted(parents.items())
@@ -882,7 +870,7 @@ class VersionLog:
         if bad:
             shown = ", ".join(f"{v} → {p}" for v, p in bad[:5])
             return (
-                f"{self.path}: {len(bad)} version(s) name a parent that is not an older version "
+                f"{self.where}: {len(bad)} version(s) name a parent that is not an older version "
                 f"of the log (version → parent: {shown}); the version tree is damaged. {fix}"
             )
         if tree_only:
@@ -890,7 +878,7 @@ class VersionLog:
         cur = self._meta(conn, "current")
         if cur is None or not cur.lstrip("-").isdigit() or int(cur) not in parents:
             return (
-                f"{self.path}: the log says the store is at version {cur!r}, which it does not "
+                f"{self.where}: the log says the store is at version {cur!r}, which it does not "
                 "hold. Run repair(adopt_store=True) (nudge-rag repair --adopt-store) to find the "
                 "version the store holds."
             )
@@ -899,7 +887,7 @@ class VersionLog:
             op, frm, to = row
             if op not in ("apply", "rollback") or frm not in parents or to not in parents:
                 return (
-                    f"{self.path}: an unfinished {op!r} move from version {frm} to version {to} "
+                    f"{self.where}: an unfinished {op!r} move from version {frm} to version {to} "
                     "names a version the log does not hold; it cannot be completed. Run repair() "
                     "(nudge-rag repair) to undo it and rewrite the store at a recorded version."
                 )
@@ -916,7 +904,7 @@ class VersionLog:
             conn.execute("UPDATE versions SET fingerprint = ? WHERE version = ?", (fp, v))
 
     @staticmethod
-    def _rows_digest(conn: sqlite3.Connection, v: int) -> tuple[int, int]:
+    def _rows_digest(conn: Any, v: int) -> tuple[int, int]:
         count, xor = 0, 0
         for vid, blob in conn.execute("SELECT id, vector FROM rows WHERE version = ?", (v,)):
             count += 1
@@ -926,23 +914,24 @@ class VersionLog:
     # -- errors --------------------------------------------------------------------------------
     def _damaged_error(self, e: BaseException) -> VersionLogError:
         msg = (
-            f"{self.path} is damaged or not a version log (SQLite: {e}). Put a backup of it "
-            "back, or run repair(adopt_store=True) (nudge-rag repair --adopt-store) to move it "
-            "aside and start a new log from what the store holds now."
+            f"{self.where} is damaged or not a version log ({self._database.product}: {e}). "
+            "Put a backup of it back, or run repair(adopt_store=True) (nudge-rag repair "
+            "--adopt-store) to move it aside and start a new log from what the store holds now."
         )
         return VersionLogError(msg)
 
     def _unreadable(self, e: BaseException) -> VersionLogError:
         msg = (
-            f"{self.path}: the version log cannot be read ({e}); check that the file, its -wal "
+            f"{self.where}: the version log cannot be read ({e}); check that the file, its -wal "
             "and -shm files and their folder are readable by this user."
         )
         return VersionLogError(msg)
 
     def _unwritable(self, e: BaseException) -> VersionLogError:
         msg = (
-            f"{self.path}: the version log cannot be opened for writing ({e}); make the folder "
-            f"{self.path.parent} and its files writable by this user, or use a read-only command "
+            f"{self.where}: the version log cannot be opened for writing ({e}); make "
+            f"{self.path.parent if self.path else 'its schema'} writable by this user, or use a "
+            "read-only command "
             "(nudge-rag versions, nudge-rag traces stats)."
         )
         return VersionLogError(msg)
@@ -953,38 +942,43 @@ class VersionLog:
         if moving and self._drift is not None:
             raise self._drift
         if self.read_only and moving:
-            msg = f"{self.path}: opened read_only=True; open it writable to apply or roll back."
+            msg = f"{self.where}: opened read_only=True; open it writable to apply or roll back."
             raise NudgeError(msg)
 
-    def _conn_(self) -> sqlite3.Connection:
+    def _conn_(self) -> Any:
+        if self._conn is not None and self._database.broken(self._conn):
+            self._conn = self._database.connect(read_only=self.read_only)
         if self._conn is None:
             if self._broken is not None:
                 raise self._broken
-            msg = f"{self.path}: the version log is not open."  # pragma: no cover
+            msg = f"{self.where}: the version log is not open."  # pragma: no cover
             raise VersionLogError(msg)
         return self._conn
 
     def _store(self) -> StoreAdapter:
         if self.adapter is None:
-            msg = f"{self.path}: opened without a store (read_only=True); pass the adapter."
+            msg = f"{self.where}: opened without a store (read_only=True); pass the adapter."
             raise NudgeError(msg)
         return self.adapter
 
     @staticmethod
-    def _meta(conn: sqlite3.Connection, key: str) -> str | None:
+    def _meta(conn: Any, key: str) -> str | None:
         row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
-    def _moves_and_current(self, conn: sqlite3.Connection) -> tuple[int, int]:
+    def _moves_and_current(self, conn: Any) -> tuple[int, int]:
         rows = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('moves', 'current')"))
         return int(rows.get("moves", 0)), int(rows.get("current", 0))
 
     # -- checking the store --------------------------------------------------------------------
     def _data_version(self) -> int:
         assert self._watch is not None
-        return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
+        if self._database.broken(self._watch):
+            self._watch = self._database.connect(read_only=self.read_only)
+        counter = self._database.change_counter(self._watch)
+        return counter if counter is not None else self._moves_and_current(self._watch)[0]
 
-    def _sample_ids(self, conn: sqlite3.Connection, cur: int, n: int) -> list[str]:
+    def _sample_ids(self, conn: Any, cur: int, n: int) -> list[str]:
         """Up to ``n`` nudged ids: first rows of the versions on ``cur``'s chain, then others."""
         out: list[str] = []
         chain = [v for v in self._chain(cur, conn) if v != 0]
@@ -1020,9 +1014,7 @@ class VersionLog:
                 return [], np.zeros((0, 0))
             return ids, np.asarray(adapter.get(ids), dtype=np.float64)
 
-    def _compare(
-        self, conn: sqlite3.Connection, version: int, ids: list[str]
-    ) -> tuple[list[str], list[str]]:
+    def _compare(self, conn: Any, version: int, ids: list[str]) -> tuple[list[str], list[str]]:
         """Of ``ids``, those the store holds as at ``version`` and those it holds otherwise."""
         ids, held = self._held(ids)
         if not ids:
@@ -1032,7 +1024,7 @@ class VersionLog:
             i for i, g in zip(ids, ok, strict=True) if not g
         ]
 
-    def _which_version(self, conn: sqlite3.Connection, ids: list[str]) -> int | None:
+    def _which_version(self, conn: Any, ids: list[str]) -> int | None:
         """The version (newest first) whose vectors the store holds for all of ``ids``."""
         ids, held = self._held(ids)
         if not ids:
@@ -1057,7 +1049,7 @@ class VersionLog:
             raise
         except Exception as e:  # the store is unreachable now; verify() checks it later
             warnings.warn(
-                f"{self.path}: could not read nudged rows back from the store to check it ({e}).",
+                f"{self.where}: could not read nudged rows back from the store to check it ({e}).",
                 RuntimeWarning,
                 stacklevel=4,
             )
@@ -1080,7 +1072,7 @@ class VersionLog:
         )
         return (
             f"the store does not hold the vectors of version {cur}, the version its log "
-            f"{self.path} says it is at: {len(bad)} of {len(good) + len(bad)} nudged rows read "
+            f"{self.where} says it is at: {len(bad)} of {len(good) + len(bad)} nudged rows read "
             f"back differ (e.g. id {bad[0]!r}); {what}.{why} Run repair() (nudge-rag repair) to "
             f"write version {cur}'s vectors back into the store, or repair(adopt_store=True) "
             "(nudge-rag repair --adopt-store) to make the log follow the store."
@@ -1123,21 +1115,21 @@ class VersionLog:
         conn = self._conn_()
         if self._broken is not None:
             problems.append(str(self._broken))
-        check = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
+        check = self._database.integrity(conn)
         if check != ["ok"]:
             problems.append(
-                f"{self.path}: SQLite's quick_check reports damage ({'; '.join(check)}). "
-                "Put a backup back, or run repair(adopt_store=True)."
+                f"{self.where}: the database's integrity check reports damage "
+                f"({'; '.join(check)}). Put a backup back, or run repair(adopt_store=True)."
             )
             return 0, None
         marker, marker_problem = self._read_marker()
         if marker_problem:
             problems.append(marker_problem)
-        elif marker is None:
+        elif marker is None and self.marker_path is not None:
             problems.append(
                 f"{self.marker_path} is missing; run repair() (nudge-rag repair) to write it."
             )
-        else:
+        elif marker is not None:
             mismatch = self._marker_mismatch(marker)
             if mismatch:
                 problems.append(mismatch)
@@ -1148,7 +1140,7 @@ class VersionLog:
         for v, fp in conn.execute("SELECT version, fingerprint FROM versions ORDER BY version"):
             if fp is None or self._rows_digest(conn, v) != _parse_fingerprint(fp):
                 problems.append(
-                    f"{self.path}: the rows of version {v} are not those it recorded (their "
+                    f"{self.where}: the rows of version {v} are not those it recorded (their "
                     "fingerprint differs): the log was altered outside nudge-rag. Put a backup "
                     "back, or run repair(adopt_store=True)."
                 )
@@ -1180,18 +1172,11 @@ class VersionLog:
         if self._watch is not None:
             self._watch.close()
             self._watch = None
-        stamp = _time.strftime("%Y%m%d-%H%M%S")
-        if self.path.exists() and self.path.stat().st_size > 0:
-            aside = self.path.with_name(f"{self.path.name}.broken-{stamp}")
-            for suffix in ("", "-wal", "-shm"):
-                src = Path(str(self.path) + suffix)
-                if src.exists():
-                    os.replace(src, Path(str(aside) + suffix))
-            actions.append(f"moved the unusable version log aside to {aside.name}")
-        else:
-            for suffix in ("", "-wal", "-shm"):
-                Path(str(self.path) + suffix).unlink(missing_ok=True)
-        self.marker_path.unlink(missing_ok=True)
+        aside = self._database.move_aside(_time.strftime("%Y%m%d-%H%M%S"))
+        if aside is not None:
+            actions.append(f"moved the unusable version log aside to {aside}")
+        if self.marker_path is not None:
+            self.marker_path.unlink(missing_ok=True)
         self._broken = self._open()
         if self._broken is not None:  # pragma: no cover - a fresh file has no problem
             raise self._broken
@@ -1205,12 +1190,12 @@ class VersionLog:
         if self._conn is None:
             return str(self._broken)
         try:
-            check = [r[0] for r in self._conn.execute("PRAGMA quick_check(5)")]
+            check = self._database.integrity(self._conn)
             if check != ["ok"]:
-                return str(self._damaged_error(sqlite3.DatabaseError("; ".join(check))))
+                return str(self._damaged_error(self._database.Error("; ".join(check))))
             return self._structure_problem(tree_only=True)
-        except sqlite3.DatabaseError as e:
-            if not _damaged(e):
+        except self._database.Error as e:
+            if not self._database.damaged(e):
                 raise
             return str(self._damaged_error(e))
 
@@ -1220,7 +1205,7 @@ class VersionLog:
         if marker is None or mismatch:
             self._write_marker()
             if mismatch:
-                actions.append(f"accepted {self.path.name} as this folder's version log")
+                actions.append(f"accepted {self.where} as this store's version log")
 
     def _repair_intent(self, actions: list[str]) -> None:
         conn = self._conn_()
@@ -1301,41 +1286,24 @@ class VersionLog:
         conn = self._conn_()
         with self._tx():
             conn.execute("UPDATE meta SET value = ? WHERE key = 'current'", (str(cur),))
-            conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'moves'")
+            conn.execute(_COUNT_MOVE)
         self._write_marker()
 
     # -- moving --------------------------------------------------------------------------------
     @contextmanager
     def _tx(self) -> Iterator[None]:
-        with self._tlock:
-            conn = self._conn_()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._tlock, self._database.transaction(self._conn_()):
+            yield
 
     @contextmanager
     def _moving(self) -> Iterator[None]:
-        """Hold the thread lock and the inter-process file lock for one move (re-entrant)."""
+        """Hold the thread lock and the inter-process lock for one move (re-entrant)."""
         with self._tlock:
-            if fcntl is None or self._depth > 0 or self.read_only:
-                self._depth += 1
-                try:
-                    yield
-                finally:
-                    self._depth -= 1
+            if self.read_only:
+                yield
                 return
-            with open(self._lockfile, "a+b") as fh:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-                self._depth += 1
-                try:
-                    yield
-                finally:
-                    self._depth -= 1
-                    fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            with self._database.lock():
+                yield
 
     def _recover(self) -> None:
         """Complete a move that a crash interrupted (its intent row holds everything it needs)."""
@@ -1365,7 +1333,7 @@ class VersionLog:
         conn = self._conn_()
         with self._tx():
             conn.execute("UPDATE meta SET value = ? WHERE key = 'current'", (str(to),))
-            conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'moves'")
+            conn.execute(_COUNT_MOVE)
             conn.execute("DELETE FROM intent")
         self._known = self._moves_and_current(conn)
         self._write_marker()
@@ -1431,7 +1399,7 @@ class VersionLog:
         chain = self._chain(v)
         return chain[1] if len(chain) > 1 else 0
 
-    def _chain(self, v: int, conn: sqlite3.Connection | None = None) -> list[int]:
+    def _chain(self, v: int, conn: Any = None) -> list[int]:
         """``v`` and its ancestors down to 0 (each parent is older, so the walk ends)."""
         conn = conn or self._conn_()
         parents = dict(conn.execute("SELECT version, parent FROM versions").fetchall())
@@ -1440,7 +1408,7 @@ class VersionLog:
             p = parents.get(out[-1], -1)
             if p is None or p not in parents or not 0 <= p < out[-1]:
                 msg = (
-                    f"{self.path}: version {out[-1]} names parent {p!r}, which is not an older "
+                    f"{self.where}: version {out[-1]} names parent {p!r}, which is not an older "
                     "version of the log; the version tree is damaged. Put a backup back, or run "
                     "repair(adopt_store=True)."
                 )
@@ -1448,7 +1416,7 @@ class VersionLog:
             out.append(int(p))
         return out
 
-    def _ids_between(self, a: int, b: int, conn: sqlite3.Connection | None = None) -> list[str]:
+    def _ids_between(self, a: int, b: int, conn: Any = None) -> list[str]:
         """Ids changed on the tree path between versions ``a`` and ``b``."""
         conn = conn or self._conn_()
         ca, cb = self._chain(a, conn), self._chain(b, conn)
@@ -1461,9 +1429,7 @@ class VersionLog:
         ).fetchall()
         return [r[0] for r in rows]
 
-    def _vectors_at(
-        self, v: int, ids: list[str], conn: sqlite3.Connection | None = None
-    ) -> np.ndarray:
+    def _vectors_at(self, v: int, ids: list[str], conn: Any = None) -> np.ndarray:
         """The given vectors of ``ids`` at version ``v`` (nearest ancestor's row, else base)."""
         conn = conn or self._conn_()
         chain = self._chain(v, conn)
@@ -1482,7 +1448,7 @@ class VersionLog:
         lost = [i for i in base_ids if i not in base]
         if lost:
             msg = (
-                f"{self.path} has no base vector for nudged id(s) {lost[:10]}: the log was "
+                f"{self.where} has no base vector for nudged id(s) {lost[:10]}: the log was "
                 "altered outside nudge-rag. Put a backup back, or run repair(adopt_store=True)."
             )
             raise VersionLogError(msg)
@@ -1498,9 +1464,7 @@ class VersionLog:
             )
         return out
 
-    def _load(
-        self, table: str, ids: Sequence[str], conn: sqlite3.Connection | None = None
-    ) -> dict[str, np.ndarray]:
+    def _load(self, table: str, ids: Sequence[str], conn: Any = None) -> dict[str, np.ndarray]:
         conn = conn or self._conn_()
         out: dict[str, np.ndarray] = {}
         for part in _chunks(list(ids)):

@@ -22,10 +22,12 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.runnables.config import run_in_executor
 from langchain_core.tools import BaseTool
-from langchain_core.vectorstores import VectorStore
+from langchain_core.vectorstores import VectorStore, VectorStoreRetriever
 
 from nudge_rag.core.checks import check_k
+from nudge_rag.core.db import state_argument
 from nudge_rag.core.errors import NudgeError
+from nudge_rag.core.records import EXTERNAL_RUN, LANGSMITH
 from nudge_rag.core.state import NudgeState
 from nudge_rag.core.stores.base import StoreAdapter, exact_readback, present_ids
 from nudge_rag.core.surface import NudgeSurface
@@ -86,6 +88,30 @@ def _copy_with(doc: Document, doc_id: str | None, metadata: dict) -> Document:
     return new
 
 
+class NudgedRetriever(VectorStoreRetriever):
+    """``VectorStoreRetriever`` whose searches record its LangChain run id on their traces
+    (external id ``"langsmith:<run id>"``: LangSmith keeps the run under that id, so its
+    feedback joins the trace on ``import_traces``)."""
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: Any, **kwargs: Any
+    ) -> list[Document]:
+        token = EXTERNAL_RUN.set((LANGSMITH, str(run_manager.run_id)))
+        try:
+            return super()._get_relevant_documents(query, run_manager=run_manager, **kwargs)
+        finally:
+            EXTERNAL_RUN.reset(token)
+
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: Any, **kwargs: Any
+    ) -> list[Document]:
+        token = EXTERNAL_RUN.set((LANGSMITH, str(run_manager.run_id)))
+        try:
+            return await super()._aget_relevant_documents(query, run_manager=run_manager, **kwargs)
+        finally:
+            EXTERNAL_RUN.reset(token)
+
+
 class NudgedVectorStore(NudgeSurface, VectorStore):
     """A LangChain vector store that learns from its own usage.
 
@@ -105,6 +131,10 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
             The store to wrap; its native client is found inside it.
         state_dir: str | Path
             Folder for ``traces.sqlite`` and ``versions.sqlite`` (created owner-only).
+        state: str | Path
+            Instead of ``state_dir``: a folder, or a Postgres URL
+            (``postgresql://user@host/db?schema=nudge_docs``) whose schemas hold the trace log,
+            the version log and the label cache for every worker process and machine.
         tracing: bool
             Log searches (default True). Off, searches are plain delegation.
         retention_days: float | None
@@ -169,7 +199,8 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
         self,
         inner_store: VectorStore,
         *,
-        state_dir: str | Path,
+        state_dir: str | Path | None = None,
+        state: str | Path | None = None,
         tracing: bool = True,
         retention_days: float | None = None,
         trace_metadata_key: str | None = TRACE_KEY,
@@ -192,7 +223,7 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
         self._add_lock = threading.Lock()
         self._nudge_state = NudgeState(
             ad,
-            state_dir,
+            state_argument(state_dir, state),
             embed_queries=self._embed_queries,
             get_texts=self._get_texts,
             children_of=self.backend.children_of,
@@ -632,6 +663,11 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
         emb, pairs = await run_in_executor(None, self._query_pairs, query, k, kwargs)
         docs, tid = self._finish_with_id(query, emb, k, kwargs, pairs)
         return [d for d, _ in docs], tid
+
+    def as_retriever(self, **kwargs: Any) -> VectorStoreRetriever:
+        """A retriever over this store (LangChain's, recording its run id on each trace)."""
+        tags = kwargs.pop("tags", None) or [*self._get_retriever_tags()]
+        return NudgedRetriever(vectorstore=self, tags=tags, **kwargs)
 
     # -- agents ---------------------------------------------------------------------------------
     def as_retriever_tool(

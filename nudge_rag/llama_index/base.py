@@ -24,6 +24,7 @@ from llama_index.core.vector_stores.types import (
 )
 
 from nudge_rag.core.checks import check_k, check_vectors
+from nudge_rag.core.db import state_argument
 from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.files import persist_atomic
 from nudge_rag.core.state import NudgeState
@@ -60,6 +61,8 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
             (Milvus Lite or a cluster). LlamaIndex's FAISS stores cannot look up vectors by
             node id and are refused.
         state_dir: folder for the trace log and the version log.
+        state: instead of ``state_dir``: a folder, or a Postgres URL
+            (``postgresql://user@host/db?schema=nudge_docs``) shared by every worker process.
         embed_model: optional LlamaIndex embedding model (or ``texts -> matrix`` callable),
             used by the fine-tune engine to embed synthetic queries.
         get_texts: optional ``ids -> texts``; defaults to the wrapped store's text.
@@ -132,7 +135,8 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
         self,
         vector_store: BasePydanticVectorStore,
         *,
-        state_dir: str | os.PathLike[str],
+        state_dir: str | os.PathLike[str] | None = None,
+        state: str | os.PathLike[str] | None = None,
         embed_model: Any = None,
         get_texts: Callable[[Sequence[str]], list[str | None]] | None = None,
         tracing: bool = True,
@@ -165,7 +169,7 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
             get_texts = backend.texts
         self._nudge_state = NudgeState(
             adapter if adapter is not None else backend.adapter(),
-            state_dir,
+            state_argument(state_dir, state),
             embed_queries=_query_embedder(embed_model),
             get_texts=get_texts,
             after_write=self._repersist,

@@ -119,6 +119,17 @@ class PgServer:
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         return self.conninfo(name)
 
+    def pause(self) -> None:
+        """Stop the server, keeping its data folder (clients lose their sessions); see
+        :meth:`resume`. For tests of a database that is briefly unreachable."""
+        self._server.stop()  # pg_ctl stop -w: fast shutdown, sessions cut
+
+    def resume(self) -> None:
+        """Start the server again on the same data folder and socket after :meth:`pause`."""
+        with self._server._lock:  # the wheel's inter-process lock, as its start() takes it
+            self._server.ensure_postgres_running()
+        self.socket_dir = Path(self._server.get_postmaster_info().socket_dir)
+
     def stop(self) -> None:
         """Stop the server (and delete its folder if it was started with ``delete=True``)."""
         if self._stopped:

@@ -10,8 +10,12 @@ name, a faiss index and its id map, a framework's in-memory dict) and exposes:
 
 Optional extras an adapter may offer (used through the helpers at the end of this module):
 ``present(ids)`` (which of ``ids`` the store holds, cheaply), ``get_exact(ids)`` (the vectors in
-the store's own precision, e.g. float64 for a dict of Python floats) and ``exact_readback``
-(False when the store does not read back the bits it was given).
+the store's own precision, e.g. float64 for a dict of Python floats), ``exact_readback``
+(False when the store does not read back the bits it was given), ``count()`` (how many ids,
+without listing them) and ``search(queries, k)``: the store's own batched nearest-neighbour
+search, ``(ids, scores)`` per query, best first, scores as similarities under ``metric``
+(cosine similarity, inner product, or minus the squared L2 distance), with
+``approximate_search`` True when an index (HNSW, IVF) answers it with less than full recall.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from nudge_rag.core.checks import check_vectors
-from nudge_rag.core.errors import UnknownIdError
+from nudge_rag.core.errors import NudgeError, UnknownIdError
 
 
 class Metric(str, Enum):
@@ -74,6 +78,21 @@ def raise_unknown(missing: Sequence[str], store: str) -> None:
 def as_float32_matrix(vectors: np.ndarray, n: int, dim: int | None, what: str) -> np.ndarray:
     """Deprecated: :func:`nudge_rag.core.checks.check_vectors` (kept for adapters not yet moved)."""
     return check_vectors(vectors, what=what, n_rows=n, dim=dim)
+
+
+def search_queries(queries: np.ndarray, k: int, dim: int | None) -> tuple[np.ndarray, int]:
+    """Checked query vectors (float32, ``(Q, dim)``) and ``k`` for an adapter's ``search``."""
+    mat = check_vectors(queries, what="queries", dim=dim)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        msg = f"k: found {k!r}, expected an integer >= 1 (results per query), e.g. 10."
+        raise NudgeError(msg)
+    return mat, int(k)
+
+
+def store_count(adapter: StoreAdapter) -> int:
+    """How many ids ``adapter`` holds: its optional ``count()``, else ``len(adapter.ids())``."""
+    count = getattr(adapter, "count", None)
+    return int(count()) if callable(count) else len(adapter.ids())
 
 
 def present_ids(adapter: StoreAdapter, ids: Sequence[str]) -> set[str]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from nudge_rag.core.checks import check_vectors
 from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.stores.base import Metric, missing_ids, raise_unknown
+from nudge_rag.core.stores.base import Metric, missing_ids, raise_unknown, search_queries
 
 _SPACES = {"cosine": Metric.COSINE, "ip": Metric.IP, "l2": Metric.L2}
 _PAGE = 5000
@@ -129,6 +129,32 @@ class ChromaAdapter:
             self.collection.update(
                 ids=ids[s : s + self.batch_size], embeddings=mat[s : s + self.batch_size]
             )
+
+    approximate_search = True  # Chroma answers queries from its HNSW index
+
+    def count(self) -> int:
+        """How many ids the collection holds."""
+        return int(self.collection.count())
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[list[list[str]], list[list[float]]]:
+        """Chroma's own batched ``query(query_embeddings=...)``: top-``k`` ids and similarities
+        per query, best first (cosine and ip: ``1 − distance``; l2: minus the squared distance)."""
+        q, k = search_queries(queries, k, self._dim)
+        k = min(k, self.count())
+        if k == 0:
+            return [[] for _ in q], [[] for _ in q]
+        out_ids: list[list[str]] = []
+        out_scores: list[list[float]] = []
+        for s in range(0, len(q), self.batch_size):
+            got = self.collection.query(
+                query_embeddings=q[s : s + self.batch_size], n_results=k, include=["distances"]
+            )
+            for ids, dist in zip(got["ids"], got["distances"], strict=True):
+                d = np.asarray(dist, dtype=np.float64)
+                sims = -d if self.metric is Metric.L2 else 1.0 - d
+                out_ids.append([str(i) for i in ids])
+                out_scores.append(sims.tolist())
+        return out_ids, out_scores
 
     def present(self, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` the collection holds."""

@@ -22,7 +22,7 @@ import numpy as np
 
 from nudge_rag.core.checks import check_vectors
 from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.stores.base import Metric, missing_ids, raise_unknown
+from nudge_rag.core.stores.base import Metric, missing_ids, raise_unknown, search_queries
 
 
 def _as_getter(x: Any) -> Callable[[], Any]:
@@ -157,6 +157,30 @@ class FaissAdapter:
         self._buffer(index)[rows] = mat
         if hasattr(index, "clear_l2norms"):
             index.clear_l2norms()
+
+    approximate_search = False  # flat indexes only: exact
+
+    def count(self) -> int:
+        """How many ids the index holds."""
+        return len(self._id_map())
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[list[list[str]], list[list[float]]]:
+        """faiss's own batched search: top-``k`` ids and similarities per query, best first
+        (queries normalised when the store normalises; L2: minus the squared distance)."""
+        index = self._flat()
+        q, k = search_queries(queries, k, index.d)
+        q = np.ascontiguousarray(q, dtype=np.float32).copy()
+        if self.normalize:
+            self._faiss.normalize_L2(q)
+        id_map = self._id_map()
+        dist, rows = index.search(q, min(k, max(1, index.ntotal)))
+        sims = -dist if self.metric is Metric.L2 else dist
+        out_ids, out_scores = [], []
+        for r_row, s_row in zip(rows, sims, strict=True):
+            keep = [n for n, r in enumerate(r_row) if r >= 0 and int(r) in id_map]
+            out_ids.append([id_map[int(r_row[n])] for n in keep])
+            out_scores.append([float(s_row[n]) for n in keep])
+        return out_ids, out_scores
 
     def present(self, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` the index holds."""

@@ -20,7 +20,7 @@ import numpy as np
 
 from nudge_rag.core.checks import check_vectors
 from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.stores.base import Metric, missing_ids, raise_unknown
+from nudge_rag.core.stores.base import Metric, missing_ids, raise_unknown, search_queries
 
 
 class MemoryAdapter:
@@ -100,6 +100,25 @@ class MemoryAdapter:
         else:  # new record objects: a search holding the old ones reads the old version whole
             new = {i: {**records[i], key: row} for i, row in zip(ids, rows, strict=True)}
         records.update(new)  # one C call on a dict: no other Python thread runs in between
+
+    approximate_search = False  # a scan of every record: exact
+
+    def count(self) -> int:
+        """How many ids the store holds."""
+        return len(self.records)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[list[list[str]], list[list[float]]]:
+        """Exact top-``k`` ids and similarities per query under ``metric``, best first."""
+        from nudge_rag.core.metrics import exact_knn
+
+        records = dict(self.records)  # one snapshot: a concurrent put swaps records whole
+        q, k = search_queries(queries, k, self.dim)
+        if not records:
+            return [[] for _ in q], [[] for _ in q]
+        ids = list(records)
+        mat = np.asarray([self._vector(records[i]) for i in ids], dtype=np.float32)
+        scores, rows = exact_knn(q, mat, k, metric=self.metric)
+        return [[ids[r] for r in row] for row in rows], scores.tolist()
 
     def present(self, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` the store holds."""

@@ -16,7 +16,7 @@ import numpy as np
 
 from nudge_rag.core.checks import check_vectors
 from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.stores.base import Metric, missing_ids, raise_unknown
+from nudge_rag.core.stores.base import Metric, missing_ids, raise_unknown, search_queries
 
 _METRICS = {"COSINE": Metric.COSINE, "IP": Metric.IP, "L2": Metric.L2}
 _INT_TYPES = {"INT8", "INT16", "INT32", "INT64"}
@@ -174,6 +174,49 @@ class MilvusAdapter:
                 )
             ]
             self.client.upsert(self.collection_name, rows, partial_update=True)
+
+    @property
+    def approximate_search(self) -> bool:
+        """Whether the vector field's index answers searches approximately (all but FLAT)."""
+        if not self._exists():
+            return False
+        names = self.client.list_indexes(self.collection_name, field_name=self.vector_field)
+        if not names:
+            return False
+        info = self.client.describe_index(self.collection_name, names[0])
+        return str(info.get("index_type", "")).upper() not in ("FLAT", "BIN_FLAT")
+
+    def count(self) -> int:
+        """How many rows the collection holds."""
+        if not self._exists():
+            return 0
+        got = self.client.query(self.collection_name, filter="", output_fields=["count(*)"])
+        return int(got[0]["count(*)"])
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[list[list[str]], list[list[float]]]:
+        """Milvus's own batched ``search``: top-``k`` ids and similarities per query, best first
+        (COSINE, IP: the score; L2: minus the squared distance). ``k`` is capped at 16,384,
+        Milvus's limit."""
+        q, k = search_queries(queries, k, self.dim)
+        if not self._exists():
+            return [[] for _ in q], [[] for _ in q]
+        k = min(k, 16384)
+        l2 = self.metric is Metric.L2
+        out_ids: list[list[str]] = []
+        out_scores: list[list[float]] = []
+        for start in range(0, len(q), self.batch_size):
+            hits = self.client.search(
+                self.collection_name,
+                data=q[start : start + self.batch_size].tolist(),
+                limit=k,
+                anns_field=self.vector_field,
+                output_fields=[],
+            )
+            for row in hits:
+                out_ids.append([str(h["id"]) for h in row])
+                sign = -1.0 if l2 else 1.0
+                out_scores.append([sign * float(h["distance"]) for h in row])
+        return out_ids, out_scores
 
     def present(self, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` the collection holds."""

@@ -30,7 +30,13 @@ from typing import Any
 import numpy as np
 
 from nudge_rag.core.errors import NudgeError, UnknownIdError
-from nudge_rag.core.stores.base import Metric, as_float32_matrix, missing_ids, raise_unknown
+from nudge_rag.core.stores.base import (
+    Metric,
+    as_float32_matrix,
+    missing_ids,
+    raise_unknown,
+    search_queries,
+)
 
 _COPY_CHUNK = 2048  # rows per write to the COPY stream
 _METRICS = {
@@ -360,6 +366,84 @@ class PgVectorAdapter:
         )
         with self._tx() as conn:
             return list(dict.fromkeys(r[0] for r in conn.execute(q, args)))
+
+    # -- search ---------------------------------------------------------------------------
+
+    @property
+    def approximate_search(self) -> bool:
+        """Whether an HNSW or IVFFlat index on the table can answer searches (approximately)."""
+        q = (
+            "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "JOIN pg_am am ON am.oid = c.relam WHERE i.indrelid = to_regclass(%s) "
+            "AND am.amname IN ('hnsw', 'ivfflat')"
+        )
+        from psycopg import sql
+
+        with self._tx() as conn:
+            name = sql.Identifier(self.schema, self.table).as_string(conn)
+            row = conn.execute(q, [name]).fetchone()
+        return bool(row and row[0])
+
+    def count(self) -> int:
+        """How many rows the table holds (in this adapter's scope)."""
+        from psycopg import sql
+
+        where, args = self._where()
+        q = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
+            sql.Identifier(self.schema, self.table), where
+        )
+        with self._tx() as conn:
+            row = conn.execute(q, args).fetchone()
+        return int(row[0]) if row else 0
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[list[list[str]], list[list[float]]]:
+        """Top-``k`` ids and similarities per query, best first, by SQL
+        (``ORDER BY embedding <=> q LIMIT k`` per query, many queries per statement through a
+        ``LATERAL`` join, so an HNSW or IVFFlat index answers each). ``hnsw.ef_search`` is raised
+        to ``k`` for the transaction (pgvector caps it at 1,000, and an HNSW scan returns at most
+        that many rows). Similarities: cosine ``1 − distance``, inner product, l2 minus the
+        squared distance."""
+        from psycopg import sql
+
+        q, k = search_queries(queries, k, self.dim)
+        op = sql.SQL({Metric.COSINE: "<=>", Metric.IP: "<#>", Metric.L2: "<->"}[self.metric])
+        where, args = self._where()
+        emb = sql.Identifier(self.embedding_column)
+        stmt = sql.SQL(
+            "SELECT q.n, t.id, t.d FROM unnest(%s::text[]) WITH ORDINALITY AS q(v, n) "
+            "CROSS JOIN LATERAL (SELECT {}::text AS id, {} {} q.v::{} AS d FROM {} WHERE {} "
+            "ORDER BY {} {} q.v::{} LIMIT %s) t ORDER BY q.n, t.d"
+        ).format(
+            sql.Identifier(self.id_column),
+            emb,
+            op,
+            sql.SQL(self._vector_type),
+            sql.Identifier(self.schema, self.table),
+            where,
+            emb,
+            op,
+            sql.SQL(self._vector_type),
+        )
+        out_ids: list[list[str]] = [[] for _ in q]
+        out_scores: list[list[float]] = [[] for _ in q]
+        texts = ["[" + ",".join(map(repr, row)) + "]" for row in q.tolist()]
+        with self._tx() as conn:
+            ef = max(40, min(1000, k))
+            conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(ef)))
+            for s in range(0, len(texts), 1000):
+                for n, doc_id, d in conn.execute(stmt, [texts[s : s + 1000], *args, k]):
+                    row = s + int(n) - 1
+                    out_ids[row].append(doc_id)
+                    dist = float(d)
+                    score = (
+                        1.0 - dist
+                        if self.metric is Metric.COSINE
+                        else -dist
+                        if self.metric is Metric.IP
+                        else -dist * dist
+                    )
+                    out_scores[row].append(score)
+        return out_ids, out_scores
 
     # -- vectors --------------------------------------------------------------------------
 

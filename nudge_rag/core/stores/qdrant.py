@@ -19,7 +19,7 @@ import numpy as np
 
 from nudge_rag.core.checks import check_vectors
 from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.stores.base import Metric, missing_ids, raise_unknown
+from nudge_rag.core.stores.base import Metric, missing_ids, raise_unknown, search_queries
 
 ORIGINAL_ID_KEY = "_nudge_id"
 _NAMESPACE = uuid.UUID("5c1f3f0e-8f7a-4a53-9d5e-6b8c0d1e2f30")  # nudge-rag's uuid5 namespace
@@ -185,6 +185,38 @@ class QdrantAdapter:
             for i, row in zip(ids, mat.tolist(), strict=True)
         ]
         self.client.update_vectors(self.collection_name, points=points, wait=True)
+
+    @property
+    def approximate_search(self) -> bool:
+        """A Qdrant server answers from its HNSW index; local mode scans every point (exact)."""
+        return type(getattr(self.client, "_client", None)).__name__ != "QdrantLocal"
+
+    def count(self) -> int:
+        """How many points the collection holds."""
+        if not self._exists():
+            return 0
+        return int(self.client.count(self.collection_name, exact=True).count)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[list[list[str]], list[list[float]]]:
+        """Qdrant's batch query (``query_batch_points``): top-``k`` document ids and similarities
+        per query, best first (Cosine, Dot: the score; Euclid: minus the squared distance)."""
+        q, k = search_queries(queries, k, self.dim)
+        if not self._exists():
+            return [[] for _ in q], [[] for _ in q]
+        l2 = self.metric is Metric.L2
+        out_ids: list[list[str]] = []
+        out_scores: list[list[float]] = []
+        for s in range(0, len(q), _PAGE):
+            requests = [
+                self._models.QueryRequest(
+                    query=row, limit=k, using=self.vector_name or None, with_payload=True
+                )
+                for row in q[s : s + _PAGE].tolist()
+            ]
+            for res in self.client.query_batch_points(self.collection_name, requests=requests):
+                out_ids.append([self.point_to_id(p) for p in res.points])
+                out_scores.append([-(p.score**2) if l2 else float(p.score) for p in res.points])
+        return out_ids, out_scores
 
     def present(self, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` the collection holds."""

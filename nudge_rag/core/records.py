@@ -1,0 +1,455 @@
+"""Past retrievals brought in from elsewhere, and the external run/span id of a live search.
+
+:class:`TraceRecord` is what ``store.import_traces`` takes: one search made before nudge-rag was
+installed (or elsewhere), as an observability tool kept it. The readers in
+:mod:`nudge_rag.importers` build them from LangSmith runs, Langfuse observations, Phoenix spans or
+a plain JSONL file; :class:`ImportReport` says what an import did.
+
+:func:`current_external_id` names the run or span a live search runs in (a LangChain retriever
+run, set by the face's retriever through :data:`EXTERNAL_RUN`, or the current OpenTelemetry span),
+so that feedback given later in those tools joins the right trace on import. Framework-free.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import math
+import sys
+import time as _time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from nudge_rag.core.errors import NudgeError
+from nudge_rag.core.traces import clean_text, embedding_blob, embedding_problem, filter_as_dict
+
+if TYPE_CHECKING:
+    from nudge_rag.core.state import NudgeState
+
+# source names: the id space an external id belongs to
+LANGSMITH = "langsmith"  # LangChain callback run ids, which LangSmith keeps as its run ids
+OTEL = "otel"  # OpenTelemetry span ids (16 hex digits): Phoenix / OpenInference, live spans
+LANGFUSE = "langfuse"  # Langfuse observation ids
+JSONL = "jsonl"  # the plain JSONL schema (its own "source" field wins)
+
+# (source, id) of the LangChain retriever run a search runs in; set by the faces' retrievers
+EXTERNAL_RUN: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+    "nudge_external_run", default=None
+)
+
+
+@dataclass(frozen=True)
+class FeedbackRecord:
+    """Feedback an observability tool kept about one past retrieval.
+
+    ``relevant_ids`` / ``irrelevant_ids``: chunk ids judged so; ``rating``: a number (a thumbs
+    up is 1.0, down 0.0 or -1.0 as the tool gives it); ``text``: a comment; ``time``: when it was
+    given (epoch seconds, a datetime, an ISO 8601 string; None: the retrieval's time).
+    """
+
+    relevant_ids: Sequence[str] = ()
+    irrelevant_ids: Sequence[str] = ()
+    rating: float | None = None
+    text: str | None = None
+    time: float | datetime | str | None = None
+
+
+@dataclass(frozen=True)
+class TraceRecord:
+    """One past retrieval, as :meth:`NudgeState.import_traces` takes it.
+
+    ``query``: the query text (required). ``embedding``: its vector, or None to embed ``query``
+    with the store's embedding function. ``result_ids`` / ``scores``: what came back, best first
+    (scores optional: NaN when not kept). ``time``: when it ran (epoch seconds, a datetime, naive
+    ones read as UTC, or an ISO 8601 string; None: now). ``external_id`` / ``source``: the tool's
+    run, span or observation id and its id space (see the module constants); a record without
+    ``external_id`` gets one derived from its content, so re-importing it still adds nothing.
+    ``k``: how many results were asked for (default: how many came back).
+    """
+
+    query: str | None
+    embedding: Sequence[float] | np.ndarray | None = None
+    result_ids: Sequence[str] = ()
+    scores: Sequence[float | None] | None = None
+    time: float | datetime | str | None = None
+    external_id: str | None = None
+    source: str | None = None
+    feedback: Sequence[FeedbackRecord] = ()
+    k: int | None = None
+    filter: dict | None = None
+
+
+@dataclass
+class ImportReport:
+    """What :meth:`NudgeState.import_traces` did.
+
+    ``imported``: new traces; ``skipped_duplicates``: records whose (source, external id) was
+    already in the log, or whose run or span a live search with the same query ran in (their
+    new feedback, if any, joined that trace);
+    ``feedback``: feedback rows added; ``unknown_ids``: distinct chunk ids the store does not
+    hold (dropped from results and feedback), ``records_with_unknown_ids`` how many records named
+    one; ``bad``: ``(record number, external id, reason)`` of records not imported.
+    """
+
+    imported: int = 0
+    skipped_duplicates: int = 0
+    feedback: int = 0
+    unknown_ids: int = 0
+    records_with_unknown_ids: int = 0
+    bad: list[tuple[int, str | None, str]] = field(default_factory=list)
+    trace_ids: list[str] = field(default_factory=list)  # the new traces, in record order
+    unknown_examples: list[str] = field(default_factory=list)  # up to 10 unknown ids
+
+    def __str__(self) -> str:
+        text = (
+            f"imported {self.imported} traces, {self.skipped_duplicates} already there, "
+            f"{self.feedback} feedback rows; {self.unknown_ids} unknown chunk ids in "
+            f"{self.records_with_unknown_ids} records; {len(self.bad)} bad records"
+        )
+        if self.bad:
+            n, ext, why = self.bad[0]
+            text += f" (e.g. record {n} {ext!r}: {why})"
+        return text
+
+
+def as_epoch(value: float | datetime | str | None, *, what: str, default: float) -> float:
+    """``value`` as epoch seconds: a number, a datetime (naive: UTC) or an ISO 8601 string."""
+    if value is None:
+        return default
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            msg = f"{what}: expected a time (epoch seconds or ISO 8601), found {value!r}"
+            raise NudgeError(msg) from None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.timestamp()
+    ts = getattr(value, "timestamp", None)  # pandas.Timestamp is a datetime; numpy datetime64
+    if callable(ts) and not isinstance(value, int | float):
+        return float(ts())
+    if isinstance(value, np.datetime64):
+        return float(value.astype("datetime64[ns]").astype(np.int64)) / 1e9
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        msg = f"{what}: expected a time (epoch seconds or ISO 8601), found {value!r}"
+        raise NudgeError(msg) from None
+    if not math.isfinite(out):
+        msg = f"{what}: expected a finite time, found {value!r}"
+        raise NudgeError(msg)
+    return out
+
+
+def current_external_id() -> tuple[str, str] | None:
+    """(source, id) of the run or span the calling code runs in, or None (~1 µs).
+
+    The LangChain retriever run (set by the faces' retrievers) wins; else the current
+    OpenTelemetry span, looked up only when the application has imported OpenTelemetry (no
+    import here: a span cannot be active in a process that never imported it).
+    """
+    run = EXTERNAL_RUN.get()
+    if run is not None:
+        return run
+    otel = sys.modules.get("opentelemetry.trace")
+    if otel is None:
+        return None
+    try:
+        ctx = otel.get_current_span().get_span_context()
+    except Exception:  # an odd SDK must never fail a search
+        return None
+    if not ctx.is_valid:
+        return None
+    return OTEL, format(ctx.span_id, "016x")
+
+
+def span_id_text(value: Any) -> str:
+    """An OpenTelemetry span id as 16 hex digits (from an int, hex text or base64 of 8 bytes)."""
+    if isinstance(value, int):
+        return format(value, "016x")
+    text = str(value).strip()
+    if text.lower().startswith("0x"):
+        text = text[2:]
+    if len(text) == 16 and all(c in "0123456789abcdefABCDEF" for c in text):
+        return text.lower()
+    if len(text) == 12:  # OTLP/JSON from some exporters: base64 of the 8 bytes
+        import base64
+        import binascii
+
+        try:
+            raw = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            return text
+        if len(raw) == 8:
+            return raw.hex()
+    return text
+
+
+def _derived_id(query: str, time: float | None, ids: list[str]) -> str:
+    """A stable id for a record that came without one (same content, same id)."""
+    import hashlib
+
+    raw = json.dumps([query, repr(time), ids], ensure_ascii=True)
+    return "sha256:" + hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def _id_list(value: Any, what: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str | bytes):
+        msg = f"{what}: expected a list of chunk ids, found the single {value!r}"
+        raise NudgeError(msg)
+    try:
+        return [str(i) for i in value]
+    except TypeError:
+        msg = f"{what}: expected a list of chunk ids, found {type(value).__name__}"
+        raise NudgeError(msg) from None
+
+
+def _rating(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        msg = f"rating: expected a number or None, found {value!r}"
+        raise NudgeError(msg) from None
+    if not math.isfinite(out):
+        msg = f"rating: expected a finite number, found {value!r}"
+        raise NudgeError(msg)
+    return out
+
+
+@dataclass
+class _Prepared:
+    n: int
+    source: str
+    ext: str
+    time: float
+    query: str
+    embedding: Any
+    ids: list[str]
+    scores: list[float]
+    k: int
+    filter: str | None
+    feedback: list[tuple[float, list[str], list[str], float | None, str | None]]
+
+
+def _prepare(rec: Any, n: int, source: str | None, now: float) -> _Prepared:
+    """Check one record; a NudgeError names what is wrong with it."""
+    if not isinstance(rec, TraceRecord):
+        msg = f"expected a TraceRecord, found {type(rec).__name__}"
+        raise NudgeError(msg)
+    if not isinstance(rec.query, str) or not rec.query.strip():
+        msg = f"query: expected the query text, found {rec.query!r}"
+        raise NudgeError(msg)
+    src = source or rec.source
+    if not src:
+        msg = "source: the record names none; pass source='...' to import_traces"
+        raise NudgeError(msg)
+    tm = as_epoch(rec.time, what="time", default=now)
+    ids = _id_list(rec.result_ids, "result_ids")
+    if rec.scores is None:
+        scores = [float("nan")] * len(ids)
+    else:
+        scores = [float("nan") if s is None else float(s) for s in rec.scores]
+    if len(scores) != len(ids):
+        msg = f"scores: expected one per result id ({len(ids)}), found {len(scores)}"
+        raise NudgeError(msg)
+    k = len(ids) if rec.k is None else rec.k
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
+        msg = f"k: expected a positive integer, found {rec.k!r}"
+        raise NudgeError(msg)
+    feedback = []
+    for f in rec.feedback or ():
+        if not isinstance(f, FeedbackRecord):
+            msg = f"feedback: expected FeedbackRecord items, found {type(f).__name__}"
+            raise NudgeError(msg)
+        if f.text is not None and not isinstance(f.text, str):
+            msg = f"feedback text: expected a str or None, found {type(f.text).__name__}"
+            raise NudgeError(msg)
+        rel = _id_list(f.relevant_ids, "feedback relevant_ids")
+        irr = [i for i in _id_list(f.irrelevant_ids, "feedback irrelevant_ids") if i not in rel]
+        f_time = as_epoch(f.time, what="feedback time", default=tm)
+        feedback.append((f_time, rel, irr, _rating(f.rating), f.text))
+    flt = filter_as_dict(rec.filter)
+    return _Prepared(
+        n=n,
+        source=str(src),
+        ext=str(rec.external_id)
+        if rec.external_id
+        else _derived_id(rec.query, None if rec.time is None else tm, ids),
+        time=tm,
+        query=clean_text(rec.query),
+        embedding=rec.embedding,
+        ids=ids,
+        scores=scores,
+        k=max(int(k), 1),
+        filter=None if flt is None else json.dumps(flt),
+        feedback=feedback,
+    )
+
+
+def import_records(
+    state: NudgeState,
+    records: Iterable[TraceRecord],
+    *,
+    source: str | None = None,
+    strict: bool = False,
+    batch_size: int = 256,
+) -> ImportReport:
+    """What :meth:`NudgeState.import_traces` does (see there)."""
+    if source is not None and (not isinstance(source, str) or not source):
+        msg = f"source: expected a name such as 'langsmith' or None, found {source!r}."
+        raise NudgeError(msg)
+    if isinstance(records, TraceRecord | str | bytes):
+        msg = "records: expected an iterable of TraceRecord, found one item; pass [record]."
+        raise NudgeError(msg)
+    report = ImportReport()
+    unknown: set[str] = set()
+    dim: list[int] = []
+    batch: list[tuple[int, Any]] = []
+    held: list[tuple] = []  # strict: every row waits until all records are checked
+    for n, rec in enumerate(records):
+        batch.append((n, rec))
+        if len(batch) >= batch_size:
+            held += _import_batch(state, batch, source, report, unknown, dim, write=not strict)
+            batch = []
+    held += _import_batch(state, batch, source, report, unknown, dim, write=not strict)
+    if strict:
+        if report.bad:
+            n, ext, why = report.bad[0]
+            more = f" ({len(report.bad) - 1} more bad records)" if len(report.bad) > 1 else ""
+            msg = (
+                f"records: record {n} (external id {ext!r}) cannot be imported: {why}{more}; "
+                "nothing was stored. Fix or drop it, or pass strict=False to import the rest."
+            )
+            raise NudgeError(msg)
+        _write(state, held, report)
+    report.unknown_ids = len(unknown)
+    report.unknown_examples = sorted(unknown)[:10]
+    return report
+
+
+def _import_batch(
+    state: NudgeState,
+    batch: list[tuple[int, Any]],
+    source: str | None,
+    report: ImportReport,
+    unknown: set[str],
+    dim: list[int],
+    *,
+    write: bool,
+) -> list[tuple]:
+    """Check, embed and (``write``) store one batch of records; return its rows if not written."""
+    if not batch:
+        return []
+    now = _time.time()
+    ready: list[_Prepared] = []
+    for n, rec in batch:
+        try:
+            ready.append(_prepare(rec, n, source, now))
+        except NudgeError as e:
+            report.bad.append((n, getattr(rec, "external_id", None), str(e)))
+    # chunk ids the store does not hold are dropped (parents expand to their chunks)
+    asked = list(dict.fromkeys(i for p in ready for i in p.ids + _feedback_ids(p)))
+    held = state.known_ids(asked)
+    missing = [i for i in asked if i not in held]
+    children = (
+        state.children(missing, state.parent_id_key) if missing and state.parent_id_key else {}
+    )
+    for p in ready:
+        gone = {i for i in p.ids + _feedback_ids(p) if i not in held and not children.get(i)}
+        if gone:
+            unknown.update(gone)
+            report.records_with_unknown_ids += 1
+        keep = [(i, s) for i, s in zip(p.ids, p.scores, strict=True) if i in held]
+        p.ids, p.scores = [i for i, _ in keep], [s for _, s in keep]
+        p.feedback = [
+            (t, _expand(rel, held, children), _expand(irr, held, children), r, x)
+            for t, rel, irr, r, x in p.feedback
+        ]
+        p.feedback = [f for f in p.feedback if f[1] or f[2] or f[3] is not None or f[4]]
+    if not dim:
+        some = next((i for p in ready for i in p.ids if i in held), None)
+        if some is not None:
+            dim.append(int(state.get_vectors([some]).shape[1]))
+    vectors = _embeddings(state, ready, report, dim)
+    rows = []
+    for p in ready:
+        vec = vectors.get(p.n)
+        if vec is None:
+            continue
+        blob, d = embedding_blob(vec)
+        rows.append(
+            (p.source, p.ext, p.time, p.query, blob, d, p.k, p.filter, p.ids, p.scores, p.feedback)
+        )
+    if not write:
+        return rows
+    _write(state, rows, report)
+    return []
+
+
+def _write(state: NudgeState, rows: list[tuple], report: ImportReport) -> None:
+    for tid, status, added in state.trace_log.import_rows(rows):
+        report.feedback += added
+        if status == "new":
+            report.imported += 1
+            report.trace_ids.append(tid)
+        else:
+            report.skipped_duplicates += 1
+
+
+def _feedback_ids(p: _Prepared) -> list[str]:
+    return [i for f in p.feedback for i in f[1] + f[2]]
+
+
+def _expand(ids: list[str], held: set[str], children: dict[str, list[str]]) -> list[str]:
+    out: list[str] = []
+    for i in ids:
+        out.extend([i] if i in held else children.get(i, []))
+    return list(dict.fromkeys(out))
+
+
+def _embeddings(
+    state: NudgeState, ready: list[_Prepared], report: ImportReport, dim: list[int]
+) -> dict[int, np.ndarray]:
+    """Each record's query vector: the given one, checked, or embedded (in one batch)."""
+    out: dict[int, np.ndarray] = {}
+    todo = [p for p in ready if p.embedding is None]
+    if todo:
+        try:
+            got = list(zip(todo, state.embed_queries([p.query for p in todo]), strict=True))
+        except Exception as e:  # the embedder's own error: retried one by one
+            if isinstance(e, NudgeError) and "without an embedding function" in str(e):
+                raise
+            got = []
+            for p in todo:  # one text the embedder refuses must not cost the others
+                try:
+                    got.append((p, state.embed_queries([p.query])[0]))
+                except Exception as e1:  # reported with the record
+                    report.bad.append((p.n, p.ext, f"embedding the query failed: {e1}"))
+        for p, v in got:
+            p.embedding = v
+    for p in ready:
+        if p.embedding is None:
+            continue
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                vec = np.asarray(p.embedding, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError) as e:
+            report.bad.append((p.n, p.ext, f"embedding: not a vector of numbers ({e})"))
+            continue
+        if not dim and vec.size:
+            dim.append(int(vec.size))
+        problem = embedding_problem(vec, dim[0] if dim else None)
+        if problem is not None:
+            report.bad.append((p.n, p.ext, f"embedding: {problem}"))
+            continue
+        out[p.n] = vec
+    return out

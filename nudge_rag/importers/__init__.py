@@ -1,0 +1,28 @@
+"""Readers that turn an observability tool's history into records for ``store.import_traces``.
+
+One small module per tool, each with a ``read(...)`` returning a list of
+:class:`~nudge_rag.core.records.TraceRecord`; the tools' SDKs are optional (their objects are
+read by attribute or as the JSON their APIs return, nothing imported here):
+
+- :mod:`~nudge_rag.importers.langsmith`: ``read(runs, feedback=())``, retriever runs and their
+  feedback;
+- :mod:`~nudge_rag.importers.langfuse`: ``read(observations, scores=())``, retriever
+  observations and their scores;
+- :mod:`~nudge_rag.importers.phoenix`: ``read(spans_df, annotations_df=None)``, RETRIEVER spans
+  (a Phoenix spans dataframe or OTLP/JSON) and their document annotations;
+- :mod:`~nudge_rag.importers.jsonl`: ``read(path)``, nudge-rag's plain JSONL schema (also what
+  ``TraceLog.export_jsonl`` writes).
+
+Example:
+    .. code-block:: python
+
+        from nudge_rag.importers import langsmith
+
+        runs = client.list_runs(project_name="my-rag", run_type="retriever")
+        feedback = client.list_feedback(run_ids=[r.id for r in runs])
+        print(store.import_traces(langsmith.read(runs, feedback)))
+"""
+
+from nudge_rag.core.records import FeedbackRecord, ImportReport, TraceRecord
+
+__all__ = ["FeedbackRecord", "ImportReport", "TraceRecord"]

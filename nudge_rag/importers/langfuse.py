@@ -1,0 +1,135 @@
+"""Langfuse: retriever observations and their scores as records for ``store.import_traces``.
+
+Reads the public API's JSON (``GET /api/public/observations`` and ``/api/public/scores``: a
+page ``{"data": [...]}``, a list of its items, or a JSON / JSONL file of them) or the SDK's
+objects (read by attribute, camelCase or snake_case).
+
+Mapping:
+
+- an observation of type ``RETRIEVER``, or any observation whose ``name`` is in ``names``, is
+  one past search: ``input`` the query (a string, or ``query`` / ``input`` / ``question`` of a
+  dict), ``output`` the results (a list, or ``documents`` of a dict; each a chunk id string or a
+  document dict: ``metadata[id_key]``, ``id`` or ``metadata["id"]``; ``score``), ``startTime``
+  the time, ``id`` the external id (source ``"langfuse"``);
+- each score whose ``observationId`` is that observation, or with no observation on its
+  ``traceId`` (it then applies to every retriever observation of the trace): ``NUMERIC``
+  gives the rating ``value``, ``BOOLEAN`` 1 / 0, ``CATEGORICAL`` a label (``relevant`` /
+  ``irrelevant``, ``good`` / ``bad``, ...) read as 1 / 0; ``comment`` is the text. Chunk ids
+  come from the score's ``metadata``: ``relevant_ids`` / ``irrelevant_ids`` lists, or a
+  ``document_id`` (relevant when the score or label is positive, irrelevant when negative).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from nudge_rag.core.errors import NudgeError
+from nudge_rag.core.records import LANGFUSE, FeedbackRecord, TraceRecord
+from nudge_rag.importers._common import (
+    as_dict,
+    document_id,
+    document_score,
+    get,
+    items,
+    label_relevance,
+    number_or_nan,
+    query_text,
+)
+
+__all__ = ["read"]
+
+
+def read(
+    observations: Iterable[Any] | Mapping | str,
+    scores: Iterable[Any] | Mapping | str = (),
+    *,
+    names: Iterable[str] = (),
+    id_key: str | None = None,
+    score_key: str | None = None,
+) -> list[TraceRecord]:
+    """Records of the retriever observations with the scores on them or their traces.
+
+    ``names``: also read observations with these names (spans a user made around a search).
+    """
+    wanted = set(names)
+    by_obs: dict[str, list[FeedbackRecord]] = {}
+    by_trace: dict[str, list[FeedbackRecord]] = {}
+    for n, s in enumerate(items(scores, "scores", data_key="data")):
+        d = _dict(s, f"scores[{n}]")
+        record = _feedback(d)
+        if record is None:
+            continue
+        obs = get(d, "observationId", "observation_id")
+        if obs is not None:
+            by_obs.setdefault(str(obs), []).append(record)
+        elif get(d, "traceId", "trace_id") is not None:
+            by_trace.setdefault(str(get(d, "traceId", "trace_id")), []).append(record)
+    out = []
+    for n, o in enumerate(items(observations, "observations", data_key="data")):
+        d = _dict(o, f"observations[{n}]")
+        if str(d.get("type", "")).upper() != "RETRIEVER" and d.get("name") not in wanted:
+            continue
+        oid = str(d.get("id"))
+        output = d.get("output")
+        if isinstance(output, Mapping):
+            output = get(output, "documents", "nodes", "results", default=[])
+        docs = output if isinstance(output, list) else []
+        ids = [document_id(doc, id_key) for doc in docs]
+        trace = get(d, "traceId", "trace_id")
+        out.append(
+            TraceRecord(
+                query=query_text(d.get("input")),
+                result_ids=[i for i in ids if i is not None],
+                scores=[
+                    document_score(doc, score_key)
+                    for doc, i in zip(docs, ids, strict=True)
+                    if i is not None
+                ],
+                time=get(d, "startTime", "start_time"),
+                external_id=oid,
+                source=LANGFUSE,
+                feedback=by_obs.get(oid, []) + by_trace.get(str(trace), []),
+            )
+        )
+    return out
+
+
+def _dict(obj: Any, where: str) -> dict:
+    try:
+        return as_dict(obj)
+    except NudgeError as e:
+        msg = f"{where}: {e}; pass Langfuse API objects or their JSON."
+        raise NudgeError(msg) from None
+
+
+def _feedback(d: Mapping) -> FeedbackRecord | None:
+    kind = str(get(d, "dataType", "data_type", default="NUMERIC")).upper()
+    value = d.get("value")
+    label = get(d, "stringValue", "string_value")
+    if kind == "BOOLEAN":
+        rating: float | None = 1.0 if number_or_nan(value) >= 0.5 or value is True else 0.0
+    elif kind == "CATEGORICAL":
+        good = label_relevance(label if label is not None else value, None)
+        rating = None if good is None else float(good)
+    else:
+        s = number_or_nan(value)
+        rating = None if s != s else s
+    found = d.get("metadata")
+    meta: Mapping = found if isinstance(found, Mapping) else {}
+    rel = [str(i) for i in meta.get("relevant_ids") or []]
+    irr = [str(i) for i in meta.get("irrelevant_ids") or []]
+    doc = meta.get("document_id")
+    if doc is not None and rating is not None:
+        (rel if rating >= 0.5 else irr).append(str(doc))
+        rating = None  # a per-document judgment, not a rating of the whole search
+    text = d.get("comment") if isinstance(d.get("comment"), str) else None
+    if not rel and not irr and rating is None and not text:
+        return None
+    return FeedbackRecord(
+        relevant_ids=rel,
+        irrelevant_ids=irr,
+        rating=rating,
+        text=text,
+        time=get(d, "timestamp", "createdAt", "created_at"),
+    )

@@ -1,0 +1,141 @@
+"""LangSmith: retriever runs and their feedback as records for ``store.import_traces``.
+
+Reads what the ``langsmith`` SDK's ``Client.list_runs`` / ``Client.list_feedback`` return
+(``langsmith.schemas.Run`` / ``Feedback``), or the same objects as JSON / JSONL files or dicts.
+
+Mapping:
+
+- a run with ``run_type == "retriever"`` is one past search: ``inputs["query"]`` the query,
+  ``outputs["documents"]`` the results in order (chunk id: ``metadata[id_key]``, else the
+  document's ``id``, else ``metadata["id"]``; score: ``metadata[score_key]`` when given), its
+  ``start_time`` the time and its ``id`` the external id (source ``"langsmith"``; a LangChain
+  retriever over a nudge-rag store records the same run id live);
+- each ``Feedback`` whose ``run_id`` is that run, or the root run of its trace (``trace_id``;
+  then it applies to every retriever run of the trace): ``correction`` names chunk ids (a list
+  of ids, ``{"relevant_ids": [...], "irrelevant_ids": [...]}`` or ``{"documents": [...]}``),
+  and so does a ``value`` that is such a list or dict; ``score`` (a bool is 1 / 0) is the
+  rating, ``comment`` the text, ``created_at`` the time. A rating alone names no chunk: the
+  engine treats it as answer-level feedback. (``correction`` / ``value`` given as JSON text are
+  parsed first.)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from nudge_rag.core.errors import NudgeError
+from nudge_rag.core.records import LANGSMITH, FeedbackRecord, TraceRecord
+from nudge_rag.importers._common import (
+    as_dict,
+    document_id,
+    document_score,
+    get,
+    items,
+    number_or_nan,
+    query_text,
+)
+
+__all__ = ["read"]
+
+
+def read(
+    runs: Iterable[Any] | str,
+    feedback: Iterable[Any] | str = (),
+    *,
+    id_key: str | None = None,
+    score_key: str | None = None,
+) -> list[TraceRecord]:
+    """Records of the retriever runs in ``runs`` with the ``feedback`` on them or their traces.
+
+    ``runs`` / ``feedback``: ``Run`` / ``Feedback`` objects, dicts, or a JSON / JSONL path.
+    ``id_key``: the document metadata key holding the chunk id (default: the document's id).
+    """
+    by_run: dict[str, list[FeedbackRecord]] = {}
+    for n, f in enumerate(items(feedback, "feedback")):
+        try:
+            d = as_dict(f)
+        except NudgeError as e:
+            msg = f"feedback[{n}]: {e}; pass langsmith Feedback objects or their JSON."
+            raise NudgeError(msg) from None
+        target = get(d, "run_id", "trace_id")
+        record = _feedback(d)
+        if target is not None and record is not None:
+            by_run.setdefault(str(target), []).append(record)
+    out = []
+    for n, r in enumerate(items(runs, "runs")):
+        try:
+            d = as_dict(r)
+        except NudgeError as e:
+            msg = f"runs[{n}]: {e}; pass langsmith Run objects or their JSON."
+            raise NudgeError(msg) from None
+        if d.get("run_type") != "retriever":
+            continue
+        run_id = str(d.get("id"))
+        docs = (d.get("outputs") or {}).get("documents") or []
+        ids = [document_id(doc, id_key) for doc in docs]
+        fb = by_run.get(run_id, [])
+        trace = d.get("trace_id")
+        if trace is not None and str(trace) != run_id:
+            fb = fb + by_run.get(str(trace), [])
+        out.append(
+            TraceRecord(
+                query=query_text(d.get("inputs") or {}),
+                result_ids=[i for i in ids if i is not None],
+                scores=[
+                    document_score(doc, score_key)
+                    for doc, i in zip(docs, ids, strict=True)
+                    if i is not None
+                ],
+                time=d.get("start_time"),
+                external_id=run_id,
+                source=LANGSMITH,
+                feedback=fb,
+            )
+        )
+    return out
+
+
+def _ids(value: Any) -> tuple[list[str], list[str]]:
+    """(relevant, irrelevant) chunk ids named by a correction or value, if any."""
+    if isinstance(value, str) and value.lstrip()[:1] in ("[", "{"):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return [], []
+    if isinstance(value, list):
+        ids = [document_id(v, None) for v in value]
+        return [i for i in ids if i is not None], []
+    if isinstance(value, Mapping):
+        if "documents" in value and isinstance(value["documents"], list):
+            return _ids(value["documents"])
+        rel = value.get("relevant_ids") or []
+        irr = value.get("irrelevant_ids") or []
+        if isinstance(rel, list) and isinstance(irr, list):
+            return [str(i) for i in rel], [str(i) for i in irr]
+    return [], []
+
+
+def _feedback(d: Mapping) -> FeedbackRecord | None:
+    rel, irr = _ids(d.get("correction"))
+    more_rel, more_irr = _ids(d.get("value"))
+    rel += more_rel
+    irr += more_irr
+    score = d.get("score")
+    rating = None
+    if isinstance(score, bool):
+        rating = 1.0 if score else 0.0
+    elif score is not None:
+        s = number_or_nan(score)
+        rating = None if s != s else s
+    text = d.get("comment") if isinstance(d.get("comment"), str) else None
+    if not rel and not irr and rating is None and not text:
+        return None
+    return FeedbackRecord(
+        relevant_ids=rel,
+        irrelevant_ids=irr,
+        rating=rating,
+        text=text,
+        time=get(d, "created_at", "modified_at"),
+    )

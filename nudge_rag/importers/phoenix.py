@@ -1,0 +1,193 @@
+"""Phoenix / OpenInference: RETRIEVER spans and document annotations for ``store.import_traces``.
+
+Reads a spans dataframe as Phoenix returns it (``px.Client().get_spans_dataframe()``: columns
+``context.span_id``, ``context.trace_id``, ``span_kind``, ``start_time``,
+``attributes.input.value``, ``attributes.retrieval.documents``, a list of ``{"document.id",
+"document.score", "document.content"}``; the span id may be the index), its rows as dicts, or an
+OTLP/JSON export (``{"resourceSpans": [...]}``, a dict or a file path) with OpenInference
+attributes (``openinference.span.kind``, ``input.value``, ``retrieval.documents.<i>.document.id``
+/ ``.score``).
+
+Mapping: a span of kind ``RETRIEVER`` is one past search (external id: the span id as 16 hex
+digits, source ``"otel"``, the id space a live search inside that span records too). Document
+annotations (Phoenix's ``DocumentEvaluations`` dataframe, or span document annotations),
+indexed by (``context.span_id`` or ``span_id``, ``document_position``) with ``label`` /
+``score`` (or ``result.label`` / ``result.score``), judge the document at that position of the
+span's results: a label such as ``relevant`` / ``irrelevant`` decides, else a score >= 0.5 is
+relevant and below irrelevant. Every judged document of a span becomes one feedback row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from nudge_rag.core.errors import NudgeError
+from nudge_rag.core.records import OTEL, FeedbackRecord, TraceRecord, span_id_text
+from nudge_rag.importers._common import (
+    document_id,
+    get,
+    items,
+    label_relevance,
+    number_or_nan,
+    query_text,
+)
+
+__all__ = ["read"]
+
+_DOC_PREFIX = "retrieval.documents."
+
+
+def read(
+    spans_df: Any, annotations_df: Any = None, *, id_key: str | None = None
+) -> list[TraceRecord]:
+    """Records of the RETRIEVER spans with their documents' annotations.
+
+    ``spans_df``: a Phoenix spans dataframe, a list of its rows as dicts, or OTLP/JSON (a dict
+    or a path). ``annotations_df``: document annotations (a dataframe or a list of dicts).
+    ``id_key``: the document metadata key holding the chunk id (default: ``document.id``).
+    """
+    spans = _span_rows(spans_df)
+    judged = _annotations(annotations_df)
+    out = []
+    for row in spans:
+        kind = get(row, "span_kind", "attributes.openinference.span.kind", default="")
+        if str(kind).upper() != "RETRIEVER":
+            continue
+        span = span_id_text(get(row, "context.span_id", "span_id"))
+        docs = _documents(row.get("attributes.retrieval.documents"))
+        ids = [document_id(doc, id_key) for doc in docs]
+        feedback = []
+        verdicts = judged.get(span, {})
+        rel = [i for p, ok in sorted(verdicts.items()) if ok and (i := _at(ids, p))]
+        irr = [i for p, ok in sorted(verdicts.items()) if not ok and (i := _at(ids, p))]
+        if rel or irr:
+            feedback.append(FeedbackRecord(relevant_ids=rel, irrelevant_ids=irr))
+        out.append(
+            TraceRecord(
+                query=query_text(row.get("attributes.input.value")),
+                result_ids=[i for i in ids if i is not None],
+                scores=[
+                    number_or_nan(d.get("document.score")) if isinstance(d, Mapping) else None
+                    for d, i in zip(docs, ids, strict=True)
+                    if i is not None
+                ],
+                time=row.get("start_time"),
+                external_id=span,
+                source=OTEL,
+                feedback=feedback,
+            )
+        )
+    return out
+
+
+def _at(ids: list[str | None], p: int) -> str | None:
+    """The chunk id at result position ``p`` (None when out of range or without an id)."""
+    return ids[p] if 0 <= p < len(ids) else None
+
+
+def _documents(docs: Any) -> list[Any]:
+    if docs is None:
+        return []
+    if isinstance(docs, str):
+        try:
+            docs = json.loads(docs)
+        except json.JSONDecodeError:
+            return []
+    try:
+        return list(docs)
+    except TypeError:  # NaN where a span has no documents
+        return []
+
+
+def _records(df: Any) -> list[dict]:
+    """A dataframe's rows (with its index as columns) or a list of dicts."""
+    to_dict = getattr(df, "to_dict", None)
+    if callable(to_dict) and hasattr(df, "reset_index"):
+        names = [n for n in getattr(df.index, "names", []) if n is not None]
+        if names:
+            df = df.reset_index()
+        return list(df.to_dict("records"))
+    return [dict(r) for r in items(df, "spans_df")]
+
+
+def _span_rows(spans_df: Any) -> list[dict]:
+    if isinstance(spans_df, str) or hasattr(spans_df, "__fspath__"):
+        spans_df = items(spans_df, "spans_df")
+        if len(spans_df) == 1 and isinstance(spans_df[0], Mapping):
+            spans_df = spans_df[0]
+    if isinstance(spans_df, Mapping) and "resourceSpans" in spans_df:
+        return _otlp_rows(spans_df)
+    first = spans_df[0] if isinstance(spans_df, list) and spans_df else None
+    if isinstance(first, Mapping) and "resourceSpans" in first:
+        return [r for page in spans_df for r in _otlp_rows(page)]
+    return _records(spans_df)
+
+
+def _otlp_value(v: Mapping) -> Any:
+    for key in ("stringValue", "doubleValue", "boolValue"):
+        if key in v:
+            return v[key]
+    if "intValue" in v:
+        return int(v["intValue"])
+    if "arrayValue" in v:
+        return [_otlp_value(x) for x in v["arrayValue"].get("values", [])]
+    return None
+
+
+def _otlp_rows(export: Mapping) -> list[dict]:
+    """OTLP/JSON spans as rows shaped like Phoenix's dataframe."""
+    rows = []
+    for rs in export.get("resourceSpans") or []:
+        for ss in rs.get("scopeSpans") or rs.get("instrumentationLibrarySpans") or []:
+            for span in ss.get("spans") or []:
+                attrs = {
+                    a["key"]: _otlp_value(a.get("value") or {})
+                    for a in span.get("attributes") or []
+                }
+                docs: dict[int, dict] = {}
+                for key, value in attrs.items():
+                    if key.startswith(_DOC_PREFIX):
+                        pos, _, field = key[len(_DOC_PREFIX) :].partition(".")
+                        if pos.isdigit():
+                            docs.setdefault(int(pos), {})[field] = value
+                start = span.get("startTimeUnixNano")
+                rows.append(
+                    {
+                        "context.span_id": span.get("spanId"),
+                        "context.trace_id": span.get("traceId"),
+                        "span_kind": attrs.get("openinference.span.kind"),
+                        "start_time": None if start is None else int(start) / 1e9,
+                        "attributes.input.value": attrs.get("input.value"),
+                        "attributes.retrieval.documents": [docs[p] for p in sorted(docs)],
+                    }
+                )
+    return rows
+
+
+def _annotations(annotations_df: Any) -> dict[str, dict[int, bool]]:
+    """{span id: {document position: relevant?}} from document annotations."""
+    if annotations_df is None:
+        return {}
+    out: dict[str, dict[int, bool]] = {}
+    for n, row in enumerate(_records(annotations_df)):
+        span = get(row, "context.span_id", "span_id")
+        pos = row.get("document_position")
+        if span is None or pos is None:
+            msg = (
+                f"annotations_df row {n}: found no span id or document_position; pass document "
+                "annotations indexed by (context.span_id, document_position)."
+            )
+            raise NudgeError(msg)
+        label = get(row, "label", "result.label")
+        score = get(row, "score", "result.score")
+        if isinstance(label, float) and label != label:  # pandas' NaN for no label
+            label = None
+        ok = label_relevance(label, score)
+        if ok is None:
+            continue
+        verdicts = out.setdefault(span_id_text(span), {})
+        p = int(pos)
+        verdicts[p] = verdicts.get(p, False) or ok  # a relevant verdict wins
+    return out

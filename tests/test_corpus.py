@@ -1,0 +1,295 @@
+"""The corpus under NUDGE and the engine: the base matrix in memory, or the wrapped store's search.
+
+On exact stores (FAISS flat, the in-memory store) the store path gives what the memory path
+gives: the same rows, vectors (≤ 1e-6), γ and report. On HNSW stores (Chroma, pgvector,
+Milvus Lite) the held-out NDCG@10 before / after differ by no more than the index's own recall
+loss, measured here against exact search. Real stores throughout, SciFact's real embeddings.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from shared_data import dataset
+
+from nudge_rag import NudgeFinetuneEngine
+from nudge_rag.core.corpus import MemoryCorpus, StoreCorpus, choose_corpus, normalize_rows
+from nudge_rag.core.errors import NudgeError
+from nudge_rag.core.metrics import exact_knn
+from nudge_rag.core.nudge import finetune_embeddings
+from nudge_rag.core.state import NudgeState
+from nudge_rag.core.stores.base import Metric
+from nudge_rag.core.stores.faiss import FaissAdapter
+from nudge_rag.core.stores.memory import MemoryAdapter
+
+K = 10
+
+
+# --------------------------------------------------------------------------- stores
+
+
+def memory_adapter(ids: list[str], vecs: np.ndarray, tmp: Path) -> MemoryAdapter:
+    records = {
+        i: {"id": i, "vector": v.tolist(), "text": i} for i, v in zip(ids, vecs, strict=True)
+    }
+    return MemoryAdapter(records, metric=Metric.COSINE)
+
+
+def faiss_adapter(ids: list[str], vecs: np.ndarray, tmp: Path) -> FaissAdapter:
+    import faiss
+
+    index = faiss.IndexFlatIP(vecs.shape[1])
+    index.add(normalize_rows(vecs))  # as LangChain's FAISS with normalize_L2=True
+    return FaissAdapter(index, dict(enumerate(ids)), normalize=True)
+
+
+def chroma_adapter(ids: list[str], vecs: np.ndarray, tmp: Path) -> Any:
+    chromadb = pytest.importorskip("chromadb")
+    from nudge_rag.core.stores.chroma import ChromaAdapter
+
+    col = chromadb.PersistentClient(str(tmp / "chroma")).get_or_create_collection(
+        "docs", metadata={"hnsw:space": "cosine"}
+    )
+    for s in range(0, len(ids), 2000):
+        col.add(ids=ids[s : s + 2000], embeddings=vecs[s : s + 2000])
+    return ChromaAdapter(col)
+
+
+def milvus_adapter(ids: list[str], vecs: np.ndarray, tmp: Path) -> Any:
+    pymilvus = pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    from nudge_rag.core.stores.milvus import MilvusAdapter
+
+    client = pymilvus.MilvusClient(str(tmp / "milvus.db"))
+    schema = client.create_schema(auto_id=False)
+    schema.add_field("id", pymilvus.DataType.VARCHAR, is_primary=True, max_length=64)
+    schema.add_field("embedding", pymilvus.DataType.FLOAT_VECTOR, dim=vecs.shape[1])
+    index = client.prepare_index_params()
+    index.add_index("embedding", index_type="HNSW", metric_type="COSINE")
+    client.create_collection("docs", schema=schema, index_params=index)
+    for s in range(0, len(ids), 2000):
+        rows = zip(ids[s : s + 2000], vecs[s : s + 2000].tolist(), strict=True)
+        client.insert("docs", [{"id": i, "embedding": v} for i, v in rows])
+    return MilvusAdapter(client, "docs")
+
+
+def pgvector_adapter(pg: Any, db: str) -> Callable[[list[str], np.ndarray, Path], Any]:
+    def make(ids: list[str], vecs: np.ndarray, tmp: Path) -> Any:
+        import psycopg
+
+        from nudge_rag.core.stores.pgvector import PgVectorAdapter, conninfo_from
+
+        conn = psycopg.connect(conninfo_from(pg.langchain_url(db)), autocommit=True)
+        conn.execute(f"CREATE TABLE docs (id text PRIMARY KEY, embedding vector({vecs.shape[1]}))")
+        with conn.cursor() as cur, cur.copy("COPY docs (id, embedding) FROM STDIN") as cp:
+            for i, v in zip(ids, vecs.tolist(), strict=True):
+                cp.write_row((i, "[" + ",".join(map(repr, v)) + "]"))
+        conn.execute("CREATE INDEX ON docs USING hnsw (embedding vector_cosine_ops)")
+        return PgVectorAdapter(conn, "docs", metric="cosine")
+
+    return make
+
+
+# --------------------------------------------------------------------------- SciFact usage
+
+
+def scifact_state(make: Callable[..., Any], tmp: Path) -> tuple[NudgeState, list[str], np.ndarray]:
+    """A state over SciFact in the store ``make`` builds; every SciFact query with qrels is a
+    trace with feedback (its qrels), as users would leave them."""
+    ds = dataset("scifact")
+    assert ds.corpus_embeddings is not None and ds.query_embeddings is not None
+    ids = list(ds.corpus_ids)
+    vecs = np.ascontiguousarray(ds.corpus_embeddings, dtype=np.float32)
+    state = NudgeState(make(ids, vecs, tmp), tmp / "state")
+    qrow = {q: n for n, q in enumerate(ds.query_ids)}
+    for split in ds.splits:
+        for qid, rel in sorted(ds.qrels[split].items()):
+            good = [d for d, g in rel.items() if g > 0]
+            if qid not in qrow or not good:
+                continue
+            tid = state.record_search(qid, ds.query_embeddings[qrow[qid]], K, None, [], [])
+            state.record_feedback(str(tid), relevant_ids=good)
+    return state, ids, vecs
+
+
+def finetune(state: NudgeState, corpus: str) -> tuple[NudgeFinetuneEngine, Any]:
+    eng = NudgeFinetuneEngine(state, corpus=corpus, progress=False, n_resamples=500)
+    return eng, eng.finetune()
+
+
+def assert_same_report(mem: Any, sto: Any) -> None:
+    assert (mem.corpus, sto.corpus) == ("memory", "store")
+    got, want = sto.vectors(), mem.vectors()
+    assert sorted(got) == sorted(want) and got  # the same rows changed
+    assert sto.gamma == mem.gamma
+    assert max(np.abs(got[i] - want[i]).max() for i in want) <= 1e-6
+    for name in ("ndcg", "recall"):
+        a, b = getattr(mem, name), getattr(sto, name)
+        assert (b.before, b.after, b.ci_low, b.ci_high) == pytest.approx(
+            (a.before, a.after, a.ci_low, a.ci_high), abs=1e-12
+        )
+    assert sto.n_chunks == mem.n_chunks and sto.queries == mem.queries
+    assert sto.proven == mem.proven
+
+
+EXACT = {"memory": memory_adapter, "faiss-flat": faiss_adapter}
+
+
+@pytest.mark.parametrize("store", list(EXACT))
+def test_exact_store_path_equals_memory_path(store: str, tmp_path: Path) -> None:
+    state, _, _ = scifact_state(EXACT[store], tmp_path)
+    _, mem = finetune(state, "memory")
+    _, sto = finetune(state, "store")
+    assert_same_report(mem, sto)
+    assert not sto.corpus_approximate and "store's own search (exact)" in str(sto)
+    # memory beyond the store: the rows the fit touched and the top-k lists, not N
+    assert 0 < sto.corpus_stats["vectors_fetched"] < state.adapter.count()
+    assert mem.proven and mem.ndcg.gain > 0.05
+
+
+@pytest.mark.parametrize("store", list(EXACT))
+def test_nudged_rows_are_ranked_by_their_base_vectors(store: str, tmp_path: Path) -> None:
+    """After an apply the store ranks nudged rows by their new vectors; the next fine-tune
+    must still start from base: pools, γ and the "before" figures equal the memory path's."""
+    state, ids, _ = scifact_state(EXACT[store], tmp_path)
+    eng, first = finetune(state, "store")
+    eng.apply(first)
+    # and one row pulled right onto a held-out query, which the store would now rank first
+    test = eng.split_labels(eng.last_labels)[2]
+    state.apply_vectors({ids[123]: test[0].embedding}, method="nudge-n", note="planted")
+    _, mem = finetune(state, "memory")
+    _, sto = finetune(state, "store")
+    assert_same_report(mem, sto)
+    assert sto.ndcg.before == first.ndcg.before  # against base, whatever the store holds now
+
+
+def test_topk_excluding_grows_the_overfetch(tmp_path: Path) -> None:
+    """Excluding each query's own top 50 rows forces the over-fetch to grow; the store path
+    still finds exactly the memory path's top 10 among the rest."""
+    state, ids, vecs = scifact_state(faiss_adapter, tmp_path)
+    rng = np.random.default_rng(0)
+    q = normalize_rows(vecs[rng.choice(len(ids), 40, replace=False)] + rng.normal(size=(40, 384)))
+    top50 = exact_knn(q, vecs, 50, metric="cosine")[1]
+    store = StoreCorpus(state, normalize=True)
+    mem = MemoryCorpus(vecs, ids=ids, metric=Metric.COSINE, fit=normalize_rows(vecs))
+    excluded = sorted({ids[r] for r in top50.ravel()})
+    got_rows, got_scores = store.topk_excluding(q, K, store.rows_of(excluded))
+    want_rows, want_scores = mem.topk_excluding(q, K, mem.rows_of(excluded))
+    assert [store.ids_of(r) for r in got_rows] == [mem.ids_of(r) for r in want_rows]
+    assert np.abs(got_scores - want_scores).max() <= 1e-6
+    assert store.stats.refetch_rounds > 0 and store.stats.short_lists == 0
+
+
+@pytest.mark.parametrize("store", ["memory", "faiss-flat", "chroma", "milvus"])
+def test_adapter_search_is_the_metric_similarity_order(store: str, tmp_path: Path) -> None:
+    makers = {**EXACT, "chroma": chroma_adapter, "milvus": milvus_adapter}
+    rng = np.random.default_rng(1)
+    vecs = rng.normal(size=(500, 16)).astype(np.float32)
+    ids = [f"d{i}" for i in range(500)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adapter = makers[store](ids, vecs, tmp_path)
+    q = rng.normal(size=(20, 16)).astype(np.float32)
+    got_ids, got_scores = adapter.search(q, 5)
+    want_scores, want_rows = exact_knn(q, vecs, 5, metric="cosine")
+    assert got_ids == [[ids[r] for r in row] for row in want_rows]
+    assert np.abs(np.asarray(got_scores) - want_scores).max() <= 1e-5
+    assert adapter.count() == 500
+
+
+def test_choosing_the_corpus(tmp_path: Path) -> None:
+    vecs = normalize_rows(np.random.default_rng(2).normal(size=(100, 8)).astype(np.float32))
+    ids = [str(i) for i in range(100)]
+    state = NudgeState(memory_adapter(ids, vecs, tmp_path), tmp_path / "state")
+    assert choose_corpus("auto", state, 100 * 8 * 4) == "memory"
+    assert choose_corpus("auto", state, 100 * 8 * 4 - 1) == "store"
+    assert choose_corpus("memory", state, 0) == "memory"
+
+    class Bare:
+        adapter = object()
+
+    assert choose_corpus("auto", Bare(), 0) == "memory"
+    with pytest.raises(NudgeError, match="offers no search"):
+        choose_corpus("store", Bare(), 0)
+    with pytest.raises(NudgeError, match="corpus: found 'disk'"):
+        NudgeFinetuneEngine(state, corpus="disk")
+
+
+def test_finetune_embeddings_takes_a_corpus(tmp_path: Path) -> None:
+    """NUDGE itself on the store path: only the labelled rows and the top-k lists are read."""
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(20, 24))
+    vecs = normalize_rows((centers[rng.integers(0, 20, 2000)] + 0.3 * rng.normal(size=(2000, 24))))
+    ids = [f"c{i}" for i in range(2000)]
+    state = NudgeState(faiss_adapter(ids, vecs, tmp_path), tmp_path / "state")
+    store = StoreCorpus(state, normalize=True)
+    rows = store.rows_of(ids)  # rows in id order, so both paths number rows alike
+    assert list(rows) == list(range(2000))
+    chosen = rng.choice(2000, 60, replace=False)
+    sides = rng.normal(size=(60, 24))  # the users of one chunk ask from one side of it
+    pick = rng.integers(0, 60, 300)
+    targets = chosen[pick]
+    noise = sides[pick] + 0.5 * rng.normal(size=(300, 24))
+    queries = normalize_rows(vecs[targets] + 1.3 * noise / np.sqrt(24))
+    train = [[int(t)] for t in targets[:200]]
+    val = [[int(t)] for t in targets[200:]]
+    kw = {"train_positives": train, "val_queries": queries[200:], "val_positives": val}
+    want = finetune_embeddings(vecs, queries[:200], **kw)
+    got = finetune_embeddings(store, queries[:200], **kw)
+    assert want.gamma > 0 and len(want.rows)
+    assert got.gamma == want.gamma and np.array_equal(got.rows, want.rows)
+    assert np.abs(got.vectors - want.vectors).max() <= 1e-6
+
+
+# --------------------------------------------------------------------------- HNSW stores
+
+
+def heldout_recall(eng: NudgeFinetuneEngine, state: NudgeState, vecs: np.ndarray) -> float:
+    """Recall@10 of the store's own search against exact search, over the held-out queries."""
+    test = eng.split_labels(eng.last_labels)[2]
+    q = np.stack([t.embedding for t in test]).astype(np.float32)
+    got, _ = state.adapter.search(q, K)  # type: ignore[attr-defined]
+    ids = state.adapter.ids()
+    exact = exact_knn(q, vecs, K, metric="cosine")[1]
+    hits = [len(set(g) & {ids[r] for r in e}) / K for g, e in zip(got, exact, strict=True)]
+    return float(np.mean(hits))
+
+
+def check_hnsw(make: Callable[..., Any], tmp_path: Path, name: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        state, _, vecs = scifact_state(make, tmp_path)
+    _, mem = finetune(state, "memory")
+    eng, sto = finetune(state, "store")
+    recall = heldout_recall(eng, state, vecs)
+    loss = 1.0 - recall
+    d_before = sto.ndcg.before - mem.ndcg.before
+    d_after = sto.ndcg.after - mem.ndcg.after
+    print(
+        f"\n{name}: held-out recall@10 of the store's search vs exact {recall:.4f}; NDCG@10 "
+        f"before memory {mem.ndcg.before:.4f} store {sto.ndcg.before:.4f} ({d_before:+.4f}), "
+        f"after memory {mem.ndcg.after:.4f} store {sto.ndcg.after:.4f} ({d_after:+.4f}); "
+        f"gamma {mem.gamma:.3f} / {sto.gamma:.3f}; {sto.corpus_stats}"
+    )
+    assert sto.corpus == "store" and sto.corpus_approximate
+    assert "approximate index" in str(sto)
+    assert abs(d_before) <= loss + 1e-9
+    assert abs(d_after) <= loss + 1e-9
+    assert sto.proven
+
+
+def test_chroma_hnsw_within_the_index_recall(tmp_path: Path) -> None:
+    check_hnsw(chroma_adapter, tmp_path, "chroma")
+
+
+def test_milvus_lite_within_the_index_recall(tmp_path: Path) -> None:
+    check_hnsw(milvus_adapter, tmp_path, "milvus-lite")
+
+
+def test_pgvector_hnsw_within_the_index_recall(pg: Any, db: str, tmp_path: Path) -> None:
+    check_hnsw(pgvector_adapter(pg, db), tmp_path, "pgvector-hnsw")

@@ -1,0 +1,252 @@
+"""The continuous loop: fine-tune when enough labels arrived, apply when proven, and the guard
+that rolls a version back when the live signal drops after it (simulated traffic on a Chroma
+store through the LangChain face; the clock is injected, nothing sleeps)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_engine import World
+
+from nudge_rag import NudgeFinetuneEngine
+from nudge_rag.core.errors import NudgeError
+from nudge_rag.core.watch import (
+    WATCH_LOG,
+    Watcher,
+    live_signal,
+    newcombe_interval,
+    parse_duration,
+    wilson_interval,
+)
+
+
+class FakeClock:
+    """A clock that only moves when the loop sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def world(tmp_path) -> World:
+    return World(tmp_path / "world")  # its vectors, texts and queries
+
+
+@pytest.fixture
+def store(world, tmp_path):
+    import chromadb
+    from langchain_chroma import Chroma
+    from langchain_core.embeddings import Embeddings
+
+    from nudge_rag.langchain import NudgedVectorStore
+
+    class TableEmbeddings(Embeddings):
+        def __init__(self) -> None:
+            self.table = {
+                world.records[i]["text"]: world.vectors[n] for n, i in enumerate(world.ids)
+            }
+            self.table.update({t: v for t, v, _ in world.queries})
+
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            return [self.table[t].tolist() for t in texts]
+
+        def embed_query(self, text: str) -> list[float]:
+            return self.table[text].tolist()
+
+    inner = Chroma(
+        collection_name="watch",
+        embedding_function=TableEmbeddings(),
+        client=chromadb.PersistentClient(path=str(tmp_path / "chroma")),
+        collection_metadata={"hnsw:space": "cosine"},
+    )
+    s = NudgedVectorStore(inner, state_dir=tmp_path / "state")
+    s.add_texts([world.records[i]["text"] for i in world.ids], ids=world.ids)
+    yield s
+    s.close()
+
+
+def traffic(store, queries) -> int:
+    """Users search (k=5) and say which chunk they wanted; return how many found it."""
+    found = 0
+    for text, _, target in queries:
+        docs, tid = store.search_with_trace(text, k=5)
+        found += target in [d.id for d in docs]
+        store.record_feedback(tid, relevant_ids=[target])
+    return found
+
+
+def halves(world: World) -> tuple[list, list]:
+    first = [q for n, q in enumerate(world.queries) if n % 4 < 3]
+    return first, [q for n, q in enumerate(world.queries) if n % 4 == 3]
+
+
+class ScrambledEngine(NudgeFinetuneEngine):
+    """Fits honestly (its report proves a gain) but writes random vectors: a bad version."""
+
+    def finetune(self):
+        report = super().finetune()
+        rng = np.random.default_rng(7)
+        bad = rng.normal(size=report._vectors.shape).astype(np.float32)
+        report._vectors = bad / np.linalg.norm(bad, axis=1, keepdims=True)
+        return report
+
+
+def watcher(store, clock, engine_cls=NudgeFinetuneEngine, **kw) -> Watcher:
+    kw.setdefault("min_new_labels", 50)
+    kw.setdefault("min_guard_searches", 30)
+    kw.setdefault("settle_searches", 60)
+    return Watcher(
+        store,
+        engine=engine_cls(store, progress=False),
+        clock=clock,
+        sleep=clock.sleep,
+        **kw,
+    )
+
+
+def test_applies_a_proven_version_then_keeps_it_when_live_searches_hold(store, world, tmp_path):
+    clock = FakeClock()
+    first, later = halves(world)
+    hits_before = traffic(store, first)
+    w = watcher(store, clock)
+    (decision,) = w.run_round()
+    assert decision["decision"] == "apply" and decision["version"] == 1
+    assert decision["report"]["ndcg"]["ci_low"] > 0
+    assert store.nudge_state.current_version == 1
+
+    hits_after = traffic(store, later)  # the searches that followed, served by version 1
+    guard, finetune = w.run_round()
+    assert guard["decision"] == "keep" and guard["version"] == 1
+    assert guard["signal"]["after_n"] == len(later)
+    assert guard["signal"]["before_n"] == len(first)
+    assert guard["method"] == "newcombe-wilson"
+    assert hits_after / len(later) > hits_before / len(first)  # it did help
+    assert finetune["decision"] == "apply" and finetune["from_version"] == 1
+    assert store.nudge_state.current_version == 2
+
+    log = [json.loads(x) for x in (tmp_path / "state" / WATCH_LOG).read_text().splitlines()]
+    assert [r["decision"] for r in log] == ["apply", "keep", "apply"]
+    assert all("version" in r and "time" in r and "round" in r for r in log)
+    assert (tmp_path / "state" / WATCH_LOG).stat().st_mode & 0o777 == 0o600
+
+
+def test_the_guard_rolls_a_bad_version_back_by_itself(store, world):
+    clock = FakeClock()
+    first, later = halves(world)
+    traffic(store, first)
+    served = store.nudge_state.get_vectors(world.ids)  # what Chroma holds at version 0
+    w = watcher(store, clock, engine_cls=ScrambledEngine)
+    (decision,) = w.run_round()
+    assert decision["decision"] == "apply"  # its held-out proof was fine; the vectors are not
+    version = decision["version"]
+
+    few = later[:10]  # too few searches after it to judge: wait, and fine-tune nothing
+    traffic(store, few)
+    (wait,) = w.run_round()
+    assert wait["decision"] == "guard_wait" and wait["version"] == version
+    assert store.nudge_state.current_version == version
+
+    traffic(store, later[10:])
+    (rollback,) = w.run_round()  # no fine-tune in the round that rolled back
+    assert rollback["decision"] == "rollback" and rollback["version"] == version
+    assert rollback["to_version"] == 0
+    sig = rollback["signal"]
+    assert sig["after_hits"] / sig["after_n"] < sig["before_hits"] / sig["before_n"]
+    assert sig["ci_high"] < 0 and "below zero" in rollback["reason"]
+    assert store.nudge_state.current_version == 0
+    np.testing.assert_array_equal(store.nudge_state.get_vectors(world.ids), served)
+
+    # a restarted loop remembers: the rolled-back version is settled, not guarded again
+    w2 = watcher(store, clock, min_new_labels=10_000)
+    (nothing,) = w2.run_round()
+    assert nothing["decision"] == "skip" and nothing["version"] == 0
+
+
+def test_fine_tunes_only_when_enough_new_labels_arrived(store, world):
+    clock = FakeClock()
+    first, later = halves(world)
+    traffic(store, first[:20])
+    w = watcher(store, clock, min_new_labels=40)
+    (skip,) = w.run_round()
+    assert skip["decision"] == "skip" and skip["new_labels"] == 20 and skip["version"] == 0
+    traffic(store, first[20:])
+    (applied,) = w.run_round()
+    assert applied["decision"] == "apply" and applied["new_labels"] == len(first)
+    # the labels it used are behind the watermark: the next round waits for new ones
+    w.settle_searches = w.min_guard_searches = 1
+    traffic(store, later[:5])
+    guard, skip2 = w.run_round()
+    assert guard["decision"] == "keep"
+    assert skip2["decision"] == "skip" and skip2["new_labels"] == 5
+
+
+def test_a_fit_that_is_not_proven_is_logged_and_not_applied(store, world):
+    clock = FakeClock()
+    traffic(store, world.queries[:12])
+    w = watcher(store, clock, min_new_labels=5)
+    w.engine.min_gain = 10.0  # no gain can beat it
+    (d,) = w.run_round()
+    assert d["decision"] == "not_proven" and d["version"] == 0 and d["labels_until"]
+    assert store.nudge_state.current_version == 0
+
+
+def test_run_keeps_its_cadence_on_the_injected_clock(store, world):
+    clock = FakeClock()
+    traffic(store, world.queries[:3])
+    w = watcher(store, clock, every="1h", min_new_labels=100)
+    out = w.run(rounds=3)
+    assert [d["decision"] for d in out] == ["skip"] * 3
+    assert clock.slept == [3600.0, 3600.0]
+    assert [d["round"] for d in w.history()] == [1, 2, 3]
+
+
+def test_wilson_and_newcombe_match_published_values():
+    lo, hi = wilson_interval(0, 10)  # Newcombe (1998), table I
+    assert lo == pytest.approx(0.0, abs=1e-12) and hi == pytest.approx(0.2775, abs=1e-4)
+    lo, hi = wilson_interval(81, 263)
+    assert (lo, hi) == (pytest.approx(0.2553, abs=1e-4), pytest.approx(0.3662, abs=1e-4))
+    lo, hi = newcombe_interval(56, 70, 48, 80)  # Newcombe (1998b), example (a): 0.0524, 0.3339
+    assert (lo, hi) == (pytest.approx(0.0524, abs=1e-4), pytest.approx(0.3339, abs=1e-4))
+
+
+def test_live_signal_splits_searches_at_the_apply_time():
+    hits = [(t, t % 2 == 0) for t in range(10)] + [(t, False) for t in range(10, 20)]
+    sig = live_signal(hits, 10.0, before_from=2.0)
+    assert (sig.before_hits, sig.before_n, sig.after_hits, sig.after_n) == (4, 8, 0, 10)
+    assert sig.ci_high < 0.0 < -sig.ci_low
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("1h", 3600.0), ("15m", 900.0), ("90s", 90.0), ("1d", 86400.0), (5, 5.0)]
+)
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["soon", "0s", "-1h", "1w"])
+def test_parse_duration_refuses_what_it_cannot_read(bad):
+    with pytest.raises(NudgeError, match="every"):
+        parse_duration(bad)
+
+
+def test_bad_settings_are_refused(store):
+    with pytest.raises(NudgeError, match="min_new_labels"):
+        Watcher(store, min_new_labels=0)
+    with pytest.raises(NudgeError, match="settle_searches"):
+        Watcher(store, min_guard_searches=50, settle_searches=10)
+
+
+def test_a_damaged_log_is_one_clear_error(store, tmp_path):
+    (tmp_path / "state" / WATCH_LOG).write_text('{"round": 1}\nnot json\n')
+    with pytest.raises(NudgeError, match="line 2"):
+        Watcher(store).run_round()
