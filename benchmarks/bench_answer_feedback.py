@@ -35,26 +35,9 @@ import numpy as np
 from nudge_rag.core.data import load_beir, shared_data_dir
 from nudge_rag.core.engine import NudgeFinetuneEngine
 from nudge_rag.core.files import atomic_write
-from nudge_rag.core.labels import parse_request
 from nudge_rag.core.metrics import evaluate, exact_knn
 from nudge_rag.testing import OpenAIStub, QrelsJudge
 from nudge_rag.testing.simulate import beir_state, qrels_by_text, simulate_searches
-
-
-class SupportJudge(QrelsJudge):
-    """A qrels judge that also answers the support prompt (a shown gold chunk supports)."""
-
-    def __call__(self, body: dict[str, Any]) -> dict[str, Any]:
-        request = parse_request(body.get("messages", []))
-        if request.get("task") != "support":
-            return super().__call__(body)
-        self.calls["support"] = self.calls.get("support", 0) + 1
-        q = request["query"]
-        return {
-            "judgments": [
-                {"id": c["id"], "grade": self.grade(q, c["id"])} for c in request["candidates"]
-            ]
-        }
 
 
 def run(ds: Any, mode: str, *, seed: int, label_k: int) -> dict[str, Any]:
@@ -66,7 +49,7 @@ def run(ds: Any, mode: str, *, seed: int, label_k: int) -> dict[str, Any]:
     gold = {ds.query_text[q]: {d for d, g in ds.qrels["train"][q].items() if g > 0} for q in qids}
     with (
         tempfile.TemporaryDirectory() as tmp,
-        OpenAIStub(SupportJudge(qrels_by_text(ds, "train"), seed=seed)) as stub,
+        OpenAIStub(QrelsJudge(qrels_by_text(ds, "train"), seed=seed)) as stub,
     ):
         state = beir_state(ds, tmp)
         if mode == "liked answers only":  # search all, keep only the liked searches' traces

@@ -307,6 +307,13 @@ def watch(
     min_guard_searches: Annotated[
         int, typer.Option(help="Searches with feedback after an apply before the guard judges.")
     ] = 30,
+    log: Annotated[
+        Path | None,
+        typer.Option(
+            help="The rounds' log (default: watch.jsonl in the state folder; needed "
+            "when the state is in Postgres)."
+        ),
+    ] = None,
 ) -> None:
     """Fine-tune round after round; apply when proven; roll back when live searches get worse.
 
@@ -341,6 +348,7 @@ def watch(
         min_new_labels=min_new_labels,
         min_guard_searches=min_guard_searches,
         settle_searches=max(300, min_guard_searches),
+        log_path=log,
         echo=typer.echo,
     )
     watcher.run(rounds=rounds)

@@ -222,6 +222,19 @@ def test_langfuse_reader_maps_observations_and_scores(state: NudgeState):
     assert state.import_traces(langfuse.read(observations, scores, names=["search"])).imported == 0
 
 
+def test_langfuse_numeric_scores_on_another_scale_map_onto_ratings():
+    """Five-star NUMERIC scores: 1 is a disliked answer, 4 a liked one (not all "positive")."""
+    observations, scores = _langfuse_pages()
+    stars = [dict(scores["data"][1], dataType="NUMERIC", value=v) for v in (1, 4)]
+    stars[1]["traceId"] = "tr-2"
+    recs = langfuse.read(observations, stars, names=["search"], numeric_range=(1, 5))
+    assert [f.rating for r in recs for f in r.feedback] == [0.0, 0.75]
+    raw = langfuse.read(observations, stars, names=["search"])  # the 0..1 default clips
+    assert [f.rating for r in raw for f in r.feedback] == [1.0, 1.0]
+    with pytest.raises(NudgeError, match="numeric_range"):
+        langfuse.read(observations, stars, numeric_range=(5, 1))
+
+
 # -- Phoenix -----------------------------------------------------------------------------------
 def _phoenix_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
     """``get_spans_dataframe()`` and a ``DocumentEvaluations`` dataframe, as Phoenix gives them."""

@@ -234,7 +234,10 @@ class Watcher:
         if log_path is None:
             state_dir = getattr(self.state, "state_dir", None)
             if state_dir is None:
-                msg = "log_path: the store has no state folder; pass log_path=... for watch.jsonl."
+                msg = (
+                    "log_path: the store has no state folder (its state is in Postgres); pass "
+                    "log_path=... (nudge-rag watch --log ...) for the rounds' log."
+                )
                 raise NudgeError(msg)
             log_path = Path(state_dir) / WATCH_LOG
         self.log_path = Path(log_path)

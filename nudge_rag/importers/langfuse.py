@@ -13,10 +13,11 @@ Mapping:
   the time, ``id`` the external id (source ``"langfuse"``);
 - each score whose ``observationId`` is that observation, or with no observation on its
   ``traceId`` (it then applies to every retriever observation of the trace): ``NUMERIC``
-  gives the rating ``value``, ``BOOLEAN`` 1 / 0, ``CATEGORICAL`` a label (``relevant`` /
-  ``irrelevant``, ``good`` / ``bad``, ...) read as 1 / 0; ``comment`` is the text. Chunk ids
-  come from the score's ``metadata``: ``relevant_ids`` / ``irrelevant_ids`` lists, or a
-  ``document_id`` (relevant when the score or label is positive, irrelevant when negative).
+  gives the rating ``value`` (mapped from ``numeric_range`` onto 0..1), ``BOOLEAN`` 1 / 0,
+  ``CATEGORICAL`` a label (``relevant`` / ``irrelevant``, ``good`` / ``bad``, ...) read as 1 / 0;
+  ``comment`` is the text. Chunk ids come from the score's ``metadata``: ``relevant_ids`` /
+  ``irrelevant_ids`` lists, or a ``document_id`` (relevant when the score or label is
+  positive, irrelevant when negative).
 """
 
 from __future__ import annotations
@@ -47,17 +48,27 @@ def read(
     names: Iterable[str] = (),
     id_key: str | None = None,
     score_key: str | None = None,
+    numeric_range: tuple[float, float] = (0.0, 1.0),
 ) -> list[TraceRecord]:
     """Records of the retriever observations with the scores on them or their traces.
 
     ``names``: also read observations with these names (spans a user made around a search).
+    ``numeric_range``: the (worst, best) of your ``NUMERIC`` scores, mapped onto nudge-rag's 0..1
+    ratings (0.5 and above is a liked answer): ``(1, 5)`` for five stars.
     """
+    lo, hi = (float(x) for x in numeric_range)
+    if not hi > lo:
+        msg = (
+            f"numeric_range: expected (worst, best) with best > worst, found {numeric_range!r}; "
+            "pass e.g. (1, 5) for five-star scores."
+        )
+        raise NudgeError(msg)
     wanted = set(names)
     by_obs: dict[str, list[FeedbackRecord]] = {}
     by_trace: dict[str, list[FeedbackRecord]] = {}
     for n, s in enumerate(items(scores, "scores", data_key="data")):
         d = _dict(s, f"scores[{n}]")
-        record = _feedback(d)
+        record = _feedback(d, lo, hi)
         if record is None:
             continue
         obs = get(d, "observationId", "observation_id")
@@ -103,7 +114,7 @@ def _dict(obj: Any, where: str) -> dict:
         raise NudgeError(msg) from None
 
 
-def _feedback(d: Mapping) -> FeedbackRecord | None:
+def _feedback(d: Mapping, lo: float, hi: float) -> FeedbackRecord | None:
     kind = str(get(d, "dataType", "data_type", default="NUMERIC")).upper()
     value = d.get("value")
     label = get(d, "stringValue", "string_value")
@@ -114,7 +125,7 @@ def _feedback(d: Mapping) -> FeedbackRecord | None:
         rating = None if good is None else float(good)
     else:
         s = number_or_nan(value)
-        rating = None if s != s else s
+        rating = None if s != s else min(1.0, max(0.0, (s - lo) / (hi - lo)))
     found = d.get("metadata")
     meta: Mapping = found if isinstance(found, Mapping) else {}
     rel = [str(i) for i in meta.get("relevant_ids") or []]

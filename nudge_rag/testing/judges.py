@@ -30,8 +30,10 @@ class QrelsJudge:
 
     ``flip`` is the fraction of judgments flipped (relevant ↔ not relevant), drawn per
     (query, candidate) from ``seed``, so a retry gets the same answer. ``questions`` maps a
-    doc id to the questions returned for a question request (the first ``n``). ``calls``
-    counts the requests answered, by task.
+    doc id to the questions returned for a question request (the first ``n``). A support
+    request (which shown chunks an answer rests on) is graded like a judge request: a shown gold
+    chunk supports. ``calls`` counts the requests answered, by task; ``support_requests`` keeps
+    the support requests as asked.
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class QrelsJudge:
         self.flip = flip
         self.seed = seed
         self.calls: dict[str, int] = {}
+        self.support_requests: list[dict[str, Any]] = []
 
     def grade(self, query: str, doc_id: str) -> int:
         """The grade this judge gives ``doc_id`` for ``query`` (after any flip)."""
@@ -61,7 +64,9 @@ class QrelsJudge:
         request = parse_request(body.get("messages", []))
         task = str(request.get("task"))
         self.calls[task] = self.calls.get(task, 0) + 1
-        if task == "judge":
+        if task == "support":
+            self.support_requests.append(request)
+        if task in ("judge", "support"):
             query = request["query"]
             return {
                 "judgments": [
