@@ -1,10 +1,21 @@
-"""Measure NUDGE variants on the shared datasets to choose the defaults (prints a table).
+"""Measure NUDGE variants on the shared datasets to choose the defaults (prints tables).
 
-Every method × selection × refit on every dataset in ../shared/data over several seeds:
-the seed carves a fresh 20% dev split out of train (NFCorpus also runs with its own dev).
-Test NDCG@10 / Recall@10 are reported next to nudge-ft's NUDGE-N on the same split.
+``--sweep methods``: every method × selection × refit × weighting on every dataset in
+../shared/data over several seeds: the seed carves a fresh 20% dev split out of train
+(NFCorpus also runs with its own dev). Test NDCG@10 is reported next to nudge-ft's NUDGE-N on
+the same split.
+
+``--sweep negatives`` (issue 14): the core's defaults with gold labels, without and with
+negatives: per query, the base top-k rows that are not positives (k = 10: what a user was
+shown and did not mark; k = 20 / 50: what a judge grades 0 in a pool of that size), the weight
+λ chosen on validation or fixed, and rows with negatives only kept (ρ = 0) or moved.
+
+``--sweep engine``: the engine end to end with the clean stub judge at each ``--label-k``,
+without and with negatives, as a fraction of the gain of the core on gold labels.
 
     python benchmarks/explore_defaults.py [--seeds 5] [--grid paper|fine]
+    python benchmarks/explore_defaults.py --sweep negatives --seeds 3 [--first-seed 3]
+    python benchmarks/explore_defaults.py --sweep engine --seeds 3 --label-k 20 50
 """
 
 from __future__ import annotations
@@ -38,10 +49,13 @@ def nudge_ft_n(E, tr, va):
         )
 
 
+FIRST_SEED = 0  # --first-seed: seeds 3.. are splits the defaults were not tuned on
+
+
 def runs(ds, seeds):
-    for seed in range(seeds):
+    for seed in range(FIRST_SEED, FIRST_SEED + seeds):
         yield f"seed{seed}", split_queries(ds, seed=seed, use_given_dev=False)
-    if "dev" in ds.qrels:
+    if "dev" in ds.qrels and FIRST_SEED == 0:
         yield "own-dev", split_queries(ds)
 
 
@@ -141,7 +155,7 @@ def sweep_engine(datasets, seeds, label_ks, rows):
             ids = state.ids()
             base = state.base_vectors(ids)
             before = evaluate(test.queries, base, test.positives, metric="cosine")["ndcg@10"]
-            for label_k, seed in itertools.product(label_ks, range(seeds)):
+            for label_k, seed in itertools.product(label_ks, range(FIRST_SEED, FIRST_SEED + seeds)):
                 gains = {}
                 for use_neg in (False, True):
                     eng = NudgeFinetuneEngine(
@@ -287,6 +301,7 @@ def print_table(rows, title="Gain in test NDCG@10 over nudge-ft NUDGE-N"):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first..first+seeds-1")
     ap.add_argument("--grid", choices=["paper", "fine"], default="paper")
     ap.add_argument(
         "--sweep",
@@ -299,6 +314,8 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=None, help="negatives: names to run")
     ap.add_argument("--label-k", nargs="+", type=int, default=[20, 50])
     args = ap.parse_args()
+    global FIRST_SEED
+    FIRST_SEED = args.first_seed
     gammas = FINE_GRID if args.grid == "fine" else None
     paths = sorted(p for p in DATA.iterdir() if (p / "emb").exists())
     if args.datasets:

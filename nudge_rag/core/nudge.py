@@ -26,8 +26,9 @@ A row with negatives only has ``g_i = −λ h_i``, whose direction does not depe
 the constraint it would always move a full step. Its budget is therefore ``ρ·γ`` with
 ``negative_step`` ρ (default 0: such rows stay; measured, pushing them lowers test NDCG@10 on
 SciFact). γ is chosen exactly as without negatives (λ = 0); then λ is chosen on validation
-at that γ from ``NEGATIVE_WEIGHT_GRID`` and kept only if it scores strictly better than
-λ = 0, so the validation score is never below the fit without negatives.
+at that γ from ``NEGATIVE_WEIGHT_GRID`` and kept only if its paired per-query gain over
+λ = 0 is more than ``NEGATIVE_Z`` standard errors (a one-sided paired z-test), so noise on a
+small validation set cannot bring it in (benchmarks/DEFAULTS.md, "Negatives").
 
 Only rows that some training query labels can change, so the work is sparse: the other rows'
 best validation scores are computed once, streaming the corpus in bounded blocks, and every
@@ -37,7 +38,6 @@ candidate γ is scored against the changed rows only. Memory beyond the input is
 
 from __future__ import annotations
 
-import itertools
 import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -87,7 +87,7 @@ class Selection(str, Enum):
 DEFAULT_SELECTION = Selection.NDCG10
 DEFAULT_REFIT = True
 DEFAULT_WEIGHTING = Weighting.SQRT_POSITIVES
-NEGATIVE_WEIGHT_GRID = (0.05, 0.1, 0.25, 0.5)  # λ candidates, chosen on validation at γ
+NEGATIVE_WEIGHT_GRID = (0.05, 0.1)  # λ candidates, chosen on validation at γ
 DEFAULT_NEGATIVE_WEIGHT = 0.1  # λ when γ is fixed and no negative_weight is given
 NEGATIVE_Z = 1.645  # λ > 0 is kept when its paired validation gain is this many SEs above 0
 DEFAULT_NEGATIVE_STEP = 0.0  # ρ: rows with negatives only move up to ρ·γ (0: they stay)
@@ -364,11 +364,21 @@ def _sums(
     positives: list[dict[int, float]],
     negatives: list[list[int]] | None,
     weighting: Weighting,
+    *,
+    pushed_rows: bool,
 ) -> _Sums:
+    """``G`` and ``H`` over the rows that may move: those with positives, and (only when
+    ``pushed_rows``, i.e. ρ > 0) those with negatives only; other negatives cannot move a
+    row, so they are left out and cost nothing."""
     rows_p, g_p = _label_sums(queries, positives, weighting)
     if negatives is None or not any(negatives):
         return _Sums(rows_p, g_p, None, None)
     rows_n, h_n = _negative_sums(queries, negatives, weighting)
+    if not pushed_rows:
+        mixed = np.isin(rows_n, rows_p)
+        if not mixed.any():
+            return _Sums(rows_p, g_p, None, None)
+        rows_n, h_n = rows_n[mixed], h_n[torch.from_numpy(mixed).to(h_n.device)]
     rows = np.union1d(rows_p, rows_n)
     dev = queries.device
     g = torch.zeros((len(rows), queries.shape[1]), dtype=queries.dtype, device=dev)
@@ -747,20 +757,20 @@ def finetune_embeddings(
         raise NudgeError(msg)
 
     fit_q = _float32_block(train_queries, dev)
-    sums = _sums(fit_q, train_labels, train_neg, weighting)
+    step = DEFAULT_NEGATIVE_STEP if negative_step is None else negative_step
+    sums = _sums(fit_q, train_labels, train_neg, weighting, pushed_rows=step > 0)
     _check_label_sums(sums.rows, sums.g)
     if sums.h is not None:
         _check_label_sums(sums.rows, sums.h)
     rows = sums.rows
     e = _rows_tensor(embeddings, rows, dev)
     make_update = _nudge_n_update if method is Method.NUDGE_N else _nudge_m_update
-    # (λ, ρ) candidates: the given ones, else the grids (scored on validation at the chosen γ)
+    # λ candidates: the given one, else the grid (scored on validation at the chosen γ)
     weights = list(NEGATIVE_WEIGHT_GRID) if negative_weight is None else [negative_weight]
-    steps = [DEFAULT_NEGATIVE_STEP if negative_step is None else negative_step]
     chosen_weight, chosen_step = 0.0, 0.0
     if sums.h is not None and gamma is not None:  # γ fixed: nothing to choose on
         chosen_weight = DEFAULT_NEGATIVE_WEIGHT if negative_weight is None else negative_weight
-        chosen_step = DEFAULT_NEGATIVE_STEP if negative_step is None else negative_step
+        chosen_step = step
 
     curve: list[tuple[float, float]] = []
     negative_curve: list[tuple[float, float]] = []
@@ -804,15 +814,15 @@ def finetune_embeddings(
         if sums.h is not None and gamma:
             at_zero = per_query(val_q, update(float(gamma)), rows, untouched, table)
             negative_curve.append((0.0, best))
-            for weight, share in itertools.product(weights, steps):
+            for weight in weights:
                 if weight == 0:
                     continue
-                moved = make_update(e, sums.at(weight), sums, share)(float(gamma))
+                moved = make_update(e, sums.at(weight), sums, step)(float(gamma))
                 values = per_query(val_q, moved, rows, untouched, table)
                 value = float(values.mean())
                 negative_curve.append((float(weight), value))
                 if value > best and _significant(values - at_zero):
-                    best, chosen_weight, chosen_step = value, weight, share
+                    best, chosen_weight, chosen_step = value, weight, step
 
     if refit and any(val_labels):
         all_q = torch.cat([fit_q, _float32_block(val_mat, dev)])
@@ -821,7 +831,7 @@ def finetune_embeddings(
             all_neg = (train_neg or [[] for _ in train_labels]) + (
                 val_neg or [[] for _ in val_labels]
             )
-        sums = _sums(all_q, train_labels + val_labels, all_neg, weighting)
+        sums = _sums(all_q, train_labels + val_labels, all_neg, weighting, pushed_rows=step > 0)
         _check_label_sums(sums.rows, sums.g)
         if sums.h is not None:
             _check_label_sums(sums.rows, sums.h)
