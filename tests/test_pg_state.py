@@ -270,11 +270,11 @@ class Helper:
     def ready(self) -> bool:
         """Whether a line is waiting to be read."""
         assert self.proc.stdout is not None
-        return bool(select.select([self.proc.stdout], [], [], 0)[0])
+        return _readable(self.proc.stdout, 0)
 
     def read(self) -> str:
         assert self.proc.stdout is not None
-        if not select.select([self.proc.stdout], [], [], WAIT_S)[0]:
+        if not _readable(self.proc.stdout, WAIT_S):
             self.proc.kill()
             pytest.fail(f"helper gave no answer in {WAIT_S} s: {self.proc.stderr.read()}")  # type: ignore[union-attr]
         line = self.proc.stdout.readline()
@@ -292,6 +292,17 @@ class Helper:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def _readable(pipe: Any, timeout_s: float) -> bool:
+    """Whether ``pipe`` has a line to read within ``timeout_s`` (poll: any descriptor number,
+    where select() fails above 1023 in a long test session)."""
+    poller = select.poll()
+    poller.register(pipe, select.POLLIN)
+    return bool(poller.poll(timeout_s * 1000))
 
 
 @pytest.fixture
