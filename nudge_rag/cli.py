@@ -156,6 +156,19 @@ def open_store(store: str, collection: str = "nudge_rag") -> Any:
     return NudgedVectorStore(inner, state_dir=state_dir)
 
 
+def make_engine(store: Any, llm_base_url: str | None, llm_model: str, **kw: Any) -> Any:
+    """The fine-tune engine over ``store``; with ``llm_base_url`` an OpenAI-compatible model
+    judges (the key is read from OPENAI_API_KEY)."""
+    from nudge_rag.core.engine import NudgeFinetuneEngine
+
+    llm = None
+    if llm_base_url:
+        import openai
+
+        llm = openai.OpenAI(base_url=llm_base_url, api_key=os.environ.get("OPENAI_API_KEY", "none"))
+    return NudgeFinetuneEngine(store, llm=llm, llm_model=llm_model if llm else None, **kw)
+
+
 def open_pgvector(url: str, collection: str) -> Any:
     """A LangChain ``PGVector`` collection and its state, both in the database of ``url``."""
     try:
@@ -259,21 +272,10 @@ def finetune(
 
     Example:  nudge-rag finetune --store nudge_demo_state --min-gain 0.01
     """
-    from nudge_rag.core.engine import NudgeFinetuneEngine
 
     s = open_store(store, collection)
-    llm = None
-    if llm_base_url:
-        import openai
-
-        llm = openai.OpenAI(base_url=llm_base_url, api_key=os.environ.get("OPENAI_API_KEY", "none"))
-    engine = NudgeFinetuneEngine(
-        s,
-        llm=llm,
-        llm_model=llm_model if llm else None,
-        method=method,
-        min_gain=min_gain,
-        max_calls=max_calls,
+    engine = make_engine(
+        s, llm_base_url, llm_model, method=method, min_gain=min_gain, max_calls=max_calls
     )
     report = engine.finetune()
     typer.echo(str(report))
@@ -324,22 +326,11 @@ def watch(
 
     Example:  nudge-rag watch --store nudge_demo_state --every 1h --min-new-labels 50
     """
-    from nudge_rag.core.engine import NudgeFinetuneEngine
     from nudge_rag.core.watch import Watcher
 
     s = open_store(store, collection)
-    llm = None
-    if llm_base_url:
-        import openai
-
-        llm = openai.OpenAI(base_url=llm_base_url, api_key=os.environ.get("OPENAI_API_KEY", "none"))
-    engine = NudgeFinetuneEngine(
-        s,
-        llm=llm,
-        llm_model=llm_model if llm else None,
-        min_gain=min_gain,
-        max_calls=max_calls,
-        progress=False,
+    engine = make_engine(
+        s, llm_base_url, llm_model, min_gain=min_gain, max_calls=max_calls, progress=False
     )
     watcher = Watcher(
         s,

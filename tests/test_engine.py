@@ -58,6 +58,12 @@ class World:
         )
         self.qrels = {q: {target: 2} for q, _, target in self.queries}
 
+    def text_vectors(self) -> dict[str, np.ndarray]:
+        """Chunk texts and query texts → their vectors (a ``LookupEmbeddings`` table)."""
+        table = {self.records[i]["text"]: self.vectors[n] for n, i in enumerate(self.ids)}
+        table.update({t: v for t, v, _ in self.queries})
+        return table
+
     def search_all(self, queries=None) -> list[str]:
         """Run queries as searches (as a face would record them); return the trace ids."""
         out = []

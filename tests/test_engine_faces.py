@@ -29,27 +29,14 @@ def _check_apply_and_rollback(store, world: World, report) -> None:
 
 
 def test_langchain_face(world, tmp_path):
-    from langchain_core.embeddings import Embeddings
     from langchain_core.vectorstores import InMemoryVectorStore
 
     from nudge_rag.langchain import NudgedVectorStore
+    from nudge_rag.langchain.embeddings import LookupEmbeddings
 
-    class TableEmbeddings(Embeddings):
-        """Texts of this world → their vectors (chunk texts and query texts)."""
-
-        def __init__(self) -> None:
-            self.table = {
-                world.records[i]["text"]: world.vectors[n] for n, i in enumerate(world.ids)
-            }
-            self.table.update({t: v for t, v, _ in world.queries})
-
-        def embed_documents(self, texts: list[str]) -> list[list[float]]:
-            return [self.table[t].tolist() for t in texts]
-
-        def embed_query(self, text: str) -> list[float]:
-            return self.table[text].tolist()
-
-    store = NudgedVectorStore(InMemoryVectorStore(TableEmbeddings()), state_dir=tmp_path / "lc")
+    store = NudgedVectorStore(
+        InMemoryVectorStore(LookupEmbeddings(world.text_vectors())), state_dir=tmp_path / "lc"
+    )
     store.add_texts([world.records[i]["text"] for i in world.ids], ids=world.ids)
     for text, _, target in world.queries:
         docs = store.similarity_search(text, k=5)

@@ -674,34 +674,21 @@ def test_two_processes_creating_a_state_at_once_create_it_once(pg, db, helpers):
 
 # == 7. the engine end to end on a PGVector store with its state in Postgres =======================
 def test_engine_end_to_end_with_the_state_in_postgres(pg, db, tmp_path):
-    from langchain_core.embeddings import Embeddings
     from langchain_postgres.vectorstores import DistanceStrategy
     from test_engine import World  # tests/ is on sys.path under pytest
 
     from nudge_rag import NudgeFinetuneEngine
     from nudge_rag.langchain import NudgedVectorStore
+    from nudge_rag.langchain.embeddings import LookupEmbeddings
     from nudge_rag.testing import OpenAIStub, QrelsJudge
 
     world = World(tmp_path / "world")  # only its vectors, texts and queries are used
     world.state.close()
 
-    class TableEmbeddings(Embeddings):
-        def __init__(self) -> None:
-            self.table = {
-                world.records[i]["text"]: world.vectors[n] for n, i in enumerate(world.ids)
-            }
-            self.table.update({t: v for t, v, _ in world.queries})
-
-        def embed_documents(self, texts: list[str]) -> list[list[float]]:
-            return [self.table[t].tolist() for t in texts]
-
-        def embed_query(self, text: str) -> list[float]:
-            return self.table[text].tolist()
-
     from langchain_postgres import PGVector
 
     inner = PGVector(
-        TableEmbeddings(),
+        LookupEmbeddings(world.text_vectors()),
         connection=pg.langchain_url(db),
         collection_name="world",
         distance_strategy=DistanceStrategy.COSINE,

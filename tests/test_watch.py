@@ -46,26 +46,13 @@ def world(tmp_path) -> World:
 def store(world, tmp_path):
     import chromadb
     from langchain_chroma import Chroma
-    from langchain_core.embeddings import Embeddings
 
     from nudge_rag.langchain import NudgedVectorStore
-
-    class TableEmbeddings(Embeddings):
-        def __init__(self) -> None:
-            self.table = {
-                world.records[i]["text"]: world.vectors[n] for n, i in enumerate(world.ids)
-            }
-            self.table.update({t: v for t, v, _ in world.queries})
-
-        def embed_documents(self, texts: list[str]) -> list[list[float]]:
-            return [self.table[t].tolist() for t in texts]
-
-        def embed_query(self, text: str) -> list[float]:
-            return self.table[text].tolist()
+    from nudge_rag.langchain.embeddings import LookupEmbeddings
 
     inner = Chroma(
         collection_name="watch",
-        embedding_function=TableEmbeddings(),
+        embedding_function=LookupEmbeddings(world.text_vectors()),
         client=chromadb.PersistentClient(path=str(tmp_path / "chroma")),
         collection_metadata={"hnsw:space": "cosine"},
     )

@@ -22,9 +22,8 @@ class Citations:
 _CITATION = re.compile(r"\[(?!\^)([^\[\]\n]{1,200})\](?!\()")
 
 
-def cited_ids(answer: Any, *, whole: Container[str] = ()) -> list[str]:
-    """The ids an answer cites as ``[id]`` or ``[id1, id2]`` (a string, or a message with
-    ``.content``), in order; a bracket whose whole text is in ``whole`` is one id."""
+def answer_text(answer: Any) -> str:
+    """The text of an answer: a string, or a chat message's ``.content`` (blocks joined)."""
     text = getattr(answer, "content", answer)
     if isinstance(text, list):  # content blocks of a chat message
         text = " ".join(b.get("text", "") if isinstance(b, dict) else str(b) for b in text)
@@ -34,6 +33,13 @@ def cited_ids(answer: Any, *, whole: Container[str] = ()) -> list[str]:
             "string .content."
         )
         raise NudgeError(msg)
+    return text
+
+
+def cited_ids(answer: Any, *, whole: Container[str] = ()) -> list[str]:
+    """The ids an answer cites as ``[id]`` or ``[id1, id2]`` (a string, or a message with
+    ``.content``), in order; a bracket whose whole text is in ``whole`` is one id."""
+    text = answer_text(answer)
     found: list[str] = []
     for match in _CITATION.finditer(text):
         inside = match.group(1).strip()

@@ -654,17 +654,7 @@ class NudgeFinetuneEngine:
         for g, grades in zip(owner, labeler.judge(items), strict=True):
             if grades is not None:  # a skipped prompt leaves its candidates unjudged (counted)
                 judged.setdefault(g, {}).update({i: float(v) for i, v in grades.items()})
-        outliers = positive_rate_outliers(judged.values(), min_pools=self.outlier_min_pools)
-        self._suspects["outlier"] = sorted(set(self._suspects.get("outlier", [])) | set(outliers))
-        counts["outlier_chunks"] += len(outliers)
-        out = []
-        for g, merged in sorted(judged.items()):
-            key, text, emb, tids, fb = groups[g]
-            if self.exclude_outliers:
-                merged = {i: (0.0 if i in outliers else v) for i, v in merged.items()}
-            merged.update(fb)  # the user's own verdicts win over the judge
-            out.append(LabeledQuery(key, text, emb, merged, "llm", tids))
-        return out
+        return self._judged_labels(judged, groups, counts, "llm")
 
     def _judge_support(
         self,
@@ -709,6 +699,17 @@ class NudgeFinetuneEngine:
                 mine = judged.setdefault(g, {})
                 for i, v in grades.items():
                     mine[i] = max(mine.get(i, 0.0), float(v))
+        return self._judged_labels(judged, groups, counts, "answer")
+
+    def _judged_labels(
+        self,
+        judged: Mapping[int, dict[str, float]],
+        groups: list[tuple[str, str, np.ndarray, tuple[str, ...], dict[str, float]]],
+        counts: dict[str, int],
+        source: str,
+    ) -> list[LabeledQuery]:
+        """The judged groups as labels: outlier chunks (a positive rate no query pool
+        explains) graded 0 when excluded, the user's own verdicts over the judge's."""
         outliers = positive_rate_outliers(judged.values(), min_pools=self.outlier_min_pools)
         self._suspects["outlier"] = sorted(set(self._suspects.get("outlier", [])) | set(outliers))
         counts["outlier_chunks"] += len(outliers)
@@ -718,7 +719,7 @@ class NudgeFinetuneEngine:
             if self.exclude_outliers:
                 merged = {i: (0.0 if i in outliers else v) for i, v in merged.items()}
             merged.update(fb)  # the user's own verdicts win over the judge
-            out.append(LabeledQuery(key, text, emb, merged, "answer", tids))
+            out.append(LabeledQuery(key, text, emb, merged, source, tids))
         return out
 
     def _withhold_injections(self, text_of: Mapping[str, str | None]) -> set[str]:

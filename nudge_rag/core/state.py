@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from nudge_rag.core.citations import Citations, cited_ids
-from nudge_rag.core.citations import cited_ids as _cited
+from nudge_rag.core.citations import Citations, answer_text, cited_ids
+from nudge_rag.core.citations import cited_ids as _cited  # an argument of the same name below
 from nudge_rag.core.db import Database, StateLocation, state_part
 from nudge_rag.core.errors import NudgeError, UnknownIdError
 from nudge_rag.core.labels import POSITIVE_RATING
@@ -40,20 +40,6 @@ def _expand(ids: list[str], held: set[str], children: Mapping[str, list[str]]) -
     for i in ids:
         out.extend([i] if i in held else children.get(i, [i]))
     return list(dict.fromkeys(out))
-
-
-def _answer_text(answer: Any) -> str:
-    """The text of an answer: a string, or a chat message's ``.content`` (blocks joined)."""
-    text = getattr(answer, "content", answer)
-    if isinstance(text, list):  # content blocks of a chat message
-        text = " ".join(b.get("text", "") if isinstance(b, dict) else str(b) for b in text)
-    if not isinstance(text, str):
-        msg = (
-            f"answer: found {type(answer).__name__}, expected a string or a message with "
-            "string .content."
-        )
-        raise NudgeError(msg)
-    return text
 
 
 class NudgeState:
@@ -236,7 +222,7 @@ class NudgeState:
         if isinstance(cited_ids, str | bytes):
             msg = f"cited_ids: found a single string {cited_ids!r}; pass cited_ids=[{cited_ids!r}]."
             raise NudgeError(msg)
-        text = None if answer is None else _answer_text(answer)
+        text = None if answer is None else answer_text(answer)
         shown = self._shown_ids(trace_id)
         relevant: list[str] = []
         others: list[str] = []

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from nudge_rag.core.errors import NudgeError
+from nudge_rag.core.records import FeedbackRecord
 
 POSITIVE_LABELS = frozenset(
     {"relevant", "correct", "yes", "true", "good", "positive", "1", "thumbs_up", "helpful"}
@@ -174,3 +175,16 @@ def label_relevance(label: Any, score: Any) -> bool | None:
     if math.isnan(s):
         return None
     return s >= 0.5
+
+
+def feedback_record(
+    d: Mapping, relevant: list[str], irrelevant: list[str], rating: float | None, time: Any
+) -> FeedbackRecord | None:
+    """One feedback record from a tool's feedback item ``d`` (its ``comment`` is the text), or
+    None when it says nothing: no ids, no rating, no comment."""
+    text = d.get("comment") if isinstance(d.get("comment"), str) else None
+    if not relevant and not irrelevant and rating is None and not text:
+        return None
+    return FeedbackRecord(
+        relevant_ids=relevant, irrelevant_ids=irrelevant, rating=rating, text=text, time=time
+    )

@@ -31,6 +31,7 @@ from nudge_rag.importers._common import (
     as_dict,
     document_id,
     document_score,
+    feedback_record,
     get,
     items,
     label_relevance,
@@ -134,13 +135,4 @@ def _feedback(d: Mapping, lo: float, hi: float) -> FeedbackRecord | None:
     if doc is not None and rating is not None:
         (rel if rating >= 0.5 else irr).append(str(doc))
         rating = None  # a per-document judgment, not a rating of the whole search
-    text = d.get("comment") if isinstance(d.get("comment"), str) else None
-    if not rel and not irr and rating is None and not text:
-        return None
-    return FeedbackRecord(
-        relevant_ids=rel,
-        irrelevant_ids=irr,
-        rating=rating,
-        text=text,
-        time=get(d, "timestamp", "createdAt", "created_at"),
-    )
+    return feedback_record(d, rel, irr, rating, get(d, "timestamp", "createdAt", "created_at"))

@@ -31,6 +31,7 @@ from nudge_rag.importers._common import (
     as_dict,
     document_id,
     document_score,
+    feedback_record,
     get,
     items,
     number_or_nan,
@@ -129,13 +130,4 @@ def _feedback(d: Mapping) -> FeedbackRecord | None:
     elif score is not None:
         s = number_or_nan(score)
         rating = None if s != s else s
-    text = d.get("comment") if isinstance(d.get("comment"), str) else None
-    if not rel and not irr and rating is None and not text:
-        return None
-    return FeedbackRecord(
-        relevant_ids=rel,
-        irrelevant_ids=irr,
-        rating=rating,
-        text=text,
-        time=get(d, "created_at", "modified_at"),
-    )
+    return feedback_record(d, rel, irr, rating, get(d, "created_at", "modified_at"))
