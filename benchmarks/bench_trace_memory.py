@@ -52,6 +52,11 @@ state = NudgeState(MemoryAdapter(records), folder)
 engine = NudgeFinetuneEngine(state, progress=False)
 ids = list(state.ids())
 base = np.asarray(state.base_vectors(ids), dtype=np.float32)
+if hasattr(engine, "open_corpus"):  # collect_labels takes the corpus (matrix or store)
+    from nudge_rag.core.corpus import MemoryCorpus
+    where = (MemoryCorpus(base, ids=ids, metric=state.metric),)
+else:
+    where = (ids, base)
 counts = dict.fromkeys(
     ("traces", "unlabeled_traces", "no_candidate_text", "unknown_ids", "no_positive"), 0
 )
@@ -59,7 +64,7 @@ before = status_mb("VmRSS")
 with open("/proc/self/clear_refs", "w") as fh:  # reset the peak (VmHWM) to the RSS now
     fh.write("5")
 t0 = time.perf_counter()
-labeled = engine.collect_labels(ids, base, None, counts)
+labeled = engine.collect_labels(*where, None, counts)
 seconds = time.perf_counter() - t0
 peak = status_mb("VmHWM")
 print(json.dumps({"rss_before_mb": before, "peak_mb": peak, "added_mb": peak - before,

@@ -78,6 +78,23 @@ def milvus_adapter(ids: list[str], vecs: np.ndarray, tmp: Path) -> Any:
     return MilvusAdapter(client, "docs")
 
 
+def qdrant_adapter(ids: list[str], vecs: np.ndarray, tmp: Path) -> Any:
+    qdrant_client = pytest.importorskip("qdrant_client")
+    from qdrant_client import models
+
+    from nudge_rag.core.stores.qdrant import ORIGINAL_ID_KEY, QdrantAdapter, default_point_id
+
+    client = qdrant_client.QdrantClient(path=str(tmp / "qdrant"))  # local mode, on disk
+    params = models.VectorParams(size=vecs.shape[1], distance=models.Distance.COSINE)
+    client.create_collection("docs", vectors_config=params)
+    points = [
+        models.PointStruct(id=default_point_id(i), vector=v, payload={ORIGINAL_ID_KEY: i})
+        for i, v in zip(ids, vecs.tolist(), strict=True)
+    ]
+    client.upsert("docs", points=points, wait=True)
+    return QdrantAdapter(client, "docs")
+
+
 def pgvector_adapter(pg: Any, db: str) -> Callable[[list[str], np.ndarray, Path], Any]:
     def make(ids: list[str], vecs: np.ndarray, tmp: Path) -> Any:
         import psycopg
@@ -117,8 +134,8 @@ def scifact_state(make: Callable[..., Any], tmp: Path) -> tuple[NudgeState, list
     return state, ids, vecs
 
 
-def finetune(state: NudgeState, corpus: str) -> tuple[NudgeFinetuneEngine, Any]:
-    eng = NudgeFinetuneEngine(state, corpus=corpus, progress=False, n_resamples=500)
+def finetune(state: NudgeState, corpus: str, **kw: Any) -> tuple[NudgeFinetuneEngine, Any]:
+    eng = NudgeFinetuneEngine(state, corpus=corpus, progress=False, n_resamples=500, **kw)
     return eng, eng.finetune()
 
 
@@ -143,8 +160,8 @@ EXACT = {"memory": memory_adapter, "faiss-flat": faiss_adapter}
 @pytest.mark.parametrize("store", list(EXACT))
 def test_exact_store_path_equals_memory_path(store: str, tmp_path: Path) -> None:
     state, _, _ = scifact_state(EXACT[store], tmp_path)
-    _, mem = finetune(state, "memory")
-    _, sto = finetune(state, "store")
+    _, mem = finetune(state, "auto")  # 5,183 × 384 float32 fit the default budget
+    _, sto = finetune(state, "auto", memory_budget=5183 * 384 * 4 - 1)  # and now they do not
     assert_same_report(mem, sto)
     assert not sto.corpus_approximate and "store's own search (exact)" in str(sto)
     # memory beyond the store: the rows the fit touched and the top-k lists, not N
@@ -185,9 +202,9 @@ def test_topk_excluding_grows_the_overfetch(tmp_path: Path) -> None:
     assert store.stats.refetch_rounds > 0 and store.stats.short_lists == 0
 
 
-@pytest.mark.parametrize("store", ["memory", "faiss-flat", "chroma", "milvus"])
+@pytest.mark.parametrize("store", ["memory", "faiss-flat", "chroma", "milvus", "qdrant"])
 def test_adapter_search_is_the_metric_similarity_order(store: str, tmp_path: Path) -> None:
-    makers = {**EXACT, "chroma": chroma_adapter, "milvus": milvus_adapter}
+    makers = {**EXACT, "chroma": chroma_adapter, "milvus": milvus_adapter, "qdrant": qdrant_adapter}
     rng = np.random.default_rng(1)
     vecs = rng.normal(size=(500, 16)).astype(np.float32)
     ids = [f"d{i}" for i in range(500)]
@@ -224,7 +241,7 @@ def test_finetune_embeddings_takes_a_corpus(tmp_path: Path) -> None:
     """NUDGE itself on the store path: only the labelled rows and the top-k lists are read."""
     rng = np.random.default_rng(3)
     centers = rng.normal(size=(20, 24))
-    vecs = normalize_rows((centers[rng.integers(0, 20, 2000)] + 0.3 * rng.normal(size=(2000, 24))))
+    vecs = normalize_rows(centers[rng.integers(0, 20, 2000)] + 0.3 * rng.normal(size=(2000, 24)))
     ids = [f"c{i}" for i in range(2000)]
     state = NudgeState(faiss_adapter(ids, vecs, tmp_path), tmp_path / "state")
     store = StoreCorpus(state, normalize=True)
@@ -249,12 +266,13 @@ def test_finetune_embeddings_takes_a_corpus(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- HNSW stores
 
 
-def heldout_recall(eng: NudgeFinetuneEngine, state: NudgeState, vecs: np.ndarray) -> float:
+def heldout_recall(
+    eng: NudgeFinetuneEngine, state: NudgeState, ids: list[str], vecs: np.ndarray
+) -> float:
     """Recall@10 of the store's own search against exact search, over the held-out queries."""
     test = eng.split_labels(eng.last_labels)[2]
     q = np.stack([t.embedding for t in test]).astype(np.float32)
     got, _ = state.adapter.search(q, K)  # type: ignore[attr-defined]
-    ids = state.adapter.ids()
     exact = exact_knn(q, vecs, K, metric="cosine")[1]
     hits = [len(set(g) & {ids[r] for r in e}) / K for g, e in zip(got, exact, strict=True)]
     return float(np.mean(hits))
@@ -263,10 +281,10 @@ def heldout_recall(eng: NudgeFinetuneEngine, state: NudgeState, vecs: np.ndarray
 def check_hnsw(make: Callable[..., Any], tmp_path: Path, name: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        state, _, vecs = scifact_state(make, tmp_path)
+        state, ids, vecs = scifact_state(make, tmp_path)
     _, mem = finetune(state, "memory")
     eng, sto = finetune(state, "store")
-    recall = heldout_recall(eng, state, vecs)
+    recall = heldout_recall(eng, state, ids, vecs)
     loss = 1.0 - recall
     d_before = sto.ndcg.before - mem.ndcg.before
     d_after = sto.ndcg.after - mem.ndcg.after

@@ -88,7 +88,7 @@ class Corpus(Protocol):
         self, queries: np.ndarray, k: int, exclude_rows: Iterable[int] = ()
     ) -> tuple[np.ndarray, np.ndarray]: ...
     def topk_replaced(
-        self, queries: np.ndarray, k: int, rows: np.ndarray, vectors: np.ndarray
+        self, queries: np.ndarray, k: int, rows: np.ndarray, vectors: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]: ...
     def rows_of(self, ids: Sequence[str]) -> np.ndarray: ...
     def ids_of(self, rows: Iterable[int]) -> list[str]: ...
@@ -178,10 +178,13 @@ class MemoryCorpus:
         return _pad(top_rows.numpy(), best_s.numpy(), k)
 
     def topk_replaced(
-        self, queries: np.ndarray, k: int, rows: np.ndarray, vectors: np.ndarray
+        self, queries: np.ndarray, k: int, rows: np.ndarray, vectors: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-``k`` ``(rows, scores)`` with ``rows`` holding ``vectors`` (a copy of the
-        matrix with them written in, as the engine always did)."""
+        matrix with them written in, as the engine always did; None: the matrix as it is)."""
+        if vectors is None:
+            scores, top = exact_knn(queries, self.matrix, k, metric=self.metric)
+            return _pad(top, scores, k)
         after = np.array(self.matrix, dtype=np.float32, copy=True)
         after[np.asarray(rows, dtype=np.int64)] = vectors
         scores, top = exact_knn(queries, after, k, metric=self.metric)
@@ -365,7 +368,7 @@ class StoreCorpus:
             short = []
             for qi, ids in zip(pending, got, strict=True):
                 self.stats.results += len(ids)
-                kept = [i for i in ids if i not in drop]
+                kept = list(dict.fromkeys(i for i in ids if i not in drop))  # ids may repeat
                 out[qi] = kept
                 if len(kept) < k:
                     if len(ids) >= fetch and fetch < self.n:
@@ -422,14 +425,19 @@ class StoreCorpus:
         return out_rows, out_scores
 
     def topk_replaced(
-        self, queries: np.ndarray, k: int, rows: np.ndarray, vectors: np.ndarray
+        self, queries: np.ndarray, k: int, rows: np.ndarray, vectors: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` ``(rows, scores)`` with ``rows`` holding ``vectors``: the store's top-``k``
-        among the other rows, merged with ``rows`` scored exactly."""
+        """Top-``k`` ``(rows, scores)`` with ``rows`` holding ``vectors`` (None: their base
+        vectors): the store's top-``k`` among the other rows, merged with ``rows`` scored
+        exactly. Ranking the same ``rows`` once with their base and once with new vectors
+        compares the two against the same store results: on an approximate index the rows that
+        changed are never favoured by being the only ones scored exactly."""
         rows = np.asarray(rows, dtype=np.int64)
         top_rows, top_scores = self.topk_excluding(queries, k, rows)
         if not len(rows):
             return top_rows, top_scores
+        if vectors is None:
+            vectors = self.vectors(rows)
         qt = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
         new = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
         out_rows = np.empty_like(top_rows)
@@ -507,7 +515,7 @@ def corpus_bytes(state: Any) -> int:
         return 0
     n = store_count(adapter)
     dim = getattr(adapter, "dim", None)
-    if dim is None and n:
+    if dim is None and n:  # an adapter that does not say: read one vector (lists the ids)
         first = next(iter(adapter.ids()), None)
         dim = 0 if first is None else int(np.asarray(state.base_vectors([first])).shape[1])
     return int(n) * int(dim or 0) * 4

@@ -36,6 +36,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from nudge_rag.core.corpus import (
+    DEFAULT_MEMORY_BUDGET,
+    Corpus,
+    MemoryCorpus,
+    StoreCorpus,
+    choose_corpus,
+    normalize_rows,
+)
 from nudge_rag.core.db import Database
 from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.labels import (
@@ -177,6 +185,14 @@ class FinetuneReport:
     negative_weight: float = 0.0
     """λ, the weight the fit gave chunks judged not relevant (``labels["negative_pairs"]``
     counts those (query, chunk) pairs); 0 when validation preferred the fit without them."""
+    corpus: str = "memory"
+    """Where the whole-corpus ranking ran (judge pools, γ selection, held-out proof):
+    ``"memory"`` (the base matrix, exact) or ``"store"`` (the wrapped store's own search)."""
+    corpus_approximate: bool = False
+    """The store answered from an approximate index (HNSW, IVF): every figure carries its
+    recall."""
+    corpus_stats: dict[str, int] = field(default_factory=dict)
+    """What the store path asked of the store (searches, query vectors, base vectors read)."""
     _ids: list[str] = field(default_factory=list, repr=False)
     _vectors: np.ndarray | None = field(default=None, repr=False)
     _base_digest: str = field(default="", repr=False)
@@ -260,6 +276,15 @@ class FinetuneReport:
                 f"skipped {n_bad} traces whose query vector cannot label (zero norm, wrong "
                 "dimension or NaN/inf): report.bad_traces names them; "
                 "store.delete_traces(list(report.bad_traces)) removes them."
+            )
+        if self.corpus == "store":
+            lines.append(
+                "corpus: ranked by the store's own search"
+                + (
+                    " (an approximate index: the figures carry its recall)"
+                    if self.corpus_approximate
+                    else " (exact)"
+                )
             )
         if q.get("heldout", 0) < 30:
             lines.append(f"note: only {q.get('heldout', 0)} held-out queries; the CI is wide.")
@@ -385,6 +410,11 @@ class NudgeFinetuneEngine:
         max_calls: hard cap on LLM requests per ``finetune()``; concurrency, retry: how.
         cache_path: the label cache (default: the state's, ``labels.sqlite`` in its folder or
             its Postgres schema).
+        corpus: where the whole-corpus ranking runs (judge pools, γ selection, held-out proof):
+            ``"memory"`` reads every base vector and ranks exactly; ``"store"`` asks the wrapped
+            store's own search (memory independent of the corpus size; an HNSW index's recall
+            carries into the figures); ``"auto"`` (default) is memory while the base matrix
+            fits ``memory_budget`` bytes of float32 (default 2 GiB), the store above.
 
     Use:
         .. code-block:: python
@@ -425,6 +455,8 @@ class NudgeFinetuneEngine:
         exclude_outliers: bool = True,
         outlier_min_pools: int = 10,
         use_negatives: bool = True,
+        corpus: str = "auto",
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
     ) -> None:
         self.state = resolve_store(store)
         self.metric = Metric(self.state.metric)
@@ -495,6 +527,17 @@ class NudgeFinetuneEngine:
         self.exclude_outliers = exclude_outliers
         self.outlier_min_pools = outlier_min_pools
         self.use_negatives = bool(use_negatives)
+        if corpus not in ("auto", "memory", "store"):
+            msg = f"corpus: found {corpus!r}, expected 'auto', 'memory' or 'store'."
+            raise NudgeError(msg)
+        if isinstance(memory_budget, bool) or not isinstance(memory_budget, int | np.integer):
+            msg = (
+                f"memory_budget: found {memory_budget!r}, expected bytes as an integer, "
+                "e.g. 2 * 2**30."
+            )
+            raise NudgeError(msg)
+        self.corpus = corpus
+        self.memory_budget = int(memory_budget)
         self._suspects: dict[str, list[str]] = {}
         if cache_path is None:
             part = getattr(self.state, "part", None)  # the state's label cache (file or schema)
@@ -520,7 +563,7 @@ class NudgeFinetuneEngine:
         )
 
     def collect_labels(
-        self, ids: list[str], base: np.ndarray, labeler: Labeler | None, counts: dict[str, int]
+        self, corpus: Corpus, labeler: Labeler | None, counts: dict[str, int]
     ) -> list[LabeledQuery]:
         """Every labeled query so far: feedback, LLM judgments of traces, synthetic questions.
 
@@ -574,7 +617,7 @@ class NudgeFinetuneEngine:
                 chosen.append((key, group, grades, "llm"))
             else:
                 counts["unlabeled_traces"] += 1
-        embs = self._query_embeddings([g.latest_first() for _, g, _, _ in chosen], base.shape[1])
+        embs = self._query_embeddings([g.latest_first() for _, g, _, _ in chosen], corpus.shape[1])
         counts["bad_traces"] += len(self.last_bad_traces)
         out: list[LabeledQuery] = []
         to_judge: list[tuple[str, str, np.ndarray, tuple[str, ...], dict[str, float]]] = []
@@ -592,9 +635,9 @@ class NudgeFinetuneEngine:
         if to_support and labeler is not None:
             out += self._judge_support(to_support, liked, rated, labeler, counts)
         if to_judge and labeler is not None:
-            out += self._judge(to_judge, ids, base, labeler, counts)
+            out += self._judge(to_judge, corpus, labeler, counts)
         if self.synthetic_chunks and labeler is not None:
-            out += self._synthesize(ids, labeler, counts)
+            out += self._synthesize(corpus.all_ids(), labeler, counts)
         return out
 
     def _query_embeddings(self, candidates: list[list[str]], dim: int) -> list[np.ndarray | None]:
@@ -628,21 +671,20 @@ class NudgeFinetuneEngine:
     def _judge(
         self,
         groups: list[tuple[str, str, np.ndarray, tuple[str, ...], dict[str, float]]],
-        ids: list[str],
-        base: np.ndarray,
+        corpus: Corpus,
         labeler: Labeler,
         counts: dict[str, int],
     ) -> list[LabeledQuery]:
         queries = np.stack([g[2] for g in groups]).astype(np.float32)
-        pools = search(queries, base, self.label_k, self.metric)
+        pools, _ = corpus.topk_excluding(queries, self.label_k)
         wanted = sorted({int(r) for r in pools.ravel() if r >= 0})
-        wanted_ids = [ids[r] for r in wanted]
+        wanted_ids = corpus.ids_of(wanted)
         text_of = dict(zip(wanted_ids, self.state.texts(wanted_ids), strict=True))
         injected = self._withhold_injections(text_of)
         items: list[tuple[str, list[Candidate]]] = []
         owner: list[int] = []  # which group each prompt belongs to
         for g, ((_, text, *_rest), pool) in enumerate(zip(groups, pools, strict=True)):
-            shown = [ids[r] for r in pool if text_of.get(ids[r])]
+            shown = [i for i in corpus.ids_of(r for r in pool if r >= 0) if text_of.get(i)]
             cands = [Candidate(i, str(text_of[i])) for i in shown if i not in injected]
             counts["withheld_candidates"] += len(shown) - len(cands)
             if not cands:
@@ -789,17 +831,31 @@ class NudgeFinetuneEngine:
 
     # -- finetune -------------------------------------------------------------------------------
 
+    def open_corpus(self) -> Corpus:
+        """The corpus ``finetune()`` ranks against (``corpus=``): the base matrix in memory,
+        or the wrapped store's own search (:mod:`nudge_rag.core.corpus`)."""
+        cosine = self.metric is Metric.COSINE
+        if choose_corpus(self.corpus, self.state, self.memory_budget) == "store":
+            corpus: Corpus = StoreCorpus(self.state, normalize=cosine)
+            empty = corpus.shape[0] == 0
+        else:
+            ids = list(self.state.ids())
+            empty = not ids
+            if ids:
+                base = np.asarray(self.state.base_vectors(ids), dtype=np.float32)
+                fit = normalize_rows(base) if cosine else base
+                corpus = MemoryCorpus(base, ids=ids, metric=self.metric, fit=fit)
+        if empty:
+            msg = "store: it holds no chunks; add documents before fine-tuning."
+            raise NudgeError(msg)
+        return corpus
+
     def finetune(self) -> FinetuneReport:
         """Label, split, fit from the base vectors and evaluate on held-out queries.
 
         Nothing is written to the store; pass the report to :meth:`apply`.
         """
-        ids = list(self.state.ids())
-        if not ids:
-            msg = "store: it holds no chunks; add documents before fine-tuning."
-            raise NudgeError(msg)
-        base = np.asarray(self.state.base_vectors(ids), dtype=np.float32)
-        row_of = {i: n for n, i in enumerate(ids)}
+        corpus = self.open_corpus()
         labeler = self._labeler()
         counts = dict.fromkeys(
             ("traces", "unlabeled_traces", "no_candidate_text", "unknown_ids", "no_positive"), 0
@@ -807,8 +863,10 @@ class NudgeFinetuneEngine:
         counts.update(injected_chunks=0, withheld_candidates=0, outlier_chunks=0)
         counts.update(answer_positive=0, answer_negative=0, answer_unjudged=0, withheld_answers=0)
         self._suspects = {}
-        labeled = self.collect_labels(ids, base, labeler, counts)
+        labeled = self.collect_labels(corpus, labeler, counts)
         counts["injected_chunks"] = len(self._suspects.get("injection", []))
+        held = sorted(corpus.known({i for q in labeled for i in q.grades}))
+        row_of = dict(zip(held, corpus.rows_of(held).tolist(), strict=True))
         usable = []
         for q in labeled:
             known = {i: g for i, g in q.grades.items() if i in row_of}
@@ -848,10 +906,9 @@ class NudgeFinetuneEngine:
         def mat(qs: list[LabeledQuery]) -> np.ndarray:
             return np.stack([q.embedding for q in qs]).astype(np.float32)
 
-        fit_base = _normalize(base) if self.metric is Metric.COSINE else base
         prep = _normalize if self.metric is Metric.COSINE else (lambda x: x)
         res = finetune_embeddings(
-            fit_base,
+            corpus,
             prep(mat(train)),
             rows(train),
             prep(mat(val)),
@@ -864,11 +921,12 @@ class NudgeFinetuneEngine:
             train_negatives=train_neg,
             val_negatives=val_neg,
         )
-        after = res.apply(fit_base)
         test_q = mat(test)
         table = RelevanceTable([{row_of[i]: g for i, g in q.grades.items()} for q in test])
-        top_before = search(test_q, fit_base, K, self.metric)
-        top_after = search(test_q, after, K, self.metric)
+        # before: base; after: the fit's rows at their new vectors; both over the whole corpus,
+        # and on the store path against the same store results (the changed rows exact in both)
+        top_before = corpus.topk_replaced(test_q, K, res.rows)[0]
+        top_after = corpus.topk_replaced(test_q, K, res.rows, res.vectors)[0]
         gains = {}
         for name, fn in (("ndcg", ndcg_at_k), ("recall", recall_at_k)):
             b, a = fn(top_before, table, K), fn(top_after, table, K)
@@ -880,12 +938,12 @@ class NudgeFinetuneEngine:
         for q in usable:
             sources[q.source] += 1
         stats = labeler.stats if labeler is not None else LabelStats()
-        changed_ids = [ids[r] for r in res.rows]
+        changed_ids = corpus.ids_of(res.rows)
         report = FinetuneReport(
             method=self.method.value,
             metric=self.metric.value,
             gamma=float(res.gamma),
-            n_chunks=len(ids),
+            n_chunks=corpus.shape[0],
             rows_changed=len(changed_ids),
             ndcg=gains["ndcg"],
             recall=gains["recall"],
@@ -902,7 +960,12 @@ class NudgeFinetuneEngine:
             negative_weight=res.negative_weight,
             _ids=changed_ids,
             _vectors=res.vectors,
-            _base_digest=_digest(base[res.rows]),
+            corpus=corpus.kind,
+            corpus_approximate=corpus.approximate,
+            corpus_stats=corpus.stats.to_dict() if isinstance(corpus, StoreCorpus) else {},
+            _base_digest=_digest(
+                self.state.base_vectors(changed_ids) if changed_ids else np.zeros(0)
+            ),
         )
         self.last_report = report
         return report

@@ -50,6 +50,7 @@ import torch
 from torch.nn.functional import normalize
 
 from nudge_rag.core.checks import FLOAT32_MAX, check_float, check_int, check_vectors
+from nudge_rag.core.corpus import Corpus, is_corpus, untouched_topk
 from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.metrics import MAX_BLOCK_ELEMENTS, Relevance, RelevanceTable, ndcg_at_k
 
@@ -394,7 +395,9 @@ def _float32_block(x: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.array(x, dtype=np.float32, copy=True)).to(device)
 
 
-def _rows_tensor(embeddings: np.ndarray, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+def _rows_tensor(
+    embeddings: np.ndarray | Corpus, rows: np.ndarray, device: torch.device
+) -> torch.Tensor:
     return normalize(_float32_block(embeddings[rows], device), dim=1)
 
 
@@ -408,7 +411,7 @@ class _Untouched:
 
 
 def _untouched_topk(
-    embeddings: np.ndarray,
+    embeddings: np.ndarray | Corpus,
     changed: np.ndarray,
     val_q: torch.Tensor,
     pair_q: np.ndarray,
@@ -416,7 +419,10 @@ def _untouched_topk(
     k: int,
     block_rows: int | None,
 ) -> _Untouched:
-    """Stream the corpus once: top-``k`` unchanged rows per validation query, pair scores."""
+    """Stream the corpus once: top-``k`` unchanged rows per validation query, pair scores
+    (a :class:`Corpus`, e.g. the store itself, answers with its own search instead)."""
+    if not isinstance(embeddings, np.ndarray):
+        return _Untouched(*untouched_topk(embeddings, changed, val_q, pair_q, pair_r, k))
     dev = val_q.device
     n = embeddings.shape[0]
     nq = val_q.shape[0]
@@ -633,7 +639,7 @@ def _nudge_m_candidates(lows: np.ndarray, highs: np.ndarray, top1_gamma: float) 
 
 
 def finetune_embeddings(
-    embeddings: np.ndarray,
+    embeddings: np.ndarray | Corpus,
     train_queries: np.ndarray,
     train_positives: Sequence[Relevance],
     val_queries: np.ndarray | None = None,
@@ -672,6 +678,11 @@ def finetune_embeddings(
     negatives, the paper's exactly under the settings above.
     ``result.negative_weight`` / ``result.negative_step`` say what was used.
     Rows are unit-normalised before the update, as in the paper. The input is never mutated.
+
+    ``embeddings`` may be a :class:`~nudge_rag.core.corpus.Corpus` instead of a matrix: the
+    untouched rows' best validation scores then come from its ``topk_excluding`` (e.g. the
+    wrapped store's own search, :class:`~nudge_rag.core.corpus.StoreCorpus`) and only the rows
+    labels touch are read; a :class:`~nudge_rag.core.corpus.MemoryCorpus` is its matrix.
     """
     method = _check_enum(Method, method, "method")
     selection = (
@@ -695,7 +706,10 @@ def finetune_embeddings(
         )
     grid_override = _check_gammas(gammas, method) if gammas is not None else None
 
-    embeddings = _check_matrix(embeddings, "embeddings")
+    if is_corpus(embeddings) and getattr(embeddings, "matrix", None) is not None:
+        embeddings = embeddings.matrix  # type: ignore[union-attr]  # MemoryCorpus: its matrix
+    if not is_corpus(embeddings):
+        embeddings = _check_matrix(embeddings, "embeddings")
     n, dim = embeddings.shape
     if n == 0:
         msg = "embeddings is empty: there are no chunks to fine-tune."

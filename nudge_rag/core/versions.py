@@ -108,6 +108,7 @@ def version_database(path: Path) -> SQLiteDatabase:
 
 _COUNT_MOVE = "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = 'moves'"
 _CHUNK = 900  # ids per SQL "IN (...)" list
+STORE_READ = 8192  # ids per store read in base_vectors
 MARKER_SUFFIX = ".marker.json"  # versions.sqlite -> versions.marker.json
 OPEN_SAMPLE = 16  # nudged rows read back from the store when the log is opened
 FRESH_EVERY_S = 0.02  # check_fresh() asks the log at most this often
@@ -530,19 +531,39 @@ class VersionLog:
 
     @_sql_errors
     def base_vectors(self, ids: Sequence[str]) -> np.ndarray:
-        """Base vectors of ``ids`` (float32); for ids never changed, what the store holds now."""
+        """Base vectors of ``ids`` (float32); for ids never changed, what the store holds now.
+
+        Filled into one float32 matrix as the rows arrive (``_CHUNK`` ids a query, ``STORE_READ``
+        a store read), so reading a whole corpus holds the result and one chunk, not a float64
+        copy of every row.
+        """
         ids = [str(i) for i in ids]
         self._require_ok()
-        with self._tlock:
-            base = self._load("base", ids)
-        missing = [i for i in ids if i not in base]
-        out_store = self._store().get(missing) if missing else None
-        if out_store is not None:
-            for n, i in enumerate(missing):
-                base[i] = np.asarray(out_store[n], dtype=np.float64)
         if not ids:
             return np.zeros((0, 0), dtype=np.float32)
-        return np.stack([base[i] for i in ids]).astype(np.float32)
+        uniq = list(dict.fromkeys(ids))
+        row = {i: n for n, i in enumerate(uniq)}
+        have = np.zeros(len(uniq), dtype=bool)
+        out: np.ndarray | None = None
+        with self._tlock:
+            conn = self._conn_()
+            for part in _chunks(uniq):
+                q = ",".join("?" * len(part))
+                for i, blob in conn.execute(f"SELECT id, vector FROM base WHERE id IN ({q})", part):
+                    v = _unblob(blob)
+                    if out is None:
+                        out = np.empty((len(uniq), v.shape[0]), dtype=np.float32)
+                    out[row[i]] = v
+                    have[row[i]] = True
+        missing = [uniq[n] for n in np.flatnonzero(~have)]
+        for start in range(0, len(missing), STORE_READ):
+            part = missing[start : start + STORE_READ]
+            got = np.asarray(self._store().get(part), dtype=np.float32)
+            if out is None:
+                out = np.empty((len(uniq), got.shape[1]), dtype=np.float32)
+            out[[row[i] for i in part]] = got
+        assert out is not None
+        return out if len(uniq) == len(ids) else out[[row[i] for i in ids]]
 
     @_sql_errors
     def changed_ids(self) -> list[str]:

@@ -132,6 +132,15 @@ class ChromaAdapter:
 
     approximate_search = True  # Chroma answers queries from its HNSW index
 
+    @property
+    def dim(self) -> int | None:
+        """The stored dimension (read from one record once; None while the collection is empty)."""
+        if self._dim is None:
+            got = self.collection.get(limit=1, include=["embeddings"])
+            if len(got["ids"]):
+                self._dim = len(got["embeddings"][0])
+        return self._dim
+
     def count(self) -> int:
         """How many ids the collection holds."""
         return int(self.collection.count())

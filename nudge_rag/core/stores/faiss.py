@@ -160,6 +160,11 @@ class FaissAdapter:
 
     approximate_search = False  # flat indexes only: exact
 
+    @property
+    def dim(self) -> int:
+        """The index's dimension."""
+        return int(self._flat().d)
+
     def count(self) -> int:
         """How many ids the index holds."""
         return len(self._id_map())

