@@ -79,3 +79,36 @@ def test_cli_names_a_missing_postgres_state(pg, db):
     res = runner.invoke(app, ["versions", "--store", url])
     assert res.exit_code == 1
     assert "no version log there" in res.output and "nothing_here_versions" in res.output
+
+
+def test_state_urls_of_every_spelling_reach_libpq_and_sqlalchemy():
+    """``postgres://`` and driver suffixes read as ``postgresql://`` (SQLAlchemy has no
+    "postgres" dialect); a schema name that cannot take the parts' suffixes is refused."""
+    from nudge_rag.core.db import StateLocation
+    from nudge_rag.core.errors import NudgeError
+
+    for url in ("postgres://u@h/db?schema=s1", "postgresql+psycopg://u@h/db?schema=s1"):
+        loc = StateLocation.parse(url)
+        assert (loc.url, loc.schema) == ("postgresql://u@h/db", "s1")
+    assert StateLocation.parse("postgresql://u@/db?host=/tmp/x").schema == "nudge"
+    with pytest.raises(NudgeError, match="at most 30 characters"):
+        StateLocation.parse("postgresql://u@h/db?schema=" + "s" * 31)
+
+
+def test_the_factories_take_a_postgres_state(pg, db, tmp_path):
+    """``from_texts(state=...)`` (LangChain) and ``from_defaults(state=...)`` (LlamaIndex) keep
+    their traces and versions in Postgres, like the constructors."""
+    from nudge_rag.core.db import PostgresDatabase
+    from nudge_rag.llama_index import NudgedVectorStore as LlamaNudged
+
+    rng = np.random.default_rng(1)
+    texts = [f"x{i}" for i in range(5)]
+    emb = LookupEmbeddings(dict(zip([*texts, "q"], rng.normal(size=(6, 8)), strict=True)))
+    lc = NudgedVectorStore.from_texts(texts, emb, state=pg.url(db) + "&schema=lc_docs")
+    lc.similarity_search("q", k=2)
+    assert isinstance(lc.nudge_state.part("traces"), PostgresDatabase)
+    assert len(lc.traces()) == 1
+    lc.close()
+    li = LlamaNudged.from_defaults(tmp_path / "chroma", state=pg.url(db) + "&schema=li_docs")
+    assert li.nudge_state.location.schema == "li_docs" and li.nudge_state.state_dir is None
+    li.close()

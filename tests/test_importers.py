@@ -701,3 +701,35 @@ def test_scifact_imported_history_gives_the_live_gain(fmt: str, tmp_path: Path):
         assert imported.import_traces(_export(history, fmt, tmp_path)).imported == 0
     finally:
         imported.close()
+
+
+def test_reimporting_records_without_times_adds_no_feedback(state: NudgeState):
+    """A record (and its feedback) with no time: the second import finds the feedback there."""
+    rec = TraceRecord(
+        query="how to cancel",
+        result_ids=[state.adapter.ids()[0]],
+        external_id="run-1",
+        source="jsonl",
+        feedback=[FeedbackRecord(relevant_ids=[state.adapter.ids()[0]], rating=1.0)],
+    )
+    first = state.import_traces([rec])
+    again = state.import_traces([rec])
+    assert (first.imported, first.feedback) == (1, 1)
+    assert (again.imported, again.feedback) == (0, 0)
+    assert len(state.feedback()) == 1
+
+
+def test_a_nul_in_an_imported_record_costs_nothing(state: NudgeState):
+    """Postgres text cannot hold NUL: it becomes U+FFFD in the query and feedback text, on every
+    database, so no batch is refused for one record."""
+    cid = state.adapter.ids()[0]
+    rec = TraceRecord(
+        query="bad \x00 query",
+        result_ids=[cid],
+        external_id="nul",
+        source="jsonl",
+        feedback=[FeedbackRecord(relevant_ids=[cid], text="nul \x00 text")],
+    )
+    assert state.import_traces([rec]).imported == 1
+    (t,) = state.traces()
+    assert t.query == "bad \ufffd query" and state.feedback()[0].text == "nul \ufffd text"

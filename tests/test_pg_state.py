@@ -104,9 +104,9 @@ def test_record_feedback_and_read_back(traces_db):
 
 
 def test_a_value_the_database_refuses_costs_only_its_row(traces_db):
-    """A NUL character (Postgres refuses it in text) and a NaN embedding (refused by the log
-    itself) are quarantined; the rows of the same batch are written."""
-    pg = traces_db().kind == "postgres"
+    """A NUL character (Postgres text cannot hold it) becomes U+FFFD on both databases, so the
+    trace is kept; a NaN embedding (refused by the log itself) is quarantined; the rows of the
+    same batch are written."""
     with TraceLog(traces_db()) as log, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ids = [_record(log, f"q{i}") for i in range(5)]
@@ -119,31 +119,22 @@ def test_a_value_the_database_refuses_costs_only_its_row(traces_db):
         quarantined = log.quarantined()
         stats = log.stats()
     assert any(issubclass(w.category, RuntimeWarning) for w in caught)
-    if pg:  # the row went into the batch, Postgres refused it alone
-        assert written == ids
-        assert stats["quarantined"] == 2
-        (refused,) = [q for q in quarantined if q["trace_id"] == nul]
-        assert "Postgres refused the row" in refused["reason"] and "NUL" in refused["reason"]
-        assert "bad \\x00 query" in refused["row"]
-    else:  # SQLite stores the NUL as it is
-        assert written == [*ids[:5], nul, *ids[5:]]
-        assert stats["quarantined"] == 1
+    assert written == [*ids[:5], nul, *ids[5:]]
+    assert stats["quarantined"] == 1
+    with TraceLog(traces_db()) as log:
+        (kept,) = log.iter_traces(ids=[nul], with_embeddings=False)
+        assert kept.query == "bad \ufffd query"
     assert any("non-finite embedding" in q["reason"] for q in quarantined)
 
 
-def test_feedback_the_database_refuses_is_named_as_such(traces_db):
-    """Postgres refuses a NUL in feedback text: the error says so (not "drop the schema")."""
+def test_feedback_with_a_nul_is_kept_on_both_databases(traces_db):
+    """A NUL in feedback text is kept as U+FFFD on both databases (Postgres text cannot hold
+    it): before, Postgres refused the feedback."""
     with TraceLog(traces_db()) as log:
         tid = _record(log, "q")
         assert tid is not None
-        if traces_db().kind == "postgres":
-            with pytest.raises(NudgeError, match=r"Postgres refused a value.*NUL") as err:
-                log.record_feedback(tid, relevant_ids=["a"], text="nul \x00 here")
-            assert "drop" not in str(err.value)
-            assert log.feedback() == []
-        else:
-            log.record_feedback(tid, relevant_ids=["a"], text="nul \x00 here")
-            assert log.feedback()[0].text == "nul \x00 here"
+        log.record_feedback(tid, relevant_ids=["a"], text="nul \x00 here")
+        assert log.feedback()[0].text == "nul \ufffd here"
         log.record_feedback(tid, relevant_ids=["b"], text="fine")  # the log goes on
         assert log.feedback()[-1].text == "fine"
 

@@ -46,7 +46,7 @@ except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
 _URL = re.compile(r"^postgres(?:ql)?(?:\+\w+)?://", re.IGNORECASE)
-_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,50}$")
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,29}$")  # + "_versions_broken_<stamp>" <= 63
 DEFAULT_SCHEMA = "nudge"
 #: a migration: statements (portable SQL) or a callable given (database, connection)
 Migration = Sequence[str] | Callable[["Database", Any], None]
@@ -100,11 +100,11 @@ class StateLocation:
             if not _SCHEMA_NAME.match(schema):
                 msg = (
                     f"state: schema={schema!r} in the Postgres URL is not a plain lower-case SQL "
-                    "name (letters, digits, _; at most 50 characters); pass e.g. "
+                    "name (letters, digits, _; at most 30 characters); pass e.g. "
                     "?schema=nudge_docs (one schema name per wrapped store)."
                 )
                 raise NudgeError(msg)
-            scheme = parts.scheme.split("+", 1)[0].lower()
+            scheme = "postgresql"  # postgres://, postgresql+psycopg://: libpq reads the same
             rest = urlencode([(k, v) for k, v in query if k != "schema"])
             url = urlunsplit((scheme, parts.netloc, parts.path, rest, parts.fragment))
             return cls(url=url, schema=schema)

@@ -496,7 +496,7 @@ class LabelCache:
             return int(
                 self._db.execute(
                     "SELECT COUNT(*) FROM (SELECT key FROM answers UNION SELECT key FROM "
-                    "raw_answers)"
+                    "raw_answers) AS answered"
                 ).fetchone()[0]
             )
 

@@ -237,7 +237,7 @@ class _Prepared:
     scores: list[float]
     k: int
     filter: str | None
-    feedback: list[tuple[float, list[str], list[str], float | None, str | None]]
+    feedback: list[tuple[float | None, list[str], list[str], float | None, str | None]]
 
 
 def _prepare(rec: Any, n: int, source: str | None, now: float) -> _Prepared:
@@ -275,8 +275,14 @@ def _prepare(rec: Any, n: int, source: str | None, now: float) -> _Prepared:
             raise NudgeError(msg)
         rel = _id_list(f.relevant_ids, "feedback relevant_ids")
         irr = [i for i in _id_list(f.irrelevant_ids, "feedback irrelevant_ids") if i not in rel]
-        f_time = as_epoch(f.time, what="feedback time", default=tm)
-        feedback.append((f_time, rel, irr, _rating(f.rating), f.text))
+        # no time anywhere: None, so that importing the record again finds this feedback
+        f_time = (
+            None
+            if f.time is None and rec.time is None
+            else as_epoch(f.time, what="feedback time", default=tm)
+        )
+        text = None if f.text is None else clean_text(f.text)
+        feedback.append((f_time, rel, irr, _rating(f.rating), text))
     flt = filter_as_dict(rec.filter)
     return _Prepared(
         n=n,

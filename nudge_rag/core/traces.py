@@ -195,7 +195,10 @@ class Feedback:
 
 
 def clean_text(text: str) -> str:
-    """``text`` storable as UTF-8: each surrogate code point (broken JSON) becomes U+FFFD."""
+    """``text`` storable as UTF-8 text in SQLite and Postgres alike: each surrogate code point
+    (broken JSON) and each NUL character (Postgres text cannot hold it) becomes U+FFFD."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
     if text.isascii():
         return text
     try:
@@ -438,6 +441,8 @@ class TraceLog:
     def _live_conn(self) -> Any:
         """The connection, replaced first if its server went away (lock held)."""
         if self._database.broken(self._conn):
+            with contextlib.suppress(Exception):
+                self._conn.close()
             self._conn = self._database.connect(read_only=self.read_only)
         return self._conn
 
@@ -1107,11 +1112,15 @@ def _import_row(conn: Any, r: tuple) -> tuple[str, str, int]:
             ).fetchall()
         )
     added = 0
+    untimed = {h[1:] for h in have}
     for f_time, rel, irr, rating, text in feedback:
-        key = (f_time, json.dumps(list(rel)), json.dumps(list(irr)), rating, text)
-        if key in have:
+        body = (json.dumps(list(rel)), json.dumps(list(irr)), rating, text)
+        # feedback without a time (None) is already there when the same body is
+        if (f_time, *body) in have or (f_time is None and body in untimed):
             continue
+        key = (_time.time() if f_time is None else f_time, *body)
         have.add(key)
+        untimed.add(body)
         conn.execute(
             "INSERT INTO feedback (trace_id, time, relevant_ids, irrelevant_ids, rating, text)"
             " VALUES (?, ?, ?, ?, ?, ?)",

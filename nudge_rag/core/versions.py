@@ -38,6 +38,7 @@ them; :meth:`VersionLog.verify` lists them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -351,16 +352,23 @@ class VersionLog:
         if adapter is None:
             msg = "adapter: found None; pass the store's adapter (None only with read_only=True)."
             raise NudgeError(msg)
-        with self._moving():
-            self._broken = self._open()
-            if self._broken is None:
-                try:
-                    self._drift = self._check_store(OPEN_SAMPLE)
-                except VersionLogError as e:  # the log cannot say what the store should hold
-                    self._broken = e
-                self._watch = self._database.connect(read_only=self.read_only)
-                self._seen_dv = self._data_version()
-                self._known = self._moves_and_current(self._conn_())
+        try:
+            with self._moving():
+                self._open_checked()
+        except OSError as e:  # the lock file cannot be made: the folder is not writable
+            raise self._unwritable(e) from e
+
+    def _open_checked(self) -> None:
+        """Open the log, check the store against it, and start watching it (lock held)."""
+        self._broken = self._open()
+        if self._broken is None:
+            try:
+                self._drift = self._check_store(OPEN_SAMPLE)
+            except VersionLogError as e:  # the log cannot say what the store should hold
+                self._broken = e
+            self._watch = self._database.connect(read_only=self.read_only)
+            self._seen_dv = self._data_version()
+            self._known = self._moves_and_current(self._conn_())
 
     # -- public API ----------------------------------------------------------------------------
     @property
@@ -968,6 +976,8 @@ class VersionLog:
 
     def _conn_(self) -> Any:
         if self._conn is not None and self._database.broken(self._conn):
+            with contextlib.suppress(Exception):
+                self._conn.close()
             self._conn = self._database.connect(read_only=self.read_only)
         if self._conn is None:
             if self._broken is not None:
@@ -995,6 +1005,8 @@ class VersionLog:
     def _data_version(self) -> int:
         assert self._watch is not None
         if self._database.broken(self._watch):
+            with contextlib.suppress(Exception):
+                self._watch.close()
             self._watch = self._database.connect(read_only=self.read_only)
         counter = self._database.change_counter(self._watch)
         return counter if counter is not None else self._moves_and_current(self._watch)[0]

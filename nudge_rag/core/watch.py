@@ -335,7 +335,10 @@ class Watcher:
         if sig.after_n < self.min_guard_searches:
             return self._log(round_no, "guard_wait", current, **detail)
         if sig.ci_high < 0:
-            to = self.state.rollback(parent)
+            try:
+                to = self.state.rollback(parent)
+            except Exception as err:  # the store or database is away: the next round retries
+                return self._log(round_no, "error", current, reason=_why(err), **detail)
             return self._log(
                 round_no,
                 "rollback",
@@ -366,7 +369,6 @@ class Watcher:
         return len(fresh), newest
 
     def _maybe_finetune(self, round_no: int, past: list[dict[str, Any]]) -> dict[str, Any]:
-        from nudge_rag.core.engine import GainNotProvenError
 
         marks = [r["labels_until"] for r in past if r.get("labels_until") is not None]
         since = float(marks[-1]) if marks else None
@@ -382,8 +384,8 @@ class Watcher:
             )
         try:
             report = self.engine.finetune()
-        except NudgeError as err:
-            return self._log(round_no, "error", current, new_labels=n_new, reason=str(err))
+        except Exception as err:  # a store, network or database error ends the round, not the loop
+            return self._log(round_no, "error", current, new_labels=n_new, reason=_why(err))
         summary = report.to_dict()
         keep = {k: summary[k] for k in ("ndcg", "recall", "queries", "gamma", "rows_changed")}
         if not report.proven:
@@ -399,9 +401,9 @@ class Watcher:
             )
         try:
             version = int(self.engine.apply(report))
-        except (GainNotProvenError, NudgeError) as err:
+        except Exception as err:  # GainNotProvenError, NudgeError, or the store went away
             return self._log(
-                round_no, "error", current, new_labels=n_new, labels_until=newest, reason=str(err)
+                round_no, "error", current, new_labels=n_new, labels_until=newest, reason=_why(err)
             )
         return self._log(
             round_no,
@@ -460,3 +462,8 @@ def _describe(rec: dict[str, Any]) -> str:
     if rec.get("reason"):
         text += f": {rec['reason']}"
     return text
+
+
+def _why(err: BaseException) -> str:
+    """An error as the log's reason: the message, with the type when it is not ours."""
+    return str(err) if isinstance(err, NudgeError) else f"{type(err).__name__}: {err}"

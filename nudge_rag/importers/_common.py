@@ -188,3 +188,21 @@ def feedback_record(
     return FeedbackRecord(
         relevant_ids=relevant, irrelevant_ids=irrelevant, rating=rating, text=text, time=time
     )
+
+
+def score_scale(numeric_range: tuple[float, float]) -> tuple[float, float]:
+    """``numeric_range`` (worst, best) checked: a tool's numeric scores map onto 0..1."""
+    lo, hi = (float(x) for x in numeric_range)
+    if not hi > lo:
+        msg = (
+            f"numeric_range: expected (worst, best) with best > worst, found {numeric_range!r}; "
+            "pass e.g. (1, 5) for five-star scores."
+        )
+        raise NudgeError(msg)
+    return lo, hi
+
+
+def scaled_rating(score: float, scale: tuple[float, float]) -> float | None:
+    """A numeric score as a 0..1 rating on ``scale`` (clipped); None for NaN."""
+    lo, hi = scale
+    return None if score != score else min(1.0, max(0.0, (score - lo) / (hi - lo)))

@@ -37,6 +37,8 @@ from nudge_rag.importers._common import (
     label_relevance,
     number_or_nan,
     query_text,
+    scaled_rating,
+    score_scale,
 )
 
 __all__ = ["read"]
@@ -57,19 +59,13 @@ def read(
     ``numeric_range``: the (worst, best) of your ``NUMERIC`` scores, mapped onto nudge-rag's 0..1
     ratings (0.5 and above is a liked answer): ``(1, 5)`` for five stars.
     """
-    lo, hi = (float(x) for x in numeric_range)
-    if not hi > lo:
-        msg = (
-            f"numeric_range: expected (worst, best) with best > worst, found {numeric_range!r}; "
-            "pass e.g. (1, 5) for five-star scores."
-        )
-        raise NudgeError(msg)
+    scale = score_scale(numeric_range)
     wanted = set(names)
     by_obs: dict[str, list[FeedbackRecord]] = {}
     by_trace: dict[str, list[FeedbackRecord]] = {}
     for n, s in enumerate(items(scores, "scores", data_key="data")):
         d = _dict(s, f"scores[{n}]")
-        record = _feedback(d, lo, hi)
+        record = _feedback(d, scale)
         if record is None:
             continue
         obs = get(d, "observationId", "observation_id")
@@ -115,7 +111,7 @@ def _dict(obj: Any, where: str) -> dict:
         raise NudgeError(msg) from None
 
 
-def _feedback(d: Mapping, lo: float, hi: float) -> FeedbackRecord | None:
+def _feedback(d: Mapping, scale: tuple[float, float]) -> FeedbackRecord | None:
     kind = str(get(d, "dataType", "data_type", default="NUMERIC")).upper()
     value = d.get("value")
     label = get(d, "stringValue", "string_value")
@@ -125,8 +121,7 @@ def _feedback(d: Mapping, lo: float, hi: float) -> FeedbackRecord | None:
         good = label_relevance(label if label is not None else value, None)
         rating = None if good is None else float(good)
     else:
-        s = number_or_nan(value)
-        rating = None if s != s else min(1.0, max(0.0, (s - lo) / (hi - lo)))
+        rating = scaled_rating(number_or_nan(value), scale)
     found = d.get("metadata")
     meta: Mapping = found if isinstance(found, Mapping) else {}
     rel = [str(i) for i in meta.get("relevant_ids") or []]

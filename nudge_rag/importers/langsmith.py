@@ -36,6 +36,8 @@ from nudge_rag.importers._common import (
     items,
     number_or_nan,
     query_text,
+    scaled_rating,
+    score_scale,
 )
 
 __all__ = ["read"]
@@ -47,12 +49,15 @@ def read(
     *,
     id_key: str | None = None,
     score_key: str | None = None,
+    numeric_range: tuple[float, float] = (0.0, 1.0),
 ) -> list[TraceRecord]:
     """Records of the retriever runs in ``runs`` with the ``feedback`` on them or their traces.
 
     ``runs`` / ``feedback``: ``Run`` / ``Feedback`` objects, dicts, or a JSON / JSONL path.
     ``id_key``: the document metadata key holding the chunk id (default: the document's id).
+    ``numeric_range``: the (worst, best) of numeric feedback scores, mapped onto 0..1 ratings.
     """
+    scale = score_scale(numeric_range)
     by_run: dict[str, list[FeedbackRecord]] = {}
     for n, f in enumerate(items(feedback, "feedback")):
         try:
@@ -61,7 +66,7 @@ def read(
             msg = f"feedback[{n}]: {e}; pass langsmith Feedback objects or their JSON."
             raise NudgeError(msg) from None
         target = get(d, "run_id", "trace_id")
-        record = _feedback(d)
+        record = _feedback(d, scale)
         if target is not None and record is not None:
             by_run.setdefault(str(target), []).append(record)
     out = []
@@ -118,7 +123,7 @@ def _ids(value: Any) -> tuple[list[str], list[str]]:
     return [], []
 
 
-def _feedback(d: Mapping) -> FeedbackRecord | None:
+def _feedback(d: Mapping, scale: tuple[float, float]) -> FeedbackRecord | None:
     rel, irr = _ids(d.get("correction"))
     more_rel, more_irr = _ids(d.get("value"))
     rel += more_rel
@@ -128,6 +133,5 @@ def _feedback(d: Mapping) -> FeedbackRecord | None:
     if isinstance(score, bool):
         rating = 1.0 if score else 0.0
     elif score is not None:
-        s = number_or_nan(score)
-        rating = None if s != s else s
+        rating = scaled_rating(number_or_nan(score), scale)
     return feedback_record(d, rel, irr, rating, get(d, "created_at", "modified_at"))

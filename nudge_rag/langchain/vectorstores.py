@@ -703,13 +703,15 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
         collection_name: str = "nudge_rag",
         collection_metadata: dict | None = None,
         state_dir: str | Path | None = None,
+        state: str | Path | None = None,
         **kwargs: Any,
     ) -> NudgedVectorStore:
         """Build the embedded default: a Chroma collection (cosine unless told otherwise).
 
         ``persist_directory`` keeps the collection on disk, with the state in
-        ``<persist_directory>/nudge_state`` unless ``state_dir`` is given; without either, both
-        live in memory / a temporary folder.
+        ``<persist_directory>/nudge_state`` unless ``state_dir`` (a folder) or ``state`` (a
+        folder or a Postgres URL) is given; without either, both live in memory / a temporary
+        folder.
         """
         try:
             from langchain_chroma import Chroma
@@ -728,13 +730,13 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
             collection_metadata=collection_metadata or {"hnsw:space": "cosine"},
             **kwargs,
         )
-        if state_dir is None:
+        if state_dir is None and state is None:
             state_dir = (
                 Path(persist_directory) / "nudge_state"
                 if persist_directory is not None
                 else tempfile.mkdtemp(prefix="nudge_state_")
             )
-        store = cls(inner, state_dir=state_dir, **wrap_kw)
+        store = cls(inner, state_dir=state_dir, state=state, **wrap_kw)
         if texts:
             store.add_texts(texts, metadatas, ids=ids)
         return store

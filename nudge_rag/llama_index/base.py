@@ -188,6 +188,7 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
         collection_name: str = "nudge_rag",
         *,
         state_dir: str | os.PathLike[str] | None = None,
+        state: str | os.PathLike[str] | None = None,
         metric: Metric | str = Metric.COSINE,
         host: str | None = None,
         port: int | None = None,
@@ -201,6 +202,7 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
             persist_dir: Chroma's folder (ignored when ``host`` is given).
             collection_name: the collection, created if missing.
             state_dir: trace and version logs; default ``<persist_dir>/nudge_state/<name>``.
+            state: instead of ``state_dir``: a folder or a Postgres URL (``postgresql://...``).
             metric: ``"cosine"`` (default), ``"ip"`` (for NUDGE-M) or ``"l2"``; used when the
                 collection is created.
             host, port: reach a running ``chroma run`` server instead of a local folder.
@@ -210,10 +212,11 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
 
         space = _metric(metric).value
         if host is not None:
-            if state_dir is None:
+            if state_dir is None and state is None:
                 msg = (
                     "state_dir: found None with a Chroma server (host=...); pass a local "
-                    "folder for the trace and version logs."
+                    "folder (state_dir=) or a Postgres URL (state=) for the trace and version "
+                    "logs."
                 )
                 raise NudgeError(msg)
             client: Any = chromadb.HttpClient(host=host, port=port or 8000)
@@ -229,11 +232,12 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
             host=host,
             port=port,
         )
-        if state_dir is None:
+        if state_dir is None and state is None:
             state_dir = Path(persist_dir) / "nudge_state" / collection_name
         return cls(
             inner,
             state_dir=state_dir,
+            state=state,
             embed_model=embed_model,
             tracing=tracing,
             retention_days=retention_days,
