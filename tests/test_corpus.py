@@ -268,14 +268,17 @@ def test_finetune_embeddings_takes_a_corpus(tmp_path: Path) -> None:
 
 def heldout_recall(
     eng: NudgeFinetuneEngine, state: NudgeState, ids: list[str], vecs: np.ndarray
-) -> float:
-    """Recall@10 of the store's own search against exact search, over the held-out queries."""
+) -> tuple[float, float]:
+    """Recall@10 of the store's own search against exact search over the held-out queries, and
+    the share of those queries whose store top-10 misses any exact top-10 row."""
     test = eng.split_labels(eng.last_labels)[2]
     q = np.stack([t.embedding for t in test]).astype(np.float32)
     got, _ = state.adapter.search(q, K)  # type: ignore[attr-defined]
     exact = exact_knn(q, vecs, K, metric="cosine")[1]
-    hits = [len(set(g) & {ids[r] for r in e}) / K for g, e in zip(got, exact, strict=True)]
-    return float(np.mean(hits))
+    hits = np.array(
+        [len(set(g) & {ids[r] for r in e}) / K for g, e in zip(got, exact, strict=True)]
+    )
+    return float(hits.mean()), float((hits < 1).mean())
 
 
 def check_hnsw(make: Callable[..., Any], tmp_path: Path, name: str) -> None:
@@ -284,20 +287,23 @@ def check_hnsw(make: Callable[..., Any], tmp_path: Path, name: str) -> None:
         state, ids, vecs = scifact_state(make, tmp_path)
     _, mem = finetune(state, "memory")
     eng, sto = finetune(state, "store")
-    recall = heldout_recall(eng, state, ids, vecs)
-    loss = 1.0 - recall
+    recall, missed = heldout_recall(eng, state, ids, vecs)
     d_before = sto.ndcg.before - mem.ndcg.before
     d_after = sto.ndcg.after - mem.ndcg.after
     print(
-        f"\n{name}: held-out recall@10 of the store's search vs exact {recall:.4f}; NDCG@10 "
+        f"\n{name}: held-out recall@10 of the store's search vs exact {recall:.4f} (queries "
+        f"with a miss {missed:.4f}); NDCG@10 "
         f"before memory {mem.ndcg.before:.4f} store {sto.ndcg.before:.4f} ({d_before:+.4f}), "
         f"after memory {mem.ndcg.after:.4f} store {sto.ndcg.after:.4f} ({d_after:+.4f}); "
         f"gamma {mem.gamma:.3f} / {sto.gamma:.3f}; {sto.corpus_stats}"
     )
     assert sto.corpus == "store" and sto.corpus_approximate
     assert "approximate index" in str(sto)
-    assert abs(d_before) <= loss + 1e-9
-    assert abs(d_after) <= loss + 1e-9
+    # a query's NDCG@10 (in [0, 1]) can change only where the index missed one of its exact
+    # top 10, so the mean moves by at most the share of such queries; one missed row can cost a
+    # query more than 1/10, so the recall loss itself is not a bound (Chroma: 0.0048 vs 0.0043)
+    assert abs(d_before) <= missed + 1e-9
+    assert abs(d_after) <= missed + 1e-9
     assert sto.proven
 
 
