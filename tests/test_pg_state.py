@@ -10,6 +10,7 @@ kill tests against a Postgres state are in ``test_crash.py`` (store ``lc-pgvecto
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -520,6 +521,25 @@ def test_a_small_queue_overflows_with_a_warning_and_counts_what_it_dropped(own_p
     assert [t.id for t in log.traces()] == [first, *during[-50:]]  # the newest are kept
     with pytest.warns(RuntimeWarning, match="70 traces could not be written"):
         log.close()
+
+
+def test_the_label_cache_reconnects_after_a_server_restart(own_pg):
+    """A call that meets the lost connection fails; the next one opens a new connection and finds
+    what was cached before (like the trace and version logs, through ``Database.live``)."""
+    from nudge_rag.core.db import StateLocation
+    from nudge_rag.core.labels import LabelCache
+    from nudge_rag.core.llm import Status
+
+    cache = LabelCache(StateLocation.parse(state_url(own_pg, "app")).database("labels", "x"))
+    cache.put(
+        "k", model="m", prompt_version="v", kind="judge", status=Status.OK, value=[1], calls=1
+    )
+    own_pg.pause()
+    own_pg.resume()
+    with contextlib.suppress(Exception):  # this call finds the old connection gone
+        cache.get("k")
+    assert cache.get("k") == (Status.OK, [1])
+    cache.close()
 
 
 # == 6. migrations ================================================================================

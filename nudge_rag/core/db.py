@@ -220,6 +220,15 @@ class Database:
         """Whether ``conn`` lost its server and must be replaced."""
         return False
 
+    def live(self, conn: Any, *, read_only: bool = False) -> Any:
+        """``conn``, or a new connection in its place (the old one closed) if its server went
+        away."""
+        if not self.broken(conn):
+            return conn
+        with contextlib.suppress(Exception):
+            conn.close()
+        return self.connect(read_only=read_only)
+
     def move_aside(self, stamp: str) -> str | None:
         """Move an unusable database aside; the name it got (None: there was none)."""
         raise NotImplementedError

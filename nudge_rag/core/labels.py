@@ -418,11 +418,21 @@ class LabelCache:
                 create_private_file(self.path)
                 _tighten(self.path)
             self._db = db.connect()
-            db.migrate(self._db, [[_CACHE_SCHEMA]])
+            try:
+                db.migrate(self._db, [[_CACHE_SCHEMA]])
+            except BaseException:
+                self._db.close()
+                raise
             self._database = db
             if self.path is not None:  # SQLite made -wal / -shm like the database; make sure
                 _tighten(self.path)
         self._lock = threading.Lock()
+
+    def _conn(self) -> Any:
+        """The connection (lock held), replaced first if its Postgres server went away."""
+        if self._database is not None:
+            self._db = self._database.live(self._db)
+        return self._db
 
     @staticmethod
     def key(model: str, prompt_version: str, kind: str, inputs: Any) -> str:
@@ -433,9 +443,11 @@ class LabelCache:
     def get(self, key: str) -> tuple[Status, Any] | None:
         """The settled ``(status, value)`` of ``key``, or ``None``."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT status, value FROM answers WHERE key = ?", (key,)
-            ).fetchone()
+            row = (
+                self._conn()
+                .execute("SELECT status, value FROM answers WHERE key = ?", (key,))
+                .fetchone()
+            )
         if row is None:
             return None
         return Status(row[0]), (None if row[1] is None else json.loads(row[1]))
@@ -454,7 +466,7 @@ class LabelCache:
         """Store one settled answer (committed at once)."""
         blob = None if value is None else json.dumps(value, ensure_ascii=False)
         with self._lock:
-            self._db.execute(
+            self._conn().execute(
                 "INSERT INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE"
                 " SET model = excluded.model, prompt_version = excluded.prompt_version,"
                 " kind = excluded.kind, status = excluded.status, value = excluded.value,"
@@ -472,7 +484,7 @@ class LabelCache:
             text = repr(text)
         text = text[: MAX_ANSWER_CHARS + 1].encode("utf-8", "replace").decode("utf-8")
         with self._lock:
-            self._db.execute(
+            self._conn().execute(
                 "INSERT INTO raw_answers (key, model, text, created) VALUES (?, ?, ?, ?)",
                 (key, model, text, time.time()),
             )
@@ -480,24 +492,28 @@ class LabelCache:
     def raw(self, key: str) -> list[str]:
         """The paid answers to ``key``, oldest first."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT text FROM raw_answers WHERE key = ? ORDER BY id", (key,)
-            ).fetchall()
+            rows = (
+                self._conn()
+                .execute("SELECT text FROM raw_answers WHERE key = ? ORDER BY id", (key,))
+                .fetchall()
+            )
         return [r[0] for r in rows]
 
     def raw_count(self) -> int:
         """How many paid answers are kept."""
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM raw_answers").fetchone()[0])
+            return int(self._conn().execute("SELECT COUNT(*) FROM raw_answers").fetchone()[0])
 
     def __len__(self) -> int:
         """Questions with a paid answer on record (settled, or kept raw and not yet settled)."""
         with self._lock:
             return int(
-                self._db.execute(
+                self._conn()
+                .execute(
                     "SELECT COUNT(*) FROM (SELECT key FROM answers UNION SELECT key FROM "
                     "raw_answers) AS answered"
-                ).fetchone()[0]
+                )
+                .fetchone()[0]
             )
 
     def close(self) -> None:

@@ -176,21 +176,28 @@ def _check_gammas(gammas: Any, method: Method) -> list[float]:
     return grid
 
 
+def _check_per_query(
+    value: Any, n_queries: int, name: str, expected: str, fix: str, *, example: str = ""
+) -> None:
+    """``value`` is a sequence (not a str or mapping) with one entry per query."""
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
+        msg = f"{name}: expected {expected}, found {type(value).__name__}{example}."
+        raise NudgeError(msg)
+    if len(value) != n_queries:
+        msg = f"{name} has {len(value)} entries but there are {n_queries} queries; {fix}."
+        raise NudgeError(msg)
+
+
 def _check_positives(
     positives: Any, n_queries: int, n_rows: int, name: str
 ) -> list[dict[int, float]]:
-    if isinstance(positives, (str, bytes, Mapping)) or not isinstance(positives, Sequence):
-        msg = (
-            f"{name}: expected one list of positive rows (or {{row: grade}}) per query, found "
-            f"{type(positives).__name__}."
-        )
-        raise NudgeError(msg)
-    if len(positives) != n_queries:
-        msg = (
-            f"{name} has {len(positives)} entries but there are {n_queries} queries; "
-            "give one list per query."
-        )
-        raise NudgeError(msg)
+    _check_per_query(
+        positives,
+        n_queries,
+        name,
+        "one list of positive rows (or {row: grade}) per query",
+        "give one list per query",
+    )
     out: list[dict[int, float]] = []
     for qi, rel in enumerate(positives):
         if isinstance(rel, Mapping):
@@ -229,19 +236,14 @@ def _check_negatives(
     negatives: Any, positives: list[dict[int, float]], n_rows: int, name: str, pos_name: str
 ) -> list[list[int]]:
     """One sorted list of distinct row indices per query, none of them a positive of it."""
-    n_queries = len(positives)
-    if isinstance(negatives, (str, bytes, Mapping)) or not isinstance(negatives, Sequence):
-        msg = (
-            f"{name}: expected one list of row indices judged not relevant per query, found "
-            f"{type(negatives).__name__}; pass e.g. [[4, 9], [], ...], or None."
-        )
-        raise NudgeError(msg)
-    if len(negatives) != n_queries:
-        msg = (
-            f"{name} has {len(negatives)} entries but there are {n_queries} queries; "
-            "give one list per query (an empty list where none is known)."
-        )
-        raise NudgeError(msg)
+    _check_per_query(
+        negatives,
+        len(positives),
+        name,
+        "one list of row indices judged not relevant per query",
+        "give one list per query (an empty list where none is known)",
+        example="; pass e.g. [[4, 9], [], ...], or None",
+    )
     out: list[list[int]] = []
     for qi, rel in enumerate(negatives):
         if isinstance(rel, (str, bytes, Mapping)) or not isinstance(rel, Iterable):

@@ -440,10 +440,7 @@ class TraceLog:
 
     def _live_conn(self) -> Any:
         """The connection, replaced first if its server went away (lock held)."""
-        if self._database.broken(self._conn):
-            with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = self._database.connect(read_only=self.read_only)
+        self._conn = self._database.live(self._conn, read_only=self.read_only)
         return self._conn
 
     # -- writing -------------------------------------------------------------------------------

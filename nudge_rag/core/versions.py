@@ -38,7 +38,6 @@ them; :meth:`VersionLog.verify` lists them.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -975,10 +974,8 @@ class VersionLog:
             raise NudgeError(msg)
 
     def _conn_(self) -> Any:
-        if self._conn is not None and self._database.broken(self._conn):
-            with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = self._database.connect(read_only=self.read_only)
+        if self._conn is not None:
+            self._conn = self._database.live(self._conn, read_only=self.read_only)
         if self._conn is None:
             if self._broken is not None:
                 raise self._broken
@@ -1004,10 +1001,7 @@ class VersionLog:
     # -- checking the store --------------------------------------------------------------------
     def _data_version(self) -> int:
         assert self._watch is not None
-        if self._database.broken(self._watch):
-            with contextlib.suppress(Exception):
-                self._watch.close()
-            self._watch = self._database.connect(read_only=self.read_only)
+        self._watch = self._database.live(self._watch, read_only=self.read_only)
         counter = self._database.change_counter(self._watch)
         return counter if counter is not None else self._moves_and_current(self._watch)[0]
 

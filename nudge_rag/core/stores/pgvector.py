@@ -264,11 +264,7 @@ class PgVectorAdapter:
             "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
             "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped"
         )
-        from psycopg import sql
-
-        with self._tx() as conn:
-            name = sql.Identifier(self.schema, self.table).as_string(conn)
-            cols = {r[0]: r[1:] for r in conn.execute(q, [name])}
+        cols = {r[0]: r[1:] for r in self._catalog(q)}
         where = f"{self.schema}.{self.table}"
         if not cols:
             msg = (
@@ -382,12 +378,16 @@ class PgVectorAdapter:
             "JOIN pg_am am ON am.oid = c.relam WHERE i.indrelid = to_regclass(%s) "
             "AND am.amname IN ('hnsw', 'ivfflat')"
         )
+        rows = self._catalog(q)
+        return bool(rows and rows[0][0])
+
+    def _catalog(self, query: str) -> list[tuple]:
+        """Rows of a catalog ``query`` whose one parameter is the table (for ``to_regclass``)."""
         from psycopg import sql
 
         with self._tx() as conn:
             name = sql.Identifier(self.schema, self.table).as_string(conn)
-            row = conn.execute(q, [name]).fetchone()
-        return bool(row and row[0])
+            return list(conn.execute(query, [name]))
 
     def count(self) -> int:
         """How many rows the table holds (in this adapter's scope)."""
