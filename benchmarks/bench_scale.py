@@ -17,6 +17,7 @@ held-out queries is measured too: the store path's figures carry it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -129,6 +130,8 @@ def open_state(store: str, meta: dict[str, str], folder: Path) -> Any:
         from nudge_rag.core.stores.pgvector import PgVectorAdapter
 
         adapter: Any = PgVectorAdapter(meta["pg_url"], "docs", metric="cosine")
+        if meta.get("search_ef"):
+            adapter.search_ef = int(meta["search_ef"])
     else:
         from pymilvus import MilvusClient
 
@@ -253,32 +256,64 @@ def run_worker(store: str, mode: str, folder: Path) -> dict:
     return {"status": "ok", **json.loads(p.stdout.strip().splitlines()[-1])}
 
 
-def bench(n: int, stores: list[str], modes: list[str]) -> list[dict]:
+def open_workdir(n: int, workdir: Path | None, stack: contextlib.ExitStack) -> Path:
+    """The folder for one N: temporary, or ``<workdir>/n<N>`` kept for the next run (its data,
+    Postgres server and Milvus Lite file are reused, so a 1M-row HNSW index is built once)."""
+    if workdir is None:
+        return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_scale_")))
+    folder = workdir.resolve() / f"n{n}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def start_postgres(folder: Path, keep: bool) -> tuple[Any, str]:
+    """A Postgres server for the folder (kept in ``folder/pg`` when ``keep``) and the URL of
+    its database ``bench``."""
+    import psycopg
+
+    from nudge_rag.testing.pgserver import start_pgserver
+
+    server = start_pgserver(folder / "pg" if keep else None, delete=not keep)
+    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'bench'").fetchone()
+    if not found:
+        server.create_database("bench")
+    return server, server.langchain_url("bench")
+
+
+def bench(
+    n: int, stores: list[str], modes: list[str], *, workdir: Path | None, search_ef: int | None
+) -> list[dict]:
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
-        folder = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        folder = open_workdir(n, workdir, stack)
         t = time.perf_counter()
-        make_data(n, folder)
-        print(f"# N={n}: data in {time.perf_counter() - t:.1f} s", flush=True)
-        meta: dict[str, str] = {}
+        if (folder / "pos.npy").exists():
+            print(f"# N={n}: data reused from {folder}", flush=True)
+        else:
+            make_data(n, folder)
+            print(f"# N={n}: data in {time.perf_counter() - t:.1f} s", flush=True)
+        meta: dict[str, Any] = {"search_ef": search_ef}
         server = None
         if "pgvector" in stores:
-            from nudge_rag.testing.pgserver import start_pgserver
-
-            server = start_pgserver()
-            server.create_database("bench")
-            meta["pg_url"] = server.langchain_url("bench")
+            server, meta["pg_url"] = start_postgres(folder, keep=workdir is not None)
         if "milvus" in stores:
             meta["milvus_path"] = str(folder / "milvus.db")
         (folder / "meta.json").write_text(json.dumps(meta))
         try:
             for store in stores:
-                load = run_worker(store, "prepare", folder)
+                marker = folder / f"prepared_{store}.json"
+                if marker.exists():
+                    load = json.loads(marker.read_text())
+                else:
+                    load = run_worker(store, "prepare", folder)
+                    if load["status"] == "ok" and workdir is not None:
+                        marker.write_text(json.dumps(load))
                 print(f"# {json.dumps(load)}", flush=True)
                 if load["status"] != "ok":
                     continue
                 for mode in modes:
-                    row = {"n": n, **run_worker(store, mode, folder)}
+                    row = {"n": n, "search_ef": search_ef, **run_worker(store, mode, folder)}
                     heldout = row.pop("heldout", None)
                     if heldout and mode == "store":
                         (folder / "heldout.json").write_text(json.dumps(heldout))
@@ -298,6 +333,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, nargs="+", default=[100_000])
     parser.add_argument("--stores", default="pgvector,milvus")
     parser.add_argument("--modes", default="store,memory")
+    parser.add_argument(
+        "--workdir", type=Path, help="keep data, servers and indexes here for the next run"
+    )
+    parser.add_argument("--search-ef", type=int, help="pgvector hnsw.ef_search for the store path")
     parser.add_argument("--worker", nargs=3, metavar=("STORE", "MODE", "FOLDER"))
     args = parser.parse_args()
     if args.worker:
@@ -305,7 +344,8 @@ def main() -> None:
         worker(store, mode, Path(folder))
         return
     for n in args.n:
-        bench(n, args.stores.split(","), args.modes.split(","))
+        stores, modes = args.stores.split(","), args.modes.split(",")
+        bench(n, stores, modes, workdir=args.workdir, search_ef=args.search_ef)
 
 
 if __name__ == "__main__":

@@ -219,6 +219,62 @@ def test_adapter_search_is_the_metric_similarity_order(store: str, tmp_path: Pat
     assert adapter.count() == 500
 
 
+def test_milvus_search_moves_no_vectors(tmp_path: Path) -> None:
+    """The store path asks Milvus for keys and scores only: with ``output_fields=[]`` Milvus
+    Lite returned every hit's vector (0.3 MB a query, most of the client's RSS at 1M rows)."""
+    rng = np.random.default_rng(3)
+    vecs = rng.normal(size=(300, 16)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adapter = milvus_adapter([f"d{i}" for i in range(300)], vecs, tmp_path)
+    seen: list[Any] = []
+    search = adapter.client.search
+
+    def spy(*a: Any, **kw: Any) -> Any:
+        seen.append(out := search(*a, **kw))
+        return out
+
+    adapter.client.search = spy
+    got, _ = adapter.search(rng.normal(size=(3, 16)).astype(np.float32), 5)
+    assert [len(g) for g in got] == [5, 5, 5]
+    fields = {f for res in seen for hits in res for hit in hits for f in hit.get("entity", {})}
+    assert "embedding" not in fields
+
+
+def test_memory_path_reads_milvus_in_one_pass(tmp_path: Path, monkeypatch: Any) -> None:
+    """The memory path reads a Milvus collection page by page (``scan``), not by filtered
+    queries of 1,000 ids each (which Milvus Lite answers by a pass over the collection:
+    quadratic in N); the matrix equals the per-id read, nudged rows hold their base."""
+    import nudge_rag.core.stores.milvus as milvus
+
+    monkeypatch.setattr(milvus, "_SCAN_PAGE", 700)  # several pages, and a short last one
+    rng = np.random.default_rng(4)
+    vecs = normalize_rows(rng.normal(size=(2500, 16)).astype(np.float32))
+    ids = [f"d{i}" for i in range(2500)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        state = NudgeState(milvus_adapter(ids, vecs, tmp_path), tmp_path / "state")
+    nudged = normalize_rows(rng.normal(size=(2, 16)).astype(np.float32))
+    state.apply_vectors({ids[7]: nudged[0], ids[2400]: nudged[1]}, method="nudge-n")
+    queries = 0
+    query = state.adapter.client.query
+
+    def counting(*a: Any, **kw: Any) -> Any:
+        nonlocal queries
+        queries += 1
+        return query(*a, **kw)
+
+    state.adapter.client.query = counting
+    got_ids, got = state.base_matrix()
+    assert queries <= 1  # the log's base rows may need none; no per-1,000-ids reads
+    assert sorted(got_ids) == sorted(ids) and len(set(got_ids)) == len(ids)
+    row = {i: n for n, i in enumerate(got_ids)}
+    assert np.array_equal(got[[row[i] for i in ids]], vecs)  # base, also for the nudged rows
+    eng = NudgeFinetuneEngine(state, corpus="memory", progress=False)
+    corpus = eng.open_corpus()
+    assert corpus.shape == (2500, 16)
+
+
 def test_choosing_the_corpus(tmp_path: Path) -> None:
     vecs = normalize_rows(np.random.default_rng(2).normal(size=(100, 8)).astype(np.float32))
     ids = [str(i) for i in range(100)]

@@ -839,10 +839,15 @@ class NudgeFinetuneEngine:
             corpus: Corpus = StoreCorpus(self.state, normalize=cosine)
             empty = corpus.shape[0] == 0
         else:
-            ids = list(self.state.ids())
+            read_all = getattr(self.state, "base_matrix", None)
+            if read_all is not None:
+                ids, base = read_all()
+            else:
+                ids = list(self.state.ids())
+                base = self.state.base_vectors(ids) if ids else np.zeros((0, 0))
             empty = not ids
             if ids:
-                base = np.asarray(self.state.base_vectors(ids), dtype=np.float32)
+                base = np.asarray(base, dtype=np.float32)
                 fit = normalize_rows(base) if cosine else base
                 corpus = MemoryCorpus(base, ids=ids, metric=self.metric, fit=fit)
         if empty:

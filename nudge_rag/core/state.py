@@ -313,6 +313,10 @@ class NudgeState:
         """Base (version 0) vectors of ``ids``, float32."""
         return self.version_log.base_vectors(list(ids))
 
+    def base_matrix(self) -> tuple[list[str], np.ndarray]:
+        """Every id the store holds and its base vector (one float32 matrix, one pass)."""
+        return self.version_log.base_matrix()
+
     def apply_vectors(
         self,
         vectors: Mapping[str, np.ndarray],

@@ -60,7 +60,7 @@ from nudge_rag.core.db import Database, SQLiteDatabase
 from nudge_rag.core.errors import MetricMismatchError, NudgeError, UnknownIdError
 from nudge_rag.core.files import atomic_write
 from nudge_rag.core.nudge import Method
-from nudge_rag.core.stores.base import Metric, StoreAdapter, present_ids
+from nudge_rag.core.stores.base import Metric, StoreAdapter, present_ids, store_count
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -571,6 +571,42 @@ class VersionLog:
             out[[row[i] for i in part]] = got
         assert out is not None
         return out if len(uniq) == len(ids) else out[[row[i] for i in ids]]
+
+    def base_matrix(self) -> tuple[list[str], np.ndarray]:
+        """Every id the store holds, each once, and its base vector: one float32 matrix.
+
+        A store with ``scan()`` (pages of ids and vectors) is read in one pass, each page
+        copied into the matrix as it arrives; any other store by its ids, then
+        :meth:`base_vectors`. Rows a version changed hold their base vector from the log.
+        """
+        store = self._store()
+        scan = getattr(store, "scan", None)
+        if scan is None:
+            every = list(dict.fromkeys(store.ids()))
+            return every, self.base_vectors(every) if every else np.zeros((0, 0), np.float32)
+        self._require_ok()
+        ids: list[str] = []
+        row: dict[str, int] = {}
+        out = np.zeros((0, 0), np.float32)
+        for page_ids, page in scan():
+            new: list[int] = []  # positions in the page of ids not seen before
+            for n, i in enumerate(page_ids):
+                if i not in row:
+                    row[i] = len(ids) + len(new)
+                    new.append(n)
+            if len(ids) + len(new) > len(out):  # first page, or the store grew since counted
+                size = max(store_count(store), 2 * len(out), len(ids) + len(new))
+                grown = np.empty((size, page.shape[1]), np.float32)
+                if ids:
+                    grown[: len(ids)] = out[: len(ids)]
+                out = grown
+            out[len(ids) : len(ids) + len(new)] = page[new]
+            ids.extend(page_ids[n] for n in new)
+        out = out[: len(ids)]
+        changed = [i for i in self.changed_ids() if i in row]
+        if changed:
+            out[[row[i] for i in changed]] = self.base_vectors(changed)
+        return ids, out
 
     @_sql_errors
     def changed_ids(self) -> list[str]:
