@@ -44,10 +44,14 @@ _FETCH_CHUNK = 5000  # ids per base-vector read
 _QUERY_BLOCK = 256  # queries scored per block
 
 
-def normalize_rows(x: np.ndarray) -> np.ndarray:
-    """Rows divided by their norm (zero rows kept), float32."""
+def normalize_rows(x: np.ndarray, *, in_place: bool = False) -> np.ndarray:
+    """Rows divided by their norm (zero rows kept), float32; ``in_place`` divides a float32
+    ``x`` itself (same bits, no second matrix)."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    safe = np.where(norms > 0, norms, 1.0)
+    if in_place and x.dtype == np.float32:
+        return np.divide(x, safe, out=x)
+    return (x / safe).astype(np.float32, copy=False)
 
 
 def similarity(q: torch.Tensor, e: torch.Tensor, metric: Metric) -> torch.Tensor:

@@ -840,7 +840,7 @@ class NudgeFinetuneEngine:
             empty = corpus.shape[0] == 0
         else:
             read_all = getattr(self.state, "base_matrix", None)
-            if read_all is not None:
+            if read_all is not None:  # one pass, a fresh matrix
                 ids, base = read_all()
             else:
                 ids = list(self.state.ids())
@@ -848,8 +848,12 @@ class NudgeFinetuneEngine:
             empty = not ids
             if ids:
                 base = np.asarray(base, dtype=np.float32)
-                fit = normalize_rows(base) if cosine else base
-                corpus = MemoryCorpus(base, ids=ids, metric=self.metric, fit=fit)
+                # ranked as NUDGE ranks (unit rows for cosine); a fresh matrix is normalised in
+                # place: the base as stored is not needed again, and a second N×d matrix is
+                # what limits N on this path
+                fresh = read_all is not None
+                fit = normalize_rows(base, in_place=fresh) if cosine else base
+                corpus = MemoryCorpus(fit, ids=ids, metric=self.metric)
         if empty:
             msg = "store: it holds no chunks; add documents before fine-tuning."
             raise NudgeError(msg)
