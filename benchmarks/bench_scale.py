@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -114,23 +115,23 @@ def load_milvus(folder: Path, path: str) -> dict[str, float]:
     return {"load_s": loaded, "index_s": 0.0}
 
 
-def open_state(store: str, meta: dict[str, str], folder: Path) -> Any:
+def open_state(store: str, meta: dict[str, Any], folder: Path) -> Any:
     from nudge_rag.core.state import NudgeState
 
     if store == "pgvector":
         from nudge_rag.core.stores.pgvector import PgVectorAdapter
 
         adapter: Any = PgVectorAdapter(meta["pg_url"], "docs", metric="cosine")
-        if meta.get("search_ef"):
-            adapter.search_ef = int(meta["search_ef"])
     else:
         from pymilvus import MilvusClient
 
         from nudge_rag.core.stores.milvus import MilvusAdapter
 
-        client = MilvusClient(meta["milvus_path"])
+        client = MilvusClient(meta.get("milvus_uri") or meta["milvus_path"])
         client.load_collection("docs")  # a reopened Milvus Lite collection starts released
         adapter = MilvusAdapter(client, "docs")
+    if meta.get("search_ef"):
+        adapter.search_ef = int(meta["search_ef"])
     return NudgeState(adapter, folder / f"state_{store}")
 
 
@@ -237,6 +238,7 @@ def worker(store: str, mode: str, folder: Path) -> None:
 def run_worker(store: str, mode: str, folder: Path) -> dict:
     cmd = [sys.executable, __file__, "--worker", store, mode, str(folder)]
     limit = 4 * TIME_LIMIT_S if mode == "prepare" else TIME_LIMIT_S  # loading, HNSW build
+    t = time.perf_counter()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
     except subprocess.TimeoutExpired:
@@ -244,7 +246,10 @@ def run_worker(store: str, mode: str, folder: Path) -> dict:
     if p.returncode != 0:
         tail = (p.stderr.strip().splitlines() or ["?"])[-1]
         return {"store": store, "mode": mode, "status": f"failed: {tail}"}
-    return {"status": "ok", **json.loads(p.stdout.strip().splitlines()[-1])}
+    out = {"status": "ok", **json.loads(p.stdout.strip().splitlines()[-1])}
+    if mode == "prepare":  # Milvus Lite builds its HNSW index in the background until exit
+        out["prepare_wall_s"] = time.perf_counter() - t
+    return out
 
 
 def open_workdir(n: int, workdir: Path | None, stack: contextlib.ExitStack) -> Path:
@@ -270,6 +275,28 @@ def start_postgres(folder: Path, keep: bool) -> tuple[Any, str]:
     if not found:
         server.create_database("bench")
     return server, server.langchain_url("bench")
+
+
+def start_milvus_server(folder: Path, stack: contextlib.ExitStack) -> str:
+    """Milvus Lite's gRPC server over the prepared data, in a process of its own (as a Milvus
+    deployment would be), so that the measured client RSS is pymilvus's, not the engine's."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = stack.enter_context((folder / "milvus_server.log").open("ab"))
+    data = str(folder / "milvus.db")
+    cmd = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", data, "--port", str(port)]
+    proc = subprocess.Popen([*cmd, "--host", "127.0.0.1"], stdout=log, stderr=log)
+    stack.callback(proc.wait, 60)
+    stack.callback(proc.terminate)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return f"http://127.0.0.1:{port}"
+        time.sleep(0.2)
+    msg = f"milvus-lite server did not start; see {folder / 'milvus_server.log'}"
+    raise RuntimeError(msg)
 
 
 def bench(
@@ -303,6 +330,9 @@ def bench(
                 print(f"# {json.dumps(load)}", flush=True)
                 if load["status"] != "ok":
                     continue
+                if store == "milvus":
+                    meta["milvus_uri"] = start_milvus_server(folder, stack)
+                    (folder / "meta.json").write_text(json.dumps(meta))
                 for mode in modes:
                     row = {"n": n, "search_ef": search_ef, **run_worker(store, mode, folder)}
                     heldout = row.pop("heldout", None)
@@ -327,7 +357,9 @@ def main() -> None:
     parser.add_argument(
         "--workdir", type=Path, help="keep data, servers and indexes here for the next run"
     )
-    parser.add_argument("--search-ef", type=int, help="pgvector hnsw.ef_search for the store path")
+    parser.add_argument(
+        "--search-ef", type=int, help="HNSW ef for the store path's searches (pgvector, Milvus)"
+    )
     parser.add_argument("--worker", nargs=3, metavar=("STORE", "MODE", "FOLDER"))
     args = parser.parse_args()
     if args.worker:

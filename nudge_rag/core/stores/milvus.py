@@ -21,9 +21,10 @@ from nudge_rag.core.stores.base import Metric, missing_ids, raise_unknown, searc
 _METRICS = {"COSINE": Metric.COSINE, "IP": Metric.IP, "L2": Metric.L2}
 _INT_TYPES = {"INT8", "INT16", "INT32", "INT64"}
 _SEARCH_BATCH = 64  # query vectors per search request
-# rows per query_iterator page (Milvus's limit): Milvus Lite re-reads the collection for every
-# page, so 20,000 ids took 14 s in pages of 1,000 and 1.1 s in pages of 5,000
+# rows per query_iterator page: ids only (Milvus's limit), or with their vectors (a page of
+# 384-d rows arrives as Python floats, ~50 MB per 4,096 rows)
 _SCAN_PAGE = 16384
+_VECTOR_PAGE = 4096
 
 
 class MilvusAdapter:
@@ -136,12 +137,13 @@ class MilvusAdapter:
 
     def _fetch(self, ids: Sequence[str], fields: list[str]) -> dict[str, dict]:
         rows: dict[str, dict] = {}
+        key = self.id_field  # a property that asks the server: read it once, not per row
         for chunk in self._batches(list(ids)):
             expr = self.ids_filter(chunk)
             if expr is None:
                 continue
             for row in self.client.query(self.collection_name, filter=expr, output_fields=fields):
-                rows[str(row[self.id_field])] = row
+                rows[str(row[key])] = row
         return rows
 
     def ids_filter(self, ids: Sequence[str]) -> str | None:
@@ -156,13 +158,15 @@ class MilvusAdapter:
         """Return the stored vectors of ``ids`` (float32, in the order given)."""
         ids = list(ids)
         found: dict[str, np.ndarray] = {}  # float32 per batch: no list of Python floats piles up
-        for chunk in self._batches(ids) if self._exists() else ():
+        key, vec = (self.id_field, self.vector_field) if self._exists() else ("", "")
+        for chunk in self._batches(ids) if key else ():
             expr = self.ids_filter(chunk)
             if expr is None:
                 continue
-            fields = [self.id_field, self.vector_field]
-            for row in self.client.query(self.collection_name, filter=expr, output_fields=fields):
-                found[str(row[self.id_field])] = np.asarray(row[self.vector_field], np.float32)
+            for row in self.client.query(
+                self.collection_name, filter=expr, output_fields=[key, vec]
+            ):
+                found[str(row[key])] = np.asarray(row[vec], np.float32)
         raise_unknown(missing_ids(ids, set(found)), f"Milvus collection {self.collection_name!r}")
         if not ids:
             return np.zeros((0, self.dim or 0), dtype=np.float32)
@@ -175,9 +179,10 @@ class MilvusAdapter:
         present = self.present(ids)
         raise_unknown(missing_ids(ids, set(present)), f"Milvus collection {self.collection_name!r}")
         keys = self._keys(ids)
+        key, vec = self.id_field, self.vector_field
         for start in range(0, len(ids), self.batch_size):
             rows = [
-                {self.id_field: k, self.vector_field: v.tolist()}
+                {key: k, vec: v.tolist()}
                 for k, v in zip(
                     keys[start : start + self.batch_size],
                     arr[start : start + self.batch_size],
@@ -256,15 +261,17 @@ class MilvusAdapter:
     def _pages(self, fields: list[str]) -> Iterator[tuple[list[str], np.ndarray]]:
         if not self._exists():
             return
+        key, vec = self.id_field, self.vector_field
+        vectors = vec in fields
+        page_rows = _VECTOR_PAGE if vectors else _SCAN_PAGE
         it = self.client.query_iterator(
-            self.collection_name, batch_size=_SCAN_PAGE, output_fields=fields
+            self.collection_name, batch_size=page_rows, output_fields=fields
         )
-        vectors = self.vector_field in fields
         try:
             while page := it.next():
-                ids = [str(row[self.id_field]) for row in page]
+                ids = [str(row[key]) for row in page]
                 mat = (
-                    np.asarray([row[self.vector_field] for row in page], np.float32)
+                    np.asarray([row[vec] for row in page], np.float32)
                     if vectors
                     else np.zeros((len(page), 0), np.float32)
                 )
