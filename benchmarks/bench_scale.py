@@ -132,6 +132,8 @@ def open_state(store: str, meta: dict[str, Any], folder: Path) -> Any:
         adapter = MilvusAdapter(client, "docs")
     if meta.get("search_ef"):
         adapter.search_ef = int(meta["search_ef"])
+    if meta.get("search_connections") and store == "pgvector":
+        adapter.search_connections = int(meta["search_connections"])
     return NudgeState(adapter, folder / f"state_{store}")
 
 
@@ -300,7 +302,13 @@ def start_milvus_server(folder: Path, stack: contextlib.ExitStack) -> str:
 
 
 def bench(
-    n: int, stores: list[str], modes: list[str], *, workdir: Path | None, search_ef: int | None
+    n: int,
+    stores: list[str],
+    modes: list[str],
+    *,
+    workdir: Path | None,
+    search_ef: int | None,
+    search_connections: int | None = None,
 ) -> list[dict]:
     rows: list[dict] = []
     with contextlib.ExitStack() as stack:
@@ -311,7 +319,7 @@ def bench(
         else:
             make_data(n, folder)
             print(f"# N={n}: data in {time.perf_counter() - t:.1f} s", flush=True)
-        meta: dict[str, Any] = {"search_ef": search_ef}
+        meta: dict[str, Any] = {"search_ef": search_ef, "search_connections": search_connections}
         server = None
         if "pgvector" in stores:
             server, meta["pg_url"] = start_postgres(folder, keep=workdir is not None)
@@ -335,6 +343,7 @@ def bench(
                     (folder / "meta.json").write_text(json.dumps(meta))
                 for mode in modes:
                     row = {"n": n, "search_ef": search_ef, **run_worker(store, mode, folder)}
+                    row["search_connections"] = search_connections
                     heldout = row.pop("heldout", None)
                     if heldout and mode == "store":
                         (folder / "heldout.json").write_text(json.dumps(heldout))
@@ -360,6 +369,9 @@ def main() -> None:
     parser.add_argument(
         "--search-ef", type=int, help="HNSW ef for the store path's searches (pgvector, Milvus)"
     )
+    parser.add_argument(
+        "--search-connections", type=int, help="pgvector connections per batch of searches"
+    )
     parser.add_argument("--worker", nargs=3, metavar=("STORE", "MODE", "FOLDER"))
     args = parser.parse_args()
     if args.worker:
@@ -368,7 +380,14 @@ def main() -> None:
         return
     for n in args.n:
         stores, modes = args.stores.split(","), args.modes.split(",")
-        bench(n, stores, modes, workdir=args.workdir, search_ef=args.search_ef)
+        bench(
+            n,
+            stores,
+            modes,
+            workdir=args.workdir,
+            search_ef=args.search_ef,
+            search_connections=args.search_connections,
+        )
 
 
 if __name__ == "__main__":

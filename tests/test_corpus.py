@@ -113,6 +113,40 @@ def pgvector_adapter(pg: Any, db: str) -> Callable[[list[str], np.ndarray, Path]
     return make
 
 
+def test_pgvector_search_spreads_a_batch_over_connections(pg: Any, db: str) -> None:
+    """An adapter built from a URL answers a large batch over ``search_connections`` backends
+    (a server with several cores answers them at once): the same ids and scores as one."""
+    from nudge_rag.core.stores.pgvector import PgVectorAdapter
+
+    rng = np.random.default_rng(7)
+    vecs = rng.normal(size=(2000, 16)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pgvector_adapter(pg, db)([f"d{i}" for i in range(2000)], vecs, Path())
+    adapter = PgVectorAdapter(pg.langchain_url(db), "docs", metric="cosine")
+    q = rng.normal(size=(600, 16)).astype(np.float32)
+    adapter.search_connections = 1
+    one = adapter.search(q, 7)
+    opened = 0
+    psycopg = adapter._psycopg
+
+    class Counting:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(psycopg, name)
+
+        def connect(self, *a: Any, **kw: Any) -> Any:
+            nonlocal opened
+            opened += 1
+            return psycopg.connect(*a, **kw)
+
+    adapter._psycopg = Counting()
+    adapter.search_connections = 4
+    assert adapter.search(q, 7) == one
+    assert opened == 4
+    assert [len(r) for r in one[0]] == [7] * 600
+    adapter.close()
+
+
 # --------------------------------------------------------------------------- SciFact usage
 
 

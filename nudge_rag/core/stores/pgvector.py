@@ -20,6 +20,7 @@ see exactly the old or the new vectors, never a mix, and an unknown id writes no
 
 from __future__ import annotations
 
+import itertools
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -433,23 +434,50 @@ class PgVectorAdapter:
         out_ids: list[list[str]] = [[] for _ in q]
         out_scores: list[list[float]] = [[] for _ in q]
         texts = ["[" + ",".join(map(repr, row)) + "]" for row in q.tolist()]
-        with self._tx() as conn:
-            ef = min(1000, max(int(self.search_ef), k))
+        ef = min(1000, max(int(self.search_ef), k))
+        score = {
+            Metric.COSINE: lambda dist: 1.0 - dist,
+            Metric.IP: lambda dist: -dist,  # <#> is the negative inner product
+            Metric.L2: lambda dist: -dist * dist,
+        }[self.metric]
+
+        def run(conn: Any, first: int, last: int) -> None:
             conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(ef)))
-            for s in range(0, len(texts), 1000):
-                for n, doc_id, d in conn.execute(stmt, [texts[s : s + 1000], *args, k]):
-                    row = s + int(n) - 1
-                    out_ids[row].append(doc_id)
-                    dist = float(d)
-                    score = (
-                        1.0 - dist
-                        if self.metric is Metric.COSINE
-                        else -dist
-                        if self.metric is Metric.IP
-                        else -dist * dist
-                    )
-                    out_scores[row].append(score)
+            for s in range(first, last, 1000):
+                part = texts[s : min(last, s + 1000)]
+                for n, doc_id, d in conn.execute(stmt, [part, *args, k]):
+                    out_ids[s + int(n) - 1].append(doc_id)
+                    out_scores[s + int(n) - 1].append(score(float(d)))
+
+        parts = self._search_parts(len(texts))
+        if len(parts) == 1:
+            with self._tx() as conn:
+                run(conn, 0, len(texts))
+            return out_ids, out_scores
+        from concurrent.futures import ThreadPoolExecutor
+
+        def on_own_connection(span: tuple[int, int]) -> None:
+            conninfo = self._conninfo
+            with self._psycopg.connect(conninfo, autocommit=True) as conn, conn.transaction():
+                run(conn, *span)
+
+        with ThreadPoolExecutor(len(parts)) as pool:
+            list(pool.map(on_own_connection, parts))
         return out_ids, out_scores
+
+    #: connections :meth:`search` spreads a large batch over (one backend each, so a server
+    #: with several cores answers them in parallel); one when the adapter was given a
+    #: connection rather than a URL.
+    search_connections = 4
+    _SEARCH_SPLIT = 128  # queries per connection at least
+
+    def _search_parts(self, n: int) -> list[tuple[int, int]]:
+        """Contiguous ``(first, last)`` spans of ``n`` queries, one per connection."""
+        ways = max(1, min(int(self.search_connections), n // self._SEARCH_SPLIT))
+        if self._conninfo is None or ways == 1:
+            return [(0, n)]
+        bounds = np.linspace(0, n, ways + 1).astype(int)
+        return [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
 
     # -- vectors --------------------------------------------------------------------------
 
