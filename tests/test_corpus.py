@@ -254,23 +254,34 @@ def test_adapter_search_is_the_metric_similarity_order(store: str, tmp_path: Pat
     assert adapter.count() == 500
 
 
+def random_milvus(tmp: Path, n: int, d: int, seed: int) -> tuple[Any, list[str], np.ndarray]:
+    """A Milvus Lite collection (HNSW, cosine) of ``n`` random rows: adapter, ids, rows."""
+    vecs = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    ids = [f"d{i}" for i in range(n)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return milvus_adapter(ids, vecs, tmp), ids, vecs
+
+
+def spy(obj: Any, name: str) -> list[Any]:
+    """Wrap ``obj.<name>`` so that each call's result is recorded; the list of results."""
+    seen: list[Any] = []
+    real = getattr(obj, name)
+
+    def recording(*a: Any, **kw: Any) -> Any:
+        seen.append(out := real(*a, **kw))
+        return out
+
+    setattr(obj, name, recording)
+    return seen
+
+
 def test_milvus_search_moves_no_vectors(tmp_path: Path) -> None:
     """The store path asks Milvus for keys and scores only: with ``output_fields=[]`` Milvus
     Lite returned every hit's vector (0.3 MB a query, most of the client's RSS at 1M rows)."""
-    rng = np.random.default_rng(3)
-    vecs = rng.normal(size=(300, 16)).astype(np.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        adapter = milvus_adapter([f"d{i}" for i in range(300)], vecs, tmp_path)
-    seen: list[Any] = []
-    search = adapter.client.search
-
-    def spy(*a: Any, **kw: Any) -> Any:
-        seen.append(out := search(*a, **kw))
-        return out
-
-    adapter.client.search = spy
-    got, _ = adapter.search(rng.normal(size=(3, 16)).astype(np.float32), 5)
+    adapter, _, _ = random_milvus(tmp_path, 300, 16, seed=3)
+    seen = spy(adapter.client, "search")
+    got, _ = adapter.search(np.random.default_rng(30).normal(size=(3, 16)).astype(np.float32), 5)
     assert [len(g) for g in got] == [5, 5, 5]
     fields = {f for res in seen for hits in res for hit in hits for f in hit.get("entity", {})}
     assert "embedding" not in fields
@@ -279,39 +290,21 @@ def test_milvus_search_moves_no_vectors(tmp_path: Path) -> None:
 def test_milvus_reads_ask_the_schema_once_per_call(tmp_path: Path) -> None:
     """``id_field`` asks the server whether the collection exists; read per row it cost one
     round trip per row (20,000 ids: 14 s to list, now 2 s), in get, put, ids and scan alike."""
-    rng = np.random.default_rng(6)
-    vecs = rng.normal(size=(1500, 16)).astype(np.float32)
-    ids = [f"d{i}" for i in range(1500)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        adapter = milvus_adapter(ids, vecs, tmp_path)
-    calls = 0
-    has_collection = adapter.client.has_collection
-
-    def counting(*a: Any, **kw: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        return has_collection(*a, **kw)
-
-    adapter.client.has_collection = counting
+    adapter, ids, vecs = random_milvus(tmp_path, 1500, 16, seed=6)
+    calls = spy(adapter.client, "has_collection")
     assert np.array_equal(adapter.get(ids), vecs)
     adapter.put(ids[:1200], vecs[:1200] * 2)
     assert sorted(adapter.ids()) == sorted(ids)
     assert sum(len(page) for page, _ in adapter.scan()) == 1500
-    assert calls <= 20, f"{calls} round trips for four calls"
+    assert len(calls) <= 20, f"{len(calls)} round trips for four calls"
 
 
 def test_milvus_hnsw_search_explores_more_than_the_default(tmp_path: Path) -> None:
     """The fine-tune's searches pass ``ef = max(search_ef, k)`` to an HNSW index: on 5,000
     random 64-d rows Milvus Lite's default ``ef`` (64) found 91% of the exact top 10."""
-    rng = np.random.default_rng(5)
-    vecs = rng.normal(size=(5000, 64)).astype(np.float32)
-    ids = [f"d{i}" for i in range(5000)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        adapter = milvus_adapter(ids, vecs, tmp_path)
-        adapter.client.flush("docs")
-    q = rng.normal(size=(50, 64)).astype(np.float32)
+    adapter, ids, vecs = random_milvus(tmp_path, 5000, 64, seed=5)
+    adapter.client.flush("docs")
+    q = np.random.default_rng(50).normal(size=(50, 64)).astype(np.float32)  # not the rows
     want = [{ids[r] for r in row} for row in exact_knn(q, vecs, K, metric="cosine")[1]]
 
     def recall(ef: int) -> float:
@@ -335,31 +328,18 @@ def test_memory_path_reads_milvus_in_one_pass(tmp_path: Path, monkeypatch: Any) 
     import nudge_rag.core.stores.milvus as milvus
 
     monkeypatch.setattr(milvus, "_VECTOR_PAGE", 700)  # several pages, and a short last one
-    rng = np.random.default_rng(4)
-    vecs = normalize_rows(rng.normal(size=(2500, 16)).astype(np.float32))
-    ids = [f"d{i}" for i in range(2500)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        state = NudgeState(milvus_adapter(ids, vecs, tmp_path), tmp_path / "state")
-    nudged = normalize_rows(rng.normal(size=(2, 16)).astype(np.float32))
+    adapter, ids, vecs = random_milvus(tmp_path, 2500, 16, seed=4)
+    state = NudgeState(adapter, tmp_path / "state")
+    nudged = normalize_rows(np.random.default_rng(40).normal(size=(2, 16)).astype(np.float32))
     state.apply_vectors({ids[7]: nudged[0], ids[2400]: nudged[1]}, method="nudge-n")
-    queries = 0
-    query = state.adapter.client.query
-
-    def counting(*a: Any, **kw: Any) -> Any:
-        nonlocal queries
-        queries += 1
-        return query(*a, **kw)
-
-    state.adapter.client.query = counting
+    queries = spy(adapter.client, "query")
     got_ids, got = state.base_matrix()
-    assert queries <= 1  # the log's base rows may need none; no per-1,000-ids reads
+    assert len(queries) <= 1  # the log's base rows may need none; no per-1,000-ids reads
     assert sorted(got_ids) == sorted(ids) and len(set(got_ids)) == len(ids)
     row = {i: n for n, i in enumerate(got_ids)}
     assert np.array_equal(got[[row[i] for i in ids]], vecs)  # base, also for the nudged rows
     eng = NudgeFinetuneEngine(state, corpus="memory", progress=False)
-    corpus = eng.open_corpus()
-    assert corpus.shape == (2500, 16)
+    assert eng.open_corpus().shape == (2500, 16)
 
 
 def test_choosing_the_corpus(tmp_path: Path) -> None:
