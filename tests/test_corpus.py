@@ -327,7 +327,7 @@ def test_memory_path_reads_milvus_in_one_pass(tmp_path: Path, monkeypatch: Any) 
     quadratic in N); the matrix equals the per-id read, nudged rows hold their base."""
     import nudge_rag.core.stores.milvus as milvus
 
-    monkeypatch.setattr(milvus, "_VECTOR_PAGE", 700)  # several pages, and a short last one
+    monkeypatch.setattr(milvus, "_PAGE_FLOATS", 700 * 16)  # 700-row pages, a short last one
     adapter, ids, vecs = random_milvus(tmp_path, 2500, 16, seed=4)
     state = NudgeState(adapter, tmp_path / "state")
     nudged = normalize_rows(np.random.default_rng(40).normal(size=(2, 16)).astype(np.float32))
@@ -340,6 +340,60 @@ def test_memory_path_reads_milvus_in_one_pass(tmp_path: Path, monkeypatch: Any) 
     assert np.array_equal(got[[row[i] for i in ids]], vecs)  # base, also for the nudged rows
     eng = NudgeFinetuneEngine(state, corpus="memory", progress=False)
     assert eng.open_corpus().shape == (2500, 16)
+
+
+def test_milvus_search_reads_a_key_not_named_id(tmp_path: Path) -> None:
+    """LangChain's Milvus names its INT64 key ``pk``: the store path read every hit's key as
+    ``hit["id"]`` and raised KeyError on such a collection."""
+    pymilvus = pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    from nudge_rag.core.stores.milvus import MilvusAdapter
+
+    rng = np.random.default_rng(8)
+    vecs = rng.normal(size=(200, 16)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        client = pymilvus.MilvusClient(str(tmp_path / "milvus.db"))
+        schema = client.create_schema(auto_id=False)
+        schema.add_field("pk", pymilvus.DataType.INT64, is_primary=True)
+        schema.add_field("embedding", pymilvus.DataType.FLOAT_VECTOR, dim=16)
+        index = client.prepare_index_params()
+        index.add_index("embedding", index_type="FLAT", metric_type="COSINE")
+        client.create_collection("docs", schema=schema, index_params=index)
+        client.insert(
+            "docs", [{"pk": 1000 + n, "embedding": v} for n, v in enumerate(vecs.tolist())]
+        )
+    adapter = MilvusAdapter(client, "docs")
+    q = rng.normal(size=(4, 16)).astype(np.float32)
+    got, _ = adapter.search(q, 5)
+    want = exact_knn(q, vecs, 5, metric="cosine")[1]
+    assert got == [[str(1000 + r) for r in row] for row in want]
+
+
+def test_base_matrix_survives_a_stale_count_and_repeated_ids(tmp_path: Path) -> None:
+    """A scan may repeat an id across pages, and the store's count may lag behind it: every id
+    once, its vector, and no oversized buffer kept behind the matrix."""
+    rng = np.random.default_rng(9)
+    vecs = rng.normal(size=(1000, 8)).astype(np.float32)
+    ids = [f"d{i}" for i in range(1000)]
+
+    class Paged(MemoryAdapter):
+        def count(self) -> int:
+            return 900  # behind the scan
+
+        def scan(self) -> Any:
+            for a in range(0, 1000, 300):
+                page = [*range(a, min(1000, a + 300)), a // 2]  # one id seen before
+                yield [ids[r] for r in page], vecs[page]
+
+    records = {
+        i: {"id": i, "vector": v.tolist(), "text": i} for i, v in zip(ids, vecs, strict=True)
+    }
+    state = NudgeState(Paged(records, metric=Metric.COSINE), tmp_path / "state")
+    got_ids, got = state.base_matrix()
+    assert got_ids == ids
+    assert np.array_equal(got, vecs)
+    assert got.base is None or len(got.base) == 1000
 
 
 def test_choosing_the_corpus(tmp_path: Path) -> None:

@@ -111,8 +111,8 @@ def is_corpus(x: Any) -> bool:
 class MemoryCorpus:
     """The base matrix in memory (exact search): the engine's path for a corpus that fits.
 
-    ``base`` is the base matrix as stored; ``fit`` what NUDGE and the held-out proof rank
-    (the engine passes the row-normalised base for a cosine store); ``matrix`` is ``fit``.
+    ``base`` is the base matrix; ``fit`` what NUDGE and the held-out proof rank (unit rows
+    for a cosine store: the engine passes one normalised matrix as both); ``matrix`` is ``fit``.
     """
 
     kind = "memory"

@@ -572,12 +572,14 @@ class VersionLog:
         assert out is not None
         return out if len(uniq) == len(ids) else out[[row[i] for i in ids]]
 
+    @_sql_errors
     def base_matrix(self) -> tuple[list[str], np.ndarray]:
         """Every id the store holds, each once, and its base vector: one float32 matrix.
 
         A store with ``scan()`` (pages of ids and vectors) is read in one pass, each page
         copied into the matrix as it arrives; any other store by its ids, then
-        :meth:`base_vectors`. Rows a version changed hold their base vector from the log.
+        :meth:`base_vectors`. Every id the log holds a base vector for (rows a version changed,
+        rows recorded as given to a store that does not read back exactly) holds that one.
         """
         store = self._store()
         scan = getattr(store, "scan", None)
@@ -595,17 +597,20 @@ class VersionLog:
                     row[i] = len(ids) + len(new)
                     new.append(n)
             if len(ids) + len(new) > len(out):  # first page, or the store grew since counted
-                size = max(store_count(store), 2 * len(out), len(ids) + len(new))
+                need = len(ids) + len(new)
+                size = max(store_count(store), need, int(len(out) * 1.1) + len(page))
                 grown = np.empty((size, page.shape[1]), np.float32)
                 if ids:
                     grown[: len(ids)] = out[: len(ids)]
                 out = grown
             out[len(ids) : len(ids) + len(new)] = page[new]
             ids.extend(page_ids[n] for n in new)
-        out = out[: len(ids)]
-        changed = [i for i in self.changed_ids() if i in row]
-        if changed:
-            out[[row[i] for i in changed]] = self.base_vectors(changed)
+        out = out[: len(ids)] if len(out) == len(ids) else out[: len(ids)].copy()
+        with self._tlock:
+            logged = [r[0] for r in self._conn_().execute("SELECT id FROM base")]
+        logged = [i for i in logged if i in row]
+        if logged:
+            out[[row[i] for i in logged]] = self.base_vectors(logged)
         return ids, out
 
     @_sql_errors

@@ -21,10 +21,10 @@ from nudge_rag.core.stores.base import Metric, missing_ids, raise_unknown, searc
 _METRICS = {"COSINE": Metric.COSINE, "IP": Metric.IP, "L2": Metric.L2}
 _INT_TYPES = {"INT8", "INT16", "INT32", "INT64"}
 _SEARCH_BATCH = 64  # query vectors per search request
-# rows per query_iterator page: ids only (Milvus's limit), or with their vectors (a page of
-# 384-d rows arrives as Python floats, ~50 MB per 4,096 rows)
+# rows per query_iterator page of ids (Milvus's limit); floats per page of vectors (they arrive
+# as Python floats: ~50 MB a page, 4,096 rows at 384-d)
 _SCAN_PAGE = 16384
-_VECTOR_PAGE = 4096
+_PAGE_FLOATS = 4096 * 384
 
 
 class MilvusAdapter:
@@ -224,8 +224,9 @@ class MilvusAdapter:
             return [[] for _ in q], [[] for _ in q]
         k = min(k, 16384)
         l2 = self.metric is Metric.L2
-        hnsw = self._index_type() == "HNSW"
+        hnsw = self._index_type().startswith("HNSW")  # HNSW, HNSW_SQ, HNSW_PQ, HNSW_PRQ
         params = {"params": {"ef": min(32768, max(int(self.search_ef), k))}} if hnsw else None
+        key = self.id_field
         out_ids: list[list[str]] = []
         out_scores: list[list[float]] = []
         for start in range(0, len(q), _SEARCH_BATCH):
@@ -236,11 +237,11 @@ class MilvusAdapter:
                 anns_field=self.vector_field,
                 # the key only: `[]` (or None) makes Milvus Lite return every hit's vector
                 # (0.3 MB a query; 2.8x slower)
-                output_fields=[self.id_field],
+                output_fields=[key],
                 search_params=params,
             )
             for row in hits:
-                out_ids.append([str(h["id"]) for h in row])
+                out_ids.append([str(h[key]) for h in row])  # the key field, named as it is
                 sign = -1.0 if l2 else 1.0
                 out_scores.append([sign * float(h["distance"]) for h in row])
         return out_ids, out_scores
@@ -263,7 +264,9 @@ class MilvusAdapter:
             return
         key, vec = self.id_field, self.vector_field
         vectors = vec in fields
-        page_rows = _VECTOR_PAGE if vectors else _SCAN_PAGE
+        page_rows = _SCAN_PAGE
+        if vectors:  # as many rows as make _PAGE_FLOATS, whatever the dimension
+            page_rows = min(_SCAN_PAGE, max(64, _PAGE_FLOATS // max(1, self.dim or 384)))
         it = self.client.query_iterator(
             self.collection_name, batch_size=page_rows, output_fields=fields
         )
