@@ -15,6 +15,7 @@ matrix can be read; nudge-ft and ours run back to back on the same files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import subprocess
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +54,32 @@ def bench_datasets() -> list[dict]:
 
 
 # --------------------------------------------------------------------------- (b) scale
+
+
+@contextlib.contextmanager
+def peak_rss() -> Iterator[list[int]]:
+    """This process's peak RSS above its RSS at entry, sampled every 20 ms: a one-item list,
+    filled in when the block ends."""
+    import psutil
+
+    proc = psutil.Process()
+    base = proc.memory_info().rss
+    peak = [base]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], proc.memory_info().rss)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    extra = [0]
+    try:
+        yield extra
+    finally:
+        done.set()
+        thread.join()
+        extra[0] = max(peak[0], proc.memory_info().rss) - base
 
 
 def make_synthetic(n: int, folder: Path, *, d=384, n_train=2000, n_val=1000, seed=0) -> None:
@@ -87,40 +115,36 @@ def make_synthetic(n: int, folder: Path, *, d=384, n_train=2000, n_val=1000, see
 
 def worker(impl: str, method: str, folder: Path) -> None:
     """Child process: load the files, fit once, print seconds and peak RSS above the loaded data."""
-    import psutil
 
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP_BYTES, MEMORY_CAP_BYTES))
     E = np.load(folder / "E.npy")
     tq, vq = np.load(folder / "train_q.npy"), np.load(folder / "val_q.npy")
     tp = json.loads((folder / "train_pos.json").read_text())
     vp = json.loads((folder / "val_pos.json").read_text())
-    proc = psutil.Process()
-    base_rss = proc.memory_info().rss
-    peak = [base_rss]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.02):
-            peak[0] = max(peak[0], proc.memory_info().rss)
-
-    threading.Thread(target=sample, daemon=True).start()
-    t = time.perf_counter()
-    if impl == "ours":
-        res = finetune_embeddings(
-            E, tq, tp, vq, vp, method=method, selection="top1", refit=False, weighting="uniform"
-        )
-        seconds = time.perf_counter() - t
-        out_rows, out_vecs = res.rows, res.vectors
-    else:
-        new = nudge_ft(method, E, tq, tp, vq, vp)
-        seconds = time.perf_counter() - t
-        out_rows = np.nonzero(np.any(np.abs(new - E) > 1e-5, axis=1))[0]
-        out_vecs = new[out_rows]
-    done.set()
-    peak[0] = max(peak[0], proc.memory_info().rss)
+    with peak_rss() as extra:
+        t = time.perf_counter()
+        if impl == "ours":
+            res = finetune_embeddings(
+                E,
+                tq,
+                tp,
+                vq,
+                vp,
+                method=method,
+                selection="top1",
+                refit=False,
+                weighting="uniform",
+            )
+            seconds = time.perf_counter() - t
+            out_rows, out_vecs = res.rows, res.vectors
+        else:
+            new = nudge_ft(method, E, tq, tp, vq, vp)
+            seconds = time.perf_counter() - t
+            out_rows = np.nonzero(np.any(np.abs(new - E) > 1e-5, axis=1))[0]
+            out_vecs = new[out_rows]
     np.save(folder / f"out_{impl}_{method}_rows.npy", out_rows)
     np.save(folder / f"out_{impl}_{method}_vecs.npy", out_vecs)
-    print(json.dumps({"seconds": seconds, "extra_rss": peak[0] - base_rss, "matrix": E.nbytes}))
+    print(json.dumps({"seconds": seconds, "extra_rss": extra[0], "matrix": E.nbytes}))
 
 
 def run_worker(impl: str, method: str, folder: Path) -> dict:

@@ -28,14 +28,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_core import make_synthetic
+from bench_core import make_synthetic, peak_rss
 
 HERE = Path(__file__).resolve().parent
 D = 384
@@ -191,7 +190,6 @@ def worker(store: str, mode: str, folder: Path) -> None:
     if mode == "recall":
         recall_worker(store, folder)
         return
-    import psutil
     import torch
 
     from nudge_rag import NudgeFinetuneEngine
@@ -202,27 +200,16 @@ def worker(store: str, mode: str, folder: Path) -> None:
         warnings.simplefilter("ignore")
         state = open_state(store, meta, folder)
     eng = NudgeFinetuneEngine(state, corpus=mode, progress=False)
-    proc = psutil.Process()
-    base_rss = proc.memory_info().rss
-    peak = [base_rss]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.02):
-            peak[0] = max(peak[0], proc.memory_info().rss)
-
-    threading.Thread(target=sample, daemon=True).start()
-    t = time.perf_counter()
-    report = eng.finetune()
-    seconds = time.perf_counter() - t
-    done.set()
-    peak[0] = max(peak[0], proc.memory_info().rss)
+    with peak_rss() as extra:
+        t = time.perf_counter()
+        report = eng.finetune()
+        seconds = time.perf_counter() - t
     test = eng.split_labels(eng.last_labels)[2]
     out = {
         "store": store,
         "mode": mode,
         "seconds": seconds,
-        "extra_rss_mb": (peak[0] - base_rss) / 2**20,
+        "extra_rss_mb": extra[0] / 2**20,
         "corpus": report.corpus,
         "approximate": report.corpus_approximate,
         "gamma": report.gamma,
