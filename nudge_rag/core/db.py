@@ -420,19 +420,59 @@ _PG_TYPES = (
 )
 
 
-class _PgConnection:
-    """A psycopg connection that speaks the parts' SQL (``?`` placeholders, ``executemany``)."""
+#: statements a lost connection may run again on a new one: reads, and the start of a
+#: transaction (a write outside a transaction fails once; the next call reconnects)
+_RESUMABLE = re.compile(r"^\s*(SELECT|SHOW|SET|BEGIN|START TRANSACTION)\b", re.IGNORECASE)
 
-    def __init__(self, raw: Any) -> None:
+
+class _PgConnection:
+    """A psycopg connection that speaks the parts' SQL (``?`` placeholders, ``executemany``).
+
+    With ``reopen`` (what :meth:`PostgresDatabase.connect` gives), a statement that finds the
+    connection lost (a restart, a failover, ``pg_terminate_backend``) while no transaction was
+    open is run once more on a new connection, if it is a read or ``BEGIN``: nothing was
+    written, and the caller's handle stays valid. Inside a transaction the error is raised (the
+    transaction is gone); the next call outside one reconnects.
+    """
+
+    def __init__(self, raw: Any, reopen: Callable[[], Any] | None = None) -> None:
         self.raw = raw
+        self._reopen = reopen
 
     def execute(self, sql: str, args: Sequence[Any] | None = None) -> Any:
+        idle = self._idle()
+        try:
+            return self._execute(sql, args)
+        except Exception as err:
+            if not (idle and _RESUMABLE.match(sql) and self._replaced(err)):
+                raise
+        return self._execute(sql, args)
+
+    def _execute(self, sql: str, args: Sequence[Any] | None) -> Any:
         cur = self.raw.cursor()
         if args is None:
             cur.execute(sql)
         else:
             cur.execute(_pg_sql(sql), tuple(args))
         return cur
+
+    def _idle(self) -> bool:
+        """Whether no transaction is open (the connection's own view)."""
+        if self._reopen is None or self.raw.closed:
+            return False
+        return int(self.raw.info.transaction_status) == 0  # psycopg.pq.TransactionStatus.IDLE
+
+    def _replaced(self, err: Exception) -> bool:
+        """Whether ``err`` lost the connection and a new one took its place."""
+        if self._reopen is None or not self.raw.broken:
+            return False
+        with contextlib.suppress(Exception):
+            self.raw.close()
+        try:
+            self.raw = self._reopen()
+        except Exception:  # still away: the caller gets the original error
+            return False
+        return True
 
     def executemany(self, sql: str, rows: Any) -> Any:
         cur = self.raw.cursor()
@@ -500,6 +540,10 @@ class PostgresDatabase(Database):
         return row is not None
 
     def connect(self, *, read_only: bool = False) -> _PgConnection:
+        return _PgConnection(self._session(read_only), functools.partial(self._session, read_only))
+
+    def _session(self, read_only: bool) -> Any:
+        """A raw connection set up for this part (its schema first on the search path)."""
         raw = self._raw()
         try:
             raw.execute(f'SET search_path TO "{self.schema}"')
@@ -508,7 +552,7 @@ class PostgresDatabase(Database):
         except BaseException:
             raw.close()
             raise
-        return _PgConnection(raw)
+        return raw
 
     def tables(self, conn: Any) -> set[str]:
         rows = conn.execute(
@@ -557,7 +601,16 @@ class PostgresDatabase(Database):
         """``pg_advisory_lock`` on a connection of its own (held until :meth:`_release`)."""
         if self._lock_conn is None or self._lock_conn.closed or self._lock_conn.broken:
             self._lock_conn = self._raw()
-        self._lock_conn.execute("SELECT pg_advisory_lock(%s)", (self.lock_key,))
+        try:
+            self._lock_conn.execute("SELECT pg_advisory_lock(%s)", (self.lock_key,))
+        except self.OperationalError:
+            if not self._lock_conn.broken:
+                raise
+            # the idle connection was lost since the last move (it held no lock): a new one
+            with contextlib.suppress(Exception):
+                self._lock_conn.close()
+            self._lock_conn = self._raw()
+            self._lock_conn.execute("SELECT pg_advisory_lock(%s)", (self.lock_key,))
 
     def _release(self) -> None:
         try:
