@@ -13,12 +13,12 @@ from test_engine import World
 from nudge_rag import NudgeFinetuneEngine
 from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.watch import (
+    GUARD_METHOD,
     WATCH_LOG,
     Watcher,
-    live_signal,
-    newcombe_interval,
+    paired_signal,
     parse_duration,
-    wilson_interval,
+    sign_test,
 )
 
 
@@ -114,9 +114,10 @@ def test_applies_a_proven_version_then_keeps_it_when_live_searches_hold(store, w
     hits_after = traffic(store, later)  # the searches that followed, served by version 1
     guard, finetune = w.run_round()
     assert guard["decision"] == "keep" and guard["version"] == 1
-    assert guard["signal"]["after_n"] == len(later)
-    assert guard["signal"]["before_n"] == len(first)
-    assert guard["method"] == "newcombe-wilson"
+    sig = guard["signal"]
+    assert sig["n"] == len(later)  # every search labelled after the fit, ranked both ways
+    assert sig["new_hits"] > sig["base_hits"] and sig["wins"] > sig["losses"]
+    assert guard["method"] == GUARD_METHOD
     assert hits_after / len(later) > hits_before / len(first)  # it did help
     assert finetune["decision"] == "apply" and finetune["from_version"] == 1
     assert store.nudge_state.current_version == 2
@@ -148,8 +149,8 @@ def test_the_guard_rolls_a_bad_version_back_by_itself(store, world):
     assert rollback["decision"] == "rollback" and rollback["version"] == version
     assert rollback["to_version"] == 0
     sig = rollback["signal"]
-    assert sig["after_hits"] / sig["after_n"] < sig["before_hits"] / sig["before_n"]
-    assert sig["ci_high"] < 0 and "below zero" in rollback["reason"]
+    assert sig["new_hits"] < sig["base_hits"] and sig["losses"] > sig["wins"]
+    assert sig["p_value"] <= 0.025 and "sign test" in rollback["reason"]
     assert store.nudge_state.current_version == 0
     np.testing.assert_array_equal(store.nudge_state.get_vectors(world.ids), served)
 
@@ -183,7 +184,8 @@ def test_a_fit_that_is_not_proven_is_logged_and_not_applied(store, world):
     w = watcher(store, clock, min_new_labels=5)
     w.engine.min_gain = 10.0  # no gain can beat it
     (d,) = w.run_round()
-    assert d["decision"] == "not_proven" and d["version"] == 0 and d["labels_until"]
+    assert d["decision"] == "not_proven" and d["version"] == 0
+    assert d["labels_seq"] == 12  # the insertion number of the last feedback row it counted
     assert store.nudge_state.current_version == 0
 
 
@@ -197,20 +199,19 @@ def test_run_keeps_its_cadence_on_the_injected_clock(store, world):
     assert [d["round"] for d in w.history()] == [1, 2, 3]
 
 
-def test_wilson_and_newcombe_match_published_values():
-    lo, hi = wilson_interval(0, 10)  # Newcombe (1998), table I
-    assert lo == pytest.approx(0.0, abs=1e-12) and hi == pytest.approx(0.2775, abs=1e-4)
-    lo, hi = wilson_interval(81, 263)
-    assert (lo, hi) == (pytest.approx(0.2553, abs=1e-4), pytest.approx(0.3662, abs=1e-4))
-    lo, hi = newcombe_interval(56, 70, 48, 80)  # Newcombe (1998b), example (a): 0.0524, 0.3339
-    assert (lo, hi) == (pytest.approx(0.0524, abs=1e-4), pytest.approx(0.3339, abs=1e-4))
+def test_the_sign_test_matches_scipy_and_counts_only_discordant_pairs():
+    from scipy.stats import binomtest
 
-
-def test_live_signal_splits_searches_at_the_apply_time():
-    hits = [(t, t % 2 == 0) for t in range(10)] + [(t, False) for t in range(10, 20)]
-    sig = live_signal(hits, 10.0, before_from=2.0)
-    assert (sig.before_hits, sig.before_n, sig.after_hits, sig.after_n) == (4, 8, 0, 10)
-    assert sig.ci_high < 0.0 < -sig.ci_low
+    for losses, wins in [(0, 0), (3, 0), (9, 2), (2, 9), (40, 25), (150, 120)]:
+        n = losses + wins
+        want = binomtest(losses, n, alternative="greater").pvalue if n else 1.0
+        assert sign_test(losses, wins) == pytest.approx(want, rel=1e-9)
+    # 100 searches both found, 30 neither: only the 12 / 3 discordant ones decide
+    sig = paired_signal(
+        [(True, True)] * 100 + [(False, False)] * 30 + [(True, False)] * 12 + [(False, True)] * 3
+    )
+    assert (sig.n, sig.base_hits, sig.new_hits, sig.losses, sig.wins) == (145, 112, 103, 12, 3)
+    assert sig.p_value == pytest.approx(binomtest(12, 15, alternative="greater").pvalue)
 
 
 @pytest.mark.parametrize(

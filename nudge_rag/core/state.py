@@ -300,6 +300,14 @@ class NudgeState:
         """Every feedback row, or those of one trace."""
         return self.trace_log.feedback(trace_id)
 
+    def iter_feedback(self, **kw: Any) -> Iterator[tuple[int, Feedback]]:
+        """``(seq, feedback)`` in insertion order (``after_seq=`` the last one already seen)."""
+        return self.trace_log.iter_feedback(**kw)
+
+    def last_feedback_seq(self) -> int:
+        """The insertion number of the newest feedback row (0: none)."""
+        return self.trace_log.last_feedback_seq()
+
     # -- vectors and versions ------------------------------------------------------------------
     def ids(self) -> list[str]:
         """Every id the store holds."""

@@ -831,6 +831,43 @@ class TraceLog:
             rows = conn.execute(sql + " ORDER BY seq", args).fetchall()
         return [_feedback_from_row(r) for r in rows]
 
+    def iter_feedback(
+        self, *, after_seq: int = 0, page_rows: int = PAGE_ROWS
+    ) -> Iterator[tuple[int, Feedback]]:
+        """``(seq, feedback)`` in insertion order, from the row after ``after_seq`` on, read
+        ``page_rows`` at a time.
+
+        ``seq`` is the number the log gave the row when it was written (increasing, never
+        reused): unlike the row's ``time``, which an import keeps from its tool and a worker
+        takes from its own clock, it says what arrived after what. On Postgres two workers'
+        rows get their numbers when written and become visible when committed, so a row may
+        appear a moment after one with a higher number.
+        """
+        if page_rows < 1:
+            msg = f"page_rows: expected a positive number of rows, found {page_rows!r}."
+            raise NudgeError(msg)
+        self.flush()
+        last = int(after_seq)
+        while True:
+            with self._db() as conn:
+                rows = conn.execute(
+                    "SELECT seq, trace_id, time, relevant_ids, irrelevant_ids, rating, text"
+                    " FROM feedback WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (last, page_rows),
+                ).fetchall()
+            if not rows:
+                return
+            last = int(rows[-1][0])
+            yield from ((int(r[0]), _feedback_from_row(r[1:])) for r in rows)
+
+    def last_feedback_seq(self) -> int:
+        """The insertion number of the newest feedback row (0: none yet); see
+        :meth:`iter_feedback`."""
+        self.flush()
+        with self._db() as conn:
+            row = conn.execute("SELECT max(seq) FROM feedback").fetchone()
+        return 0 if row is None or row[0] is None else int(row[0])
+
     def quarantined(self) -> list[dict[str, Any]]:
         """The traces that could not be stored (oldest first): id, time, reason, row (ASCII)."""
         self.flush()

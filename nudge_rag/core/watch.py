@@ -1,25 +1,33 @@
 """A continuous loop: fine-tune when enough new labels arrived, apply when proven, and roll back
-by itself when the live signal drops after an apply.
+by itself when the applied version loses on the searches that followed it.
 
 Each round (:meth:`Watcher.run_round`) does, in order:
 
-1. guard — if the store's current version was applied after the last guard decision and has
-   not been judged yet, compare the *live signal* before and after it: the share of
-   feedback-bearing searches whose relevant chunks (at least one) came back in the search's
-   own results. "Before" is the searches served by the previous version (the latest
-   ``guard_window``), "after" those since the apply, attributed by each trace's own time. With
-   at least ``min_guard_searches`` after it, the version is rolled back to its parent when the
-   upper bound of the confidence interval of the difference (after − before) is below zero:
-   Newcombe's hybrid score interval, built from the two Wilson score intervals. After
-   ``settle_searches`` without a significant drop it is kept. Until then the round waits and
-   fine-tunes nothing (one version under watch at a time).
+1. guard — if the store's current version has not been judged yet, take the searches that got
+   relevant ids in feedback the version was not fitted on (feedback written after its fit, by
+   insertion order), and rank each one twice against the same corpus: with the base vectors
+   and with the version's vectors (the trace holds the query embedding, the version log the
+   base vectors, the store the version's). A search is a *hit* under a ranking when one of its
+   relevant chunks is in that ranking's top ``k`` (the search's own ``k``, at most
+   ``MAX_GUARD_K``). The pairs are compared with the exact sign test on the discordant pairs
+   (McNemar's exact test): with at least ``min_guard_searches`` pairs, the version is rolled
+   back to its parent when it lost more searches than it won and the one-sided p-value is at
+   most ``(1 − confidence) / 2`` (the two-sided test at level ``1 − confidence`` finds a
+   loss). After ``settle_searches`` pairs without that it is kept. Until then the round waits
+   and fine-tunes nothing (one version under watch at a time). Both rankings see the same
+   queries, so a change of topics or of difficulty in the traffic moves both alike.
 2. fine-tune — when at least ``min_new_labels`` searches received feedback that can label them
    (relevant ids, or a positive answer rating) since the last fine-tune the loop ran, run
-   ``engine.finetune()`` and ``engine.apply(report)`` only when the gain is proven.
+   ``engine.finetune()`` and ``engine.apply(report)`` only when the gain is proven. "Since" is
+   by the feedback rows' insertion numbers (:meth:`TraceLog.iter_feedback`), never by their
+   times: a record dated in the future, or a worker with a fast clock, cannot hide the labels
+   that arrive after it.
 
-Every decision is appended to ``watch.jsonl`` in the state folder (the file is replaced whole,
-atomically), with the version it concerns; the log is also the loop's memory across restarts.
-The clock and the sleep are injectable, so tests drive rounds without waiting.
+A round that fails (the database restarting, the store away) is logged as ``error`` with the
+reason and the loop goes on; the state's Postgres connections replace themselves when their
+server went away. Every decision is appended to ``watch.jsonl`` in the state folder (the file
+is replaced whole, atomically), with the version it concerns; the log is also the loop's memory
+across restarts. The clock and the sleep are injectable, so tests drive rounds without waiting.
 """
 
 from __future__ import annotations
@@ -28,17 +36,20 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any
+
+import numpy as np
 
 from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.files import atomic_write
 from nudge_rag.core.labels import POSITIVE_RATING
 
 WATCH_LOG = "watch.jsonl"
+#: how the guard judges, as logged with each of its decisions
+GUARD_METHOD = "paired hit@k, base vs version; one-sided exact sign test (McNemar)"
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -62,95 +73,138 @@ def parse_duration(text: str | float) -> float:
 # The statistics of the guard
 
 
-def wilson_interval(hits: int, n: int, *, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion ``hits / n`` (``(0, 1)`` when ``n == 0``).
+def sign_test(losses: int, wins: int) -> float:
+    """One-sided exact sign test: ``P(X ≥ losses)`` for ``X ~ Binomial(losses + wins, 1/2)``.
 
-    ``(p + z²/2n ± z·sqrt(p(1−p)/n + z²/4n²)) / (1 + z²/n)`` with ``z`` the normal quantile.
+    On paired hits (base, version) the discordant pairs are the searches only one of the two
+    found: ``losses`` found by the base alone, ``wins`` by the version alone. This is McNemar's
+    exact test, one-sided towards a loss (1.0 without discordant pairs).
     """
-    if n <= 0:
-        return 0.0, 1.0
-    z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
-    p = hits / n
-    centre = p + z * z / (2 * n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    denom = 1 + z * z / n
-    return max(0.0, (centre - half) / denom), min(1.0, (centre + half) / denom)
-
-
-def newcombe_interval(
-    hits_after: int, n_after: int, hits_before: int, n_before: int, *, confidence: float = 0.95
-) -> tuple[float, float]:
-    """Newcombe's hybrid score interval of ``p_after − p_before`` (two independent samples).
-
-    With Wilson intervals ``(l1, u1)`` of after and ``(l0, u0)`` of before and ``d = p1 − p0``:
-    ``[d − sqrt((p1 − l1)² + (u0 − p0)²), d + sqrt((u1 − p1)² + (p0 − l0)²)]``.
-    """
-    if n_after <= 0 or n_before <= 0:
-        return -1.0, 1.0
-    p1, p0 = hits_after / n_after, hits_before / n_before
-    l1, u1 = wilson_interval(hits_after, n_after, confidence=confidence)
-    l0, u0 = wilson_interval(hits_before, n_before, confidence=confidence)
-    d = p1 - p0
-    return d - math.hypot(p1 - l1, u0 - p0), d + math.hypot(u1 - p1, p0 - l0)
+    if losses < 0 or wins < 0:
+        msg = f"sign_test: found losses={losses}, wins={wins}; expected counts ≥ 0."
+        raise NudgeError(msg)
+    n = losses + wins
+    if n == 0:
+        return 1.0
+    return sum(math.comb(n, i) for i in range(losses, n + 1)) / 2**n  # exact integers
 
 
 @dataclass(frozen=True)
-class LiveSignal:
-    """Feedback-bearing searches before and after a version, and how many found a relevant
-    chunk in their results; ``ci_low`` / ``ci_high`` bound ``after − before``."""
+class PairedSignal:
+    """Searches ranked under the base vectors and under a version's, and what they found.
 
-    before_hits: int
-    before_n: int
-    after_hits: int
-    after_n: int
-    ci_low: float
-    ci_high: float
+    ``losses``: found by the base ranking only; ``wins``: by the version's only; ``p_value``:
+    the one-sided exact sign test of a loss (:func:`sign_test`).
+    """
 
-    @property
-    def before(self) -> float:
-        """Share of hits before (NaN without searches)."""
-        return self.before_hits / self.before_n if self.before_n else math.nan
+    n: int
+    base_hits: int
+    new_hits: int
+    losses: int
+    wins: int
+    p_value: float
 
     @property
-    def after(self) -> float:
-        """Share of hits after (NaN without searches)."""
-        return self.after_hits / self.after_n if self.after_n else math.nan
+    def base(self) -> float:
+        """Share of hits under the base vectors (NaN without searches)."""
+        return self.base_hits / self.n if self.n else math.nan
+
+    @property
+    def new(self) -> float:
+        """Share of hits under the version's vectors (NaN without searches)."""
+        return self.new_hits / self.n if self.n else math.nan
 
 
-def search_hits(state: Any, *, since: float | None = None) -> list[tuple[float, bool]]:
-    """``(time, hit)`` of every search since ``since`` that has relevant ids in its feedback,
-    oldest first: ``hit`` when at least one of them is among the search's results."""
-    relevant: dict[str, set[str]] = {}
-    for fb in state.feedback():
-        if fb.relevant_ids:
-            relevant.setdefault(str(fb.trace_id), set()).update(map(str, fb.relevant_ids))
-    if not relevant:
-        return []
-    out = []
-    for t in state.iter_traces(ids=list(relevant), with_embeddings=False):
-        if since is None or t.time >= since:
-            out.append((float(t.time), bool(relevant[str(t.id)] & set(t.result_ids))))
-    out.sort(key=lambda x: x[0])
-    return out
-
-
-def live_signal(
-    hits: Iterable[tuple[float, bool]],
-    applied_at: float,
-    *,
-    before_from: float = -math.inf,
-    window: int = 500,
-    confidence: float = 0.95,
-) -> LiveSignal:
-    """Compare the searches in ``[before_from, applied_at)`` (the latest ``window``) with
-    those from ``applied_at`` on, with Newcombe's interval of the difference."""
-    rows = list(hits)
-    before = [h for t, h in rows if before_from <= t < applied_at][-window:]
-    after = [h for t, h in rows if t >= applied_at]
-    low, high = newcombe_interval(
-        sum(after), len(after), sum(before), len(before), confidence=confidence
+def paired_signal(pairs: Iterable[tuple[bool, bool]]) -> PairedSignal:
+    """:class:`PairedSignal` of ``(hit under base, hit under the version)`` pairs."""
+    rows = [(bool(b), bool(v)) for b, v in pairs]
+    losses = sum(b and not v for b, v in rows)
+    wins = sum(v and not b for b, v in rows)
+    return PairedSignal(
+        n=len(rows),
+        base_hits=sum(b for b, _ in rows),
+        new_hits=sum(v for _, v in rows),
+        losses=losses,
+        wins=wins,
+        p_value=sign_test(losses, wins),
     )
-    return LiveSignal(sum(before), len(before), sum(after), len(after), low, high)
+
+
+def held_out_searches(state: Any, after_seq: int) -> list[tuple[str, set[str]]]:
+    """Searches first given relevant ids by feedback written after insertion number
+    ``after_seq``, in that order, with their relevant ids: labels a version fitted before
+    then never saw (a search labelled earlier, e.g. in its training data, is left out)."""
+    seen_before: set[str] = set()
+    out: dict[str, set[str]] = {}
+    for seq, fb in state.iter_feedback():
+        if not fb.relevant_ids:
+            continue
+        tid = str(fb.trace_id)
+        if seq <= after_seq:
+            seen_before.add(tid)
+        elif tid not in seen_before:
+            out.setdefault(tid, set()).update(map(str, fb.relevant_ids))
+    return list(out.items())
+
+
+def open_guard_corpus(state: Any, engine: Any = None) -> Any:
+    """The corpus the guard ranks against: the engine's (``engine.open_corpus()``), else the
+    base matrix in memory or the store's own search, as the engine would choose."""
+    opener = getattr(engine, "open_corpus", None)
+    if callable(opener):
+        return opener()
+    from nudge_rag.core.corpus import (
+        DEFAULT_MEMORY_BUDGET,
+        MemoryCorpus,
+        StoreCorpus,
+        choose_corpus,
+    )
+
+    if choose_corpus("auto", state, DEFAULT_MEMORY_BUDGET) == "store":
+        return StoreCorpus(state)
+    ids, base = state.base_matrix()
+    return MemoryCorpus(np.asarray(base, dtype=np.float32), ids=ids, metric=state.metric)
+
+
+def paired_hits(
+    state: Any,
+    corpus: Any,
+    searches: Sequence[tuple[Any, set[str]]],
+    *,
+    max_k: int = 100,
+) -> list[tuple[bool, bool]]:
+    """``(hit under base, hit under the store's current vectors)`` of each search.
+
+    ``searches``: ``(trace with its embedding, relevant ids)``. Both rankings are over the
+    same ``corpus``; they differ only in the rows a version changed, which hold their base
+    vectors in one and what the store holds now in the other. Searches whose relevant ids the
+    corpus does not hold, or whose embedding cannot stand for a query, are left out. A search's
+    filter is not applied (both rankings ignore it alike).
+    """
+    from nudge_rag.core.traces import embedding_problem
+
+    n_rows, dim = corpus.shape
+    usable: list[tuple[int, set[str], np.ndarray]] = []
+    for trace, relevant in searches:
+        rel = corpus.known(relevant)
+        vec = np.asarray(trace.embedding, dtype=np.float32).reshape(-1)
+        if rel and n_rows and embedding_problem(vec, dim) is None:
+            usable.append((max(1, min(int(trace.k), max_k, n_rows)), rel, vec))
+    if not usable:
+        return []
+    changed = sorted(corpus.known(state.version_log.changed_ids()))
+    rows = corpus.rows_of(changed)
+    now = np.asarray(state.get_vectors(changed), dtype=np.float32) if changed else None
+    queries = np.stack([v for _, _, v in usable])
+    k = max(k for k, _, _ in usable)
+    base_top, _ = corpus.topk_replaced(queries, k, rows, None)
+    new_top, _ = corpus.topk_replaced(queries, k, rows, now) if changed else (base_top, None)
+
+    def hit(top: np.ndarray, i: int) -> bool:
+        kk, rel, _ = usable[i]
+        return bool(rel.intersection(corpus.ids_of(r for r in top[i, :kk] if r >= 0)))
+
+    return [(hit(base_top, i), hit(new_top, i)) for i in range(len(usable))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,9 +220,11 @@ class Watcher:
             over ``store`` without an LLM, feedback labels only).
         min_new_labels: searches with new labelling feedback needed before a fine-tune.
         every: seconds (or ``"1h"``) from one round's start to the next (:meth:`run`).
-        min_guard_searches: feedback-bearing searches after an apply before the guard judges.
-        settle_searches: after this many without a significant drop the version is kept.
-        confidence: level of the guard's interval (default 0.95).
+        min_guard_searches: searches labelled after a version's fit (ranked both ways) before
+            the guard judges it.
+        settle_searches: after this many without a significant loss the version is kept.
+        confidence: the guard rolls back when the two-sided exact sign test at level
+            ``1 − confidence`` (default 0.95) finds a loss.
         clock, sleep: time source and wait (injectable; tests never wait).
 
     Use:
@@ -189,7 +245,6 @@ class Watcher:
         every: str | float = 3600.0,
         min_guard_searches: int = 30,
         settle_searches: int = 300,
-        guard_window: int = 500,
         confidence: float = 0.95,
         log_path: str | Path | None = None,
         clock: Callable[[], float] = time.time,
@@ -199,7 +254,8 @@ class Watcher:
         from nudge_rag.core.engine import NudgeFinetuneEngine, resolve_store
 
         self.state: Any = resolve_store(store)
-        missing = [m for m in ("current_version", "iter_traces") if not hasattr(self.state, m)]
+        needed = ("current_version", "iter_traces", "iter_feedback", "last_feedback_seq")
+        missing = [m for m in needed if not hasattr(self.state, m)]
         if missing:
             msg = (
                 f"store: found {type(self.state).__name__} without {', '.join(missing)}; "
@@ -210,7 +266,6 @@ class Watcher:
             ("min_new_labels", min_new_labels, 1),
             ("min_guard_searches", min_guard_searches, 1),
             ("settle_searches", settle_searches, 1),
-            ("guard_window", guard_window, 1),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 msg = f"{name}: found {value!r}, expected an integer ≥ {low}; pass e.g. 50."
@@ -229,7 +284,6 @@ class Watcher:
         self.every = parse_duration(every)
         self.min_guard_searches = min_guard_searches
         self.settle_searches = settle_searches
-        self.guard_window = guard_window
         self.confidence = confidence
         if log_path is None:
             state_dir = getattr(self.state, "state_dir", None)
@@ -270,7 +324,9 @@ class Watcher:
             out.append(rec)
         return out
 
-    def _log(self, round_no: int, decision: str, version: int, **details: Any) -> dict[str, Any]:
+    def _log(
+        self, round_no: int, decision: str, version: int | None, **details: Any
+    ) -> dict[str, Any]:
         rec = {"time": self.clock(), "round": round_no, "decision": decision, "version": version}
         rec.update(details)
         line = json.dumps(rec, allow_nan=False, default=_jsonable)
@@ -289,17 +345,29 @@ class Watcher:
 
     def run_round(self) -> list[dict[str, Any]]:
         """Guard the current version, then fine-tune if enough new labels arrived; return the
-        decisions logged this round."""
+        decisions logged this round. A round that fails is logged as ``error``, not raised
+        (only a damaged log is)."""
         past = self.history()
         round_no = 1 + max((int(r.get("round", 0)) for r in past), default=0)
         logged: list[dict[str, Any]] = []
-        guard = self._guard(round_no, past)
-        if guard is not None:
-            logged.append(guard)
-            if guard["decision"] in ("guard_wait", "rollback"):  # one version at a time
-                return logged
-        logged.append(self._maybe_finetune(round_no, past))
+        try:
+            guard = self._guard(round_no, past)
+            if guard is not None:
+                logged.append(guard)
+                if guard["decision"] in ("guard_wait", "rollback", "error"):  # one at a time
+                    return logged
+            logged.append(self._maybe_finetune(round_no, past))
+        except Exception as err:  # the database or the store is away: the next round retries
+            logged.append(self._log(round_no, "error", self._version(past), reason=_why(err)))
         return logged
+
+    def _version(self, past: list[dict[str, Any]]) -> int | None:
+        """The store's version if it can be read, else the last one logged."""
+        try:
+            return int(self.state.current_version)
+        except Exception:
+            known = [r["version"] for r in past if isinstance(r.get("version"), int)]
+            return known[-1] if known else None
 
     def _guard(self, round_no: int, past: list[dict[str, Any]]) -> dict[str, Any] | None:
         current = int(self.state.current_version)
@@ -314,27 +382,16 @@ class Watcher:
         if record is None:
             return None
         parent = record.parent if record.parent is not None else _previous(info, current)
-        # the searches the parent served: since it was made (or the loop's last move to it)
-        starts = [info[parent].time] if parent in info and parent != 0 else []
-        starts += [
-            float(r["moved_at"])
-            for r in past
-            if r.get("decision") == "rollback" and r.get("to_version") == parent
-        ]
-        before_from = max((s for s in starts if s < record.time), default=-math.inf)
-        sig = live_signal(
-            search_hits(self.state, since=None if before_from == -math.inf else before_from),
-            record.time,
-            before_from=before_from,
-            window=self.guard_window,
-            confidence=self.confidence,
-        )
-        detail = {"signal": asdict(sig), "parent": parent, "method": "newcombe-wilson"}
-        if sig.before_n == 0:
-            return self._log(round_no, "keep", current, reason="no searches before it", **detail)
-        if sig.after_n < self.min_guard_searches:
+        mark = _feedback_mark(past, current)
+        if mark is None:  # applied outside this loop: the labels from now on are new to it
+            mark = int(self.state.last_feedback_seq())
+        sig = self.guard_signal(mark)
+        detail = {"signal": asdict(sig), "parent": parent, "feedback_seq": mark}
+        detail["method"] = GUARD_METHOD
+        if sig.n < self.min_guard_searches:
             return self._log(round_no, "guard_wait", current, **detail)
-        if sig.ci_high < 0:
+        alpha = (1.0 - self.confidence) / 2.0
+        if sig.losses > sig.wins and sig.p_value <= alpha:
             try:
                 to = self.state.rollback(parent)
             except Exception as err:  # the store or database is away: the next round retries
@@ -344,35 +401,58 @@ class Watcher:
                 "rollback",
                 current,
                 to_version=int(to),
-                moved_at=time.time(),  # the trace log's clock: later searches are the parent's
-                reason=f"live signal {sig.before:.3f} -> {sig.after:.3f}, "
-                f"{round(self.confidence * 100)}% CI of the change [{sig.ci_low:+.3f}, "
-                f"{sig.ci_high:+.3f}] below zero",
+                reason=f"hit@k on {sig.n} searches labelled after it: base {sig.base:.3f}, "
+                f"version {sig.new:.3f}; {sig.losses} lost vs {sig.wins} won, one-sided "
+                f"sign test p = {sig.p_value:.2g} <= {alpha:.3g}",
                 **detail,
             )
-        if sig.after_n >= self.settle_searches:
+        if sig.n >= self.settle_searches:
             return self._log(round_no, "keep", current, **detail)
         return self._log(round_no, "guard_wait", current, **detail)
 
-    def new_labels(self, since: float | None) -> tuple[int, float | None]:
-        """Searches with labelling feedback (relevant ids or a positive rating) newer than
-        ``since``, and the newest such feedback time."""
+    def guard_signal(self, after_seq: int) -> PairedSignal:
+        """The paired signal of the current version on the searches labelled after insertion
+        number ``after_seq``: the first ``settle_searches`` that can be ranked."""
+        found = held_out_searches(self.state, after_seq)
+        if not found:
+            return paired_signal([])
+        corpus = open_guard_corpus(self.state, self.engine)
+        pairs: list[tuple[bool, bool]] = []
+        step = self.settle_searches
+        for start in range(0, len(found), step):
+            part = dict(found[start : start + step])
+            traces = {t.id: t for t in self.state.iter_traces(ids=list(part))}
+            searches = [(traces[i], rel) for i, rel in part.items() if i in traces]
+            pairs += paired_hits(self.state, corpus, searches)
+            if len(pairs) >= self.settle_searches:
+                break
+        return paired_signal(pairs[: self.settle_searches])
+
+    def new_labels(self, after_seq: int) -> tuple[int, int]:
+        """Searches with labelling feedback (relevant ids or a positive rating) written after
+        insertion number ``after_seq``, and the newest insertion number read."""
         fresh: set[str] = set()
-        newest = since
-        for fb in self.state.feedback():
-            if since is not None and fb.time <= since:
-                continue
+        newest = after_seq
+        for seq, fb in self.state.iter_feedback(after_seq=after_seq):
+            newest = max(newest, seq)
             positive = fb.rating is not None and fb.rating >= POSITIVE_RATING
             if fb.relevant_ids or positive:
                 fresh.add(str(fb.trace_id))
-                newest = fb.time if newest is None else max(newest, fb.time)
         return len(fresh), newest
 
-    def _maybe_finetune(self, round_no: int, past: list[dict[str, Any]]) -> dict[str, Any]:
+    def _labels_mark(self, past: list[dict[str, Any]]) -> int:
+        """The insertion number up to which labels were counted by the last fine-tune."""
+        for r in reversed(past):
+            if r.get("labels_seq") is not None:
+                return int(r["labels_seq"])
+            if r.get("labels_until") is not None:  # a log from before insertion numbers
+                until = float(r["labels_until"])
+                seqs = (seq for seq, fb in self.state.iter_feedback() if fb.time <= until)
+                return max(seqs, default=0)
+        return 0
 
-        marks = [r["labels_until"] for r in past if r.get("labels_until") is not None]
-        since = float(marks[-1]) if marks else None
-        n_new, newest = self.new_labels(since)
+    def _maybe_finetune(self, round_no: int, past: list[dict[str, Any]]) -> dict[str, Any]:
+        n_new, newest = self.new_labels(self._labels_mark(past))
         current = int(self.state.current_version)
         if n_new < self.min_new_labels:
             return self._log(
@@ -384,6 +464,7 @@ class Watcher:
             )
         try:
             report = self.engine.finetune()
+            fitted = int(self.state.last_feedback_seq())  # the fit saw no later feedback
         except Exception as err:  # a store, network or database error ends the round, not the loop
             return self._log(round_no, "error", current, new_labels=n_new, reason=_why(err))
         summary = report.to_dict()
@@ -394,7 +475,7 @@ class Watcher:
                 "not_proven",
                 current,
                 new_labels=n_new,
-                labels_until=newest,
+                labels_seq=newest,
                 report=keep,
                 reason=f"NDCG@10 CI lower bound {report.ndcg.ci_low:+.4f} <= min_gain "
                 f"{report.min_gain:+.4f}",
@@ -403,7 +484,7 @@ class Watcher:
             version = int(self.engine.apply(report))
         except Exception as err:  # GainNotProvenError, NudgeError, or the store went away
             return self._log(
-                round_no, "error", current, new_labels=n_new, labels_until=newest, reason=_why(err)
+                round_no, "error", current, new_labels=n_new, labels_seq=newest, reason=_why(err)
             )
         return self._log(
             round_no,
@@ -411,7 +492,8 @@ class Watcher:
             version,
             from_version=current,
             new_labels=n_new,
-            labels_until=newest,
+            labels_seq=newest,
+            feedback_seq=fitted,
             report=keep,
         )
 
@@ -443,6 +525,15 @@ def watch(
     """Run :class:`Watcher` over ``store``: a round every ``every``, ``rounds`` times or forever
     (the library call under ``nudge-rag watch``)."""
     return Watcher(store, every=every, min_new_labels=min_new_labels, **kwargs).run(rounds=rounds)
+
+
+def _feedback_mark(past: list[dict[str, Any]], version: int) -> int | None:
+    """The insertion number after which feedback is new to ``version`` (its fit saw none of
+    it), as the loop logged it when applying or first guarding it; None if never logged."""
+    for r in past:
+        if r.get("version") == version and r.get("feedback_seq") is not None:
+            return int(r["feedback_seq"])
+    return None
 
 
 def _previous(info: dict[int, Any], version: int) -> int:
