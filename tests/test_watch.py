@@ -5,13 +5,18 @@ store through the LangChain face; the clock is injected, nothing sleeps)."""
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
 from test_engine import World
 
 from nudge_rag import NudgeFinetuneEngine
+from nudge_rag.core.engine import search
 from nudge_rag.core.errors import NudgeError
+from nudge_rag.core.state import NudgeState
+from nudge_rag.core.stores.base import Metric
+from nudge_rag.core.stores.memory import MemoryAdapter
 from nudge_rag.core.watch import (
     GUARD_METHOD,
     WATCH_LOG,
@@ -20,6 +25,7 @@ from nudge_rag.core.watch import (
     parse_duration,
     sign_test,
 )
+from nudge_rag.testing.simulate import LookupEmbedder
 
 
 class FakeClock:
@@ -238,3 +244,197 @@ def test_a_damaged_log_is_one_clear_error(store, tmp_path):
     (tmp_path / "state" / WATCH_LOG).write_text('{"round": 1}\nnot json\n')
     with pytest.raises(NudgeError, match="line 2"):
         Watcher(store).run_round()
+
+
+# -- labels by insertion order -------------------------------------------------------------------
+
+
+class _FastClock:
+    """The ``time`` module of a worker whose clock runs a day ahead."""
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+    def time(self) -> float:
+        return time.time() + 86400.0
+
+
+def test_a_record_dated_a_day_ahead_does_not_hide_the_labels_that_follow(store, world, monkeypatch):
+    """Old code: "labels until" became the future time and the next round found 0 new
+    labelled searches while 50 had arrived."""
+    import nudge_rag.core.traces as traces_module
+    from nudge_rag.core.records import FeedbackRecord, TraceRecord
+
+    clock = FakeClock()
+    first = world.queries[:20]
+    traffic(store, first)
+    text, vec, target = world.queries[20]
+    _, tid = store.search_with_trace(text, k=5)
+    with monkeypatch.context() as m:  # one worker with a fast clock sends its feedback
+        m.setattr(traces_module, "_time", _FastClock())
+        store.record_feedback(tid, relevant_ids=[target])
+    ahead = time.time() + 86400.0  # and one imported record whose tool's clock ran ahead
+    text, vec, target = world.queries[21]
+    store.nudge_state.import_traces(
+        [
+            TraceRecord(
+                query=text,
+                embedding=vec,
+                result_ids=[target],
+                time=ahead,
+                external_id="ahead-1",
+                source="jsonl",
+                feedback=[FeedbackRecord(relevant_ids=[target], time=ahead)],
+            )
+        ]
+    )
+    w = watcher(store, clock, min_new_labels=10)
+    w.engine.min_gain = 10.0  # never proven: the round only moves the labels' mark
+    (first_round,) = w.run_round()
+    assert first_round["decision"] == "not_proven" and first_round["new_labels"] == 22
+
+    traffic(store, world.queries[22:72])  # 50 labelled searches on time
+    (second,) = w.run_round()
+    assert second["decision"] == "not_proven" and second["new_labels"] == 50
+    (third,) = w.run_round()
+    assert third["decision"] == "skip" and third["new_labels"] == 0
+
+
+def test_a_log_marked_by_time_moves_to_insertion_numbers(store, world, tmp_path):
+    """A watch.jsonl written before insertion numbers (``labels_until``, even one in the future)
+    counts the labels after it from then on."""
+    traffic(store, world.queries[:10])
+    log = tmp_path / "state" / WATCH_LOG
+    mark = {"time": 1.0, "round": 1, "decision": "not_proven", "version": 0}
+    log.write_text(json.dumps({**mark, "labels_until": time.time() + 86400.0}) + "\n")
+    traffic(store, world.queries[10:15])
+    w = watcher(store, FakeClock(), min_new_labels=100)
+    (skip,) = w.run_round()
+    assert skip["decision"] == "skip" and skip["new_labels"] == 0  # the future mark covers all
+    traffic(store, world.queries[15:18])
+    (skip,) = w.run_round()
+    assert skip["new_labels"] == 3
+
+
+# -- the guard compares like with like -----------------------------------------------------------
+
+
+class ShiftWorld:
+    """Chunks in a memory store; users of topics A (easy to find: a query lies close to its
+    chunk) and topics B (hard). Each chunk's users ask from one side of it, so NUDGE fitted on
+    some of a chunk's queries helps the others."""
+
+    def __init__(self, folder, *, n_chunks=300, dim=24, seed=0, per_a=10, per_b=4, topics=20):
+        rng = np.random.default_rng(seed)
+        centers = rng.normal(size=(30, dim))
+        e = centers[rng.integers(0, 30, n_chunks)] + 0.3 * rng.normal(size=(n_chunks, dim))
+        self.vectors = (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float32)
+        self.ids = [f"c{i:03d}" for i in range(n_chunks)]
+        self.a: list[tuple[str, np.ndarray, str, int]] = []
+        self.b: list[tuple[str, np.ndarray, str, int]] = []
+        for n, t in enumerate(rng.choice(n_chunks, 2 * topics, replace=False)):
+            easy = n < topics
+            side = rng.normal(size=dim)
+            for j in range(per_a if easy else per_b):
+                noise = side + 0.5 * rng.normal(size=dim)
+                v = self.vectors[t] + (1.1 if easy else 1.8) * noise / np.sqrt(dim)
+                v = (v / np.linalg.norm(v)).astype(np.float32)
+                (self.a if easy else self.b).append((f"{n}:{j}", v, self.ids[t], j))
+        records = {
+            i: {"id": i, "vector": self.vectors[n].tolist(), "text": f"text of {i}"}
+            for n, i in enumerate(self.ids)
+        }
+        queries = self.a + self.b
+        self.state = NudgeState(
+            MemoryAdapter(records, metric=Metric.COSINE),
+            folder,
+            embed_queries=LookupEmbedder(
+                [q for q, *_ in queries], np.stack([q[1] for q in queries])
+            ),
+            get_texts=lambda ids: [records[i]["text"] if i in records else None for i in ids],
+        )
+
+    def traffic(self, queries) -> float:
+        """Users search (k=5), served by the store's current vectors, and name the chunk they
+        wanted; the share that found it."""
+        current = self.state.get_vectors(self.ids)
+        found = 0
+        for text, v, target, _ in queries:
+            top = [self.ids[r] for r in search(v[None, :], current, 5, Metric.COSINE)[0]]
+            tid = self.state.record_search(text, v, 5, None, top, [0.0] * 5)
+            self.state.record_feedback(tid, relevant_ids=[target])
+            found += target in top
+        return found / len(queries)
+
+
+class PushedAwayEngine(NudgeFinetuneEngine):
+    """Fits honestly (its report proves a gain), then moves every chunk it changed the other
+    way: from its base, away from the queries that wanted it (a truly harmful version)."""
+
+    def finetune(self):
+        report = super().finetune()
+        base = self.state.base_vectors(list(report.vectors()))
+        bad = 2.0 * base - report._vectors
+        report._vectors = (bad / np.linalg.norm(bad, axis=1, keepdims=True)).astype(np.float32)
+        return report
+
+
+@pytest.fixture
+def shift(tmp_path):
+    w = ShiftWorld(tmp_path / "state")
+    yield w
+    w.state.close()
+
+
+def shift_watcher(shift, engine_cls=NudgeFinetuneEngine) -> Watcher:
+    clock = FakeClock()
+    return Watcher(
+        shift.state,
+        engine=engine_cls(shift.state, progress=False),
+        min_new_labels=50,
+        min_guard_searches=30,
+        settle_searches=60,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+
+
+def test_a_version_is_kept_when_traffic_moves_to_topics_it_neither_helps_nor_hurts(shift):
+    """Old code compared topic A's searches before the apply with topic B's after it and rolled
+    the version back ("live signal 0.85 -> 0.45"); ranked under both vectors, B's searches
+    find the same chunks."""
+    fit = [q for q in shift.a if q[3] < 6]
+    before = shift.traffic(fit)
+    w = shift_watcher(shift)
+    (applied,) = w.run_round()
+    assert applied["decision"] == "apply" and applied["version"] == 1
+
+    after = shift.traffic(shift.b)  # the traffic moves to topics B, served by version 1
+    assert before - after > 0.25  # what an unpaired comparison of the two populations sees
+    w.min_new_labels = 1000  # this round only guards
+    guard, _ = w.run_round()
+    sig = guard["signal"]
+    assert guard["decision"] == "keep" and guard["version"] == 1, guard
+    assert sig["n"] == 60 and sig["p_value"] > 0.025
+    assert abs(sig["new_hits"] - sig["base_hits"]) <= 2
+    assert shift.state.current_version == 1
+
+
+def test_a_version_that_pushes_the_right_chunks_away_is_rolled_back(shift):
+    fit = [q for q in shift.a if q[3] < 6]
+    shift.traffic(fit)
+    served = shift.state.get_vectors(shift.ids)
+    w = shift_watcher(shift, PushedAwayEngine)
+    (applied,) = w.run_round()
+    assert applied["decision"] == "apply"
+
+    shift.traffic([q for q in shift.a if q[3] >= 6][:20])  # too few to judge yet
+    (wait,) = w.run_round()
+    assert wait["decision"] == "guard_wait" and wait["signal"]["n"] == 20
+    shift.traffic([q for q in shift.a if q[3] >= 6][20:])
+    (rollback,) = w.run_round()
+    sig = rollback["signal"]
+    assert rollback["decision"] == "rollback" and rollback["to_version"] == 0, rollback
+    assert sig["losses"] > sig["wins"] and sig["p_value"] <= 0.025
+    assert shift.state.current_version == 0
+    np.testing.assert_array_equal(shift.state.get_vectors(shift.ids), served)

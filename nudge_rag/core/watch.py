@@ -452,7 +452,8 @@ class Watcher:
         return 0
 
     def _maybe_finetune(self, round_no: int, past: list[dict[str, Any]]) -> dict[str, Any]:
-        n_new, newest = self.new_labels(self._labels_mark(past))
+        mark = self._labels_mark(past)
+        n_new, newest = self.new_labels(mark)
         current = int(self.state.current_version)
         if n_new < self.min_new_labels:
             return self._log(
@@ -460,6 +461,7 @@ class Watcher:
                 "skip",
                 current,
                 new_labels=n_new,
+                labels_seq=mark,  # labels_seq: the next round counts the labels after it
                 reason=f"{n_new} new labelled searches, waiting for {self.min_new_labels}",
             )
         try:
