@@ -438,3 +438,112 @@ def test_a_version_that_pushes_the_right_chunks_away_is_rolled_back(shift):
     assert sig["losses"] > sig["wins"] and sig["p_value"] <= 0.025
     assert shift.state.current_version == 0
     np.testing.assert_array_equal(shift.state.get_vectors(shift.ids), served)
+
+
+# -- the loop goes on when Postgres drops its connections ----------------------------------------
+
+
+def terminate_backends(pg, db: str) -> int:
+    """``pg_terminate_backend`` on every session of database ``db`` (a restart, a failover);
+    how many were cut."""
+    import psycopg
+
+    with psycopg.connect(pg.url(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (db,),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+class CutMidwayEngine(NudgeFinetuneEngine):
+    """Cuts every connection of the state while it fine-tunes (after reading the labels)."""
+
+    cut = None
+
+    def collect_labels(self, *args, **kwargs):
+        out = super().collect_labels(*args, **kwargs)
+        if self.cut is not None:
+            self.cut()
+        return out
+
+
+@pytest.mark.integration
+def test_rounds_go_on_after_postgres_backends_are_terminated(pg, db, tmp_path):
+    """Old code: the round after a reset raised AdminShutdown out of run_round (and the next
+    ones met the other stale connections: the trace log's, the label cache's)."""
+    world = ShiftWorld(f"{pg.url(db)}&schema=nudge_watch")
+    clock = FakeClock()
+    engine = CutMidwayEngine(world.state, progress=False)
+    w = Watcher(
+        world.state,
+        engine=engine,
+        min_new_labels=50,
+        min_guard_searches=30,
+        settle_searches=60,
+        log_path=tmp_path / WATCH_LOG,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    world.traffic([q for q in world.a if q[3] < 6])
+    cut = [terminate_backends(pg, db)]
+    (applied,) = w.run_round()  # finetune and apply, every connection new
+    assert applied["decision"] == "apply", applied
+
+    cut.append(terminate_backends(pg, db))
+    world.traffic([q for q in world.a if q[3] >= 6])  # searches and feedback go on
+    cut.append(terminate_backends(pg, db))
+    (guard,) = w.run_round()[:1]
+    assert guard["decision"] == "keep", guard
+
+    world.traffic(world.b)
+    engine.cut = lambda: cut.append(terminate_backends(pg, db))
+    decisions = w.run_round()  # backends cut in the middle of finetune()
+    engine.cut = None
+    assert decisions[-1]["decision"] in ("apply", "not_proven"), decisions
+    cut.append(terminate_backends(pg, db))
+    assert engine.cache.get("no such question") is None  # the label cache reconnects too
+    rounds = w.run(rounds=2)
+    assert all(r["decision"] != "error" for r in w.history()), w.history()
+    assert all(n > 0 for n in cut), cut  # each reset did cut the state's sessions
+    assert rounds[-1]["decision"] in ("skip", "guard_wait", "keep")
+    world.state.close()
+    engine.cache.close()
+
+
+@pytest.fixture
+def own_pg():
+    """A server of its own, to stop and start again."""
+    from nudge_rag.testing.pgserver import start_pgserver
+
+    server = start_pgserver()
+    server.create_database("app")
+    yield server
+    server.stop()
+
+
+@pytest.mark.integration
+def test_a_round_while_postgres_is_down_is_logged_and_the_loop_goes_on(own_pg, tmp_path):
+    world = ShiftWorld(f"{own_pg.url('app')}&schema=nudge_watch")
+    clock = FakeClock()
+    w = Watcher(
+        world.state,
+        engine=NudgeFinetuneEngine(world.state, progress=False),
+        min_new_labels=50,
+        log_path=tmp_path / WATCH_LOG,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    world.traffic([q for q in world.a if q[3] < 6])
+    own_pg.pause()
+    try:
+        (down,) = w.run(rounds=1)  # returns: the error is the round's decision
+    finally:
+        own_pg.resume()
+    assert down["decision"] == "error" and "terminating connection" in down["reason"], down
+    (back,) = w.run_round()
+    assert back["decision"] == "apply", back
+    assert [r["decision"] for r in w.history()] == ["error", "apply"]
+    world.state.close()
+    w.engine.cache.close()
