@@ -754,3 +754,46 @@ def test_sqlite_database_is_what_a_folder_gives(tmp_path):
     assert isinstance(
         StateLocation.parse("postgres://u@/d?host=/x").database("traces", "t"), PostgresDatabase
     )
+
+
+# == 8. connections cut by the server (restart, failover, pg_terminate_backend) ===================
+def _terminate_backends(pg: PgServer, db: str) -> int:
+    with psycopg.connect(pg.url(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (db,),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+@pytest.mark.integration
+def test_a_read_after_the_backends_were_terminated_reconnects_at_once(pg, db):
+    """Old code: the first call after a reset failed (AdminShutdown) and only the next one
+    reconnected. A read or BEGIN outside a transaction now runs again on a new connection; a
+    statement inside a transaction, or a write outside one, still raises (never run twice)."""
+    part = traces_part(state_url(pg, db))
+    with TraceLog(part) as log:
+        tid = _record(log, "before")
+        log.flush()
+        assert _terminate_backends(pg, db) >= 1
+        assert [t.id for t in log.traces()] == [tid]  # a read: at once
+        assert _terminate_backends(pg, db) >= 1
+        log.record_feedback(tid, relevant_ids=["a"])  # a check (read), then the write
+        later = _record(log, "after")  # the writer's BEGIN runs on a new connection
+        log.flush()
+        assert [t.id for t in log.traces()] == [tid, later] and len(log.feedback()) == 1
+
+    conn = part.connect()
+    with pytest.raises(psycopg.OperationalError), part.transaction(conn):
+        conn.execute("SELECT 1")
+        _terminate_backends(pg, db)
+        conn.execute("SELECT count(*) FROM traces")  # inside the transaction: raised
+    conn = part.live(conn)  # the owner's next call takes a new connection
+    assert conn.execute("SELECT count(*) FROM feedback").fetchone() == (1,)
+    _terminate_backends(pg, db)
+    with pytest.raises(psycopg.OperationalError):  # a write outside a transaction: raised once
+        conn.execute("INSERT INTO meta (key, value) VALUES ('x', 'y')")
+    conn = part.live(conn)
+    assert conn.execute("SELECT count(*) FROM meta WHERE key = 'x'").fetchone() == (0,)
+    conn.close()
