@@ -797,3 +797,32 @@ def test_a_read_after_the_backends_were_terminated_reconnects_at_once(pg, db):
     conn = part.live(conn)
     assert conn.execute("SELECT count(*) FROM meta WHERE key = 'x'").fetchone() == (0,)
     conn.close()
+
+
+def test_feedback_is_read_in_insertion_order_whatever_its_time(traces_db):
+    """``iter_feedback`` pages by insertion number, so a row dated a day ahead (an import whose
+    tool's clock ran fast) or decades back sits where it arrived."""
+    with TraceLog(traces_db()) as log:
+        assert log.last_feedback_seq() == 0 and list(log.iter_feedback()) == []
+        tid = _record(log, "q")
+        log.flush()
+        log.record_feedback(tid, relevant_ids=["a"])
+        blob = EMB.tobytes()
+        future, past = time.time() + 86400.0, 1.0e9
+        row = ("jsonl", "x1", 5.0, "imported", blob, 8, 3, None, ["a"], [0.5])
+        log.import_rows(
+            [
+                (*row, [(future, ["b"], [], None, None)]),
+                ("jsonl", "x2", *row[2:], [(past, ["c"], [], None, None)]),
+            ]
+        )
+        log.record_feedback(tid, relevant_ids=["d"])
+        rows = list(log.iter_feedback(page_rows=1))
+        assert [fb.relevant_ids for _, fb in rows] == [["a"], ["b"], ["c"], ["d"]]
+        seqs = [s for s, _ in rows]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 4
+        assert log.last_feedback_seq() == seqs[-1]
+        after = [fb.relevant_ids for _, fb in log.iter_feedback(after_seq=seqs[1], page_rows=2)]
+        assert after == [["c"], ["d"]]
+        with pytest.raises(NudgeError, match="page_rows"):
+            next(log.iter_feedback(page_rows=0))
