@@ -320,9 +320,10 @@ def watch(
     """Fine-tune round after round; apply when proven; roll back when live searches get worse.
 
     Each round fine-tunes when enough new labels arrived and applies only a proven gain. After
-    an apply it compares the share of feedback-bearing searches whose relevant chunks came
-    back, before and after, and rolls back by itself when the drop is beyond its confidence
-    interval (Newcombe / Wilson). Every decision goes to watch.jsonl in the state folder.
+    an apply it ranks each search labelled since under the base and the new vectors and rolls
+    back by itself when the new ones lose significantly (exact sign test on the paired hits).
+    A round that fails is logged and the loop goes on. Every decision goes to watch.jsonl in
+    the state folder.
 
     Example:  nudge-rag watch --store nudge_demo_state --every 1h --min-new-labels 50
     """
