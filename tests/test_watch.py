@@ -386,11 +386,11 @@ def shift(tmp_path):
     w.state.close()
 
 
-def shift_watcher(shift, engine_cls=NudgeFinetuneEngine) -> Watcher:
+def shift_watcher(shift, engine_cls=NudgeFinetuneEngine, corpus="auto") -> Watcher:
     clock = FakeClock()
     return Watcher(
         shift.state,
-        engine=engine_cls(shift.state, progress=False),
+        engine=engine_cls(shift.state, progress=False, corpus=corpus),
         min_new_labels=50,
         min_guard_searches=30,
         settle_searches=60,
@@ -420,11 +420,13 @@ def test_a_version_is_kept_when_traffic_moves_to_topics_it_neither_helps_nor_hur
     assert shift.state.current_version == 1
 
 
-def test_a_version_that_pushes_the_right_chunks_away_is_rolled_back(shift):
+@pytest.mark.parametrize("corpus", ["memory", "store"])
+def test_a_version_that_pushes_the_right_chunks_away_is_rolled_back(shift, corpus):
+    """Ranked against the base matrix in memory, or the store's own search (large stores)."""
     fit = [q for q in shift.a if q[3] < 6]
     shift.traffic(fit)
     served = shift.state.get_vectors(shift.ids)
-    w = shift_watcher(shift, PushedAwayEngine)
+    w = shift_watcher(shift, PushedAwayEngine, corpus)
     (applied,) = w.run_round()
     assert applied["decision"] == "apply"
 

@@ -50,6 +50,7 @@ from nudge_rag.core.labels import POSITIVE_RATING
 WATCH_LOG = "watch.jsonl"
 #: how the guard judges, as logged with each of its decisions
 GUARD_METHOD = "paired hit@k, base vs version; one-sided exact sign test (McNemar)"
+MAX_GUARD_K = 100  #: the guard's hit@k uses each search's own k, at most this
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -171,7 +172,7 @@ def paired_hits(
     corpus: Any,
     searches: Sequence[tuple[Any, set[str]]],
     *,
-    max_k: int = 100,
+    max_k: int = MAX_GUARD_K,
 ) -> list[tuple[bool, bool]]:
     """``(hit under base, hit under the store's current vectors)`` of each search.
 
@@ -184,9 +185,10 @@ def paired_hits(
     from nudge_rag.core.traces import embedding_problem
 
     n_rows, dim = corpus.shape
+    held = corpus.known({i for _, relevant in searches for i in relevant})  # one question
     usable: list[tuple[int, set[str], np.ndarray]] = []
     for trace, relevant in searches:
-        rel = corpus.known(relevant)
+        rel = held & set(relevant)
         vec = np.asarray(trace.embedding, dtype=np.float32).reshape(-1)
         if rel and n_rows and embedding_problem(vec, dim) is None:
             usable.append((max(1, min(int(trace.k), max_k, n_rows)), rel, vec))
