@@ -248,11 +248,11 @@ def test_watch_runs_rounds_and_logs_each_decision(tmp_path):
     args = _llama_store(tmp_path / "w")
     res = runner.invoke(app, ["watch", *args, "--min-new-labels", "1", "--rounds", "1"])
     assert res.exit_code == 0, res.output
-    assert res.output.splitlines() == [
-        "round 1: keep (version 1): no searches before it",
-        "round 1: skip (version 1): 0 new labelled searches, waiting for 1",
+    assert res.output.splitlines() == [  # applied outside the loop: guarded from now on
+        "round 1: guard_wait (version 1): 0 searches labelled since its fit ranked, judging "
+        "from 30, keeping at 300",
     ]
     log = tmp_path / "w" / "nudge_state" / "docs" / "watch.jsonl"
-    assert [json.loads(x)["decision"] for x in log.read_text().splitlines()] == ["keep", "skip"]
+    assert [json.loads(x)["decision"] for x in log.read_text().splitlines()] == ["guard_wait"]
     res = runner.invoke(app, ["watch", *args, "--every", "soon", "--rounds", "1"])
     _one_line_error(res, "every: found 'soon'")

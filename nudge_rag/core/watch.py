@@ -390,8 +390,12 @@ class Watcher:
         sig = self.guard_signal(mark)
         detail = {"signal": asdict(sig), "parent": parent, "feedback_seq": mark}
         detail["method"] = GUARD_METHOD
+        waiting = (
+            f"{sig.n} searches labelled since its fit ranked, judging from "
+            f"{self.min_guard_searches}, keeping at {self.settle_searches}"
+        )
         if sig.n < self.min_guard_searches:
-            return self._log(round_no, "guard_wait", current, **detail)
+            return self._log(round_no, "guard_wait", current, reason=waiting, **detail)
         alpha = (1.0 - self.confidence) / 2.0
         if sig.losses > sig.wins and sig.p_value <= alpha:
             try:
@@ -409,8 +413,9 @@ class Watcher:
                 **detail,
             )
         if sig.n >= self.settle_searches:
-            return self._log(round_no, "keep", current, **detail)
-        return self._log(round_no, "guard_wait", current, **detail)
+            reason = f"no significant loss on {sig.n} searches (p = {sig.p_value:.2g})"
+            return self._log(round_no, "keep", current, reason=reason, **detail)
+        return self._log(round_no, "guard_wait", current, reason=waiting, **detail)
 
     def guard_signal(self, after_seq: int) -> PairedSignal:
         """The paired signal of the current version on the searches labelled after insertion
