@@ -549,3 +549,49 @@ def test_a_round_while_postgres_is_down_is_logged_and_the_loop_goes_on(own_pg, t
     assert [r["decision"] for r in w.history()] == ["error", "apply"]
     world.state.close()
     w.engine.cache.close()
+
+
+@pytest.mark.integration
+def test_rounds_go_on_after_a_reset_with_a_pgvector_store_and_state(pg, db, tmp_path, world):
+    """The setup of the report: LangChain PGVector and the state in one database. Old code: the
+    adapter's own connection failed the round after each reset (an ``error`` round each)."""
+    from langchain_postgres import PGVector
+    from langchain_postgres.vectorstores import DistanceStrategy
+
+    from nudge_rag.langchain import NudgedVectorStore
+    from nudge_rag.langchain.embeddings import LookupEmbeddings
+
+    inner = PGVector(
+        LookupEmbeddings(world.text_vectors()),
+        connection=pg.langchain_url(db),
+        collection_name="world",
+        distance_strategy=DistanceStrategy.COSINE,
+        use_jsonb=True,
+        engine_args={"pool_pre_ping": True},  # the app's own pool: its setting, not ours
+    )
+    store = NudgedVectorStore(inner, state=f"{pg.url(db)}&schema=nudge_world")
+    store.add_texts([world.records[i]["text"] for i in world.ids], ids=world.ids)
+    first, later = halves(world)
+    traffic(store, first)
+    clock = FakeClock()
+    w = Watcher(
+        store,
+        engine=NudgeFinetuneEngine(store, progress=False),
+        min_new_labels=50,
+        min_guard_searches=30,
+        settle_searches=60,
+        log_path=tmp_path / WATCH_LOG,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    assert terminate_backends(pg, db) > 0
+    (applied,) = w.run_round()
+    assert applied["decision"] == "apply", applied
+    traffic(store, later)
+    assert terminate_backends(pg, db) > 0
+    guard = w.run_round()[0]
+    assert guard["decision"] == "keep", guard
+    assert [r["decision"] for r in w.history()][:2] == ["apply", "keep"]
+    assert all(r["decision"] != "error" for r in w.history()), w.history()
+    store.close()
+    w.engine.cache.close()

@@ -235,13 +235,32 @@ class PgVectorAdapter:
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
-        """The connection, locked, inside one transaction (committed on success)."""
+        """The connection, locked, inside one transaction (committed on success).
+
+        A connection the adapter opened and the server dropped since its last use (a restart,
+        a failover, ``pg_terminate_backend``) fails at ``BEGIN``, before anything ran: a new
+        one takes its place and the transaction starts there.
+        """
         with self._lock:
             conn = self._conn
             if self._conninfo is not None and (conn is None or conn.closed or conn.broken):
                 conn = self._conn = self._psycopg.connect(self._conninfo, autocommit=True)
-            with conn.transaction():
+            tx = conn.transaction()
+            try:
+                tx.__enter__()  # BEGIN
+            except self._psycopg.OperationalError:
+                if self._conninfo is None or not conn.broken:
+                    raise
+                conn = self._conn = self._psycopg.connect(self._conninfo, autocommit=True)
+                tx = conn.transaction()
+                tx.__enter__()
+            try:
                 yield conn
+            except BaseException as err:
+                if not tx.__exit__(type(err), err, err.__traceback__):
+                    raise
+            else:
+                tx.__exit__(None, None, None)
 
     def close(self) -> None:
         """Close the connection the adapter opened (a connection passed in stays open)."""
