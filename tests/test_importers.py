@@ -10,11 +10,14 @@ gain as the same labels recorded live.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
+import time
 import uuid
 from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -733,3 +736,157 @@ def test_a_nul_in_an_imported_record_costs_nothing(state: NudgeState):
     assert state.import_traces([rec]).imported == 1
     (t,) = state.traces()
     assert t.query == "bad \ufffd query" and state.feedback()[0].text == "nul \ufffd text"
+
+
+# -- one bad record costs only itself -----------------------------------------------------------
+def _deep(depth: int) -> dict:
+    out: dict = {}
+    node = out
+    for _ in range(depth):
+        node["and"] = {}
+        node = node["and"]
+    return out
+
+
+BAD_RECORDS = {
+    "score n/a": ({"scores": ["n/a"]}, r"scores\[0\]: expected a number"),
+    "scores 5": ({"scores": 5}, r"scores: expected a list of numbers"),
+    "k 10**30": ({"k": 10**30}, r"k: expected an integer in 1\.\.2\*\*63-1"),
+    "surrogate external_id": ({"external_id": "run-\ud800"}, r"external_id: .*lone surrogate"),
+    "surrogate source": ({"source": "tool\udfff"}, r"source: .*lone surrogate"),
+    "NUL external_id": ({"external_id": "run\x00"}, r"external_id: .*NUL"),
+    "filter 100k deep": ({"filter": _deep(100_000)}, r"filter: nested too deeply"),
+    "time inf": ({"time": float("inf")}, r"time: expected a finite time"),
+    "time NaN": ({"time": float("nan")}, r"time: expected a finite time"),
+    "time 10**400": ({"time": 10**400}, r"time: expected a time"),
+    "rating 10**400": (
+        {"feedback": [FeedbackRecord(rating=10**400)]},
+        r"rating: expected a number",
+    ),
+    "embedding 10**400": ({"embedding": [10**400] * DIM}, r"embedding: not a vector"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RECORDS))
+def test_one_bad_record_among_1000_costs_only_itself(state: NudgeState, case: str):
+    """Record 700 is bad: it alone is listed with its reason, the 999 others are stored, and a
+    rerun adds nothing and names it again (before: the import raised after 512 written)."""
+    change, reason = BAD_RECORDS[case]
+    cid = state.adapter.ids()[0]
+
+    def rec(i: int) -> TraceRecord:
+        base = {"query": f"q{i}", "result_ids": [cid], "external_id": str(i), "source": "x"}
+        return TraceRecord(**{**base, **(change if i == 700 else {})})  # type: ignore[arg-type]
+
+    for attempt in range(2):
+        rep = state.import_traces(rec(i) for i in range(1000))
+        assert [n for n, _, _ in rep.bad] == [700]
+        assert re.search(reason, rep.bad[0][2]), rep.bad[0][2]
+        assert (rep.imported, rep.skipped_duplicates) == ((999, 0) if attempt == 0 else (0, 999))
+    assert len(state.trace_log) == 999
+    assert "700" not in {t.external_id for t in state.traces()}
+
+
+def test_chunk_ids_no_store_can_hold_are_unknown_not_fatal(state: NudgeState):
+    """A result id holding a NUL or a lone surrogate is dropped and counted like any id the store
+    does not hold; the store is never asked about it (a Postgres store would refuse the query)."""
+    cid = state.adapter.ids()[0]
+    asked: list[list[str]] = []
+    real = state.known_ids
+    state.known_ids = lambda ids: (asked.append(list(ids)), real(ids))[1]  # type: ignore[method-assign]
+    rec = TraceRecord(
+        query="q", result_ids=[cid, "a\x00b", "c\ud800"], external_id="1", source="x",
+        feedback=[FeedbackRecord(relevant_ids=[cid, "a\x00b"])],
+    )  # fmt: skip
+    rep = state.import_traces([rec])
+    assert (rep.imported, rep.bad, rep.unknown_ids, rep.feedback) == (1, [], 2, 1)
+    assert asked == [[cid]]
+    assert state.traces()[0].result_ids == [cid]
+
+
+def test_a_row_the_database_refuses_costs_only_itself(state: NudgeState):
+    """What the checks miss, the database may refuse: that row is left out and named, the rest of
+    its transaction is written (one by one under savepoints)."""
+    cid = state.adapter.ids()[0]
+    good = TraceRecord(query="fine", result_ids=[cid], external_id="1", source="x")
+    one = np.ones(DIM, np.float32).tobytes()
+    rows = [
+        ("x", "1", 1.7e9, "fine", one, DIM, 1, None, [cid], [0.5], []),
+        ("x", "2", 1.7e9, "bad", one, DIM, 2**64, None, [], [], []),  # beyond SQLite's INTEGER
+        ("x", "3", 1.7e9, "fine", one, DIM, 1, None, [], [], []),
+    ]
+    done = state.trace_log.import_rows(rows)
+    assert [s for _, s, _ in done] == ["new", "refused", "new"]
+    assert "SQLite refused the row" in done[1][0] and "OverflowError" in done[1][0]
+    assert sorted(t.external_id for t in state.traces()) == ["1", "3"]
+    assert state.import_traces([good]).skipped_duplicates == 1
+
+
+def test_a_nul_in_an_id_on_postgres_costs_only_its_record(pg: Any, db: str, tmp_path: Path):
+    pytest.importorskip("psycopg", reason='needs pip install "nudge-rag[postgres]"')
+    rng = np.random.default_rng(0)
+    records = {d: {"id": d, "vector": rng.normal(size=DIM).tolist(), "text": d} for d in DOCS}
+    url = f"{pg.url(db)}&schema=nudge_imp"
+    s = NudgeState(MemoryAdapter(records, metric="cosine"), url, embed_queries=CountingEmbedder())
+    try:
+        recs = [
+            TraceRecord(query=f"q{i}", result_ids=["refund"], external_id=f"r{i}", source="x")
+            for i in range(5)
+        ]
+        recs[2] = TraceRecord(query="nul", result_ids=["refund"], external_id="r\x002", source="x")
+        recs[3] = TraceRecord(query="nul", result_ids=["refund"], external_id="r3", source="x\x00")
+        rep = s.import_traces(recs)
+        assert [n for n, _, _ in rep.bad] == [2, 3] and rep.imported == 3
+        assert sorted(t.external_id for t in s.traces()) == ["r0", "r1", "r4"]
+    finally:
+        s.close()
+
+
+# -- times ahead of the clock -----------------------------------------------------------------
+def test_times_far_ahead_are_clamped_to_the_import_time_and_said_so(state: NudgeState):
+    """A fast clock or ``time: 1e308`` never lands in the log: the trace and feedback times are
+    set to the import's time, counted, warned about once; a re-import adds nothing."""
+    cid = state.adapter.ids()[0]
+    now = time.time()
+    recs = [
+        TraceRecord(query="day ahead", result_ids=[cid], time=now + 86400, external_id="a",
+                    source="x", feedback=[FeedbackRecord(relevant_ids=[cid])]),
+        TraceRecord(query="1e308", result_ids=[cid], time=1e308, source="x"),
+        TraceRecord(query="fb ahead", result_ids=[cid], time=now - 60, external_id="c",
+                    source="x", feedback=[FeedbackRecord(relevant_ids=[cid], time=now + 3600)]),
+        TraceRecord(query="just ahead", result_ids=[cid], time=now + 60, external_id="d",
+                    source="x"),
+    ]  # fmt: skip
+    with pytest.warns(RuntimeWarning, match=r"3 records or feedback lay more than 300 s ahead"):
+        rep = state.import_traces(recs)
+    assert (rep.imported, rep.bad, rep.future_times) == (4, [], 3)
+    assert [(n, tm) for n, _, tm in rep.future_examples] == [
+        (0, now + 86400),
+        (1, 1e308),
+        (2, now + 3600),
+    ]
+    assert "3 times ahead of this clock set to the import's time" in str(rep)
+    after = time.time()
+    times = {t.query: t.time for t in state.traces()}
+    assert now <= times["day ahead"] <= after and now <= times["1e308"] <= after
+    assert times["fb ahead"] == now - 60 and times["just ahead"] == now + 60  # within 300 s
+    assert all(now <= f.time <= after for f in state.feedback())
+    with pytest.warns(RuntimeWarning):
+        again = state.import_traces(recs)
+    assert (again.imported, again.skipped_duplicates, again.feedback) == (0, 4, 0)
+
+
+def test_times_far_ahead_can_be_refused(state: NudgeState):
+    now = time.time()
+    recs = [
+        TraceRecord(query="ahead", time=now + 7200, external_id="a", source="x"),
+        TraceRecord(query="fine", time=now, external_id="b", source="x"),
+    ]
+    rep = state.import_traces(recs, future_times="refuse", max_future_s=3600)
+    assert rep.imported == 1 and [n for n, _, _ in rep.bad] == [0]
+    assert re.search(r"time: .* lies 7.2e\+03 s ahead .*max_future_s=3600", rep.bad[0][2])
+    assert state.import_traces(recs[:1], max_future_s=None).imported == 1
+    with pytest.raises(NudgeError, match=r"future_times: expected 'clamp' or 'refuse'"):
+        state.import_traces(recs, future_times="drop")
+    with pytest.raises(NudgeError, match=r"max_future_s: expected seconds >= 0"):
+        state.import_traces(recs, max_future_s=-1)
