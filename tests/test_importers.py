@@ -354,28 +354,39 @@ def test_jsonl_reader_schema_and_export_round_trip(tmp_path: Path, state: NudgeS
         other.close()
 
 
-def test_jsonl_malformed_line_names_it_and_nothing_is_stored(tmp_path: Path, state: NudgeState):
+def test_jsonl_malformed_line_is_named_and_costs_only_itself(tmp_path: Path, state: NudgeState):
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"query": "ok", "result_ids": ["refund"]}\n{"query": "broken",\n')
+    path.write_text(
+        '{"query": "ok", "result_ids": ["refund"]}\n{"query": "broken",\n'
+        '{"query": "ok", "results": ["refund"]}\n[1]\n{"query": "last"}\n'
+    )
     with pytest.raises(NudgeError, match=r"bad\.jsonl line 2: not valid JSON"):
-        jsonl.read(path)
-    path.write_text('{"query": "ok", "results": ["refund"]}\n')
-    with pytest.raises(NudgeError, match=r"line 1: unknown fields \['results'\]"):
-        jsonl.read(path)
+        list(jsonl.read(path))
+    with pytest.raises(NudgeError, match=r"record 1 .*bad\.jsonl line 2.*nothing was stored"):
+        state.import_traces(jsonl.read(path), strict=True)
     assert len(state.trace_log) == 0
+    rep = state.import_traces(jsonl.read(path))
+    assert [t.query for t in state.traces()] == ["ok", "last"]
+    reasons = [why for _, _, why in rep.bad]
+    assert [n for n, _, _ in rep.bad] == [1, 2, 3]
+    assert re.search(r"line 2: not valid JSON", reasons[0])
+    assert re.search(r"line 3: unknown fields \['results'\]", reasons[1])
+    assert re.search(r"line 4: expected a JSON object, found list", reasons[2])
+    with pytest.raises(NudgeError, match=r"path: cannot read .*missing\.jsonl"):
+        jsonl.read(tmp_path / "missing.jsonl")
 
 
 def test_readers_name_the_record_they_cannot_read(tmp_path: Path):
     with pytest.raises(NudgeError, match=r"runs\[1\]: expected a record object"):
-        langsmith.read([{"run_type": "chain"}, 42])
+        list(langsmith.read([{"run_type": "chain"}, 42]))
     with pytest.raises(NudgeError, match=r"scores\[0\]: expected a record object"):
         langfuse.read([], [7])
     with pytest.raises(NudgeError, match=r"annotations_df row 0: found no span id"):
         phoenix.read([], [{"label": "relevant"}])
     bad = tmp_path / "runs.jsonl"
     bad.write_text('{"run_type": "retriever"}\nnot json\n')
-    with pytest.raises(NudgeError, match=r"runs: .*runs\.jsonl line 2 is not valid JSON"):
-        langsmith.read(bad)
+    with pytest.raises(NudgeError, match=r"runs: .*runs\.jsonl line 2: not valid JSON"):
+        list(langsmith.read(bad))
 
 
 # -- import_traces -----------------------------------------------------------------------------

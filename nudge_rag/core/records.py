@@ -147,7 +147,7 @@ class Records(Sequence[TraceRecord]):
 
     def _list(self) -> list[TraceRecord]:
         if self._all is None:
-            self._all = list(self)
+            self._all = list(iter(self))  # (list(self) would ask len())
         return self._all
 
     def __len__(self) -> int:
