@@ -901,3 +901,89 @@ def test_times_far_ahead_can_be_refused(state: NudgeState):
         state.import_traces(recs, future_times="drop")
     with pytest.raises(NudgeError, match=r"max_future_s: expected seconds >= 0"):
         state.import_traces(recs, max_future_s=-1)
+
+
+# -- memory does not grow with the export -------------------------------------------------------
+def _write_export(path: Path, fmt: str, n: int) -> int:
+    """A LangSmith JSON array (runs with 5 documents of 3,000 characters each) or a JSONL file
+    (records with a 384-number embedding padded by a long query), written a record at a time."""
+    rng = np.random.default_rng(1)
+    with path.open("w") as f:
+        f.write("[\n" if fmt == "langsmith" else "")
+        for i in range(n):
+            if fmt == "langsmith":
+                docs = [
+                    {"page_content": "x" * 3000, "metadata": {"score": 0.5}, "id": DOCS[j]}
+                    for j in range(5)
+                ]
+                run = {
+                    "id": f"run-{i}",
+                    "run_type": "retriever",
+                    "start_time": 1.7e9 + i,
+                    "inputs": {"query": f"question {i}"},
+                    "outputs": {"documents": docs},
+                }
+                f.write(("" if i == 0 else ",\n") + json.dumps(run))
+            else:
+                line = {
+                    "query": f"q{i} " + "y" * 10_000,
+                    "external_id": str(i),
+                    "embedding": rng.normal(size=DIM).tolist(),
+                    "result_ids": DOCS[:3],
+                }
+                f.write(json.dumps(line) + "\n")
+        f.write("\n]\n" if fmt == "langsmith" else "")
+    return path.stat().st_size
+
+
+@pytest.mark.parametrize("fmt", ["langsmith", "jsonl"])
+def test_import_memory_does_not_grow_with_the_export(fmt: str, tmp_path: Path):
+    """Peak Python memory (tracemalloc) of reading and importing a 4x larger export stays
+    within 1.5x of the smaller one's, and below a third of the big file's size (before: the
+    whole file, then every record, was held: peaks several times the file's size)."""
+    import tracemalloc
+
+    peaks, sizes = [], []
+    for n in (250, 1000):
+        path = tmp_path / f"{fmt}-{n}.json"
+        sizes.append(_write_export(path, fmt, n))
+        s = NudgeState(
+            MemoryAdapter({d: {"id": d, "vector": [1.0] * DIM} for d in DOCS}, metric="cosine"),
+            tmp_path / f"state-{n}",
+            embed_queries=CountingEmbedder(),
+        )
+        tracemalloc.start()
+        try:
+            rep = s.import_traces(langsmith.read(path) if fmt == "langsmith" else jsonl.read(path))
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+            s.close()
+        assert rep.imported == n and rep.bad == []
+    assert sizes[1] > 3.9 * sizes[0] > 3.9 * 2.5e6
+    assert peaks[1] < 1.5 * peaks[0], (peaks, sizes)
+    assert peaks[1] < sizes[1] / 3, (peaks, sizes)
+
+
+def test_a_streamed_export_with_odd_items_imports_the_rest(tmp_path: Path, state: NudgeState):
+    """A LangSmith JSON array whose run 1 holds a document that is a number and whose end is
+    cut off: run 1 and the cut are listed as bad, the others imported."""
+    runs, _ = _langsmith_history()
+    good = [json.loads(r.model_dump_json()) for r in runs]
+    odd = {**good[1], "id": str(uuid.uuid4()), "outputs": {"documents": [42]}}
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps([good[1], odd, good[2]], indent=2)[:-1] + ', {"id": "cut')
+    rep = state.import_traces(langsmith.read(path))
+    assert rep.imported == 2 and [n for n, _, _ in rep.bad] == [1, 3]
+    assert "runs[1]: expected a record object or a dict, found int" in rep.bad[0][2]
+    assert re.search(r"runs\.json line \d+: not valid JSON .*rest of the file", rep.bad[1][2])
+
+
+def test_records_from_a_one_shot_iterator_say_so_when_read_again(state: NudgeState):
+    runs, feedback = _langsmith_history()
+    recs = langsmith.read(iter(runs), feedback)
+    assert state.import_traces(recs).imported == 2
+    with pytest.raises(NudgeError, match=r"read from an iterator, which is used up"):
+        state.import_traces(recs)
+    again = langsmith.read(runs, feedback)  # a list: read as often as wanted
+    assert len(again) == 2 and state.import_traces(again).skipped_duplicates == 2

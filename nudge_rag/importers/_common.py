@@ -139,7 +139,7 @@ class _Stop(Exception):
 
 _WS = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
-_CHUNK = 1 << 20  # characters read at a time
+_CHUNK = 1 << 18  # characters read at a time (more when one value is longer)
 _MARGIN = 32  # a value decoded this close to the buffer's end may go on (a number's exponent)
 
 
@@ -203,13 +203,13 @@ class _JsonStream:
             except json.JSONDecodeError as e:
                 cut = e.msg.startswith("Unterminated string") or e.pos + _MARGIN >= len(self.buf)
                 if cut and not self.eof:
-                    self._more(len(self.buf))  # moves the text: decode it again
+                    self._more(2 * (len(self.buf) - self.pos))  # moves the text: decode again
                     continue
                 raise _BadJson(self.line(), e.msg) from None
             except RecursionError:
                 raise _BadJson(self.line(), "nested too deeply") from None
             if end + _MARGIN > len(self.buf) and not self.eof:
-                self._more(len(self.buf))
+                self._more(2 * (len(self.buf) - self.pos))
                 continue
             self.pos = end
             return obj
