@@ -987,3 +987,12 @@ def test_records_from_a_one_shot_iterator_say_so_when_read_again(state: NudgeSta
         state.import_traces(recs)
     again = langsmith.read(runs, feedback)  # a list: read as often as wanted
     assert len(again) == 2 and state.import_traces(again).skipped_duplicates == 2
+
+
+def test_a_progress_bar_counts_the_records(state: NudgeState, capsys: pytest.CaptureFixture):
+    pytest.importorskip("tqdm")
+    recs = [TraceRecord(query=f"q{i}", external_id=str(i), source="x") for i in range(300)]
+    assert state.import_traces(recs, progress=True).imported == 300
+    assert re.search(r"importing traces: .*300 records", capsys.readouterr().err)
+    state.import_traces(recs)  # not on a terminal: no bar
+    assert capsys.readouterr().err == ""

@@ -572,7 +572,8 @@ class _NoBar:
 def _progress_bar(progress: bool | None) -> Any:
     """A tqdm bar counting records (``None``: on a terminal, shown after 2 s), if tqdm is
     installed; else nothing is shown."""
-    if progress is None:
+    auto = progress is None
+    if auto:
         progress = sys.stderr is not None and sys.stderr.isatty()
     if not progress:
         return _NoBar()
@@ -580,7 +581,7 @@ def _progress_bar(progress: bool | None) -> Any:
         from tqdm.auto import tqdm
     except ImportError:  # optional (the cli / demo extras)
         return _NoBar()
-    return tqdm(desc="importing traces", unit=" records", delay=2.0)
+    return tqdm(desc="importing traces", unit=" records", delay=2.0 if auto else 0.0)
 
 
 @dataclass
