@@ -31,7 +31,7 @@ DIM = 384
 CHUNKS = [f"chunk-{i}" for i in range(1000)]
 
 CHILD = """
-import json, sys, time
+import inspect, json, sys, time
 import numpy as np
 sys.path.insert(0, {bench!r})
 from bench_core import peak_rss
@@ -49,13 +49,15 @@ def embed(texts):
 
 state = NudgeState(store, state_dir, embed_queries=embed)
 reader = langsmith.read if fmt == "langsmith" else jsonl.read
+kw = {{"progress": False}} if "progress" in inspect.signature(state.import_traces).parameters else {{}}
 t0 = time.perf_counter()
 with peak_rss() as extra:
-    report = state.import_traces(reader(path), progress=False)
+    report = state.import_traces(reader(path), **kw)
 seconds = time.perf_counter() - t0
 state.close()
+import nudge_rag
 print(json.dumps({{"imported": report.imported, "bad": len(report.bad), "seconds": seconds,
-                  "peak_rss_mib": extra[0] / 2**20}}))
+                  "peak_rss_mib": extra[0] / 2**20, "code": str(nudge_rag.__file__)}}))
 """
 
 
@@ -116,6 +118,7 @@ def run_import(code: Path, fmt: str, path: Path, state_dir: Path) -> dict:
         capture_output=True,
         text=True,
         env=env,
+        cwd=state_dir.parent,  # not the checkout's root, which would shadow --code
         check=False,
     )
     if out.returncode != 0:
