@@ -10,11 +10,14 @@ gain as the same labels recorded live.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
+import time
 import uuid
 from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -351,28 +354,39 @@ def test_jsonl_reader_schema_and_export_round_trip(tmp_path: Path, state: NudgeS
         other.close()
 
 
-def test_jsonl_malformed_line_names_it_and_nothing_is_stored(tmp_path: Path, state: NudgeState):
+def test_jsonl_malformed_line_is_named_and_costs_only_itself(tmp_path: Path, state: NudgeState):
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"query": "ok", "result_ids": ["refund"]}\n{"query": "broken",\n')
+    path.write_text(
+        '{"query": "ok", "result_ids": ["refund"]}\n{"query": "broken",\n'
+        '{"query": "ok", "results": ["refund"]}\n[1]\n{"query": "last"}\n'
+    )
     with pytest.raises(NudgeError, match=r"bad\.jsonl line 2: not valid JSON"):
-        jsonl.read(path)
-    path.write_text('{"query": "ok", "results": ["refund"]}\n')
-    with pytest.raises(NudgeError, match=r"line 1: unknown fields \['results'\]"):
-        jsonl.read(path)
+        list(jsonl.read(path))
+    with pytest.raises(NudgeError, match=r"record 1 .*bad\.jsonl line 2.*nothing was stored"):
+        state.import_traces(jsonl.read(path), strict=True)
     assert len(state.trace_log) == 0
+    rep = state.import_traces(jsonl.read(path))
+    assert [t.query for t in state.traces()] == ["ok", "last"]
+    reasons = [why for _, _, why in rep.bad]
+    assert [n for n, _, _ in rep.bad] == [1, 2, 3]
+    assert re.search(r"line 2: not valid JSON", reasons[0])
+    assert re.search(r"line 3: unknown fields \['results'\]", reasons[1])
+    assert re.search(r"line 4: expected a JSON object, found list", reasons[2])
+    with pytest.raises(NudgeError, match=r"path: cannot read .*missing\.jsonl"):
+        jsonl.read(tmp_path / "missing.jsonl")
 
 
 def test_readers_name_the_record_they_cannot_read(tmp_path: Path):
     with pytest.raises(NudgeError, match=r"runs\[1\]: expected a record object"):
-        langsmith.read([{"run_type": "chain"}, 42])
+        list(langsmith.read([{"run_type": "chain"}, 42]))
     with pytest.raises(NudgeError, match=r"scores\[0\]: expected a record object"):
         langfuse.read([], [7])
     with pytest.raises(NudgeError, match=r"annotations_df row 0: found no span id"):
         phoenix.read([], [{"label": "relevant"}])
     bad = tmp_path / "runs.jsonl"
     bad.write_text('{"run_type": "retriever"}\nnot json\n')
-    with pytest.raises(NudgeError, match=r"runs: .*runs\.jsonl line 2 is not valid JSON"):
-        langsmith.read(bad)
+    with pytest.raises(NudgeError, match=r"runs: .*runs\.jsonl line 2: not valid JSON"):
+        list(langsmith.read(bad))
 
 
 # -- import_traces -----------------------------------------------------------------------------
@@ -733,3 +747,252 @@ def test_a_nul_in_an_imported_record_costs_nothing(state: NudgeState):
     assert state.import_traces([rec]).imported == 1
     (t,) = state.traces()
     assert t.query == "bad \ufffd query" and state.feedback()[0].text == "nul \ufffd text"
+
+
+# -- one bad record costs only itself -----------------------------------------------------------
+def _deep(depth: int) -> dict:
+    out: dict = {}
+    node = out
+    for _ in range(depth):
+        node["and"] = {}
+        node = node["and"]
+    return out
+
+
+BAD_RECORDS = {
+    "score n/a": ({"scores": ["n/a"]}, r"scores\[0\]: expected a number"),
+    "scores 5": ({"scores": 5}, r"scores: expected a list of numbers"),
+    "k 10**30": ({"k": 10**30}, r"k: expected an integer in 1\.\.2\*\*63-1"),
+    "surrogate external_id": ({"external_id": "run-\ud800"}, r"external_id: .*lone surrogate"),
+    "surrogate source": ({"source": "tool\udfff"}, r"source: .*lone surrogate"),
+    "NUL external_id": ({"external_id": "run\x00"}, r"external_id: .*NUL"),
+    "filter 100k deep": ({"filter": _deep(100_000)}, r"filter: nested too deeply"),
+    "time inf": ({"time": float("inf")}, r"time: expected a finite time"),
+    "time NaN": ({"time": float("nan")}, r"time: expected a finite time"),
+    "time 10**400": ({"time": 10**400}, r"time: expected a time"),
+    "rating 10**400": (
+        {"feedback": [FeedbackRecord(rating=10**400)]},
+        r"rating: expected a number",
+    ),
+    "embedding 10**400": ({"embedding": [10**400] * DIM}, r"embedding: not a vector"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RECORDS))
+def test_one_bad_record_among_1000_costs_only_itself(state: NudgeState, case: str):
+    """Record 700 is bad: it alone is listed with its reason, the 999 others are stored, and a
+    rerun adds nothing and names it again (before: the import raised after 512 written)."""
+    change, reason = BAD_RECORDS[case]
+    cid = state.adapter.ids()[0]
+
+    def rec(i: int) -> TraceRecord:
+        base = {"query": f"q{i}", "result_ids": [cid], "external_id": str(i), "source": "x"}
+        return TraceRecord(**{**base, **(change if i == 700 else {})})  # type: ignore[arg-type]
+
+    for attempt in range(2):
+        rep = state.import_traces(rec(i) for i in range(1000))
+        assert [n for n, _, _ in rep.bad] == [700]
+        assert re.search(reason, rep.bad[0][2]), rep.bad[0][2]
+        assert (rep.imported, rep.skipped_duplicates) == ((999, 0) if attempt == 0 else (0, 999))
+    assert len(state.trace_log) == 999
+    assert "700" not in {t.external_id for t in state.traces()}
+
+
+def test_chunk_ids_no_store_can_hold_are_unknown_not_fatal(state: NudgeState):
+    """A result id holding a NUL or a lone surrogate is dropped and counted like any id the store
+    does not hold; the store is never asked about it (a Postgres store would refuse the query)."""
+    cid = state.adapter.ids()[0]
+    asked: list[list[str]] = []
+    real = state.known_ids
+    state.known_ids = lambda ids: (asked.append(list(ids)), real(ids))[1]  # type: ignore[method-assign]
+    rec = TraceRecord(
+        query="q", result_ids=[cid, "a\x00b", "c\ud800"], external_id="1", source="x",
+        feedback=[FeedbackRecord(relevant_ids=[cid, "a\x00b"])],
+    )  # fmt: skip
+    rep = state.import_traces([rec])
+    assert (rep.imported, rep.bad, rep.unknown_ids, rep.feedback) == (1, [], 2, 1)
+    assert asked == [[cid]]
+    assert state.traces()[0].result_ids == [cid]
+
+
+def test_a_row_the_database_refuses_costs_only_itself(state: NudgeState):
+    """What the checks miss, the database may refuse: that row is left out and named, the rest of
+    its transaction is written (one by one under savepoints)."""
+    cid = state.adapter.ids()[0]
+    good = TraceRecord(query="fine", result_ids=[cid], external_id="1", source="x")
+    one = np.ones(DIM, np.float32).tobytes()
+    rows = [
+        ("x", "1", 1.7e9, "fine", one, DIM, 1, None, [cid], [0.5], []),
+        ("x", "2", 1.7e9, "bad", one, DIM, 2**64, None, [], [], []),  # beyond SQLite's INTEGER
+        ("x", "3", 1.7e9, "fine", one, DIM, 1, None, [], [], []),
+    ]
+    done = state.trace_log.import_rows(rows)
+    assert [s for _, s, _ in done] == ["new", "refused", "new"]
+    assert "SQLite refused the row" in done[1][0] and "OverflowError" in done[1][0]
+    assert sorted(t.external_id for t in state.traces()) == ["1", "3"]
+    assert state.import_traces([good]).skipped_duplicates == 1
+
+
+def test_a_nul_in_an_id_on_postgres_costs_only_its_record(pg: Any, db: str, tmp_path: Path):
+    pytest.importorskip("psycopg", reason='needs pip install "nudge-rag[postgres]"')
+    rng = np.random.default_rng(0)
+    records = {d: {"id": d, "vector": rng.normal(size=DIM).tolist(), "text": d} for d in DOCS}
+    url = f"{pg.url(db)}&schema=nudge_imp"
+    s = NudgeState(MemoryAdapter(records, metric="cosine"), url, embed_queries=CountingEmbedder())
+    try:
+        recs = [
+            TraceRecord(query=f"q{i}", result_ids=["refund"], external_id=f"r{i}", source="x")
+            for i in range(5)
+        ]
+        recs[2] = TraceRecord(query="nul", result_ids=["refund"], external_id="r\x002", source="x")
+        recs[3] = TraceRecord(query="nul", result_ids=["refund"], external_id="r3", source="x\x00")
+        rep = s.import_traces(recs)
+        assert [n for n, _, _ in rep.bad] == [2, 3] and rep.imported == 3
+        assert sorted(t.external_id for t in s.traces()) == ["r0", "r1", "r4"]
+    finally:
+        s.close()
+
+
+# -- times ahead of the clock -----------------------------------------------------------------
+def test_times_far_ahead_are_clamped_to_the_import_time_and_said_so(state: NudgeState):
+    """A fast clock or ``time: 1e308`` never lands in the log: the trace and feedback times are
+    set to the import's time, counted, warned about once; a re-import adds nothing."""
+    cid = state.adapter.ids()[0]
+    now = time.time()
+    recs = [
+        TraceRecord(query="day ahead", result_ids=[cid], time=now + 86400, external_id="a",
+                    source="x", feedback=[FeedbackRecord(relevant_ids=[cid])]),
+        TraceRecord(query="1e308", result_ids=[cid], time=1e308, source="x"),
+        TraceRecord(query="fb ahead", result_ids=[cid], time=now - 60, external_id="c",
+                    source="x", feedback=[FeedbackRecord(relevant_ids=[cid], time=now + 3600)]),
+        TraceRecord(query="just ahead", result_ids=[cid], time=now + 60, external_id="d",
+                    source="x"),
+    ]  # fmt: skip
+    with pytest.warns(RuntimeWarning, match=r"3 records or feedback lay more than 300 s ahead"):
+        rep = state.import_traces(recs)
+    assert (rep.imported, rep.bad, rep.future_times) == (4, [], 3)
+    assert [(n, tm) for n, _, tm in rep.future_examples] == [
+        (0, now + 86400),
+        (1, 1e308),
+        (2, now + 3600),
+    ]
+    assert "3 times ahead of this clock set to the import's time" in str(rep)
+    after = time.time()
+    times = {t.query: t.time for t in state.traces()}
+    assert now <= times["day ahead"] <= after and now <= times["1e308"] <= after
+    assert times["fb ahead"] == now - 60 and times["just ahead"] == now + 60  # within 300 s
+    assert all(now <= f.time <= after for f in state.feedback())
+    with pytest.warns(RuntimeWarning):
+        again = state.import_traces(recs)
+    assert (again.imported, again.skipped_duplicates, again.feedback) == (0, 4, 0)
+
+
+def test_times_far_ahead_can_be_refused(state: NudgeState):
+    now = time.time()
+    recs = [
+        TraceRecord(query="ahead", time=now + 7200, external_id="a", source="x"),
+        TraceRecord(query="fine", time=now, external_id="b", source="x"),
+    ]
+    rep = state.import_traces(recs, future_times="refuse", max_future_s=3600)
+    assert rep.imported == 1 and [n for n, _, _ in rep.bad] == [0]
+    assert re.search(r"time: .* lies 7.2e\+03 s ahead .*max_future_s=3600", rep.bad[0][2])
+    assert state.import_traces(recs[:1], max_future_s=None).imported == 1
+    with pytest.raises(NudgeError, match=r"future_times: expected 'clamp' or 'refuse'"):
+        state.import_traces(recs, future_times="drop")
+    with pytest.raises(NudgeError, match=r"max_future_s: expected seconds >= 0"):
+        state.import_traces(recs, max_future_s=-1)
+
+
+# -- memory does not grow with the export -------------------------------------------------------
+def _write_export(path: Path, fmt: str, n: int) -> int:
+    """A LangSmith JSON array (runs with 5 documents of 3,000 characters each) or a JSONL file
+    (records with a 384-number embedding padded by a long query), written a record at a time."""
+    rng = np.random.default_rng(1)
+    with path.open("w") as f:
+        f.write("[\n" if fmt == "langsmith" else "")
+        for i in range(n):
+            if fmt == "langsmith":
+                docs = [
+                    {"page_content": "x" * 3000, "metadata": {"score": 0.5}, "id": DOCS[j]}
+                    for j in range(5)
+                ]
+                run = {
+                    "id": f"run-{i}",
+                    "run_type": "retriever",
+                    "start_time": 1.7e9 + i,
+                    "inputs": {"query": f"question {i}"},
+                    "outputs": {"documents": docs},
+                }
+                f.write(("" if i == 0 else ",\n") + json.dumps(run))
+            else:
+                line = {
+                    "query": f"q{i} " + "y" * 10_000,
+                    "external_id": str(i),
+                    "embedding": rng.normal(size=DIM).tolist(),
+                    "result_ids": DOCS[:3],
+                }
+                f.write(json.dumps(line) + "\n")
+        f.write("\n]\n" if fmt == "langsmith" else "")
+    return path.stat().st_size
+
+
+@pytest.mark.parametrize("fmt", ["langsmith", "jsonl"])
+def test_import_memory_does_not_grow_with_the_export(fmt: str, tmp_path: Path):
+    """Peak Python memory (tracemalloc) of reading and importing a 4x larger export stays
+    within 1.5x of the smaller one's, and below a third of the big file's size (before: the
+    whole file, then every record, was held: peaks several times the file's size)."""
+    import tracemalloc
+
+    peaks, sizes = [], []
+    for n in (250, 1000):
+        path = tmp_path / f"{fmt}-{n}.json"
+        sizes.append(_write_export(path, fmt, n))
+        s = NudgeState(
+            MemoryAdapter({d: {"id": d, "vector": [1.0] * DIM} for d in DOCS}, metric="cosine"),
+            tmp_path / f"state-{n}",
+            embed_queries=CountingEmbedder(),
+        )
+        tracemalloc.start()
+        try:
+            rep = s.import_traces(langsmith.read(path) if fmt == "langsmith" else jsonl.read(path))
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+            s.close()
+        assert rep.imported == n and rep.bad == []
+    assert sizes[1] > 3.9 * sizes[0] > 3.9 * 2.5e6
+    assert peaks[1] < 1.5 * peaks[0], (peaks, sizes)
+    assert peaks[1] < sizes[1] / 3, (peaks, sizes)
+
+
+def test_a_streamed_export_with_odd_items_imports_the_rest(tmp_path: Path, state: NudgeState):
+    """A LangSmith JSON array whose run 1 holds a document that is a number and whose end is
+    cut off: run 1 and the cut are listed as bad, the others imported."""
+    runs, _ = _langsmith_history()
+    good = [json.loads(r.model_dump_json()) for r in runs]
+    odd = {**good[1], "id": str(uuid.uuid4()), "outputs": {"documents": [42]}}
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps([good[1], odd, good[2]], indent=2)[:-1] + ', {"id": "cut')
+    rep = state.import_traces(langsmith.read(path))
+    assert rep.imported == 2 and [n for n, _, _ in rep.bad] == [1, 3]
+    assert "runs[1]: expected a record object or a dict, found int" in rep.bad[0][2]
+    assert re.search(r"runs\.json line \d+: not valid JSON .*rest of the file", rep.bad[1][2])
+
+
+def test_records_from_a_one_shot_iterator_say_so_when_read_again(state: NudgeState):
+    runs, feedback = _langsmith_history()
+    recs = langsmith.read(iter(runs), feedback)
+    assert state.import_traces(recs).imported == 2
+    with pytest.raises(NudgeError, match=r"read from an iterator, which is used up"):
+        state.import_traces(recs)
+    again = langsmith.read(runs, feedback)  # a list: read as often as wanted
+    assert len(again) == 2 and state.import_traces(again).skipped_duplicates == 2
+
+
+def test_a_progress_bar_counts_the_records(state: NudgeState, capsys: pytest.CaptureFixture):
+    pytest.importorskip("tqdm")
+    recs = [TraceRecord(query=f"q{i}", external_id=str(i), source="x") for i in range(300)]
+    assert state.import_traces(recs, progress=True).imported == 300
+    assert re.search(r"importing traces: .*300 records", capsys.readouterr().err)
+    state.import_traces(recs)  # not on a terminal: no bar
+    assert capsys.readouterr().err == ""

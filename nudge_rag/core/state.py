@@ -21,7 +21,14 @@ from nudge_rag.core.db import Database, StateLocation, state_part
 from nudge_rag.core.errors import NudgeError, UnknownIdError
 from nudge_rag.core.labels import POSITIVE_RATING
 from nudge_rag.core.last_trace import LastTrace
-from nudge_rag.core.records import ImportReport, TraceRecord, current_external_id, import_records
+from nudge_rag.core.records import (
+    MAX_FUTURE_S,
+    FutureTimes,
+    ImportReport,
+    TraceRecord,
+    current_external_id,
+    import_records,
+)
 from nudge_rag.core.stores.base import (
     Metric,
     StoreAdapter,
@@ -122,24 +129,48 @@ class NudgeState:
         )
 
     def import_traces(
-        self, records: Iterable[TraceRecord], *, source: str | None = None, strict: bool = False
+        self,
+        records: Iterable[TraceRecord],
+        *,
+        source: str | None = None,
+        strict: bool = False,
+        max_future_s: float | None = MAX_FUTURE_S,
+        future_times: FutureTimes | str = FutureTimes.CLAMP,
+        progress: bool | None = None,
     ) -> ImportReport:
         """Add past retrievals (from LangSmith, Langfuse, Phoenix, JSONL) to the trace log.
 
         ``records``: :class:`~nudge_rag.core.records.TraceRecord` items, e.g. from
-        ``nudge_rag.importers.langsmith.read(runs, feedback)``; ``source`` overrides each
-        record's id space. Original times are kept; queries without an embedding are embedded
-        with the store's embedding function, in batches. Idempotent on (source, external id):
-        importing the same export twice adds nothing, and feedback that arrived since joins the
-        trace it names (also a live search that ran in that run or span). Chunk ids the store
-        does not hold are dropped and counted; a bad record (no query, a bad embedding or time)
-        is reported with its reason in ``bad`` and never costs the others; with ``strict=True``
-        it raises a ``NudgeError`` naming it, and nothing is stored.
+        ``nudge_rag.importers.langsmith.read(runs, feedback)`` (read lazily and imported in
+        batches: memory does not grow with the export); ``source`` overrides each record's id
+        space. Original times are kept; queries without an embedding are embedded with the
+        store's embedding function, in batches. Idempotent on (source, external id): importing
+        the same export twice adds nothing, and feedback that arrived since joins the trace it
+        names (also a live search that ran in that run or span). Chunk ids the store does not
+        hold are dropped and counted. Each record is checked and converted before its batch is
+        written: a bad one (no query, a bad embedding, time, score, ``k``, id or filter, an item
+        the reader could not read, a row the database refuses) is reported with its reason in
+        ``bad`` and never costs the others; with ``strict=True`` it raises a ``NudgeError``
+        naming it, and nothing is stored (every row is then held until all are checked).
+
+        A time (of a record or its feedback) more than ``max_future_s`` seconds ahead of this
+        machine's clock (None: no limit) is kept at the import's time and counted in
+        ``future_times``, with one ``RuntimeWarning``; ``future_times="refuse"`` makes such a
+        record bad instead. ``progress``: a progress bar (tqdm, if installed; None: on a
+        terminal, after 2 s).
 
         Example: ``print(store.import_traces(langsmith.read(runs, feedback)))`` →
         ``imported 812 traces, 0 already there, 809 feedback rows; ...``.
         """
-        return import_records(self, records, source=source, strict=strict)
+        return import_records(
+            self,
+            records,
+            source=source,
+            strict=strict,
+            max_future_s=max_future_s,
+            future_times=future_times,
+            progress=progress,
+        )
 
     def record_feedback(
         self,

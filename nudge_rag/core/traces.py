@@ -745,7 +745,8 @@ class TraceLog:
         adds no trace (``INSERT ... ON CONFLICT DO NOTHING``), nor does one whose run or span a
         live trace with the same query ran in (external_id ``"<source>:<id>"``): its feedback
         rows not yet there join that trace. Returns per row (trace id, ``"new"`` /
-        ``"duplicate"`` / ``"live"``, feedback rows added).
+        ``"duplicate"`` / ``"live"``, feedback rows added), or (the reason, ``"refused"``, 0)
+        for a row the database refuses: it alone is left out, the others are written.
         """
         if batch_rows < 1:
             msg = f"batch_rows: expected a positive number of rows, found {batch_rows!r}."
@@ -754,10 +755,28 @@ class TraceLog:
         self.flush()
         out: list[tuple[str, str, int]] = []
         for start in range(0, len(rows), batch_rows):
-            with self._db() as conn, self._database.transaction(conn):
-                done = [_import_row(conn, r) for r in rows[start : start + batch_rows]]
+            chunk = rows[start : start + batch_rows]
+            with self._db() as conn:
+                try:
+                    with self._database.transaction(conn):
+                        done = [_import_row(conn, r) for r in chunk]
+                except self._row_errors:  # some row is refused: write them one by one
+                    with self._database.transaction(conn):
+                        done = [self._import_one(conn, r) for r in chunk]
             out.extend(done)
         return out
+
+    def _import_one(self, conn: Any, r: tuple) -> tuple[str, str, int]:
+        """:func:`_import_row` under a savepoint: a refused row is rolled back and named."""
+        conn.execute("SAVEPOINT one_row")
+        try:
+            done = _import_row(conn, r)
+        except self._row_errors as e:
+            conn.execute("ROLLBACK TO SAVEPOINT one_row")
+            reason = f"{self._database.product} refused the row: {type(e).__name__}: {e}"
+            return reason.encode("ascii", "backslashreplace").decode(), "refused", 0
+        conn.execute("RELEASE SAVEPOINT one_row")
+        return done
 
     # -- reading -------------------------------------------------------------------------------
     def iter_traces(

@@ -1,8 +1,10 @@
 """Readers that turn an observability tool's history into records for ``store.import_traces``.
 
-One small module per tool, each with a ``read(...)`` returning a list of
-:class:`~nudge_rag.core.records.TraceRecord`; the tools' SDKs are optional (their objects are
-read by attribute or as the JSON their APIs return, nothing imported here):
+One small module per tool, each with a ``read(...)`` returning its
+:class:`~nudge_rag.core.records.TraceRecord` items as lazy :class:`~nudge_rag.core.records.Records`
+(a file export is decoded one record at a time as ``import_traces`` consumes it, so memory does
+not grow with the export); the tools' SDKs are optional (their objects are read by attribute or
+as the JSON their APIs return, nothing imported here):
 
 - :mod:`~nudge_rag.importers.langsmith`: ``read(runs, feedback=())``, retriever runs and their
   feedback;
@@ -23,6 +25,6 @@ Example:
         print(store.import_traces(langsmith.read(runs, feedback)))
 """
 
-from nudge_rag.core.records import FeedbackRecord, ImportReport, TraceRecord
+from nudge_rag.core.records import FeedbackRecord, ImportReport, Records, TraceRecord, Unreadable
 
-__all__ = ["FeedbackRecord", "ImportReport", "TraceRecord"]
+__all__ = ["FeedbackRecord", "ImportReport", "Records", "TraceRecord", "Unreadable"]

@@ -1,16 +1,18 @@
-"""Helpers shared by the readers: objects as dicts, JSON files, documents as ids and scores."""
+"""Helpers shared by the readers: objects as dicts, JSON files read lazily, documents as ids
+and scores."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.records import FeedbackRecord
+from nudge_rag.core.records import FeedbackRecord, Records, TraceRecord, Unreadable
 
 POSITIVE_LABELS = frozenset(
     {"relevant", "correct", "yes", "true", "good", "positive", "1", "thumbs_up", "helpful"}
@@ -39,57 +41,240 @@ def as_dict(obj: Any) -> dict:
     raise NudgeError(msg)
 
 
-def items(source: Any, what: str, *, data_key: str | None = None) -> list[Any]:
-    """``source`` as a list: an iterable of objects, a JSON / JSONL file path, or an API page
-    (a dict whose ``data_key`` holds the list)."""
+def items(source: Any, what: str, *, data_key: str | None = None) -> Iterator[Any]:
+    """``source``'s items, one at a time: an iterable of objects, a JSON / JSONL file path (read
+    lazily, see :func:`iter_json_file`; an item it cannot read comes as an
+    :class:`~nudge_rag.core.records.Unreadable`), or an API page (a dict whose ``data_key``
+    holds the list)."""
     if source is None:
-        return []
+        return iter(())
     if isinstance(source, str | os.PathLike):
-        return load_json_file(Path(source), what, data_key=data_key)
+        return iter_json_file(Path(source), what, data_key=data_key)
     if isinstance(source, Mapping):
         if data_key is not None and isinstance(source.get(data_key), list):
-            return list(source[data_key])
-        return [source]
+            return iter(source[data_key])
+        return iter([source])
     if isinstance(source, Iterable):
-        return list(source)
+        return iter(source)
     msg = f"{what}: expected a list of records or a JSON/JSONL path, found {type(source).__name__}."
     raise NudgeError(msg)
 
 
-def load_json_file(path: Path, what: str, *, data_key: str | None = None) -> list[Any]:
-    """The records of a JSON file (a list, or a page with ``data_key``) or a JSONL file."""
+def one_shot(source: Any) -> bool:
+    """Whether ``source`` can be iterated only once (a generator, an iterator)."""
+    return isinstance(source, Iterator)
+
+
+def every(source: Any, what: str, *, data_key: str | None = None) -> Iterator[Any]:
+    """Every item of ``source`` (see :func:`items`); an unreadable one raises a NudgeError."""
+    for x in items(source, what, data_key=data_key):
+        if isinstance(x, Unreadable):
+            raise NudgeError(str(x))
+        yield x
+
+
+def lazy(produce: Callable[[], Iterator[Any]], *sources: Any) -> Records:
+    """A reader's :class:`~nudge_rag.core.records.Records` from ``produce`` (a generator
+    function over its ``sources``): readable again unless a source is a one-shot iterator."""
+    return Records(produce, once=any(one_shot(s) for s in sources))
+
+
+def converted(where: str, make: Callable[..., TraceRecord], *args: Any) -> TraceRecord | Unreadable:
+    """``make(*args)``, or an Unreadable naming ``where`` and why it failed (one odd item of an
+    export must not end the import)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return make(*args)
+    except Exception as e:  # any failure costs this item only
+        why = str(e) if isinstance(e, NudgeError) else f"{type(e).__name__}: {e}"
+        return Unreadable(where, why)
+
+
+def iter_json_file(path: Path, what: str, *, data_key: str | None = None) -> Iterator[Any]:
+    """The records of a JSON or JSONL file, decoded one at a time: memory holds about one record,
+    however large the file.
+
+    A top-level array yields its items; otherwise each top-level value (JSONL: one a line, or a
+    single document spread over lines) is a record, except an object whose ``data_key`` holds
+    an array (an API page), which yields that array's items. A value that is not valid JSON
+    comes as an :class:`~nudge_rag.core.records.Unreadable` naming its line; in JSONL the next
+    line is read next, inside an array the rest of the file cannot be read.
+    """
+    try:
+        f = path.open(encoding="utf-8", errors="surrogateescape")
     except OSError as e:
         msg = f"{what}: cannot read {path} ({e}); pass the path of a JSON or JSONL export."
         raise NudgeError(msg) from None
-    stripped = text.lstrip()
-    if stripped.startswith("["):
+    return _file_items(f, path, what, data_key)
+
+
+def _file_items(f: Any, path: Path, what: str, data_key: str | None) -> Iterator[Any]:
+    with f:
+        s = _JsonStream(f)
         try:
-            return list(json.loads(text))
-        except json.JSONDecodeError as e:
-            msg = f"{what}: {path} is not valid JSON ({e})."
-            raise NudgeError(msg) from None
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            if n == 1:  # one JSON document spread over lines
+            if s.peek() == "[":
+                s.take("[")
+                yield from _array(s, path, what)
+                return
+            while s.peek():
                 try:
-                    whole = json.loads(text)
-                except json.JSONDecodeError:
-                    pass
-                else:
-                    return items(whole, what, data_key=data_key)
-            msg = f"{what}: {path} line {n} is not valid JSON ({e}); fix or remove that line."
-            raise NudgeError(msg) from None
-        out.append(obj)
-    if len(out) == 1 and isinstance(out[0], Mapping) and data_key in out[0]:
-        return items(out[0], what, data_key=data_key)
-    return out
+                    if s.peek() == "{" and data_key is not None:
+                        yield from _object(s, path, what, data_key)
+                    else:
+                        yield s.value()
+                except _BadJson as e:
+                    yield Unreadable(f"{what}: {path} line {e.line}", f"not valid JSON ({e.why})")
+                    s.skip_line()
+        except _Stop:
+            return
+
+
+class _BadJson(Exception):
+    def __init__(self, line: int, why: str) -> None:
+        self.line, self.why = line, why
+
+
+class _Stop(Exception):
+    """The rest of the file cannot be read (said by the Unreadable just yielded)."""
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+_CHUNK = 1 << 18  # characters read at a time (more when one value is longer)
+_MARGIN = 32  # a value decoded this close to the buffer's end may go on (a number's exponent)
+
+
+class _JsonStream:
+    """JSON values decoded one at a time from a text file, through a buffer that holds about one
+    value (``json.JSONDecoder.raw_decode``; a value cut by the buffer's end is read again with
+    more text)."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+        self.buf = ""
+        self.pos = 0
+        self.eof = False
+        self.lines = 1  # the line of buf[counted]
+        self.counted = 0
+
+    def _more(self, at_least: int = _CHUNK) -> bool:
+        """Drop the text read, append more; False at the end of the file."""
+        if self.pos:
+            self.lines = self.line(self.pos)
+            self.buf = self.buf[self.pos :]
+            self.pos = self.counted = 0
+        if self.eof:
+            return False
+        chunk = self.f.read(max(at_least, _CHUNK))
+        if not chunk:
+            self.eof = True
+            return False
+        self.buf += chunk
+        return True
+
+    def line(self, pos: int | None = None) -> int:
+        """The line number at ``pos`` (default: here); counted once, as the reading goes on."""
+        pos = self.pos if pos is None else pos
+        if pos < self.counted:
+            return self.lines - self.buf.count("\n", pos, self.counted)
+        self.lines += self.buf.count("\n", self.counted, pos)
+        self.counted = pos
+        return self.lines
+
+    def peek(self) -> str:
+        """The next character that is not white space ('' at the end of the file)."""
+        while True:
+            self.pos = _WS.match(self.buf, self.pos).end()  # type: ignore[union-attr]
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self._more():
+                return ""
+
+    def take(self, ch: str) -> None:
+        found = self.peek()
+        if found != ch:
+            raise _BadJson(self.line(), f"expected {ch!r}, found {found or 'the end'!r}")
+        self.pos += 1
+
+    def value(self) -> Any:
+        self.peek()
+        while True:
+            try:
+                obj, end = _DECODER.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError as e:
+                cut = e.msg.startswith("Unterminated string") or e.pos + _MARGIN >= len(self.buf)
+                if cut and not self.eof:
+                    self._more(2 * (len(self.buf) - self.pos))  # moves the text: decode again
+                    continue
+                raise _BadJson(self.line(), e.msg) from None
+            except RecursionError:
+                raise _BadJson(self.line(), "nested too deeply") from None
+            if end + _MARGIN > len(self.buf) and not self.eof:
+                self._more(2 * (len(self.buf) - self.pos))
+                continue
+            self.pos = end
+            return obj
+
+    def skip_line(self) -> None:
+        """Skip past the end of this line (after a bad value)."""
+        while True:
+            nl = self.buf.find("\n", self.pos)
+            if nl >= 0:
+                self.pos = nl + 1
+                return
+            self.pos = len(self.buf)
+            if not self._more():
+                return
+
+
+def _array(s: _JsonStream, path: Path, what: str) -> Iterator[Any]:
+    """The items of an array whose ``[`` was taken; a bad item ends it (nothing after can be
+    told apart)."""
+    try:
+        if s.peek() == "]":
+            s.take("]")
+            return
+        while True:
+            yield s.value()
+            if s.peek() == ",":
+                s.take(",")
+                continue
+            s.take("]")
+            return
+    except _BadJson as e:
+        yield Unreadable(
+            f"{what}: {path} line {e.line}",
+            f"not valid JSON ({e.why}); the rest of the file was not read",
+        )
+        raise _Stop from None
+
+
+def _object(s: _JsonStream, path: Path, what: str, data_key: str) -> Iterator[Any]:
+    """A top-level object read key by key: a page's ``data_key`` array yields its items, one
+    at a time; any other object is one record."""
+    s.take("{")
+    out: dict[str, Any] = {}
+    page = False
+    if s.peek() == "}":
+        s.take("}")
+    else:
+        while True:
+            key = s.value()
+            if not isinstance(key, str):
+                raise _BadJson(s.line(), f"expected a key, found {key!r:.40}")
+            s.take(":")
+            if key == data_key and s.peek() == "[":
+                page = True
+                s.take("[")
+                yield from _array(s, path, what)
+            else:
+                out[key] = s.value()
+            if s.peek() == ",":
+                s.take(",")
+                continue
+            s.take("}")
+            break
+    if not page:
+        yield out
 
 
 def get(d: Mapping, *keys: str, default: Any = None) -> Any:

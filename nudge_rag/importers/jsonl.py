@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.records import JSONL, FeedbackRecord, TraceRecord
+from nudge_rag.core.records import JSONL, FeedbackRecord, Records, TraceRecord, Unreadable
+from nudge_rag.importers._common import converted
 
 __all__ = ["read"]
 
@@ -46,40 +47,54 @@ _FIELDS = {
 }
 
 
-def read(path: str | os.PathLike[str], *, source: str = JSONL) -> list[TraceRecord]:
-    """The records of the JSONL file ``path`` (a line that is not a JSON object is an error
-    naming it, and nothing is returned)."""
+def read(path: str | os.PathLike[str], *, source: str = JSONL) -> Records:
+    """The records of the JSONL file ``path``, read lazily (one line at a time, as they are
+    iterated). A line that is not a JSON object of the schema comes as an item naming it:
+    ``import_traces`` lists it in ``report.bad`` and imports the rest; iterating raises."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        p.open("rb").close()
     except OSError as e:
         msg = f"path: cannot read {p} ({e}); pass the path of a JSONL file."
         raise NudgeError(msg) from None
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            msg = f"{p} line {n}: not valid JSON ({e}); fix or remove that line."
-            raise NudgeError(msg) from None
-        if not isinstance(obj, Mapping):
-            msg = f"{p} line {n}: expected a JSON object, found {type(obj).__name__}."
-            raise NudgeError(msg)
-        out.append(record(obj, where=f"{p} line {n}", source=source))
-    return out
+
+    def records() -> Iterator[TraceRecord | Unreadable]:
+        with p.open(encoding="utf-8", errors="surrogateescape") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    why = f"not valid JSON ({e.msg}, column {e.colno}); fix or remove that line."
+                    yield Unreadable(f"{p} line {n}", why)
+                    continue
+                except RecursionError:
+                    yield Unreadable(f"{p} line {n}", "not valid JSON (nested too deeply).")
+                    continue
+                if not isinstance(obj, Mapping):
+                    why = f"expected a JSON object, found {type(obj).__name__}."
+                    yield Unreadable(f"{p} line {n}", why)
+                    continue
+                yield converted(f"{p} line {n}", _record, obj, source)
+
+    return Records(records, once=False)
+
+
+def _record(obj: Mapping[str, Any], source: str) -> TraceRecord:
+    return record(obj, where="", source=source)
 
 
 def record(obj: Mapping[str, Any], *, where: str = "record", source: str = JSONL) -> TraceRecord:
     """One JSONL object as a TraceRecord (unknown keys are an error naming them)."""
+    at = f"{where}: " if where else ""
     extra = sorted(set(obj) - _FIELDS)
     if extra:
-        msg = f"{where}: unknown fields {extra}; the schema's fields are {sorted(_FIELDS)}."
+        msg = f"{at}unknown fields {extra}; the schema's fields are {sorted(_FIELDS)}."
         raise NudgeError(msg)
     feedback = obj.get("feedback") or []
     if not isinstance(feedback, list) or not all(isinstance(f, Mapping) for f in feedback):
-        msg = f"{where}: feedback must be a list of objects, found {feedback!r:.80}."
+        msg = f"{at}feedback must be a list of objects, found {feedback!r:.80}."
         raise NudgeError(msg)
     fb = []
     for f in feedback:

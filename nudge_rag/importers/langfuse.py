@@ -22,19 +22,22 @@ Mapping:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.records import LANGFUSE, FeedbackRecord, TraceRecord
+from nudge_rag.core.records import LANGFUSE, FeedbackRecord, Records, TraceRecord, Unreadable
 from nudge_rag.importers._common import (
     as_dict,
+    converted,
     document_id,
     document_score,
+    every,
     feedback_record,
     get,
     items,
     label_relevance,
+    lazy,
     number_or_nan,
     query_text,
     scaled_rating,
@@ -52,18 +55,19 @@ def read(
     id_key: str | None = None,
     score_key: str | None = None,
     numeric_range: tuple[float, float] = (0.0, 1.0),
-) -> list[TraceRecord]:
+) -> Records:
     """Records of the retriever observations with the scores on them or their traces.
 
     ``names``: also read observations with these names (spans a user made around a search).
     ``numeric_range``: the (worst, best) of your ``NUMERIC`` scores, mapped onto nudge-rag's 0..1
-    ratings (0.5 and above is a liked answer): ``(1, 5)`` for five stars.
+    ratings (0.5 and above is a liked answer): ``(1, 5)`` for five stars. The scores are read
+    now (and held, by observation); the observations lazily, as the records are iterated.
     """
     scale = score_scale(numeric_range)
     wanted = set(names)
     by_obs: dict[str, list[FeedbackRecord]] = {}
     by_trace: dict[str, list[FeedbackRecord]] = {}
-    for n, s in enumerate(items(scores, "scores", data_key="data")):
+    for n, s in enumerate(every(scores, "scores", data_key="data")):
         d = _dict(s, f"scores[{n}]")
         record = _feedback(d, scale)
         if record is None:
@@ -73,34 +77,52 @@ def read(
             by_obs.setdefault(str(obs), []).append(record)
         elif get(d, "traceId", "trace_id") is not None:
             by_trace.setdefault(str(get(d, "traceId", "trace_id")), []).append(record)
-    out = []
-    for n, o in enumerate(items(observations, "observations", data_key="data")):
-        d = _dict(o, f"observations[{n}]")
-        if str(d.get("type", "")).upper() != "RETRIEVER" and d.get("name") not in wanted:
-            continue
-        oid = str(d.get("id"))
-        output = d.get("output")
-        if isinstance(output, Mapping):
-            output = get(output, "documents", "nodes", "results", default=[])
-        docs = output if isinstance(output, list) else []
-        ids = [document_id(doc, id_key) for doc in docs]
-        trace = get(d, "traceId", "trace_id")
-        out.append(
-            TraceRecord(
-                query=query_text(d.get("input")),
-                result_ids=[i for i in ids if i is not None],
-                scores=[
-                    document_score(doc, score_key)
-                    for doc, i in zip(docs, ids, strict=True)
-                    if i is not None
-                ],
-                time=get(d, "startTime", "start_time"),
-                external_id=oid,
-                source=LANGFUSE,
-                feedback=by_obs.get(oid, []) + by_trace.get(str(trace), []),
-            )
-        )
-    return out
+
+    def records() -> Iterator[TraceRecord | Unreadable]:
+        for n, o in enumerate(items(observations, "observations", data_key="data")):
+            if isinstance(o, Unreadable):
+                yield o
+                continue
+            try:
+                d = as_dict(o)
+            except NudgeError as e:
+                why = f"{e}; pass Langfuse API objects or their JSON."
+                yield Unreadable(f"observations[{n}]", why)
+                continue
+            if str(d.get("type", "")).upper() != "RETRIEVER" and d.get("name") not in wanted:
+                continue
+            yield converted(f"observations[{n}]", _record, d, by_obs, by_trace, id_key, score_key)
+
+    return lazy(records, observations)
+
+
+def _record(
+    d: Mapping,
+    by_obs: dict[str, list[FeedbackRecord]],
+    by_trace: dict[str, list[FeedbackRecord]],
+    id_key: str | None,
+    score_key: str | None,
+) -> TraceRecord:
+    oid = str(d.get("id"))
+    output = d.get("output")
+    if isinstance(output, Mapping):
+        output = get(output, "documents", "nodes", "results", default=[])
+    docs = output if isinstance(output, list) else []
+    ids = [document_id(doc, id_key) for doc in docs]
+    trace = get(d, "traceId", "trace_id")
+    return TraceRecord(
+        query=query_text(d.get("input")),
+        result_ids=[i for i in ids if i is not None],
+        scores=[
+            document_score(doc, score_key)
+            for doc, i in zip(docs, ids, strict=True)
+            if i is not None
+        ],
+        time=get(d, "startTime", "start_time"),
+        external_id=oid,
+        source=LANGFUSE,
+        feedback=by_obs.get(oid, []) + by_trace.get(str(trace), []),
+    )
 
 
 def _dict(obj: Any, where: str) -> dict:

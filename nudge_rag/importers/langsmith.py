@@ -22,18 +22,21 @@ Mapping:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.records import LANGSMITH, FeedbackRecord, TraceRecord
+from nudge_rag.core.records import LANGSMITH, FeedbackRecord, Records, TraceRecord, Unreadable
 from nudge_rag.importers._common import (
     as_dict,
+    converted,
     document_id,
     document_score,
+    every,
     feedback_record,
     get,
     items,
+    lazy,
     number_or_nan,
     query_text,
     scaled_rating,
@@ -50,16 +53,17 @@ def read(
     id_key: str | None = None,
     score_key: str | None = None,
     numeric_range: tuple[float, float] = (0.0, 1.0),
-) -> list[TraceRecord]:
+) -> Records:
     """Records of the retriever runs in ``runs`` with the ``feedback`` on them or their traces.
 
     ``runs`` / ``feedback``: ``Run`` / ``Feedback`` objects, dicts, or a JSON / JSONL path.
     ``id_key``: the document metadata key holding the chunk id (default: the document's id).
     ``numeric_range``: the (worst, best) of numeric feedback scores, mapped onto 0..1 ratings.
+    The feedback is read now (and held, by run); the runs lazily, as the records are iterated.
     """
     scale = score_scale(numeric_range)
     by_run: dict[str, list[FeedbackRecord]] = {}
-    for n, f in enumerate(items(feedback, "feedback")):
+    for n, f in enumerate(every(feedback, "feedback")):
         try:
             d = as_dict(f)
         except NudgeError as e:
@@ -69,38 +73,53 @@ def read(
         record = _feedback(d, scale)
         if target is not None and record is not None:
             by_run.setdefault(str(target), []).append(record)
-    out = []
-    for n, r in enumerate(items(runs, "runs")):
-        try:
-            d = as_dict(r)
-        except NudgeError as e:
-            msg = f"runs[{n}]: {e}; pass langsmith Run objects or their JSON."
-            raise NudgeError(msg) from None
-        if d.get("run_type") != "retriever":
-            continue
-        run_id = str(d.get("id"))
-        docs = (d.get("outputs") or {}).get("documents") or []
-        ids = [document_id(doc, id_key) for doc in docs]
-        fb = by_run.get(run_id, [])
-        trace = d.get("trace_id")
-        if trace is not None and str(trace) != run_id:
-            fb = fb + by_run.get(str(trace), [])
-        out.append(
-            TraceRecord(
-                query=query_text(d.get("inputs") or {}),
-                result_ids=[i for i in ids if i is not None],
-                scores=[
-                    document_score(doc, score_key)
-                    for doc, i in zip(docs, ids, strict=True)
-                    if i is not None
-                ],
-                time=d.get("start_time"),
-                external_id=run_id,
-                source=LANGSMITH,
-                feedback=fb,
-            )
-        )
-    return out
+
+    def records() -> Iterator[TraceRecord | Unreadable]:
+        for n, r in enumerate(items(runs, "runs")):
+            if isinstance(r, Unreadable):
+                yield r
+                continue
+            try:
+                d = as_dict(r)
+            except NudgeError as e:
+                yield Unreadable(f"runs[{n}]", f"{e}; pass langsmith Run objects or their JSON.")
+                continue
+            if d.get("run_type") != "retriever":
+                continue
+            yield converted(f"runs[{n}]", _record, d, by_run, id_key, score_key)
+
+    return lazy(records, runs)
+
+
+def _record(
+    d: Mapping, by_run: dict[str, list[FeedbackRecord]], id_key: str | None, score_key: str | None
+) -> TraceRecord:
+    run_id = str(d.get("id"))
+    docs = _documents(d.get("outputs"))
+    ids = [document_id(doc, id_key) for doc in docs]
+    fb = by_run.get(run_id, [])
+    trace = d.get("trace_id")
+    if trace is not None and str(trace) != run_id:
+        fb = fb + by_run.get(str(trace), [])
+    return TraceRecord(
+        query=query_text(d.get("inputs") or {}),
+        result_ids=[i for i in ids if i is not None],
+        scores=[
+            document_score(doc, score_key)
+            for doc, i in zip(docs, ids, strict=True)
+            if i is not None
+        ],
+        time=d.get("start_time"),
+        external_id=run_id,
+        source=LANGSMITH,
+        feedback=fb,
+    )
+
+
+def _documents(outputs: Any) -> list[Any]:
+    """A run's output documents (none when its outputs are not shaped so)."""
+    docs = outputs.get("documents") if isinstance(outputs, Mapping) else None
+    return list(docs) if isinstance(docs, list) else []
 
 
 def _ids(value: Any) -> tuple[list[str], list[str]]:

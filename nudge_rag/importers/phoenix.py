@@ -20,16 +20,26 @@ relevant and below irrelevant. Every judged document of a span becomes one feedb
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.records import OTEL, FeedbackRecord, TraceRecord, span_id_text
+from nudge_rag.core.records import (
+    OTEL,
+    FeedbackRecord,
+    Records,
+    TraceRecord,
+    Unreadable,
+    span_id_text,
+)
 from nudge_rag.importers._common import (
+    converted,
     document_id,
+    every,
     get,
     items,
     label_relevance,
+    lazy,
     number_or_nan,
     query_text,
 )
@@ -39,47 +49,53 @@ __all__ = ["read"]
 _DOC_PREFIX = "retrieval.documents."
 
 
-def read(
-    spans_df: Any, annotations_df: Any = None, *, id_key: str | None = None
-) -> list[TraceRecord]:
+def read(spans_df: Any, annotations_df: Any = None, *, id_key: str | None = None) -> Records:
     """Records of the RETRIEVER spans with their documents' annotations.
 
     ``spans_df``: a Phoenix spans dataframe, a list of its rows as dicts, or OTLP/JSON (a dict
     or a path). ``annotations_df``: document annotations (a dataframe or a list of dicts).
     ``id_key``: the document metadata key holding the chunk id (default: ``document.id``).
+    The annotations are read now (and held, by span); the spans lazily, as the records are
+    iterated (a file one span batch at a time, a dataframe 1,000 rows at a time).
     """
-    spans = _span_rows(spans_df)
     judged = _annotations(annotations_df)
-    out = []
-    for row in spans:
-        kind = get(row, "span_kind", "attributes.openinference.span.kind", default="")
-        if str(kind).upper() != "RETRIEVER":
-            continue
-        span = span_id_text(get(row, "context.span_id", "span_id"))
-        docs = _documents(row.get("attributes.retrieval.documents"))
-        ids = [document_id(doc, id_key) for doc in docs]
-        feedback = []
-        verdicts = judged.get(span, {})
-        rel = [i for p, ok in sorted(verdicts.items()) if ok and (i := _at(ids, p))]
-        irr = [i for p, ok in sorted(verdicts.items()) if not ok and (i := _at(ids, p))]
-        if rel or irr:
-            feedback.append(FeedbackRecord(relevant_ids=rel, irrelevant_ids=irr))
-        out.append(
-            TraceRecord(
-                query=query_text(row.get("attributes.input.value")),
-                result_ids=[i for i in ids if i is not None],
-                scores=[
-                    number_or_nan(d.get("document.score")) if isinstance(d, Mapping) else None
-                    for d, i in zip(docs, ids, strict=True)
-                    if i is not None
-                ],
-                time=row.get("start_time"),
-                external_id=span,
-                source=OTEL,
-                feedback=feedback,
-            )
-        )
-    return out
+
+    def records() -> Iterator[TraceRecord | Unreadable]:
+        for n, row in enumerate(_span_rows(spans_df)):
+            if isinstance(row, Unreadable):
+                yield row
+                continue
+            kind = get(row, "span_kind", "attributes.openinference.span.kind", default="")
+            if str(kind).upper() != "RETRIEVER":
+                continue
+            yield converted(f"spans_df row {n}", _record, row, judged, id_key)
+
+    return lazy(records, spans_df)
+
+
+def _record(row: Mapping, judged: dict[str, dict[int, bool]], id_key: str | None) -> TraceRecord:
+    span = span_id_text(get(row, "context.span_id", "span_id"))
+    docs = _documents(row.get("attributes.retrieval.documents"))
+    ids = [document_id(doc, id_key) for doc in docs]
+    feedback = []
+    verdicts = judged.get(span, {})
+    rel = [i for p, ok in sorted(verdicts.items()) if ok and (i := _at(ids, p))]
+    irr = [i for p, ok in sorted(verdicts.items()) if not ok and (i := _at(ids, p))]
+    if rel or irr:
+        feedback.append(FeedbackRecord(relevant_ids=rel, irrelevant_ids=irr))
+    return TraceRecord(
+        query=query_text(row.get("attributes.input.value")),
+        result_ids=[i for i in ids if i is not None],
+        scores=[
+            number_or_nan(d.get("document.score")) if isinstance(d, Mapping) else None
+            for d, i in zip(docs, ids, strict=True)
+            if i is not None
+        ],
+        time=row.get("start_time"),
+        external_id=span,
+        source=OTEL,
+        feedback=feedback,
+    )
 
 
 def _at(ids: list[str | None], p: int) -> str | None:
@@ -101,28 +117,53 @@ def _documents(docs: Any) -> list[Any]:
         return []
 
 
+_FRAME_ROWS = 1000  # dataframe rows turned into dicts at a time
+
+
+def _is_frame(df: Any) -> bool:
+    return callable(getattr(df, "to_dict", None)) and hasattr(df, "reset_index")
+
+
+def _frame_rows(df: Any) -> Iterator[dict]:
+    """A dataframe's rows as dicts (its named index as columns), a slice at a time."""
+    names = [n for n in getattr(df.index, "names", []) if n is not None]
+    for start in range(0, len(df), _FRAME_ROWS):
+        part = df.iloc[start : start + _FRAME_ROWS]
+        yield from (part.reset_index() if names else part).to_dict("records")
+
+
 def _records(df: Any) -> list[dict]:
     """A dataframe's rows (with its index as columns) or a list of dicts."""
-    to_dict = getattr(df, "to_dict", None)
-    if callable(to_dict) and hasattr(df, "reset_index"):
-        names = [n for n in getattr(df.index, "names", []) if n is not None]
-        if names:
-            df = df.reset_index()
-        return list(df.to_dict("records"))
-    return [dict(r) for r in items(df, "spans_df")]
+    if _is_frame(df):
+        return list(_frame_rows(df))
+    return [dict(r) for r in every(df, "annotations_df")]
 
 
-def _span_rows(spans_df: Any) -> list[dict]:
-    if isinstance(spans_df, str) or hasattr(spans_df, "__fspath__"):
-        spans_df = items(spans_df, "spans_df")
-        if len(spans_df) == 1 and isinstance(spans_df[0], Mapping):
-            spans_df = spans_df[0]
+def _span_rows(spans_df: Any) -> Iterator[dict | Unreadable]:
+    """Span rows shaped like Phoenix's dataframe, one at a time, from any input ``read`` takes
+    (OTLP/JSON is turned into rows one resource's spans at a time)."""
     if isinstance(spans_df, Mapping) and "resourceSpans" in spans_df:
-        return _otlp_rows(spans_df)
-    first = spans_df[0] if isinstance(spans_df, list) and spans_df else None
-    if isinstance(first, Mapping) and "resourceSpans" in first:
-        return [r for page in spans_df for r in _otlp_rows(page)]
-    return _records(spans_df)
+        source: Iterator[Any] = iter(spans_df.get("resourceSpans") or [])
+    elif _is_frame(spans_df):
+        source = _frame_rows(spans_df)
+    else:
+        source = items(spans_df, "spans_df", data_key="resourceSpans")
+    for n, x in enumerate(source):
+        if isinstance(x, Unreadable):
+            yield x
+        elif isinstance(x, Mapping) and (
+            "resourceSpans" in x or "scopeSpans" in x or "instrumentationLibrarySpans" in x
+        ):
+            try:
+                rows = _otlp_rows(x if "resourceSpans" in x else {"resourceSpans": [x]})
+            except Exception as e:  # a malformed batch costs its spans only
+                yield Unreadable(f"spans_df[{n}]", f"malformed OTLP/JSON ({type(e).__name__}: {e})")
+                continue
+            yield from rows
+        elif isinstance(x, Mapping):
+            yield dict(x)
+        else:
+            yield Unreadable(f"spans_df[{n}]", f"expected a span row, found {type(x).__name__}")
 
 
 def _otlp_value(v: Mapping) -> Any:
