@@ -120,7 +120,7 @@ def race(
         put.after = lose_and_move
     else:  # in-commit: B starts while A's committing transaction is open; A does not wait
         a._conn = _AfterStatement(
-            a._conn, "DELETE FROM intent WHERE token", lambda: lose_and_move(wait=False)
+            a._conn, "DELETE FROM intent", lambda: lose_and_move(wait=False)
         )
     try:
         got["a"] = a.apply(VEC_A, note="a")
