@@ -119,9 +119,7 @@ def race(
     elif point == "after-write":
         put.after = lose_and_move
     else:  # in-commit: B starts while A's committing transaction is open; A does not wait
-        a._conn = _AfterStatement(
-            a._conn, "DELETE FROM intent", lambda: lose_and_move(wait=False)
-        )
+        a._conn = _AfterStatement(a._conn, "DELETE FROM intent", lambda: lose_and_move(wait=False))
     try:
         got["a"] = a.apply(VEC_A, note="a")
     except Exception as e:  # reported by the test

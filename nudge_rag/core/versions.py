@@ -17,13 +17,19 @@ Crash safety: every move first commits an *intent* row together with all the vec
 then writes the store (idempotent writes), then commits the new current version and clears the
 intent. Opening the log completes an unfinished move, so the store is always exactly at one
 version. The database's lock serialises moves between processes (a file lock next to a SQLite
-log, an advisory lock in Postgres: ``nudge_rag.core.db``).
+log, an advisory lock in Postgres: ``nudge_rag.core.db``). A lock can be lost mid-move (its
+Postgres connection dropped), so moves are fenced too: a move begins only if the log is still at
+the moves and version it read, and writes the store and commits only while the intent row holds
+its token (a process completing someone's interrupted move claims it with a new token first); a
+move that lost raises ``ConcurrentMoveError`` after putting back what it wrote.
 
 Drift between the log and the store is detected, never served silently:
 
 - a *marker* file next to a SQLite log (``versions.marker.json``, replaced atomically after every
   move) records the log's identity and its number of moves, so a log that was deleted, emptied,
-  replaced by another one or restored from an older copy is noticed when it is opened;
+  replaced by another one or restored from an older copy is noticed when it is opened; in
+  Postgres the ``<prefix>_traces`` and ``<prefix>_labels`` schemas hold the log's id and moves
+  (advanced inside each move's transaction), so one schema restored from an older dump is named;
 - every version keeps a *fingerprint* of the rows it wrote (count and XOR of per-row SHA-256),
   checked by :meth:`VersionLog.verify`;
 - opening the log reads a sample of nudged rows back from the store and compares them with the
