@@ -489,8 +489,8 @@ class VersionLog:
                 raise NudgeError(msg)
             known = self._ids_in("base", ids)
             new_base = [(i, _blob(current_now[n]), 0) for n, i in enumerate(ids) if i not in known]
-            seen = self._moves_and_current(conn)
-            cur = seen[1]
+            at = self._moves_and_current(conn)
+            cur = at[1]
             named = set(ids)
             stale = [i for i in self._ids_between(0, cur) if i not in named] if from_base else []
             base_of_stale = self._vectors_at(0, stale) if stale else np.zeros((0, 0))
@@ -500,7 +500,7 @@ class VersionLog:
             for i, blob in new_rows:
                 xor ^= _row_hash(i, blob)
             with self._tx():
-                self._claim_move(conn, "apply", seen)
+                self._claim_move(conn, "apply", at)
                 ver = int(conn.execute("SELECT max(version) FROM versions").fetchone()[0]) + 1
                 conn.executemany("INSERT INTO base VALUES (?, ?, ?)", new_base)
                 conn.execute(
@@ -536,8 +536,8 @@ class VersionLog:
             self._require_ok(moving=True)
             conn = self._conn_()
             self._recover()
-            seen = self._moves_and_current(conn)
-            cur = seen[1]
+            at = self._moves_and_current(conn)
+            cur = at[1]
             if version is None:
                 if cur == 0:
                     msg = (
@@ -556,7 +556,7 @@ class VersionLog:
             if version == cur:
                 return cur
             with self._tx():
-                self._claim_move(conn, "rollback", seen)
+                self._claim_move(conn, "rollback", at)
                 token = self._insert_intent(conn, "rollback", cur, version)
             self._finish_move(cur, version, token=token)
         return version
