@@ -937,10 +937,8 @@ class VersionLog:
         """
         if self.read_only:
             return
-        if self.marker_path is None:  # Postgres: the other schemas hold the marker
-            if self._parts_to_mark(self._conn_()):
-                with self._tx():
-                    self._mark_parts(self._conn_(), every=False)
+        if self.marker_path is None:  # Postgres: the other schemas hold it, advanced by moves
+            self._mark_new_parts()
             return
         conn = self._conn_()
         data: dict[str, Any] = {
@@ -968,11 +966,16 @@ class VersionLog:
         prefix = str(schema)[: -len("_versions")]
         return {part: f"{prefix}_{part}" for part in ("traces", "labels")}
 
-    def _part_marks(self, conn: Any) -> dict[str, tuple[str | None, int | None] | None]:
-        """Per other part: (log id, moves) its schema's marker holds; None if it has no meta."""
+    def _part_marks(
+        self, conn: Any, parts: Iterable[str] | None = None
+    ) -> dict[str, tuple[str | None, int | None] | None]:
+        """Per other part (``parts``: those only): (log id, moves) its schema's marker holds;
+        None if it has no meta table."""
         schemas = self._part_schemas()
         out: dict[str, tuple[str | None, int | None] | None] = {}
         for part, schema in schemas.items():
+            if parts is not None and part not in parts:
+                continue
             found = conn.execute("SELECT to_regclass(?)", (f'"{schema}".meta',)).fetchone()[0]
             if found is None:
                 out[part] = None
@@ -993,11 +996,17 @@ class VersionLog:
     def _parts_to_mark(self, conn: Any) -> list[str]:
         """Parts whose schema exists, carries no marker and was never marked (created since)."""
         schemas = self._part_schemas()
-        if not schemas or set(schemas) <= self._listed_parts(conn):
-            return []
-        marks = self._part_marks(conn)
-        listed = self._listed_parts(conn)
-        return [p for p, m in marks.items() if m == (None, None) and p not in listed]
+        listed = self._listed_parts(conn) if schemas else set()
+        new = [p for p in schemas if p not in listed]
+        marks = self._part_marks(conn, new) if new else {}
+        return [p for p, m in marks.items() if m == (None, None)]
+
+    def _mark_new_parts(self) -> None:
+        """Mark the parts created since they were last looked for (Postgres: a label cache made
+        after the state); a no-op when every part is marked."""
+        if self._parts_to_mark(self._conn_()):
+            with self._tx():
+                self._mark_parts(self._conn_(), every=False)
 
     def _mark_parts(self, conn: Any, *, every: bool) -> list[str]:
         """In a transaction: write the log's identity and moves into the other parts' schemas
