@@ -76,14 +76,18 @@ def race(
     point: str,
     same_ids: bool,
     lose_lock: Callable[[VersionLog, VersionLog], None],
+    op: str = "apply",
 ) -> dict[str, Any]:
-    """A applies; at ``point`` its lock is lost and B applies; what each got and what is left."""
+    """A applies (``op="rollback"``: applies, then rolls back to 0); at ``point`` of that move
+    its lock is lost and B applies; what each got and what is left."""
     records: dict[str, Any] = {i: {"id": i, "vector": v.tolist()} for i, v in BASE.items()}
     put = _Put(MemoryAdapter(records, metric="ip"))
     a = VersionLog(make_db(), put)  # type: ignore[arg-type]
     b = VersionLog(make_db(), MemoryAdapter(records, metric="ip"))
     vec_b = VEC_B_SAME if same_ids else VEC_B_OTHER
     got: dict[str, Any] = {}
+    if op == "rollback":
+        assert a.apply(VEC_A, note="a") == 1
 
     def apply_b() -> None:
         try:
@@ -121,7 +125,7 @@ def race(
     else:  # in-commit: B starts while A's committing transaction is open; A does not wait
         a._conn = _AfterStatement(a._conn, "DELETE FROM intent", lambda: lose_and_move(wait=False))
     try:
-        got["a"] = a.apply(VEC_A, note="a")
+        got["a"] = a.apply(VEC_A, note="a") if op == "apply" else a.rollback(0)
     except Exception as e:  # reported by the test
         got["a"] = e
     thread.join(60)
@@ -139,7 +143,7 @@ def race(
     return got
 
 
-def expect(got: dict[str, Any], point: str, same_ids: bool) -> None:
+def expect(got: dict[str, Any], point: str, same_ids: bool, op: str = "apply") -> None:
     """B always wins; A's move is completed by B (from its intent) or commits before B's."""
     vec_b = VEC_B_SAME if same_ids else VEC_B_OTHER
     assert not isinstance(got["b"], Exception), got["b"]
@@ -147,12 +151,18 @@ def expect(got: dict[str, Any], point: str, same_ids: bool) -> None:
     if point == "before-intent":  # A's move never began: only B's is in the log
         assert isinstance(got["a"], ConcurrentMoveError), got["a"]
         assert "Nothing was written" in str(got["a"])
-        assert got["b"] == 1 and got["versions"][1:] == [(1, 0, "b")]
-    else:  # A's version 1 (completed by B, or committed by A), then B's version 2 on top
-        expected.update(VEC_A)
-        assert got["b"] == 2 and got["versions"][1:] == [(1, 0, "a"), (2, 1, "b")]
+        if op == "apply":
+            assert got["b"] == 1 and got["versions"][1:] == [(1, 0, "b")]
+        else:  # B applies on top of A's version 1, which A failed to leave
+            expected.update(VEC_A)
+            assert got["b"] == 2 and got["versions"][1:] == [(1, 0, "a"), (2, 1, "b")]
+    else:  # A's move (completed by B, or committed by A), then B's version 2 on top
+        parent = 1 if op == "apply" else 0
+        if op == "apply":
+            expected.update(VEC_A)
+        assert got["b"] == 2 and got["versions"][1:] == [(1, 0, "a"), (2, parent, "b")]
         if point == "in-commit":
-            assert got["a"] == 1
+            assert got["a"] == parent
         else:
             assert isinstance(got["a"], ConcurrentMoveError), got["a"]
             assert "another process" in str(got["a"])
@@ -186,6 +196,15 @@ def test_sqlite_a_move_that_lost_the_lock_never_commits_over_another(
     expect(got, point, same_ids)
 
 
+@pytest.mark.parametrize("point", POINTS)
+def test_sqlite_a_rollback_that_lost_the_lock_never_commits_over_another(
+    tmp_path: Path, point: str
+) -> None:
+    db = lambda: version_database(tmp_path / "versions.sqlite")  # noqa: E731
+    got = race(db, point, True, _close_lock_file, op="rollback")
+    expect(got, point, True, op="rollback")
+
+
 # == Postgres: the lock's connection terminated ================================================
 @pytest.mark.integration
 @pytest.mark.parametrize("same_ids", [True, False], ids=["same-ids", "other-ids"])
@@ -206,3 +225,13 @@ def test_postgres_a_move_whose_lock_connection_died_never_commits_over_another(
 
     got = race(lambda: where.database("versions", "versions.sqlite"), point, same_ids, terminate)
     expect(got, point, same_ids)
+    if same_ids:  # and A rolling back (version 1 to 0) instead of applying
+        where = StateLocation.parse(f"{pg.url(db)}&schema=nudge_fence_back")
+        got = race(
+            lambda: where.database("versions", "versions.sqlite"),
+            point,
+            True,
+            terminate,
+            op="rollback",
+        )
+        expect(got, point, True, op="rollback")
