@@ -204,7 +204,9 @@ def test_unfinished_move_is_completed_on_reopen(tmp_path):
     log.apply(_new([1, 2, 3], 1))
     s1 = _snap(ad)
     # a rollback that crashed after its intent and half its writes
-    log._conn.execute("INSERT INTO intent VALUES (1, 'rollback', 1, 0)")
+    log._conn.execute(
+        "INSERT INTO intent (one, op, from_version, to_version) VALUES (1, 'rollback', 1, 0)"
+    )
     ad.put([IDS[1]], s0[[1]])
     log.close()
     log = VersionLog(path, ad)
@@ -440,7 +442,9 @@ def test_an_intent_naming_a_missing_version_is_refused_and_repaired(tmp_path):
     s0 = _snap(ad)
     log.apply(_new([1, 2], 1))
     log.rollback(0)
-    log._conn.execute("INSERT INTO intent VALUES (1, 'rollback', 0, 7)")  # version 7: none
+    log._conn.execute(
+        "INSERT INTO intent (one, op, from_version, to_version) VALUES (1, 'rollback', 0, 7)"
+    )  # version 7: none
     ad.put([IDS[1]], np.ones((1, D)))  # a half-done write
     log.close()
 

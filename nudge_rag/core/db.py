@@ -247,6 +247,19 @@ class Database:
                 if self._depth == 0:
                     self._release()
 
+    def regain_lock(self) -> bool:
+        """Take the lock again if this thread holds it and it was lost (a Postgres lock's
+        connection dropped); whether it had been lost. Blocks like the first acquire."""
+        with self._rlock:
+            if self._depth == 0 or self._lock_alive():
+                return False
+            self._acquire()
+            return True
+
+    def _lock_alive(self) -> bool:
+        """Whether the lock this thread took is still held."""
+        return True
+
     def _acquire(self) -> None:
         raise NotImplementedError
 
@@ -394,8 +407,14 @@ class SQLiteDatabase(Database):
             self._fh.close()
             raise
 
+    def _lock_alive(self) -> bool:
+        fh = getattr(self, "_fh", None)
+        return fcntl is None or (fh is not None and not fh.closed)
+
     def _release(self) -> None:
         if fcntl is None:  # pragma: no cover
+            return
+        if self._fh.closed:  # lost (closed) while held: nothing to release
             return
         try:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
@@ -611,6 +630,20 @@ class PostgresDatabase(Database):
                 self._lock_conn.close()
             self._lock_conn = self._raw()
             self._lock_conn.execute("SELECT pg_advisory_lock(%s)", (self.lock_key,))
+
+    def _lock_alive(self) -> bool:
+        """The lock lives as long as its session: ask the server whether the session does."""
+        conn = self._lock_conn
+        if conn is None or conn.closed or conn.broken:
+            return False
+        try:
+            conn.execute("SELECT 1")
+        except Exception:  # terminated, timed out, reset: the server released the lock
+            with contextlib.suppress(Exception):
+                conn.close()
+            self._lock_conn = None
+            return False
+        return True
 
     def _release(self) -> None:
         try:

@@ -17,13 +17,19 @@ Crash safety: every move first commits an *intent* row together with all the vec
 then writes the store (idempotent writes), then commits the new current version and clears the
 intent. Opening the log completes an unfinished move, so the store is always exactly at one
 version. The database's lock serialises moves between processes (a file lock next to a SQLite
-log, an advisory lock in Postgres: ``nudge_rag.core.db``).
+log, an advisory lock in Postgres: ``nudge_rag.core.db``). A lock can be lost mid-move (its
+Postgres connection dropped), so moves are fenced too: a move begins only if the log is still at
+the moves and version it read, and writes the store and commits only while the intent row holds
+its token (a process completing someone's interrupted move claims it with a new token first); a
+move that lost raises ``ConcurrentMoveError`` after putting back what it wrote.
 
 Drift between the log and the store is detected, never served silently:
 
 - a *marker* file next to a SQLite log (``versions.marker.json``, replaced atomically after every
   move) records the log's identity and its number of moves, so a log that was deleted, emptied,
-  replaced by another one or restored from an older copy is noticed when it is opened;
+  replaced by another one or restored from an older copy is noticed when it is opened; in
+  Postgres the ``<prefix>_traces`` and ``<prefix>_labels`` schemas hold the log's id and moves
+  (advanced inside each move's transaction), so one schema restored from an older dump is named;
 - every version keeps a *fingerprint* of the rows it wrote (count and XOR of per-row SHA-256),
   checked by :meth:`VersionLog.verify`;
 - opening the log reads a sample of nudged rows back from the store and compares them with the
@@ -97,8 +103,14 @@ def _add_fingerprints(db: Database, conn: Any) -> None:
         conn.execute("ALTER TABLE versions ADD COLUMN fingerprint TEXT")
 
 
+def _add_move_tokens(db: Database, conn: Any) -> None:
+    """Migration 3: the token of the process that owns an unfinished move (its fence)."""
+    if "token" not in db.columns(conn, "intent"):
+        conn.execute("ALTER TABLE intent ADD COLUMN token TEXT NOT NULL DEFAULT ''")
+
+
 #: the version log's schema versions (see :meth:`Database.migrate`)
-_MIGRATIONS: list[Any] = [[_SCHEMA], _add_fingerprints]
+_MIGRATIONS: list[Any] = [[_SCHEMA], _add_fingerprints, _add_move_tokens]
 
 
 def version_database(path: Path) -> SQLiteDatabase:
@@ -114,6 +126,10 @@ OPEN_SAMPLE = 16  # nudged rows read back from the store when the log is opened
 FRESH_EVERY_S = 0.02  # check_fresh() asks the log at most this often
 
 F = TypeVar("F", bound=Callable[..., Any])
+_LOST_LOCK = (
+    "The lock that serialises moves was lost meanwhile (its Postgres connection dropped: "
+    "idle_session_timeout, a transaction-mode pooler, a network reset)."
+)
 
 
 class VersionLogError(NudgeError):
@@ -126,6 +142,11 @@ class StoreDriftError(NudgeError):
 
 class StaleStoreError(StoreDriftError):
     """Another process moved the version and this process's store client cannot see it."""
+
+
+class ConcurrentMoveError(NudgeError):
+    """Another process moved the version during this move (the lock that serialises moves was
+    lost); this move did not commit, and the store holds what the log says."""
 
 
 @dataclass(frozen=True)
@@ -468,7 +489,8 @@ class VersionLog:
                 raise NudgeError(msg)
             known = self._ids_in("base", ids)
             new_base = [(i, _blob(current_now[n]), 0) for n, i in enumerate(ids) if i not in known]
-            cur = self.current
+            at = self._moves_and_current(conn)
+            cur = at[1]
             named = set(ids)
             stale = [i for i in self._ids_between(0, cur) if i not in named] if from_base else []
             base_of_stale = self._vectors_at(0, stale) if stale else np.zeros((0, 0))
@@ -478,6 +500,7 @@ class VersionLog:
             for i, blob in new_rows:
                 xor ^= _row_hash(i, blob)
             with self._tx():
+                self._claim_move(conn, "apply", at)
                 ver = int(conn.execute("SELECT max(version) FROM versions").fetchone()[0]) + 1
                 conn.executemany("INSERT INTO base VALUES (?, ?, ?)", new_base)
                 conn.execute(
@@ -497,8 +520,8 @@ class VersionLog:
                 conn.executemany(
                     "INSERT INTO rows VALUES (?, ?, ?)", [(ver, i, b) for i, b in new_rows]
                 )
-                conn.execute("INSERT INTO intent VALUES (1, 'apply', ?, ?)", (cur, ver))
-            self._finish_move(cur, ver, created=True)
+                token = self._insert_intent(conn, "apply", cur, ver)
+            self._finish_move(cur, ver, token=token, created=True)
         return ver
 
     @_sql_errors
@@ -513,7 +536,8 @@ class VersionLog:
             self._require_ok(moving=True)
             conn = self._conn_()
             self._recover()
-            cur = self.current
+            at = self._moves_and_current(conn)
+            cur = at[1]
             if version is None:
                 if cur == 0:
                     msg = (
@@ -532,8 +556,9 @@ class VersionLog:
             if version == cur:
                 return cur
             with self._tx():
-                conn.execute("INSERT INTO intent VALUES (1, 'rollback', ?, ?)", (cur, version))
-            self._finish_move(cur, version)
+                self._claim_move(conn, "rollback", at)
+                token = self._insert_intent(conn, "rollback", cur, version)
+            self._finish_move(cur, version, token=token)
         return version
 
     @_sql_errors
@@ -805,6 +830,11 @@ class VersionLog:
             problem = self._marker_mismatch(marker)
             if problem is not None:
                 return VersionLogError(problem)
+        part_error, part_notes = self._parts_check(conn)
+        for note in part_notes:
+            warnings.warn(note, RuntimeWarning, stacklevel=3)
+        if part_error is not None:
+            return VersionLogError(part_error)
         problem = self._structure_problem()
         if problem is not None:
             return VersionLogError(problem)
@@ -843,7 +873,10 @@ class VersionLog:
             problem = marker_problem or (
                 self._marker_mismatch(marker) if marker is not None else None
             )
-            problem = problem or self._structure_problem()
+            part_error, part_notes = self._parts_check(conn)
+            for note in part_notes:
+                warnings.warn(note, RuntimeWarning, stacklevel=3)
+            problem = problem or part_error or self._structure_problem()
         except self._database.Error as e:
             if self._database.damaged(e):
                 raise self._damaged_error(e) from e
@@ -902,7 +935,10 @@ class VersionLog:
 
         ``unless``: the marker as read; nothing is written when it already says the same.
         """
-        if self.read_only or self.marker_path is None:
+        if self.read_only:
+            return
+        if self.marker_path is None:  # Postgres: the other schemas hold it, advanced by moves
+            self._mark_new_parts()
             return
         conn = self._conn_()
         data: dict[str, Any] = {
@@ -919,6 +955,166 @@ class VersionLog:
             atomic_write(self.marker_path, json.dumps(data, indent=1), mode=0o600)
         except OSError as e:
             raise self._unwritable(e) from e
+
+    # -- the Postgres state's marker: the log's identity and moves in the other two schemas ------
+    def _part_schemas(self) -> dict[str, str]:
+        """A Postgres state's other parts and their schemas (none for SQLite, or a schema not
+        named ``<prefix>_versions``)."""
+        schema = getattr(self._database, "schema", None)
+        if self._database.kind != "postgres" or not str(schema).endswith("_versions"):
+            return {}
+        prefix = str(schema)[: -len("_versions")]
+        return {part: f"{prefix}_{part}" for part in ("traces", "labels")}
+
+    def _part_marks(
+        self, conn: Any, parts: Iterable[str] | None = None
+    ) -> dict[str, tuple[str | None, int | None] | None]:
+        """Per other part (``parts``: those only): (log id, moves) its schema's marker holds;
+        None if it has no meta table."""
+        schemas = self._part_schemas()
+        out: dict[str, tuple[str | None, int | None] | None] = {}
+        for part, schema in schemas.items():
+            if parts is not None and part not in parts:
+                continue
+            found = conn.execute("SELECT to_regclass(?)", (f'"{schema}".meta',)).fetchone()[0]
+            if found is None:
+                out[part] = None
+                continue
+            rows = dict(
+                conn.execute(
+                    f'SELECT key, value FROM "{schema}".meta WHERE key IN '
+                    "('state_log_id', 'state_moves')"
+                ).fetchall()
+            )
+            moves = rows.get("state_moves")
+            out[part] = (rows.get("state_log_id"), None if moves is None else int(moves))
+        return out
+
+    def _listed_parts(self, conn: Any) -> set[str]:
+        return {p for p in (self._meta(conn, "state_parts") or "").split(",") if p}
+
+    def _parts_to_mark(self, conn: Any) -> list[str]:
+        """Parts whose schema exists, carries no marker and was never marked (created since)."""
+        schemas = self._part_schemas()
+        listed = self._listed_parts(conn) if schemas else set()
+        new = [p for p in schemas if p not in listed]
+        marks = self._part_marks(conn, new) if new else {}
+        return [p for p, m in marks.items() if m == (None, None)]
+
+    def _mark_new_parts(self) -> None:
+        """Mark the parts created since they were last looked for (Postgres: a label cache made
+        after the state); a no-op when every part is marked."""
+        if self._parts_to_mark(self._conn_()):
+            with self._tx():
+                self._mark_parts(self._conn_(), every=False)
+
+    def _mark_parts(self, conn: Any, *, every: bool) -> list[str]:
+        """In a transaction: write the log's identity and moves into the other parts' schemas
+        (``every``: all that exist; else only those never marked); the schemas marked."""
+        schemas = self._part_schemas()
+        todo = (
+            [p for p, m in self._part_marks(conn).items() if m is not None]
+            if every
+            else self._parts_to_mark(conn)
+        )
+        log_id, moves = self._meta(conn, "log_id"), self._meta(conn, "moves") or "0"
+        for part in todo:
+            conn.execute(
+                f"INSERT INTO \"{schemas[part]}\".meta (key, value) VALUES ('state_log_id', ?), "
+                "('state_moves', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (log_id, moves),
+            )
+        listed = ",".join(sorted(self._listed_parts(conn) | set(todo)))
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('state_parts', ?) ON CONFLICT (key) "
+            "DO UPDATE SET value = excluded.value",
+            (listed,),
+        )
+        return [schemas[p] for p in todo]
+
+    def _advance_parts(self, conn: Any) -> None:
+        """In a move's committing transaction (after its moves count): advance the marker of
+        every part that agreed with the log, so a restore can never pass for a crash."""
+        schemas = self._part_schemas()
+        if not schemas:
+            return
+        moves = int(self._meta(conn, "moves") or 0)
+        for part in self._listed_parts(conn):
+            schema = schemas.get(part)
+            if schema is None:
+                continue
+            found = conn.execute("SELECT to_regclass(?)", (f'"{schema}".meta',)).fetchone()[0]
+            if found is not None:
+                conn.execute(
+                    f"UPDATE \"{schema}\".meta SET value = ? WHERE key = 'state_moves' AND "
+                    "value = ?",
+                    (str(moves), str(moves - 1)),
+                )
+
+    def _parts_check(self, conn: Any) -> tuple[str | None, list[str]]:
+        """Whether the three schemas of a Postgres state belong together: an error (the version
+        log is behind, or the traces belong to another state), and notes (another part is
+        behind: what was written to it since its dump is lost, but the store is safe)."""
+        schemas = self._part_schemas()
+        if not schemas:
+            return None, []
+        log_id, moves = self._meta(conn, "log_id"), int(self._meta(conn, "moves") or 0)
+        listed = self._listed_parts(conn)
+        errors: list[str] = []
+        notes: list[str] = []
+        ahead: list[tuple[str, int]] = []
+        for part, mark in self._part_marks(conn).items():
+            schema = schemas[part]
+            if mark is None or mark == (None, None):
+                if part in listed and part == "traces":
+                    what = "is missing" if mark is None else "carries no state marker"
+                    notes.append(
+                        f"schema {schema} {what}, though it was marked as part of this state "
+                        "(dropped and recreated, or restored from a dump made before it was "
+                        "marked): the traces recorded before are lost."
+                    )
+                continue
+            mark_id, mark_moves = mark
+            if mark_id != log_id:
+                (errors if part == "traces" else notes).append(
+                    f"schema {schema} belongs to another state: its marker names version log "
+                    f"{str(mark_id)[:12]}…, the versions schema holds log {str(log_id)[:12]}… "
+                    "(restored from another state's dump?)."
+                )
+            elif mark_moves is not None and mark_moves > moves:
+                ahead.append((schema, mark_moves))
+            elif mark_moves is not None and mark_moves < moves:
+                notes.append(
+                    f"schema {schema} is behind the versions schema: it was last marked at "
+                    f"version move {mark_moves}, the version log has made {moves} (restored from "
+                    f"an older dump?); the {part} written to it since that dump are lost."
+                )
+        prefix = self._database.schema[: -len("_versions")]  # type: ignore[attr-defined]
+        together = (
+            f"Restore the three schemas {prefix}_traces, {prefix}_versions and {prefix}_labels "
+            f"from one dump (pg_dump -n '{prefix}_*'), or run repair() (nudge-rag repair) to "
+            "accept them as they are"
+        )
+        error = None
+        if ahead:
+            shown = ", ".join(f"{s} (move {m})" for s, m in ahead)
+            error = (
+                f"the versions schema {self.where} is behind: it records {moves} version "
+                f"move(s), but {shown} saw more (restored from an older dump?): the store may hold "
+                "vectors that no version of this log describes. Put back a dump of "
+                f"{prefix}_versions made after the last move, or run repair() (nudge-rag repair) "
+                "to accept the schemas as they are and write the log's current version into the "
+                "store (rows changed only by the moves it lost keep what the store holds), or "
+                "repair(adopt_store=True) (nudge-rag repair --adopt-store) to make the log follow "
+                "the store."
+            )
+        if errors:
+            error = (
+                (error + " " if error else "")
+                + " ".join(errors)
+                + f" {together} and write the log's current version into the store."
+            )
+        return error, [f"{n} {together}." for n in notes]
 
     def _structure_problem(self, *, tree_only: bool = False) -> str | None:
         """What makes moves go wrong: a version whose parent is not an older version (the
@@ -1201,6 +1397,8 @@ class VersionLog:
             mismatch = self._marker_mismatch(marker)
             if mismatch:
                 problems.append(mismatch)
+        part_error, part_notes = self._parts_check(conn)
+        problems += ([part_error] if part_error else []) + part_notes
         structure = self._structure_problem()
         if structure:
             problems.append(structure)
@@ -1274,6 +1472,13 @@ class VersionLog:
             self._write_marker()
             if mismatch:
                 actions.append(f"accepted {self.where} as this store's version log")
+        part_error, part_notes = self._parts_check(self._conn_())
+        if part_error or part_notes:
+            with self._tx():
+                marked = self._mark_parts(self._conn_(), every=True)
+            actions.append(
+                f"accepted the schemas {', '.join(marked)} as they are as parts of this state"
+            )
 
     def _repair_intent(self, actions: list[str]) -> None:
         conn = self._conn_()
@@ -1355,6 +1560,7 @@ class VersionLog:
         with self._tx():
             conn.execute("UPDATE meta SET value = ? WHERE key = 'current'", (str(cur),))
             conn.execute(_COUNT_MOVE)
+            self._advance_parts(conn)
         self._write_marker()
 
     # -- moving --------------------------------------------------------------------------------
@@ -1374,53 +1580,170 @@ class VersionLog:
                 yield
 
     def _recover(self) -> None:
-        """Complete a move that a crash interrupted (its intent row holds everything it needs)."""
+        """Complete a move that a crash interrupted (its intent row holds everything it needs).
+
+        The move is first claimed (its token replaced by ours), so that the process that began it,
+        should it still run after losing the lock, cannot commit it too."""
         conn = self._conn_()
-        row = conn.execute("SELECT from_version, to_version FROM intent").fetchone()
-        if row is not None:
+        for _ in range(8):  # each turn: another process finished the move we were to claim
+            row = conn.execute("SELECT from_version, to_version FROM intent").fetchone()
+            if row is None:
+                return
             problem = self._structure_problem()
             if problem is not None:
                 self._broken = VersionLogError(problem)
                 raise self._broken
-            self._finish_move(int(row[0]), int(row[1]))
+            claimed = self._claim_intent()
+            if claimed is not None:
+                self._finish_move(claimed[0], claimed[1], token=claimed[2])
+                return
 
-    def _finish_move(self, frm: int, to: int, *, created: bool = False) -> None:
+    # -- fencing: a move commits only while it owns the log's intent row ------------------------
+    def _claim_move(self, conn: Any, op: str, seen: tuple[int, int]) -> None:
+        """In the transaction that begins a move: the log must still be at ``seen`` (moves,
+        current) with no unfinished move, or another process moved while this one held no lock.
+
+        The no-op update locks both rows until the transaction ends (Postgres; SQLite's write
+        lock does the same), so two processes that both believe they hold the lock begin one
+        at a time and the second sees the first's intent.
+        """
+        moves, cur = seen
+        locked = conn.execute(
+            "UPDATE meta SET value = value WHERE (key = 'moves' AND value = ?) OR "
+            "(key = 'current' AND value = ?)",
+            (str(moves), str(cur)),
+        ).rowcount
+        pending = conn.execute("SELECT 1 FROM intent").fetchone() is not None
+        if locked != 2 or pending:
+            now_moves, now_cur = self._moves_and_current(conn)
+            msg = (
+                f"{self.where}: another process moved this store's version while this {op} was "
+                f"being prepared (it started at version {cur} after {moves} move(s); the log is "
+                f"now at version {now_cur} after {now_moves}"
+                f"{', with a move unfinished' if pending else ''}). {_LOST_LOCK} Nothing was "
+                f"written; check versions() and retry the {op}."
+            )
+            raise ConcurrentMoveError(msg)
+
+    def _insert_intent(self, conn: Any, op: str, frm: int, to: int) -> str:
+        """Record the move about to be made; its token (the right to commit it)."""
+        token = uuid.uuid4().hex
+        conn.execute(
+            "INSERT INTO intent (one, op, from_version, to_version, token) VALUES (1, ?, ?, ?, ?)",
+            (op, frm, to, token),
+        )
+        return token
+
+    def _claim_intent(self) -> tuple[int, int, str] | None:
+        """Make the unfinished move ours (a new token); its versions and token, or None if
+        another process finished or claimed it first."""
+        conn = self._conn_()
+        row = conn.execute("SELECT from_version, to_version, token FROM intent").fetchone()
+        if row is None:
+            return None
+        token = uuid.uuid4().hex
+        with self._tx():
+            n = conn.execute(
+                "UPDATE intent SET token = ? WHERE token = ?", (token, row[2])
+            ).rowcount
+        return (int(row[0]), int(row[1]), token) if n == 1 else None
+
+    def _fence(self, token: str) -> None:
+        """Before writing the store: take the lock again if it was lost, then check that the
+        move is still ours (no other process claimed it meanwhile)."""
+        self._database.regain_lock()
+        row = self._conn_().execute("SELECT token, to_version FROM intent").fetchone()
+        if row is None or row[0] != token:
+            msg = (
+                f"{self.where}: another process took this move over before it wrote the store, "
+                f"and the log is now at version {self.current}. {_LOST_LOCK} This process wrote "
+                "nothing; check versions() and retry if needed."
+            )
+            raise ConcurrentMoveError(msg)
+
+    def _lost(self, ids: list[str], frm: int, to: int) -> None:
+        """A move whose writes reached the store lost its token: put ``ids`` back as the log's
+        current version holds them (under the lock, taken again), then raise."""
+        self._database.regain_lock()
+        self._recover()
+        cur = self.current
+        restored = "no row needed rewriting"
+        if ids:
+            try:
+                self._write(ids, self._vectors_at(cur, ids))
+                restored = f"the {len(ids)} row(s) it wrote now hold version {cur}'s vectors again"
+            except Exception as e:
+                restored = (
+                    f"putting back the {len(ids)} row(s) it wrote failed ({e}); run repair() "
+                    f"(nudge-rag repair) to write version {cur}'s vectors into the store"
+                )
+        self._known = self._moves_and_current(self._conn_())
+        msg = (
+            f"{self.where}: another process moved this store's version while this move from "
+            f"version {frm} to {to} wrote the store; the move did not commit and the log is at "
+            f"version {cur}: {restored}. {_LOST_LOCK} Check versions() and retry if needed."
+        )
+        raise ConcurrentMoveError(msg)
+
+    def _finish_move(
+        self, frm: int, to: int, *, token: str | None = None, created: bool = False
+    ) -> None:
         """Write the rows that differ between versions ``frm`` and ``to``; make ``to`` current.
 
-        If the store fails a write (not a crash: an error raised to us), the rows go back to
-        ``frm`` and the move is forgotten before the error is re-raised, so the store never
-        stays between versions; ``created`` marks a version made by this apply, dropped then.
+        The move must own the intent row (``token``; None: claim it now) when it writes the
+        store and when it commits: a process that lost the lock to another one raises
+        ``ConcurrentMoveError`` and puts back what it wrote. If the store fails a write (not a
+        crash: an error raised to us), the rows go back to ``frm`` and the move is forgotten
+        before the error is re-raised, so the store never stays between versions; ``created``
+        marks a version made by this apply, dropped then.
         """
+        if token is None:
+            claimed = self._claim_intent()
+            if claimed is None:  # finished by another process meanwhile
+                return
+            frm, to, token = claimed
         ids = self._ids_between(frm, to)
+        self._fence(token)
         if ids:
             try:
                 self._write(ids, self._vectors_at(to, ids))
             except Exception:
-                self._undo_move(frm, to, ids, created=created)
+                self._undo_move(frm, to, ids, token=token, created=created)
                 raise
         conn = self._conn_()
         with self._tx():
-            conn.execute("UPDATE meta SET value = ? WHERE key = 'current'", (str(to),))
-            conn.execute(_COUNT_MOVE)
-            conn.execute("DELETE FROM intent")
+            ours = conn.execute("DELETE FROM intent WHERE token = ?", (token,)).rowcount == 1
+            if ours:
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'current'", (str(to),))
+                conn.execute(_COUNT_MOVE)
+                self._advance_parts(conn)
+        if not ours:
+            self._lost(ids, frm, to)
         self._known = self._moves_and_current(conn)
         self._write_marker()
 
-    def _undo_move(self, frm: int, to: int, ids: list[str], *, created: bool) -> None:
+    def _undo_move(self, frm: int, to: int, ids: list[str], *, token: str, created: bool) -> None:
         """Put ``ids`` back at version ``frm`` after a failed write (best effort)."""
         conn = self._conn_()
         with self._tx():
             # Should the undo fail too, recovery then moves the store back to ``frm``.
-            conn.execute("UPDATE intent SET from_version = ?, to_version = ?", (to, frm))
+            ours = conn.execute(
+                "UPDATE intent SET from_version = ?, to_version = ? WHERE token = ?",
+                (to, frm, token),
+            ).rowcount
+        if not ours:
+            self._lost(ids, frm, to)
         try:
             self._write(ids, self._vectors_at(frm, ids))
         except Exception:
             return
         with self._tx():
-            conn.execute("DELETE FROM intent")
-            if created:
+            ours = conn.execute("DELETE FROM intent WHERE token = ?", (token,)).rowcount
+            if ours and created:
                 conn.execute("DELETE FROM rows WHERE version = ?", (to,))
                 conn.execute("DELETE FROM versions WHERE version = ?", (to,))
+        if not ours:
+            self._lost(ids, frm, to)
 
     def _write(self, ids: list[str], mat: np.ndarray) -> None:
         adapter = self._store()
