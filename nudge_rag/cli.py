@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import sqlite3
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, cast
@@ -52,13 +53,19 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
+def _one_line_warning(message: Warning | str, *_: Any, **__: Any) -> None:
+    typer.secho(f"warning: {' '.join(str(message).split())}", err=True, fg=typer.colors.YELLOW)
+
+
 def one_line_errors(fn: F) -> F:
-    """Turn any error into one clear line on stderr and exit status 1."""
+    """Turn any error into one clear line on stderr and exit status 1 (warnings: one line)."""
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _one_line_warning
+                return fn(*args, **kwargs)
         except NudgeError as e:
             raise _fail(str(e)) from None
         except sqlite3.Error as e:

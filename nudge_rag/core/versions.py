@@ -231,6 +231,8 @@ def store_label(adapter: Any) -> str:
     """How messages name a store: its kind and, where the adapter knows it, its collection."""
     inner = getattr(adapter, "_adapter", None) or adapter
     kind, _ = describe_store(adapter)
+    if type(inner).__name__ == "PgVectorAdapter":
+        kind = "pgvector table" if inner.collection_name is None else "PGVector"
     for attr in ("collection_name", "name"):
         name = getattr(inner, attr, None)
         if isinstance(name, str) and name and not name.startswith("the "):
