@@ -53,8 +53,19 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
-def _one_line_warning(message: Warning | str, *_: Any, **__: Any) -> None:
-    typer.secho(f"warning: {' '.join(str(message).split())}", err=True, fg=typer.colors.YELLOW)
+def _one_line_warning(
+    show: Callable[..., None],
+) -> Callable[..., None]:
+    """``warnings.showwarning`` that prints nudge-rag's runtime warnings as one line each."""
+
+    def shown(message: Warning | str, category: type[Warning], *args: Any, **kw: Any) -> None:
+        if not issubclass(category, RuntimeWarning):  # a library's deprecation: as Python does
+            show(message, category, *args, **kw)
+            return
+        text = " ".join(str(message).split())
+        typer.secho(f"warning: {text}", err=True, fg=typer.colors.YELLOW)
+
+    return shown
 
 
 def one_line_errors(fn: F) -> F:
@@ -64,7 +75,7 @@ def one_line_errors(fn: F) -> F:
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             with warnings.catch_warnings():
-                warnings.showwarning = _one_line_warning
+                warnings.showwarning = _one_line_warning(warnings.showwarning)
                 return fn(*args, **kwargs)
         except NudgeError as e:
             raise _fail(str(e)) from None
