@@ -233,9 +233,10 @@ def store_label(adapter: Any) -> str:
     kind, _ = describe_store(adapter)
     if type(inner).__name__ == "PgVectorAdapter":
         kind = "pgvector table" if inner.collection_name is None else "PGVector"
-    for attr in ("collection_name", "name"):
+    chroma = type(inner).__name__ == "ChromaAdapter"  # its ``name`` is the collection's
+    for attr in ("collection_name", "name") if chroma else ("collection_name",):
         name = getattr(inner, attr, None)
-        if isinstance(name, str) and name and not name.startswith("the "):
+        if isinstance(name, str) and name:
             return f"{kind.split(' (')[0]}, collection {name!r}"
     table = getattr(inner, "table", None)
     if isinstance(table, str):
