@@ -30,7 +30,12 @@ Drift between the log and the store is detected, never served silently:
   version the log says the store is at (a FAISS index or an in-memory store reloaded from a save
   older than the last apply is caught here);
 - :meth:`VersionLog.check_fresh` (a few µs: SQLite's ``PRAGMA data_version``) notices that
-  another process moved the version, and refuses when this process's store cannot see it.
+  another process moved the version, and refuses when this process's store cannot see it;
+- every move (and ``finetune()``, ``repair()``, ``verify()``) first asks the store for a sample
+  of the ids the log names: a store holding less than half of them is another collection, or a
+  new empty one, and is refused (``WrongStoreError``) before anything is written. Ids the store
+  lacks are never dropped from the log by a move: only ``repair(forget_missing=True)`` does
+  that, naming them.
 
 Problems are raised by every move and by ``check_fresh`` until :meth:`VersionLog.repair` fixes
 them; :meth:`VersionLog.verify` lists them.
