@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import sqlite3
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, cast
@@ -52,13 +53,30 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
+def _one_line_warning(
+    show: Callable[..., None],
+) -> Callable[..., None]:
+    """``warnings.showwarning`` that prints nudge-rag's runtime warnings as one line each."""
+
+    def shown(message: Warning | str, category: type[Warning], *args: Any, **kw: Any) -> None:
+        if not issubclass(category, RuntimeWarning):  # a library's deprecation: as Python does
+            show(message, category, *args, **kw)
+            return
+        text = " ".join(str(message).split())
+        typer.secho(f"warning: {text}", err=True, fg=typer.colors.YELLOW)
+
+    return shown
+
+
 def one_line_errors(fn: F) -> F:
-    """Turn any error into one clear line on stderr and exit status 1."""
+    """Turn any error into one clear line on stderr and exit status 1 (warnings: one line)."""
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _one_line_warning(warnings.showwarning)
+                return fn(*args, **kwargs)
         except NudgeError as e:
             raise _fail(str(e)) from None
         except sqlite3.Error as e:
@@ -169,6 +187,45 @@ def make_engine(store: Any, llm_base_url: str | None, llm_model: str, **kw: Any)
     return NudgeFinetuneEngine(store, llm=llm, llm_model=llm_model if llm else None, **kw)
 
 
+def require_pgvector(url: str, collection: str) -> StateLocation:
+    """Refuse, before anything is opened for writing, a ``--store`` URL whose database has no
+    state (version log) in its schema or no PGVector collection ``collection``; the store's
+    state location. Only reads: no table, collection or schema is ever created here."""
+    from nudge_rag.core.db import PostgresDatabase
+
+    where = StateLocation.parse(url)
+    versions_db = state_part(where, "versions")
+    assert isinstance(versions_db, PostgresDatabase) and where.url is not None
+    if not versions_db.exists():
+        msg = (
+            f"--store {where}: no version log there ({versions_db.label} does not exist); pass "
+            "the state= URL the app wraps its store with, ?schema= included."
+        )
+        raise NudgeError(msg)
+    conn = versions_db.connect(read_only=True)
+    try:
+        if conn.execute("SELECT to_regclass('public.langchain_pg_collection')").fetchone()[0]:
+            names = [r[0] for r in conn.execute("SELECT name FROM public.langchain_pg_collection")]
+        else:
+            names = None
+    finally:
+        conn.close()
+    if names is None:
+        msg = (
+            f"--store {where}: the database holds no LangChain PGVector collections (no table "
+            "public.langchain_pg_collection); the command line opens PGVector collections only "
+            "(for a LlamaIndex PGVectorStore, call the library from the app)."
+        )
+        raise NudgeError(msg)
+    if collection not in names:
+        msg = (
+            f"--collection {collection}: no PGVector collection of that name in {where}; it has "
+            f"{sorted(names)}. Pass --collection with the name the app gave PGVector."
+        )
+        raise NudgeError(msg)
+    return where
+
+
 def open_pgvector(url: str, collection: str) -> Any:
     """A LangChain ``PGVector`` collection and its state, both in the database of ``url``."""
     try:
@@ -178,7 +235,7 @@ def open_pgvector(url: str, collection: str) -> Any:
         raise NudgeError(msg) from e
     from nudge_rag.langchain import NudgedVectorStore
 
-    where = StateLocation.parse(url)
+    where = require_pgvector(url, collection)
     assert where.url is not None
     engine_url = where.url.replace("postgresql://", "postgresql+psycopg://", 1)
     inner = PGVector(
@@ -436,13 +493,33 @@ def verify(
 
     Example:  nudge-rag verify --store nudge_demo_state
     """
-    report = open_store(store, collection).nudge_state.verify(rows=rows)
+    report = _verify_report(store, collection, rows)
     if report.ok:
         typer.echo(str(report))
         return
     for problem in report.problems:
         typer.secho(f"error: {' '.join(problem.split())}", err=True, fg=typer.colors.RED)
     raise typer.Exit(1)
+
+
+def _verify_report(store: str, collection: str, rows: int | None) -> Any:
+    """``verify`` of a folder through the face; of a Postgres store read-only (it creates and
+    writes nothing in the app's database)."""
+    if not is_postgres_url(store):
+        return open_store(store, collection).nudge_state.verify(rows=rows)
+    from nudge_rag.core.stores.pgvector import PgVectorAdapter
+    from nudge_rag.core.versions import VersionLog
+
+    where = require_pgvector(store, collection)
+    adapter = PgVectorAdapter.for_langchain(where.url, collection)
+    try:
+        log = VersionLog(state_part(where, "versions"), adapter, read_only=True)
+        try:
+            return log.verify(rows=rows)
+        finally:
+            log.close()
+    finally:
+        adapter.close()
 
 
 @app.command()
@@ -457,15 +534,26 @@ def repair(
             "missing or damaged log is moved aside and a new one starts at version 0)."
         ),
     ] = False,
+    forget_missing: Annotated[
+        bool,
+        typer.Option(
+            help="Drop from the version log the ids the store does not hold (documents "
+            "deleted outside nudge-rag); it says how many and which. Nothing else drops them."
+        ),
+    ] = False,
 ) -> None:
     """Make the version log and the store agree again, then verify.
 
     By default the log is trusted: nudged rows the store holds wrong are rewritten with the
-    log's current version, and an unfinished move that cannot complete is undone.
+    log's current version, and an unfinished move that cannot complete is undone. A store that
+    holds few of the ids the log names is refused (the wrong --collection?) unless
+    --forget-missing.
 
     Example:  nudge-rag repair --store nudge_demo_state --adopt-store
     """
-    report = open_store(store, collection).nudge_state.repair(adopt_store=adopt_store)
+    report = open_store(store, collection).nudge_state.repair(
+        adopt_store=adopt_store, forget_missing=forget_missing
+    )
     typer.echo(str(report))
     if not report.ok:
         raise typer.Exit(1)

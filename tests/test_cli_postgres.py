@@ -112,3 +112,156 @@ def test_the_factories_take_a_postgres_state(pg, db, tmp_path):
     li = LlamaNudged.from_defaults(tmp_path / "chroma", state=pg.url(db) + "&schema=li_docs")
     assert li.nudge_state.location.schema == "li_docs" and li.nudge_state.state_dir is None
     li.close()
+
+
+# == a wrong collection never costs a version =====================================================
+def _nudged_app(pg: Any, db: str, n: int = 30) -> str:
+    """A PGVector collection ``docs`` of ``n`` chunks, all nudged by version 1, then rolled back
+    to the base (so a move to version 1 writes every row); a second collection ``other`` holds
+    other ids. Returns the state URL."""
+    rng = np.random.default_rng(2)
+    vecs = rng.normal(size=(2 * n, 8)).astype(np.float32)
+    texts = [f"t{i}" for i in range(2 * n)]
+    emb = LookupEmbeddings(dict(zip(texts, vecs, strict=True)))
+    inner = PGVector(emb, connection=pg.langchain_url(db), collection_name="docs", use_jsonb=True)
+    url = pg.url(db) + "&schema=nudge_docs"
+    store = NudgedVectorStore(inner, state=url)
+    ids = [f"c{i}" for i in range(n)]
+    store.add_texts(texts[:n], ids=ids)
+    store.apply_vectors(dict(zip(ids, -vecs[:n], strict=True)))
+    store.rollback(0)
+    store.close()
+    inner._engine.dispose()  # type: ignore[union-attr]
+    other = PGVector(emb, connection=pg.langchain_url(db), collection_name="other", use_jsonb=True)
+    other.add_texts(texts[n:], ids=[f"o{i}" for i in range(n)])
+    other._engine.dispose()  # type: ignore[union-attr]
+    return url
+
+
+def _sql(pg: Any, db: str, query: str) -> list[tuple]:
+    import psycopg
+
+    with psycopg.connect(pg.conninfo(db)) as conn:
+        cur = conn.execute(query)
+        return list(cur) if cur.description else []
+
+
+def _log_rows(pg: Any, db: str) -> tuple[int, int]:
+    """Rows and base records in the versions schema."""
+    return (
+        _sql(pg, db, "SELECT count(*) FROM nudge_docs_versions.rows")[0][0],
+        _sql(pg, db, "SELECT count(*) FROM nudge_docs_versions.base")[0][0],
+    )
+
+
+def _catalog(pg: Any, db: str) -> tuple[list[tuple], list[tuple]]:
+    """Every schema and table of the database, and the PGVector collections."""
+    tables = _sql(
+        pg,
+        db,
+        "SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema "
+        "NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2",
+    )
+    schemas = _sql(
+        pg,
+        db,
+        "SELECT schema_name FROM information_schema.schemata WHERE schema_name NOT LIKE "
+        "'pg_%temp%' ORDER BY 1",  # a connection's own temporary schemas come and go
+    )
+    collections = _sql(pg, db, "SELECT name FROM langchain_pg_collection ORDER BY 1")
+    return [*schemas, *tables], collections
+
+
+def test_a_rollback_in_a_wrong_collection_keeps_every_row_of_the_version(pg, db):
+    """The CLI without ``--collection docs`` (so ``nudge_rag``), or with another collection:
+    refused, exit 1, and the versions schema keeps every row and base record."""
+    url = _nudged_app(pg, db)
+    before = _log_rows(pg, db)
+    catalog = _catalog(pg, db)
+    assert before == (30, 30)
+
+    res = runner.invoke(app, ["rollback", "--store", url, "--to", "1"])
+    assert res.exit_code == 1
+    assert "--collection nudge_rag: no PGVector collection" in res.output
+    assert "['docs', 'other']" in res.output
+    for cmd in (["rollback", "--to", "1"], ["repair"]):
+        res = runner.invoke(app, [*cmd, "--store", url, "--collection", "other"])
+        assert res.exit_code == 1, res.output
+        assert "collection 'other'" in res.output and "holds 0 of 30 ids" in res.output
+    assert _catalog(pg, db) == catalog  # no collection made
+    res = runner.invoke(app, ["finetune", "--store", url, "--collection", "other"])
+    assert res.exit_code == 1 and "holds 0 of 30 ids" in res.output  # before any labelling
+    assert _log_rows(pg, db) == before  # 30 rows, 30 base records: nothing dropped
+    assert "*       0" in _cli("versions", "--store", url)
+
+    assert "store is at version 1" in _cli(
+        "rollback", "--to", "1", "--store", url, "--collection", "docs"
+    )
+    assert "ok: the store is at version 1; 30 nudged rows" in _cli(
+        "verify", "--store", url, "--collection", "docs"
+    )
+
+
+def test_read_only_commands_create_nothing_in_the_apps_database(pg, db, tmp_path):
+    """``verify``, ``versions`` and ``traces`` on a missing collection or schema: no collection,
+    table or schema appears (the old ``verify`` made the collection ``nudge_rag``)."""
+    url = _nudged_app(pg, db)
+    catalog = _catalog(pg, db)
+    wrong_schema = pg.url(db) + "&schema=nudge_typo"
+    for store, collection in ((url, "nudge_rag"), (url, "other"), (wrong_schema, "docs")):
+        opts = ["--store", store, "--collection", collection]
+        runner.invoke(app, ["verify", *opts])
+        runner.invoke(app, ["versions", *opts])
+        runner.invoke(app, ["traces", "stats", *opts])
+        runner.invoke(app, ["traces", "export", *opts, "--out", str(tmp_path / "t.jsonl")])
+    res = runner.invoke(app, ["verify", "--store", url, "--collection", "other"])
+    assert res.exit_code == 1 and "holds 0 of 30 ids" in res.output
+    res = runner.invoke(app, ["verify", "--store", wrong_schema, "--collection", "docs"])
+    assert res.exit_code == 1 and "no version log there" in res.output
+    assert _catalog(pg, db) == catalog
+
+
+def test_repair_forgets_ids_the_store_lost_only_when_asked(pg, db):
+    url = _nudged_app(pg, db)
+    opts = ["--store", url, "--collection", "docs"]
+    _sql(pg, db, "DELETE FROM langchain_pg_embedding WHERE id IN ('c1', 'c2', 'c3')")  # behind
+    res = runner.invoke(app, ["verify", *opts])
+    assert res.exit_code == 1 and "does not hold 3 of the 30 nudged ids" in res.output
+    assert "'c1', 'c2', 'c3'" in res.output
+    assert "store is at version 1" in _cli("rollback", "--to", "1", *opts)  # 27 rows written
+    assert runner.invoke(app, ["repair", *opts]).exit_code == 1  # still listed
+    assert _log_rows(pg, db) == (30, 30)
+    out = _cli("repair", "--forget-missing", *opts)
+    assert "forgot 3 id(s)" in out and "'c1', 'c2', 'c3'" in out and "ok: the store is at" in out
+    assert _log_rows(pg, db) == (27, 27)
+
+
+def test_a_llama_index_database_is_refused_not_given_langchain_tables(pg, db, tmp_path):
+    """The CLI opens LangChain PGVector collections; a database of a LlamaIndex
+    ``PGVectorStore`` is refused in one line, and no LangChain table appears in it."""
+    from llama_index.core.schema import TextNode
+    from llama_index.vector_stores.postgres import PGVectorStore
+
+    from nudge_rag.llama_index import NudgedVectorStore as LlamaNudged
+
+    sync_url, async_url = pg.llama_index_urls(db)
+    inner = PGVectorStore.from_params(
+        connection_string=sync_url,
+        async_connection_string=async_url,
+        table_name="docs",
+        embed_dim=8,
+    )
+    url = pg.url(db) + "&schema=nudge_li"
+    store = LlamaNudged(inner, state=url)
+    vecs = np.random.default_rng(3).normal(size=(4, 8))
+    ids = [f"00000000-0000-0000-0000-00000000000{i}" for i in range(4)]
+    store.add(
+        [TextNode(id_=i, text=i, embedding=v.tolist()) for i, v in zip(ids, vecs, strict=True)]
+    )
+    store.apply_vectors({ids[0]: -vecs[0]})
+    store.close()
+    tables = _sql(pg, db, "SELECT table_name FROM information_schema.tables ORDER BY 1")
+    for cmd in (["rollback", "--to", "0"], ["verify"]):
+        res = runner.invoke(app, [*cmd, "--store", url])
+        assert res.exit_code == 1 and "no LangChain PGVector collections" in res.output
+    assert _sql(pg, db, "SELECT table_name FROM information_schema.tables ORDER BY 1") == tables

@@ -215,14 +215,22 @@ def test_unfinished_move_is_completed_on_reopen(tmp_path):
     assert not np.array_equal(s0, s1)
 
 
-def test_deleted_documents_are_skipped_on_rollback(tmp_path):
+def test_deleted_documents_are_skipped_on_rollback_and_forgotten_only_by_repair(tmp_path):
     ad = _chroma(tmp_path, "l2")
     log = VersionLog(tmp_path / "v.sqlite", ad)
     s0 = _snap(ad)
     log.apply(_new([1, 2], 1))
     ad.collection.delete(ids=[IDS[1]])  # behind the log's back
-    log.rollback(0)
+    with pytest.warns(RuntimeWarning, match=r"no longer holds 1 nudged id\(s\) \('d1'\)"):
+        log.rollback(0)
     assert np.array_equal(ad.get_exact([IDS[2]])[0], s0[2])
+    assert log.changed_ids() == [IDS[1], IDS[2]]  # the log keeps it: no silent drop
+    report = log.verify()
+    assert not report.ok and "does not hold 1 of the 2 nudged ids" in report.problems[0]
+    assert not log.repair().ok and log.changed_ids() == [IDS[1], IDS[2]]
+    fixed = log.repair(forget_missing=True)
+    assert fixed.ok and fixed.forgotten == (IDS[1],)
+    assert "forgot 1 id(s)" in fixed.actions[0] and "'d1'" in fixed.actions[0]
     assert log.changed_ids() == [IDS[2]]
 
 

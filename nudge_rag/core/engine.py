@@ -864,6 +864,9 @@ class NudgeFinetuneEngine:
 
         Nothing is written to the store; pass the report to :meth:`apply`.
         """
+        check_store = getattr(self.state, "check_store", None)
+        if check_store is not None:  # a store that is not the log's: refuse before reading
+            check_store()
         corpus = self.open_corpus()
         labeler = self._labeler()
         counts = dict.fromkeys(

@@ -453,10 +453,17 @@ class NudgeState:
         """
         return self.version_log.verify(rows=rows)
 
-    def repair(self, *, adopt_store: bool = False) -> VerifyReport:
+    def check_store(self) -> None:
+        """Raise ``WrongStoreError`` unless the store holds the ids the version log names (a
+        store holding none or a small share of them is another collection, or a new one)."""
+        self.version_log.check_store()
+
+    def repair(self, *, adopt_store: bool = False, forget_missing: bool = False) -> VerifyReport:
         """Make the log and the store agree again; returns what was done and a new verify().
 
         By default the log is trusted (the store's nudged rows are rewritten to the log's
         version); ``adopt_store=True`` makes the log follow what the store holds.
+        ``forget_missing=True`` drops from the log the ids the store does not hold (the
+        report's ``forgotten`` lists them): the only way rows ever leave the log.
         """
-        return self.version_log.repair(adopt_store=adopt_store)
+        return self.version_log.repair(adopt_store=adopt_store, forget_missing=forget_missing)

@@ -36,7 +36,12 @@ Drift between the log and the store is detected, never served silently:
   version the log says the store is at (a FAISS index or an in-memory store reloaded from a save
   older than the last apply is caught here);
 - :meth:`VersionLog.check_fresh` (a few µs: SQLite's ``PRAGMA data_version``) notices that
-  another process moved the version, and refuses when this process's store cannot see it.
+  another process moved the version, and refuses when this process's store cannot see it;
+- every move (and ``finetune()``, ``repair()``, ``verify()``) first asks the store for a sample
+  of the ids the log names: a store holding less than half of them is another collection, or a
+  new empty one, and is refused (``WrongStoreError``) before anything is written. Ids the store
+  lacks are never dropped from the log by a move: only ``repair(forget_missing=True)`` does
+  that, naming them.
 
 Problems are raised by every move and by ``check_fresh`` until :meth:`VersionLog.repair` fixes
 them; :meth:`VersionLog.verify` lists them.
@@ -123,6 +128,9 @@ _CHUNK = 900  # ids per SQL "IN (...)" list
 STORE_READ = 8192  # ids per store read in base_vectors
 MARKER_SUFFIX = ".marker.json"  # versions.sqlite -> versions.marker.json
 OPEN_SAMPLE = 16  # nudged rows read back from the store when the log is opened
+STORE_SAMPLE = 64  # ids the log names, asked of the store before a move (and on open)
+#: a store holding less than this share of the sampled ids the log names is not the log's store
+WRONG_STORE_SHARE = 0.5
 FRESH_EVERY_S = 0.02  # check_fresh() asks the log at most this often
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -149,6 +157,11 @@ class ConcurrentMoveError(NudgeError):
     lost); this move did not commit, and the store holds what the log says."""
 
 
+class WrongStoreError(StoreDriftError):
+    """The store holds none, or only a small share, of the ids its version log names: it is not
+    the store (collection) this log belongs to. Nothing is written and nothing is forgotten."""
+
+
 @dataclass(frozen=True)
 class VersionInfo:
     """One recorded version: when, how it was computed, how many rows, and why it was applied."""
@@ -173,6 +186,8 @@ class VerifyReport:
     rows_checked: int
     problems: tuple[str, ...] = ()
     actions: tuple[str, ...] = ()
+    #: ids whose rows and base records ``repair(forget_missing=True)`` dropped from the log
+    forgotten: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         lines = [f"done: {a}" for a in self.actions]
@@ -236,6 +251,29 @@ def describe_store(adapter: Any) -> tuple[str, bool]:
     if "Memory" in name or "Simple" in name:
         return "in-memory store (held in this process's memory)", False
     return f"{name} store", True
+
+
+def store_label(adapter: Any) -> str:
+    """How messages name a store: its kind and, where the adapter knows it, its collection."""
+    inner = getattr(adapter, "_adapter", None) or adapter
+    kind, _ = describe_store(adapter)
+    if type(inner).__name__ == "PgVectorAdapter":
+        kind = "pgvector table" if inner.collection_name is None else "PGVector"
+    chroma = type(inner).__name__ == "ChromaAdapter"  # its ``name`` is the collection's
+    for attr in ("collection_name", "name") if chroma else ("collection_name",):
+        name = getattr(inner, attr, None)
+        if isinstance(name, str) and name:
+            return f"{kind.split(' (')[0]}, collection {name!r}"
+    table = getattr(inner, "table", None)
+    if isinstance(table, str):
+        return f"{kind}, table {getattr(inner, 'schema', 'public')}.{table}"
+    return kind
+
+
+def _shown(ids: Sequence[str], n: int = 5) -> str:
+    """Up to ``n`` ids, quoted, and how many more there are."""
+    more = f" and {len(ids) - n} more" if len(ids) > n else ""
+    return ", ".join(repr(i) for i in list(ids)[:n]) + more
 
 
 def _blob(v: np.ndarray) -> bytes:
@@ -673,6 +711,17 @@ class VersionLog:
             self._drop(ids)
 
     @_sql_errors
+    def check_store(self) -> None:
+        """Raise ``WrongStoreError`` when the store holds none, or only a small share, of the
+        ids this log names (another collection, or a new empty one): every move checks it, and
+        ``finetune()`` before it reads anything. Nothing is written."""
+        if self.read_only and self.adapter is None:
+            return
+        self._require_ok()
+        with self._tlock:
+            self._require_store()
+
+    @_sql_errors
     def check_fresh(self) -> None:
         """Raise if the store may not serve the version the log is at; about 1 µs when it does.
 
@@ -727,7 +776,7 @@ class VersionLog:
                 checked, version = 0, None
         return VerifyReport(not problems, version, checked, tuple(dict.fromkeys(problems)))
 
-    def repair(self, *, adopt_store: bool = False) -> VerifyReport:
+    def repair(self, *, adopt_store: bool = False, forget_missing: bool = False) -> VerifyReport:
         """Bring the log and the store back into agreement; return a verification afterwards.
 
         By default the log is trusted: an unfinished move that points at a missing version is
@@ -737,11 +786,17 @@ class VersionLog:
         store's rows match (rows that match no version keep what the store holds as their new
         base); a log that is missing, damaged or whose versions do not chain is moved aside and a
         new log starts from the store's vectors as version 0 (earlier versions are then lost).
+
+        Ids the store does not hold keep their rows in the log (so a wrong store costs no
+        version; a store holding few of the log's ids raises ``WrongStoreError``) unless
+        ``forget_missing=True``: their rows and base records are then dropped, and the report's
+        ``forgotten`` lists them. Nothing else ever drops a row from the log.
         """
         if self.read_only:
             msg = f"{self.where}: opened read_only=True; open it writable to repair it."
             raise NudgeError(msg)
         actions: list[str] = []
+        forgotten: list[str] = []
         with self._moving():
             problem = self._tree_problem()
             if problem is not None:
@@ -750,6 +805,10 @@ class VersionLog:
                     raise VersionLogError(msg)
                 self._start_over(actions)
             else:
+                if forget_missing:
+                    forgotten = self._forget_missing(actions)
+                else:
+                    self._require_store()
                 self._repair_marker(actions)
                 self._repair_intent(actions)
                 if adopt_store:
@@ -764,7 +823,7 @@ class VersionLog:
             self._seen_dv = self._data_version()
             self._known = self._moves_and_current(conn)
         report = self.verify()
-        return replace(report, actions=tuple(actions))
+        return replace(report, actions=tuple(actions), forgotten=tuple(forgotten))
 
     def close(self) -> None:
         """Close the database (idempotent)."""
@@ -1206,6 +1265,8 @@ class VersionLog:
             raise self._broken
         if moving and self._drift is not None:
             raise self._drift
+        if moving and not self.read_only:
+            self._require_store()
         if self.read_only and moving:
             msg = f"{self.where}: opened read_only=True; open it writable to apply or roll back."
             raise NudgeError(msg)
@@ -1266,6 +1327,48 @@ class VersionLog:
         ]
         return list(dict.fromkeys(out))[:n]
 
+    def _logged_sample(self, conn: Any) -> list[str]:
+        """Up to ``2 * STORE_SAMPLE`` ids the log names: nudged rows (the current version's
+        chain first) and base records."""
+        ids = self._sample_ids(conn, self.current, STORE_SAMPLE)
+        ids += [
+            r[0] for r in conn.execute("SELECT id FROM base ORDER BY id LIMIT ?", (STORE_SAMPLE,))
+        ]
+        return list(dict.fromkeys(ids))
+
+    def _wrong_store(self, conn: Any) -> WrongStoreError | None:
+        """A ``WrongStoreError`` when the store holds less than ``WRONG_STORE_SHARE`` of a
+        sample of the ids the log names (it is another collection, or a new empty one)."""
+        ids = self._logged_sample(conn)
+        if not ids:
+            return None
+        adapter = self._store()
+        have = present_ids(adapter, ids)
+        if len(have) >= WRONG_STORE_SHARE * len(ids):
+            return None
+        try:
+            holds = f"{store_count(adapter)} id(s)"
+        except Exception:  # a count is only for the message
+            holds = "an unknown number of ids"
+        missing = [i for i in ids if i not in have]
+        msg = (
+            f"the store ({store_label(adapter)}) is not the one its version log {self.where} "
+            f"describes: it holds {len(have)} of {len(ids)} ids the log names (checked a "
+            f"sample; missing e.g. {_shown(missing)}), and {holds} in all. Nothing was written "
+            "and nothing is dropped from the log. Open the store this state belongs to (e.g. "
+            "the right collection: nudge-rag --collection NAME), or give this store a state of "
+            "its own; if those documents were deleted on purpose, run "
+            "repair(forget_missing=True) (nudge-rag repair --forget-missing) to drop them from "
+            "the log."
+        )
+        return WrongStoreError(msg)
+
+    def _require_store(self) -> None:
+        """Before a move: refuse a store that is not the log's (see :meth:`_wrong_store`)."""
+        wrong = self._wrong_store(self._conn_())
+        if wrong is not None:
+            raise wrong
+
     def _held(self, ids: list[str]) -> tuple[list[str], np.ndarray]:
         """What the store holds for those of ``ids`` it still has (deleted ones are skipped)."""
         adapter = self._store()
@@ -1278,9 +1381,16 @@ class VersionLog:
                 return [], np.zeros((0, 0))
             return ids, np.asarray(adapter.get(ids), dtype=np.float64)
 
-    def _compare(self, conn: Any, version: int, ids: list[str]) -> tuple[list[str], list[str]]:
-        """Of ``ids``, those the store holds as at ``version`` and those it holds otherwise."""
+    def _compare(
+        self, conn: Any, version: int, ids: list[str], missing: list[str] | None = None
+    ) -> tuple[list[str], list[str]]:
+        """Of ``ids``, those the store holds as at ``version`` and those it holds otherwise
+        (ids it does not hold are added to ``missing``, when given)."""
+        asked = ids
         ids, held = self._held(ids)
+        if missing is not None and len(ids) < len(asked):
+            have = set(ids)
+            missing += [i for i in asked if i not in have]
         if not ids:
             return [], []
         ok = same_vectors(held, self._vectors_at(version, ids, conn), self._store().metric)
@@ -1304,9 +1414,13 @@ class VersionLog:
         conn = self._conn_()
         cur = self.current
         ids = self._sample_ids(conn, cur, n)
-        if not ids:
-            return None
         try:
+            wrong = self._wrong_store(conn)
+            if wrong is not None:  # every move refuses it; searches and adds go on
+                warnings.warn(str(wrong), RuntimeWarning, stacklevel=4)
+                return None
+            if not ids:
+                return None
             good, bad = self._compare(conn, cur, ids)
             held_as = self._which_version(conn, bad) if bad else None
         except VersionLogError:
@@ -1413,16 +1527,29 @@ class VersionLog:
         cur = self.current
         if self.adapter is None:
             return 0, cur
+        wrong = self._wrong_store(conn)
+        if wrong is not None:
+            problems.append(str(wrong))
+            return 0, cur
         ids = [r[0] for r in conn.execute("SELECT DISTINCT id FROM rows ORDER BY id")]
         if rows is not None and len(ids) > rows:
             step = len(ids) / max(rows, 1)
             ids = [ids[int(k * step)] for k in range(rows)]
         good: list[str] = []
         bad: list[str] = []
+        missing: list[str] = []
         for part in _chunks(ids):
-            g, b = self._compare(conn, cur, list(part))
+            g, b = self._compare(conn, cur, list(part), missing)
             good += g
             bad += b
+        if missing:
+            problems.append(
+                f"the store ({store_label(self.adapter)}) does not hold {len(missing)} of the "
+                f"{len(ids)} nudged ids its version log {self.where} names ({_shown(missing)}): "
+                "deleted outside nudge-rag, or this is not the log's store. The log keeps their "
+                "versions; run repair(forget_missing=True) (nudge-rag repair --forget-missing) "
+                "to drop them from the log, or open the right store."
+            )
         if bad:
             problems.append(
                 self._drift_message(cur, good, bad, self._which_version(conn, bad[:OPEN_SAMPLE]))
@@ -1450,6 +1577,25 @@ class VersionLog:
             "started a new version log: what the store holds now is version 0 (earlier versions "
             "cannot be restored)"
         )
+
+    def _forget_missing(self, actions: list[str]) -> list[str]:
+        """Drop the rows and base records of every id the log names and the store lacks."""
+        conn = self._conn_()
+        ids = [r[0] for r in conn.execute("SELECT id FROM rows UNION SELECT id FROM base")]
+        ids.sort()
+        adapter = self._store()
+        missing: list[str] = []
+        for part in _chunks(ids):
+            have = present_ids(adapter, part)
+            missing += [i for i in part if i not in have]
+        if missing:
+            self._drop(missing)
+            actions.append(
+                f"forgot {len(missing)} id(s) the store ({store_label(adapter)}) does not hold: "
+                f"their rows and base vectors are dropped from the version log "
+                f"({_shown(missing, 20)})"
+            )
+        return missing
 
     def _tree_problem(self) -> str | None:
         """Why this log cannot be repaired in place (missing, damaged, broken tree), or None."""
@@ -1551,7 +1697,7 @@ class VersionLog:
             self._drop(odd)
             actions.append(
                 f"{len(odd)} row(s) match no version: their nudges are forgotten and what the "
-                "store holds is their new base"
+                f"store holds is their new base ({_shown(odd, 20)})"
             )
         self._bump_moves(best)
 
@@ -1593,6 +1739,7 @@ class VersionLog:
             if problem is not None:
                 self._broken = VersionLogError(problem)
                 raise self._broken
+            self._require_store()  # the move is finished in its own store, never another
             claimed = self._claim_intent()
             if claimed is not None:
                 self._finish_move(claimed[0], claimed[1], token=claimed[2])
@@ -1750,12 +1897,22 @@ class VersionLog:
         try:
             adapter.put(ids, mat)
         except UnknownIdError:
-            # documents deleted behind our back: forget them, write the rest
+            self._require_store()  # another store: write nothing
+            # documents deleted behind our back: write the rest; the log keeps their rows
+            # (verify() lists them, repair(forget_missing=True) drops them)
             have = present_ids(adapter, ids)
-            self._drop([i for i in ids if i not in have])
             keep = [n for n, i in enumerate(ids) if i in have]
             if keep:
                 adapter.put([ids[n] for n in keep], mat[keep])
+            gone = [i for i in ids if i not in have]
+            warnings.warn(
+                f"{self.where}: the store ({store_label(adapter)}) no longer holds {len(gone)} "
+                f"nudged id(s) ({_shown(gone)}), deleted outside nudge-rag; the other rows were "
+                "written and the version log keeps theirs. Run repair(forget_missing=True) "
+                "(nudge-rag repair --forget-missing) to drop them from the log.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         if self.after_write is not None:
             self.after_write()
 

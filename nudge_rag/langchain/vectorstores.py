@@ -391,9 +391,9 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
         if not ids:
             return True
         have = present_ids(self.adapter, ids)
-        self._nudge_state.on_delete(ids)
         gone = [i for i in ids if i in have]
-        if gone:
+        if gone:  # ids the store does not hold keep their versions (another collection's?)
+            self._nudge_state.on_delete(gone)
             self.inner.delete(self.backend.to_store_ids(gone), **kwargs)
         return True
 

@@ -476,14 +476,16 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
 
         Stores differ when both ``node_ids`` and ``filters`` are given (Chroma intersects,
         Qdrant with an OR condition unions): the intersection is forgotten now, and
-        ``_after_delete`` forgets whatever else of the superset is gone.
+        ``_after_delete`` forgets whatever else of the superset is gone. Named ids the store
+        does not hold are never forgotten (they may be another collection's versions).
         """
         has_filters = filters is not None and bool(filters.filters)
         matched = self._backend.matching(filters) if has_filters else None  # type: ignore[arg-type]
         if node_ids:
-            keep = set(matched) if matched is not None else self._backend.existing(node_ids)
+            held = self._backend.existing(node_ids)
+            keep = set(matched) if matched is not None else held
             self._before_delete([i for i in node_ids if i in keep])
-            return list(dict.fromkeys([*node_ids, *(matched or [])]))
+            return list(dict.fromkeys([*(i for i in node_ids if i in held), *(matched or [])]))
         if matched is not None:
             return self._before_delete(matched)
         return self._backend.all_ids()

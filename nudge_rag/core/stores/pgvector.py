@@ -142,6 +142,9 @@ class PgVectorAdapter:
             adapter.put(["a"], vecs)          # one transaction; documents and metadata untouched
     """
 
+    #: the LangChain collection (set by :meth:`for_langchain`)
+    collection_name: str | None = None
+
     def __init__(
         self,
         connection: Any,
@@ -210,6 +213,7 @@ class PgVectorAdapter:
             )
             raise NudgeError(msg)
         adapter.scope = {"collection_id": row[0]}
+        adapter.collection_name = collection_name  # how messages name the store
         return adapter
 
     @classmethod
