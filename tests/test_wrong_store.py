@@ -95,7 +95,9 @@ def test_an_interrupted_move_is_not_finished_in_a_wrong_store(logged):
     """Opening the log completes an unfinished move; in another store it waits instead."""
     client, docs, path, v1 = logged
     with sqlite3.connect(path) as conn:
-        conn.execute("INSERT INTO intent VALUES (1, 'rollback', 0, 1)")
+        conn.execute(
+            "INSERT INTO intent (one, op, from_version, to_version) VALUES (1, 'rollback', 0, 1)"
+        )
     before = _counts(path)
     wrong = _collection(client, "nudge_rag", [])
     with pytest.warns(RuntimeWarning, match="not the one its version log"):
