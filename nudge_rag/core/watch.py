@@ -37,6 +37,7 @@ from typing import Any
 from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.files import atomic_write
 from nudge_rag.core.labels import POSITIVE_RATING
+from nudge_rag.core.masking import mask_secrets
 
 WATCH_LOG = "watch.jsonl"
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -465,5 +466,7 @@ def _describe(rec: dict[str, Any]) -> str:
 
 
 def _why(err: BaseException) -> str:
-    """An error as the log's reason: the message, with the type when it is not ours."""
-    return str(err) if isinstance(err, NudgeError) else f"{type(err).__name__}: {err}"
+    """An error as the log's reason: the message, with the type when it is not ours (passwords
+    masked)."""
+    text = str(err) if isinstance(err, NudgeError) else f"{type(err).__name__}: {err}"
+    return mask_secrets(text)
