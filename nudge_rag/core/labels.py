@@ -686,7 +686,7 @@ class Labeler:
         return self._run("questions", QUESTIONS_PROMPT_VERSION, jobs, desc="questions")
 
     def _run(self, kind: str, version: str, jobs: list[_Job], *, desc: str) -> list[Any]:
-        from tqdm.auto import tqdm
+        from nudge_rag.core.progress import progress_bar
 
         results: list[Any] = [None] * len(jobs)
         todo: dict[str, list[int]] = {}
@@ -727,7 +727,7 @@ class Labeler:
                 on_answer=partial(self._keep_raw, job.key, model),
             )
 
-        bar = tqdm(total=len(todo), desc=desc, disable=not self.progress, leave=False)
+        bar = progress_bar(total=len(todo), desc=desc, disable=not self.progress, leave=False)
         try:
             with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
                 futures = {pool.submit(work, idxs[0]): idxs for idxs in todo.values()}
