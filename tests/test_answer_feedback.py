@@ -211,8 +211,8 @@ def test_both_faces_offer_it(tmp_path):
 
 def test_the_latest_rating_of_a_trace_wins():
     fb = [
-        Feedback("t1", 2.0, [], [], 0.0, "later: wrong"),
-        Feedback("t1", 1.0, [], [], 1.0, "first: great"),
+        Feedback("t1", 2.0, [], [], 0.0, "later: wrong", is_answer=True),
+        Feedback("t1", 1.0, [], [], 1.0, "first: great", is_answer=True),
         Feedback("t2", 1.0, ["a"], [], None, None),
     ]
     rated = answer_ratings(fb)

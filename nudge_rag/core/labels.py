@@ -842,11 +842,13 @@ class AnswerRating:
 
 
 def answer_ratings(feedback: Iterable[Any]) -> dict[str, AnswerRating]:
-    """Per trace id, its latest rating (feedback in time order), with that row's text."""
+    """Per trace id, its latest rating (feedback in time order), with the answer it judges: the
+    row's text when it was recorded as the answer (a comment is never read as one)."""
     out: dict[str, AnswerRating] = {}
     for fb in sorted(feedback, key=lambda f: getattr(f, "time", 0) or 0):
         if fb.rating is not None:
-            out[str(fb.trace_id)] = AnswerRating(float(fb.rating), fb.text)
+            answer = fb.text if getattr(fb, "is_answer", False) else None
+            out[str(fb.trace_id)] = AnswerRating(float(fb.rating), answer)
     return out
 
 

@@ -150,6 +150,7 @@ class NudgeState:
         rating: float | None = None,
         text: str | None = None,
         id_key: str | None = None,
+        text_is_answer: bool = False,
     ) -> None:
         """Attach feedback to a trace; every id must be in the store (``UnknownIdError``).
 
@@ -178,7 +179,12 @@ class NudgeState:
                 + (f" (nor any chunk with metadata {key!r} equal to it)" if key else ""),
             )
         self.trace_log.record_feedback(
-            trace_id, relevant_ids=rel, irrelevant_ids=irr, rating=rating, text=text
+            trace_id,
+            relevant_ids=rel,
+            irrelevant_ids=irr,
+            rating=rating,
+            text=text,
+            text_is_answer=text_is_answer,
         )
 
     def record_citations(self, trace_id: str, answer: Any) -> Citations:
@@ -233,7 +239,9 @@ class NudgeState:
             else:
                 cited = [str(i) for i in cited_ids]
             relevant, others = self._shown_only(shown, cited)
-        self.record_feedback(trace_id, relevant_ids=relevant, rating=float(rating), text=text)
+        self.record_feedback(
+            trace_id, relevant_ids=relevant, rating=float(rating), text=text, text_is_answer=True
+        )
         return self._citations(relevant, others)
 
     def _citations(self, relevant: list[str], others: list[str]) -> Citations:
