@@ -475,8 +475,8 @@ class PgVectorAdapter:
         from concurrent.futures import ThreadPoolExecutor
 
         def on_own_connection(span: tuple[int, int]) -> None:
-            conninfo = self._conninfo
-            with connect_masked(conninfo) as conn, conn.transaction():
+            assert self._conninfo is not None  # several parts only with a URL (_search_parts)
+            with connect_masked(self._conninfo) as conn, conn.transaction():
                 run(conn, *span)
 
         with ThreadPoolExecutor(len(parts)) as pool:
