@@ -67,7 +67,8 @@ def remember_secrets(text: str) -> None:
 def _secrets_pattern() -> re.Pattern[str] | None:
     """One regex for every secret known now (rebuilt when the set changes)."""
     global _pattern
-    secrets = set(_known)
+    with _lock:
+        secrets = set(_known)
     env = os.environ.get("PGPASSWORD")
     if env:
         secrets |= _forms(env)
