@@ -149,6 +149,10 @@ class StateLocation:
         return PostgresDatabase(self.url, f"{self.schema}_{part}")
 
 
+#: the former name of :func:`mask_secrets` (one masking for every output)
+_without_password = mask_secrets
+
+
 class Database:
     """One part's database; subclasses say how to reach it and what its SQL dialect needs."""
 
