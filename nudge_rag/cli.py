@@ -20,6 +20,7 @@ import typer
 
 from nudge_rag.core.db import StateLocation, is_postgres_url, state_part
 from nudge_rag.core.errors import NudgeError
+from nudge_rag.core.masking import mask_secrets
 
 app = typer.Typer(
     help="NUDGE fine-tuning for the vector store of a RAG app: demo, fine-tune, versions, traces.",
@@ -49,7 +50,7 @@ CollectionOpt = Annotated[
 
 
 def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {' '.join(message.split())}", err=True, fg=typer.colors.RED)
+    typer.secho(f"error: {' '.join(mask_secrets(message).split())}", err=True, fg=typer.colors.RED)
     return typer.Exit(1)
 
 
@@ -89,8 +90,11 @@ def one_line_errors(fn: F) -> F:
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
         except Exception as e:
-            if os.environ.get("NUDGE_RAG_TRACEBACK"):
-                raise
+            if os.environ.get("NUDGE_RAG_TRACEBACK"):  # the traceback, passwords masked
+                import traceback
+
+                typer.echo(mask_secrets(traceback.format_exc()), err=True)
+                raise typer.Exit(1) from None
             raise _fail(
                 f"{type(e).__name__}: {e} (unexpected; set NUDGE_RAG_TRACEBACK=1 to see where)"
             ) from None
@@ -498,7 +502,7 @@ def verify(
         typer.echo(str(report))
         return
     for problem in report.problems:
-        typer.secho(f"error: {' '.join(problem.split())}", err=True, fg=typer.colors.RED)
+        typer.secho(f"error: {' '.join(mask_secrets(problem).split())}", err=True, fg="red")
     raise typer.Exit(1)
 
 

@@ -55,7 +55,8 @@ def test_positive_rating_with_citations_makes_only_shown_ids_relevant(world):
     got = world.state.record_answer_feedback(
         tid, 1.0, answer="Refunds take 5 days.", cited_ids=[top[1], elsewhere, "made-up"]
     )
-    assert got.relevant_ids == [top[1]] and got.unknown_ids == [elsewhere, "made-up"]
+    assert got.relevant_ids == [top[1]] and got.unknown_ids == ["made-up"]
+    assert got.not_shown_ids == [elsewhere]  # the store holds it: not "unknown"
     (fb,) = world.state.feedback(tid)
     assert (fb.relevant_ids, fb.rating, fb.text) == ([top[1]], 1.0, "Refunds take 5 days.")
 
@@ -210,8 +211,8 @@ def test_both_faces_offer_it(tmp_path):
 
 def test_the_latest_rating_of_a_trace_wins():
     fb = [
-        Feedback("t1", 2.0, [], [], 0.0, "later: wrong"),
-        Feedback("t1", 1.0, [], [], 1.0, "first: great"),
+        Feedback("t1", 2.0, [], [], 0.0, "later: wrong", is_answer=True),
+        Feedback("t1", 1.0, [], [], 1.0, "first: great", is_answer=True),
         Feedback("t2", 1.0, ["a"], [], None, None),
     ]
     rated = answer_ratings(fb)

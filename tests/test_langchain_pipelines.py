@@ -287,7 +287,8 @@ def test_citations_count_only_what_that_search_showed(two_stores):
     answer = f"See [{shown[0]}] and [{other}], and [made-up], [the docs](https://x.y) [^1]."
     cited = a.record_citations(tid1, answer)
     assert cited.relevant_ids == [shown[0]]
-    assert cited.unknown_ids == [other, "made-up"]
+    assert cited.unknown_ids == ["made-up"]  # README: the cited ids the store does not hold
+    assert cited.not_shown_ids == [other]  # held by the store, shown by another search
     (fb,) = a.feedback(tid1)
     assert fb.relevant_ids == [shown[0]]
     with pytest.raises(UnknownIdError, match="no trace"):

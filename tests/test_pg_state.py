@@ -618,7 +618,7 @@ def test_a_trace_log_of_the_previous_release_is_migrated(tmp_path):
         cols = {r[1] for r in conn.execute("PRAGMA table_info(traces)")}
     finally:
         conn.close()
-    assert version == ("2",) and {"external_id", "source"} <= cols
+    assert version == ("3",) and {"external_id", "source"} <= cols
     with TraceLog(path) as log:  # opening again runs nothing more
         assert len(log) == 2
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Container
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from nudge_rag.core.errors import NudgeError
@@ -14,8 +14,10 @@ from nudge_rag.core.errors import NudgeError
 class Citations:
     """What :meth:`NudgeSurface.record_citations` found in an answer."""
 
-    relevant_ids: list[str]
-    unknown_ids: list[str]  # cited, but not among what the trace showed (or made up)
+    relevant_ids: list[str]  #: cited and shown by the search: recorded as relevant
+    unknown_ids: list[str]  #: cited ids the store does not hold (made up, deleted, misspelt)
+    #: cited ids the store holds that this search did not show (another search's): not recorded
+    not_shown_ids: list[str] = field(default_factory=list)
 
 
 # [id] or [id1, id2]; not a markdown link "[text](url)" nor a footnote "[^1]"

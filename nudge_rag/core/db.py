@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from nudge_rag.core.errors import NudgeError
+from nudge_rag.core.masking import mask_secrets, remember_secrets
 
 try:  # POSIX only; elsewhere moves are serialised within one process
     import fcntl
@@ -46,6 +47,7 @@ except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
 _URL = re.compile(r"^postgres(?:ql)?(?:\+\w+)?://", re.IGNORECASE)
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,29}$")  # + "_versions_broken_<stamp>" <= 63
 DEFAULT_SCHEMA = "nudge"
 #: a migration: statements (portable SQL) or a callable given (database, connection)
@@ -94,7 +96,15 @@ class StateLocation:
             return state
         if is_postgres_url(state):
             assert isinstance(state, str)
+            remember_secrets(state)
             parts = urlsplit(state)
+            if _BAD_ESCAPE.search(parts.netloc.rpartition("@")[0]):
+                msg = (
+                    f"state: the user or password in {mask_secrets(state)} has a '%' that does "
+                    "not start a %XX escape, which Postgres refuses; write '%' as %25 (percent-"
+                    "encode the password, e.g. urllib.parse.quote(password, safe=''))."
+                )
+                raise NudgeError(msg)
             query = parse_qsl(parts.query, keep_blank_values=True)
             schema = next((v for k, v in query if k == "schema"), DEFAULT_SCHEMA)
             if not _SCHEMA_NAME.match(schema):
@@ -124,7 +134,12 @@ class StateLocation:
     def __str__(self) -> str:
         if self.folder is not None:
             return str(self.folder)
-        return f"{_without_password(self.url or '')} (schema {self.schema}_*)"
+        return f"{mask_secrets(self.url or '')} (schema {self.schema}_*)"
+
+    def __repr__(self) -> str:
+        if self.folder is not None:
+            return f"StateLocation(folder={str(self.folder)!r})"
+        return f"StateLocation(url={mask_secrets(self.url or '')!r}, schema={self.schema!r})"
 
     def database(self, part: str, filename: str, **sqlite_pragmas: Any) -> Database:
         """The database of one part (``traces``, ``versions``, ``labels``)."""
@@ -134,12 +149,8 @@ class StateLocation:
         return PostgresDatabase(self.url, f"{self.schema}_{part}")
 
 
-def _without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+#: the former name of :func:`mask_secrets` (one masking for every output)
+_without_password = mask_secrets
 
 
 class Database:
@@ -535,17 +546,20 @@ class PostgresDatabase(Database):
 
     @property
     def label(self) -> str:
-        return f"{_without_password(self.url)} (schema {self.schema})"
+        return f"{mask_secrets(self.url)} (schema {self.schema})"
 
     def _raw(self) -> Any:
         pg = _psycopg()
         try:
             return pg.connect(self.url, autocommit=True)
         except pg.Error as e:
+            why = mask_secrets(str(e).strip())
             msg = (
-                f"{self.label}: cannot connect to Postgres ({str(e).strip()}); check that the "
+                f"{self.label}: cannot connect to Postgres ({why}); check that the "
                 "server runs and the URL names its host (or socket folder), user and database."
             )
+            if why != str(e).strip():  # the driver's own message echoed the secret
+                raise NudgeError(msg) from None
             raise NudgeError(msg) from e
 
     def exists(self) -> bool:
@@ -675,6 +689,6 @@ def state_argument(
         )
         raise NudgeError(msg)
     if state_dir is not None and is_postgres_url(state_dir):
-        msg = f"state_dir: found the URL {_without_password(str(state_dir))!r}; pass it as state=."
+        msg = f"state_dir: found the URL {mask_secrets(str(state_dir))!r}; pass it as state=."
         raise NudgeError(msg)
     return state if state is not None else state_dir  # type: ignore[return-value]

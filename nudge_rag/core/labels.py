@@ -686,7 +686,7 @@ class Labeler:
         return self._run("questions", QUESTIONS_PROMPT_VERSION, jobs, desc="questions")
 
     def _run(self, kind: str, version: str, jobs: list[_Job], *, desc: str) -> list[Any]:
-        from tqdm.auto import tqdm
+        from nudge_rag.core.progress import progress_bar
 
         results: list[Any] = [None] * len(jobs)
         todo: dict[str, list[int]] = {}
@@ -727,7 +727,7 @@ class Labeler:
                 on_answer=partial(self._keep_raw, job.key, model),
             )
 
-        bar = tqdm(total=len(todo), desc=desc, disable=not self.progress, leave=False)
+        bar = progress_bar(total=len(todo), desc=desc, disable=not self.progress, leave=False)
         try:
             with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
                 futures = {pool.submit(work, idxs[0]): idxs for idxs in todo.values()}
@@ -842,11 +842,13 @@ class AnswerRating:
 
 
 def answer_ratings(feedback: Iterable[Any]) -> dict[str, AnswerRating]:
-    """Per trace id, its latest rating (feedback in time order), with that row's text."""
+    """Per trace id, its latest rating (feedback in time order), with the answer it judges: the
+    row's text when it was recorded as the answer (a comment is never read as one)."""
     out: dict[str, AnswerRating] = {}
     for fb in sorted(feedback, key=lambda f: getattr(f, "time", 0) or 0):
         if fb.rating is not None:
-            out[str(fb.trace_id)] = AnswerRating(float(fb.rating), fb.text)
+            answer = fb.text if getattr(fb, "is_answer", False) else None
+            out[str(fb.trace_id)] = AnswerRating(float(fb.rating), answer)
     return out
 
 

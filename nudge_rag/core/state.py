@@ -181,6 +181,7 @@ class NudgeState:
         rating: float | None = None,
         text: str | None = None,
         id_key: str | None = None,
+        text_is_answer: bool = False,
     ) -> None:
         """Attach feedback to a trace; every id must be in the store (``UnknownIdError``).
 
@@ -209,21 +210,27 @@ class NudgeState:
                 + (f" (nor any chunk with metadata {key!r} equal to it)" if key else ""),
             )
         self.trace_log.record_feedback(
-            trace_id, relevant_ids=rel, irrelevant_ids=irr, rating=rating, text=text
+            trace_id,
+            relevant_ids=rel,
+            irrelevant_ids=irr,
+            rating=rating,
+            text=text,
+            text_is_answer=text_is_answer,
         )
 
     def record_citations(self, trace_id: str, answer: Any) -> Citations:
         """Turn the ``[id]`` citations of an answer into relevant ids of ``trace_id``.
 
         Only what that search showed counts: a cited id among its results, or a parent id
-        (``parent_id_key``) whose chunks are among them. Every other cited id (another search's,
-        or one the model made up) is returned in ``unknown_ids`` and not recorded.
+        (``parent_id_key``) whose chunks are among them. The other cited ids are not recorded:
+        those the store does not hold (made up, deleted) are returned in ``unknown_ids``, those
+        it holds but this search did not show (another search's) in ``not_shown_ids``.
         """
         shown = self._shown_ids(trace_id)
         relevant, others = self._shown_only(shown, cited_ids(answer, whole=set(shown)))
         if relevant:
             self.record_feedback(trace_id, relevant_ids=relevant)
-        return Citations(relevant, others)
+        return self._citations(relevant, others)
 
     def record_answer_feedback(
         self,
@@ -263,8 +270,24 @@ class NudgeState:
             else:
                 cited = [str(i) for i in cited_ids]
             relevant, others = self._shown_only(shown, cited)
-        self.record_feedback(trace_id, relevant_ids=relevant, rating=float(rating), text=text)
-        return Citations(relevant, others)
+        self.record_feedback(
+            trace_id, relevant_ids=relevant, rating=float(rating), text=text, text_is_answer=True
+        )
+        return self._citations(relevant, others)
+
+    def _citations(self, relevant: list[str], others: list[str]) -> Citations:
+        """``others`` (cited, not shown) split into ids the store does not hold and ids it
+        holds (a parent id through ``parent_id_key``: one with chunks in the store)."""
+        held = self.known_ids(others) if others else set()
+        rest = [i for i in others if i not in held]
+        if rest and self.parent_id_key is not None:
+            children = self.children(rest, self.parent_id_key)
+            held |= {i for i in rest if children.get(i)}
+        return Citations(
+            relevant,
+            [i for i in others if i not in held],
+            [i for i in others if i in held],
+        )
 
     def _shown_ids(self, trace_id: str) -> list[str]:
         """The chunk ids search ``trace_id`` returned (``UnknownIdError`` without such a trace)."""

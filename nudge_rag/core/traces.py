@@ -129,6 +129,15 @@ _MIGRATION_EXTERNAL_IDS = [
     "ALTER TABLE traces ADD COLUMN source TEXT",
     "CREATE UNIQUE INDEX IF NOT EXISTS traces_external ON traces(source, external_id)",
 ]
+#: migration 3: which feedback rows hold, in ``text``, the answer their rating judges (set by
+#: record_answer_feedback; a comment, e.g. an imported tool's, is never read as the answer).
+#: Rows written before it: a rated text on a live trace was recorded as an answer.
+_MIGRATION_ANSWERS = [
+    "ALTER TABLE feedback ADD COLUMN is_answer INTEGER",
+    "UPDATE feedback SET is_answer = 1 WHERE rating IS NOT NULL AND text IS NOT NULL AND "
+    "trace_id IN (SELECT id FROM traces WHERE source IS NULL)",
+]
+_FEEDBACK_COLUMNS = "trace_id, time, relevant_ids, irrelevant_ids, rating, text, is_answer"
 _IMPORT_ROWS = 500  # imported traces per transaction
 _INSERT_QUARANTINE = "INSERT INTO quarantine (trace_id, time, reason, row) VALUES (?, ?, ?, ?)"
 
@@ -192,6 +201,8 @@ class Feedback:
     irrelevant_ids: list[str]
     rating: float | None
     text: str | None
+    #: ``text`` is the answer the rating judges (record_answer_feedback), not a comment
+    is_answer: bool = False
 
 
 def clean_text(text: str) -> str:
@@ -681,10 +692,12 @@ class TraceLog:
         irrelevant_ids: Iterable[str] = (),
         rating: float | None = None,
         text: str | None = None,
+        text_is_answer: bool = False,
     ) -> None:
         """Attach feedback to trace ``trace_id`` (``UnknownIdError`` if there is no such trace).
 
-        ``text`` must be a str (lone surrogates become U+FFFD) or None.
+        ``text`` must be a str (lone surrogates become U+FFFD) or None; ``text_is_answer``: it is
+        the answer the rating judges (the support judge reads it), not a comment.
         """
         for name, value in (("relevant_ids", relevant_ids), ("irrelevant_ids", irrelevant_ids)):
             if isinstance(value, str | bytes):
@@ -729,9 +742,16 @@ class TraceLog:
                 )
                 raise UnknownIdError(msg)
             conn.execute(
-                "INSERT INTO feedback (trace_id, time, relevant_ids, irrelevant_ids, rating, text)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (trace_id, _time.time(), json.dumps(rel), json.dumps(irr), rating, text),
+                f"INSERT INTO feedback ({_FEEDBACK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    trace_id,
+                    _time.time(),
+                    json.dumps(rel),
+                    json.dumps(irr),
+                    rating,
+                    text,
+                    1 if text_is_answer and text is not None else None,
+                ),
             )
 
     def import_rows(
@@ -840,7 +860,7 @@ class TraceLog:
 
     def feedback(self, trace_id: str | None = None) -> list[Feedback]:
         """Every feedback row (oldest first), or those attached to ``trace_id``."""
-        sql = "SELECT trace_id, time, relevant_ids, irrelevant_ids, rating, text FROM feedback"
+        sql = f"SELECT {_FEEDBACK_COLUMNS} FROM feedback"
         args: tuple = ()
         if trace_id is not None:
             sql += " WHERE trace_id = ?"
@@ -932,7 +952,7 @@ class TraceLog:
         ids = [t.id for t in page]
         with self._db() as conn:
             rows = conn.execute(
-                "SELECT trace_id, time, relevant_ids, irrelevant_ids, rating, text FROM feedback"
+                f"SELECT {_FEEDBACK_COLUMNS} FROM feedback"
                 f" WHERE trace_id IN ({_in(len(ids))}) ORDER BY seq",
                 ids,
             ).fetchall()
@@ -1124,7 +1144,14 @@ def _add_external_ids(db: Database, conn: Any) -> None:
 
 
 #: the trace log's schema versions (see :meth:`Database.migrate`)
-_MIGRATIONS: list[Any] = [[_SCHEMA], _add_external_ids]
+def _mark_answers(db: Database, conn: Any) -> None:
+    """Migration 3: the ``is_answer`` column of feedback (if not there yet)."""
+    if "is_answer" not in db.columns(conn, "feedback"):
+        for statement in _MIGRATION_ANSWERS:
+            conn.execute(statement)
+
+
+_MIGRATIONS: list[Any] = [[_SCHEMA], _add_external_ids, _mark_answers]
 
 
 def trace_database(path: Path) -> SQLiteDatabase:
@@ -1200,5 +1227,5 @@ def _trace_from_row(r: tuple) -> Trace:
 
 
 def _feedback_from_row(r: tuple) -> Feedback:
-    t, tm, rel, irr, rating, text = r
-    return Feedback(t, tm, json.loads(rel), json.loads(irr), rating, text)
+    t, tm, rel, irr, rating, text, is_answer = r
+    return Feedback(t, tm, json.loads(rel), json.loads(irr), rating, text, bool(is_answer))

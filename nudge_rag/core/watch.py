@@ -46,6 +46,7 @@ import numpy as np
 from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.files import atomic_write
 from nudge_rag.core.labels import POSITIVE_RATING
+from nudge_rag.core.masking import mask_secrets
 
 WATCH_LOG = "watch.jsonl"
 #: how the guard judges, as logged with each of its decisions
@@ -565,5 +566,7 @@ def _describe(rec: dict[str, Any]) -> str:
 
 
 def _why(err: BaseException) -> str:
-    """An error as the log's reason: the message, with the type when it is not ours."""
-    return str(err) if isinstance(err, NudgeError) else f"{type(err).__name__}: {err}"
+    """An error as the log's reason: the message, with the type when it is not ours (passwords
+    masked)."""
+    text = str(err) if isinstance(err, NudgeError) else f"{type(err).__name__}: {err}"
+    return mask_secrets(text)

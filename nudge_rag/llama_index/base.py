@@ -156,7 +156,7 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
                 f"{type(vector_store).__name__}; pass e.g. a ChromaVectorStore."
             )
             raise NudgeError(msg)
-        backend = backend_for(vector_store)
+        backend = backend_for(vector_store, adapter)
         super().__init__(
             stores_text=vector_store.stores_text,
             is_embedding_query=vector_store.is_embedding_query,

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from nudge_rag.core.errors import NudgeError, UnknownIdError
+from nudge_rag.core.masking import mask_secrets, remember_secrets
 from nudge_rag.core.stores.base import (
     Metric,
     as_float32_matrix,
@@ -109,6 +110,7 @@ def conninfo_from(connection: Any) -> str:
             "postgresql:// URI, a SQLAlchemy URL or engine."
         )
         raise NudgeError(msg)
+    remember_secrets(url)
     scheme, sep, rest = url.partition("://")
     if sep and scheme.split("+", 1)[0] in ("postgresql", "postgres"):
         return f"postgresql://{rest}"
@@ -116,6 +118,22 @@ def conninfo_from(connection: Any) -> str:
         return url
     msg = f"connection: found a {scheme}:// URL; expected postgresql:// (any driver)."
     raise NudgeError(msg)
+
+
+def connect_masked(conninfo: str, *, autocommit: bool = True) -> Any:
+    """``psycopg.connect(conninfo)``; when the driver's error echoes a password (libpq quotes a
+    URL it cannot parse, a bad ``%`` escape included), the same error class is raised with the
+    password masked and without the original attached."""
+    import psycopg
+
+    try:
+        return psycopg.connect(conninfo, autocommit=autocommit)
+    except psycopg.Error as e:
+        text = str(e)
+        masked = mask_secrets(text)
+        if masked == text:
+            raise
+        raise type(e)(masked) from None
 
 
 class PgVectorAdapter:
@@ -248,14 +266,14 @@ class PgVectorAdapter:
         with self._lock:
             conn = self._conn
             if self._conninfo is not None and (conn is None or conn.closed or conn.broken):
-                conn = self._conn = self._psycopg.connect(self._conninfo, autocommit=True)
+                conn = self._conn = connect_masked(self._conninfo)
             tx = conn.transaction()
             try:
                 tx.__enter__()  # BEGIN
             except self._psycopg.OperationalError:
                 if self._conninfo is None or not conn.broken:
                     raise
-                conn = self._conn = self._psycopg.connect(self._conninfo, autocommit=True)
+                conn = self._conn = connect_masked(self._conninfo)
                 tx = conn.transaction()
                 tx.__enter__()
             try:
@@ -480,8 +498,8 @@ class PgVectorAdapter:
         from concurrent.futures import ThreadPoolExecutor
 
         def on_own_connection(span: tuple[int, int]) -> None:
-            conninfo = self._conninfo
-            with self._psycopg.connect(conninfo, autocommit=True) as conn, conn.transaction():
+            assert self._conninfo is not None  # several parts only with a URL (_search_parts)
+            with connect_masked(self._conninfo) as conn, conn.transaction():
                 run(conn, *span)
 
         with ThreadPoolExecutor(len(parts)) as pool:

@@ -52,10 +52,9 @@ class PgVectorBackend(Backend):
         return "distance"  # PGVector returns the pgvector operator's value: lower is nearer
 
     def children_of(self, parent_ids: Sequence[str], key: str) -> dict[str, list[str]]:
-        import psycopg
         from psycopg import sql
 
-        from nudge_rag.core.stores.pgvector import conninfo_from
+        from nudge_rag.core.stores.pgvector import connect_masked, conninfo_from
 
         ad: Any = self.adapter()
         wanted = [str(p) for p in parent_ids]
@@ -66,6 +65,6 @@ class PgVectorBackend(Backend):
             "WHERE collection_id = %s AND cmetadata->>%s = ANY(%s)"
         ).format(id=sql.Identifier(ad.id_column), table=sql.Identifier(ad.schema, ad.table))
         args = [key, ad.scope["collection_id"], key, wanted]
-        with psycopg.connect(conninfo_from(self._connection())) as conn:
+        with connect_masked(conninfo_from(self._connection()), autocommit=False) as conn:
             pairs = conn.execute(q, args).fetchall()
         return group_children(pairs, parent_ids)

@@ -7,8 +7,10 @@ from collections.abc import Iterable
 from llama_index.core.vector_stores.types import BasePydanticVectorStore
 
 from nudge_rag.core.errors import NudgeError
+from nudge_rag.core.stores.base import StoreAdapter
 from nudge_rag.llama_index.backends.base import Backend
 from nudge_rag.llama_index.backends.chroma import ChromaBackend
+from nudge_rag.llama_index.backends.custom import AdapterBackend
 from nudge_rag.llama_index.backends.milvus import MilvusBackend
 from nudge_rag.llama_index.backends.pgvector import PgVectorBackend
 from nudge_rag.llama_index.backends.qdrant import QdrantBackend
@@ -25,16 +27,19 @@ BACKENDS: dict[str, type[Backend]] = {
     "PGVectorStore": PgVectorBackend,
 }
 
-__all__ = ["BACKENDS", "SUPPORTED", "Backend", "ChromaBackend", "backend_for"]
+__all__ = ["BACKENDS", "SUPPORTED", "AdapterBackend", "Backend", "ChromaBackend", "backend_for"]
 
 
 def _class_names(store: object) -> Iterable[str]:
     return (cls.__name__ for cls in type(store).__mro__)
 
 
-def backend_for(store: BasePydanticVectorStore) -> Backend:
-    """Pick the backend of a LlamaIndex store by its class (subclasses included)."""
+def backend_for(store: BasePydanticVectorStore, adapter: StoreAdapter | None = None) -> Backend:
+    """Pick the backend of a LlamaIndex store by its class (subclasses included); a store of
+    another class is wrapped through the ``adapter`` its caller passed."""
     names = set(_class_names(store))
+    if adapter is not None and not names & set(BACKENDS):
+        return AdapterBackend(store, adapter)
     if "FaissVectorStore" in names or "FaissMapVectorStore" in names:
         msg = (
             f"vector_store: found {type(store).__name__}; LlamaIndex's FAISS stores cannot look "
