@@ -890,8 +890,8 @@ class TraceLog:
         while True:
             with self._db() as conn:
                 rows = conn.execute(
-                    "SELECT seq, trace_id, time, relevant_ids, irrelevant_ids, rating, text"
-                    " FROM feedback WHERE seq > ? ORDER BY seq LIMIT ?",
+                    f"SELECT seq, {_FEEDBACK_COLUMNS} FROM feedback WHERE seq > ? ORDER BY seq"
+                    " LIMIT ?",
                     (last, page_rows),
                 ).fetchall()
             if not rows:
