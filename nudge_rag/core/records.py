@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.traces import clean_text, embedding_blob, embedding_problem, filter_as_dict
+from nudge_rag.core.traces import (
+    check_provenance,
+    clean_text,
+    embedding_blob,
+    embedding_problem,
+    filter_as_dict,
+)
 
 if TYPE_CHECKING:
     from nudge_rag.core.state import NudgeState
@@ -48,7 +54,9 @@ class FeedbackRecord:
 
     ``relevant_ids`` / ``irrelevant_ids``: chunk ids judged so; ``rating``: a number (a thumbs
     up is 1.0, down 0.0 or -1.0 as the tool gives it); ``text``: a comment; ``time``: when it was
-    given (epoch seconds, a datetime, an ISO 8601 string; None: the retrieval's time).
+    given (epoch seconds, a datetime, an ISO 8601 string; None: the retrieval's time);
+    ``provenance``: ``"human"`` (a person's annotation, the default) or ``"model"`` (an LLM
+    evaluator's).
     """
 
     relevant_ids: Sequence[str] = ()
@@ -56,6 +64,7 @@ class FeedbackRecord:
     rating: float | None = None
     text: str | None = None
     time: float | datetime | str | None = None
+    provenance: str = "human"
 
 
 @dataclass(frozen=True)
@@ -237,7 +246,7 @@ class _Prepared:
     scores: list[float]
     k: int
     filter: str | None
-    feedback: list[tuple[float | None, list[str], list[str], float | None, str | None]]
+    feedback: list[tuple[float | None, list[str], list[str], float | None, str | None, str]]
 
 
 def _prepare(rec: Any, n: int, source: str | None, now: float) -> _Prepared:
@@ -282,7 +291,8 @@ def _prepare(rec: Any, n: int, source: str | None, now: float) -> _Prepared:
             else as_epoch(f.time, what="feedback time", default=tm)
         )
         text = None if f.text is None else clean_text(f.text)
-        feedback.append((f_time, rel, irr, _rating(f.rating), text))
+        prov = check_provenance(f.provenance)
+        feedback.append((f_time, rel, irr, _rating(f.rating), text, prov))
     flt = filter_as_dict(rec.filter)
     return _Prepared(
         n=n,
@@ -377,8 +387,8 @@ def _import_batch(
         keep = [(i, s) for i, s in zip(p.ids, p.scores, strict=True) if i in held]
         p.ids, p.scores = [i for i, _ in keep], [s for _, s in keep]
         p.feedback = [
-            (t, _expand(rel, held, children), _expand(irr, held, children), r, x)
-            for t, rel, irr, r, x in p.feedback
+            (t, _expand(rel, held, children), _expand(irr, held, children), r, x, v)
+            for t, rel, irr, r, x, v in p.feedback
         ]
         p.feedback = [f for f in p.feedback if f[1] or f[2] or f[3] is not None or f[4]]
     if not dim:

@@ -30,7 +30,9 @@ Tables::
 
     traces(seq, id, time, query, embedding float32 blob, dim, k, filter json, result_ids json,
            scores json)   -- a non-finite score (MMR gives none) is stored as null
-    feedback(seq, trace_id, time, relevant_ids json, irrelevant_ids json, rating, text)
+    feedback(seq, trace_id, time, relevant_ids json, irrelevant_ids json, rating, text,
+             provenance)  -- 'human' (NULL: a row from before the column, read as human) or
+                          'model' (agent citations, imported LLM-evaluator annotations)
     quarantine(seq, trace_id, time, reason, row)   -- traces that could not be stored; row is an
                           ASCII description without the embedding
     meta(key, value)   -- score_kind: whether the wrapped store's scores are similarities or
@@ -192,6 +194,10 @@ class Feedback:
     irrelevant_ids: list[str]
     rating: float | None
     text: str | None
+    provenance: str = "human"  # "human" or "model" (nudge_rag.labeling.provenance)
+
+
+FEEDBACK_PROVENANCES = ("human", "model")
 
 
 def clean_text(text: str) -> str:
@@ -393,6 +399,8 @@ class TraceLog:
                 msg = f"{self.where}: no traces table (not a nudge-rag trace log)"
                 raise NudgeError(msg)
             self._external_ids = "external_id" in self._database.columns(conn, "traces")
+            has_prov = "provenance" in self._database.columns(conn, "feedback")
+            self._feedback_cols = _FEEDBACK_COLS if has_prov else _FEEDBACK_COLS_OLD
             conn.execute("SELECT seq, id, embedding FROM traces ORDER BY seq DESC LIMIT 1")
         except (self._database.Error, OSError, NudgeError) as e:
             if conn is not None:
@@ -681,11 +689,14 @@ class TraceLog:
         irrelevant_ids: Iterable[str] = (),
         rating: float | None = None,
         text: str | None = None,
+        provenance: str = "human",
     ) -> None:
         """Attach feedback to trace ``trace_id`` (``UnknownIdError`` if there is no such trace).
 
-        ``text`` must be a str (lone surrogates become U+FFFD) or None.
+        ``text`` must be a str (lone surrogates become U+FFFD) or None. ``provenance``: who
+        made it, ``"human"`` (a person) or ``"model"`` (an agent's citations, an LLM evaluator).
         """
+        provenance = check_provenance(provenance)
         for name, value in (("relevant_ids", relevant_ids), ("irrelevant_ids", irrelevant_ids)):
             if isinstance(value, str | bytes):
                 msg = f"{name}: expected a list of chunk ids, found the one {value!r}; pass [id]."
@@ -729,9 +740,9 @@ class TraceLog:
                 )
                 raise UnknownIdError(msg)
             conn.execute(
-                "INSERT INTO feedback (trace_id, time, relevant_ids, irrelevant_ids, rating, text)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (trace_id, _time.time(), json.dumps(rel), json.dumps(irr), rating, text),
+                "INSERT INTO feedback (trace_id, time, relevant_ids, irrelevant_ids, rating, text,"
+                " provenance) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (trace_id, _time.time(), *map(json.dumps, (rel, irr)), rating, text, provenance),
             )
 
     def import_rows(
@@ -741,11 +752,11 @@ class TraceLog:
 
         Each row: ``(source, external_id, time, query, embedding float32 bytes, dim, k, filter
         json or None, result_ids, scores, feedback)``, feedback a list of ``(time, relevant_ids,
-        irrelevant_ids, rating, text)``. A row whose (source, external_id) is in the log already
-        adds no trace (``INSERT ... ON CONFLICT DO NOTHING``), nor does one whose run or span a
-        live trace with the same query ran in (external_id ``"<source>:<id>"``): its feedback
-        rows not yet there join that trace. Returns per row (trace id, ``"new"`` /
-        ``"duplicate"`` / ``"live"``, feedback rows added).
+        irrelevant_ids, rating, text[, provenance])``. A row whose (source, external_id) is in
+        the log already adds no trace (``INSERT ... ON CONFLICT DO NOTHING``), nor does one
+        whose run or span a live trace with the same query ran in (external_id
+        ``"<source>:<id>"``): its feedback rows not yet there join that trace.
+        Returns per row (trace id, ``"new"`` / ``"duplicate"`` / ``"live"``, feedback rows added).
         """
         if batch_rows < 1:
             msg = f"batch_rows: expected a positive number of rows, found {batch_rows!r}."
@@ -821,7 +832,7 @@ class TraceLog:
 
     def feedback(self, trace_id: str | None = None) -> list[Feedback]:
         """Every feedback row (oldest first), or those attached to ``trace_id``."""
-        sql = "SELECT trace_id, time, relevant_ids, irrelevant_ids, rating, text FROM feedback"
+        sql = f"SELECT {self._feedback_cols} FROM feedback"
         args: tuple = ()
         if trace_id is not None:
             sql += " WHERE trace_id = ?"
@@ -876,7 +887,7 @@ class TraceLog:
         ids = [t.id for t in page]
         with self._db() as conn:
             rows = conn.execute(
-                "SELECT trace_id, time, relevant_ids, irrelevant_ids, rating, text FROM feedback"
+                f"SELECT {self._feedback_cols} FROM feedback"
                 f" WHERE trace_id IN ({_in(len(ids))}) ORDER BY seq",
                 ids,
             ).fetchall()
@@ -889,6 +900,7 @@ class TraceLog:
                     "irrelevant_ids": f.irrelevant_ids,
                     "rating": f.rating,
                     "text": f.text,
+                    "provenance": f.provenance,
                 }
             )
         for t in page:
@@ -1067,8 +1079,28 @@ def _add_external_ids(db: Database, conn: Any) -> None:
             conn.execute(statement)
 
 
+def _add_feedback_provenance(db: Database, conn: Any) -> None:
+    """Migration 3: who made each feedback row (NULL in older rows: read as human)."""
+    if "provenance" not in db.columns(conn, "feedback"):
+        conn.execute("ALTER TABLE feedback ADD COLUMN provenance TEXT")
+
+
 #: the trace log's schema versions (see :meth:`Database.migrate`)
-_MIGRATIONS: list[Any] = [[_SCHEMA], _add_external_ids]
+_MIGRATIONS: list[Any] = [[_SCHEMA], _add_external_ids, _add_feedback_provenance]
+_FEEDBACK_COLS = "trace_id, time, relevant_ids, irrelevant_ids, rating, text, provenance"
+_FEEDBACK_COLS_OLD = "trace_id, time, relevant_ids, irrelevant_ids, rating, text, NULL"
+
+
+def check_provenance(value: Any) -> str:
+    """A feedback row's provenance, checked: ``"human"`` or ``"model"`` (None: human)."""
+    text = "human" if value is None else str(getattr(value, "value", value)).lower()
+    if text not in FEEDBACK_PROVENANCES:
+        msg = (
+            f"provenance: found {value!r}, expected 'human' (a person's feedback) or 'model' "
+            "(an agent's citations, an LLM evaluator's annotation)."
+        )
+        raise NudgeError(msg)
+    return text
 
 
 def trace_database(path: Path) -> SQLiteDatabase:
@@ -1101,17 +1133,19 @@ def _import_row(conn: Any, r: tuple) -> tuple[str, str, int]:
         tid = hit[0]
     have: set[tuple] = set()
     if status != "new" and feedback:
-        have = set(
-            conn.execute(
-                "SELECT time, relevant_ids, irrelevant_ids, rating, text FROM feedback"
+        have = {
+            (*row[:5], row[5] or "human")
+            for row in conn.execute(
+                "SELECT time, relevant_ids, irrelevant_ids, rating, text, provenance FROM feedback"
                 " WHERE trace_id = ?",
                 (tid,),
             ).fetchall()
-        )
+        }
     added = 0
     untimed = {h[1:] for h in have}
-    for f_time, rel, irr, rating, text in feedback:
-        body = (json.dumps(list(rel)), json.dumps(list(irr)), rating, text)
+    for f_time, rel, irr, rating, text, *more in feedback:
+        prov = check_provenance(more[0] if more else None)
+        body = (json.dumps(list(rel)), json.dumps(list(irr)), rating, text, prov)
         # feedback without a time (None) is already there when the same body is
         if (f_time, *body) in have or (f_time is None and body in untimed):
             continue
@@ -1119,8 +1153,8 @@ def _import_row(conn: Any, r: tuple) -> tuple[str, str, int]:
         have.add(key)
         untimed.add(body)
         conn.execute(
-            "INSERT INTO feedback (trace_id, time, relevant_ids, irrelevant_ids, rating, text)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO feedback (trace_id, time, relevant_ids, irrelevant_ids, rating, text,"
+            " provenance) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (tid, *key),
         )
         added += 1
@@ -1144,5 +1178,5 @@ def _trace_from_row(r: tuple) -> Trace:
 
 
 def _feedback_from_row(r: tuple) -> Feedback:
-    t, tm, rel, irr, rating, text = r
-    return Feedback(t, tm, json.loads(rel), json.loads(irr), rating, text)
+    t, tm, rel, irr, rating, text, prov = r
+    return Feedback(t, tm, json.loads(rel), json.loads(irr), rating, text, prov or "human")
