@@ -340,7 +340,7 @@ def test_langchain_fake_model_answers_are_skipped_and_counted(world):
     rest = len(world.queries) - n_fb
     assert report.judge_audit is not None and report.judge_audit.skipped == n_fb
     assert report.cost["skipped_invalid"] == rest + n_fb  # the audit's prompts too
-    assert report.cost["llm_calls"] == 3 * rest  # the first answer and two re-asks each
+    assert report.cost["llm_calls"] == 3 * (rest + n_fb)  # the first answer and two re-asks each
 
 
 # -- cold start ------------------------------------------------------------------------------------
