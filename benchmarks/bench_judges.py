@@ -14,7 +14,8 @@ Printed per (dataset, judge precision, human share), over seeds: the true test N
 (mean, and the worst seed), how often the engine called it proven, how often a proven one had
 a negative true gain (a false proof), who graded the proof, and the audit's figures (measured
 precision / recall against the humans, trusted or not, its extra judge prompts). With
-``--unaudited`` every cell is also run with ``audit=False`` (today's engine) for comparison.
+``--unaudited`` the cells of the smallest human share above 0 are also run with
+``audit=False`` (today's engine) for comparison.
 
     python benchmarks/bench_judges.py                      # scifact + nfcorpus, seeds 0 1
     python benchmarks/bench_judges.py --datasets scifact --seeds 0 --out results.md
@@ -48,7 +49,13 @@ def _rank(seed: int, qid: str) -> bytes:
 
 
 def run_dataset(
-    ds: Any, seed: int, precisions: list[float], shares: list[float], *, unaudited: bool
+    ds: Any,
+    seed: int,
+    precisions: list[float],
+    shares: list[float],
+    *,
+    unaudited: bool,
+    nearest: bool = True,
 ) -> list[dict]:
     """Every (share, precision) cell of one dataset and seed."""
     qrow = {q: i for i, q in enumerate(ds.query_ids)}
@@ -81,9 +88,12 @@ def run_dataset(
                     state.record_feedback(tids[q], relevant_ids=rel)
             given = max(given, n_human)
             for p in precisions:
-                for audit in (True, False) if unaudited and share > 0 else (True,):
+                today = unaudited and share == min(x for x in shares if x > 0)
+                for audit in (True, False) if today else (True,):
                     # a weaker judge also misses more: recall 1 - (1 - p) / 2
-                    judge = SimilarityBiasedJudge(qrels, precision=p, miss=(1 - p) / 2, seed=seed)
+                    judge = SimilarityBiasedJudge(
+                        qrels, precision=p, miss=(1 - p) / 2, nearest=nearest, seed=seed
+                    )
                     eng = NudgeFinetuneEngine(
                         state,
                         llm=JudgeClient(judge, name=f"biased-{p}-{seed}"),
@@ -105,6 +115,7 @@ def run_dataset(
                     rows.append(
                         {
                             "dataset": ds.name,
+                            "judge": "nearest" if nearest else "scattered",
                             "seed": seed,
                             "share": share,
                             "human_searches": rep.labels.get("feedback", 0),
@@ -125,7 +136,7 @@ def run_dataset(
                     )
                     r = rows[-1]
                     print(
-                        f"{ds.name} seed {seed} share {share:.0%} p {p} audit {audit}: true "
+                        f"{ds.name} {rows[-1]['judge']} seed {seed} share {share:.0%} p {p} audit {audit}: true "
                         f"{r['true_gain']:+.4f} proven {r['proven']} ({r['proof_by']}) audit "
                         f"{r['audit_precision']} trusted {r['trusted']} [{secs:.1f}s]",
                         file=sys.stderr,
@@ -137,20 +148,21 @@ def run_dataset(
 def table(rows: list[dict]) -> str:
     """The markdown table: one line per (dataset, precision, share, audit)."""
     head = (
-        "| dataset | judge precision | human share (searches) | true test gain, mean [worst] "
+        "| dataset | false positives | judge precision | human share (searches) | true test gain, mean [worst] "
         "| proven | false proofs | proof graded by | audit precision / recall (trusted) "
-        "| audit prompts / all judge prompts |\n|---|---|---|---|---|---|---|---|---|"
+        "| audit prompts / all judge prompts |\n|---|---|---|---|---|---|---|---|---|---|"
     )
     out = [head]
     keys = sorted(
-        {(r["dataset"], r["precision"], r["share"], r["audit"]) for r in rows},
-        key=lambda k: (k[0], -k[1], k[2], not k[3]),
+        {(r["dataset"], r["judge"], r["precision"], r["share"], r["audit"]) for r in rows},
+        key=lambda k: (k[0], k[1], -k[2], k[3], not k[4]),
     )
-    for d, p, s, audit in keys:
+    for d, j, p, s, audit in keys:
         rs = [
             r
             for r in rows
-            if (r["dataset"], r["precision"], r["share"], r["audit"]) == (d, p, s, audit)
+            if (r["dataset"], r["judge"], r["precision"], r["share"], r["audit"])
+            == (d, j, p, s, audit)
         ]
         gains = [r["true_gain"] for r in rs]
         proven = sum(r["proven"] for r in rs)
@@ -166,7 +178,7 @@ def table(rows: list[dict]) -> str:
             audit_txt = "unaudited" if audit else "off (today's engine)"
         humans = int(np.mean([r["human_searches"] for r in rs]))
         out.append(
-            f"| {d} | {p:.2f} | {s:.0%} ({humans}) | {np.mean(gains):+.4f} [{min(gains):+.4f}] "
+            f"| {d} | {j} | {p:.2f} | {s:.0%} ({humans}) | {np.mean(gains):+.4f} [{min(gains):+.4f}] "
             f"| {proven}/{len(rs)} | {false} | {by} | {audit_txt} | "
             f"{np.mean([r['audit_prompts'] for r in rs]):.0f} / "
             f"{np.mean([r['judge_prompts'] for r in rs]):.0f} |"
@@ -180,6 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--precisions", nargs="+", type=float, default=list(PRECISIONS))
     ap.add_argument("--shares", nargs="+", type=float, default=list(SHARES))
+    ap.add_argument(
+        "--judges",
+        nargs="+",
+        choices=["nearest", "scattered"],
+        default=["nearest", "scattered"],
+        help="false positives nearest the query, or scattered over the pool",
+    )
     ap.add_argument("--unaudited", action="store_true", help="also run today's engine (no audit)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS_JUDGES.md"))
     ap.add_argument("--json", type=Path, default=None)
@@ -193,7 +212,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         ds = load_beir(root / name)
         for seed in args.seeds:
-            rows += run_dataset(ds, seed, args.precisions, args.shares, unaudited=args.unaudited)
+            for nearest in args.judges:
+                rows += run_dataset(
+                    ds,
+                    seed,
+                    args.precisions,
+                    args.shares,
+                    unaudited=args.unaudited,
+                    nearest=nearest == "nearest",
+                )
     text = table(rows)
     n_zero = [r for r in rows if r["share"] == 0 and r["proven"]]
     n_zero_false = sum(r["true_gain"] < 0 for r in n_zero)

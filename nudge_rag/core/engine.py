@@ -489,7 +489,7 @@ class NudgeFinetuneEngine:
         audit: before judging, grade the pools of up to ``max_audit_queries`` (default 200)
             human-labelled searches with the judge and measure its precision and recall
             against the people (``report.judge_audit``); a judge significantly below
-            ``min_judge_precision`` (0.5) or ``min_judge_recall`` (0.2) is not trusted: no
+            ``min_judge_precision`` (0.3) or ``min_judge_recall`` (0.2) is not trusted: no
             search is judged and the fit and proof use the other labels
             (:mod:`nudge_rag.labeling.provenance`).
 
@@ -623,7 +623,7 @@ class NudgeFinetuneEngine:
         if not all(isinstance(b, int | float) and 0.0 <= b <= 1.0 for b in bars):
             msg = (
                 f"min_judge_precision / min_judge_recall: found {min_judge_precision!r} / "
-                f"{min_judge_recall!r}, expected shares in [0, 1]; pass e.g. 0.5 / 0.2 (0 "
+                f"{min_judge_recall!r}, expected shares in [0, 1]; pass e.g. 0.3 / 0.2 (0 "
                 "turns that check off)."
             )
             raise NudgeError(msg)

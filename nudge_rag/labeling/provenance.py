@@ -40,7 +40,7 @@ from typing import Any
 
 from nudge_rag.core.watch import wilson_interval
 
-DEFAULT_MIN_PRECISION = 0.5
+DEFAULT_MIN_PRECISION = 0.3
 """A judge whose precision against people is significantly below this is not trusted."""
 DEFAULT_MIN_RECALL = 0.2
 """A judge whose recall of the human positives is significantly below this is not trusted (a

@@ -126,8 +126,9 @@ class SimilarityBiasedJudge(QrelsJudge):
     It grades the gold positives of each prompt relevant (missing a seeded share ``miss`` of
     them) and adds false positives at the top of the prompt's candidate list (the engine sends
     each pool nearest first), as many as make its precision about ``precision``: per prompt
-    ``max(kept gold, 1) · (1 − precision) / precision`` (rounded up or down at random, seeded by
-    the query). ``precision=1`` is the gold judge.
+    ``kept gold · (1 − precision) / precision`` (rounded up or down at random, seeded by the
+    query). ``precision=1`` is the gold judge. ``nearest=False`` draws the false positives at
+    random from the prompt's other candidates instead (seeded per query and candidate).
     """
 
     def __init__(
@@ -136,6 +137,7 @@ class SimilarityBiasedJudge(QrelsJudge):
         *,
         precision: float = 1.0,
         miss: float = 0.0,
+        nearest: bool = True,
         **kwargs: Any,
     ) -> None:
         if not 0.0 < precision <= 1.0 or not 0.0 <= miss <= 1.0:
@@ -147,6 +149,7 @@ class SimilarityBiasedJudge(QrelsJudge):
         super().__init__(qrels, **kwargs)
         self.precision = precision
         self.miss = miss
+        self.nearest = nearest
 
     def grades(self, query: str, ids: Sequence[str]) -> list[int]:
         """The grades of ``ids`` (nearest first) for ``query``."""
@@ -157,14 +160,13 @@ class SimilarityBiasedJudge(QrelsJudge):
             if g > 0 and _unit(self.seed, "miss", _norm(query), i) < self.miss:
                 g = 0
             out.append(g)
-        want = max(sum(g > 0 for g in out), 1) * (1.0 - self.precision) / self.precision
+        want = sum(g > 0 for g in out) * (1.0 - self.precision) / self.precision
         n_fp = int(want) + (_unit(self.seed, "fp", _norm(query)) < want - int(want))
-        for n, i in enumerate(ids):
-            if n_fp <= 0:
-                break
-            if out[n] == 0 and gold.get(i, 0.0) <= 0:
-                out[n] = 1
-                n_fp -= 1
+        others = [n for n, i in enumerate(ids) if out[n] == 0 and gold.get(i, 0.0) <= 0]
+        if not self.nearest:
+            others.sort(key=lambda n: _unit(self.seed, "pick", _norm(query), ids[n]))
+        for n in others[:n_fp]:
+            out[n] = 1
         return out
 
     def __call__(self, body: dict[str, Any]) -> dict[str, Any]:
