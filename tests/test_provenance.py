@@ -297,3 +297,17 @@ def test_audit_judge_counts_only_the_pool():
     assert audit.precision == 0.5 and audit.recall == 0.5
     empty = audit_judge([])
     assert math.isnan(empty.precision) and empty.trusted
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"min_judge_precision": 1.5}, r"min_judge_precision / min_judge_recall: found 1.5"),
+        ({"min_judge_recall": -0.1}, r"expected shares in \[0, 1\]"),
+        ({"max_audit_queries": -1}, r"max_audit_queries: found -1, expected ≥ 0"),
+        ({"max_audit_queries": 2.5}, r"max_audit_queries: found 2.5, expected an integer"),
+    ],
+)
+def test_bad_audit_settings_fail_at_construction(small, kw, match):
+    with pytest.raises(NudgeError, match=match):
+        NudgeFinetuneEngine(small, llm=JudgeClient(QrelsJudge({})), **kw)

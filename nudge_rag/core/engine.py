@@ -790,7 +790,8 @@ class NudgeFinetuneEngine:
             return None
         asked.sort(key=lambda q: split_point(self.seed + 1, q.key))  # a seeded, stable sample
         asked = asked[: self.max_audit_queries]
-        groups = [(q.key, str(q.text), q.embedding, q.trace_ids, {}) for q in asked]
+        no_grades: dict[str, float] = {}
+        groups = [(q.key, str(q.text), q.embedding, q.trace_ids, no_grades) for q in asked]
         before = labeler.stats.to_dict()
         scratch: dict[str, int] = dict.fromkeys(("withheld_candidates", "no_candidate_text"), 0)
         judged = self._judge_grades(groups, corpus, labeler, scratch)
