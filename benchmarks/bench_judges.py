@@ -56,6 +56,8 @@ def run_dataset(
     *,
     unaudited: bool,
     nearest: bool = True,
+    label_k: int = 20,
+    sink: Path | None = None,
 ) -> list[dict]:
     """Every (share, precision) cell of one dataset and seed."""
     qrow = {q: i for i, q in enumerate(ds.query_ids)}
@@ -101,6 +103,7 @@ def run_dataset(
                         progress=False,
                         concurrency=1,
                         audit=audit,
+                        label_k=label_k,
                     )
                     t0 = time.perf_counter()
                     rep = eng.finetune()
@@ -135,6 +138,9 @@ def run_dataset(
                         }
                     )
                     r = rows[-1]
+                    if sink is not None:  # each row as it comes: a cut-short run keeps them
+                        with sink.open("a", encoding="utf-8") as fh:
+                            fh.write(json.dumps(r) + "\n")
                     print(
                         f"{ds.name} {rows[-1]['judge']} seed {seed} share {share:.0%} p {p} audit {audit}: true "
                         f"{r['true_gain']:+.4f} proven {r['proven']} ({r['proof_by']}) audit "
@@ -143,6 +149,11 @@ def run_dataset(
                         flush=True,
                     )
     return rows
+
+
+def _mean(rows: list[dict], key: str) -> str:
+    known = [r[key] for r in rows if r.get(key) is not None]
+    return f"{np.mean(known):.0f}" if known else "n/a"
 
 
 def table(rows: list[dict]) -> str:
@@ -171,17 +182,17 @@ def table(rows: list[dict]) -> str:
         aud = [r for r in rs if r["audit_precision"] is not None]
         if aud:
             ap = np.mean([r["audit_precision"] for r in aud])
-            ar = np.mean([r["audit_recall"] for r in aud])
+            recalls = [r["audit_recall"] for r in aud if r["audit_recall"] is not None]
+            ar = f"{np.mean(recalls):.2f}" if recalls else "n/a"
             tr = sum(bool(r["trusted"]) for r in aud)
-            audit_txt = f"{ap:.2f} / {ar:.2f} ({tr}/{len(aud)})"
+            audit_txt = f"{ap:.2f} / {ar} ({tr}/{len(aud)})"
         else:
             audit_txt = "unaudited" if audit else "off (today's engine)"
         humans = int(np.mean([r["human_searches"] for r in rs]))
         out.append(
             f"| {d} | {j} | {p:.2f} | {s:.0%} ({humans}) | {np.mean(gains):+.4f} [{min(gains):+.4f}] "
             f"| {proven}/{len(rs)} | {false} | {by} | {audit_txt} | "
-            f"{np.mean([r['audit_prompts'] for r in rs]):.0f} / "
-            f"{np.mean([r['judge_prompts'] for r in rs]):.0f} |"
+            f"{np.mean([r['audit_prompts'] for r in rs]):.0f} / {_mean(rs, 'judge_prompts')} |"
         )
     return "\n".join(out)
 
@@ -199,13 +210,21 @@ def main(argv: list[str] | None = None) -> int:
         default=["nearest", "scattered"],
         help="false positives nearest the query, or scattered over the pool",
     )
+    ap.add_argument("--label-k", type=int, default=20, help="the engine's label_k")
     ap.add_argument("--unaudited", action="store_true", help="also run today's engine (no audit)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS_JUDGES.md"))
-    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=None, help="append each row here (JSONL)")
+    ap.add_argument(
+        "--table-from", nargs="+", type=Path, default=None, help="only print the table of rows"
+    )
     args = ap.parse_args(argv)
     root = shared_data_dir()
     rows: list[dict] = []
     t0 = time.perf_counter()
+    if args.table_from:
+        for path in args.table_from:
+            rows += [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        args.datasets = []
     for name in args.datasets:
         if root is None or not (root / name).is_dir():
             print(f"../shared/data/{name} not found (set NUDGE_RAG_DATA)", file=sys.stderr)
@@ -220,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                     args.shares,
                     unaudited=args.unaudited,
                     nearest=nearest == "nearest",
+                    label_k=args.label_k,
+                    sink=args.json,
                 )
     text = table(rows)
     n_zero = [r for r in rows if r["share"] == 0 and r["proven"]]
@@ -230,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\nfalse proofs (proven, true test gain < 0): {bad} of {len(n_human)} runs at human "
         f"share >= 5% (audit on); at 0% human share {n_zero_false} of {len(n_zero)} proven runs "
         f"({n_zero_false}/{sum(r['share'] == 0 for r in rows)} of all 0% runs). "
-        f"Seeds {args.seeds}; {time.perf_counter() - t0:.0f} s."
+        f"Seeds {sorted({r['seed'] for r in rows})}; {time.perf_counter() - t0:.0f} s."
     )
     print(text + "\n" + summary)
     args.out.write_text(
@@ -242,8 +263,6 @@ def main(argv: list[str] | None = None) -> int:
         + "\n",
         encoding="utf-8",
     )
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1), encoding="utf-8")
     return 0
 
 
