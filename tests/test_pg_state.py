@@ -749,7 +749,7 @@ def test_engine_end_to_end_with_the_state_in_postgres(pg, db, tmp_path):
         "nudge_world_traces",
         "nudge_world_versions",
     ]
-    assert cached is not None and cached[0] == len(world.queries) - n_fb  # the LLM's answers
+    assert cached is not None and cached[0] == len(world.queries)  # judged, and audited
     assert n_traces == (len(world.queries),)
 
 
