@@ -269,10 +269,14 @@ def test_llm_labels_traces_without_feedback(world):
     with OpenAIStub(QrelsJudge(world.qrels)) as stub:
         eng = engine(world, llm=stub.client(), llm_model="judge", label_k=20)
         report = eng.finetune()
-        assert len(stub.chat_requests) == len(world.queries) - 40  # feedback is not re-judged
+        # feedback is not labelled by the judge; its 40 searches are asked once, for the audit
+        audit = report.judge_audit
+        assert audit is not None and audit.queries == 40 and audit.judge_calls == 40
+        assert audit.trusted and audit.precision == 1.0
+        assert len(stub.chat_requests) == len(world.queries) - 40 + 40
     assert report.labels["feedback"] == 40
     assert report.labels["llm"] + report.labels["no_positive"] == len(world.queries) - 40
-    assert report.cost["llm_calls"] == len(world.queries) - 40
+    assert report.cost["llm_calls"] == len(world.queries) - 40 + audit.judge_calls
     assert report.proven
     # pools come from the base vectors: a target outside the user's top 5 is still found
     found = {q.key: q for q in eng.last_labels if q.source == "llm"}
@@ -334,8 +338,9 @@ def test_langchain_fake_model_answers_are_skipped_and_counted(world):
     report = engine(world, llm=llm).finetune()
     assert report.labels["feedback"] == n_fb and report.labels["llm"] == 0
     rest = len(world.queries) - n_fb
-    assert report.cost["skipped_invalid"] == rest
-    assert report.cost["llm_calls"] == 3 * rest  # the first answer and two re-asks each
+    assert report.judge_audit is not None and report.judge_audit.skipped == n_fb
+    assert report.cost["skipped_invalid"] == rest + n_fb  # the audit's prompts too
+    assert report.cost["llm_calls"] == 3 * (rest + n_fb)  # the first answer and two re-asks each
 
 
 # -- cold start ------------------------------------------------------------------------------------

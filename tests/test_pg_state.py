@@ -609,6 +609,7 @@ def test_a_trace_log_of_the_previous_release_is_migrated(tmp_path):
         )
         np.testing.assert_array_equal(t.embedding, EMB)
         assert log.feedback()[0].text == "good" and log.score_kind == "distance"
+        assert log.feedback()[0].provenance == "human"  # a row from before provenance
         new = _record(log, "new q", external=("langsmith", "run-1"))
         assert [x.external_id for x in log.traces()] == [None, "langsmith:run-1"]
         assert new is not None
@@ -616,9 +617,11 @@ def test_a_trace_log_of_the_previous_release_is_migrated(tmp_path):
     try:
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         cols = {r[1] for r in conn.execute("PRAGMA table_info(traces)")}
+        fb_cols = {r[1] for r in conn.execute("PRAGMA table_info(feedback)")}
     finally:
         conn.close()
-    assert version == ("3",) and {"external_id", "source"} <= cols
+    assert version == ("4",) and {"external_id", "source"} <= cols
+    assert {"is_answer", "provenance"} <= fb_cols
     with TraceLog(path) as log:  # opening again runs nothing more
         assert len(log) == 2
 
@@ -718,7 +721,10 @@ def test_engine_end_to_end_with_the_state_in_postgres(pg, db, tmp_path):
     with OpenAIStub(QrelsJudge(world.qrels)) as stub:
         engine = NudgeFinetuneEngine(store, llm=stub.client(), llm_model="judge", progress=False)
         report = engine.finetune()
-        assert len(stub.chat_requests) == len(world.queries) - n_fb
+        # the judge labels the rest; the 160 with feedback are asked once, for its audit
+        assert len(stub.chat_requests) == len(world.queries) - n_fb + n_fb
+    assert report.judge_audit is not None and report.judge_audit.judge_calls == n_fb
+    assert report.judge_audit.trusted and store.feedback()[0].provenance == "human"
     assert report.labels["feedback"] == n_fb and report.labels["traces"] == len(world.queries)
     assert report.proven, report
     version = engine.apply(report)
@@ -744,7 +750,7 @@ def test_engine_end_to_end_with_the_state_in_postgres(pg, db, tmp_path):
         "nudge_world_traces",
         "nudge_world_versions",
     ]
-    assert cached is not None and cached[0] == len(world.queries) - n_fb  # the LLM's answers
+    assert cached is not None and cached[0] == len(world.queries)  # judged, and audited
     assert n_traces == (len(world.queries),)
 
 

@@ -66,6 +66,14 @@ from nudge_rag.core.nudge import Method, Selection, check_gamma, finetune_embedd
 from nudge_rag.core.stores.base import Metric
 from nudge_rag.core.traces import embedding_problem
 from nudge_rag.core.versions import check_metric
+from nudge_rag.labeling.provenance import (
+    DEFAULT_MIN_PRECISION,
+    DEFAULT_MIN_RECALL,
+    SOURCE_PROVENANCE,
+    JudgeAudit,
+    Provenance,
+    audit_judge,
+)
 
 K = 10
 _BAD_LISTED = 1000  # bad trace ids a report names (all are counted)
@@ -193,6 +201,14 @@ class FinetuneReport:
     recall."""
     corpus_stats: dict[str, int] = field(default_factory=dict)
     """What the store path asked of the store (searches, query vectors, base vectors read)."""
+    judge_audit: JudgeAudit | None = None
+    """The judge's agreement with human labels on human-labelled searches' pools (None: no
+    judge, or no human labels to audit it with: then the proof is only as good as the judge)."""
+    graded: dict[str, MetricGain] = field(default_factory=dict)
+    """The held-out NDCG@10 apart by who graded each query: ``"human"`` (people's labels) and
+    ``"judge"`` (model labels); ``ndcg`` is over both, each query graded by its own labels."""
+    graded_queries: dict[str, int] = field(default_factory=dict)
+    """Held-out queries per grader (``"human"`` / ``"judge"``)."""
     _ids: list[str] = field(default_factory=list, repr=False)
     _vectors: np.ndarray | None = field(default=None, repr=False)
     _base_digest: str = field(default="", repr=False)
@@ -215,11 +231,42 @@ class FinetuneReport:
             if f.name.startswith("_") or f.name == "version":
                 continue
             value = getattr(self, f.name)
-            out[f.name] = asdict(value) if isinstance(value, MetricGain) else value
+            if isinstance(value, MetricGain):
+                value = asdict(value)
+            elif isinstance(value, JudgeAudit):
+                value = value.to_dict()
+            elif f.name == "graded":
+                value = {k: {**asdict(m), "gain": m.gain} for k, m in value.items()}
+            out[f.name] = value
         for name in ("ndcg", "recall"):
             out[name] = {**out[name], "gain": getattr(self, name).gain}
         out["proven"] = self.proven
+        out["proof_by"] = self.proof_by
         return out
+
+    @property
+    def proof_by(self) -> str:
+        """Who graded the held-out proof: ``"human"``, ``"judge"``, ``"human+judge"`` (each
+        query by its own labels) or ``"synthetic"``."""
+        if self.heldout_source == "synthetic":
+            return "synthetic"
+        return "+".join(k for k in ("human", "judge") if self.graded_queries.get(k))
+
+    def headline(self) -> str:
+        """Who graded the proof and how far the judge can be trusted, in one or two lines."""
+        a = self.judge_audit
+        has_judge = self.graded_queries.get("judge", 0) > 0 or self.labels.get("llm", 0) > 0
+        if a is not None:
+            head = a.summary()
+        elif has_judge or self.labels.get("answer", 0) or self.heldout_source == "synthetic":
+            head = (
+                "judge unaudited: no human labels; the proof is only as good as the judge (record "
+                "feedback on some searches to audit it; `nudge-rag watch` guards an applied "
+                "version with the feedback that arrives after it)"
+            )
+        else:
+            head = "labels: human feedback only (no judge)"
+        return head
 
     def __str__(self) -> str:
         pct = round(self.confidence * 100)
@@ -227,10 +274,12 @@ class FinetuneReport:
         lines = [
             f"NUDGE fine-tune: {self.method}, gamma={self.gamma:.3f}, {self.metric} store, "
             f"{self.n_chunks} chunks, {self.rows_changed} rows changed",
+            self.headline(),
             f"queries: train {q.get('train', 0)}, validation {q.get('validation', 0)}, "
             f"held-out {q.get('heldout', 0)} ({self.heldout_source}"
-            f"{', by ' + self.heldout_by if self.heldout_by else ''}); labeled by feedback "
-            f"{self.labels.get('feedback', 0)}, llm {self.labels.get('llm', 0)}, synthetic "
+            f"{', graded by ' + self.proof_by if self.proof_by else ''}); labeled by human "
+            f"feedback {self.labels.get('feedback', 0)}, model feedback (citations) "
+            f"{self.labels.get('cited', 0)}, llm {self.labels.get('llm', 0)}, synthetic "
             f"{self.labels.get('synthetic', 0)}, answer ratings {self.labels.get('answer', 0)}",
             "",
             f"{'held-out':<10}{'before':>9}{'after':>9}{'gain':>9}   {pct}% CI of the gain",
@@ -240,6 +289,13 @@ class FinetuneReport:
                 f"{name:<10}{m.before:>9.4f}{m.after:>9.4f}{m.gain:>+9.4f}   "
                 f"[{m.ci_low:+.4f}, {m.ci_high:+.4f}]"
             )
+        if len(self.graded) > 1:  # both graders: their figures apart
+            for who, m in self.graded.items():
+                n = self.graded_queries.get(who, 0)
+                lines.append(
+                    f"  NDCG@10 on the {n} {who}-graded: {m.before:.4f} -> {m.after:.4f} "
+                    f"({m.gain:+.4f}, CI [{m.ci_low:+.4f}, {m.ci_high:+.4f}])"
+                )
         verdict = (
             f"proven: NDCG@10 CI lower bound {self.ndcg.ci_low:+.4f} > min_gain "
             f"{self.min_gain:+.4f}; engine.apply(report) will write it"
@@ -265,10 +321,16 @@ class FinetuneReport:
             if flagged:
                 shown = ", ".join(flagged[:5]) + (", ..." if len(flagged) > 5 else "")
                 lines.append(f"suspect chunks ({why}): {len(flagged)}: {shown}")
-        if self.heldout_by == "feedback+llm":
+        if self.proof_by == "human+judge":
             lines.append(
-                "note: the held-out proof mixes LLM-judged queries with too few human-labelled "
-                "ones to stand alone; it trusts the judge."
+                "note: the held-out proof mixes judge-graded queries with too few human-graded "
+                "ones to stand alone; it trusts the judge"
+                + (" the audit passed." if self.judge_audit is not None else ".")
+            )
+        if self.labels.get("judge_dropped", 0):
+            lines.append(
+                f"judge not trusted: {self.labels['judge_dropped']} searches left unjudged; the "
+                "fit and the proof use human (and other) labels only."
             )
         n_bad = self.labels.get("bad_traces", 0)
         if n_bad:
@@ -295,6 +357,15 @@ class FinetuneReport:
 
 # ---------------------------------------------------------------------------------------------
 # Small pure helpers
+
+
+def _is_human(q: LabeledQuery) -> bool:
+    return SOURCE_PROVENANCE.get(q.source) is Provenance.HUMAN
+
+
+def _provenance(feedback: Any) -> Provenance:
+    """A feedback row's provenance (rows of a custom store without one: human)."""
+    return Provenance.parse(getattr(feedback, "provenance", None))
 
 
 def split_point(seed: int, key: str) -> float:
@@ -415,6 +486,12 @@ class NudgeFinetuneEngine:
             store's own search (memory independent of the corpus size; an HNSW index's recall
             carries into the figures); ``"auto"`` (default) is memory while the base matrix
             fits ``memory_budget`` bytes of float32 (default 2 GiB), the store above.
+        audit: before judging, grade the pools of up to ``max_audit_queries`` (default 200)
+            human-labelled searches with the judge and measure its precision and recall
+            against the people (``report.judge_audit``); a judge significantly below
+            ``min_judge_precision`` (0.3) or ``min_judge_recall`` (0.2) is not trusted: no
+            search is judged and the fit and proof use the other labels
+            (:mod:`nudge_rag.labeling.provenance`).
 
     Use:
         .. code-block:: python
@@ -457,6 +534,10 @@ class NudgeFinetuneEngine:
         use_negatives: bool = True,
         corpus: str = "auto",
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        audit: bool = True,
+        min_judge_precision: float = DEFAULT_MIN_PRECISION,
+        min_judge_recall: float = DEFAULT_MIN_RECALL,
+        max_audit_queries: int = 200,
     ) -> None:
         self.state = resolve_store(store)
         self.metric = Metric(self.state.metric)
@@ -538,6 +619,25 @@ class NudgeFinetuneEngine:
             raise NudgeError(msg)
         self.corpus = corpus
         self.memory_budget = int(memory_budget)
+        bars = (min_judge_precision, min_judge_recall)
+        if not all(isinstance(b, int | float) and 0.0 <= b <= 1.0 for b in bars):
+            msg = (
+                f"min_judge_precision / min_judge_recall: found {min_judge_precision!r} / "
+                f"{min_judge_recall!r}, expected shares in [0, 1]; pass e.g. 0.3 / 0.2 (0 "
+                "turns that check off)."
+            )
+            raise NudgeError(msg)
+        if isinstance(max_audit_queries, bool) or not isinstance(max_audit_queries, int):
+            msg = f"max_audit_queries: found {max_audit_queries!r}, expected an integer ≥ 0."
+            raise NudgeError(msg)
+        if max_audit_queries < 0:
+            msg = f"max_audit_queries: found {max_audit_queries}, expected ≥ 0 (0: no audit)."
+            raise NudgeError(msg)
+        self.audit = bool(audit) and max_audit_queries > 0
+        self.min_judge_precision = float(min_judge_precision)
+        self.min_judge_recall = float(min_judge_recall)
+        self.max_audit_queries = max_audit_queries
+        self.last_audit: JudgeAudit | None = None
         self._suspects: dict[str, list[str]] = {}
         if cache_path is None:
             part = getattr(self.state, "part", None)  # the state's label cache (file or schema)
@@ -575,7 +675,8 @@ class NudgeFinetuneEngine:
         for name in ("answer_unjudged", "withheld_answers", "outlier_chunks"):
             counts.setdefault(name, 0)
         feedback = self.state.feedback()
-        by_trace = feedback_grades(feedback)
+        by_trace = feedback_grades(f for f in feedback if _provenance(f) is Provenance.HUMAN)
+        by_model = feedback_grades(f for f in feedback if _provenance(f) is Provenance.MODEL)
         rated = answer_ratings(feedback)
         liked = {t for t, r in rated.items() if r.positive}  # answers rated helpful
         counts["answer_positive"] = len(liked)
@@ -585,7 +686,7 @@ class NudgeFinetuneEngine:
         self.last_bad_traces = {}
         keep = None  # without a judge only the queries that have feedback can be labeled
         if labeler is None:
-            fed = read(ids=list(by_trace), with_embeddings=False)
+            fed = read(ids=[*by_trace, *by_model], with_embeddings=False)
             keep = {query_key(t.query, t.id) for t in fed}
         groups: dict[str, _TraceGroup] = {}
         others = array("q")  # 8-byte hashes of the other queries' keys, to count them
@@ -605,8 +706,11 @@ class NudgeFinetuneEngine:
         chosen: list[tuple[str, _TraceGroup, dict[str, float], str]] = []
         for key, group in groups.items():
             grades = group.grades(by_trace)
+            cited = group.grades(by_model)
             if any(g > 0 for g in grades.values()):
                 chosen.append((key, group, grades, "feedback"))
+            elif any(g > 0 for g in cited.values()):  # model-made feedback (citations)
+                chosen.append((key, group, {**cited, **grades}, "cited"))
             elif any(tid in liked for _, tid in group.members):
                 if labeler is not None and group.text:  # the judge picks what the answer used
                     chosen.append((key, group, grades, "answer"))
@@ -626,12 +730,20 @@ class NudgeFinetuneEngine:
             if emb is None:  # every trace of the query is bad (counted)
                 continue
             tids = group.ids()
-            if source == "feedback":
-                out.append(LabeledQuery(key, group.text, emb, grades, "feedback", tids))
+            if source in ("feedback", "cited"):
+                out.append(LabeledQuery(key, group.text, emb, grades, source, tids))
             else:
                 (to_support if source == "answer" else to_judge).append(
                     (key, str(group.text), emb, tids, grades)
                 )
+        self.last_audit = None
+        if labeler is not None and self.audit and (to_judge or to_support):
+            self.last_audit = self._audit(
+                [q for q in out if q.source == "feedback"], corpus, labeler
+            )
+        if self.last_audit is not None and not self.last_audit.trusted:
+            counts["judge_dropped"] = len(to_judge) + len(to_support)  # never judged
+            to_judge, to_support = [], []
         if to_support and labeler is not None:
             out += self._judge_support(to_support, liked, rated, labeler, counts)
         if to_judge and labeler is not None:
@@ -668,6 +780,32 @@ class NudgeFinetuneEngine:
                     pending.append(q)
         return out
 
+    def _audit(
+        self, human: Sequence[LabeledQuery], corpus: Corpus, labeler: Labeler
+    ) -> JudgeAudit | None:
+        """Ask the judge about (up to ``max_audit_queries``) human-labelled searches over the
+        pools it would see, and score it against the people (None without any)."""
+        asked = [q for q in human if q.text]
+        if not asked:
+            return None
+        asked.sort(key=lambda q: split_point(self.seed + 1, q.key))  # a seeded, stable sample
+        asked = asked[: self.max_audit_queries]
+        no_grades: dict[str, float] = {}
+        groups = [(q.key, str(q.text), q.embedding, q.trace_ids, no_grades) for q in asked]
+        before = labeler.stats.to_dict()
+        scratch: dict[str, int] = dict.fromkeys(("withheld_candidates", "no_candidate_text"), 0)
+        judged = self._judge_grades(groups, corpus, labeler, scratch)
+        after = labeler.stats.to_dict()
+        return audit_judge(
+            ((judged[g], q.grades) for g, q in enumerate(asked) if g in judged),
+            min_precision=self.min_judge_precision,
+            min_recall=self.min_judge_recall,
+            confidence=self.confidence,
+            judge_calls=after["llm_calls"] - before["llm_calls"],
+            prompts=after["questions"] - before["questions"],
+            skipped=len(asked) - len(judged),
+        )
+
     def _judge(
         self,
         groups: list[tuple[str, str, np.ndarray, tuple[str, ...], dict[str, float]]],
@@ -675,6 +813,18 @@ class NudgeFinetuneEngine:
         labeler: Labeler,
         counts: dict[str, int],
     ) -> list[LabeledQuery]:
+        judged = self._judge_grades(groups, corpus, labeler, counts)
+        return self._judged_labels(judged, groups, counts, "llm")
+
+    def _judge_grades(
+        self,
+        groups: list[tuple[str, str, np.ndarray, tuple[str, ...], dict[str, float]]],
+        corpus: Corpus,
+        labeler: Labeler,
+        counts: dict[str, int],
+    ) -> dict[int, dict[str, float]]:
+        """The judge's grades of each group's candidate pool (by group index; a group whose
+        prompts were all skipped is absent)."""
         queries = np.stack([g[2] for g in groups]).astype(np.float32)
         pools, _ = corpus.topk_excluding(queries, self.label_k)
         wanted = sorted({int(r) for r in pools.ravel() if r >= 0})
@@ -696,7 +846,7 @@ class NudgeFinetuneEngine:
         for g, grades in zip(owner, labeler.judge(items), strict=True):
             if grades is not None:  # a skipped prompt leaves its candidates unjudged (counted)
                 judged.setdefault(g, {}).update({i: float(v) for i, v in grades.items()})
-        return self._judged_labels(judged, groups, counts, "llm")
+        return judged
 
     def _judge_support(
         self,
@@ -874,6 +1024,7 @@ class NudgeFinetuneEngine:
         )
         counts.update(injected_chunks=0, withheld_candidates=0, outlier_chunks=0)
         counts.update(answer_positive=0, answer_negative=0, answer_unjudged=0, withheld_answers=0)
+        counts.update(judge_dropped=0)
         self._suspects = {}
         labeled = self.collect_labels(corpus, labeler, counts)
         counts["injected_chunks"] = len(self._suspects.get("injection", []))
@@ -940,13 +1091,34 @@ class NudgeFinetuneEngine:
         top_before = corpus.topk_replaced(test_q, K, res.rows)[0]
         top_after = corpus.topk_replaced(test_q, K, res.rows, res.vectors)[0]
         gains = {}
+        per_query: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name, fn in (("ndcg", ndcg_at_k), ("recall", recall_at_k)):
             b, a = fn(top_before, table, K), fn(top_after, table, K)
+            per_query[name] = (b, a)
             low, high = paired_bootstrap(
                 a - b, n_resamples=self.n_resamples, confidence=self.confidence, seed=self.seed
             )
             gains[name] = MetricGain(float(b.mean()), float(a.mean()), low, high)
-        sources = {"feedback": 0, "llm": 0, "synthetic": 0, "answer": 0}
+        # the same held-out NDCG@10, apart by who graded each query
+        who = np.array(["human" if _is_human(q) else "judge" for q in test])
+        graded: dict[str, MetricGain] = {}
+        graded_queries: dict[str, int] = {}
+        if source != "synthetic":
+            b, a = per_query["ndcg"]
+            for grader in ("human", "judge"):
+                mask = who == grader
+                if mask.any():
+                    low, high = paired_bootstrap(
+                        a[mask] - b[mask],
+                        n_resamples=self.n_resamples,
+                        confidence=self.confidence,
+                        seed=self.seed,
+                    )
+                    graded[grader] = MetricGain(
+                        float(b[mask].mean()), float(a[mask].mean()), low, high
+                    )
+                    graded_queries[grader] = int(mask.sum())
+        sources = {"feedback": 0, "cited": 0, "llm": 0, "synthetic": 0, "answer": 0}
         for q in usable:
             sources[q.source] += 1
         stats = labeler.stats if labeler is not None else LabelStats()
@@ -975,6 +1147,9 @@ class NudgeFinetuneEngine:
             corpus=corpus.kind,
             corpus_approximate=corpus.approximate,
             corpus_stats=corpus.stats.to_dict() if isinstance(corpus, StoreCorpus) else {},
+            judge_audit=self.last_audit,
+            graded=graded,
+            graded_queries=graded_queries,
             _base_digest=_digest(
                 self.state.base_vectors(changed_ids) if changed_ids else np.zeros(0)
             ),

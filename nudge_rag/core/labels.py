@@ -787,13 +787,20 @@ class LabeledQuery:
     text: str | None
     embedding: np.ndarray
     grades: dict[str, float]
-    source: str  # "feedback" | "llm" | "synthetic"
+    source: str  # "feedback" (human) | "cited" (model feedback) | "llm" | "answer" | "synthetic"
     trace_ids: tuple[str, ...] = field(default=())
 
     @property
     def positives(self) -> dict[str, float]:
         """The relevant chunks and their grades."""
         return {i: g for i, g in self.grades.items() if g > 0}
+
+    @property
+    def provenance(self) -> Any:
+        """Who made the label: a :class:`~nudge_rag.labeling.provenance.Provenance`."""
+        from nudge_rag.labeling.provenance import SOURCE_PROVENANCE  # labeling imports core
+
+        return SOURCE_PROVENANCE[self.source]
 
 
 def query_key(text: str | None, trace_id: str) -> str:

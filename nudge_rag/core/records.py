@@ -27,7 +27,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.traces import clean_text, embedding_blob, embedding_problem, filter_as_dict
+from nudge_rag.core.traces import (
+    check_provenance,
+    clean_text,
+    embedding_blob,
+    embedding_problem,
+    filter_as_dict,
+)
 
 if TYPE_CHECKING:
     from nudge_rag.core.state import NudgeState
@@ -53,7 +59,9 @@ class FeedbackRecord:
 
     ``relevant_ids`` / ``irrelevant_ids``: chunk ids judged so; ``rating``: a number (a thumbs
     up is 1.0, down 0.0 or -1.0 as the tool gives it); ``text``: a comment; ``time``: when it was
-    given (epoch seconds, a datetime, an ISO 8601 string; None: the retrieval's time).
+    given (epoch seconds, a datetime, an ISO 8601 string; None: the retrieval's time);
+    ``provenance``: ``"human"`` (a person's annotation, the default) or ``"model"`` (an LLM
+    evaluator's).
     """
 
     relevant_ids: Sequence[str] = ()
@@ -61,6 +69,7 @@ class FeedbackRecord:
     rating: float | None = None
     text: str | None = None
     time: float | datetime | str | None = None
+    provenance: str = "human"
 
 
 @dataclass(frozen=True)
@@ -397,7 +406,7 @@ class _Prepared:
     scores: list[float]
     k: int
     filter: str | None
-    feedback: list[tuple[float | None, list[str], list[str], float | None, str | None]]
+    feedback: list[tuple[float | None, list[str], list[str], float | None, str | None, str]]
     future: float | None = None  # the original time, when it lay ahead and was clamped
 
 
@@ -466,7 +475,8 @@ def _prepare(rec: Any, n: int, source: str | None, policy: _TimePolicy) -> _Prep
             future = f_time if future is None else future
             f_time = None  # the import's time; found again by its content on a re-import
         text = None if f.text is None else clean_text(f.text)
-        feedback.append((f_time, rel, irr, _rating(f.rating), text))
+        prov = check_provenance(f.provenance)
+        feedback.append((f_time, rel, irr, _rating(f.rating), text, prov))
     try:
         flt = filter_as_dict(rec.filter)
         flt_json = None if flt is None else json.dumps(flt)
@@ -632,8 +642,8 @@ class _Import:
             keep = [(i, s) for i, s in zip(p.ids, p.scores, strict=True) if i in held]
             p.ids, p.scores = [i for i, _ in keep], [s for _, s in keep]
             p.feedback = [
-                (t, _expand(rel, held, children), _expand(irr, held, children), r, x)
-                for t, rel, irr, r, x in p.feedback
+                (t, _expand(rel, held, children), _expand(irr, held, children), r, x, v)
+                for t, rel, irr, r, x, v in p.feedback
             ]
             p.feedback = [f for f in p.feedback if f[1] or f[2] or f[3] is not None or f[4]]
         if not self.dim:

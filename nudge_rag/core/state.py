@@ -182,8 +182,13 @@ class NudgeState:
         text: str | None = None,
         id_key: str | None = None,
         text_is_answer: bool = False,
+        provenance: str = "human",
     ) -> None:
         """Attach feedback to a trace; every id must be in the store (``UnknownIdError``).
+
+        ``provenance``: ``"human"`` (a person's verdict, the default) or ``"model"`` (an
+        agent's citations, an LLM evaluator): the engine audits its judge against human labels
+        only, and grades its proof with them.
 
         ``id_key`` (or the state's ``parent_id_key`` for ids the store does not hold): the ids
         are parent ids, each standing for the chunks whose metadata ``id_key`` carries it.
@@ -216,6 +221,7 @@ class NudgeState:
             rating=rating,
             text=text,
             text_is_answer=text_is_answer,
+            provenance=provenance,
         )
 
     def record_citations(self, trace_id: str, answer: Any) -> Citations:
@@ -224,12 +230,14 @@ class NudgeState:
         Only what that search showed counts: a cited id among its results, or a parent id
         (``parent_id_key``) whose chunks are among them. The other cited ids are not recorded:
         those the store does not hold (made up, deleted) are returned in ``unknown_ids``, those
-        it holds but this search did not show (another search's) in ``not_shown_ids``.
+        it holds but this search did not show (another search's) in ``not_shown_ids``. The
+        citations are recorded as model-made feedback (``provenance="model"``): no person
+        vouched for them.
         """
         shown = self._shown_ids(trace_id)
         relevant, others = self._shown_only(shown, cited_ids(answer, whole=set(shown)))
         if relevant:
-            self.record_feedback(trace_id, relevant_ids=relevant)
+            self.record_feedback(trace_id, relevant_ids=relevant, provenance="model")
         return self._citations(relevant, others)
 
     def record_answer_feedback(
@@ -248,7 +256,8 @@ class NudgeState:
         as in :meth:`record_citations`. A positive rating without such citations marks the
         trace for the LLM judge, which decides which of the shown chunks the answer rests on
         at the next ``finetune()``. A negative rating is kept and counted, never a positive.
-        The answer text (a string or a message's ``.content``) is stored with the rating.
+        The answer text (a string or a message's ``.content``) is stored with the rating. It is
+        human feedback: a person rated the answer those chunks made.
         """
         number = isinstance(rating, int | float | np.integer | np.floating)
         if not number or not 0.0 <= float(rating) <= 1.0:

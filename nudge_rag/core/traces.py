@@ -30,7 +30,9 @@ Tables::
 
     traces(seq, id, time, query, embedding float32 blob, dim, k, filter json, result_ids json,
            scores json)   -- a non-finite score (MMR gives none) is stored as null
-    feedback(seq, trace_id, time, relevant_ids json, irrelevant_ids json, rating, text)
+    feedback(seq, trace_id, time, relevant_ids json, irrelevant_ids json, rating, text,
+             provenance)  -- 'human' (NULL: a row from before the column, read as human) or
+                          'model' (agent citations, imported LLM-evaluator annotations)
     quarantine(seq, trace_id, time, reason, row)   -- traces that could not be stored; row is an
                           ASCII description without the embedding
     meta(key, value)   -- score_kind: whether the wrapped store's scores are similarities or
@@ -137,7 +139,18 @@ _MIGRATION_ANSWERS = [
     "UPDATE feedback SET is_answer = 1 WHERE rating IS NOT NULL AND text IS NOT NULL AND "
     "trace_id IN (SELECT id FROM traces WHERE source IS NULL)",
 ]
-_FEEDBACK_COLUMNS = "trace_id, time, relevant_ids, irrelevant_ids, rating, text, is_answer"
+_FEEDBACK_ORDER = (
+    "trace_id",
+    "time",
+    "relevant_ids",
+    "irrelevant_ids",
+    "rating",
+    "text",
+    "is_answer",
+    "provenance",
+)
+_LATER = {"is_answer", "provenance"}  # added by migrations 3 and 4
+_FEEDBACK_COLUMNS = ", ".join(_FEEDBACK_ORDER)
 _IMPORT_ROWS = 500  # imported traces per transaction
 _INSERT_QUARANTINE = "INSERT INTO quarantine (trace_id, time, reason, row) VALUES (?, ?, ?, ?)"
 
@@ -203,6 +216,10 @@ class Feedback:
     text: str | None
     #: ``text`` is the answer the rating judges (record_answer_feedback), not a comment
     is_answer: bool = False
+    provenance: str = "human"  # "human" or "model" (nudge_rag.labeling.provenance)
+
+
+FEEDBACK_PROVENANCES = ("human", "model")
 
 
 def clean_text(text: str) -> str:
@@ -404,6 +421,7 @@ class TraceLog:
                 msg = f"{self.where}: no traces table (not a nudge-rag trace log)"
                 raise NudgeError(msg)
             self._external_ids = "external_id" in self._database.columns(conn, "traces")
+            self._feedback_cols = _feedback_columns(set(self._database.columns(conn, "feedback")))
             conn.execute("SELECT seq, id, embedding FROM traces ORDER BY seq DESC LIMIT 1")
         except (self._database.Error, OSError, NudgeError) as e:
             if conn is not None:
@@ -693,12 +711,16 @@ class TraceLog:
         rating: float | None = None,
         text: str | None = None,
         text_is_answer: bool = False,
+        provenance: str = "human",
     ) -> None:
         """Attach feedback to trace ``trace_id`` (``UnknownIdError`` if there is no such trace).
 
         ``text`` must be a str (lone surrogates become U+FFFD) or None; ``text_is_answer``: it is
-        the answer the rating judges (the support judge reads it), not a comment.
+        the answer the rating judges (the support judge reads it), not a comment. ``provenance``:
+        who made it, ``"human"`` (a person) or ``"model"`` (an agent's citations, an LLM
+        evaluator).
         """
+        provenance = check_provenance(provenance)
         for name, value in (("relevant_ids", relevant_ids), ("irrelevant_ids", irrelevant_ids)):
             if isinstance(value, str | bytes):
                 msg = f"{name}: expected a list of chunk ids, found the one {value!r}; pass [id]."
@@ -742,7 +764,7 @@ class TraceLog:
                 )
                 raise UnknownIdError(msg)
             conn.execute(
-                f"INSERT INTO feedback ({_FEEDBACK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO feedback ({_FEEDBACK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     trace_id,
                     _time.time(),
@@ -751,6 +773,7 @@ class TraceLog:
                     rating,
                     text,
                     1 if text_is_answer and text is not None else None,
+                    provenance,
                 ),
             )
 
@@ -761,12 +784,12 @@ class TraceLog:
 
         Each row: ``(source, external_id, time, query, embedding float32 bytes, dim, k, filter
         json or None, result_ids, scores, feedback)``, feedback a list of ``(time, relevant_ids,
-        irrelevant_ids, rating, text)``. A row whose (source, external_id) is in the log already
-        adds no trace (``INSERT ... ON CONFLICT DO NOTHING``), nor does one whose run or span a
-        live trace with the same query ran in (external_id ``"<source>:<id>"``): its feedback
-        rows not yet there join that trace. Returns per row (trace id, ``"new"`` /
-        ``"duplicate"`` / ``"live"``, feedback rows added), or (the reason, ``"refused"``, 0)
-        for a row the database refuses: it alone is left out, the others are written.
+        irrelevant_ids, rating, text[, provenance])``. A row whose (source, external_id) is in
+        the log already adds no trace (``INSERT ... ON CONFLICT DO NOTHING``), nor does one whose
+        run or span a live trace with the same query ran in (external_id ``"<source>:<id>"``):
+        its feedback rows not yet there join that trace. Returns per row (trace id, ``"new"`` /
+        ``"duplicate"`` / ``"live"``, feedback rows added), or (the reason, ``"refused"``, 0) for
+        a row the database refuses: it alone is left out, the others are written.
         """
         if batch_rows < 1:
             msg = f"batch_rows: expected a positive number of rows, found {batch_rows!r}."
@@ -860,7 +883,7 @@ class TraceLog:
 
     def feedback(self, trace_id: str | None = None) -> list[Feedback]:
         """Every feedback row (oldest first), or those attached to ``trace_id``."""
-        sql = f"SELECT {_FEEDBACK_COLUMNS} FROM feedback"
+        sql = f"SELECT {self._feedback_cols} FROM feedback"
         args: tuple = ()
         if trace_id is not None:
             sql += " WHERE trace_id = ?"
@@ -890,7 +913,7 @@ class TraceLog:
         while True:
             with self._db() as conn:
                 rows = conn.execute(
-                    f"SELECT seq, {_FEEDBACK_COLUMNS} FROM feedback WHERE seq > ? ORDER BY seq"
+                    f"SELECT seq, {self._feedback_cols} FROM feedback WHERE seq > ? ORDER BY seq"
                     " LIMIT ?",
                     (last, page_rows),
                 ).fetchall()
@@ -952,7 +975,7 @@ class TraceLog:
         ids = [t.id for t in page]
         with self._db() as conn:
             rows = conn.execute(
-                f"SELECT {_FEEDBACK_COLUMNS} FROM feedback"
+                f"SELECT {self._feedback_cols} FROM feedback"
                 f" WHERE trace_id IN ({_in(len(ids))}) ORDER BY seq",
                 ids,
             ).fetchall()
@@ -965,6 +988,7 @@ class TraceLog:
                     "irrelevant_ids": f.irrelevant_ids,
                     "rating": f.rating,
                     "text": f.text,
+                    "provenance": f.provenance,
                 }
             )
         for t in page:
@@ -1143,6 +1167,12 @@ def _add_external_ids(db: Database, conn: Any) -> None:
             conn.execute(statement)
 
 
+def _add_feedback_provenance(db: Database, conn: Any) -> None:
+    """Migration 4: who made each feedback row (NULL in older rows: read as human)."""
+    if "provenance" not in db.columns(conn, "feedback"):
+        conn.execute("ALTER TABLE feedback ADD COLUMN provenance TEXT")
+
+
 #: the trace log's schema versions (see :meth:`Database.migrate`)
 def _mark_answers(db: Database, conn: Any) -> None:
     """Migration 3: the ``is_answer`` column of feedback (if not there yet)."""
@@ -1151,7 +1181,24 @@ def _mark_answers(db: Database, conn: Any) -> None:
             conn.execute(statement)
 
 
-_MIGRATIONS: list[Any] = [[_SCHEMA], _add_external_ids, _mark_answers]
+_MIGRATIONS: list[Any] = [[_SCHEMA], _add_external_ids, _mark_answers, _add_feedback_provenance]
+
+
+def _feedback_columns(present: set[str]) -> str:
+    """The feedback columns to read; one an older (read-only) log lacks reads as NULL."""
+    return ", ".join(c if c in present or c not in _LATER else "NULL" for c in _FEEDBACK_ORDER)
+
+
+def check_provenance(value: Any) -> str:
+    """A feedback row's provenance, checked: ``"human"`` or ``"model"`` (None: human)."""
+    text = "human" if value is None else str(getattr(value, "value", value)).lower()
+    if text not in FEEDBACK_PROVENANCES:
+        msg = (
+            f"provenance: found {value!r}, expected 'human' (a person's feedback) or 'model' "
+            "(an agent's citations, an LLM evaluator's annotation)."
+        )
+        raise NudgeError(msg)
+    return text
 
 
 def trace_database(path: Path) -> SQLiteDatabase:
@@ -1184,17 +1231,19 @@ def _import_row(conn: Any, r: tuple) -> tuple[str, str, int]:
         tid = hit[0]
     have: set[tuple] = set()
     if status != "new" and feedback:
-        have = set(
-            conn.execute(
-                "SELECT time, relevant_ids, irrelevant_ids, rating, text FROM feedback"
+        have = {
+            (*row[:5], row[5] or "human")
+            for row in conn.execute(
+                "SELECT time, relevant_ids, irrelevant_ids, rating, text, provenance FROM feedback"
                 " WHERE trace_id = ?",
                 (tid,),
             ).fetchall()
-        )
+        }
     added = 0
     untimed = {h[1:] for h in have}
-    for f_time, rel, irr, rating, text in feedback:
-        body = (json.dumps(list(rel)), json.dumps(list(irr)), rating, text)
+    for f_time, rel, irr, rating, text, *more in feedback:
+        prov = check_provenance(more[0] if more else None)
+        body = (json.dumps(list(rel)), json.dumps(list(irr)), rating, text, prov)
         # feedback without a time (None) is already there when the same body is
         if (f_time, *body) in have or (f_time is None and body in untimed):
             continue
@@ -1202,8 +1251,8 @@ def _import_row(conn: Any, r: tuple) -> tuple[str, str, int]:
         have.add(key)
         untimed.add(body)
         conn.execute(
-            "INSERT INTO feedback (trace_id, time, relevant_ids, irrelevant_ids, rating, text)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO feedback (trace_id, time, relevant_ids, irrelevant_ids, rating, text,"
+            " provenance) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (tid, *key),
         )
         added += 1
@@ -1227,5 +1276,7 @@ def _trace_from_row(r: tuple) -> Trace:
 
 
 def _feedback_from_row(r: tuple) -> Feedback:
-    t, tm, rel, irr, rating, text, is_answer = r
-    return Feedback(t, tm, json.loads(rel), json.loads(irr), rating, text, bool(is_answer))
+    t, tm, rel, irr, rating, text, is_answer, prov = r
+    return Feedback(
+        t, tm, json.loads(rel), json.loads(irr), rating, text, bool(is_answer), prov or "human"
+    )

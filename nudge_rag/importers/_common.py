@@ -363,7 +363,13 @@ def label_relevance(label: Any, score: Any) -> bool | None:
 
 
 def feedback_record(
-    d: Mapping, relevant: list[str], irrelevant: list[str], rating: float | None, time: Any
+    d: Mapping,
+    relevant: list[str],
+    irrelevant: list[str],
+    rating: float | None,
+    time: Any,
+    *,
+    provenance: str = "human",
 ) -> FeedbackRecord | None:
     """One feedback record from a tool's feedback item ``d`` (its ``comment`` is the text), or
     None when it says nothing: no ids, no rating, no comment."""
@@ -371,7 +377,12 @@ def feedback_record(
     if not relevant and not irrelevant and rating is None and not text:
         return None
     return FeedbackRecord(
-        relevant_ids=relevant, irrelevant_ids=irrelevant, rating=rating, text=text, time=time
+        relevant_ids=relevant,
+        irrelevant_ids=irrelevant,
+        rating=rating,
+        text=text,
+        time=time,
+        provenance=provenance,
     )
 
 

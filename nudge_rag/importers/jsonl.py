@@ -11,7 +11,8 @@ Each line is a JSON object (only ``query`` is required)::
      "embedding": [0.01, ...],                  # the query vector (optional: embedded)
      "k": 4,                                    # how many were asked for (optional)
      "feedback": [{"relevant_ids": ["refund"], "irrelevant_ids": [], "rating": 1.0,
-                   "text": "thanks", "time": 1740830400}]}
+                   "text": "thanks", "time": 1740830400,
+                   "provenance": "human"}]}             # or "model" (an LLM evaluator's)
 
 ``TraceLog.export_jsonl`` writes this schema too (its ``id`` is then the external id, source
 ``"nudge-rag"``), so one store's history can be imported into another.
@@ -105,6 +106,7 @@ def record(obj: Mapping[str, Any], *, where: str = "record", source: str = JSONL
                 rating=f.get("rating"),
                 text=f.get("text"),
                 time=f.get("time"),
+                provenance=f.get("provenance") or "human",
             )
         )
     if obj.get("source"):

@@ -17,7 +17,8 @@ Mapping:
   ``CATEGORICAL`` a label (``relevant`` / ``irrelevant``, ``good`` / ``bad``, ...) read as 1 / 0;
   ``comment`` is the text. Chunk ids come from the score's ``metadata``: ``relevant_ids`` /
   ``irrelevant_ids`` lists, or a ``document_id`` (relevant when the score or label is
-  positive, irrelevant when negative).
+  positive, irrelevant when negative). A score whose ``source`` is ``EVAL`` (an evaluator's)
+  is model-made (``provenance="model"``); ``API`` / ``ANNOTATION`` scores are human.
 """
 
 from __future__ import annotations
@@ -152,4 +153,7 @@ def _feedback(d: Mapping, scale: tuple[float, float]) -> FeedbackRecord | None:
     if doc is not None and rating is not None:
         (rel if rating >= 0.5 else irr).append(str(doc))
         rating = None  # a per-document judgment, not a rating of the whole search
-    return feedback_record(d, rel, irr, rating, get(d, "timestamp", "createdAt", "created_at"))
+    # a score from an evaluator run (source "EVAL") is an LLM's, not a person's
+    prov = "model" if str(d.get("source") or "").upper() == "EVAL" else "human"
+    when = get(d, "timestamp", "createdAt", "created_at")
+    return feedback_record(d, rel, irr, rating, when, provenance=prov)

@@ -16,7 +16,8 @@ Mapping:
   and so does a ``value`` that is such a list or dict; ``score`` (a bool is 1 / 0) is the
   rating, ``comment`` the text, ``created_at`` the time. A rating alone names no chunk: the
   engine treats it as answer-level feedback. (``correction`` / ``value`` given as JSON text are
-  parsed first.)
+  parsed first.) Feedback whose ``feedback_source.type`` is ``"model"`` (an LLM evaluator's) is
+  model-made (``provenance="model"``); the rest is human.
 """
 
 from __future__ import annotations
@@ -153,4 +154,9 @@ def _feedback(d: Mapping, scale: tuple[float, float]) -> FeedbackRecord | None:
         rating = 1.0 if score else 0.0
     elif score is not None:
         rating = scaled_rating(number_or_nan(score), scale)
-    return feedback_record(d, rel, irr, rating, get(d, "created_at", "modified_at"))
+    src = d.get("feedback_source")
+    kind = (src.get("type") if isinstance(src, Mapping) else getattr(src, "type", None)) or ""
+    prov = "model" if str(kind).lower() == "model" else "human"
+    return feedback_record(
+        d, rel, irr, rating, get(d, "created_at", "modified_at"), provenance=prov
+    )

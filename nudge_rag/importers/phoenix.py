@@ -14,7 +14,9 @@ annotations (Phoenix's ``DocumentEvaluations`` dataframe, or span document annot
 indexed by (``context.span_id`` or ``span_id``, ``document_position``) with ``label`` /
 ``score`` (or ``result.label`` / ``result.score``), judge the document at that position of the
 span's results: a label such as ``relevant`` / ``irrelevant`` decides, else a score >= 0.5 is
-relevant and below irrelevant. Every judged document of a span becomes one feedback row.
+relevant and below irrelevant. Every judged document of a span becomes one feedback row (one
+per provenance: an annotation whose ``annotator_kind`` is ``LLM`` or ``CODE`` is model-made,
+``HUMAN`` human; without the column, ``provenance=`` says which, default ``"human"``).
 """
 
 from __future__ import annotations
@@ -49,7 +51,13 @@ __all__ = ["read"]
 _DOC_PREFIX = "retrieval.documents."
 
 
-def read(spans_df: Any, annotations_df: Any = None, *, id_key: str | None = None) -> Records:
+def read(
+    spans_df: Any,
+    annotations_df: Any = None,
+    *,
+    id_key: str | None = None,
+    provenance: str = "human",
+) -> Records:
     """Records of the RETRIEVER spans with their documents' annotations.
 
     ``spans_df``: a Phoenix spans dataframe, a list of its rows as dicts, or OTLP/JSON (a dict
@@ -57,8 +65,10 @@ def read(spans_df: Any, annotations_df: Any = None, *, id_key: str | None = None
     ``id_key``: the document metadata key holding the chunk id (default: ``document.id``).
     The annotations are read now (and held, by span); the spans lazily, as the records are
     iterated (a file one span batch at a time, a dataframe 1,000 rows at a time).
+    ``provenance``: who made annotations without an ``annotator_kind`` (``"human"`` or
+    ``"model"``, e.g. for a ``DocumentEvaluations`` frame of LLM evals).
     """
-    judged = _annotations(annotations_df)
+    judged = _annotations(annotations_df, provenance)
 
     def records() -> Iterator[TraceRecord | Unreadable]:
         for n, row in enumerate(_span_rows(spans_df)):
@@ -73,16 +83,18 @@ def read(spans_df: Any, annotations_df: Any = None, *, id_key: str | None = None
     return lazy(records, spans_df)
 
 
-def _record(row: Mapping, judged: dict[str, dict[int, bool]], id_key: str | None) -> TraceRecord:
+def _record(
+    row: Mapping, judged: dict[str, dict[str, dict[int, bool]]], id_key: str | None
+) -> TraceRecord:
     span = span_id_text(get(row, "context.span_id", "span_id"))
     docs = _documents(row.get("attributes.retrieval.documents"))
     ids = [document_id(doc, id_key) for doc in docs]
     feedback = []
-    verdicts = judged.get(span, {})
-    rel = [i for p, ok in sorted(verdicts.items()) if ok and (i := _at(ids, p))]
-    irr = [i for p, ok in sorted(verdicts.items()) if not ok and (i := _at(ids, p))]
-    if rel or irr:
-        feedback.append(FeedbackRecord(relevant_ids=rel, irrelevant_ids=irr))
+    for prov, verdicts in sorted(judged.get(span, {}).items()):
+        rel = [i for p, ok in sorted(verdicts.items()) if ok and (i := _at(ids, p))]
+        irr = [i for p, ok in sorted(verdicts.items()) if not ok and (i := _at(ids, p))]
+        if rel or irr:
+            feedback.append(FeedbackRecord(relevant_ids=rel, irrelevant_ids=irr, provenance=prov))
     return TraceRecord(
         query=query_text(row.get("attributes.input.value")),
         result_ids=[i for i in ids if i is not None],
@@ -207,11 +219,11 @@ def _otlp_rows(export: Mapping) -> list[dict]:
     return rows
 
 
-def _annotations(annotations_df: Any) -> dict[str, dict[int, bool]]:
-    """{span id: {document position: relevant?}} from document annotations."""
+def _annotations(annotations_df: Any, default: str) -> dict[str, dict[str, dict[int, bool]]]:
+    """{span id: {provenance: {document position: relevant?}}} from document annotations."""
     if annotations_df is None:
         return {}
-    out: dict[str, dict[int, bool]] = {}
+    out: dict[str, dict[str, dict[int, bool]]] = {}
     for n, row in enumerate(_records(annotations_df)):
         span = get(row, "context.span_id", "span_id")
         pos = row.get("document_position")
@@ -228,7 +240,12 @@ def _annotations(annotations_df: Any) -> dict[str, dict[int, bool]]:
         ok = label_relevance(label, score)
         if ok is None:
             continue
-        verdicts = out.setdefault(span_id_text(span), {})
+        kind = row.get("annotator_kind")
+        if isinstance(kind, str) and kind.strip():
+            prov = "human" if kind.strip().upper() == "HUMAN" else "model"
+        else:
+            prov = default
+        verdicts = out.setdefault(span_id_text(span), {}).setdefault(prov, {})
         p = int(pos)
         verdicts[p] = verdicts.get(p, False) or ok  # a relevant verdict wins
     return out

@@ -1,0 +1,273 @@
+"""Judges of known quality against the engine's proof: does a weak judge ever get applied?
+
+For each dataset and seed: the corpus goes into an in-memory store behind a real NudgeState;
+every train query is run as a search (a trace). A seeded share of those searches (nested: the
+5% are among the 10%, ...) carries human feedback: the train qrels positives of that query
+(an annotator who knows the answer). The rest are judged through the local OpenAI-compatible
+stub by a :class:`~nudge_rag.testing.judges.SimilarityBiasedJudge` of set precision (its false
+positives are the chunks nearest the query, and it misses a share (1 − precision) / 2 of the
+gold positives; 1.0 is the gold judge), in process (``JudgeClient``, no HTTP). The engine (defaults:
+label_k 20, audit on) fine-tunes and decides; the vectors it would write are then scored on
+the dataset's TEST split with gold qrels: the true test gain.
+
+Printed per (dataset, judge precision, human share), over seeds: the true test NDCG@10 gain
+(mean, and the worst seed), how often the engine called it proven, how often a proven one had
+a negative true gain (a false proof), who graded the proof, and the audit's figures (measured
+precision / recall against the humans, trusted or not, its extra judge prompts). With
+``--unaudited`` the cells of the smallest human share above 0 are also run with
+``audit=False`` (today's engine) for comparison.
+
+    python benchmarks/bench_judges.py                      # scifact + nfcorpus, seed 0
+    python benchmarks/bench_judges.py --judges nearest scattered --seeds 0 1 --unaudited
+
+The default (40 runs) took about 8 + 11 minutes on 2 CPU cores shared with other jobs
+(one SciFact run 10-40 s, one NFCorpus run 35-80 s); more seeds or both judge kinds multiply it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nudge_rag.core.data import load_beir, shared_data_dir
+from nudge_rag.core.engine import NudgeFinetuneEngine
+from nudge_rag.core.metrics import evaluate
+from nudge_rag.testing.judges import JudgeClient, SimilarityBiasedJudge
+from nudge_rag.testing.simulate import beir_state, qrels_by_text, simulate_searches
+
+PRECISIONS = (1.0, 0.7, 0.5, 0.3, 0.15)
+SHARES = (0.0, 0.05, 0.10, 0.25)
+
+
+def _rank(seed: int, qid: str) -> bytes:
+    return hashlib.sha256(f"human:{seed}:{qid}".encode()).digest()
+
+
+def run_dataset(
+    ds: Any,
+    seed: int,
+    precisions: list[float],
+    shares: list[float],
+    *,
+    unaudited: bool,
+    nearest: bool = True,
+    label_k: int = 20,
+    sink: Path | None = None,
+) -> list[dict]:
+    """Every (share, precision) cell of one dataset and seed."""
+    qrow = {q: i for i, q in enumerate(ds.query_ids)}
+    qids = sorted(ds.qrels["train"])
+    test = ds.task("test")
+    qrels = qrels_by_text(ds, "train")
+    by_human = sorted(qids, key=lambda q: _rank(seed, q))  # who gets feedback first
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        state = beir_state(ds, tmp)
+        texts = [ds.query_text[q] for q in qids]
+        tids = dict(
+            zip(
+                qids,
+                simulate_searches(state, texts, ds.query_embeddings[[qrow[q] for q in qids]]),
+                strict=True,
+            )
+        )
+        ids = state.ids()
+        base = state.base_vectors(ids)
+        row_of = {i: n for n, i in enumerate(ids)}
+        before = evaluate(test.queries, base, test.positives, metric="cosine")["ndcg@10"]
+        held = set(ids)
+        given = 0
+        for share in sorted(shares):
+            n_human = round(share * len(qids))
+            for q in by_human[given:n_human]:  # nested: add the feedback this share adds
+                rel = [d for d, g in ds.qrels["train"][q].items() if g > 0 and d in held]
+                if rel:
+                    state.record_feedback(tids[q], relevant_ids=rel)
+            given = max(given, n_human)
+            for p in precisions:
+                today = unaudited and share == min(x for x in shares if x > 0)
+                for audit in (True, False) if today else (True,):
+                    # a weaker judge also misses more: recall 1 - (1 - p) / 2
+                    judge = SimilarityBiasedJudge(
+                        qrels, precision=p, miss=(1 - p) / 2, nearest=nearest, seed=seed
+                    )
+                    eng = NudgeFinetuneEngine(
+                        state,
+                        llm=JudgeClient(judge, name=f"biased-{p}-{seed}"),
+                        seed=seed,
+                        progress=False,
+                        concurrency=1,
+                        audit=audit,
+                        label_k=label_k,
+                    )
+                    t0 = time.perf_counter()
+                    rep = eng.finetune()
+                    secs = time.perf_counter() - t0
+                    eng.close()
+                    tuned = base.copy()
+                    vecs = rep.vectors()
+                    if vecs:
+                        tuned[[row_of[i] for i in vecs]] = np.stack(list(vecs.values()))
+                    after = evaluate(test.queries, tuned, test.positives, metric="cosine")
+                    a = rep.judge_audit
+                    rows.append(
+                        {
+                            "dataset": ds.name,
+                            "judge": "nearest" if nearest else "scattered",
+                            "seed": seed,
+                            "share": share,
+                            "human_searches": rep.labels.get("feedback", 0),
+                            "precision": p,
+                            "audit": audit,
+                            "true_gain": after["ndcg@10"] - before,
+                            "proven": rep.proven,
+                            "ci_low": rep.ndcg.ci_low,
+                            "heldout_gain": rep.ndcg.gain,
+                            "proof_by": rep.proof_by,
+                            "audit_precision": None if a is None else a.precision,
+                            "audit_recall": None if a is None else a.recall,
+                            "trusted": None if a is None else a.trusted,
+                            "audit_prompts": 0 if a is None else a.prompts,
+                            "judge_prompts": rep.cost.get("questions", 0),
+                            "finetune_s": secs,
+                        }
+                    )
+                    r = rows[-1]
+                    if sink is not None:  # each row as it comes: a cut-short run keeps them
+                        with sink.open("a", encoding="utf-8") as fh:
+                            fh.write(json.dumps(r) + "\n")
+                    print(
+                        f"{ds.name} {rows[-1]['judge']} seed {seed} share {share:.0%} p {p} audit {audit}: true "
+                        f"{r['true_gain']:+.4f} proven {r['proven']} ({r['proof_by']}) audit "
+                        f"{r['audit_precision']} trusted {r['trusted']} [{secs:.1f}s]",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    return rows
+
+
+def _mean(rows: list[dict], key: str) -> str:
+    known = [r[key] for r in rows if r.get(key) is not None]
+    return f"{np.mean(known):.0f}" if known else "n/a"
+
+
+def table(rows: list[dict]) -> str:
+    """The markdown table: one line per (dataset, precision, share, audit)."""
+    head = (
+        "| dataset | false positives | judge precision | human share (searches) | true test gain, mean [worst] "
+        "| proven | false proofs | proof graded by | audit precision / recall (trusted) "
+        "| audit prompts / all judge prompts |\n|---|---|---|---|---|---|---|---|---|---|"
+    )
+    out = [head]
+    keys = sorted(
+        {(r["dataset"], r["judge"], r["precision"], r["share"], r["audit"]) for r in rows},
+        key=lambda k: (k[0], k[1], -k[2], k[3], not k[4]),
+    )
+    for d, j, p, s, audit in keys:
+        rs = [
+            r
+            for r in rows
+            if (r["dataset"], r["judge"], r["precision"], r["share"], r["audit"])
+            == (d, j, p, s, audit)
+        ]
+        gains = [r["true_gain"] for r in rs]
+        proven = sum(r["proven"] for r in rs)
+        false = sum(r["proven"] and r["true_gain"] < 0 for r in rs)
+        by = "/".join(sorted({r["proof_by"] for r in rs}))
+        aud = [r for r in rs if r["audit_precision"] is not None]
+        if aud:
+            ap = np.mean([r["audit_precision"] for r in aud])
+            recalls = [r["audit_recall"] for r in aud if r["audit_recall"] is not None]
+            ar = f"{np.mean(recalls):.2f}" if recalls else "n/a"
+            tr = sum(bool(r["trusted"]) for r in aud)
+            audit_txt = f"{ap:.2f} / {ar} ({tr}/{len(aud)})"
+        else:
+            audit_txt = "unaudited" if audit else "off (today's engine)"
+        humans = int(np.mean([r["human_searches"] for r in rs]))
+        out.append(
+            f"| {d} | {j} | {p:.2f} | {s:.0%} ({humans}) | {np.mean(gains):+.4f} [{min(gains):+.4f}] "
+            f"| {proven}/{len(rs)} | {false} | {by} | {audit_txt} | "
+            f"{np.mean([r['audit_prompts'] for r in rs]):.0f} / {_mean(rs, 'judge_prompts')} |"
+        )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--datasets", nargs="+", default=["scifact", "nfcorpus"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--precisions", nargs="+", type=float, default=list(PRECISIONS))
+    ap.add_argument("--shares", nargs="+", type=float, default=list(SHARES))
+    ap.add_argument(
+        "--judges",
+        nargs="+",
+        choices=["nearest", "scattered"],
+        default=["nearest"],
+        help="false positives nearest the query, or scattered over the pool",
+    )
+    ap.add_argument("--label-k", type=int, default=20, help="the engine's label_k")
+    ap.add_argument("--unaudited", action="store_true", help="also run today's engine (no audit)")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS_JUDGES.md"))
+    ap.add_argument("--json", type=Path, default=None, help="append each row here (JSONL)")
+    ap.add_argument(
+        "--table-from", nargs="+", type=Path, default=None, help="only print the table of rows"
+    )
+    args = ap.parse_args(argv)
+    root = shared_data_dir()
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    if args.table_from:
+        for path in args.table_from:
+            rows += [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        args.datasets = []
+    for name in args.datasets:
+        if root is None or not (root / name).is_dir():
+            print(f"../shared/data/{name} not found (set NUDGE_RAG_DATA)", file=sys.stderr)
+            return 2
+        ds = load_beir(root / name)
+        for seed in args.seeds:
+            for nearest in args.judges:
+                rows += run_dataset(
+                    ds,
+                    seed,
+                    args.precisions,
+                    args.shares,
+                    unaudited=args.unaudited,
+                    nearest=nearest == "nearest",
+                    label_k=args.label_k,
+                    sink=args.json,
+                )
+    text = table(rows)
+    n_zero = [r for r in rows if r["share"] == 0 and r["proven"]]
+    n_zero_false = sum(r["true_gain"] < 0 for r in n_zero)
+    n_human = [r for r in rows if r["share"] >= 0.05 and r["audit"]]
+    bad = sum(r["proven"] and r["true_gain"] < 0 for r in n_human)
+    summary = (
+        f"\nfalse proofs (proven, true test gain < 0): {bad} of {len(n_human)} runs at human "
+        f"share >= 5% (audit on); at 0% human share {n_zero_false} of {len(n_zero)} proven runs "
+        f"({n_zero_false}/{sum(r['share'] == 0 for r in rows)} of all 0% runs). "
+        f"Seeds {sorted({r['seed'] for r in rows})}; {time.perf_counter() - t0:.0f} s."
+    )
+    print(text + "\n" + summary)
+    args.out.write_text(
+        "# Judges of known quality (benchmarks/bench_judges.py)\n\n"
+        f"Command: `python benchmarks/bench_judges.py {' '.join(argv or sys.argv[1:])}`\n\n"
+        + text
+        + "\n"
+        + summary
+        + "\n",
+        encoding="utf-8",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Labels: where they come from and how far the judge can be trusted."""
