@@ -59,6 +59,22 @@ class FeedbackRecord:
 
 
 @dataclass(frozen=True)
+class Resolution:
+    """How a reader found the chunk ids of one record's retrieved documents.
+
+    Counts of documents resolved by their own ``id``, by a ``metadata`` key, by their
+    ``content`` (the store's chunk texts), and ``unresolved`` ones, with the ``hint`` that
+    would resolve them.
+    """
+
+    by_id: int = 0
+    by_metadata: int = 0
+    by_content: int = 0
+    unresolved: int = 0
+    hint: str = ""
+
+
+@dataclass(frozen=True)
 class TraceRecord:
     """One past retrieval, as :meth:`NudgeState.import_traces` takes it.
 
@@ -68,7 +84,8 @@ class TraceRecord:
     ones read as UTC, or an ISO 8601 string; None: now). ``external_id`` / ``source``: the tool's
     run, span or observation id and its id space (see the module constants); a record without
     ``external_id`` gets one derived from its content, so re-importing it still adds nothing.
-    ``k``: how many results were asked for (default: how many came back).
+    ``k``: how many results were asked for (default: how many came back). ``resolution``:
+    how a reader found ``result_ids`` (see :class:`Resolution`; None: given as ids).
     """
 
     query: str | None
@@ -81,6 +98,7 @@ class TraceRecord:
     feedback: Sequence[FeedbackRecord] = ()
     k: int | None = None
     filter: dict | None = None
+    resolution: Resolution | None = None
 
 
 @dataclass
@@ -92,7 +110,10 @@ class ImportReport:
     new feedback, if any, joined that trace);
     ``feedback``: feedback rows added; ``unknown_ids``: distinct chunk ids the store does not
     hold (dropped from results and feedback), ``records_with_unknown_ids`` how many records named
-    one; ``bad``: ``(record number, external id, reason)`` of records not imported.
+    one; ``bad``: ``(record number, external id, reason)`` of records not imported;
+    ``resolved``: retrieved documents whose chunk id a reader found, by way (``id``,
+    ``metadata``, ``content``); ``unresolved``: ``(record number, external id, hint)`` of
+    records with documents it could not resolve (their ids are missing from the trace).
     """
 
     imported: int = 0
@@ -103,6 +124,13 @@ class ImportReport:
     bad: list[tuple[int, str | None, str]] = field(default_factory=list)
     trace_ids: list[str] = field(default_factory=list)  # the new traces, in record order
     unknown_examples: list[str] = field(default_factory=list)  # up to 10 unknown ids
+    resolved: dict[str, int] = field(default_factory=dict)
+    unresolved: list[tuple[int, str | None, str]] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        """True when every record imported whole: none bad, no unknown or unresolved ids."""
+        return not (self.bad or self.unknown_ids or self.unresolved)
 
     def __str__(self) -> str:
         text = (
@@ -113,6 +141,15 @@ class ImportReport:
         if self.bad:
             n, ext, why = self.bad[0]
             text += f" (e.g. record {n} {ext!r}: {why})"
+        if self.resolved or self.unresolved:
+            ways = ", ".join(f"{v} by {k}" for k, v in self.resolved.items()) or "none"
+            text += f"; documents resolved to chunk ids: {ways}"
+        if self.unresolved:
+            n, ext, hint = self.unresolved[0]
+            text += (
+                f"; {len(self.unresolved)} records with unresolved documents "
+                f"(e.g. record {n} {ext!r}: {hint})"
+            )
         return text
 
 
@@ -322,6 +359,7 @@ def import_records(
     batch: list[tuple[int, Any]] = []
     held: list[tuple] = []  # strict: every row waits until all records are checked
     for n, rec in enumerate(records):
+        _count_resolution(report, n, rec)
         batch.append((n, rec))
         if len(batch) >= batch_size:
             held += _import_batch(state, batch, source, report, unknown, dim, write=not strict)
@@ -340,6 +378,22 @@ def import_records(
     report.unknown_ids = len(unknown)
     report.unknown_examples = sorted(unknown)[:10]
     return report
+
+
+def _count_resolution(report: ImportReport, n: int, rec: Any) -> None:
+    res = getattr(rec, "resolution", None)
+    if not isinstance(res, Resolution):
+        return
+    for way, count in (
+        ("id", res.by_id),
+        ("metadata", res.by_metadata),
+        ("content", res.by_content),
+    ):
+        if count:
+            report.resolved[way] = report.resolved.get(way, 0) + count
+    if res.unresolved:
+        what = f"{res.unresolved} documents without a chunk id; {res.hint}"
+        report.unresolved.append((n, getattr(rec, "external_id", None), what))
 
 
 def _import_batch(

@@ -1,0 +1,200 @@
+"""Chunk ids for retrieved documents that a tool kept without one.
+
+Observability tools often keep a retrieved document as its text and metadata only
+(OpenInference's LangChain spans: ``document.content``; LangChain runs whose documents have no
+``id``). A reader hands each record's documents here as :class:`Doc` and gets back their chunk
+ids, in order of trust:
+
+1. the document's own id;
+2. a metadata key: ``id_key`` when given, else the usual id keys (``id``, ``doc_id``,
+   ``document_id``, ``chunk_id``, ``node_id``) and, with a store to check them against, the
+   keys that often name a document (``source``, ``ref_doc_id``, ``file_path``, ...) when their
+   value is an id the store holds;
+3. with a store, the document's text: an index of the store's chunk texts to their ids, built
+   once, streaming, by page (exact text first, whitespace-normalised text second; a text held
+   by two chunks matches neither).
+
+Each record gets a :class:`~nudge_rag.core.records.Resolution` saying how its documents were
+found and, for those that were not, the hint that would find them; ``store.import_traces``
+counts both in its report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from nudge_rag.core.errors import NudgeError
+from nudge_rag.core.records import Resolution
+
+__all__ = ["ContentIndex", "Doc", "resolve"]
+
+ID_KEYS = ("id", "doc_id", "document_id", "chunk_id", "node_id")
+# metadata keys that name a document: used only when the store holds their value as an id
+NAME_KEYS = ("source", "ref_doc_id", "file_path", "file_name", "url", "uuid", "_id", "pk", "key")
+_PAGE = 1000
+_AMBIGUOUS = ""
+
+
+@dataclass(frozen=True)
+class Doc:
+    """A retrieved document as a tool kept it: its id (if any), metadata and text."""
+
+    id: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    content: str | None = None
+
+
+def metadata_dict(value: Any) -> Mapping[str, Any]:
+    """Metadata as a mapping (JSON text decoded; anything else empty)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return {}
+    return value if isinstance(value, Mapping) else {}
+
+
+def _state(store: Any) -> Any:
+    return getattr(store, "nudge_state", store)
+
+
+def _key(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+class ContentIndex:
+    """The store's chunk texts (exact and whitespace-normalised) to their ids.
+
+    Built by page (``page`` ids at a time through the store's text reader), keeping a 16-byte
+    digest per text, not the texts.
+    """
+
+    def __init__(self, store: Any, *, page: int = _PAGE) -> None:
+        state = _state(store)
+        self.exact: dict[bytes, str] = {}
+        self.normal: dict[bytes, str] = {}
+        ids = state.ids()
+        self.size = len(ids)
+        self.without_text = 0
+        for start in range(0, len(ids), page):
+            chunk = ids[start : start + page]
+            for i, text in zip(chunk, state.texts(chunk), strict=True):
+                if not text:
+                    self.without_text += 1
+                    continue
+                for table, key in ((self.exact, _key(text)), (self.normal, _key(_norm(text)))):
+                    table[key] = i if table.get(key, i) == i else _AMBIGUOUS
+
+    def lookup(self, text: str) -> str | None:
+        """The id of the one chunk with this text (exact, else normalised), or None."""
+        found = self.exact.get(_key(text)) or self.normal.get(_key(_norm(text)))
+        return found or None
+
+
+def resolve(
+    records: Sequence[Sequence[Doc]],
+    *,
+    store: Any = None,
+    id_key: str | None = None,
+    content_index: ContentIndex | None = None,
+) -> list[tuple[list[str | None], Resolution]]:
+    """Each record's document ids (None where unresolved) and its :class:`Resolution`.
+
+    ``store``: a nudge-rag store (either face, or a ``NudgeState``) to check metadata values
+    against and to match texts with; ``id_key``: the metadata key that holds the chunk id.
+    """
+    if id_key is not None and (not isinstance(id_key, str) or not id_key):
+        msg = f"id_key: expected a metadata key such as 'source', found {id_key!r}."
+        raise NudgeError(msg)
+    state = None if store is None else _state(store)
+    if state is not None and not hasattr(state, "known_ids"):
+        msg = (
+            f"store: expected a nudge-rag store (NudgedVectorStore, either face) or a "
+            f"NudgeState, found {type(store).__name__}."
+        )
+        raise NudgeError(msg)
+    held: set[str] = set()
+    if state is not None and id_key is None:
+        asked = list(
+            dict.fromkeys(
+                str(d.metadata[k])
+                for docs in records
+                for d in docs
+                if d.id is None
+                for k in NAME_KEYS
+                if d.metadata.get(k) is not None
+            )
+        )
+        for start in range(0, len(asked), 10 * _PAGE):
+            held |= state.known_ids(asked[start : start + 10 * _PAGE])
+    index = content_index
+    out = []
+    for docs in records:
+        ids: list[str | None] = []
+        counts = {"id": 0, "metadata": 0, "content": 0}
+        missing: list[Doc] = []
+        for d in docs:
+            way, found = _one(d, id_key, held)
+            if found is None and state is not None and d.content:
+                if index is None:
+                    index = ContentIndex(state)
+                found = index.lookup(d.content)
+                way = "content"
+            ids.append(found)
+            if found is None:
+                missing.append(d)
+            else:
+                counts[way] += 1
+        res = Resolution(
+            by_id=counts["id"],
+            by_metadata=counts["metadata"],
+            by_content=counts["content"],
+            unresolved=len(missing),
+            hint=_hint(missing, state is not None, id_key) if missing else "",
+        )
+        out.append((ids, res))
+    return out
+
+
+def _one(d: Doc, id_key: str | None, held: set[str]) -> tuple[str, str | None]:
+    if d.id is not None and str(d.id):
+        return "id", str(d.id)
+    meta = d.metadata
+    if id_key is not None:
+        v = meta.get(id_key)
+        return "metadata", None if v is None else str(v)
+    for k in ID_KEYS:
+        if meta.get(k) is not None:
+            return "metadata", str(meta[k])
+    for k in NAME_KEYS:
+        if meta.get(k) is not None and str(meta[k]) in held:
+            return "metadata", str(meta[k])
+    return "metadata", None
+
+
+def _hint(missing: list[Doc], with_store: bool, id_key: str | None) -> str:
+    keys = sorted({k for d in missing for k in d.metadata})
+    texts = any(d.content for d in missing)
+    if id_key is not None and any(id_key not in d.metadata for d in missing):
+        fix = f"metadata has no {id_key!r} (keys: {keys or 'none'}); pass the key that names it"
+    elif texts and with_store:
+        fix = "their text matches no chunk of the store (edited or re-chunked since?)"
+        if keys:
+            fix += f"; if a metadata key names the chunk, pass id_key= (keys: {keys})"
+    elif texts:
+        fix = "pass store=<your store> to match them to its chunks by text"
+        if keys:
+            fix += f", or id_key= naming the metadata key that holds the chunk id (keys: {keys})"
+    elif keys:
+        fix = f"pass id_key= naming the metadata key that holds the chunk id (keys: {keys})"
+    else:
+        fix = "the tool kept neither an id, metadata nor text for them; log document ids"
+    return fix
