@@ -113,7 +113,8 @@ class ImportReport:
     one; ``bad``: ``(record number, external id, reason)`` of records not imported;
     ``resolved``: retrieved documents whose chunk id a reader found, by way (``id``,
     ``metadata``, ``content``); ``unresolved``: ``(record number, external id, hint)`` of
-    records with documents it could not resolve (their ids are missing from the trace).
+    records with documents it could not resolve (their ids are missing from the trace; a record
+    with none resolved is not imported).
     """
 
     imported: int = 0
@@ -359,7 +360,8 @@ def import_records(
     batch: list[tuple[int, Any]] = []
     held: list[tuple] = []  # strict: every row waits until all records are checked
     for n, rec in enumerate(records):
-        _count_resolution(report, n, rec)
+        if not _count_resolution(report, n, rec):
+            continue
         batch.append((n, rec))
         if len(batch) >= batch_size:
             held += _import_batch(state, batch, source, report, unknown, dim, write=not strict)
@@ -380,20 +382,21 @@ def import_records(
     return report
 
 
-def _count_resolution(report: ImportReport, n: int, rec: Any) -> None:
+def _count_resolution(report: ImportReport, n: int, rec: Any) -> bool:
+    """Count how a reader resolved ``rec``'s documents; False when none was (not imported,
+    so that importing again with the hint's fix adds it)."""
     res = getattr(rec, "resolution", None)
     if not isinstance(res, Resolution):
-        return
-    for way, count in (
-        ("id", res.by_id),
-        ("metadata", res.by_metadata),
-        ("content", res.by_content),
-    ):
+        return True
+    found = (("id", res.by_id), ("metadata", res.by_metadata), ("content", res.by_content))
+    for way, count in found:
         if count:
             report.resolved[way] = report.resolved.get(way, 0) + count
+    some = any(count for _, count in found)
     if res.unresolved:
-        what = f"{res.unresolved} documents without a chunk id; {res.hint}"
-        report.unresolved.append((n, getattr(rec, "external_id", None), what))
+        what = f"{res.unresolved} documents without a chunk id{'' if some else ', not imported'}"
+        report.unresolved.append((n, getattr(rec, "external_id", None), f"{what}; {res.hint}"))
+    return some or not res.unresolved
 
 
 def _import_batch(
