@@ -29,7 +29,6 @@ from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.records import LANGFUSE, FeedbackRecord, TraceRecord
 from nudge_rag.importers._common import (
     as_dict,
-    document_id,
     document_score,
     feedback_record,
     get,
@@ -40,6 +39,7 @@ from nudge_rag.importers._common import (
     scaled_rating,
     score_scale,
 )
+from nudge_rag.importers.resolve import as_doc, resolve
 
 __all__ = ["read"]
 
@@ -52,10 +52,15 @@ def read(
     id_key: str | None = None,
     score_key: str | None = None,
     numeric_range: tuple[float, float] = (0.0, 1.0),
+    store: Any = None,
 ) -> list[TraceRecord]:
     """Records of the retriever observations with the scores on them or their traces.
 
-    ``names``: also read observations with these names (spans a user made around a search).
+    Retriever observations: type ``RETRIEVER``, or what Langfuse's LangChain callback handler
+    logs for a retriever (a ``SPAN`` named after the retriever class, ``...Retriever``, or
+    whose output is a list of LangChain documents). ``names``: also read observations with
+    these names (spans a user made around a search). ``id_key`` / ``store``: how documents
+    kept without an id find their chunk (see :mod:`~nudge_rag.importers.resolve`).
     ``numeric_range``: the (worst, best) of your ``NUMERIC`` scores, mapped onto nudge-rag's 0..1
     ratings (0.5 and above is a liked answer): ``(1, 5)`` for five stars.
     """
@@ -73,17 +78,19 @@ def read(
             by_obs.setdefault(str(obs), []).append(record)
         elif get(d, "traceId", "trace_id") is not None:
             by_trace.setdefault(str(get(d, "traceId", "trace_id")), []).append(record)
-    out = []
+    kept = []
     for n, o in enumerate(items(observations, "observations", data_key="data")):
         d = _dict(o, f"observations[{n}]")
-        if str(d.get("type", "")).upper() != "RETRIEVER" and d.get("name") not in wanted:
+        if not _is_search(d, wanted):
             continue
-        oid = str(d.get("id"))
         output = d.get("output")
         if isinstance(output, Mapping):
             output = get(output, "documents", "nodes", "results", default=[])
-        docs = output if isinstance(output, list) else []
-        ids = [document_id(doc, id_key) for doc in docs]
+        kept.append((d, output if isinstance(output, list) else []))
+    found = resolve([[as_doc(doc) for doc in docs] for _, docs in kept], store=store, id_key=id_key)
+    out = []
+    for (d, docs), (ids, res) in zip(kept, found, strict=True):
+        oid = str(d.get("id"))
         trace = get(d, "traceId", "trace_id")
         out.append(
             TraceRecord(
@@ -98,9 +105,29 @@ def read(
                 external_id=oid,
                 source=LANGFUSE,
                 feedback=by_obs.get(oid, []) + by_trace.get(str(trace), []),
+                resolution=res,
             )
         )
     return out
+
+
+def _is_search(d: Mapping, wanted: set[str]) -> bool:
+    """A retriever observation: typed so, named in ``wanted``, or the LangChain handler's span
+    for a retriever (named after its class, or with LangChain documents as output)."""
+    kind = str(d.get("type", "")).upper()
+    name = d.get("name")
+    if kind == "RETRIEVER" or name in wanted:
+        return True
+    if kind != "SPAN":
+        return False
+    if isinstance(name, str) and name.endswith("Retriever"):
+        return True
+    output = d.get("output")
+    return (
+        isinstance(output, list)
+        and bool(output)
+        and all(isinstance(x, Mapping) and "page_content" in x for x in output)
+    )
 
 
 def _dict(obj: Any, where: str) -> dict:

@@ -39,6 +39,7 @@ from nudge_rag.importers._common import (
     scaled_rating,
     score_scale,
 )
+from nudge_rag.importers.resolve import as_doc, resolve
 
 __all__ = ["read"]
 
@@ -50,11 +51,15 @@ def read(
     id_key: str | None = None,
     score_key: str | None = None,
     numeric_range: tuple[float, float] = (0.0, 1.0),
+    store: Any = None,
 ) -> list[TraceRecord]:
     """Records of the retriever runs in ``runs`` with the ``feedback`` on them or their traces.
 
     ``runs`` / ``feedback``: ``Run`` / ``Feedback`` objects, dicts, or a JSON / JSONL path.
-    ``id_key``: the document metadata key holding the chunk id (default: the document's id).
+    ``id_key``: the document metadata key holding the chunk id (default: the document's id,
+    else the usual metadata keys). ``store``: the store the runs searched, to find documents
+    kept without an id by a metadata value it holds (e.g. ``source``) or by their text (see
+    :mod:`~nudge_rag.importers.resolve`).
     ``numeric_range``: the (worst, best) of numeric feedback scores, mapped onto 0..1 ratings.
     """
     scale = score_scale(numeric_range)
@@ -69,18 +74,19 @@ def read(
         record = _feedback(d, scale)
         if target is not None and record is not None:
             by_run.setdefault(str(target), []).append(record)
-    out = []
+    kept = []
     for n, r in enumerate(items(runs, "runs")):
         try:
             d = as_dict(r)
         except NudgeError as e:
             msg = f"runs[{n}]: {e}; pass langsmith Run objects or their JSON."
             raise NudgeError(msg) from None
-        if d.get("run_type") != "retriever":
-            continue
+        if d.get("run_type") == "retriever":
+            kept.append((d, (d.get("outputs") or {}).get("documents") or []))
+    found = resolve([[as_doc(doc) for doc in docs] for _, docs in kept], store=store, id_key=id_key)
+    out = []
+    for (d, docs), (ids, res) in zip(kept, found, strict=True):
         run_id = str(d.get("id"))
-        docs = (d.get("outputs") or {}).get("documents") or []
-        ids = [document_id(doc, id_key) for doc in docs]
         fb = by_run.get(run_id, [])
         trace = d.get("trace_id")
         if trace is not None and str(trace) != run_id:
@@ -98,6 +104,7 @@ def read(
                 external_id=run_id,
                 source=LANGSMITH,
                 feedback=fb,
+                resolution=res,
             )
         )
     return out

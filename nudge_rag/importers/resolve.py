@@ -30,7 +30,7 @@ from typing import Any
 from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.records import Resolution
 
-__all__ = ["ContentIndex", "Doc", "resolve"]
+__all__ = ["ContentIndex", "Doc", "as_doc", "resolve"]
 
 ID_KEYS = ("id", "doc_id", "document_id", "chunk_id", "node_id")
 # metadata keys that name a document: used only when the store holds their value as an id
@@ -56,6 +56,26 @@ def metadata_dict(value: Any) -> Mapping[str, Any]:
         except json.JSONDecodeError:
             return {}
     return value if isinstance(value, Mapping) else {}
+
+
+def as_doc(doc: Any) -> Doc:
+    """A document as a LangChain / LlamaIndex / tool export keeps it (a dict or an object with
+    ``id`` / ``page_content`` / ``metadata``; a bare string is an id)."""
+    if isinstance(doc, str):
+        return Doc(id=doc)
+    if isinstance(doc, Doc):
+        return doc
+    if not isinstance(doc, Mapping):
+        doc = {k: getattr(doc, k, None) for k in ("id", "page_content", "text", "metadata")}
+    own = doc.get("id")
+    if own is None:
+        own = doc.get("doc_id", doc.get("node_id"))
+    text = doc.get("page_content", doc.get("text", doc.get("content")))
+    return Doc(
+        id=None if own in (None, "") else str(own),
+        metadata=metadata_dict(doc.get("metadata")),
+        content=text if isinstance(text, str) else None,
+    )
 
 
 def _state(store: Any) -> Any:
@@ -128,7 +148,7 @@ def resolve(
                 str(d.metadata[k])
                 for docs in records
                 for d in docs
-                if d.id is None
+                if not d.id
                 for k in NAME_KEYS
                 if d.metadata.get(k) is not None
             )
@@ -165,12 +185,13 @@ def resolve(
 
 
 def _one(d: Doc, id_key: str | None, held: set[str]) -> tuple[str, str | None]:
+    meta = d.metadata
+    if id_key is not None and meta.get(id_key) is not None:
+        return "metadata", str(meta[id_key])
     if d.id is not None and str(d.id):
         return "id", str(d.id)
-    meta = d.metadata
     if id_key is not None:
-        v = meta.get(id_key)
-        return "metadata", None if v is None else str(v)
+        return "metadata", None
     for k in ID_KEYS:
         if meta.get(k) is not None:
             return "metadata", str(meta[k])
