@@ -87,14 +87,21 @@ def tracer(phoenix_server: Any) -> Iterator[tuple[Any, str]]:
 
 
 def _spans(client: Client, project: str, n: int, tp: Any) -> pd.DataFrame:
-    """The project's spans once ``n`` have arrived (the server ingests asynchronously)."""
+    """The project's spans once ``n`` have arrived (the server ingests asynchronously; its
+    GraphQL ``recordCount`` is polled, the spans read once)."""
+    import httpx
+
     tp.force_flush()
-    deadline = time.monotonic() + 120
-    while True:
-        df = client.spans.get_spans_dataframe(project_name=project, limit=100_000, timeout=60)
-        if len(df) >= n or time.monotonic() > deadline:
-            return df
-        time.sleep(0.5)
+    url = str(client._client.base_url).rstrip("/") + "/graphql"
+    query = "{ projects { edges { node { name recordCount } } } }"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        edges = httpx.post(url, json={"query": query}, timeout=60).json()["data"]["projects"]
+        counts = {e["node"]["name"]: e["node"]["recordCount"] for e in edges["edges"]}
+        if counts.get(project, 0) >= n:
+            break
+        time.sleep(1)
+    return client.spans.get_spans_dataframe(project_name=project, limit=100_000, timeout=300)
 
 
 def _store(folder: Path, inner: InMemoryVectorStore | None = None) -> NudgedVectorStore:
@@ -239,7 +246,8 @@ def test_scifact_history_from_phoenix_fine_tunes_like_live_feedback(
     qrow = {q: n for n, q in enumerate(ds.query_ids)}
     texts = {d: ds.corpus_text.get(d) or d for d in ds.corpus_ids}
     table = {texts[d]: ds.corpus_embeddings[row[d]] for d in ds.corpus_ids}
-    qids = sorted(q for q in ds.qrels["train"] if q in ds.query_text)
+    by_text = {ds.query_text[q]: q for q in sorted(ds.qrels["train"]) if q in ds.query_text}
+    qids = sorted(by_text.values())  # one query per text: spans are matched back by text
     table |= {ds.query_text[q]: ds.query_embeddings[qrow[q]] for q in qids}
     emb = LookupEmbeddings(table, ds.corpus_embeddings.shape[1])
     inner = InMemoryVectorStore(emb)

@@ -110,7 +110,7 @@ def pull(
     annotation_names: Sequence[str] | None = None,
     limit: int = 100_000,
     api_key: str | None = None,
-    timeout: float = 60.0,
+    timeout: float = 300.0,
 ) -> list[TraceRecord]:
     """Records of a running Phoenix server's RETRIEVER spans in ``project`` with their
     document annotations (all, or those named in ``annotation_names``).
