@@ -130,6 +130,6 @@ def phoenix_server() -> Generator[Any, None, None]:
             "or set NUDGE_RAG_PHOENIX to a `phoenix` executable)"
         )
     server = start_phoenix_server()
-    print(f"phoenix serve answered after {server.start_seconds:.1f} s")  # noqa: T201
+    print(f"phoenix serve answered after {server.start_seconds:.1f} s")
     yield server
     server.stop()

@@ -92,7 +92,7 @@ class PhoenixServer:
 
 def _healthy(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:  # noqa: S310 (local)
+        with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
             return bool(r.status == 200)
     except (urllib.error.URLError, OSError):
         return False
@@ -128,9 +128,7 @@ def start_phoenix_server(
     )
     t0 = time.monotonic()
     with (work / "server.log").open("wb") as log:
-        proc = subprocess.Popen(  # noqa: S603 (our own executable)
-            [str(exe), "serve"], stdout=log, stderr=subprocess.STDOUT, env=env
-        )
+        proc = subprocess.Popen([str(exe), "serve"], stdout=log, stderr=subprocess.STDOUT, env=env)
     server = PhoenixServer(proc, port, work, 0.0, own=own)
     while not _healthy(server.url):
         if proc.poll() is not None or time.monotonic() - t0 > timeout:
