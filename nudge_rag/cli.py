@@ -38,7 +38,8 @@ StoreOpt = Annotated[
     typer.Option(
         "--store",
         help="Folder of an embedded nudge-rag store (holds chroma/ and nudge_state/), or a "
-        "Postgres URL whose database holds a LangChain PGVector collection and the state "
+        "Postgres URL whose database holds a LangChain PGVector collection or a LlamaIndex "
+        "PGVectorStore table (--collection: its table_name) and the state "
         "(postgresql://user@host/db?schema=nudge_docs, as given to state=).",
     ),
 ]
@@ -170,7 +171,14 @@ def make_engine(store: Any, llm_base_url: str | None, llm_model: str, **kw: Any)
 
 
 def open_pgvector(url: str, collection: str) -> Any:
-    """A LangChain ``PGVector`` collection and its state, both in the database of ``url``."""
+    """The vector table of ``url``'s database and its state: a LangChain ``PGVector``
+    collection, or a LlamaIndex ``PGVectorStore`` table (``data_<collection>``), found by
+    looking; neither: a clear refusal, and nothing is created."""
+    where = StateLocation.parse(url)
+    assert where.url is not None
+    kind, dim, jsonb = _pg_vector_tables(where.url, collection)
+    if kind == "llama_index":
+        return _open_llama_pgvector(where.url, url, collection, dim, jsonb)
     try:
         from langchain_postgres import PGVector
     except ImportError as e:
@@ -178,8 +186,6 @@ def open_pgvector(url: str, collection: str) -> Any:
         raise NudgeError(msg) from e
     from nudge_rag.langchain import NudgedVectorStore
 
-    where = StateLocation.parse(url)
-    assert where.url is not None
     engine_url = where.url.replace("postgresql://", "postgresql+psycopg://", 1)
     inner = PGVector(
         cast(Any, _NoEmbeddings()),  # an Embeddings in all but name
@@ -188,6 +194,75 @@ def open_pgvector(url: str, collection: str) -> Any:
         use_jsonb=True,
         create_extension=False,
         pre_delete_collection=False,
+    )
+    return NudgedVectorStore(inner, state=url)
+
+
+def _pg_vector_tables(libpq_url: str, collection: str) -> tuple[str, int, bool]:
+    """("langchain" | "llama_index", dimension, jsonb metadata) of the vector table that
+    ``collection`` names in the database (LangChain's collections first)."""
+    import psycopg
+
+    table = f"data_{collection}".lower()
+    with psycopg.connect(libpq_url) as conn:
+        names = {
+            r[0]
+            for r in conn.execute(
+                "select table_name from information_schema.tables "
+                "where table_schema = 'public' and table_name like any (%s)",
+                (["langchain_pg_%", "data_%"],),
+            )
+        }
+        if "langchain_pg_collection" in names:
+            found = conn.execute(
+                "select 1 from langchain_pg_collection where name = %s", (collection,)
+            ).fetchone()
+            if found is not None or table not in names:
+                return "langchain", 0, True
+        if table in names:
+            cols = dict(
+                conn.execute(
+                    "select attname, format_type(atttypid, atttypmod) from pg_attribute "
+                    "where attrelid = %s::regclass and attnum > 0",
+                    (f"public.{table}",),
+                ).fetchall()
+            )
+            emb = str(cols.get("embedding", ""))
+            if not emb.startswith("vector(") or "node_id" not in cols:
+                msg = (
+                    f"--collection {collection}: table {table} is not a LlamaIndex PGVectorStore "
+                    f"table (found columns {sorted(cols)}); name the store's table_name."
+                )
+                raise NudgeError(msg)
+            return "llama_index", int(emb[len("vector(") : -1]), cols.get("metadata_") == "jsonb"
+    llama = sorted(n[len("data_") :] for n in names if n.startswith("data_"))
+    msg = (
+        f"--collection {collection}: this database has no LangChain PGVector collection tables "
+        f"(langchain_pg_collection) and no LlamaIndex PGVectorStore table {table} (LlamaIndex "
+        f"tables here: {llama or 'none'}); pass the collection or table_name the app uses. "
+        "Nothing was created."
+    )
+    raise NudgeError(msg)
+
+
+def _open_llama_pgvector(libpq_url: str, url: str, table: str, dim: int, jsonb: bool) -> Any:
+    """A LlamaIndex ``PGVectorStore`` table wrapped by the LlamaIndex face, state at ``url``."""
+    try:
+        from llama_index.vector_stores.postgres import PGVectorStore
+    except ImportError as e:
+        msg = (
+            "this database holds a LlamaIndex PGVectorStore table; pip install "
+            '"nudge-rag[postgres]" (llama-index-vector-stores-postgres).'
+        )
+        raise NudgeError(msg) from e
+    from nudge_rag.llama_index import NudgedVectorStore
+
+    inner = PGVectorStore.from_params(
+        connection_string=libpq_url.replace("postgresql://", "postgresql+psycopg2://", 1),
+        async_connection_string=libpq_url.replace("postgresql://", "postgresql+asyncpg://", 1),
+        table_name=table,
+        embed_dim=dim,
+        use_jsonb=jsonb,
     )
     return NudgedVectorStore(inner, state=url)
 
