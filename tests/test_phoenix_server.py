@@ -87,17 +87,22 @@ def tracer(phoenix_server: Any) -> Iterator[tuple[Any, str]]:
 
 
 def _spans(client: Client, project: str, n: int, tp: Any) -> pd.DataFrame:
-    """The project's spans once ``n`` have arrived (the server ingests asynchronously; its
-    GraphQL ``recordCount`` is polled, the spans read once)."""
+    """The project's spans once ``n`` RETRIEVER spans have arrived (the server ingests
+    asynchronously; its GraphQL API is polled, the spans read once)."""
     import httpx
 
     tp.force_flush()
     url = str(client._client.base_url).rstrip("/") + "/graphql"
-    query = "{ projects { edges { node { name recordCount } } } }"
+    query = (
+        "{ projects { edges { node { name spans(first: 1000, filterCondition: "
+        "\"span_kind == 'RETRIEVER'\") { edges { node { spanId } } } } } } }"
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        edges = httpx.post(url, json={"query": query}, timeout=60).json()["data"]["projects"]
-        counts = {e["node"]["name"]: e["node"]["recordCount"] for e in edges["edges"]}
+        body = httpx.post(url, json={"query": query}, timeout=60).json()
+        assert body.get("data"), body
+        edges = body["data"]["projects"]
+        counts = {e["node"]["name"]: len(e["node"]["spans"]["edges"]) for e in edges["edges"]}
         if counts.get(project, 0) >= n:
             break
         time.sleep(1)
@@ -205,7 +210,7 @@ def test_llamaindex_inner_retrieve_spans_are_skipped(
     index = VectorStoreIndex(nodes, embed_model=MockEmbedding(embed_dim=8))
     for q in ("money back", "stop my plan"):
         index.as_retriever(similarity_top_k=2).retrieve(q)
-    spans = _spans(Client(base_url=phoenix_server.url), project, 2, tp)
+    spans = _spans(Client(base_url=phoenix_server.url), project, 4, tp)
     assert (spans["span_kind"] == "RETRIEVER").sum() == 4  # an outer and an inner per query
     records = phoenix.read(spans)
     assert sorted(r.query for r in records) == ["money back", "stop my plan"]
