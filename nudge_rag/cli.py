@@ -220,7 +220,7 @@ def _pg_vector_tables(libpq_url: str, collection: str) -> tuple[str, int, bool]:
             if found is not None or table not in names:
                 return "langchain", 0, True
         if table in names:
-            cols = dict(
+            cols: dict[str, str] = dict(
                 conn.execute(
                     "select attname, format_type(atttypid, atttypmod) from pg_attribute "
                     "where attrelid = %s::regclass and attnum > 0",
