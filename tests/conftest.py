@@ -117,3 +117,19 @@ def db(pg: Any) -> str:
     name = f"t{next(_pg_databases)}"
     pg.create_database(name)
     return name
+
+
+@pytest.fixture(scope="session")
+def phoenix_server() -> Generator[Any, None, None]:
+    """A real ``phoenix serve`` (``.venv-phoenix``) on a free local port for the session."""
+    from nudge_rag.testing.phoenix_server import phoenix_executable, start_phoenix_server
+
+    if phoenix_executable() is None:
+        pytest.skip(
+            "no Phoenix server: .venv-phoenix is missing (run scripts/install_phoenix_server.sh, "
+            "or set NUDGE_RAG_PHOENIX to a `phoenix` executable)"
+        )
+    server = start_phoenix_server()
+    print(f"phoenix serve answered after {server.start_seconds:.1f} s")
+    yield server
+    server.stop()

@@ -18,7 +18,7 @@ from nudge_rag.cli import app
 runner = CliRunner()
 COMMANDS = [["demo"], ["finetune"], ["eval"], ["versions"], ["rollback"], ["verify"],
             ["repair"], ["bench"], ["traces", "stats"], ["traces", "export"],
-            ["watch"]]  # fmt: skip
+            ["traces", "import"], ["watch"]]  # fmt: skip
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=" ".join)

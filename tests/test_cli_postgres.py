@@ -236,9 +236,9 @@ def test_repair_forgets_ids_the_store_lost_only_when_asked(pg, db):
     assert _log_rows(pg, db) == (27, 27)
 
 
-def test_a_llama_index_database_is_refused_not_given_langchain_tables(pg, db, tmp_path):
-    """The CLI opens LangChain PGVector collections; a database of a LlamaIndex
-    ``PGVectorStore`` is refused in one line, and no LangChain table appears in it."""
+def test_a_llama_index_database_is_served_and_never_given_langchain_tables(pg, db, tmp_path):
+    """A database of a LlamaIndex ``PGVectorStore``: a ``--collection`` naming no table there is
+    refused in one line; its own table is served; no LangChain table ever appears in it."""
     from llama_index.core.schema import TextNode
     from llama_index.vector_stores.postgres import PGVectorStore
 
@@ -262,6 +262,12 @@ def test_a_llama_index_database_is_refused_not_given_langchain_tables(pg, db, tm
     store.close()
     tables = _sql(pg, db, "SELECT table_name FROM information_schema.tables ORDER BY 1")
     for cmd in (["rollback", "--to", "0"], ["verify"]):
-        res = runner.invoke(app, [*cmd, "--store", url])
-        assert res.exit_code == 1 and "no LangChain PGVector collections" in res.output
+        res = runner.invoke(app, [*cmd, "--store", url])  # the default collection: nudge_rag
+        assert res.exit_code == 1 and "no LlamaIndex PGVectorStore table" in res.output
+        assert "['docs']" in res.output
+    assert _sql(pg, db, "SELECT table_name FROM information_schema.tables ORDER BY 1") == tables
+    res = runner.invoke(app, ["verify", "--store", url, "--collection", "docs"])
+    assert res.exit_code == 0 and "ok" in res.output, res.output
+    res = runner.invoke(app, ["rollback", "--to", "0", "--store", url, "--collection", "docs"])
+    assert res.exit_code == 0, res.output
     assert _sql(pg, db, "SELECT table_name FROM information_schema.tables ORDER BY 1") == tables

@@ -50,6 +50,7 @@ def test_the_cookbook_has_its_notebooks_and_a_readme():
         "03_cold_start_synthetic.ipynb",
         "04_nudge_rag_vs_nudge_ft.ipynb",
         "05_langgraph_agent_feedback.ipynb",
+        "06_phoenix_history.ipynb",
     ]
     readme = (COOKBOOK / "README.md").read_text(encoding="utf-8")
     assert all(name in readme for name in names)

@@ -73,6 +73,22 @@ class FeedbackRecord:
 
 
 @dataclass(frozen=True)
+class Resolution:
+    """How a reader found the chunk ids of one record's retrieved documents.
+
+    Counts of documents resolved by their own ``id``, by a ``metadata`` key, by their
+    ``content`` (the store's chunk texts), and ``unresolved`` ones, with the ``hint`` that
+    would resolve them.
+    """
+
+    by_id: int = 0
+    by_metadata: int = 0
+    by_content: int = 0
+    unresolved: int = 0
+    hint: str = ""
+
+
+@dataclass(frozen=True)
 class TraceRecord:
     """One past retrieval, as :meth:`NudgeState.import_traces` takes it.
 
@@ -82,7 +98,8 @@ class TraceRecord:
     ones read as UTC, or an ISO 8601 string; None: now). ``external_id`` / ``source``: the tool's
     run, span or observation id and its id space (see the module constants); a record without
     ``external_id`` gets one derived from its content, so re-importing it still adds nothing.
-    ``k``: how many results were asked for (default: how many came back).
+    ``k``: how many results were asked for (default: how many came back). ``resolution``:
+    how a reader found ``result_ids`` (see :class:`Resolution`; None: given as ids).
     """
 
     query: str | None
@@ -95,6 +112,7 @@ class TraceRecord:
     feedback: Sequence[FeedbackRecord] = ()
     k: int | None = None
     filter: dict | None = None
+    resolution: Resolution | None = None
 
 
 class FutureTimes(str, Enum):
@@ -183,7 +201,10 @@ class ImportReport:
     items a reader could not read, and rows the database refused); ``future_times``: records
     or feedback whose time lay more than ``max_future_s`` ahead of this machine's clock and
     were kept at the import's time (``future_examples``: up to 10 ``(record number, external
-    id, time)``).
+    id, time)``); ``resolved``: retrieved documents whose chunk id a reader found, by way
+    (``id``, ``metadata``, ``content``); ``unresolved``: ``(record number, external id, hint)``
+    of records with documents it could not resolve (their ids are missing from the trace; a
+    record with none resolved is not imported).
     """
 
     imported: int = 0
@@ -196,6 +217,13 @@ class ImportReport:
     future_examples: list[tuple[int, str | None, float]] = field(default_factory=list)
     trace_ids: list[str] = field(default_factory=list)  # the new traces, in record order
     unknown_examples: list[str] = field(default_factory=list)  # up to 10 unknown ids
+    resolved: dict[str, int] = field(default_factory=dict)
+    unresolved: list[tuple[int, str | None, str]] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        """True when every record imported whole: none bad, no unknown or unresolved ids."""
+        return not (self.bad or self.unknown_ids or self.unresolved)
 
     def __str__(self) -> str:
         text = (
@@ -211,6 +239,15 @@ class ImportReport:
             text += (
                 f"; {self.future_times} times ahead of this clock set to the import's time "
                 f"(e.g. record {n} {ext!r}: {time_text(tm)})"
+            )
+        if self.resolved or self.unresolved:
+            ways = ", ".join(f"{v} by {k}" for k, v in self.resolved.items()) or "none"
+            text += f"; documents resolved to chunk ids: {ways}"
+        if self.unresolved:
+            n, ext, hint = self.unresolved[0]
+            text += (
+                f"; {len(self.unresolved)} records with unresolved documents "
+                f"(e.g. record {n} {ext!r}: {hint})"
             )
         return text
 
@@ -537,13 +574,14 @@ def import_records(
     held: list[tuple[int, tuple]] = []  # strict: every row waits until all records are checked
     try:
         for n, rec in enumerate(entries):
+            bar.update(1)
+            if not _count_resolution(run.report, n, rec):
+                continue
             batch.append((n, rec))
             if len(batch) >= batch_size:
                 held += run.batch(batch, write=not strict)
-                bar.update(len(batch))
                 batch = []
         held += run.batch(batch, write=not strict)
-        bar.update(len(batch))
     finally:
         bar.close()
     report = run.report
@@ -569,6 +607,23 @@ def import_records(
             stacklevel=3,
         )
     return report
+
+
+def _count_resolution(report: ImportReport, n: int, rec: Any) -> bool:
+    """Count how a reader resolved ``rec``'s documents; False when none was (not imported,
+    so that importing again with the hint's fix adds it)."""
+    res = getattr(rec, "resolution", None)
+    if not isinstance(res, Resolution):
+        return True
+    found = (("id", res.by_id), ("metadata", res.by_metadata), ("content", res.by_content))
+    for way, count in found:
+        if count:
+            report.resolved[way] = report.resolved.get(way, 0) + count
+    some = any(count for _, count in found)
+    if res.unresolved:
+        what = f"{res.unresolved} documents without a chunk id{'' if some else ', not imported'}"
+        report.unresolved.append((n, getattr(rec, "external_id", None), f"{what}; {res.hint}"))
+    return some or not res.unresolved
 
 
 class _NoBar:

@@ -11,9 +11,14 @@ as the JSON their APIs return, nothing imported here):
 - :mod:`~nudge_rag.importers.langfuse`: ``read(observations, scores=())``, retriever
   observations and their scores;
 - :mod:`~nudge_rag.importers.phoenix`: ``read(spans_df, annotations_df=None)``, RETRIEVER spans
-  (a Phoenix spans dataframe or OTLP/JSON) and their document annotations;
+  (the Phoenix client's spans dataframe or OTLP/JSON) and their document annotations;
+  ``pull(endpoint, project)`` reads both from a running Phoenix server;
 - :mod:`~nudge_rag.importers.jsonl`: ``read(path)``, nudge-rag's plain JSONL schema (also what
   ``TraceLog.export_jsonl`` writes).
+
+Documents a tool kept without a chunk id are resolved by :mod:`~nudge_rag.importers.resolve`
+(pass ``store=`` and, if a metadata key names the chunk, ``id_key=``): by metadata, else by
+their text; the import report names the records left unresolved.
 
 Example:
     .. code-block:: python

@@ -24,14 +24,20 @@ Mapping:
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from functools import partial
 from typing import Any
 
 from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.records import LANGFUSE, FeedbackRecord, Records, TraceRecord, Unreadable
+from nudge_rag.core.records import (
+    LANGFUSE,
+    FeedbackRecord,
+    Records,
+    Resolution,
+    TraceRecord,
+    Unreadable,
+)
 from nudge_rag.importers._common import (
     as_dict,
-    converted,
-    document_id,
     document_score,
     every,
     feedback_record,
@@ -44,6 +50,7 @@ from nudge_rag.importers._common import (
     scaled_rating,
     score_scale,
 )
+from nudge_rag.importers.resolve import Resolver
 
 __all__ = ["read"]
 
@@ -56,10 +63,15 @@ def read(
     id_key: str | None = None,
     score_key: str | None = None,
     numeric_range: tuple[float, float] = (0.0, 1.0),
+    store: Any = None,
 ) -> Records:
     """Records of the retriever observations with the scores on them or their traces.
 
-    ``names``: also read observations with these names (spans a user made around a search).
+    Retriever observations: type ``RETRIEVER``, or what Langfuse's LangChain callback handler
+    logs for a retriever (a ``SPAN`` named after the retriever class, ``...Retriever``, or
+    whose output is a list of LangChain documents). ``names``: also read observations with
+    these names (spans a user made around a search). ``id_key`` / ``store``: how documents
+    kept without an id find their chunk (see :mod:`~nudge_rag.importers.resolve`).
     ``numeric_range``: the (worst, best) of your ``NUMERIC`` scores, mapped onto nudge-rag's 0..1
     ratings (0.5 and above is a liked answer): ``(1, 5)`` for five stars. The scores are read
     now (and held, by observation); the observations lazily, as the records are iterated.
@@ -79,7 +91,7 @@ def read(
         elif get(d, "traceId", "trace_id") is not None:
             by_trace.setdefault(str(get(d, "traceId", "trace_id")), []).append(record)
 
-    def records() -> Iterator[TraceRecord | Unreadable]:
+    def entries() -> Iterator[Any]:
         for n, o in enumerate(items(observations, "observations", data_key="data")):
             if isinstance(o, Unreadable):
                 yield o
@@ -90,26 +102,31 @@ def read(
                 why = f"{e}; pass Langfuse API objects or their JSON."
                 yield Unreadable(f"observations[{n}]", why)
                 continue
-            if str(d.get("type", "")).upper() != "RETRIEVER" and d.get("name") not in wanted:
+            if not _is_search(d, wanted):
                 continue
-            yield converted(f"observations[{n}]", _record, d, by_obs, by_trace, id_key, score_key)
+            output = d.get("output")
+            if isinstance(output, Mapping):
+                output = get(output, "documents", "nodes", "results", default=[])
+            yield f"observations[{n}]", d, output if isinstance(output, list) else []
+
+    def records() -> Iterator[TraceRecord | Unreadable]:
+        make = partial(_record, by_obs=by_obs, by_trace=by_trace, score_key=score_key)
+        yield from Resolver(store, id_key).stream(entries(), make)
 
     return lazy(records, observations)
 
 
 def _record(
     d: Mapping,
+    docs: list[Any],
+    ids: list[str | None],
+    res: Resolution,
+    *,
     by_obs: dict[str, list[FeedbackRecord]],
     by_trace: dict[str, list[FeedbackRecord]],
-    id_key: str | None,
     score_key: str | None,
 ) -> TraceRecord:
     oid = str(d.get("id"))
-    output = d.get("output")
-    if isinstance(output, Mapping):
-        output = get(output, "documents", "nodes", "results", default=[])
-    docs = output if isinstance(output, list) else []
-    ids = [document_id(doc, id_key) for doc in docs]
     trace = get(d, "traceId", "trace_id")
     return TraceRecord(
         query=query_text(d.get("input")),
@@ -123,6 +140,26 @@ def _record(
         external_id=oid,
         source=LANGFUSE,
         feedback=by_obs.get(oid, []) + by_trace.get(str(trace), []),
+        resolution=res,
+    )
+
+
+def _is_search(d: Mapping, wanted: set[str]) -> bool:
+    """A retriever observation: typed so, named in ``wanted``, or the LangChain handler's span
+    for a retriever (named after its class, or with LangChain documents as output)."""
+    kind = str(d.get("type", "")).upper()
+    name = d.get("name")
+    if kind == "RETRIEVER" or name in wanted:
+        return True
+    if kind != "SPAN":
+        return False
+    if isinstance(name, str) and name.endswith("Retriever"):
+        return True
+    output = d.get("output")
+    return (
+        isinstance(output, list)
+        and bool(output)
+        and all(isinstance(x, Mapping) and "page_content" in x for x in output)
     )
 
 

@@ -24,13 +24,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping
+from functools import partial
 from typing import Any
 
 from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.records import LANGSMITH, FeedbackRecord, Records, TraceRecord, Unreadable
+from nudge_rag.core.records import (
+    LANGSMITH,
+    FeedbackRecord,
+    Records,
+    Resolution,
+    TraceRecord,
+    Unreadable,
+)
 from nudge_rag.importers._common import (
     as_dict,
-    converted,
     document_id,
     document_score,
     every,
@@ -43,6 +50,7 @@ from nudge_rag.importers._common import (
     scaled_rating,
     score_scale,
 )
+from nudge_rag.importers.resolve import Resolver
 
 __all__ = ["read"]
 
@@ -54,11 +62,15 @@ def read(
     id_key: str | None = None,
     score_key: str | None = None,
     numeric_range: tuple[float, float] = (0.0, 1.0),
+    store: Any = None,
 ) -> Records:
     """Records of the retriever runs in ``runs`` with the ``feedback`` on them or their traces.
 
     ``runs`` / ``feedback``: ``Run`` / ``Feedback`` objects, dicts, or a JSON / JSONL path.
-    ``id_key``: the document metadata key holding the chunk id (default: the document's id).
+    ``id_key``: the document metadata key holding the chunk id (default: the document's id,
+    else the usual metadata keys). ``store``: the store the runs searched, to find documents
+    kept without an id by a metadata value it holds (e.g. ``source``) or by their text (see
+    :mod:`~nudge_rag.importers.resolve`).
     ``numeric_range``: the (worst, best) of numeric feedback scores, mapped onto 0..1 ratings.
     The feedback is read now (and held, by run); the runs lazily, as the records are iterated.
     """
@@ -75,7 +87,7 @@ def read(
         if target is not None and record is not None:
             by_run.setdefault(str(target), []).append(record)
 
-    def records() -> Iterator[TraceRecord | Unreadable]:
+    def entries() -> Iterator[Any]:
         for n, r in enumerate(items(runs, "runs")):
             if isinstance(r, Unreadable):
                 yield r
@@ -87,17 +99,25 @@ def read(
                 continue
             if d.get("run_type") != "retriever":
                 continue
-            yield converted(f"runs[{n}]", _record, d, by_run, id_key, score_key)
+            yield f"runs[{n}]", d, _documents(d.get("outputs"))
+
+    def records() -> Iterator[TraceRecord | Unreadable]:
+        make = partial(_record, by_run=by_run, score_key=score_key)
+        yield from Resolver(store, id_key).stream(entries(), make)
 
     return lazy(records, runs)
 
 
 def _record(
-    d: Mapping, by_run: dict[str, list[FeedbackRecord]], id_key: str | None, score_key: str | None
+    d: Mapping,
+    docs: list[Any],
+    ids: list[str | None],
+    res: Resolution,
+    *,
+    by_run: dict[str, list[FeedbackRecord]],
+    score_key: str | None,
 ) -> TraceRecord:
     run_id = str(d.get("id"))
-    docs = _documents(d.get("outputs"))
-    ids = [document_id(doc, id_key) for doc in docs]
     fb = by_run.get(run_id, [])
     trace = d.get("trace_id")
     if trace is not None and str(trace) != run_id:
@@ -114,6 +134,7 @@ def _record(
         external_id=run_id,
         source=LANGSMITH,
         feedback=fb,
+        resolution=res,
     )
 
 
