@@ -1,0 +1,1 @@
+"""Labelling: the judge's candidate pools, the judge, its cache and its audit."""
