@@ -64,7 +64,8 @@ def sweep_recall(datasets, label_ks: list[int]) -> None:
         ids = list(ds.corpus_ids)
         corpus = MemoryCorpus(normalize_rows(ds.corpus_embeddings), ids=ids, metric="cosine")
         t0 = time.perf_counter()
-        index = LexicalIndex.build(sorted(ids), lambda b: [ds.corpus_text.get(i, "") for i in b])
+        text = ds.corpus_text
+        index = LexicalIndex.build(sorted(ids), lambda b, t=text: [t.get(i, "") for i in b])
         build_s = time.perf_counter() - t0
         pos = [{d for d, g in ds.qrels["train"][x].items() if g > 0} for x in qids]
         for k in label_ks:
@@ -220,7 +221,9 @@ def memory_one(n: int) -> dict:
 
 
 def sweep_memory(sizes: list[int]) -> None:
-    print("| chunks (synthetic text) | build s | BM25 matrix | peak RSS above start | search, 1k queries |")
+    print(
+        "| chunks (synthetic text) | build s | BM25 matrix | peak RSS above start | search, 1k queries |"
+    )
     print("| --- | --- | --- | --- | --- |")
     for n in sizes:
         got = subprocess.run(

@@ -10,7 +10,7 @@ rank, per query:
 - the lexical leg: BM25 over the chunk texts (:class:`LexicalIndex`, ``bm25s``; the optional
   ``lexical`` extra), top ``label_k``;
 - the feedback leg: chunks users marked relevant for any search, ranked by the query's
-  similarity to them, top ``label_k`` (weight ``FEEDBACK_WEIGHT``),
+  similarity to them, top ``label_k``,
 
 and keeps the top ``label_k`` of the fused list: the judge's cost per query does not change.
 Without ``bm25s`` the lexical leg is left out with a logged note.
@@ -37,7 +37,7 @@ from nudge_rag.core.metrics import exact_knn
 log = logging.getLogger(__name__)
 
 RRF_C = 60  # reciprocal-rank constant (Cormack et al. 2009)
-FEEDBACK_WEIGHT = 0.5  # the feedback leg's weight: its chunks were relevant to *other* queries
+FEEDBACK_WEIGHT = 1.0  # the feedback leg's weight (its chunks were relevant to other queries)
 TEXT_BATCH = 2048  # chunk texts read from the store per call while the index is built
 
 
