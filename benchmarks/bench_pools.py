@@ -12,6 +12,11 @@ defaults on gold qrels of the same train / validation queries (as ``explore_defa
 --sweep engine``), with finetune seconds (judging included; the stub's label cache makes a
 candidate judged once per process) and the BM25 index's build seconds and bytes.
 
+``--sweep core`` (section 4 of issue 21): the core on GOLD labels of a seeded re-split (as
+``explore_defaults.py --sweep negatives``), test NDCG@10 gain over nudge-ft's NUDGE-N, with
+negatives = the non-positives of each query's ``--label-k`` pool: dense (what a judge grades 0
+in today's pool) vs hybrid (the new pool) vs both pools' union.
+
 ``--sweep memory``: the lexical leg alone at ``--sizes`` chunks of SYNTHETIC text (sentences of
 words drawn from a Zipf-distributed 50k-word vocabulary, 40–120 words a chunk), each size in a
 fresh subprocess: build seconds, the BM25 matrix's bytes, the process's peak RSS above its
@@ -19,6 +24,7 @@ start while building and holding the index (ids included), and the search time o
 
     python benchmarks/bench_pools.py --sweep recall
     python benchmarks/bench_pools.py --sweep engine --seeds 3 4 5 [--corpus memory store]
+    python benchmarks/bench_pools.py --sweep core --seeds 6 7 8 9 10 11
     python benchmarks/bench_pools.py --sweep memory --sizes 100000 1000000
 """
 
@@ -182,6 +188,85 @@ def sweep_engine(datasets, label_k: int, seeds: list[int], corpora: list[str], o
         )
 
 
+def _pool_negatives(ds, corpus, task, label_k, lexical, *, both=False) -> list[list[int]]:
+    """Per query of ``task``, the rows of its judge pool that are not gold positives."""
+    from nudge_rag.labeling.pools import judge_pools
+
+    texts = [ds.query_text[q] for q in task.query_ids]
+    pools = judge_pools(corpus, task.queries, texts, label_k, lexical=lexical)
+    if both:
+        dense = judge_pools(corpus, task.queries, texts, label_k)
+        pools = [p + [i for i in d if i not in p] for p, d in zip(pools, dense, strict=True)]
+    row = corpus.rows_of
+    return [
+        sorted(int(r) for r in row(pool) if int(r) not in pos)
+        for pool, pos in zip(pools, task.positives, strict=True)
+    ]
+
+
+def sweep_core(datasets, label_k: int, seeds: list[int], out: list) -> None:
+    """Gold labels; negatives from the dense, the hybrid, or both pools; gain over nudge-ft."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from explore_defaults import nudge_ft_n
+
+    from nudge_rag.core.corpus import MemoryCorpus, normalize_rows
+    from nudge_rag.core.data import split_queries
+    from nudge_rag.core.metrics import evaluate
+    from nudge_rag.core.nudge import finetune_embeddings
+    from nudge_rag.labeling.pools import LexicalIndex
+
+    for ds in datasets:
+        E = ds.corpus_embeddings
+        ids = list(ds.corpus_ids)
+        corpus = MemoryCorpus(normalize_rows(E), ids=ids, metric="cosine")
+        text = ds.corpus_text
+        index = LexicalIndex.build(sorted(ids), lambda b, t=text: [t.get(i, "") for i in b])
+        test = ds.task("test")
+
+        for seed in seeds:
+            sp = split_queries(ds, seed=seed, use_given_dev=False)
+            tr = ds.task(sp.train, qrels_split="train")
+            va = ds.task(sp.dev)
+            ref = evaluate(test.queries, nudge_ft_n(E, tr, va), test.positives)["ndcg@10"]
+            for name, lexical, both in (
+                ("no negatives", False, False),
+                ("dense pool negatives", None, False),
+                ("hybrid pool negatives", index, False),
+                ("dense+hybrid pool negatives", index, True),
+            ):
+                kw = {}
+                if lexical is not False:
+                    kw = {
+                        "train_negatives": _pool_negatives(
+                            ds, corpus, tr, label_k, lexical, both=both
+                        ),
+                        "val_negatives": _pool_negatives(
+                            ds, corpus, va, label_k, lexical, both=both
+                        ),
+                    }
+                res = finetune_embeddings(
+                    E, tr.queries, tr.positives, va.queries, va.positives, **kw
+                )
+                ndcg = evaluate(test.queries, res.apply(E), test.positives)["ndcg@10"]
+                out.append({"dataset": ds.name, "seed": seed, "variant": name, "gain": ndcg - ref})
+                print(
+                    f"{ds.name:9s} seed={seed} {name:28s} nudge-ft {ref:.4f} ours {ndcg:.4f} "
+                    f"gain {ndcg - ref:+.4f} gamma {res.gamma:.2f} lambda "
+                    f"{res.negative_weight:.2f}",
+                    flush=True,
+                )
+    print("\ngain over nudge-ft NUDGE-N, test NDCG@10, mean (worst) over the seeds")
+    print("| variant | " + " | ".join(ds.name for ds in datasets) + " | mean |")
+    print("| --- " * (len(datasets) + 2) + "|")
+    for name in dict.fromkeys(r["variant"] for r in out):
+        cells = []
+        for ds in datasets:
+            g = [r["gain"] for r in out if r["variant"] == name and r["dataset"] == ds.name]
+            cells.append(f"{np.mean(g):+.4f} ({min(g):+.4f})")
+        mean = np.mean([r["gain"] for r in out if r["variant"] == name])
+        print(f"| {name} | " + " | ".join(cells) + f" | {mean:+.4f} |")
+
+
 WORDS = 50_000
 
 
@@ -242,7 +327,7 @@ def sweep_memory(sizes: list[int]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--sweep", choices=["recall", "engine", "memory"], default="recall")
+    ap.add_argument("--sweep", choices=["recall", "engine", "core", "memory"], default="recall")
     ap.add_argument("--datasets", nargs="+", default=["scifact", "nfcorpus"])
     ap.add_argument("--label-k", nargs="+", type=int, default=[20])
     ap.add_argument("--seeds", nargs="+", type=int, default=[3, 4, 5])
@@ -263,7 +348,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows: list = []
     for k in args.label_k:
-        sweep_engine(datasets, k, args.seeds, args.corpus, rows)
+        if args.sweep == "core":
+            sweep_core(datasets, k, args.seeds, rows)
+        else:
+            sweep_engine(datasets, k, args.seeds, args.corpus, rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2, default=float))
     return 0
