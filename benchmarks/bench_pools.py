@@ -91,6 +91,9 @@ def sweep_recall(datasets, label_ks: list[int]) -> None:
                 )
 
 
+POOL_KINDS = ("dense", "hybrid")
+
+
 def sweep_engine(datasets, label_k: int, seeds: list[int], corpora: list[str], out: list) -> None:
     """The engine's fraction of the gold gain, dense vs hybrid pools, memory and store path."""
     from nudge_rag.core.engine import NudgeFinetuneEngine
@@ -116,7 +119,7 @@ def sweep_engine(datasets, label_k: int, seeds: list[int], corpora: list[str], o
             for seed in seeds:
                 gold_gain = None
                 for corpus in corpora:
-                    for pools in ("dense", "hybrid"):
+                    for pools in POOL_KINDS:
                         eng = NudgeFinetuneEngine(
                             state,
                             llm=stub.client(),
@@ -188,15 +191,20 @@ def sweep_engine(datasets, label_k: int, seeds: list[int], corpora: list[str], o
         )
 
 
-def _pool_negatives(ds, corpus, task, label_k, lexical, *, both=False) -> list[list[int]]:
-    """Per query of ``task``, the rows of its judge pool that are not gold positives."""
+def _pool_negatives(ds, corpus, task, label_k, lexical, *, both="") -> list[list[int]]:
+    """Per query of ``task``, the rows of its judge pool that are not gold positives
+    (``both="union"``: of the hybrid and the dense pool; ``"dense"``: of the hybrid pool, those
+    in the dense pool too)."""
     from nudge_rag.labeling.pools import judge_pools
 
     texts = [ds.query_text[q] for q in task.query_ids]
     pools = judge_pools(corpus, task.queries, texts, label_k, lexical=lexical)
     if both:
         dense = judge_pools(corpus, task.queries, texts, label_k)
-        pools = [p + [i for i in d if i not in p] for p, d in zip(pools, dense, strict=True)]
+        if both == "union":
+            pools = [p + [i for i in d if i not in p] for p, d in zip(pools, dense, strict=True)]
+        else:
+            pools = [[i for i in p if i in set(d)] for p, d in zip(pools, dense, strict=True)]
     row = corpus.rows_of
     return [
         sorted(int(r) for r in row(pool) if int(r) not in pos)
@@ -229,10 +237,11 @@ def sweep_core(datasets, label_k: int, seeds: list[int], out: list) -> None:
             va = ds.task(sp.dev)
             ref = evaluate(test.queries, nudge_ft_n(E, tr, va), test.positives)["ndcg@10"]
             for name, lexical, both in (
-                ("no negatives", False, False),
-                ("dense pool negatives", None, False),
-                ("hybrid pool negatives", index, False),
-                ("dense+hybrid pool negatives", index, True),
+                ("no negatives", False, ""),
+                ("dense pool negatives", None, ""),
+                ("hybrid pool negatives", index, ""),
+                ("dense+hybrid pool negatives", index, "union"),
+                ("hybrid pool negatives in the dense pool", index, "dense"),
             ):
                 kw = {}
                 if lexical is not False:
@@ -250,7 +259,7 @@ def sweep_core(datasets, label_k: int, seeds: list[int], out: list) -> None:
                 ndcg = evaluate(test.queries, res.apply(E), test.positives)["ndcg@10"]
                 out.append({"dataset": ds.name, "seed": seed, "variant": name, "gain": ndcg - ref})
                 print(
-                    f"{ds.name:9s} seed={seed} {name:28s} nudge-ft {ref:.4f} ours {ndcg:.4f} "
+                    f"{ds.name:9s} seed={seed} {name:40s} nudge-ft {ref:.4f} ours {ndcg:.4f} "
                     f"gain {ndcg - ref:+.4f} gamma {res.gamma:.2f} lambda "
                     f"{res.negative_weight:.2f}",
                     flush=True,
@@ -334,8 +343,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus", nargs="+", default=["memory", "store"])
     ap.add_argument("--sizes", nargs="+", type=int, default=[100_000, 1_000_000])
     ap.add_argument("--memory-one", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--max-new", type=int, default=None, help="pools.MAX_NEW for the run")
+    ap.add_argument("--only-hybrid", action="store_true", help="engine: skip the dense runs")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    if args.max_new is not None:
+        from nudge_rag.labeling import pools
+
+        pools.MAX_NEW = args.max_new
+    global POOL_KINDS
+    if args.only_hybrid:
+        POOL_KINDS = ("hybrid",)
     if args.memory_one is not None:
         print(json.dumps(memory_one(args.memory_one)))
         return 0

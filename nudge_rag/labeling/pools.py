@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 RRF_C = 60  # reciprocal-rank constant (Cormack et al. 2009)
 FEEDBACK_WEIGHT = 1.0  # the feedback leg's weight (its chunks were relevant to other queries)
 TEXT_BATCH = 2048  # chunk texts read from the store per call while the index is built
+MAX_NEW: int | None = None  # at most this many pool candidates outside the dense top (None: any)
 
 
 def lexical_available() -> bool:
@@ -233,8 +234,17 @@ def judge_pools(
         return dense
     pools = []
     for n in range(len(queries)):
-        pool = fuse([leg[n] for leg in legs], k, weights=weights)
         seen = set(dense[n])
+        if MAX_NEW is None:
+            pool = fuse([leg[n] for leg in legs], k, weights=weights)
+        else:  # the fused order, with no more than MAX_NEW candidates the dense top lacks
+            pool, extra = [], 0
+            for i in fuse([leg[n] for leg in legs], len(legs) * k, weights=weights):
+                if i in seen or extra < MAX_NEW:
+                    pool.append(i)
+                    extra += i not in seen
+                if len(pool) == k:
+                    break
         new = [i for i in pool if i not in seen]
         if lexical is not None:
             lex = set(legs[1][n])
