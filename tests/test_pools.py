@@ -185,3 +185,16 @@ def test_pools_option_is_checked(tmp_path):
     world = PoolWorld(tmp_path)
     with pytest.raises(NudgeError, match="pools: found 'bm25', expected 'hybrid' or 'dense'"):
         NudgeFinetuneEngine(world.state, pools="bm25", progress=False)
+
+
+def test_max_new_caps_what_the_other_legs_bring_in(tmp_path, monkeypatch):
+    world = PoolWorld(tmp_path)
+    q = np.stack([v for _, v, _ in world.queries])
+    texts = [t for t, _, _ in world.queries]
+    index = LexicalIndex.build(world.ids, world.read_texts)
+    liked = [world.ids[50]]
+    dense = judge_pools(world.corpus(), q, texts, K)
+    monkeypatch.setattr(pools_mod, "MAX_NEW", 1)
+    capped = judge_pools(world.corpus(), q, texts, K, lexical=index, liked=liked)
+    for d, c in zip(dense, capped, strict=True):
+        assert len(c) == K and len(set(c) - set(d)) <= 1
