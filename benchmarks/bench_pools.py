@@ -343,14 +343,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus", nargs="+", default=["memory", "store"])
     ap.add_argument("--sizes", nargs="+", type=int, default=[100_000, 1_000_000])
     ap.add_argument("--memory-one", type=int, default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--max-new", type=int, default=None, help="pools.MAX_NEW for the run")
+    ap.add_argument(
+        "--new-share", type=float, default=-1.0, help="pools.NEW_SHARE for the run (0: None)"
+    )
     ap.add_argument("--only-hybrid", action="store_true", help="engine: skip the dense runs")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    if args.max_new is not None:
+    if args.new_share >= 0:
         from nudge_rag.labeling import pools
 
-        pools.MAX_NEW = args.max_new
+        pools.NEW_SHARE = args.new_share or None
     global POOL_KINDS
     if args.only_hybrid:
         POOL_KINDS = ("hybrid",)

@@ -163,8 +163,8 @@ def test_memory_and_store_path_judge_the_same_pools(tmp_path):
     world = PoolWorld(tmp_path)
     tids = world.search_all()
     world.state.record_feedback(tids[0], relevant_ids=[world.ids[50]])  # a feedback leg too
-    memory = judged_pools(world, label_k=K, corpus="memory")
-    store = judged_pools(world, label_k=K, corpus="store")
+    memory = judged_pools(world, label_k=20, corpus="memory")
+    store = judged_pools(world, label_k=20, corpus="store")
     assert memory == store
     assert len(memory) == len(world.queries) - 1  # the query with feedback is not judged
     assert all(world.ids[50] in p for p in memory.values())
@@ -187,14 +187,17 @@ def test_pools_option_is_checked(tmp_path):
         NudgeFinetuneEngine(world.state, pools="bm25", progress=False)
 
 
-def test_max_new_caps_what_the_other_legs_bring_in(tmp_path, monkeypatch):
+def test_new_share_caps_what_the_other_legs_bring_in(tmp_path, monkeypatch):
     world = PoolWorld(tmp_path)
     q = np.stack([v for _, v, _ in world.queries])
     texts = [t for t, _, _ in world.queries]
     index = LexicalIndex.build(world.ids, world.read_texts)
     liked = [world.ids[50]]
     dense = judge_pools(world.corpus(), q, texts, K)
-    monkeypatch.setattr(pools_mod, "MAX_NEW", 1)
     capped = judge_pools(world.corpus(), q, texts, K, lexical=index, liked=liked)
     for d, c in zip(dense, capped, strict=True):
-        assert len(c) == K and len(set(c) - set(d)) <= 1
+        assert len(c) == K and len(set(c) - set(d)) == 1  # round(0.15 · 8) = 1
+    monkeypatch.setattr(pools_mod, "NEW_SHARE", None)
+    free = judge_pools(world.corpus(), q, texts, K, lexical=index, liked=liked)
+    assert all(len(f) == K for f in free)
+    assert any(len(set(f) - set(d)) > 1 for d, f in zip(dense, free, strict=True))
