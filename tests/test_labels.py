@@ -612,7 +612,7 @@ def _injected_scifact(tmp_path, sentence: str, **engine_kw):
             llm_model="gullible",
             progress=False,
             concurrency=8,
-            **engine_kw,
+            **{"pools": "dense", **engine_kw},  # the setup: the chunk in 85 dense pools
         )
         report = eng.finetune()
     tuned = ds.corpus_embeddings.copy()
