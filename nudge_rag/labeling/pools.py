@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
+from nudge_rag.core.corpus import _gathered_similarity
 from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.metrics import exact_knn
 
@@ -206,6 +208,21 @@ class PoolStats:
     index_bytes: int = 0  # bytes of the BM25 matrix
 
 
+def _dense_order(corpus: Any, queries: np.ndarray, rows: np.ndarray) -> list[list[str]]:
+    """Each query's dense top as ids, re-scored from the corpus's vectors in one way and tied
+    scores ordered by id: the memory and the store path (whose searches score in different
+    float order, so duplicate chunks tie either way) give the same list."""
+    valid = rows >= 0
+    vecs = torch.from_numpy(np.asarray(corpus.vectors(np.where(valid, rows, 0)), np.float32))
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    scores = _gathered_similarity(q, vecs, corpus.metric).numpy()
+    out = []
+    for row, ok, sc in zip(rows, valid, scores, strict=True):
+        ids = corpus.ids_of(row[ok])
+        out.append([i for _, i in sorted(zip((-sc[ok]).tolist(), ids, strict=True))])
+    return out
+
+
 def judge_pools(
     corpus: Any,
     queries: np.ndarray,
@@ -222,7 +239,7 @@ def judge_pools(
     the query; without either, the dense top ``k`` as it is."""
     stats = stats if stats is not None else PoolStats()
     rows, _ = corpus.topk_excluding(queries, k)
-    dense = [corpus.ids_of(r for r in row if r >= 0) for row in rows]
+    dense = _dense_order(corpus, queries, rows)
     legs: list[list[list[str]]] = [dense]
     weights = [1.0]
     if lexical is not None:
