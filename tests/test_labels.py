@@ -549,6 +549,7 @@ def test_finetune_survives_hostile_answers_and_a_rerun_pays_nothing(tmp_path):
         state.record_feedback(tid, relevant_ids=[target])
     with OpenAIStub(ScriptedJudge(["[" * 100_000])) as stub:
         kw = {"llm": stub.client(), "llm_model": "judge", "progress": False, "label_k": 5}
+        kw["audit"] = False  # only the 60 searches without feedback are judged
         eng = NudgeFinetuneEngine(state, retry=RetryPolicy(max_invalid=1), **kw)
         report = eng.finetune()
         paid = len(stub.chat_requests)
@@ -612,7 +613,7 @@ def _injected_scifact(tmp_path, sentence: str, **engine_kw):
             llm_model="gullible",
             progress=False,
             concurrency=8,
-            **engine_kw,
+            **{"pools": "dense", **engine_kw},  # the setup: the chunk in 85 dense pools
         )
         report = eng.finetune()
     tuned = ds.corpus_embeddings.copy()

@@ -7,9 +7,10 @@ Each :meth:`NudgeFinetuneEngine.finetune` starts from the *base* vectors of ever
 compounds over rounds) and uses every label gathered so far:
 
 1. labels — feedback on traces as it is; traces without feedback judged by the LLM over a
-   candidate pool (the top ``label_k`` chunks under the base vectors, so chunks the user never
-   saw can become positives); optionally synthetic questions for sampled chunks. LLM answers
-   come from the label cache when they were paid for before.
+   candidate pool of ``label_k`` chunks (the dense top under the base vectors fused with BM25
+   over the chunk texts and the chunks users marked relevant: :mod:`nudge_rag.labeling.pools`;
+   chunks the user never saw can become positives); optionally synthetic questions for sampled
+   chunks. LLM answers come from the label cache when they were paid for before.
 2. split — by query, seeded: each query's key hashes to a fixed place in [0, 1), so a query
    keeps its split as more traces arrive. Synthetic queries only train and validate whenever
    real queries exist.
@@ -26,6 +27,7 @@ refuses unless the CI's lower bound beats ``min_gain``.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 from array import array
@@ -66,6 +68,7 @@ from nudge_rag.core.nudge import Method, Selection, check_gamma, finetune_embedd
 from nudge_rag.core.stores.base import Metric
 from nudge_rag.core.traces import embedding_problem
 from nudge_rag.core.versions import check_metric
+from nudge_rag.labeling.pools import LexicalIndex, PoolStats, judge_pools, lexical_available
 from nudge_rag.labeling.provenance import (
     DEFAULT_MIN_PRECISION,
     DEFAULT_MIN_RECALL,
@@ -74,6 +77,8 @@ from nudge_rag.labeling.provenance import (
     Provenance,
     audit_judge,
 )
+
+log = logging.getLogger(__name__)
 
 K = 10
 _BAD_LISTED = 1000  # bad trace ids a report names (all are counted)
@@ -471,6 +476,10 @@ class NudgeFinetuneEngine:
         method: ``"nudge-n"`` (any metric) or ``"nudge-m"`` (inner-product stores only).
         label_k: size of the candidate pool the LLM grades per query (default 20); a pool
             larger than ``judge_batch`` (default 20) goes out as several prompts.
+        pools: how that pool is drawn: ``"hybrid"`` (default) fuses the dense top ``label_k``
+            with BM25 over the chunk texts (the ``lexical`` extra; left out with a logged note
+            when ``bm25s`` is missing) and the chunks users marked relevant, by reciprocal
+            rank, and keeps ``label_k``; ``"dense"`` is the dense top ``label_k`` alone.
         use_negatives: feed what is known not relevant to the fit (feedback's
             ``irrelevant_ids``, the judge's grade-0 candidates) as ``train_negatives`` /
             ``val_negatives``; their weight is chosen on validation (default True).
@@ -511,6 +520,7 @@ class NudgeFinetuneEngine:
         method: Method | str = Method.NUDGE_N,
         llm_model: str | None = None,
         label_k: int = 20,
+        pools: str = "hybrid",
         judge_batch: int = 20,
         synthetic_chunks: int = 0,
         questions_per_chunk: int = 2,
@@ -567,6 +577,9 @@ class NudgeFinetuneEngine:
         if judge_batch < 1:
             msg = f"judge_batch: found {judge_batch}, expected ≥ 1; pass e.g. 20."
             raise NudgeError(msg)
+        if pools not in ("hybrid", "dense"):
+            msg = f"pools: found {pools!r}, expected 'hybrid' or 'dense'."
+            raise NudgeError(msg)
         if synthetic_chunks < 0:
             msg = f"synthetic_chunks: found {synthetic_chunks}, expected ≥ 0."
             raise NudgeError(msg)
@@ -582,6 +595,7 @@ class NudgeFinetuneEngine:
             raise NudgeError(msg)
         self.llm = as_llm(llm, model=llm_model)
         self.label_k = label_k
+        self.pools = pools
         self.judge_batch = judge_batch
         self.synthetic_chunks = synthetic_chunks
         self.questions_per_chunk = questions_per_chunk
@@ -646,6 +660,8 @@ class NudgeFinetuneEngine:
         self.last_report: FinetuneReport | None = None
         self.last_labels: list[LabeledQuery] = []
         self.last_bad_traces: dict[str, str] = {}  # trace id -> why its vector was skipped
+        self.last_pool_stats = PoolStats()  # what the last judge pools cost and brought in
+        self._liked: list[str] = []  # chunks users marked relevant (the pools' feedback leg)
 
     # -- labels ---------------------------------------------------------------------------------
 
@@ -677,6 +693,7 @@ class NudgeFinetuneEngine:
         feedback = self.state.feedback()
         by_trace = feedback_grades(f for f in feedback if _provenance(f) is Provenance.HUMAN)
         by_model = feedback_grades(f for f in feedback if _provenance(f) is Provenance.MODEL)
+        self._liked = sorted({i for g in by_trace.values() for i, v in g.items() if v > 0})
         rated = answer_ratings(feedback)
         liked = {t for t, r in rated.items() if r.positive}  # answers rated helpful
         counts["answer_positive"] = len(liked)
@@ -826,15 +843,14 @@ class NudgeFinetuneEngine:
         """The judge's grades of each group's candidate pool (by group index; a group whose
         prompts were all skipped is absent)."""
         queries = np.stack([g[2] for g in groups]).astype(np.float32)
-        pools, _ = corpus.topk_excluding(queries, self.label_k)
-        wanted = sorted({int(r) for r in pools.ravel() if r >= 0})
-        wanted_ids = corpus.ids_of(wanted)
+        pools = self._pools(corpus, queries, [g[1] for g in groups], counts)
+        wanted_ids = sorted({i for pool in pools for i in pool})
         text_of = dict(zip(wanted_ids, self.state.texts(wanted_ids), strict=True))
         injected = self._withhold_injections(text_of)
         items: list[tuple[str, list[Candidate]]] = []
         owner: list[int] = []  # which group each prompt belongs to
         for g, ((_, text, *_rest), pool) in enumerate(zip(groups, pools, strict=True)):
-            shown = [i for i in corpus.ids_of(r for r in pool if r >= 0) if text_of.get(i)]
+            shown = [i for i in pool if text_of.get(i)]
             cands = [Candidate(i, str(text_of[i])) for i in shown if i not in injected]
             counts["withheld_candidates"] += len(shown) - len(cands)
             if not cands:
@@ -847,6 +863,31 @@ class NudgeFinetuneEngine:
             if grades is not None:  # a skipped prompt leaves its candidates unjudged (counted)
                 judged.setdefault(g, {}).update({i: float(v) for i, v in grades.items()})
         return judged
+
+    def _pools(
+        self, corpus: Corpus, queries: np.ndarray, texts: list[str], counts: dict[str, int]
+    ) -> list[list[str]]:
+        """The judge's candidate ids per query (``label_k`` each; see ``pools=``)."""
+        stats = self.last_pool_stats = PoolStats()
+        lexical = None
+        if self.pools == "hybrid":
+            if lexical_available():
+                # every chunk's text, streamed from the store a batch at a time; sorted ids
+                # give the memory and the store path the same index
+                lexical = LexicalIndex.build(sorted(corpus.all_ids()), self.state.texts)
+                stats.index_s, stats.index_bytes = lexical.build_s, lexical.nbytes
+            else:
+                log.info(
+                    "pools='hybrid': bm25s is not installed, so the judge's pools have no "
+                    "lexical leg (pip install 'nudge-rag[lexical]')."
+                )
+        liked = self._liked if self.pools == "hybrid" else []
+        pools = judge_pools(
+            corpus, queries, texts, self.label_k, lexical=lexical, liked=liked, stats=stats
+        )
+        counts["pool_lexical_added"] = stats.lexical_added
+        counts["pool_feedback_added"] = stats.feedback_added
+        return pools
 
     def _judge_support(
         self,

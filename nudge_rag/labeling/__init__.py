@@ -1,1 +1,2 @@
-"""Labels: where they come from and how far the judge can be trusted."""
+"""Labels: the judge's candidate pools, where labels come from, how far the judge can be
+trusted."""

@@ -1,0 +1,381 @@
+"""The judge's candidate pools: dense top ``label_k`` vs the hybrid pool (dense + BM25 + feedback).
+
+``--sweep recall``: the share of the train positives (query, positive) pairs, and of the train
+queries with at least one positive, that the pool of ``label_k`` candidates holds, dense vs
+hybrid (no feedback: every query is judged), on SciFact and NFCorpus.
+
+``--sweep engine``: the engine end to end with the clean stub judge (``QrelsJudge`` over the
+local OpenAI-speaking server; every train query one simulated search), at ``--label-k``, with
+``pools="dense"`` and ``pools="hybrid"``, on the memory and the store path (``corpus=``), per
+seed. The figure is the engine's test NDCG@10 gain as a fraction of the gain of the core's
+defaults on gold qrels of the same train / validation queries (as ``explore_defaults.py
+--sweep engine``), with finetune seconds (judging included; the stub's label cache makes a
+candidate judged once per process) and the BM25 index's build seconds and bytes.
+
+``--sweep core`` (section 4 of issue 21): the core on GOLD labels of a seeded re-split (as
+``explore_defaults.py --sweep negatives``), test NDCG@10 gain over nudge-ft's NUDGE-N, with
+negatives = the non-positives of each query's ``--label-k`` pool: dense (what a judge grades 0
+in today's pool) vs hybrid (the new pool) vs both pools' union.
+
+``--sweep memory``: the lexical leg alone at ``--sizes`` chunks of SYNTHETIC text (sentences of
+words drawn from a Zipf-distributed 50k-word vocabulary, 40–120 words a chunk), each size in a
+fresh subprocess: build seconds, the BM25 matrix's bytes, the process's peak RSS above its
+start while building and holding the index (ids included), and the search time of 1,000 queries.
+
+    python benchmarks/bench_pools.py --sweep recall
+    python benchmarks/bench_pools.py --sweep engine --seeds 3 4 5 [--corpus memory store]
+    python benchmarks/bench_pools.py --sweep core --seeds 6 7 8 9 10 11
+    python benchmarks/bench_pools.py --sweep memory --sizes 100000 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _datasets(names: list[str]) -> list:
+    from nudge_rag.core.data import load_beir, shared_data_dir
+
+    root = shared_data_dir()
+    if root is None:
+        sys.exit("../shared/data not found (set NUDGE_RAG_DATA)")
+    return [load_beir(root / n) for n in names]
+
+
+def _train(ds) -> tuple[list[str], np.ndarray, list[str]]:
+    qrow = {q: i for i, q in enumerate(ds.query_ids)}
+    qids = sorted(ds.qrels["train"])
+    return qids, ds.query_embeddings[[qrow[q] for q in qids]], [ds.query_text[q] for q in qids]
+
+
+def sweep_recall(datasets, label_ks: list[int]) -> None:
+    """Pool recall of the train positives, dense vs hybrid."""
+    from nudge_rag.core.corpus import MemoryCorpus, normalize_rows
+    from nudge_rag.labeling.pools import LexicalIndex, judge_pools
+
+    print("| dataset | label_k | pool | positives in the pool | queries with one |")
+    print("| --- | --- | --- | --- | --- |")
+    for ds in datasets:
+        qids, q, texts = _train(ds)
+        ids = list(ds.corpus_ids)
+        corpus = MemoryCorpus(normalize_rows(ds.corpus_embeddings), ids=ids, metric="cosine")
+        t0 = time.perf_counter()
+        text = ds.corpus_text
+        index = LexicalIndex.build(sorted(ids), lambda b, t=text: [t.get(i, "") for i in b])
+        build_s = time.perf_counter() - t0
+        pos = [{d for d, g in ds.qrels["train"][x].items() if g > 0} for x in qids]
+        for k in label_ks:
+            for name, lex in (("dense", None), ("hybrid", index)):
+                t0 = time.perf_counter()
+                pools = judge_pools(corpus, q, texts, k, lexical=lex)
+                pool_s = time.perf_counter() - t0
+                hit = sum(len(p & set(pl)) for p, pl in zip(pos, pools, strict=True))
+                pairs = hit / sum(map(len, pos))
+                anyq = np.mean([bool(p & set(pl)) for p, pl in zip(pos, pools, strict=True)])
+                assert all(len(pl) <= k for pl in pools)
+                print(
+                    f"| {ds.name} | {k} | {name} | {pairs:.4f} | {anyq:.4f} | "
+                    f"(pools {pool_s:.2f} s for {len(qids)} queries; index build {build_s:.2f} s, "
+                    f"{index.nbytes / 2**20:.1f} MiB)",
+                    flush=True,
+                )
+
+
+POOL_KINDS = ("dense", "hybrid")
+
+
+def sweep_engine(datasets, label_k: int, seeds: list[int], corpora: list[str], out: list) -> None:
+    """The engine's fraction of the gold gain, dense vs hybrid pools, memory and store path."""
+    from nudge_rag.core.engine import NudgeFinetuneEngine
+    from nudge_rag.core.metrics import evaluate
+    from nudge_rag.core.nudge import finetune_embeddings
+    from nudge_rag.testing.judges import QrelsJudge
+    from nudge_rag.testing.openai_stub import OpenAIStub
+    from nudge_rag.testing.simulate import beir_state, gold_split, qrels_by_text, simulate_searches
+
+    for ds in datasets:
+        qids, q, texts = _train(ds)
+        test = ds.task("test")
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            OpenAIStub(QrelsJudge(qrels_by_text(ds, "train"))) as stub,
+        ):
+            state = beir_state(ds, tmp)
+            simulate_searches(state, texts, q)
+            ids = state.ids()
+            row_of = {i: n for n, i in enumerate(ids)}
+            base = state.base_vectors(ids)
+            before = evaluate(test.queries, base, test.positives, metric="cosine")["ndcg@10"]
+            for seed in seeds:
+                gold_gain = None
+                for corpus in corpora:
+                    for pools in POOL_KINDS:
+                        eng = NudgeFinetuneEngine(
+                            state,
+                            llm=stub.client(),
+                            llm_model="stub-judge",
+                            label_k=label_k,
+                            seed=seed,
+                            progress=False,
+                            pools=pools,
+                            corpus=corpus,
+                        )
+                        t0 = time.perf_counter()
+                        rep = eng.finetune()
+                        fit_s = time.perf_counter() - t0
+                        eng.close()
+                        if gold_gain is None:
+                            tr, va, _ = gold_split(eng, ds, qids)
+                            gtr = ds.task(tr, qrels_split="train")
+                            gva = ds.task(va, qrels_split="train")
+                            gold = finetune_embeddings(
+                                base, gtr.queries, gtr.positives, gva.queries, gva.positives
+                            )
+                            g = evaluate(test.queries, gold.apply(base), test.positives)
+                            gold_gain = g["ndcg@10"] - before
+                        tuned = base.copy()
+                        vecs = rep.vectors()
+                        if vecs:
+                            tuned[[row_of[i] for i in vecs]] = np.stack(list(vecs.values()))
+                        after = evaluate(test.queries, tuned, test.positives, metric="cosine")
+                        gain = after["ndcg@10"] - before
+                        ps = eng.last_pool_stats
+                        row = {
+                            "dataset": ds.name,
+                            "seed": seed,
+                            "corpus": corpus,
+                            "pools": pools,
+                            "label_k": label_k,
+                            "gain": gain,
+                            "gold_gain": gold_gain,
+                            "fraction": gain / gold_gain,
+                            "finetune_s": fit_s,
+                            "index_s": ps.index_s,
+                            "index_bytes": ps.index_bytes,
+                            "lexical_added": ps.lexical_added,
+                            "no_positive": rep.labels.get("no_positive", 0),
+                            "train_queries": rep.queries["train"],
+                            "gamma": rep.gamma,
+                            "proven": rep.proven,
+                        }
+                        out.append(row)
+                        print(
+                            f"{ds.name:9s} seed={seed} {corpus:6s} {pools:6s} gain {gain:+.4f} "
+                            f"gold {gold_gain:+.4f} fraction {gain / gold_gain:.3f} "
+                            f"no-positive {row['no_positive']} train {row['train_queries']} "
+                            f"gamma {rep.gamma:.2f} finetune {fit_s:.1f} s (index "
+                            f"{ps.index_s:.2f} s, {ps.index_bytes / 2**20:.1f} MiB, lexical "
+                            f"added {ps.lexical_added})",
+                            flush=True,
+                        )
+    print("\nmean (worst) fraction of the gold gain over the seeds")
+    print("| dataset | corpus | pools | engine gain | gold gain | fraction | finetune s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for key in dict.fromkeys((r["dataset"], r["corpus"], r["pools"]) for r in out):
+        sel = [r for r in out if (r["dataset"], r["corpus"], r["pools"]) == key]
+        fr = [r["fraction"] for r in sel]
+        print(
+            f"| {key[0]} | {key[1]} | {key[2]} | {np.mean([r['gain'] for r in sel]):+.4f} | "
+            f"{np.mean([r['gold_gain'] for r in sel]):+.4f} | {np.mean(fr):.3f} "
+            f"({min(fr):.3f}) | {np.mean([r['finetune_s'] for r in sel]):.1f} |"
+        )
+
+
+def _pool_negatives(ds, corpus, task, label_k, lexical, *, both="") -> list[list[int]]:
+    """Per query of ``task``, the rows of its judge pool that are not gold positives
+    (``both="union"``: of the hybrid and the dense pool; ``"dense"``: of the hybrid pool, those
+    in the dense pool too)."""
+    from nudge_rag.labeling.pools import judge_pools
+
+    texts = [ds.query_text[q] for q in task.query_ids]
+    pools = judge_pools(corpus, task.queries, texts, label_k, lexical=lexical)
+    if both:
+        dense = judge_pools(corpus, task.queries, texts, label_k)
+        if both == "union":
+            pools = [p + [i for i in d if i not in p] for p, d in zip(pools, dense, strict=True)]
+        else:
+            pools = [[i for i in p if i in set(d)] for p, d in zip(pools, dense, strict=True)]
+    row = corpus.rows_of
+    return [
+        sorted(int(r) for r in row(pool) if int(r) not in pos)
+        for pool, pos in zip(pools, task.positives, strict=True)
+    ]
+
+
+def sweep_core(datasets, label_k: int, seeds: list[int], out: list) -> None:
+    """Gold labels; negatives from the dense, the hybrid, or both pools; gain over nudge-ft."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from explore_defaults import nudge_ft_n
+
+    from nudge_rag.core.corpus import MemoryCorpus, normalize_rows
+    from nudge_rag.core.data import split_queries
+    from nudge_rag.core.metrics import evaluate
+    from nudge_rag.core.nudge import finetune_embeddings
+    from nudge_rag.labeling.pools import LexicalIndex
+
+    for ds in datasets:
+        E = ds.corpus_embeddings
+        ids = list(ds.corpus_ids)
+        corpus = MemoryCorpus(normalize_rows(E), ids=ids, metric="cosine")
+        text = ds.corpus_text
+        index = LexicalIndex.build(sorted(ids), lambda b, t=text: [t.get(i, "") for i in b])
+        test = ds.task("test")
+
+        for seed in seeds:
+            sp = split_queries(ds, seed=seed, use_given_dev=False)
+            tr = ds.task(sp.train, qrels_split="train")
+            va = ds.task(sp.dev)
+            ref = evaluate(test.queries, nudge_ft_n(E, tr, va), test.positives)["ndcg@10"]
+            for name, lexical, both in (
+                ("no negatives", False, ""),
+                ("dense pool negatives", None, ""),
+                ("hybrid pool negatives", index, ""),
+                ("dense+hybrid pool negatives", index, "union"),
+                ("hybrid pool negatives in the dense pool", index, "dense"),
+            ):
+                kw = {}
+                if lexical is not False:
+                    kw = {
+                        "train_negatives": _pool_negatives(
+                            ds, corpus, tr, label_k, lexical, both=both
+                        ),
+                        "val_negatives": _pool_negatives(
+                            ds, corpus, va, label_k, lexical, both=both
+                        ),
+                    }
+                res = finetune_embeddings(
+                    E, tr.queries, tr.positives, va.queries, va.positives, **kw
+                )
+                ndcg = evaluate(test.queries, res.apply(E), test.positives)["ndcg@10"]
+                out.append({"dataset": ds.name, "seed": seed, "variant": name, "gain": ndcg - ref})
+                print(
+                    f"{ds.name:9s} seed={seed} {name:40s} nudge-ft {ref:.4f} ours {ndcg:.4f} "
+                    f"gain {ndcg - ref:+.4f} gamma {res.gamma:.2f} lambda "
+                    f"{res.negative_weight:.2f}",
+                    flush=True,
+                )
+    print("\ngain over nudge-ft NUDGE-N, test NDCG@10, mean (worst) over the seeds")
+    print("| variant | " + " | ".join(ds.name for ds in datasets) + " | mean |")
+    print("| --- " * (len(datasets) + 2) + "|")
+    for name in dict.fromkeys(r["variant"] for r in out):
+        cells = []
+        for ds in datasets:
+            g = [r["gain"] for r in out if r["variant"] == name and r["dataset"] == ds.name]
+            cells.append(f"{np.mean(g):+.4f} ({min(g):+.4f})")
+        mean = np.mean([r["gain"] for r in out if r["variant"] == name])
+        print(f"| {name} | " + " | ".join(cells) + f" | {mean:+.4f} |")
+
+
+WORDS = 50_000
+
+
+def synthetic_texts(ids: list[str]) -> list[str]:
+    """Deterministic synthetic chunk texts (Zipf-distributed words), one per id."""
+    out = []
+    for i in ids:
+        rng = np.random.default_rng(int(i[1:]))
+        n = int(rng.integers(40, 121))
+        words = np.minimum(rng.zipf(1.2, n), WORDS)
+        out.append(" ".join(f"w{w}x" for w in words))
+    return out
+
+
+def memory_one(n: int) -> dict:
+    """Build the lexical index over ``n`` synthetic chunks; measure it (run in a subprocess)."""
+    from bench_core import peak_rss
+
+    from nudge_rag.labeling.pools import LexicalIndex
+
+    with peak_rss() as extra:
+        ids = [f"c{j:09d}" for j in range(n)]
+        t0 = time.perf_counter()
+        index = LexicalIndex.build(ids, synthetic_texts)
+        build_s = time.perf_counter() - t0
+        queries = [" ".join(t.split()[:8]) for t in synthetic_texts(ids[:: max(1, n // 1000)])]
+        t0 = time.perf_counter()
+        index.search(queries, 20)
+        search_s = time.perf_counter() - t0
+    return {
+        "chunks": n,
+        "build_s": build_s,
+        "matrix_bytes": index.nbytes,
+        "peak_rss_bytes": extra[0],
+        "search_s_1000": search_s * 1000 / len(queries),
+    }
+
+
+def sweep_memory(sizes: list[int]) -> None:
+    print(
+        "| chunks (synthetic text) | build s | BM25 matrix | peak RSS above start | search, 1k queries |"
+    )
+    print("| --- | --- | --- | --- | --- |")
+    for n in sizes:
+        got = subprocess.run(
+            [sys.executable, __file__, "--memory-one", str(n)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        r = json.loads(got.splitlines()[-1])
+        print(
+            f"| {n:,} | {r['build_s']:.1f} | {r['matrix_bytes'] / 2**20:.0f} MiB | "
+            f"{r['peak_rss_bytes'] / 2**20:.0f} MiB | {r['search_s_1000']:.1f} s |",
+            flush=True,
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--sweep", choices=["recall", "engine", "core", "memory"], default="recall")
+    ap.add_argument("--datasets", nargs="+", default=["scifact", "nfcorpus"])
+    ap.add_argument("--label-k", nargs="+", type=int, default=[20])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[3, 4, 5])
+    ap.add_argument("--corpus", nargs="+", default=["memory", "store"])
+    ap.add_argument("--sizes", nargs="+", type=int, default=[100_000, 1_000_000])
+    ap.add_argument("--memory-one", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--new-share", type=float, default=-1.0, help="pools.NEW_SHARE for the run (0: None)"
+    )
+    ap.add_argument("--only-hybrid", action="store_true", help="engine: skip the dense runs")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if args.new_share >= 0:
+        from nudge_rag.labeling import pools
+
+        pools.NEW_SHARE = args.new_share or None
+    global POOL_KINDS
+    if args.only_hybrid:
+        POOL_KINDS = ("hybrid",)
+    if args.memory_one is not None:
+        print(json.dumps(memory_one(args.memory_one)))
+        return 0
+    if args.sweep == "memory":
+        sweep_memory(args.sizes)
+        return 0
+    datasets = _datasets(args.datasets)
+    if args.sweep == "recall":
+        sweep_recall(datasets, args.label_k)
+        return 0
+    rows: list = []
+    for k in args.label_k:
+        if args.sweep == "core":
+            sweep_core(datasets, k, args.seeds, rows)
+        else:
+            sweep_engine(datasets, k, args.seeds, args.corpus, rows)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
