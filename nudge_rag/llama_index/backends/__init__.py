@@ -1,4 +1,5 @@
-"""One backend per wrapped LlamaIndex store; :func:`backend_for` picks it by class."""
+"""One backend per wrapped LlamaIndex store, one module each in this package; :func:`backend_for`
+picks it by the store's class (see :mod:`nudge_rag.core.stores.registry`)."""
 
 from __future__ import annotations
 
@@ -7,25 +8,13 @@ from collections.abc import Iterable
 from llama_index.core.vector_stores.types import BasePydanticVectorStore
 
 from nudge_rag.core.errors import NudgeError
-from nudge_rag.llama_index.backends.base import Backend
+from nudge_rag.llama_index.backends.base import REGISTRY, Backend
 from nudge_rag.llama_index.backends.chroma import ChromaBackend
-from nudge_rag.llama_index.backends.milvus import MilvusBackend
-from nudge_rag.llama_index.backends.pgvector import PgVectorBackend
-from nudge_rag.llama_index.backends.qdrant import QdrantBackend
-from nudge_rag.llama_index.backends.simple import SimpleBackend
 
-SUPPORTED = (
-    "ChromaVectorStore, SimpleVectorStore, QdrantVectorStore, MilvusVectorStore, PGVectorStore"
-)
-BACKENDS: dict[str, type[Backend]] = {
-    "SimpleVectorStore": SimpleBackend,
-    "ChromaVectorStore": ChromaBackend,
-    "QdrantVectorStore": QdrantBackend,
-    "MilvusVectorStore": MilvusBackend,
-    "PGVectorStore": PgVectorBackend,
-}
+BACKENDS: list[type[Backend]] = REGISTRY.backends()
+SUPPORTED = ", ".join(s.rpartition(".")[2] for b in BACKENDS for s in b.stores)
 
-__all__ = ["BACKENDS", "SUPPORTED", "Backend", "ChromaBackend", "backend_for"]
+__all__ = ["BACKENDS", "REGISTRY", "SUPPORTED", "Backend", "ChromaBackend", "backend_for"]
 
 
 def _class_names(store: object) -> Iterable[str]:
@@ -43,9 +32,9 @@ def backend_for(store: BasePydanticVectorStore) -> Backend:
             "Milvus store instead."
         )
         raise NudgeError(msg)
-    for name, backend in BACKENDS.items():
-        if name in names:
-            return backend(store)
+    found = REGISTRY.find(store)
+    if found is not None:
+        return found(store)
     msg = (
         f"vector_store: found {type(store).__name__}, expected one of {SUPPORTED}; "
         "wrap one of those, or pass adapter= with a StoreAdapter for your store's native client."
