@@ -49,7 +49,16 @@ from nudge_rag.core.files import atomic_path, atomic_write, persist_atomic, save
 
 KILLS = 20
 WORKER = Path(__file__).with_name("crash_worker.py")
-STORES = ["lc-chroma", "lc-qdrant", "lc-faiss", "li-chroma", "li-simple", "li-qdrant", "li-milvus"]
+STORES = [
+    "lc-chroma",
+    "lc-qdrant",
+    "lc-faiss",
+    "lc-lancedb",
+    "li-chroma",
+    "li-simple",
+    "li-qdrant",
+    "li-milvus",
+]
 # in the session's Postgres server (fixture ``pg``); -pgstate: the state (traces, versions) too
 PG_STORES = ["lc-pgvector", "li-pgvector", "lc-pgvector-pgstate"]
 HAS_PG = all(
