@@ -39,17 +39,6 @@ POS = {i: n for n, i in enumerate(IDS)}
 # files, rewritten in place at each sync, are not kill-safe (chroma-core/chroma#4218).
 CHROMA_SYNC = 10_000_000
 PG_STORES = ["lc-pgvector", "li-pgvector", "lc-pgvector-pgstate"]
-STORES = [
-    "lc-chroma",
-    "lc-qdrant",
-    "lc-faiss",
-    "lc-lancedb",
-    "li-chroma",
-    "li-simple",
-    "li-qdrant",
-    "li-milvus",
-    *PG_STORES,
-]
 
 
 def base() -> np.ndarray:
