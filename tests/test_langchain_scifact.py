@@ -9,7 +9,7 @@ import pytest
 from shared_data import scifact_lookup
 
 from nudge_rag.langchain import NudgedVectorStore
-from nudge_rag.testing.langchain_stores import bare_store
+from nudge_rag.testing.langchain_stores import KINDS, bare_store
 
 N_QUERIES = 150
 
@@ -23,7 +23,7 @@ def _ids(docs) -> list[str]:
     return [d.metadata.get("_nudge_id", d.id) for d in docs]
 
 
-@pytest.mark.parametrize("kind", ["chroma", "memory", "qdrant", "faiss"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_wrapped_equals_bare_on_scifact(kind, corpus, tmp_path):
     doc_ids, emb, qtexts = corpus
     inner = bare_store(kind, emb, 384, tmp_path, "scifact")

@@ -145,3 +145,24 @@ class TestFaissIP(VectorStoreIntegrationTests):
         )
         yield store
         store.close()
+
+
+class TestLanceDB(VectorStoreIntegrationTests):
+    @pytest.fixture
+    def vectorstore(self, tmp_path) -> Generator[VectorStore, None, None]:  # type: ignore[override]
+        from langchain_community.vectorstores import LanceDB
+
+        inner = LanceDB(uri=str(tmp_path / "lance"), embedding=self.get_embeddings(), mode="append")
+        store = NudgedVectorStore(inner, state_dir=tmp_path / "state", trace_metadata_key=None)
+        yield store
+        store.close()
+
+    # LanceDB fixes the metadata struct at the first add: a document with a new metadata key is
+    # refused later ("field 'some_other_field' does not exist in table schema"), bare or wrapped
+    @pytest.mark.xfail(reason="LanceDB's metadata schema is fixed at creation", strict=True)
+    def test_add_documents_by_id_with_mutation(self, vectorstore: VectorStore) -> None:
+        super().test_add_documents_by_id_with_mutation(vectorstore)
+
+    @pytest.mark.xfail(reason="LanceDB's metadata schema is fixed at creation", strict=True)
+    async def test_add_documents_by_id_with_mutation_async(self, vectorstore: VectorStore) -> None:
+        await super().test_add_documents_by_id_with_mutation_async(vectorstore)

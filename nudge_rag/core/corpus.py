@@ -37,7 +37,7 @@ from torch.nn.functional import normalize
 
 from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.metrics import MAX_BLOCK_ELEMENTS, exact_knn
-from nudge_rag.core.stores.base import Metric, store_count
+from nudge_rag.core.stores.base import Metric, approximate_search, can_search, store_count
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes of float32 base vectors the memory path may hold
 _FETCH_CHUNK = 5000  # ids per base-vector read
@@ -268,7 +268,7 @@ class StoreCorpus:
 
     def __init__(self, state: Any, *, normalize: bool = False, min_overfetch: int = 10) -> None:
         adapter = getattr(state, "adapter", None)
-        if adapter is None or not callable(getattr(adapter, "search", None)):
+        if adapter is None or not can_search(adapter):
             msg = (
                 f"corpus='store': the store's adapter ({type(adapter).__name__}) has no "
                 "search(queries, k); use corpus='memory', or an adapter from "
@@ -278,7 +278,7 @@ class StoreCorpus:
         self.state = state
         self.adapter = adapter
         self.metric = Metric(state.metric)
-        self.approximate = bool(getattr(adapter, "approximate_search", False))
+        self.approximate = approximate_search(adapter)
         self.normalize = bool(normalize)
         self.min_overfetch = int(min_overfetch)
         self.n = store_count(adapter)
@@ -509,7 +509,7 @@ def untouched_topk(
 def store_supports_search(state: Any) -> bool:
     """Whether ``state``'s adapter offers the batched ``search`` a :class:`StoreCorpus` needs."""
     adapter = getattr(state, "adapter", None)
-    return adapter is not None and callable(getattr(adapter, "search", None))
+    return adapter is not None and can_search(adapter)
 
 
 def corpus_bytes(state: Any) -> int:

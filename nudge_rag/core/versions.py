@@ -71,7 +71,16 @@ from nudge_rag.core.db import Database, SQLiteDatabase
 from nudge_rag.core.errors import MetricMismatchError, NudgeError, UnknownIdError
 from nudge_rag.core.files import atomic_write
 from nudge_rag.core.nudge import Method
-from nudge_rag.core.stores.base import Metric, StoreAdapter, present_ids, store_count
+from nudge_rag.core.stores.base import (
+    Metric,
+    StoreAdapter,
+    can_scan,
+    describe,
+    present_ids,
+    read_exact,
+    scan,
+    store_count,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -227,36 +236,10 @@ def check_metric(method: str | None, metric: Metric) -> None:
         raise MetricMismatchError(msg)
 
 
-def describe_store(adapter: Any) -> tuple[str, bool]:
-    """A store's kind in words, and whether its readers see other processes' writes.
-
-    Embedded Chroma, FAISS, in-memory stores, Qdrant local mode and Milvus Lite keep what they
-    serve in the process that opened them; a server (Chroma, Qdrant, Milvus, Postgres) is shared.
-    """
-    inner = getattr(adapter, "_adapter", None)  # a face's lazily built adapter
-    name = type(inner if inner is not None else adapter).__name__
-    if name == "ChromaAdapter":
-        client = type(getattr(adapter.collection, "_client", None)).__name__
-        if "Rust" in client or "Segment" in client:
-            return "embedded Chroma client (PersistentClient / EphemeralClient)", False
-        return "Chroma server client", True
-    if name == "QdrantAdapter":
-        local = "Local" in type(getattr(adapter.client, "_client", None)).__name__
-        return ("Qdrant local mode", False) if local else ("Qdrant server client", True)
-    if name == "MilvusAdapter":
-        uri = str(getattr(getattr(adapter, "client", None), "_uri", "") or "")
-        return ("Milvus Lite", False) if uri.endswith(".db") else ("Milvus client", True)
-    if "Faiss" in name:
-        return "FAISS index (held in this process's memory)", False
-    if "Memory" in name or "Simple" in name:
-        return "in-memory store (held in this process's memory)", False
-    return f"{name} store", True
-
-
 def store_label(adapter: Any) -> str:
     """How messages name a store: its kind and, where the adapter knows it, its collection."""
     inner = getattr(adapter, "_adapter", None) or adapter
-    kind, _ = describe_store(adapter)
+    kind = describe(inner).kind
     if type(inner).__name__ == "PgVectorAdapter":
         kind = "pgvector table" if inner.collection_name is None else "PGVector"
     chroma = type(inner).__name__ == "ChromaAdapter"  # its ``name`` is the collection's
@@ -645,15 +628,14 @@ class VersionLog:
         rows recorded as given to a store that does not read back exactly) holds that one.
         """
         store = self._store()
-        scan = getattr(store, "scan", None)
-        if scan is None:
+        if not can_scan(store):
             every = list(dict.fromkeys(store.ids()))
             return every, self.base_vectors(every) if every else np.zeros((0, 0), np.float32)
         self._require_ok()
         ids: list[str] = []
         row: dict[str, int] = {}
         out = np.zeros((0, 0), np.float32)
-        for page_ids, page in scan():
+        for page_ids, page in scan(store):
             new: list[int] = []  # positions in the page of ids not seen before
             for n, i in enumerate(page_ids):
                 if i not in row:
@@ -1470,7 +1452,8 @@ class VersionLog:
             sample = list(ids[::step][:OPEN_SAMPLE])
             _, bad = self._compare(conn, cur, sample)
             if bad:
-                kind, shared = describe_store(self.adapter)
+                store = describe(self.adapter)
+                kind, shared = store.kind, store.shared
                 why = (
                     "its client keeps the vectors it serves in this process and does not see "
                     "another process's writes"
@@ -2022,9 +2005,7 @@ class VersionLog:
         return out
 
     def _read_exact(self, ids: list[str]) -> np.ndarray:
-        adapter = self._store()
-        getter = getattr(adapter, "get_exact", None) or adapter.get
-        return np.asarray(getter(ids), dtype=np.float64)
+        return read_exact(self._store(), ids)
 
 
 def _as_matrix(

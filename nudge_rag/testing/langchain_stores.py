@@ -7,7 +7,8 @@ from pathlib import Path
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import InMemoryVectorStore, VectorStore
 
-KINDS = ("chroma", "memory", "qdrant", "faiss")
+#: the LangChain stores every store-table test runs on (one row per store)
+KINDS = ("chroma", "memory", "qdrant", "faiss", "lancedb")
 
 
 def bare_store(
@@ -19,10 +20,11 @@ def bare_store(
     *,
     connection: str | None = None,
 ) -> VectorStore:
-    """A fresh, empty cosine (FAISS: inner product) store of ``kind`` in ``folder``.
+    """A fresh, empty cosine (FAISS: inner product; LanceDB: l2) store of ``kind`` in ``folder``.
 
     ``chroma``: persistent Chroma; ``qdrant``: Qdrant local mode in memory; ``faiss``: a flat
-    inner-product index; ``memory``: LangChain's ``InMemoryVectorStore``; ``pgvector`` (not in
+    inner-product index; ``memory``: LangChain's ``InMemoryVectorStore``; ``lancedb``: an
+    embedded LanceDB table (``mode="append"``; it searches by l2); ``pgvector`` (not in
     :data:`KINDS`: it needs a server): ``langchain_postgres.PGVector``, collection ``name``, at
     ``connection`` (a ``postgresql+psycopg://`` URL, e.g.
     :meth:`~nudge_rag.testing.pgserver.PgServer.langchain_url`). Its ``embedding_length`` is
@@ -61,6 +63,12 @@ def bare_store(
         )
     if kind == "memory":
         return InMemoryVectorStore(embedding)
+    if kind == "lancedb":
+        from langchain_community.vectorstores import LanceDB
+
+        return LanceDB(
+            uri=str(Path(folder) / "lancedb"), embedding=embedding, table_name=name, mode="append"
+        )
     if kind == "pgvector":
         if connection is None:
             msg = (

@@ -18,7 +18,14 @@ import numpy as np
 
 from nudge_rag.core.checks import check_vectors
 from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.stores.base import Metric, missing_ids, raise_unknown, search_queries
+from nudge_rag.core.stores.base import (
+    BaseStoreAdapter,
+    Metric,
+    StoreDescription,
+    missing_ids,
+    raise_unknown,
+    search_queries,
+)
 
 _SPACES = {"cosine": Metric.COSINE, "ip": Metric.IP, "l2": Metric.L2}
 _PAGE = 5000
@@ -50,7 +57,7 @@ def _max_batch(collection: Any) -> int:
         return _PAGE
 
 
-class ChromaAdapter:
+class ChromaAdapter(BaseStoreAdapter):
     """Vectors by id for one chromadb collection.
 
     Example:
@@ -63,6 +70,8 @@ class ChromaAdapter:
             adapter.metric            # Metric.COSINE
             adapter.put(["a"], vecs)  # in place, documents and metadata untouched
     """
+
+    can_search = True
 
     def __init__(self, collection: Any):
         if not callable(getattr(collection, "update", None)) or not callable(
@@ -80,7 +89,6 @@ class ChromaAdapter:
             msg = f"collection {collection.name!r} uses space {space!r}; expected cosine, ip or l2."
             raise NudgeError(msg)
         self.metric = _SPACES[space]
-        self.exact_readback = self.metric is not Metric.COSINE
         self._dim: int | None = None
         self.batch_size = _max_batch(collection)
 
@@ -130,7 +138,24 @@ class ChromaAdapter:
                 ids=ids[s : s + self.batch_size], embeddings=mat[s : s + self.batch_size]
             )
 
-    approximate_search = True  # Chroma answers queries from its HNSW index
+    @property
+    def approximate_search(self) -> bool:
+        """True: Chroma answers queries from its HNSW index."""
+        return True
+
+    @property
+    def exact_readback(self) -> bool:
+        """A cosine collection reads vectors back up to 1 ulp off what it was given."""
+        return self.metric is not Metric.COSINE
+
+    def describe(self) -> StoreDescription:
+        """An embedded client (PersistentClient, EphemeralClient) serves this process only."""
+        client = type(getattr(self.collection, "_client", None)).__name__
+        if "Rust" in client or "Segment" in client:
+            return StoreDescription(
+                "embedded Chroma client (PersistentClient / EphemeralClient)", False
+            )
+        return StoreDescription("Chroma server client", True)
 
     @property
     def dim(self) -> int | None:

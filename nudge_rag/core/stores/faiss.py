@@ -22,14 +22,21 @@ import numpy as np
 
 from nudge_rag.core.checks import check_vectors
 from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.stores.base import Metric, missing_ids, raise_unknown, search_queries
+from nudge_rag.core.stores.base import (
+    BaseStoreAdapter,
+    Metric,
+    StoreDescription,
+    missing_ids,
+    raise_unknown,
+    search_queries,
+)
 
 
 def _as_getter(x: Any) -> Callable[[], Any]:
     return x if callable(x) and not hasattr(x, "ntotal") else (lambda: x)
 
 
-class FaissAdapter:
+class FaissAdapter(BaseStoreAdapter):
     """Vectors by id for a flat faiss index.
 
     Example:
@@ -39,6 +46,8 @@ class FaissAdapter:
             # LangChain's FAISS (whose index and map it may replace):
             adapter = FaissAdapter.for_holder(store, normalize=store._normalize_L2)
     """
+
+    can_search = True
 
     def __init__(
         self,
@@ -63,7 +72,6 @@ class FaissAdapter:
             else:
                 metric = Metric.L2
         self.metric = Metric(metric)
-        self.exact_readback = True
         self._map_ref: Mapping[int, str] | None = None
         self._rows: dict[str, int] = {}
 
@@ -158,7 +166,11 @@ class FaissAdapter:
         if hasattr(index, "clear_l2norms"):
             index.clear_l2norms()
 
-    approximate_search = False  # flat indexes only: exact
+    # approximate_search: False (the default), flat indexes only
+
+    def describe(self) -> StoreDescription:
+        """A faiss index lives in this process's memory."""
+        return StoreDescription("FAISS index (held in this process's memory)", False)
 
     @property
     def dim(self) -> int:

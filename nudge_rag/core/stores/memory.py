@@ -20,10 +20,17 @@ import numpy as np
 
 from nudge_rag.core.checks import check_vectors
 from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.stores.base import Metric, missing_ids, raise_unknown, search_queries
+from nudge_rag.core.stores.base import (
+    BaseStoreAdapter,
+    Metric,
+    StoreDescription,
+    missing_ids,
+    raise_unknown,
+    search_queries,
+)
 
 
-class MemoryAdapter:
+class MemoryAdapter(BaseStoreAdapter):
     """Vectors by id for a dict ``{id: record}`` (or ``{id: vector}`` with ``vector_key=None``).
 
     Vectors are stored as lists of Python floats, like the frameworks do; ``get_exact`` returns
@@ -37,6 +44,8 @@ class MemoryAdapter:
             adapter = MemoryAdapter(store.store)          # cosine, like the store's search
             adapter.put(["a"], vecs)
     """
+
+    can_search = True
 
     def __init__(
         self,
@@ -55,7 +64,6 @@ class MemoryAdapter:
         self.name = "the in-memory store"  # how errors name the store
         self.vector_key = vector_key
         self.metric = Metric(metric)
-        self.exact_readback = True
 
     @property
     def records(self) -> MutableMapping[str, Any]:
@@ -101,7 +109,11 @@ class MemoryAdapter:
             new = {i: {**records[i], key: row} for i, row in zip(ids, rows, strict=True)}
         records.update(new)  # one C call on a dict: no other Python thread runs in between
 
-    approximate_search = False  # a scan of every record: exact
+    # approximate_search: False (the default), a scan of every record
+
+    def describe(self) -> StoreDescription:
+        """A dict in this process's memory."""
+        return StoreDescription("in-memory store (held in this process's memory)", False)
 
     def count(self) -> int:
         """How many ids the store holds."""

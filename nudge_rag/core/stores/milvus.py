@@ -16,7 +16,14 @@ import numpy as np
 
 from nudge_rag.core.checks import check_vectors
 from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.stores.base import Metric, missing_ids, raise_unknown, search_queries
+from nudge_rag.core.stores.base import (
+    BaseStoreAdapter,
+    Metric,
+    StoreDescription,
+    missing_ids,
+    raise_unknown,
+    search_queries,
+)
 
 _METRICS = {"COSINE": Metric.COSINE, "IP": Metric.IP, "L2": Metric.L2}
 _INT_TYPES = {"INT8", "INT16", "INT32", "INT64"}
@@ -27,7 +34,7 @@ _SCAN_PAGE = 16384
 _PAGE_FLOATS = 4096 * 384
 
 
-class MilvusAdapter:
+class MilvusAdapter(BaseStoreAdapter):
     """Vectors by id in one Milvus collection.
 
     Args:
@@ -39,6 +46,9 @@ class MilvusAdapter:
     The metric is read from the vector field's index; the primary key may be a VARCHAR
     (LlamaIndex's node ids) or an integer field (ids are then passed as decimal strings).
     """
+
+    can_search = True
+    can_scan = True
 
     def __init__(
         self,
@@ -207,6 +217,13 @@ class MilvusAdapter:
     def approximate_search(self) -> bool:
         """Whether the vector field's index answers searches approximately (all but FLAT)."""
         return self._exists() and self._index_type() not in ("", "FLAT", "BIN_FLAT")
+
+    def describe(self) -> StoreDescription:
+        """Milvus Lite (a ``.db`` file) serves this process only; a cluster client is shared."""
+        uri = str(getattr(self.client, "_uri", "") or "")
+        if uri.endswith(".db"):
+            return StoreDescription("Milvus Lite", False)
+        return StoreDescription("Milvus client", True)
 
     def count(self) -> int:
         """How many rows the collection holds."""

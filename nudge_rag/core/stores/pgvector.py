@@ -33,7 +33,9 @@ import numpy as np
 from nudge_rag.core.errors import NudgeError, UnknownIdError
 from nudge_rag.core.masking import mask_secrets, remember_secrets
 from nudge_rag.core.stores.base import (
+    BaseStoreAdapter,
     Metric,
+    StoreDescription,
     as_float32_matrix,
     missing_ids,
     raise_unknown,
@@ -136,7 +138,7 @@ def connect_masked(conninfo: str, *, autocommit: bool = True) -> Any:
         raise type(e)(masked) from None
 
 
-class PgVectorAdapter:
+class PgVectorAdapter(BaseStoreAdapter):
     """Vectors by id in one pgvector column (``vector`` or ``halfvec``) of one Postgres table.
 
     Args:
@@ -162,6 +164,7 @@ class PgVectorAdapter:
 
     #: the LangChain collection (set by :meth:`for_langchain`)
     collection_name: str | None = None
+    can_search = True
 
     def __init__(
         self,
@@ -338,7 +341,7 @@ class PgVectorAdapter:
             raise NudgeError(msg)
         self._vector_type: str = typ  # e.g. "vector" or "extensions.vector"
         self._element: np.dtype[Any] = _ELEMENT[typname]
-        self.exact_readback = typname == "vector"
+        self._exact_readback = typname == "vector"
         self.dim: int | None = int(typmod) if typmod and typmod > 0 else None
         id_typname, id_type, _ = cols[self.id_column]
         self._uuid_ids = id_typname == "uuid"
@@ -423,6 +426,15 @@ class PgVectorAdapter:
         )
         rows = self._catalog(q)
         return bool(rows and rows[0][0])
+
+    @property
+    def exact_readback(self) -> bool:
+        """A ``vector`` column reads back what it was given; a ``halfvec`` column rounds."""
+        return self._exact_readback
+
+    def describe(self) -> StoreDescription:
+        """A table on a Postgres server: every process reads what the others write."""
+        return StoreDescription(f"Postgres table {self.schema}.{self.table} (pgvector)", True)
 
     def _catalog(self, query: str) -> list[tuple]:
         """Rows of a catalog ``query`` whose one parameter is the table (for ``to_regclass``)."""

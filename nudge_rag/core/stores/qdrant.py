@@ -19,7 +19,14 @@ import numpy as np
 
 from nudge_rag.core.checks import check_vectors
 from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.stores.base import Metric, missing_ids, raise_unknown, search_queries
+from nudge_rag.core.stores.base import (
+    BaseStoreAdapter,
+    Metric,
+    StoreDescription,
+    missing_ids,
+    raise_unknown,
+    search_queries,
+)
 
 ORIGINAL_ID_KEY = "_nudge_id"
 _NAMESPACE = uuid.UUID("5c1f3f0e-8f7a-4a53-9d5e-6b8c0d1e2f30")  # nudge-rag's uuid5 namespace
@@ -45,7 +52,7 @@ def default_doc_id(record: Any) -> str:
     return str(record.id)
 
 
-class QdrantAdapter:
+class QdrantAdapter(BaseStoreAdapter):
     """Vectors by id for one Qdrant collection (dense vectors, unnamed or named).
 
     Example:
@@ -56,6 +63,8 @@ class QdrantAdapter:
             adapter = QdrantAdapter(client, "docs")
             adapter.put(["doc-1"], vecs)                      # payload untouched
     """
+
+    can_search = True
 
     def __init__(
         self,
@@ -190,6 +199,12 @@ class QdrantAdapter:
     def approximate_search(self) -> bool:
         """A Qdrant server answers from its HNSW index; local mode scans every point (exact)."""
         return type(getattr(self.client, "_client", None)).__name__ != "QdrantLocal"
+
+    def describe(self) -> StoreDescription:
+        """Local mode serves this process only; a server client is shared."""
+        if "Local" in type(getattr(self.client, "_client", None)).__name__:
+            return StoreDescription("Qdrant local mode", False)
+        return StoreDescription("Qdrant server client", True)
 
     def count(self) -> int:
         """How many points the collection holds."""

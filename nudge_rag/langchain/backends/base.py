@@ -1,9 +1,10 @@
 """What the LangChain face needs from one wrapped store, beyond the core adapter.
 
-One class per store, one file each (``chroma.py``, ``memory.py``, ``qdrant.py``, ``faiss.py``):
-which core adapter reads and writes its vectors, where it keeps its embeddings, how to search by
-vector with scores, how its document ids map to store ids, its batch limit, and how to find
-chunks by a metadata key (for parent-document feedback).
+One class per store, one file each (``chroma.py``, ``memory.py``, ``qdrant.py``, ``faiss.py``,
+...), registered with :data:`REGISTRY` by ``@REGISTRY.register`` and found by the store
+classes it names in ``stores``: which core adapter reads and writes its vectors, where it
+keeps its embeddings, how to search by vector with scores, how its document ids map to store
+ids, its batch limit, and how to find chunks by a metadata key (for parent-document feedback).
 """
 
 from __future__ import annotations
@@ -16,12 +17,18 @@ from langchain_core.vectorstores import VectorStore
 
 from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.stores.base import Metric, StoreAdapter
+from nudge_rag.core.stores.registry import BackendRegistry, class_matches
 
 ScoredDocs = list[tuple[Document, float]]
 
 
 class Backend:
     """A wrapped LangChain store; subclasses fill in the store-specific parts."""
+
+    #: the store classes served, ``"module_prefix.ClassName"`` (e.g. ``"langchain_chroma.Chroma"``)
+    stores: ClassVar[tuple[str, ...]] = ()
+    #: whether subclasses of those classes are served too (they may change what is reached into)
+    subclasses: ClassVar[bool] = False
 
     #: attribute of the store that holds its ``Embeddings`` (None: not known)
     embeddings_attr: ClassVar[str | None] = None
@@ -36,8 +43,10 @@ class Backend:
 
     @classmethod
     def matches(cls, store: VectorStore) -> bool:
-        """Whether this backend serves ``store``."""
-        return False
+        """Whether this backend serves ``store`` (by its class, or a base class when
+        ``subclasses``)."""
+        mro = type(store).__mro__ if cls.subclasses else (type(store),)
+        return any(class_matches(t, s) for t in mro for s in cls.stores)
 
     # -- vectors ---------------------------------------------------------------------------------
     def adapter(self) -> StoreAdapter:
@@ -109,6 +118,10 @@ class Backend:
             "chunk ids instead of parent ids."
         )
         raise NudgeError(msg)
+
+
+#: the LangChain face's backends, one module each in this package
+REGISTRY: BackendRegistry[Backend] = BackendRegistry("nudge_rag.langchain.backends")
 
 
 def parent_values(parent_ids: Sequence[str]) -> tuple[list[str], list[int]]:

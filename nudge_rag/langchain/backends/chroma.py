@@ -6,21 +6,24 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from langchain_core.documents import Document
-from langchain_core.vectorstores import VectorStore
 
 from nudge_rag.core.stores.base import Metric, StoreAdapter
-from nudge_rag.langchain.backends.base import Backend, ScoredDocs, group_children, parent_values
+from nudge_rag.langchain.backends.base import (
+    REGISTRY,
+    Backend,
+    ScoredDocs,
+    group_children,
+    parent_values,
+)
 
 
+@REGISTRY.register
 class ChromaBackend(Backend):
     """Chroma (embedded, persistent, or a ``chroma run`` server)."""
 
     embeddings_attr = "_embedding_function"
 
-    @classmethod
-    def matches(cls, store: VectorStore) -> bool:
-        t = type(store)
-        return t.__name__ == "Chroma" and t.__module__.startswith("langchain_chroma")
+    stores = ("langchain_chroma.Chroma",)
 
     def build_adapter(self) -> StoreAdapter:
         from nudge_rag.core.stores.chroma import ChromaAdapter

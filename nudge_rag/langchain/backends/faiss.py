@@ -11,19 +11,17 @@ from langchain_core.vectorstores import VectorStore
 from nudge_rag.core.files import save_faiss_atomic
 from nudge_rag.core.stores.base import StoreAdapter
 from nudge_rag.core.stores.faiss import FaissAdapter
-from nudge_rag.langchain.backends.base import Backend, group_children
+from nudge_rag.langchain.backends.base import REGISTRY, Backend, group_children
 
 
+@REGISTRY.register
 class FaissBackend(Backend):
     """LangChain's FAISS store (flat indexes: l2 or inner product, optionally normalised)."""
 
     embeddings_attr = "embedding_function"
     fresh_docs = False  # searches return the docstore's own Document objects
 
-    @classmethod
-    def matches(cls, store: VectorStore) -> bool:
-        t = type(store)
-        return t.__name__ == "FAISS" and t.__module__.startswith("langchain_community")
+    stores = ("langchain_community.FAISS",)
 
     def __init__(self, store: VectorStore, adapter: StoreAdapter | None = None) -> None:
         super().__init__(store, adapter)

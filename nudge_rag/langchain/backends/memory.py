@@ -4,21 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from langchain_core.vectorstores import VectorStore
-
 from nudge_rag.core.stores.base import Metric, StoreAdapter
-from nudge_rag.langchain.backends.base import Backend, group_children
+from nudge_rag.langchain.backends.base import REGISTRY, Backend, group_children
 
 
+@REGISTRY.register
 class MemoryBackend(Backend):
     """LangChain's in-memory store."""
 
     embeddings_attr = "embedding"
 
-    @classmethod
-    def matches(cls, store: VectorStore) -> bool:
-        t = type(store)
-        return t.__name__ == "InMemoryVectorStore" and t.__module__.startswith("langchain_core")
+    stores = ("langchain_core.InMemoryVectorStore",)
 
     def build_adapter(self) -> StoreAdapter:
         from nudge_rag.core.stores.memory import MemoryAdapter

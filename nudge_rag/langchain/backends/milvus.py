@@ -24,7 +24,7 @@ from langchain_core.vectorstores import VectorStore
 
 from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.stores.base import Metric, StoreAdapter
-from nudge_rag.langchain.backends.base import Backend, ScoredDocs, group_children
+from nudge_rag.langchain.backends.base import REGISTRY, Backend, ScoredDocs, group_children
 
 _METRICS = {"COSINE": Metric.COSINE, "IP": Metric.IP, "L2": Metric.L2}
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -49,6 +49,7 @@ def register_orm_alias(client: Any) -> None:
     connections._alias_handlers.setdefault(alias, handler)
 
 
+@REGISTRY.register
 class MilvusBackend(Backend):
     """``langchain_milvus.Milvus`` with one dense embedding field (``Zilliz`` too)."""
 
@@ -66,12 +67,8 @@ class MilvusBackend(Backend):
             raise NudgeError(msg)
         register_orm_alias(s.client)
 
-    @classmethod
-    def matches(cls, store: VectorStore) -> bool:
-        return any(
-            t.__name__ == "Milvus" and t.__module__.startswith("langchain_milvus")
-            for t in type(store).__mro__
-        )
+    stores = ("langchain_milvus.Milvus",)
+    subclasses = True
 
     # -- vectors ---------------------------------------------------------------------------------
     def build_adapter(self) -> StoreAdapter:

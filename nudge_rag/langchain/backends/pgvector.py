@@ -11,22 +11,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from langchain_core.vectorstores import VectorStore
-
 from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.stores.base import Metric, StoreAdapter
-from nudge_rag.langchain.backends.base import Backend, group_children
+from nudge_rag.langchain.backends.base import REGISTRY, Backend, group_children
 
 
+@REGISTRY.register
 class PgVectorBackend(Backend):
     """``langchain_postgres.PGVector`` (sync or async engine; jsonb metadata)."""
 
     embeddings_attr = "embedding_function"
 
-    @classmethod
-    def matches(cls, store: VectorStore) -> bool:
-        t = type(store)
-        return t.__name__ == "PGVector" and t.__module__.startswith("langchain_postgres")
+    stores = ("langchain_postgres.PGVector",)
 
     def _connection(self) -> Any:
         """The store's engine (sync, else async): the adapter reads its URL."""

@@ -7,24 +7,21 @@ from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.documents import Document
-from langchain_core.vectorstores import VectorStore
 
 from nudge_rag.core.stores.base import StoreAdapter
 from nudge_rag.core.stores.qdrant import ORIGINAL_ID_KEY, default_point_id
-from nudge_rag.langchain.backends.base import Backend, parent_values
+from nudge_rag.langchain.backends.base import REGISTRY, Backend, parent_values
 
 _ADDED = ("_id", "_collection_name")  # what langchain-qdrant adds to every result's metadata
 
 
+@REGISTRY.register
 class QdrantBackend(Backend):
     """Qdrant (local mode or a server)."""
 
     embeddings_attr = "_embeddings"
 
-    @classmethod
-    def matches(cls, store: VectorStore) -> bool:
-        t = type(store)
-        return t.__name__ == "QdrantVectorStore" and t.__module__.startswith("langchain_qdrant")
+    stores = ("langchain_qdrant.QdrantVectorStore",)
 
     def build_adapter(self) -> StoreAdapter:
         from nudge_rag.core.stores.qdrant import QdrantAdapter

@@ -1,4 +1,5 @@
-"""One backend per wrapped LlamaIndex store; :func:`backend_for` picks it by class."""
+"""One backend per wrapped LlamaIndex store, one module each in this package; :func:`backend_for`
+picks it by the store's class (see :mod:`nudge_rag.core.stores.registry`)."""
 
 from __future__ import annotations
 
@@ -8,26 +9,22 @@ from llama_index.core.vector_stores.types import BasePydanticVectorStore
 
 from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.stores.base import StoreAdapter
-from nudge_rag.llama_index.backends.base import Backend
+from nudge_rag.llama_index.backends.base import REGISTRY, Backend
 from nudge_rag.llama_index.backends.chroma import ChromaBackend
 from nudge_rag.llama_index.backends.custom import AdapterBackend
-from nudge_rag.llama_index.backends.milvus import MilvusBackend
-from nudge_rag.llama_index.backends.pgvector import PgVectorBackend
-from nudge_rag.llama_index.backends.qdrant import QdrantBackend
-from nudge_rag.llama_index.backends.simple import SimpleBackend
 
-SUPPORTED = (
-    "ChromaVectorStore, SimpleVectorStore, QdrantVectorStore, MilvusVectorStore, PGVectorStore"
-)
-BACKENDS: dict[str, type[Backend]] = {
-    "SimpleVectorStore": SimpleBackend,
-    "ChromaVectorStore": ChromaBackend,
-    "QdrantVectorStore": QdrantBackend,
-    "MilvusVectorStore": MilvusBackend,
-    "PGVectorStore": PgVectorBackend,
-}
+BACKENDS: list[type[Backend]] = REGISTRY.backends()
+SUPPORTED = ", ".join(s.rpartition(".")[2] for b in BACKENDS for s in b.stores)
 
-__all__ = ["BACKENDS", "SUPPORTED", "AdapterBackend", "Backend", "ChromaBackend", "backend_for"]
+__all__ = [
+    "BACKENDS",
+    "REGISTRY",
+    "SUPPORTED",
+    "AdapterBackend",
+    "Backend",
+    "ChromaBackend",
+    "backend_for",
+]
 
 
 def _class_names(store: object) -> Iterable[str]:
@@ -38,7 +35,8 @@ def backend_for(store: BasePydanticVectorStore, adapter: StoreAdapter | None = N
     """Pick the backend of a LlamaIndex store by its class (subclasses included); a store of
     another class is wrapped through the ``adapter`` its caller passed."""
     names = set(_class_names(store))
-    if adapter is not None and not names & set(BACKENDS):
+    found = REGISTRY.find(store)
+    if adapter is not None and found is None:
         return AdapterBackend(store, adapter)
     if "FaissVectorStore" in names or "FaissMapVectorStore" in names:
         msg = (
@@ -48,9 +46,8 @@ def backend_for(store: BasePydanticVectorStore, adapter: StoreAdapter | None = N
             "Milvus store instead."
         )
         raise NudgeError(msg)
-    for name, backend in BACKENDS.items():
-        if name in names:
-            return backend(store)
+    if found is not None:
+        return found(store)
     msg = (
         f"vector_store: found {type(store).__name__}, expected one of {SUPPORTED}; "
         "wrap one of those, or pass adapter= with a StoreAdapter for your store's native client."

@@ -1,23 +1,30 @@
 """What the LlamaIndex face needs from one wrapped store, beyond the core adapter.
 
-One class per store, one file each (``simple.py``, ``chroma.py``, ``qdrant.py``, ``milvus.py``):
-which core adapter reads and writes its vectors, which node ids a delete is about to remove (so
-the version log forgets them), the stored dimension (to refuse bad input before anything is
-written), the chunk texts (for labelling), and whether its async methods work.
+One class per store, one file each (``simple.py``, ``chroma.py``, ``qdrant.py``, ``milvus.py``,
+...), registered with :data:`REGISTRY` by ``@REGISTRY.register`` and found by the store
+classes it names in ``stores``: which core adapter reads and writes its vectors, which node
+ids a delete is about to remove (so the version log forgets them), the stored dimension (to
+refuse bad input before anything is written), the chunk texts (for labelling), and whether its
+async methods work.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from llama_index.core.vector_stores.types import BasePydanticVectorStore, MetadataFilters
 
 from nudge_rag.core.stores.base import Metric, StoreAdapter, present_ids
+from nudge_rag.core.stores.registry import BackendRegistry
 
 
 class Backend:
     """What the face asks of one wrapped store; subclasses fill in the store-specific parts."""
+
+    #: the store classes served, ``"module_prefix.ClassName"``
+    #: (e.g. ``"llama_index.ChromaVectorStore"``); their subclasses too
+    stores: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, store: BasePydanticVectorStore) -> None:
         self.store: Any = store  # each backend reads its own store class's attributes
@@ -81,3 +88,7 @@ class Backend:
         Simple), so for those stores the face runs the sync method in a thread instead.
         """
         return type(self.store).aquery is not BasePydanticVectorStore.aquery
+
+
+#: the LlamaIndex face's backends, one module each in this package
+REGISTRY: BackendRegistry[Backend] = BackendRegistry("nudge_rag.llama_index.backends")

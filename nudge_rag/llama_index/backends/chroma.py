@@ -5,11 +5,14 @@ from __future__ import annotations
 from llama_index.core.vector_stores.types import MetadataFilters
 
 from nudge_rag.core.stores.base import StoreAdapter
-from nudge_rag.llama_index.backends.base import Backend
+from nudge_rag.llama_index.backends.base import REGISTRY, Backend
 
 
+@REGISTRY.register
 class ChromaBackend(Backend):
     """``ChromaVectorStore``: ``store.client`` is the chromadb Collection."""
+
+    stores = ("llama_index.ChromaVectorStore",)
 
     def build_adapter(self) -> StoreAdapter:
         from nudge_rag.core.stores.chroma import ChromaAdapter

@@ -5,14 +5,17 @@ from __future__ import annotations
 from llama_index.core.vector_stores.types import BasePydanticVectorStore, MetadataFilters
 
 from nudge_rag.core.stores.base import Metric, StoreAdapter
-from nudge_rag.llama_index.backends.base import Backend
+from nudge_rag.llama_index.backends.base import REGISTRY, Backend
 
 _METRICS = {"COSINE": Metric.COSINE, "IP": Metric.IP, "L2": Metric.L2}
 _MILVUS_PAGE = 16384  # Milvus's largest query window; beyond it, page with an iterator
 
 
+@REGISTRY.register
 class MilvusBackend(Backend):
     """``MilvusVectorStore``: ``store.client`` is a MilvusClient; ``id`` is the primary key."""
+
+    stores = ("llama_index.MilvusVectorStore",)
 
     def __init__(self, store: BasePydanticVectorStore) -> None:
         super().__init__(store)

@@ -15,11 +15,14 @@ from typing import Any
 from llama_index.core.vector_stores.types import MetadataFilters
 
 from nudge_rag.core.stores.base import Metric, StoreAdapter
-from nudge_rag.llama_index.backends.base import Backend
+from nudge_rag.llama_index.backends.base import REGISTRY, Backend
 
 
+@REGISTRY.register
 class PgVectorBackend(Backend):
     """``PGVectorStore``: node ids in ``node_id``, cosine distance, tables made on first use."""
+
+    stores = ("llama_index.PGVectorStore",)
 
     def build_adapter(self) -> StoreAdapter:
         """The adapter over the store's table (built once by ``adapter()``: ``clear`` keeps it)."""

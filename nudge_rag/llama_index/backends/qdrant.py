@@ -8,11 +8,14 @@ from llama_index.core.vector_stores.types import MetadataFilters
 
 from nudge_rag.core.errors import NudgeError
 from nudge_rag.core.stores.base import Metric, StoreAdapter
-from nudge_rag.llama_index.backends.base import Backend
+from nudge_rag.llama_index.backends.base import REGISTRY, Backend
 
 
+@REGISTRY.register
 class QdrantBackend(Backend):
     """``QdrantVectorStore``: node ids are the point ids; the dense vector is named."""
+
+    stores = ("llama_index.QdrantVectorStore",)
 
     def _vector_name(self) -> str:
         legacy = getattr(self.store, "_legacy_vector_format", None)

@@ -5,11 +5,14 @@ from __future__ import annotations
 from llama_index.core.vector_stores.types import MetadataFilters
 
 from nudge_rag.core.stores.base import StoreAdapter
-from nudge_rag.llama_index.backends.base import Backend
+from nudge_rag.llama_index.backends.base import REGISTRY, Backend
 
 
+@REGISTRY.register
 class SimpleBackend(Backend):
     """``SimpleVectorStore``: a dict of embeddings and a dict of flat metadata."""
+
+    stores = ("llama_index.SimpleVectorStore",)
 
     def build_adapter(self) -> StoreAdapter:
         from nudge_rag.core.stores.llama_simple import LlamaSimpleAdapter
