@@ -113,7 +113,9 @@ def pgvector_adapter(pg: Any, db: str) -> Callable[[list[str], np.ndarray, Path]
     return make
 
 
-def test_pgvector_search_spreads_a_batch_over_connections(pg: Any, db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pgvector_search_spreads_a_batch_over_connections(
+    pg: Any, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An adapter built from a URL answers a large batch over ``search_connections`` backends
     (a server with several cores answers them at once): the same ids and scores as one."""
     from nudge_rag.core.stores.pgvector import PgVectorAdapter
