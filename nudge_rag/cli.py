@@ -335,6 +335,8 @@ def _open_llama_pgvector(state_url: str, db_url: str, target: PgTarget) -> Any:
             "pip install llama-index-vector-stores-postgres."
         )
         raise NudgeError(msg) from e
+    import psycopg
+
     from nudge_rag.core.stores.pgvector import PgVectorAdapter
     from nudge_rag.llama_index import NudgedVectorStore
 
@@ -343,8 +345,10 @@ def _open_llama_pgvector(state_url: str, db_url: str, target: PgTarget) -> Any:
         "SELECT a.attname, format_type(a.atttypid, NULL) FROM pg_attribute a "
         "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped"
     )
-    with adapter._tx() as conn:
-        cols = dict(conn.execute(q, [f'"{target.schema}"."data_{target.name}"']).fetchall())
+    with psycopg.connect(db_url) as conn:
+        cols: dict[str, str] = dict(
+            conn.execute(q, [f'"{target.schema}"."data_{target.name}"']).fetchall()
+        )
     inner = PGVectorStore.from_params(
         connection_string=db_url.replace("postgresql://", "postgresql+psycopg://", 1),
         async_connection_string=db_url.replace("postgresql://", "postgresql+asyncpg://", 1),
