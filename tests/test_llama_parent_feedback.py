@@ -131,7 +131,7 @@ def test_feedback_on_a_merged_parent_node_lands_on_the_chunks_shown(tmp_path):
     storage.docstore.add_documents(nodes)
     index = VectorStoreIndex(leaves, storage_context=storage, embed_model=WordEmbedding())
     retriever = AutoMergingRetriever(
-        index.as_retriever(similarity_top_k=4), storage, simple_ratio_thresh=0.0
+        index.as_retriever(similarity_top_k=2), storage, simple_ratio_thresh=0.0
     )
     merged = retriever.retrieve("violins cellos flutes")
     tid = store.last_trace_id
@@ -144,7 +144,7 @@ def test_feedback_on_a_merged_parent_node_lands_on_the_chunks_shown(tmp_path):
     want = [c for c in shown if parent_of[c] == parents[0]]
     assert want and _feedback(store, tid)[0] == want
 
-    # a parent of no chunk this search returned is unknown to it
+    # a parent of no chunk this search returned (2 chunks shown, 3 parents) is unknown to it
     other = next(p for p in {*parent_of.values()} if p not in {parent_of[c] for c in shown})
     with pytest.raises(UnknownIdError, match=repr(other)):
         store.record_feedback(tid, relevant_ids=[other])

@@ -271,11 +271,11 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
         *,
         relevant_ids: Iterable[str] = (),
         irrelevant_ids: Iterable[str] = (),
-        rating: float | None = None,
-        text: str | None = None,
         id_key: str | None = None,
+        **kw: Any,
     ) -> None:
-        """Attach feedback to a trace (see :meth:`NudgeState.record_feedback`).
+        """Attach feedback to a trace (see :meth:`NudgeState.record_feedback`, which takes the
+        other arguments: ``rating``, ``text``).
 
         An id the store holds is that chunk. Any other id may be a document's (its
         ``ref_doc_id``): it stands for every chunk of that document the store holds; or a parent
@@ -291,7 +291,7 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
                 rel = _expand_parents(rel, parents)
                 irr = _expand_parents(irr, parents)
         self._nudge_state.record_feedback(
-            trace_id, relevant_ids=rel, irrelevant_ids=irr, rating=rating, text=text, id_key=id_key
+            trace_id, relevant_ids=rel, irrelevant_ids=irr, id_key=id_key, **kw
         )
 
     def _shown_parents(self, trace_id: str, ids: list[str]) -> dict[str, list[str]]:
