@@ -66,6 +66,12 @@ def _documents() -> list[Document]:
 def _wrapped(kind: str, tmp_path: Path) -> NudgedVectorStore:
     if kind == "simple":
         return NudgedVectorStore(SimpleVectorStore(), state_dir=tmp_path / "state")
+    if kind == "qdrant":  # the per-document lookup every other backend inherits
+        from llama_index.vector_stores.qdrant import QdrantVectorStore
+        from qdrant_client import QdrantClient
+
+        inner = QdrantVectorStore(client=QdrantClient(location=":memory:"), collection_name="docs")
+        return NudgedVectorStore(inner, state_dir=tmp_path / "state")
     import chromadb
     from llama_index.vector_stores.chroma import ChromaVectorStore
 
@@ -81,15 +87,17 @@ def _feedback(store: NudgedVectorStore, trace_id: str) -> tuple[list[str], list[
     return list(fb.relevant_ids), list(fb.irrelevant_ids)
 
 
-@pytest.mark.parametrize("kind", ["simple", "chroma"])
+@pytest.mark.parametrize("kind", ["simple", "chroma", "qdrant"])
 def test_feedback_on_a_document_lands_on_its_chunks(kind, tmp_path):
     store = _wrapped(kind, tmp_path)
     nodes = SentenceSplitter(chunk_size=24, chunk_overlap=0).get_nodes_from_documents(_documents())
     chunks = {d: [n.node_id for n in nodes if n.ref_doc_id == d] for d in TOPICS}
     assert all(len(c) >= 3 for c in chunks.values())  # each document is several chunks
-    # a chunk whose id is also a document's id: the chunk wins
-    nodes[0].id_ = "doc-earth"
-    chunks["doc-fruit"][0] = "doc-earth"
+    # a chunk whose id is also a document's id: the chunk wins (Qdrant ids are UUIDs)
+    collide = kind != "qdrant"
+    if collide:
+        nodes[0].id_ = "doc-earth"
+        chunks["doc-fruit"][0] = "doc-earth"
     index = VectorStoreIndex(
         nodes, storage_context=StorageContext.from_defaults(vector_store=store),
         embed_model=WordEmbedding(),
@@ -107,7 +115,8 @@ def test_feedback_on_a_document_lands_on_its_chunks(kind, tmp_path):
     tid2 = store.last_trace_id
     assert tid2 is not None
     store.record_feedback(tid2, relevant_ids=["doc-earth", chunks["doc-music"][1]])
-    assert _feedback(store, tid2)[0] == ["doc-earth", chunks["doc-music"][1]]  # chunks only
+    earth = ["doc-earth"] if collide else chunks["doc-earth"]  # the chunk, or the document's
+    assert sorted(_feedback(store, tid2)[0]) == sorted([*earth, chunks["doc-music"][1]])
 
     with pytest.raises(UnknownIdError, match="'doc-nope'"):
         store.record_feedback(tid2, relevant_ids=["doc-nope"])
