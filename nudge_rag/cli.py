@@ -13,6 +13,7 @@ import os
 import sqlite3
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, cast
 
@@ -46,8 +47,18 @@ StoreOpt = Annotated[
         "(postgresql://user@host/db?schema=nudge_docs, as given to state=).",
     ),
 ]
+DEFAULT_COLLECTION = "nudge_rag"  # --collection when none is given
 CollectionOpt = Annotated[
     str, typer.Option(help="Collection name in the store (Chroma or PGVector).")
+]
+TableOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--table",
+        help="Postgres --store holding a LlamaIndex PGVectorStore: the table_name given to it "
+        "(rows in data_<table_name>; schema_name.table_name outside public). Without it: the "
+        "PGVector collection --collection, or the database's only PGVectorStore table.",
+    ),
 ]
 
 
@@ -159,11 +170,15 @@ def require_writable(*folders: Path) -> None:
             raise NudgeError(msg) from None
 
 
-def open_store(store: str, collection: str = "nudge_rag") -> Any:
-    """Open an embedded Chroma store (see :func:`find_state`), or a PGVector collection whose
-    state is in the same Postgres database, with its nudge-rag state."""
+def open_store(store: str, collection: str = "nudge_rag", table: str | None = None) -> Any:
+    """Open an embedded Chroma store (see :func:`find_state`), or a PGVector collection or
+    LlamaIndex PGVectorStore table whose state is in the same Postgres database, with its
+    nudge-rag state."""
     if is_postgres_url(store):
-        return open_pgvector(store, collection)
+        return open_pgvector(store, collection, table)
+    if table is not None:
+        msg = f"--table {table}: only for a Postgres --store (a LlamaIndex PGVectorStore table)."
+        raise NudgeError(msg)
     chroma_dir, state_dir = find_state(Path(store), collection)
     require_writable(chroma_dir, state_dir)
     import chromadb
@@ -193,12 +208,45 @@ def make_engine(store: Any, llm_base_url: str | None, llm_model: str, **kw: Any)
     return NudgeFinetuneEngine(store, llm=llm, llm_model=llm_model if llm else None, **kw)
 
 
-def require_pgvector(url: str, collection: str) -> tuple[StateLocation, str, int, bool]:
-    """Refuse, before anything is opened for writing, a ``--store`` URL whose database has no
-    state (version log) in its schema, or no vector table ``collection`` names (a LangChain
-    ``PGVector`` collection, or a LlamaIndex ``PGVectorStore`` table ``data_<collection>``).
-    Returns the state location, the table's kind (``"langchain"`` or ``"llama_index"``), its
-    dimension and whether its metadata is jsonb. Only reads: nothing is ever created here."""
+@dataclass(frozen=True)
+class PgTarget:
+    """The vector store a Postgres ``--store`` names: a LangChain ``PGVector`` collection, or
+    the table of a LlamaIndex ``PGVectorStore`` (``table_name`` as given to it, in ``schema``)."""
+
+    framework: str  # "langchain" or "llama-index"
+    name: str
+    schema: str = "public"
+
+    @property
+    def label(self) -> str:
+        if self.framework == "langchain":
+            return f"LangChain PGVector collection {self.name!r}"
+        return f"LlamaIndex PGVectorStore table {self.schema}.data_{self.name}"
+
+
+def _llama_index_tables(conn: Any) -> list[tuple[str, str]]:
+    """``(schema, table_name)`` of every table shaped like a LlamaIndex ``PGVectorStore``'s
+    (``data_<table_name>`` with ``node_id``, ``text``, ``metadata_`` and ``embedding``)."""
+    rows = conn.execute(
+        "SELECT table_schema, table_name FROM information_schema.columns "
+        "WHERE table_name LIKE 'data\\_%' "
+        "AND column_name IN ('node_id', 'text', 'metadata_', 'embedding') "
+        "GROUP BY 1, 2 HAVING count(*) = 4 ORDER BY 1, 2"
+    )
+    return [(str(r[0]), str(r[1])[len("data_") :]) for r in rows]
+
+
+def require_pgvector(
+    url: str, collection: str, table: str | None = None
+) -> tuple[StateLocation, PgTarget]:
+    """The state location of a Postgres ``--store`` and the vector store it names.
+
+    ``table`` (``--table``, ``schema.table_name`` or ``table_name``) names a LlamaIndex
+    ``PGVectorStore``; without it the LangChain ``PGVector`` collection ``collection`` is
+    opened, or, in a database with no LangChain collection, its only ``PGVectorStore`` table.
+    A missing version log, or a store that is neither, is refused in one line naming what
+    the database holds. Only reads: no table, collection or schema is ever created here.
+    """
     from nudge_rag.core.db import PostgresDatabase
 
     where = StateLocation.parse(url)
@@ -210,31 +258,60 @@ def require_pgvector(url: str, collection: str) -> tuple[StateLocation, str, int
             "the state= URL the app wraps its store with, ?schema= included."
         )
         raise NudgeError(msg)
-    kind, dim, jsonb = _pg_vector_tables(where.url, collection)
-    if kind == "langchain":
-        conn = versions_db.connect(read_only=True)
-        try:
+    conn = versions_db.connect(read_only=True)
+    try:
+        if conn.execute("SELECT to_regclass('public.langchain_pg_collection')").fetchone()[0]:
             names = [r[0] for r in conn.execute("SELECT name FROM public.langchain_pg_collection")]
-        finally:
-            conn.close()
-        if collection not in names:
+        else:
+            names = []
+        llama = _llama_index_tables(conn)
+    finally:
+        conn.close()
+    found = (
+        f"it has LangChain PGVector collections {sorted(names)} and LlamaIndex PGVectorStore "
+        f"tables {[f'{s}.data_{t}' for s, t in llama]}"
+    )
+    if table is not None:
+        schema, _, name = table.rpartition(".")
+        target = PgTarget("llama-index", name.lower(), (schema or "public").lower())
+        if (target.schema, target.name) not in llama:
             msg = (
-                f"--collection {collection}: no PGVector collection of that name in {where}; it "
-                f"has {sorted(names)}. Pass --collection with the name the app gave PGVector (or "
-                "a LlamaIndex PGVectorStore's table_name)."
+                f"--table {table}: no {target.label} (node_id, text, metadata_, embedding) in "
+                f"{where}; {found}. Pass --table with the table_name (schema_name.table_name "
+                "outside public) the app gave PGVectorStore."
             )
             raise NudgeError(msg)
-    return where, kind, dim, jsonb
+        return where, target
+    if collection in names:
+        return where, PgTarget("langchain", collection)
+    if ("public", collection.lower()) in llama:
+        return where, PgTarget("llama-index", collection.lower())
+    if not names and len(llama) == 1 and collection == DEFAULT_COLLECTION:
+        # no --collection given: the database's one vector table (a name given must match)
+        return where, PgTarget("llama-index", llama[0][1], llama[0][0])
+    if not names and not llama:
+        msg = (
+            f"--store {where}: the database holds no LangChain PGVector collection (table "
+            "public.langchain_pg_collection) and no LlamaIndex PGVectorStore table "
+            "(data_<table_name>); point --store at the database the app stores its vectors in."
+        )
+        raise NudgeError(msg)
+    msg = (
+        f"--collection {collection}: no PGVector collection of that name in {where}; {found}. "
+        "Pass --collection with the name the app gave PGVector, or --table with the "
+        "table_name it gave PGVectorStore."
+    )
+    raise NudgeError(msg)
 
 
-def open_pgvector(url: str, collection: str) -> Any:
-    """The vector table of ``url``'s database and its state: a LangChain ``PGVector``
-    collection, or a LlamaIndex ``PGVectorStore`` table (``data_<collection>``), found by
-    looking; neither: a clear refusal, and nothing is created."""
-    where, kind, dim, jsonb = require_pgvector(url, collection)
+def open_pgvector(url: str, collection: str, table: str | None = None) -> Any:
+    """The vector store a Postgres ``--store`` names (see :func:`require_pgvector`), wrapped
+    with its state in the same database: a LangChain ``PGVector`` collection or a LlamaIndex
+    ``PGVectorStore`` table."""
+    where, target = require_pgvector(url, collection, table)
     assert where.url is not None
-    if kind == "llama_index":
-        return _open_llama_pgvector(where.url, url, collection, dim, jsonb)
+    if target.framework == "llama-index":
+        return _open_llama_pgvector(url, where.url, target)
     try:
         from langchain_postgres import PGVector
     except ImportError as e:
@@ -245,7 +322,7 @@ def open_pgvector(url: str, collection: str) -> Any:
     engine_url = where.url.replace("postgresql://", "postgresql+psycopg://", 1)
     inner = PGVector(
         cast(Any, _NoEmbeddings()),  # an Embeddings in all but name
-        collection_name=collection,
+        collection_name=target.name,
         connection=engine_url,
         use_jsonb=True,
         create_extension=False,
@@ -254,73 +331,42 @@ def open_pgvector(url: str, collection: str) -> Any:
     return NudgedVectorStore(inner, state=url)
 
 
-def _pg_vector_tables(libpq_url: str, collection: str) -> tuple[str, int, bool]:
-    """("langchain" | "llama_index", dimension, jsonb metadata) of the vector table that
-    ``collection`` names in the database (LangChain's collections first)."""
-    from nudge_rag.core.stores.pgvector import connect_masked
-
-    table = f"data_{collection}".lower()
-    with connect_masked(libpq_url) as conn:
-        names = {
-            r[0]
-            for r in conn.execute(
-                "select table_name from information_schema.tables "
-                "where table_schema = 'public' and table_name like any (%s)",
-                (["langchain_pg_%", "data_%"],),
-            )
-        }
-        if "langchain_pg_collection" in names:
-            found = conn.execute(
-                "select 1 from langchain_pg_collection where name = %s", (collection,)
-            ).fetchone()
-            if found is not None or table not in names:
-                return "langchain", 0, True
-        if table in names:
-            cols: dict[str, str] = dict(
-                conn.execute(
-                    "select attname, format_type(atttypid, atttypmod) from pg_attribute "
-                    "where attrelid = %s::regclass and attnum > 0",
-                    (f"public.{table}",),
-                ).fetchall()
-            )
-            emb = str(cols.get("embedding", ""))
-            if not emb.startswith("vector(") or "node_id" not in cols:
-                msg = (
-                    f"--collection {collection}: table {table} is not a LlamaIndex PGVectorStore "
-                    f"table (found columns {sorted(cols)}); name the store's table_name."
-                )
-                raise NudgeError(msg)
-            return "llama_index", int(emb[len("vector(") : -1]), cols.get("metadata_") == "jsonb"
-    llama = sorted(n[len("data_") :] for n in names if n.startswith("data_"))
-    msg = (
-        f"--collection {collection}: this database has no LangChain PGVector collection tables "
-        f"(langchain_pg_collection) and no LlamaIndex PGVectorStore table {table} (LlamaIndex "
-        f"tables here: {llama or 'none'}); pass the collection or table_name the app uses. "
-        "Nothing was created."
-    )
-    raise NudgeError(msg)
-
-
-def _open_llama_pgvector(libpq_url: str, url: str, table: str, dim: int, jsonb: bool) -> Any:
-    """A LlamaIndex ``PGVectorStore`` table wrapped by the LlamaIndex face, state at ``url``."""
+def _open_llama_pgvector(state_url: str, db_url: str, target: PgTarget) -> Any:
+    """A LlamaIndex ``PGVectorStore`` over an existing table, set up as its columns say
+    (dimension, halfvec, jsonb, hybrid search), with ``perform_setup=False``: it creates
+    nothing."""
     try:
         from llama_index.vector_stores.postgres import PGVectorStore
     except ImportError as e:
         msg = (
-            "this database holds a LlamaIndex PGVectorStore table; pip install "
-            '"nudge-rag[postgres]" (llama-index-vector-stores-postgres).'
+            "a LlamaIndex PGVectorStore --store needs llama-index-vector-stores-postgres; "
+            "pip install llama-index-vector-stores-postgres."
         )
         raise NudgeError(msg) from e
+    from nudge_rag.core.stores.pgvector import PgVectorAdapter, connect_masked
     from nudge_rag.llama_index import NudgedVectorStore
 
-    inner = PGVectorStore.from_params(
-        connection_string=libpq_url.replace("postgresql://", "postgresql+psycopg2://", 1),
-        async_connection_string=libpq_url.replace("postgresql://", "postgresql+asyncpg://", 1),
-        table_name=table,
-        embed_dim=dim,
-        use_jsonb=jsonb,
+    adapter = PgVectorAdapter.for_llama_index(db_url, target.name, schema=target.schema)
+    q = (
+        "SELECT a.attname, format_type(a.atttypid, NULL) FROM pg_attribute a "
+        "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped"
     )
-    return NudgedVectorStore(inner, state=url)
+    with connect_masked(db_url) as conn:
+        cols: dict[str, str] = dict(
+            conn.execute(q, [f'"{target.schema}"."data_{target.name}"']).fetchall()
+        )
+    inner = PGVectorStore.from_params(
+        connection_string=db_url.replace("postgresql://", "postgresql+psycopg://", 1),
+        async_connection_string=db_url.replace("postgresql://", "postgresql+asyncpg://", 1),
+        table_name=target.name,
+        schema_name=target.schema,
+        embed_dim=adapter.dim or 1,
+        use_halfvec=cols.get("embedding") == "halfvec",
+        use_jsonb=cols.get("metadata_") == "jsonb",
+        hybrid_search="text_search_tsv" in cols,
+        perform_setup=False,
+    )
+    return NudgedVectorStore(inner, state=state_url, adapter=adapter)
 
 
 class _NoEmbeddings:
@@ -379,6 +425,7 @@ def demo(
 def finetune(
     store: StoreOpt,
     collection: CollectionOpt = "nudge_rag",
+    table: TableOpt = None,
     method: Annotated[
         str, typer.Option(help="nudge-n (any metric) or nudge-m (ip stores).")
     ] = "nudge-n",
@@ -404,7 +451,7 @@ def finetune(
     Example:  nudge-rag finetune --store nudge_demo_state --min-gain 0.01
     """
 
-    s = open_store(store, collection)
+    s = open_store(store, collection, table)
     engine = make_engine(
         s, llm_base_url, llm_model, method=method, min_gain=min_gain, max_calls=max_calls
     )
@@ -423,6 +470,7 @@ def finetune(
 def watch(
     store: StoreOpt,
     collection: CollectionOpt = "nudge_rag",
+    table: TableOpt = None,
     every: Annotated[str, typer.Option(help="Time between rounds: 90s, 15m, 1h, 1d.")] = "1h",
     min_new_labels: Annotated[
         int, typer.Option(help="Searches with new feedback needed before a fine-tune.")
@@ -460,7 +508,7 @@ def watch(
     """
     from nudge_rag.core.watch import Watcher
 
-    s = open_store(store, collection)
+    s = open_store(store, collection, table)
     engine = make_engine(
         s, llm_base_url, llm_model, min_gain=min_gain, max_calls=max_calls, progress=False
     )
@@ -484,6 +532,7 @@ def evaluate(
     data: Annotated[Path, typer.Option(help="BEIR folder whose queries and qrels to use.")],
     split: Annotated[str, typer.Option(help="qrels split to evaluate.")] = "test",
     collection: CollectionOpt = "nudge_rag",
+    table: TableOpt = None,
 ) -> None:
     """NDCG@10 and Recall@10 of a split's queries searched through the store as it is now.
 
@@ -494,7 +543,7 @@ def evaluate(
     from nudge_rag.core.data import load_beir
     from nudge_rag.demo import evaluate_store
 
-    s = open_store(store, collection)
+    s = open_store(store, collection, table)
     ds = load_beir(data, load_text=False)
     scores = evaluate_store(s, ds, split)
     typer.echo(
@@ -543,12 +592,13 @@ def rollback(
         int | None, typer.Option(help="Version to restore (default: the previous; 0: base).")
     ] = None,
     collection: CollectionOpt = "nudge_rag",
+    table: TableOpt = None,
 ) -> None:
     """Restore a version's vectors exactly (bit for bit).
 
     Example:  nudge-rag rollback --store nudge_demo_state --to 0
     """
-    s = open_store(store, collection)
+    s = open_store(store, collection, table)
     typer.echo(f"store is at version {s.rollback(to)}")
 
 
@@ -557,6 +607,7 @@ def rollback(
 def verify(
     store: StoreOpt,
     collection: CollectionOpt = "nudge_rag",
+    table: TableOpt = None,
     rows: Annotated[
         int | None, typer.Option(help="Read back at most this many nudged rows (default: all).")
     ] = None,
@@ -567,7 +618,7 @@ def verify(
 
     Example:  nudge-rag verify --store nudge_demo_state
     """
-    report = _verify_report(store, collection, rows)
+    report = _verify_report(store, collection, rows, table)
     if report.ok:
         typer.echo(str(report))
         return
@@ -576,20 +627,20 @@ def verify(
     raise typer.Exit(1)
 
 
-def _verify_report(store: str, collection: str, rows: int | None) -> Any:
+def _verify_report(store: str, collection: str, rows: int | None, table: str | None) -> Any:
     """``verify`` of a folder through the face; of a Postgres store read-only (it creates and
     writes nothing in the app's database)."""
     if not is_postgres_url(store):
-        return open_store(store, collection).nudge_state.verify(rows=rows)
+        return open_store(store, collection, table).nudge_state.verify(rows=rows)
     from nudge_rag.core.stores.pgvector import PgVectorAdapter
     from nudge_rag.core.versions import VersionLog
 
-    where, kind, _, _ = require_pgvector(store, collection)
-    adapter = (
-        PgVectorAdapter.for_llama_index(where.url, collection)
-        if kind == "llama_index"
-        else PgVectorAdapter.for_langchain(where.url, collection)
-    )
+    where, target = require_pgvector(store, collection, table)
+    assert where.url is not None
+    if target.framework == "llama-index":
+        adapter = PgVectorAdapter.for_llama_index(where.url, target.name, schema=target.schema)
+    else:
+        adapter = PgVectorAdapter.for_langchain(where.url, target.name)
     try:
         log = VersionLog(state_part(where, "versions"), adapter, read_only=True)
         try:
@@ -605,6 +656,7 @@ def _verify_report(store: str, collection: str, rows: int | None) -> Any:
 def repair(
     store: StoreOpt,
     collection: CollectionOpt = "nudge_rag",
+    table: TableOpt = None,
     adopt_store: Annotated[
         bool,
         typer.Option(
@@ -629,7 +681,7 @@ def repair(
 
     Example:  nudge-rag repair --store nudge_demo_state --adopt-store
     """
-    report = open_store(store, collection).nudge_state.repair(
+    report = open_store(store, collection, table).nudge_state.repair(
         adopt_store=adopt_store, forget_missing=forget_missing
     )
     typer.echo(str(report))

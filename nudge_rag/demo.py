@@ -137,15 +137,23 @@ def _known_vectors(ds: BeirDataset, encode: Callable, progress: bool) -> dict[st
     return known
 
 
+def _search_ids(store: Any, q: np.ndarray) -> list[str]:
+    """The ids of the top ``K`` of one query vector, through either face."""
+    if hasattr(store, "similarity_search_by_vector"):  # LangChain
+        return [d.id for d in store.similarity_search_by_vector(q.tolist(), k=K)]
+    from llama_index.core.vector_stores.types import VectorStoreQuery
+
+    found = store.query(VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=K))
+    return list(found.ids or [])
+
+
 def evaluate_store(store: Any, ds: BeirDataset, split: str) -> dict[str, float]:
     """NDCG@10 / Recall@10 of ``split``'s queries searched through ``store`` (untraced)."""
     task = ds.task(split)
     was = store.tracing
     store.tracing = False
     try:
-        ranked_ids = [
-            [d.id for d in store.similarity_search_by_vector(q.tolist(), k=K)] for q in task.queries
-        ]
+        ranked_ids = [_search_ids(store, q) for q in task.queries]
     finally:
         store.tracing = was
     row_of = {d: n for n, d in enumerate(ds.corpus_ids)}

@@ -236,10 +236,14 @@ def test_repair_forgets_ids_the_store_lost_only_when_asked(pg, db):
     assert _log_rows(pg, db) == (27, 27)
 
 
-def test_a_llama_index_database_is_served_and_never_given_langchain_tables(pg, db, tmp_path):
-    """A database of a LlamaIndex ``PGVectorStore``: a ``--collection`` naming no table there is
-    refused in one line; its own table is served; no LangChain table ever appears in it."""
+def _llama_app(
+    pg: Any, db: str, table: str = "docs", schema: str = "public", state: str = "nudge_li"
+) -> tuple[str, Any]:
+    """What a LlamaIndex app does: a ``PGVectorStore`` wrapped with its state in the same
+    database, one query with feedback, one applied version. Returns the state URL and the base
+    vector of the nudged node."""
     from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores.types import VectorStoreQuery
     from llama_index.vector_stores.postgres import PGVectorStore
 
     from nudge_rag.llama_index import NudgedVectorStore as LlamaNudged
@@ -248,26 +252,148 @@ def test_a_llama_index_database_is_served_and_never_given_langchain_tables(pg, d
     inner = PGVectorStore.from_params(
         connection_string=sync_url,
         async_connection_string=async_url,
-        table_name="docs",
+        table_name=table,
+        schema_name=schema,
         embed_dim=8,
     )
-    url = pg.url(db) + "&schema=nudge_li"
+    url = pg.url(db) + f"&schema={state}"
     store = LlamaNudged(inner, state=url)
-    vecs = np.random.default_rng(3).normal(size=(4, 8))
-    ids = [f"00000000-0000-0000-0000-00000000000{i}" for i in range(4)]
+    vecs = np.random.default_rng(3).normal(size=(5, 8))
+    ids = [f"{table}-{i}" for i in range(4)]
     store.add(
-        [TextNode(id_=i, text=i, embedding=v.tolist()) for i, v in zip(ids, vecs, strict=True)]
+        [TextNode(id_=i, text=i, embedding=v.tolist()) for i, v in zip(ids, vecs[:4], strict=True)]
     )
-    store.apply_vectors({ids[0]: -vecs[0]})
+    store.query(VectorStoreQuery(query_embedding=vecs[4].tolist(), similarity_top_k=2))
+    assert store.last_trace_id is not None
+    store.record_feedback(store.last_trace_id, relevant_ids=[ids[0]])
+    base = store.get_vectors([ids[0]])
+    store.apply_vectors({ids[0]: -vecs[0]}, method="nudge-n")
     store.close()
-    tables = _sql(pg, db, "SELECT table_name FROM information_schema.tables ORDER BY 1")
-    for cmd in (["rollback", "--to", "0"], ["verify"]):
-        res = runner.invoke(app, [*cmd, "--store", url])  # the default collection: nudge_rag
-        assert res.exit_code == 1 and "no LlamaIndex PGVectorStore table" in res.output
-        assert "['docs']" in res.output
-    assert _sql(pg, db, "SELECT table_name FROM information_schema.tables ORDER BY 1") == tables
-    res = runner.invoke(app, ["verify", "--store", url, "--collection", "docs"])
-    assert res.exit_code == 0 and "ok" in res.output, res.output
-    res = runner.invoke(app, ["rollback", "--to", "0", "--store", url, "--collection", "docs"])
-    assert res.exit_code == 0, res.output
-    assert _sql(pg, db, "SELECT table_name FROM information_schema.tables ORDER BY 1") == tables
+    inner.client.dispose()
+    return url, base
+
+
+def _tables(pg: Any, db: str) -> list[tuple]:
+    return _sql(
+        pg,
+        db,
+        "SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema "
+        "NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2",
+    )
+
+
+def test_cli_serves_a_llama_index_pgvectorstore_database(pg, db):
+    """A LlamaIndex ``PGVectorStore`` database (no LangChain tables): the only ``data_*`` table
+    is detected, ``--table`` names it; versions, verify, rollback and repair work on it, the
+    base comes back bit for bit, and no table appears."""
+    from nudge_rag.cli import open_pgvector
+
+    url, base = _llama_app(pg, db)
+    tables = _tables(pg, db)
+    assert ("public", "data_docs") in tables and ("public", "langchain_pg_collection") not in tables
+    assert "*       1" in _cli("versions", "--store", url)
+    for opts in (["--store", url], ["--store", url, "--table", "docs"]):
+        assert "ok: the store is at version 1; 1 nudged rows" in _cli("verify", *opts)
+    assert "store is at version 0" in _cli("rollback", "--to", "0", "--store", url)
+    assert "ok: the store is at version 0" in _cli("verify", "--store", url, "--table", "docs")
+    assert "store is at version 1" in _cli("rollback", "--to", "1", "--store", url)
+    assert "ok: the store is at version 1" in _cli("repair", "--store", url, "--table", "docs")
+    assert "store is at version 0" in _cli("rollback", "--to", "0", "--store", url)
+    assert _tables(pg, db) == tables  # nothing made: no LangChain table, no other data_ table
+
+    store = open_pgvector(url, "nudge_rag")
+    try:
+        assert type(store).__module__ == "nudge_rag.llama_index.base"
+        np.testing.assert_array_equal(store.get_vectors(["docs-0"]), base)
+    finally:
+        store.close()
+
+
+def test_cli_refuses_a_table_that_is_not_there_and_creates_nothing(pg, db):
+    """``--table`` naming no ``PGVectorStore`` table, or a database holding several with none
+    named: refused in one line naming the tables found; no table or schema appears."""
+    url, _ = _llama_app(pg, db)
+    _llama_app(pg, db, "other", "elsewhere", "nudge_other")  # a second PGVectorStore
+    catalog = _tables(pg, db)
+    for cmd in (["verify"], ["rollback", "--to", "1"], ["repair"], ["finetune"]):
+        res = runner.invoke(app, [*cmd, "--store", url, "--table", "typo"])
+        assert res.exit_code == 1, res.output
+        assert "--table typo: no LlamaIndex PGVectorStore table public.data_typo" in res.output
+        assert "['elsewhere.data_other', 'public.data_docs']" in res.output
+        assert len(res.output.strip().splitlines()) == 1
+        res = runner.invoke(app, [*cmd, "--store", url])  # two tables, neither named
+        assert res.exit_code == 1 and "--collection nudge_rag: no PGVector" in res.output
+        assert "'public.data_docs'" in res.output and "--table" in res.output
+    assert _tables(pg, db) == catalog
+    # named: the one in another schema too
+    assert "ok: the store is at version 1" in _cli("verify", "--store", url, "--table", "docs")
+    res = runner.invoke(app, ["verify", "--store", url, "--table", "elsewhere.other"])
+    assert res.exit_code == 1 and "holds 0 of 1 ids" in res.output  # another store's ids
+
+
+def test_cli_refuses_a_database_without_vector_tables(pg, db):
+    """The state, but neither a LangChain collection nor a PGVectorStore table (dropped)."""
+    url, _ = _llama_app(pg, db)
+    _sql(pg, db, "DROP TABLE data_docs")
+    catalog = _tables(pg, db)
+    res = runner.invoke(app, ["verify", "--store", url])
+    assert res.exit_code == 1
+    assert "no LangChain PGVector collection" in res.output
+    assert "no LlamaIndex PGVectorStore table" in res.output
+    assert _tables(pg, db) == catalog
+
+
+@pytest.mark.integration
+def test_cli_finetunes_and_evaluates_a_llama_index_pgvectorstore(pg, db):
+    """SciFact in a LlamaIndex ``PGVectorStore``, the train queries asked through the wrapped
+    store with their qrels as feedback: ``nudge-rag finetune`` then ``eval`` on the database
+    (the table detected), and the test split's NDCG@10 goes up; ``rollback --to 0`` restores
+    the base figure."""
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores.types import VectorStoreQuery
+    from llama_index.vector_stores.postgres import PGVectorStore
+
+    from nudge_rag.core.data import load_beir, shared_data_dir
+    from nudge_rag.llama_index import NudgedVectorStore as LlamaNudged
+
+    folder = shared_data_dir()
+    if folder is None or not (folder / "scifact").is_dir():
+        pytest.skip("SciFact not found (../shared absent; set NUDGE_RAG_DATA)")
+    ds = load_beir(folder / "scifact", load_text=False)
+    assert ds.corpus_embeddings is not None
+    sync_url, async_url = pg.llama_index_urls(db)
+    inner = PGVectorStore.from_params(
+        connection_string=sync_url,
+        async_connection_string=async_url,
+        table_name="scifact",
+        embed_dim=ds.corpus_embeddings.shape[1],
+    )
+    url = pg.url(db) + "&schema=nudge_sf"
+    store = LlamaNudged(inner, state=url)
+    store.add(
+        [
+            TextNode(id_=i, text=i, embedding=v.tolist())
+            for i, v in zip(ds.corpus_ids, ds.corpus_embeddings, strict=True)
+        ]
+    )
+    train = ds.task("train")
+    for q, pos in zip(train.queries, train.positives, strict=True):
+        store.query(VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=10))
+        assert store.last_trace_id is not None
+        store.record_feedback(store.last_trace_id, relevant_ids=[ds.corpus_ids[r] for r in pos])
+    store.close()
+    inner.client.dispose()
+
+    data = str(folder / "scifact")
+
+    def ndcg() -> float:
+        return float(_cli("eval", "--store", url, "--data", data).split("NDCG@10")[1].split()[0])
+
+    before = ndcg()
+    out = _cli("finetune", "--store", url)
+    assert "applied as version 1" in out, out
+    after = ndcg()
+    print(f"SciFact test NDCG@10 through the CLI: base {before:.4f}, tuned {after:.4f}")
+    assert after > before + 0.05, (before, after)
+    _cli("rollback", "--store", url, "--to", "0")
+    assert ndcg() == pytest.approx(before, abs=1e-9)

@@ -61,6 +61,6 @@ def test_cli_serves_a_llamaindex_pgvectorstore_table(pg, db):
 
     res = runner.invoke(app, ["verify", "--store", url, "--collection", "nope"])
     assert res.exit_code == 1
-    assert "no LlamaIndex PGVectorStore table data_nope" in res.output
-    assert "['docs']" in res.output and "Nothing was created" in res.output
+    assert "--collection nope: no PGVector collection of that name" in res.output
+    assert "['public.data_docs']" in res.output and "--table" in res.output
     assert _tables(pg, db) == before

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,11 @@ Off by default: LlamaIndex's ``node.hash`` covers metadata, and fusion retriever
 (``QueryFusionRetriever``) merge the legs' nodes by hash, so a stamped node would no longer merge
 with the same chunk found by BM25; wrapping must not change what a pipeline computes.
 """
+
+
+DOCUMENT_KEY = "ref_doc_id"
+"""How feedback names a document: an id that is no chunk of the store but a ``ref_doc_id``
+(``node.ref_doc_id``, the SOURCE relationship) stands for the chunks of that document."""
 
 
 class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
@@ -106,6 +111,15 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
         Nodes keep their metadata (and so their ``node.hash``, which fusion retrievers merge
         by); pass ``trace_metadata_key="nudge_trace_id"`` to stamp the trace id on each node.
 
+    Feedback on documents and parent nodes (ids that are no chunk of the store; a chunk id
+    always means that chunk):
+        ```python
+        store.record_feedback(trace_id, relevant_ids=[document.doc_id])   # all its chunks
+        # HierarchicalNodeParser + AutoMergingRetriever: a merged parent node stands for its
+        # chunks that this search returned
+        store.record_feedback(trace_id, relevant_ids=[merged.node.node_id])
+        ```
+
     Versions:
         ```python
         store.get_vectors(["node-1"])            # what the store serves now
@@ -172,6 +186,8 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
             state_argument(state_dir, state),
             embed_queries=_query_embedder(embed_model),
             get_texts=get_texts,
+            children_of=self._children_of,
+            parent_id_key=DOCUMENT_KEY,
             after_write=self._repersist,
             tracing=tracing,
             retention_days=retention_days,
@@ -247,6 +263,65 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
     def class_name(cls) -> str:
         """Name LlamaIndex uses when it serialises the store's settings."""
         return "NudgedVectorStore"
+
+    # -- feedback on documents and parent nodes -------------------------------------------------
+    def record_feedback(
+        self,
+        trace_id: str,
+        *,
+        relevant_ids: Iterable[str] = (),
+        irrelevant_ids: Iterable[str] = (),
+        id_key: str | None = None,
+        **kw: Any,
+    ) -> None:
+        """Attach feedback to a trace (see :meth:`NudgeState.record_feedback`, which takes the
+        other arguments: ``rating``, ``text``).
+
+        An id the store holds is that chunk. Any other id may be a document's (its
+        ``ref_doc_id``): it stands for every chunk of that document the store holds; or a parent
+        node's (``HierarchicalNodeParser``'s PARENT relationship, what ``AutoMergingRetriever``
+        returns): it stands for its chunks that search ``trace_id`` returned. ``id_key``: the
+        ids are values of that metadata key instead.
+        """
+        rel, irr = relevant_ids, irrelevant_ids
+        if id_key is None and not isinstance(rel, str | bytes) and not isinstance(irr, str | bytes):
+            rel, irr = [str(i) for i in rel], [str(i) for i in irr]
+            parents = self._shown_parents(trace_id, list(dict.fromkeys(rel + irr)))
+            if parents:
+                rel = _expand_parents(rel, parents)
+                irr = _expand_parents(irr, parents)
+        self._nudge_state.record_feedback(
+            trace_id, relevant_ids=rel, irrelevant_ids=irr, id_key=id_key, **kw
+        )
+
+    def _shown_parents(self, trace_id: str, ids: list[str]) -> dict[str, list[str]]:
+        """Each of ``ids`` that is neither a chunk nor a document but the PARENT of chunks
+        search ``trace_id`` returned, with those chunks."""
+        state = self._nudge_state
+        held = state.known_ids(ids)
+        rest = [i for i in ids if i not in held]
+        if rest:
+            docs = self._backend.documents(rest)
+            rest = [i for i in rest if i not in docs]
+        if not rest:
+            return {}
+        shown = state._shown_ids(trace_id)
+        parent_of = self._backend.parents(shown)
+        found = {p: [c for c in shown if parent_of.get(c) == p] for p in rest}
+        return {p: chunks for p, chunks in found.items() if chunks}
+
+    def _children_of(self, ids: list[str], key: str) -> dict[str, list[str]]:
+        """The chunk ids each id stands for: a document's (``key`` is :data:`DOCUMENT_KEY`), or
+        those whose metadata ``key`` equals it."""
+        if key == DOCUMENT_KEY:
+            return self._backend.documents(ids)
+        from llama_index.core.vector_stores.types import MetadataFilter
+
+        found = {
+            i: self._backend.matching(MetadataFilters(filters=[MetadataFilter(key=key, value=i)]))
+            for i in dict.fromkeys(ids)
+        }
+        return {i: chunks for i, chunks in found.items() if chunks}
 
     # -- what is wrapped -----------------------------------------------------------------------
     @property
@@ -544,6 +619,11 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
     def _repersist(self) -> None:
         if self._persisted_to is not None:
             self.persist(*self._persisted_to)  # atomically, inside the move (before it commits)
+
+
+def _expand_parents(ids: list[str], parents: dict[str, list[str]]) -> list[str]:
+    """``ids`` with each parent node id replaced by its chunk ids (order kept, no repeats)."""
+    return list(dict.fromkeys(c for i in ids for c in parents.get(i, [i])))
 
 
 def _metric(metric: Metric | str) -> Metric:

@@ -69,6 +69,25 @@ class Backend:
         """A superset of the node ids that ``delete(ref_doc_id)`` removes."""
         return self.matching(self.ref_doc_filters(ref_doc_id))
 
+    def documents(self, ref_doc_ids: Sequence[str]) -> dict[str, list[str]]:
+        """The node ids of each document id the store holds nodes of (``ref_doc_ids``'s)."""
+        found = {d: self.ref_doc_ids(d) for d in dict.fromkeys(ref_doc_ids)}
+        return {d: ids for d, ids in found.items() if ids}
+
+    def parents(self, node_ids: Sequence[str]) -> dict[str, str]:
+        """Each node's PARENT node id (``HierarchicalNodeParser``) among ``node_ids``, read from
+        the nodes the store keeps (none for a store that keeps no nodes, e.g. Simple)."""
+        if not node_ids or not self.store.stores_text:
+            return {}
+        from llama_index.core.schema import NodeRelationship
+
+        out = {}
+        for node in self.store.get_nodes(list(node_ids)):
+            parent = node.relationships.get(NodeRelationship.PARENT)
+            if parent is not None and not isinstance(parent, list):
+                out[node.node_id] = parent.node_id
+        return out
+
     def all_ids(self) -> list[str]:
         """Every id the store holds."""
         return self.adapter().ids()

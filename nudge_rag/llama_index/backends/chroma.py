@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from llama_index.core.vector_stores.types import MetadataFilters
 
 from nudge_rag.core.stores.base import StoreAdapter
@@ -33,3 +35,14 @@ class ChromaBackend(Backend):
         from llama_index.core.vector_stores.types import MetadataFilter
 
         return MetadataFilters(filters=[MetadataFilter(key="document_id", value=ref_doc_id)])
+
+    def documents(self, ref_doc_ids: Sequence[str]) -> dict[str, list[str]]:
+        """One ``get`` with ``document_id $in [...]`` (what ``delete`` filters by)."""
+        wanted = list(dict.fromkeys(ref_doc_ids))
+        if not wanted:
+            return {}
+        got = self.store.client.get(where={"document_id": {"$in": wanted}}, include=["metadatas"])
+        out: dict[str, list[str]] = {}
+        for i, meta in zip(got["ids"], got["metadatas"] or [], strict=True):
+            out.setdefault(str((meta or {}).get("document_id")), []).append(i)
+        return out

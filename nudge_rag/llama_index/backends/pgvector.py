@@ -63,6 +63,24 @@ class PgVectorBackend(Backend):
         table = self.store._table_class
         return self._node_ids(table.metadata_["ref_doc_id"].astext == ref_doc_id)
 
+    def documents(self, ref_doc_ids: Sequence[str]) -> dict[str, list[str]]:
+        """One query: ``metadata_->>'ref_doc_id' IN (...)``."""
+        from sqlalchemy import select
+
+        if not ref_doc_ids:
+            return {}
+        self.store._initialize()
+        table = self.store._table_class
+        ref = table.metadata_["ref_doc_id"].astext
+        stmt = select(table.node_id, ref).where(ref.in_(list(dict.fromkeys(ref_doc_ids))))
+        out: dict[str, list[str]] = {}
+        with self.store._session() as session:
+            for node_id, doc in session.execute(stmt):
+                ids = out.setdefault(str(doc), [])
+                if str(node_id) not in ids:
+                    ids.append(str(node_id))
+        return out
+
     def all_ids(self) -> list[str]:
         return self._node_ids()
 

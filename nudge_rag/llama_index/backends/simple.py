@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from llama_index.core.vector_stores.types import MetadataFilters
 
 from nudge_rag.core.stores.base import StoreAdapter
@@ -33,3 +35,12 @@ class SimpleBackend(Backend):
         """The node ids that ``delete(ref_doc_id)`` removes."""
         table = self.store.data.text_id_to_ref_doc_id
         return [i for i, ref in table.items() if ref == ref_doc_id]
+
+    def documents(self, ref_doc_ids: Sequence[str]) -> dict[str, list[str]]:
+        """One pass over the store's node → document table."""
+        wanted = set(ref_doc_ids)
+        out: dict[str, list[str]] = {}
+        for i, ref in self.store.data.text_id_to_ref_doc_id.items():
+            if ref in wanted:
+                out.setdefault(ref, []).append(i)
+        return out
