@@ -53,13 +53,28 @@ def _cite(question: str, shown: str, gold: dict[str, set[str]]) -> str:
     return "Answer. " + " ".join(f"[{i}]" for i in ids) if ids else "No answer found."
 
 
-def _proven_gain(state: Any) -> float:
+# CI asks the first 120 train questions (citations become model-made feedback that the engine
+# labels from); the full 807, whose fine-tune must prove its gain, run with -m slow.
+QUESTIONS = [pytest.param(120, id="120"), pytest.param(None, id="all", marks=pytest.mark.slow)]
+
+
+def _asked(gold: dict[str, set[str]], n: int | None) -> list[str]:
+    return list(gold)[:n] if n else list(gold)
+
+
+def _check_fine_tune(state: Any, cited: int, full: bool) -> float:
+    """The citations are model-made feedback; the engine labels from them; with every question
+    the held-out gain is proven. Returns the held-out NDCG@10 gain."""
+    assert sum(f.provenance == "model" for f in state.feedback()) == cited
     report = NudgeFinetuneEngine(state, llm=None, seed=0, progress=False).finetune()
-    assert report.proven, report
+    assert report.labels["cited"] == cited, report.labels
+    if full:
+        assert report.proven and report.ndcg.gain > 0.02, report
     return float(report.ndcg.gain)
 
 
-def test_langchain_create_agent_citations_fine_tune(tmp_path: Path):
+@pytest.mark.parametrize("questions", QUESTIONS)
+def test_langchain_create_agent_citations_fine_tune(tmp_path: Path, questions: int | None):
     pytest.importorskip("langchain.agents", reason="needs langchain>=1.0 (create_agent)")
     from langchain.agents import create_agent
     from langchain_core.language_models.chat_models import BaseChatModel
@@ -100,20 +115,21 @@ def test_langchain_create_agent_citations_fine_tune(tmp_path: Path):
         tool = store.as_retriever_tool("search_docs", "Search the papers.", k=10)
         agent = create_agent(OracleChat(), [tool], system_prompt="Cite chunks as [id].")
         cited = 0
-        for question in gold:
+        asked = _asked(gold, questions)
+        for question in asked:
             out = agent.invoke({"messages": [HumanMessage(question)]})
             (tool_msg,) = [m for m in out["messages"] if isinstance(m, ToolMessage)]
             result = store.record_citations(tool_msg.artifact["trace_id"], out["messages"][-1])
             cited += bool(result.relevant_ids)
-        assert len(store.traces()) == len(gold) and cited > len(gold) // 2
-        gain = _proven_gain(store.nudge_state)
-        print(f"create_agent: {cited} of {len(gold)} answers cited; NDCG@10 gain {gain:+.4f}")
-        assert gain > 0.02
+        assert len(store.traces()) == len(asked) and cited > len(asked) // 2
+        gain = _check_fine_tune(store.nudge_state, cited, questions is None)
+        print(f"create_agent: {cited} of {len(asked)} answers cited; NDCG@10 gain {gain:+.4f}")
     finally:
         store.close()
 
 
-def test_llamaindex_function_agent_citations_fine_tune(tmp_path: Path):
+@pytest.mark.parametrize("questions", QUESTIONS)
+def test_llamaindex_function_agent_citations_fine_tune(tmp_path: Path, questions: int | None):
     import asyncio
 
     from llama_index.core import StorageContext, VectorStoreIndex
@@ -169,17 +185,18 @@ def test_llamaindex_function_agent_citations_fine_tune(tmp_path: Path):
             answer = await handler
             return results[-1].tool_output.raw_output["trace_id"], str(answer.response.content)
 
+        asked = _asked(gold, questions)
+
         async def ask_all() -> int:
             cited = 0
-            for question in gold:
+            for question in asked:
                 trace_id, answer = await ask(question)
                 cited += bool(store.record_citations(trace_id, answer).relevant_ids)
             return cited
 
         cited = asyncio.run(ask_all())
-        assert len(store.traces()) == len(gold) and cited > len(gold) // 2
-        gain = _proven_gain(store.nudge_state)
-        print(f"FunctionAgent: {cited} of {len(gold)} answers cited; NDCG@10 gain {gain:+.4f}")
-        assert gain > 0.02
+        assert len(store.traces()) == len(asked) and cited > len(asked) // 2
+        gain = _check_fine_tune(store.nudge_state, cited, questions is None)
+        print(f"FunctionAgent: {cited} of {len(asked)} answers cited; NDCG@10 gain {gain:+.4f}")
     finally:
         store.close()
