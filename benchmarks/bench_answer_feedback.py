@@ -32,12 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from nudge_rag.core.data import load_beir, shared_data_dir
-from nudge_rag.core.engine import NudgeFinetuneEngine
-from nudge_rag.core.files import atomic_write
-from nudge_rag.core.metrics import evaluate, exact_knn
+from nudge_rag.engine.engine import NudgeFinetuneEngine
+from nudge_rag.eval.data import load_beir, shared_data_dir
+from nudge_rag.eval.simulate import beir_state, qrels_by_text, simulate_searches
+from nudge_rag.fit.metrics import evaluate, exact_knn
+from nudge_rag.state.files import atomic_write
 from nudge_rag.testing import OpenAIStub, QrelsJudge
-from nudge_rag.testing.simulate import beir_state, qrels_by_text, simulate_searches
 
 
 def run(ds: Any, mode: str, *, seed: int, label_k: int) -> dict[str, Any]:

@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nudge_rag.bench import compare_on_dataset, datasets_in, nudge_ft
-from nudge_rag.core.data import shared_data_dir
-from nudge_rag.core.metrics import evaluate
-from nudge_rag.core.nudge import finetune_embeddings
+from nudge_rag.eval.bench import compare_on_dataset, datasets_in, nudge_ft
+from nudge_rag.eval.data import shared_data_dir
+from nudge_rag.fit.metrics import evaluate
+from nudge_rag.fit.nudge import finetune_embeddings
 
 HERE = Path(__file__).resolve().parent
 TIME_LIMIT_S = 600

@@ -25,8 +25,8 @@ import json
 import sys
 from pathlib import Path
 
-from nudge_rag.core.data import load_beir, shared_data_dir
-from nudge_rag.testing.simulate import compare_with_gold
+from nudge_rag.eval.data import load_beir, shared_data_dir
+from nudge_rag.eval.simulate import compare_with_gold
 
 
 def main(argv: list[str] | None = None) -> int:

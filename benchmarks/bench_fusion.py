@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import pytrec_eval
 
-from nudge_rag.core.data import BeirDataset, load_beir, shared_data_dir
+from nudge_rag.eval.data import BeirDataset, load_beir, shared_data_dir
 
 K = 10
 FACES = ("llama_index", "langchain")
@@ -205,9 +205,9 @@ def lc_runs(ds: BeirDataset, qids: list[str], kind: str, work: Path) -> dict[str
     from langchain_community.retrievers import BM25Retriever
     from langchain_core.documents import Document
 
-    from nudge_rag.core.stores.qdrant import default_point_id
     from nudge_rag.langchain import NudgedVectorStore
     from nudge_rag.langchain.embeddings import LookupEmbeddings
+    from nudge_rag.stores.qdrant import default_point_id
     from nudge_rag.testing.langchain_stores import bare_store
 
     assert ds.corpus_embeddings is not None and ds.query_embeddings is not None

@@ -35,8 +35,8 @@ import inspect, json, sys, time
 import numpy as np
 sys.path.insert(0, {bench!r})
 from bench_core import peak_rss
-from nudge_rag.core.state import NudgeState
-from nudge_rag.core.stores.memory import MemoryAdapter
+from nudge_rag.state.state import NudgeState
+from nudge_rag.stores.memory import MemoryAdapter
 from nudge_rag.importers import jsonl, langsmith
 
 fmt, path, state_dir, dim = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])

@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_core import peak_rss
 
 from nudge_rag import NudgeFinetuneEngine
-from nudge_rag.core.data import load_beir, shared_data_dir
-from nudge_rag.core.metrics import exact_knn
+from nudge_rag.eval.data import load_beir, shared_data_dir
+from nudge_rag.eval.simulate import beir_state
+from nudge_rag.fit.metrics import exact_knn
 from nudge_rag.importers import langfuse, langsmith
-from nudge_rag.testing.simulate import beir_state
 
 
 def history(ds: Any) -> list[dict]:

@@ -37,11 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from nudge_rag.core.data import load_beir, shared_data_dir
-from nudge_rag.core.engine import NudgeFinetuneEngine
-from nudge_rag.core.metrics import evaluate
+from nudge_rag.engine.engine import NudgeFinetuneEngine
+from nudge_rag.eval.data import load_beir, shared_data_dir
+from nudge_rag.eval.simulate import beir_state, qrels_by_text, simulate_searches
+from nudge_rag.fit.metrics import evaluate
 from nudge_rag.testing.judges import JudgeClient, SimilarityBiasedJudge
-from nudge_rag.testing.simulate import beir_state, qrels_by_text, simulate_searches
 
 PRECISIONS = (1.0, 0.7, 0.5, 0.3, 0.15)
 SHARES = (0.0, 0.05, 0.10, 0.25)

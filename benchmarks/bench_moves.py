@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from nudge_rag.core.db import Database, StateLocation
-from nudge_rag.core.stores.memory import MemoryAdapter
-from nudge_rag.core.versions import VersionLog, version_database
+from nudge_rag.state.db import Database, StateLocation
+from nudge_rag.state.versions.log import VersionLog, version_database
+from nudge_rag.stores.memory import MemoryAdapter
 
 
 class _Counting:
@@ -82,7 +82,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         show("sqlite  ", version_database(Path(folder) / "versions.sqlite"))
     try:
-        from nudge_rag.core.traces import TraceLog
+        from nudge_rag.state.traces.log import TraceLog
         from nudge_rag.testing.pgserver import start_pgserver
     except ImportError:
         return

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _datasets(names: list[str]) -> list:
-    from nudge_rag.core.data import load_beir, shared_data_dir
+    from nudge_rag.eval.data import load_beir, shared_data_dir
 
     root = shared_data_dir()
     if root is None:
@@ -60,7 +60,7 @@ def _train(ds) -> tuple[list[str], np.ndarray, list[str]]:
 
 def sweep_recall(datasets, label_ks: list[int]) -> None:
     """Pool recall of the train positives, dense vs hybrid."""
-    from nudge_rag.core.corpus import MemoryCorpus, normalize_rows
+    from nudge_rag.fit.corpus import MemoryCorpus, normalize_rows
     from nudge_rag.labeling.pools import LexicalIndex, judge_pools
 
     print("| dataset | label_k | pool | positives in the pool | queries with one |")
@@ -96,12 +96,12 @@ POOL_KINDS = ("dense", "hybrid")
 
 def sweep_engine(datasets, label_k: int, seeds: list[int], corpora: list[str], out: list) -> None:
     """The engine's fraction of the gold gain, dense vs hybrid pools, memory and store path."""
-    from nudge_rag.core.engine import NudgeFinetuneEngine
-    from nudge_rag.core.metrics import evaluate
-    from nudge_rag.core.nudge import finetune_embeddings
+    from nudge_rag.engine.engine import NudgeFinetuneEngine
+    from nudge_rag.eval.simulate import beir_state, gold_split, qrels_by_text, simulate_searches
+    from nudge_rag.fit.metrics import evaluate
+    from nudge_rag.fit.nudge import finetune_embeddings
     from nudge_rag.testing.judges import QrelsJudge
     from nudge_rag.testing.openai_stub import OpenAIStub
-    from nudge_rag.testing.simulate import beir_state, gold_split, qrels_by_text, simulate_searches
 
     for ds in datasets:
         qids, q, texts = _train(ds)
@@ -217,10 +217,10 @@ def sweep_core(datasets, label_k: int, seeds: list[int], out: list) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from explore_defaults import nudge_ft_n
 
-    from nudge_rag.core.corpus import MemoryCorpus, normalize_rows
-    from nudge_rag.core.data import split_queries
-    from nudge_rag.core.metrics import evaluate
-    from nudge_rag.core.nudge import finetune_embeddings
+    from nudge_rag.eval.data import split_queries
+    from nudge_rag.fit.corpus import MemoryCorpus, normalize_rows
+    from nudge_rag.fit.metrics import evaluate
+    from nudge_rag.fit.nudge import finetune_embeddings
     from nudge_rag.labeling.pools import LexicalIndex
 
     for ds in datasets:

@@ -62,7 +62,7 @@ def load_pgvector(folder: Path, url: str) -> dict[str, float]:
     """A table ``docs`` (id text, embedding vector(384)) filled by binary COPY, then HNSW."""
     import psycopg
 
-    from nudge_rag.core.stores.pgvector import PgVectorAdapter, conninfo_from
+    from nudge_rag.stores.pgvector import PgVectorAdapter, conninfo_from
 
     emb = np.load(folder / "E.npy", mmap_mode="r")
     conn = psycopg.connect(conninfo_from(url), autocommit=True)
@@ -115,16 +115,16 @@ def load_milvus(folder: Path, path: str) -> dict[str, float]:
 
 
 def open_state(store: str, meta: dict[str, Any], folder: Path) -> Any:
-    from nudge_rag.core.state import NudgeState
+    from nudge_rag.state.state import NudgeState
 
     if store == "pgvector":
-        from nudge_rag.core.stores.pgvector import PgVectorAdapter
+        from nudge_rag.stores.pgvector import PgVectorAdapter
 
         adapter: Any = PgVectorAdapter(meta["pg_url"], "docs", metric="cosine")
     else:
         from pymilvus import MilvusClient
 
-        from nudge_rag.core.stores.milvus import MilvusAdapter
+        from nudge_rag.stores.milvus import MilvusAdapter
 
         client = MilvusClient(meta.get("milvus_uri") or meta["milvus_path"])
         client.load_collection("docs")  # a reopened Milvus Lite collection starts released
@@ -167,7 +167,7 @@ def prepare(store: str, folder: Path) -> None:
 
 def recall_worker(store: str, folder: Path) -> None:
     """Child process: recall@10 of the store's own search vs exact, over the held-out queries."""
-    from nudge_rag.core.metrics import exact_knn
+    from nudge_rag.fit.metrics import exact_knn
 
     meta = json.loads((folder / "meta.json").read_text())
     heldout = json.loads((folder / "heldout.json").read_text())

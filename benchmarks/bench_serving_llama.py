@@ -31,7 +31,7 @@ import numpy as np
 from llama_index.core.schema import TextNode
 from llama_index.core.vector_stores.types import BasePydanticVectorStore, VectorStoreQuery
 
-from nudge_rag.core.data import load_beir, shared_data_dir
+from nudge_rag.eval.data import load_beir, shared_data_dir
 from nudge_rag.llama_index import NudgedVectorStore
 
 HERE = Path(__file__).resolve().parent

@@ -35,8 +35,8 @@ import json, sys, time
 import numpy as np
 import nudge_rag
 from nudge_rag import NudgeFinetuneEngine
-from nudge_rag.core.state import NudgeState
-from nudge_rag.core.stores.memory import MemoryAdapter
+from nudge_rag.state.state import NudgeState
+from nudge_rag.stores.memory import MemoryAdapter
 
 def status_mb(field):
     for line in open("/proc/self/status"):
@@ -53,7 +53,7 @@ engine = NudgeFinetuneEngine(state, progress=False)
 ids = list(state.ids())
 base = np.asarray(state.base_vectors(ids), dtype=np.float32)
 if hasattr(engine, "open_corpus"):  # collect_labels takes the corpus (matrix or store)
-    from nudge_rag.core.corpus import MemoryCorpus
+    from nudge_rag.fit.corpus import MemoryCorpus
     where = (MemoryCorpus(base, ids=ids, metric=state.metric),)
 else:
     where = (ids, base)
@@ -75,7 +75,7 @@ print(json.dumps({"rss_before_mb": before, "peak_mb": peak, "added_mb": peak - b
 
 def build(folder: Path, n: int) -> None:
     """A state folder whose trace log holds ``n`` searches, 2% of them with feedback."""
-    from nudge_rag.core.traces import TraceLog
+    from nudge_rag.state.traces.log import TraceLog
 
     log = TraceLog(folder / "traces.sqlite")
     rng = np.random.default_rng(1)

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from nudge_rag.core.db import Database, StateLocation
-from nudge_rag.core.traces import TraceLog
+from nudge_rag.state.db import Database, StateLocation
+from nudge_rag.state.traces.log import TraceLog
 
 
 def measure(threads: int, per_thread: int, where: Path | Database) -> tuple[float, float]:

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nudge_rag.core.data import load_beir, split_queries
-from nudge_rag.core.metrics import evaluate, exact_knn
-from nudge_rag.core.nudge import finetune_embeddings
+from nudge_rag.eval.data import load_beir, split_queries
+from nudge_rag.fit.metrics import evaluate, exact_knn
+from nudge_rag.fit.nudge import finetune_embeddings
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FINE_GRID = [round(0.01 * x, 2) for x in range(100)]
@@ -133,10 +133,10 @@ def sweep_engine(datasets, seeds, label_ks, rows):
     """
     import tempfile
 
-    from nudge_rag.core.engine import NudgeFinetuneEngine
+    from nudge_rag.engine.engine import NudgeFinetuneEngine
+    from nudge_rag.eval.simulate import beir_state, gold_split, qrels_by_text, simulate_searches
     from nudge_rag.testing.judges import QrelsJudge
     from nudge_rag.testing.openai_stub import OpenAIStub
-    from nudge_rag.testing.simulate import beir_state, gold_split, qrels_by_text, simulate_searches
 
     for ds in datasets:
         qrow = {q: i for i, q in enumerate(ds.query_ids)}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from nudge_rag.core.errors import MetricMismatchError, NudgeError, UnknownIdError
-from nudge_rag.core.nudge import NudgeResult, finetune_embeddings
+from nudge_rag.errors import MetricMismatchError, NudgeError, UnknownIdError
+from nudge_rag.fit.nudge import NudgeResult, finetune_embeddings
 
 if TYPE_CHECKING:
-    from nudge_rag.core.engine import NudgeFinetuneEngine
+    from nudge_rag.engine.engine import NudgeFinetuneEngine
 
 __version__ = "0.1.0"
 __all__ = [
@@ -24,7 +24,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # The engine pulls in sqlite caches and LLM adapters: import it only when asked for.
     if name == "NudgeFinetuneEngine":
-        from nudge_rag.core.engine import NudgeFinetuneEngine
+        from nudge_rag.engine.engine import NudgeFinetuneEngine
 
         return NudgeFinetuneEngine
     msg = f"module 'nudge_rag' has no attribute {name!r}"

@@ -19,10 +19,10 @@ from typing import Annotated, Any, TypeVar, cast
 
 import typer
 
-from nudge_rag.core.db import StateLocation, is_postgres_url, state_part
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.masking import mask_secrets
-from nudge_rag.core.records import Records
+from nudge_rag.errors import NudgeError
+from nudge_rag.masking import mask_secrets
+from nudge_rag.state.db import StateLocation, is_postgres_url, state_part
+from nudge_rag.state.records import Records
 
 app = typer.Typer(
     help="NUDGE fine-tuning for the vector store of a RAG app: demo, fine-tune, versions, traces.",
@@ -198,7 +198,7 @@ def open_store(store: str, collection: str = "nudge_rag", table: str | None = No
 def make_engine(store: Any, llm_base_url: str | None, llm_model: str, **kw: Any) -> Any:
     """The fine-tune engine over ``store``; with ``llm_base_url`` an OpenAI-compatible model
     judges (the key is read from OPENAI_API_KEY)."""
-    from nudge_rag.core.engine import NudgeFinetuneEngine
+    from nudge_rag.engine.engine import NudgeFinetuneEngine
 
     llm = None
     if llm_base_url:
@@ -247,7 +247,7 @@ def require_pgvector(
     A missing version log, or a store that is neither, is refused in one line naming what
     the database holds. Only reads: no table, collection or schema is ever created here.
     """
-    from nudge_rag.core.db import PostgresDatabase
+    from nudge_rag.state.db import PostgresDatabase
 
     where = StateLocation.parse(url)
     versions_db = state_part(where, "versions")
@@ -343,8 +343,8 @@ def _open_llama_pgvector(state_url: str, db_url: str, target: PgTarget) -> Any:
             "pip install llama-index-vector-stores-postgres."
         )
         raise NudgeError(msg) from e
-    from nudge_rag.core.stores.pgvector import PgVectorAdapter, connect_masked
     from nudge_rag.llama_index import NudgedVectorStore
+    from nudge_rag.stores.pgvector import PgVectorAdapter, connect_masked
 
     adapter = PgVectorAdapter.for_llama_index(db_url, target.name, schema=target.schema)
     q = (
@@ -408,7 +408,7 @@ def demo(
 
     Example:  nudge-rag demo --data ../shared/data/nfcorpus --state /tmp/nf
     """
-    from nudge_rag.demo import run_demo
+    from nudge_rag.eval.demo import run_demo
 
     result = run_demo(data, state, plot=plot, progress=not quiet, echo=typer.echo)
     typer.echo("")
@@ -506,7 +506,7 @@ def watch(
 
     Example:  nudge-rag watch --store nudge_demo_state --every 1h --min-new-labels 50
     """
-    from nudge_rag.core.watch import Watcher
+    from nudge_rag.engine.watch import Watcher
 
     s = open_store(store, collection, table)
     engine = make_engine(
@@ -540,8 +540,8 @@ def evaluate(
 
     Example:  nudge-rag eval --store nudge_demo_state --data ../shared/data/scifact --split test
     """
-    from nudge_rag.core.data import load_beir
-    from nudge_rag.demo import evaluate_store
+    from nudge_rag.eval.data import load_beir
+    from nudge_rag.eval.demo import evaluate_store
 
     s = open_store(store, collection, table)
     ds = load_beir(data, load_text=False)
@@ -560,7 +560,7 @@ def versions(store: StoreOpt, collection: CollectionOpt = "nudge_rag") -> None:
     """
     import time
 
-    from nudge_rag.core.versions import VersionLog
+    from nudge_rag.state.versions.log import VersionLog
 
     log = VersionLog(state_part(state_of(store, collection), "versions"), None, read_only=True)
     listed = log.versions()
@@ -632,8 +632,8 @@ def _verify_report(store: str, collection: str, rows: int | None, table: str | N
     writes nothing in the app's database)."""
     if not is_postgres_url(store):
         return open_store(store, collection, table).nudge_state.verify(rows=rows)
-    from nudge_rag.core.stores.pgvector import PgVectorAdapter
-    from nudge_rag.core.versions import VersionLog
+    from nudge_rag.state.versions.log import VersionLog
+    from nudge_rag.stores.pgvector import PgVectorAdapter
 
     where, target = require_pgvector(store, collection, table)
     assert where.url is not None
@@ -696,7 +696,7 @@ def traces_stats(store: StoreOpt, collection: CollectionOpt = "nudge_rag") -> No
 
     Example:  nudge-rag traces stats --store nudge_demo_state
     """
-    from nudge_rag.core.traces import TraceLog
+    from nudge_rag.state.traces.log import TraceLog
 
     log = TraceLog(state_part(state_of(store, collection), "traces"), read_only=True)
     try:
@@ -717,7 +717,7 @@ def traces_export(
 
     Example:  nudge-rag traces export --store nudge_demo_state --out traces.jsonl
     """
-    from nudge_rag.core.traces import TraceLog
+    from nudge_rag.state.traces.log import TraceLog
 
     log = TraceLog(state_part(state_of(store, collection), "traces"), read_only=True)
     try:
@@ -825,8 +825,8 @@ def _with_minilm(entries: Iterator[Any], *, batch: int = 256) -> Iterator[Any]:
     at a time (items that are not records pass through)."""
     import dataclasses
 
-    from nudge_rag.core.records import TraceRecord
-    from nudge_rag.demo import MiniLMEncoder
+    from nudge_rag.eval.demo import MiniLMEncoder
+    from nudge_rag.state.records import TraceRecord
 
     encode: Any = None
     for chunk in _batched(entries, batch):
@@ -866,7 +866,7 @@ def bench(
 
     Example:  nudge-rag bench --method nudge-m
     """
-    from nudge_rag.bench import compare_on_dataset, datasets_in
+    from nudge_rag.eval.bench import compare_on_dataset, datasets_in
 
     for path in datasets_in(data):
         row = compare_on_dataset(path, method)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nudge_rag.core.data import shared_data_dir
+from nudge_rag.eval.data import shared_data_dir
 
 SHARED_DATA = shared_data_dir() or Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -72,7 +72,7 @@ def intent_rows(state: Path | str) -> int:
     if isinstance(state, str):  # a Postgres state URL: the version log's schema
         import psycopg
 
-        from nudge_rag.core.db import StateLocation
+        from nudge_rag.state.db import StateLocation
 
         where = StateLocation.parse(state)
         assert where.url is not None
@@ -201,8 +201,8 @@ def open_lc_faiss(root: Path) -> Any:
     from langchain_community.docstore.in_memory import InMemoryDocstore
     from langchain_community.vectorstores import FAISS
 
-    from nudge_rag.core.files import save_faiss_atomic
     from nudge_rag.langchain import NudgedVectorStore, adapter_for
+    from nudge_rag.state.files import save_faiss_atomic
 
     folder = root / "faiss"
     emb = _lc_embeddings()

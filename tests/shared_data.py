@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from nudge_rag.core.data import BeirDataset, load_beir, shared_data_dir
+from nudge_rag.eval.data import BeirDataset, load_beir, shared_data_dir
 
 
 @cache

@@ -23,7 +23,7 @@ CITE = re.compile(r"^\[([^\]]+)\]", re.MULTILINE)
 
 @cache
 def _scifact() -> Any:
-    from nudge_rag.core.data import load_beir, shared_data_dir
+    from nudge_rag.eval.data import load_beir, shared_data_dir
 
     root = shared_data_dir()
     if root is None or not (root / "scifact").is_dir():

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nudge_rag.core.checks import check_float, check_int, check_vectors
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.versions import VersionLog
+from nudge_rag.errors import NudgeError
+from nudge_rag.fit.checks import check_float, check_int, check_vectors
+from nudge_rag.state.versions.log import VersionLog
 
 D = 8
 
@@ -116,7 +116,7 @@ def test_row_names_name_the_id():
 
 
 def test_bad_row_in_a_later_block_is_found(monkeypatch):
-    import nudge_rag.core.checks as checks
+    import nudge_rag.fit.checks as checks
 
     monkeypatch.setattr(checks, "_BLOCK_ELEMENTS", 4 * D)  # four rows a block
     x = np.ones((40, D), np.float32)
@@ -176,7 +176,7 @@ def test_check_float(x, kwargs, message):
 
 def _faiss():
     faiss = pytest.importorskip("faiss")
-    from nudge_rag.core.stores.faiss import FaissAdapter
+    from nudge_rag.stores.faiss import FaissAdapter
 
     index = faiss.IndexFlatIP(D)
     index.add(np.eye(D, dtype=np.float32)[:4])
@@ -187,7 +187,7 @@ def _qdrant():
     qc = pytest.importorskip("qdrant_client")
     from qdrant_client import models
 
-    from nudge_rag.core.stores.qdrant import QdrantAdapter, default_point_id
+    from nudge_rag.stores.qdrant import QdrantAdapter, default_point_id
 
     client = qc.QdrantClient(":memory:")
     client.create_collection(
@@ -205,7 +205,7 @@ def _qdrant():
 
 def _chroma():
     chromadb = pytest.importorskip("chromadb")
-    from nudge_rag.core.stores.chroma import ChromaAdapter
+    from nudge_rag.stores.chroma import ChromaAdapter
 
     col = chromadb.EphemeralClient().get_or_create_collection(
         f"c{np.random.default_rng().integers(1 << 30)}", metadata={"hnsw:space": "ip"}
@@ -215,7 +215,7 @@ def _chroma():
 
 
 def _memory():
-    from nudge_rag.core.stores.memory import MemoryAdapter
+    from nudge_rag.stores.memory import MemoryAdapter
 
     recs = {f"d{i}": {"id": f"d{i}", "vector": np.eye(D)[i].tolist()} for i in range(4)}
     return MemoryAdapter(recs, metric="ip")
@@ -255,9 +255,9 @@ def test_1e39_never_reaches_the_store(make, tmp_path):
     ],
 )
 def test_engine_refuses_bad_fit_arguments_before_any_llm_call(tmp_path, kwargs, message):
-    from nudge_rag.core.engine import NudgeFinetuneEngine
-    from nudge_rag.core.state import NudgeState
-    from nudge_rag.core.stores.memory import MemoryAdapter
+    from nudge_rag.engine.engine import NudgeFinetuneEngine
+    from nudge_rag.state.state import NudgeState
+    from nudge_rag.stores.memory import MemoryAdapter
 
     recs = {f"d{i}": {"id": f"d{i}", "vector": np.eye(D)[i].tolist()} for i in range(4)}
     state = NudgeState(MemoryAdapter(recs, metric="ip"), tmp_path / "state")

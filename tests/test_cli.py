@@ -60,7 +60,7 @@ def test_demo_then_versions_eval_rollback_traces(tmp_path):
     assert res.exit_code == 0 and "nudge-n" in res.output
     assert res.output.splitlines()[-1].startswith("*")  # version 1 is current
 
-    from nudge_rag.core.data import shared_data_dir
+    from nudge_rag.eval.data import shared_data_dir
 
     data = str(shared_data_dir() / "scifact")
     res = runner.invoke(app, ["eval", "--store", str(state), "--data", data])

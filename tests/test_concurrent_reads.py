@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nudge_rag.core.stores.base import StoreAdapter
-from nudge_rag.core.versions import VersionLog
+from nudge_rag.state.versions.log import VersionLog
+from nudge_rag.stores.base import StoreAdapter
 
 N, M, D, K = 3000, 1000, 64, 1100  # rows, moved rows, dimensions, results per search
 OLD_SCORE, NEW_SCORE, OTHER_SCORE = 0.5, 0.9, 0.1
@@ -70,7 +70,7 @@ def faiss_langchain(tmp: Path, ids: list[str], base: np.ndarray) -> Store:
     from langchain_community.vectorstores.utils import DistanceStrategy
     from langchain_core.embeddings import FakeEmbeddings
 
-    from nudge_rag.core.stores.faiss import FaissAdapter
+    from nudge_rag.stores.faiss import FaissAdapter
 
     store = FAISS.from_embeddings(
         [(i, v) for i, v in zip(ids, base.tolist(), strict=True)],
@@ -91,7 +91,7 @@ def memory_langchain(tmp: Path, ids: list[str], base: np.ndarray) -> Store:
     from langchain_core.embeddings import FakeEmbeddings
     from langchain_core.vectorstores import InMemoryVectorStore
 
-    from nudge_rag.core.stores.memory import MemoryAdapter
+    from nudge_rag.stores.memory import MemoryAdapter
 
     store = InMemoryVectorStore(FakeEmbeddings(size=D))
     for i, v in zip(ids, base.tolist(), strict=True):
@@ -109,7 +109,7 @@ def simple_llama(tmp: Path, ids: list[str], base: np.ndarray) -> Store:
     from llama_index.core.schema import TextNode
     from llama_index.core.vector_stores import SimpleVectorStore, VectorStoreQuery
 
-    from nudge_rag.core.stores.llama_simple import LlamaSimpleAdapter
+    from nudge_rag.stores.llama_simple import LlamaSimpleAdapter
 
     store = SimpleVectorStore()
     store.add(
@@ -128,7 +128,7 @@ def qdrant_local(tmp: Path, ids: list[str], base: np.ndarray) -> Store:
     qc = pytest.importorskip("qdrant_client")
     from qdrant_client import models
 
-    from nudge_rag.core.stores.qdrant import ORIGINAL_ID_KEY, QdrantAdapter, default_point_id
+    from nudge_rag.stores.qdrant import ORIGINAL_ID_KEY, QdrantAdapter, default_point_id
 
     client = qc.QdrantClient(path=str(tmp / "qdrant"))
     client.create_collection(
@@ -154,7 +154,7 @@ def chroma_persistent(tmp: Path, ids: list[str], base: np.ndarray) -> Store:
     """A persistent (embedded) Chroma collection, searched with ``collection.query``."""
     chromadb = pytest.importorskip("chromadb")
 
-    from nudge_rag.core.stores.chroma import ChromaAdapter
+    from nudge_rag.stores.chroma import ChromaAdapter
 
     client = chromadb.PersistentClient(str(tmp / "chroma"))
     col = client.get_or_create_collection(
@@ -177,7 +177,7 @@ def milvus_lite(tmp: Path, ids: list[str], base: np.ndarray) -> Store:
     pytest.importorskip("milvus_lite")
     from pymilvus import DataType
 
-    from nudge_rag.core.stores.milvus import MilvusAdapter
+    from nudge_rag.stores.milvus import MilvusAdapter
 
     client = pymilvus.MilvusClient(str(tmp / "milvus.db"))
     schema = client.create_schema(auto_id=False)
@@ -368,7 +368,7 @@ def test_faiss_searches_never_read_a_half_written_index(tmp_path):
 @pytest.mark.parametrize("kind", ["ip", "l2"])
 def test_faiss_write_swaps_in_a_new_index_and_keeps_the_old_one_whole(kind):
     faiss = pytest.importorskip("faiss")
-    from nudge_rag.core.stores.faiss import FaissAdapter
+    from nudge_rag.stores.faiss import FaissAdapter
 
     holder = SimpleNamespace(  # what LangChain's FAISS holds: an index and its row map
         index=(faiss.IndexFlatIP if kind == "ip" else faiss.IndexFlatL2)(4),
@@ -390,8 +390,8 @@ def test_faiss_write_swaps_in_a_new_index_and_keeps_the_old_one_whole(kind):
 def test_faiss_write_refuses_an_index_that_grew_meanwhile():
     """A document added while the copy was written would be lost by the swap: refuse instead."""
     faiss = pytest.importorskip("faiss")
-    from nudge_rag.core.errors import NudgeError
-    from nudge_rag.core.stores.faiss import FaissAdapter
+    from nudge_rag.errors import NudgeError
+    from nudge_rag.stores.faiss import FaissAdapter
 
     index = faiss.IndexFlatIP(4)
     index.add(np.eye(4, dtype=np.float32)[:2])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nudge_rag.core.data import shared_data_dir
+from nudge_rag.eval.data import shared_data_dir
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")

@@ -19,14 +19,14 @@ import pytest
 from shared_data import dataset
 
 from nudge_rag import NudgeFinetuneEngine
-from nudge_rag.core.corpus import MemoryCorpus, StoreCorpus, choose_corpus, normalize_rows
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.metrics import exact_knn
-from nudge_rag.core.nudge import finetune_embeddings
-from nudge_rag.core.state import NudgeState
-from nudge_rag.core.stores.base import Metric
-from nudge_rag.core.stores.faiss import FaissAdapter
-from nudge_rag.core.stores.memory import MemoryAdapter
+from nudge_rag.errors import NudgeError
+from nudge_rag.fit.corpus import MemoryCorpus, StoreCorpus, choose_corpus, normalize_rows
+from nudge_rag.fit.metrics import exact_knn
+from nudge_rag.fit.nudge import finetune_embeddings
+from nudge_rag.state.state import NudgeState
+from nudge_rag.stores.base import Metric
+from nudge_rag.stores.faiss import FaissAdapter
+from nudge_rag.stores.memory import MemoryAdapter
 
 K = 10
 
@@ -51,7 +51,7 @@ def faiss_adapter(ids: list[str], vecs: np.ndarray, tmp: Path) -> FaissAdapter:
 
 def chroma_adapter(ids: list[str], vecs: np.ndarray, tmp: Path) -> Any:
     chromadb = pytest.importorskip("chromadb")
-    from nudge_rag.core.stores.chroma import ChromaAdapter
+    from nudge_rag.stores.chroma import ChromaAdapter
 
     col = chromadb.PersistentClient(str(tmp / "chroma")).get_or_create_collection(
         "docs", metadata={"hnsw:space": "cosine"}
@@ -64,7 +64,7 @@ def chroma_adapter(ids: list[str], vecs: np.ndarray, tmp: Path) -> Any:
 def milvus_adapter(ids: list[str], vecs: np.ndarray, tmp: Path) -> Any:
     pymilvus = pytest.importorskip("pymilvus")
     pytest.importorskip("milvus_lite")
-    from nudge_rag.core.stores.milvus import MilvusAdapter
+    from nudge_rag.stores.milvus import MilvusAdapter
 
     client = pymilvus.MilvusClient(str(tmp / "milvus.db"))
     schema = client.create_schema(auto_id=False)
@@ -83,7 +83,7 @@ def qdrant_adapter(ids: list[str], vecs: np.ndarray, tmp: Path) -> Any:
     qdrant_client = pytest.importorskip("qdrant_client")
     from qdrant_client import models
 
-    from nudge_rag.core.stores.qdrant import ORIGINAL_ID_KEY, QdrantAdapter, default_point_id
+    from nudge_rag.stores.qdrant import ORIGINAL_ID_KEY, QdrantAdapter, default_point_id
 
     client = qdrant_client.QdrantClient(path=str(tmp / "qdrant"))  # local mode, on disk
     params = models.VectorParams(size=vecs.shape[1], distance=models.Distance.COSINE)
@@ -100,7 +100,7 @@ def pgvector_adapter(pg: Any, db: str) -> Callable[[list[str], np.ndarray, Path]
     def make(ids: list[str], vecs: np.ndarray, tmp: Path) -> Any:
         import psycopg
 
-        from nudge_rag.core.stores.pgvector import PgVectorAdapter, conninfo_from
+        from nudge_rag.stores.pgvector import PgVectorAdapter, conninfo_from
 
         conn = psycopg.connect(conninfo_from(pg.langchain_url(db)), autocommit=True)
         conn.execute(f"CREATE TABLE docs (id text PRIMARY KEY, embedding vector({vecs.shape[1]}))")
@@ -118,7 +118,7 @@ def test_pgvector_search_spreads_a_batch_over_connections(
 ) -> None:
     """An adapter built from a URL answers a large batch over ``search_connections`` backends
     (a server with several cores answers them at once): the same ids and scores as one."""
-    from nudge_rag.core.stores.pgvector import PgVectorAdapter
+    from nudge_rag.stores.pgvector import PgVectorAdapter
 
     rng = np.random.default_rng(7)
     vecs = rng.normal(size=(2000, 16)).astype(np.float32)
@@ -130,7 +130,7 @@ def test_pgvector_search_spreads_a_batch_over_connections(
     adapter.search_connections = 1
     one = adapter.search(q, 7)
     opened = 0
-    from nudge_rag.core.stores import pgvector as pgvector_module
+    from nudge_rag.stores import pgvector as pgvector_module
 
     connect = pgvector_module.connect_masked
 
@@ -325,7 +325,7 @@ def test_memory_path_reads_milvus_in_one_pass(tmp_path: Path, monkeypatch: Any) 
     """The memory path reads a Milvus collection page by page (``scan``), not by filtered
     queries of 1,000 ids each (which Milvus Lite answers by a pass over the collection:
     quadratic in N); the matrix equals the per-id read, nudged rows hold their base."""
-    import nudge_rag.core.stores.milvus as milvus
+    import nudge_rag.stores.milvus as milvus
 
     monkeypatch.setattr(milvus, "_PAGE_FLOATS", 700 * 16)  # 700-row pages, a short last one
     adapter, ids, vecs = random_milvus(tmp_path, 2500, 16, seed=4)
@@ -347,7 +347,7 @@ def test_milvus_search_reads_a_key_not_named_id(tmp_path: Path) -> None:
     ``hit["id"]`` and raised KeyError on such a collection."""
     pymilvus = pytest.importorskip("pymilvus")
     pytest.importorskip("milvus_lite")
-    from nudge_rag.core.stores.milvus import MilvusAdapter
+    from nudge_rag.stores.milvus import MilvusAdapter
 
     rng = np.random.default_rng(8)
     vecs = rng.normal(size=(200, 16)).astype(np.float32)

@@ -45,8 +45,8 @@ import numpy as np
 import pytest
 from crash_worker import OPEN, PG_STORES
 
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.files import atomic_path, atomic_write, persist_atomic, save_faiss_atomic
+from nudge_rag.errors import NudgeError
+from nudge_rag.state.files import atomic_path, atomic_write, persist_atomic, save_faiss_atomic
 
 KILLS = 20
 WORKER = Path(__file__).with_name("crash_worker.py")

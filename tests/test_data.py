@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from shared_data import dataset
 
-from nudge_rag.core.data import load_beir, split_queries
-from nudge_rag.core.errors import NudgeError
+from nudge_rag.errors import NudgeError
+from nudge_rag.eval.data import load_beir, split_queries
 
 
 @pytest.fixture

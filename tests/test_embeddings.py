@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nudge_rag.core.errors import NudgeError
+from nudge_rag.errors import NudgeError
 from nudge_rag.langchain.embeddings import LookupEmbeddings
 
 

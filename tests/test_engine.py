@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from nudge_rag import NudgeFinetuneEngine
-from nudge_rag.core.engine import FinetuneReport, GainNotProvenError, search
-from nudge_rag.core.errors import MetricMismatchError, NudgeError
-from nudge_rag.core.state import NudgeState
-from nudge_rag.core.stores.base import Metric
-from nudge_rag.core.stores.memory import MemoryAdapter
+from nudge_rag.engine.engine import FinetuneReport, GainNotProvenError, search
+from nudge_rag.errors import MetricMismatchError, NudgeError
+from nudge_rag.eval.simulate import LookupEmbedder
+from nudge_rag.state.state import NudgeState
+from nudge_rag.stores.base import Metric
+from nudge_rag.stores.memory import MemoryAdapter
 from nudge_rag.testing import Faults, OpenAIStub, QrelsJudge
-from nudge_rag.testing.simulate import LookupEmbedder
 
 N_CHUNKS, DIM, N_TARGETS, PER_TARGET = 300, 24, 60, 4
 

@@ -11,8 +11,8 @@ from functools import cache
 
 import pytest
 
-from nudge_rag.core.data import BeirDataset, load_beir, shared_data_dir
-from nudge_rag.testing.simulate import compare_with_gold
+from nudge_rag.eval.data import BeirDataset, load_beir, shared_data_dir
+from nudge_rag.eval.simulate import compare_with_gold
 
 
 @cache

@@ -12,7 +12,7 @@ from langchain_core.embeddings import DeterministicFakeEmbedding
 from llama_index.core.schema import TextNode
 from llama_index.core.vector_stores.types import VectorStoreQuery
 
-from nudge_rag.core.errors import NudgeError
+from nudge_rag.errors import NudgeError
 from nudge_rag.langchain import NudgedVectorStore
 from nudge_rag.llama_index import NudgedVectorStore as LlamaNudgedVectorStore
 from nudge_rag.testing.langchain_stores import KINDS, bare_store
@@ -87,8 +87,8 @@ def test_milvus_lite_collection_reopened_through_llama_index_is_loaded(tmp_path)
 def test_method_names_are_one_vocabulary(tmp_path):
     import numpy as np
 
-    from nudge_rag.core.errors import MetricMismatchError
-    from nudge_rag.core.nudge import Method
+    from nudge_rag.errors import MetricMismatchError
+    from nudge_rag.fit.nudge import Method
 
     assert Method("NUDGE-M") is Method("nudge_m") is Method.NUDGE_M
     emb = DeterministicFakeEmbedding(size=8)
@@ -106,7 +106,7 @@ def test_milvus_ids_with_quotes_and_backslashes(tmp_path):
     import numpy as np
     from pymilvus import MilvusClient
 
-    from nudge_rag.core.stores.milvus import MilvusAdapter
+    from nudge_rag.stores.milvus import MilvusAdapter
 
     client = MilvusClient(str(tmp_path / "q.db"))
     client.create_collection(

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from nudge_rag.core.labels import answer_ratings
-from nudge_rag.core.records import FeedbackRecord, TraceRecord
-from nudge_rag.core.state import NudgeState
-from nudge_rag.core.stores.memory import MemoryAdapter
-from nudge_rag.core.traces import TraceLog
+from nudge_rag.labeling.labeler import answer_ratings
+from nudge_rag.state.records import FeedbackRecord, TraceRecord
+from nudge_rag.state.state import NudgeState
+from nudge_rag.state.traces.log import TraceLog
+from nudge_rag.stores.memory import MemoryAdapter
 
 
 def _state(tmp_path: Path) -> NudgeState:

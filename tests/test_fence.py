@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nudge_rag.core.db import Database
-from nudge_rag.core.stores.memory import MemoryAdapter
-from nudge_rag.core.versions import ConcurrentMoveError, VersionLog, version_database
+from nudge_rag.state.db import Database
+from nudge_rag.state.versions.log import ConcurrentMoveError, VersionLog, version_database
+from nudge_rag.stores.memory import MemoryAdapter
 
 IDS = [f"c{i}" for i in range(10)]
 DIM = 4
@@ -214,7 +214,7 @@ def test_postgres_a_move_whose_lock_connection_died_never_commits_over_another(
 ) -> None:
     import psycopg
 
-    from nudge_rag.core.db import StateLocation
+    from nudge_rag.state.db import StateLocation
 
     where = StateLocation.parse(f"{pg.url(db)}&schema=nudge_fence")
 

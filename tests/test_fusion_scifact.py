@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nudge_rag.core.data import BeirDataset, load_beir, shared_data_dir
+from nudge_rag.eval.data import BeirDataset, load_beir, shared_data_dir
 
 K = 10
 N_QUERIES = 60

@@ -25,12 +25,12 @@ import pytest
 from langsmith.schemas import Feedback, Run
 
 from nudge_rag import NudgeFinetuneEngine
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.records import FeedbackRecord, TraceRecord
-from nudge_rag.core.state import NudgeState
-from nudge_rag.core.stores.memory import MemoryAdapter
-from nudge_rag.core.traces import TraceLog
+from nudge_rag.errors import NudgeError
 from nudge_rag.importers import jsonl, langfuse, langsmith, phoenix
+from nudge_rag.state.records import FeedbackRecord, TraceRecord
+from nudge_rag.state.state import NudgeState
+from nudge_rag.state.traces.log import TraceLog
+from nudge_rag.stores.memory import MemoryAdapter
 
 DIM = 8
 DOCS = ["refund", "cancel", "invoice", "password", "2fa", "export"]
@@ -574,7 +574,7 @@ def test_opentelemetry_span_is_recorded_and_joins_phoenix_annotations(state: Nud
 # -- end to end on SciFact ---------------------------------------------------------------------
 @cache
 def _scifact():  # type: ignore[no-untyped-def]
-    from nudge_rag.core.data import load_beir, shared_data_dir
+    from nudge_rag.eval.data import load_beir, shared_data_dir
 
     root = shared_data_dir()
     if root is None or not (root / "scifact").is_dir():
@@ -585,7 +585,7 @@ def _scifact():  # type: ignore[no-untyped-def]
 def _history(ds) -> list[dict]:  # type: ignore[no-untyped-def]
     """SciFact's train queries searched over the base vectors (top 10) with their gold labels,
     as plain dicts: the one history every format below exports."""
-    from nudge_rag.core.metrics import exact_knn
+    from nudge_rag.fit.metrics import exact_knn
 
     qrow = {q: i for i, q in enumerate(ds.query_ids)}
     qids = sorted(q for q in ds.qrels["train"] if q in ds.query_text)
@@ -687,7 +687,7 @@ def _finetune_gain(state: NudgeState) -> float:
 
 @pytest.mark.parametrize("fmt", ["langsmith", "langfuse", "phoenix", "jsonl"])
 def test_scifact_imported_history_gives_the_live_gain(fmt: str, tmp_path: Path):
-    from nudge_rag.testing.simulate import beir_state
+    from nudge_rag.eval.simulate import beir_state
 
     ds = _scifact()
     if ds is None:

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nudge_rag.core.data import shared_data_dir
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.labels import (
+from nudge_rag.errors import NudgeError
+from nudge_rag.eval.data import shared_data_dir
+from nudge_rag.labeling.labeler import (
     Candidate,
     InvalidAnswerError,
     LabelCache,
@@ -34,8 +34,8 @@ from nudge_rag.core.labels import (
     validate_judgments,
     validate_questions,
 )
-from nudge_rag.core.llm import RetryPolicy, as_llm
-from nudge_rag.core.traces import Feedback, Trace
+from nudge_rag.labeling.llm import RetryPolicy, as_llm
+from nudge_rag.state.traces.log import Feedback, Trace
 from nudge_rag.testing import Faults, GullibleJudge, OpenAIStub, QrelsJudge, ScriptedJudge
 
 FAST = RetryPolicy(backoff=0.01, max_backoff=0.05)
@@ -267,8 +267,8 @@ def test_invalid_answers_are_cached_unless_asked_to_retry(tmp_path):
 CRASHING_CHILD = textwrap.dedent(
     """
     import sys
-    from nudge_rag.core.labels import Candidate, LabelCache, Labeler
-    from nudge_rag.core.llm import as_llm
+    from nudge_rag.labeling.labeler import Candidate, LabelCache, Labeler
+    from nudge_rag.labeling.llm import as_llm
     import openai
     client = openai.OpenAI(base_url=sys.argv[1], api_key="k", max_retries=0)
     items = [(f"query {i}", [Candidate(f"d{j}", f"passage {j}") for j in range(i, i + 5)])
@@ -513,9 +513,9 @@ def test_the_gullible_judge_obeys_its_triggers():
 
 def _world(tmp_path, n_queries: int = 240):
     """A small store and queries that each want one chunk (the chunk's vector plus noise)."""
-    from nudge_rag.core.state import NudgeState
-    from nudge_rag.core.stores.memory import MemoryAdapter
-    from nudge_rag.testing.simulate import LookupEmbedder, simulate_searches
+    from nudge_rag.eval.simulate import LookupEmbedder, simulate_searches
+    from nudge_rag.state.state import NudgeState
+    from nudge_rag.stores.memory import MemoryAdapter
 
     rng = np.random.default_rng(0)
     vecs = rng.normal(size=(120, 16)).astype(np.float32)
@@ -562,7 +562,7 @@ def test_finetune_survives_hostile_answers_and_a_rerun_pays_nothing(tmp_path):
 
 def test_heldout_uses_the_human_labels_when_there_are_enough(tmp_path):
     from nudge_rag import NudgeFinetuneEngine
-    from nudge_rag.core.labels import LabeledQuery
+    from nudge_rag.labeling.labeler import LabeledQuery
 
     state, *_ = _world(tmp_path, n_queries=10)
     emb = np.ones(16, np.float32)
@@ -587,9 +587,9 @@ def _injected_scifact(tmp_path, sentence: str, **engine_kw):
     a gullible judge over HTTP. Returns the report, the judge, and the chunk's share of test
     queries' top 10 before and after the fit."""
     from nudge_rag import NudgeFinetuneEngine
-    from nudge_rag.core.data import load_beir
-    from nudge_rag.core.metrics import exact_knn
-    from nudge_rag.testing.simulate import beir_state, qrels_by_text, simulate_searches
+    from nudge_rag.eval.data import load_beir
+    from nudge_rag.eval.simulate import beir_state, qrels_by_text, simulate_searches
+    from nudge_rag.fit.metrics import exact_knn
 
     if SHARED_DATA is None or not (SHARED_DATA / "scifact").is_dir():
         pytest.skip("../shared/data/scifact not found (set NUDGE_RAG_DATA to the data folder)")

@@ -11,7 +11,7 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.vectorstores import InMemoryVectorStore, VectorStore
 
-from nudge_rag.core.errors import MetricMismatchError, NudgeError, UnknownIdError
+from nudge_rag.errors import MetricMismatchError, NudgeError, UnknownIdError
 from nudge_rag.langchain import NudgedVectorStore, adapter_for
 
 EMB = DeterministicFakeEmbedding(size=16)

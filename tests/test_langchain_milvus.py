@@ -24,11 +24,11 @@ from langchain_milvus import Milvus
 from langchain_tests.integration_tests import VectorStoreIntegrationTests
 from pymilvus import MilvusClient
 
-from nudge_rag.core.errors import MetricMismatchError, NudgeError, UnknownIdError
-from nudge_rag.core.stores.base import Metric
+from nudge_rag.errors import MetricMismatchError, NudgeError, UnknownIdError
 from nudge_rag.langchain import NudgedVectorStore
 from nudge_rag.langchain.backends.milvus import MilvusBackend, register_orm_alias
 from nudge_rag.langchain.embeddings import LookupEmbeddings
+from nudge_rag.stores.base import Metric
 
 N_QUERIES = 60
 

@@ -15,7 +15,7 @@ from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.runnables import RunnableLambda, RunnableParallel
 from shared_data import HELP_CENTER
 
-from nudge_rag.core.errors import UnknownIdError
+from nudge_rag.errors import UnknownIdError
 from nudge_rag.langchain import NudgedVectorStore
 from nudge_rag.langchain.embeddings import SentenceTransformerEmbeddings
 from nudge_rag.testing.langchain_stores import KINDS, bare_store

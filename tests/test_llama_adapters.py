@@ -7,10 +7,10 @@ import pytest
 from llama_index.core.schema import TextNode
 from llama_index.core.vector_stores import SimpleVectorStore
 
-from nudge_rag.core.errors import NudgeError, UnknownIdError
-from nudge_rag.core.stores.base import Metric, StoreAdapter
-from nudge_rag.core.stores.llama_simple import LlamaSimpleAdapter
-from nudge_rag.core.stores.milvus import MilvusAdapter
+from nudge_rag.errors import NudgeError, UnknownIdError
+from nudge_rag.stores.base import Metric, StoreAdapter
+from nudge_rag.stores.llama_simple import LlamaSimpleAdapter
+from nudge_rag.stores.milvus import MilvusAdapter
 
 DIM = 4
 

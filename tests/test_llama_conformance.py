@@ -31,7 +31,7 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQueryResult,
 )
 
-from nudge_rag.core.errors import MetricMismatchError, NudgeError, UnknownIdError
+from nudge_rag.errors import MetricMismatchError, NudgeError, UnknownIdError
 from nudge_rag.llama_index import TRACE_ID_KEY, NudgedVectorStore
 
 DIM = 8

@@ -18,9 +18,9 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQueryResult,
 )
 
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.stores.memory import MemoryAdapter
+from nudge_rag.errors import NudgeError
 from nudge_rag.llama_index import NudgedVectorStore
+from nudge_rag.stores.memory import MemoryAdapter
 
 
 class DictStore(BasePydanticVectorStore):

@@ -154,7 +154,7 @@ def test_faiss_stores_are_refused(tmp_path):
     faiss_store = pytest.importorskip("llama_index.vector_stores.faiss")
     import faiss
 
-    from nudge_rag.core.errors import NudgeError
+    from nudge_rag.errors import NudgeError
 
     inner = faiss_store.FaissVectorStore(faiss_index=faiss.IndexFlatL2(4))
     with pytest.raises(NudgeError, match="FAISS stores cannot look up"):

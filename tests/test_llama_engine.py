@@ -11,7 +11,7 @@ from llama_index.core.schema import TextNode
 from llama_index.core.vector_stores import SimpleVectorStore
 from llama_index.core.vector_stores.types import VectorStoreQuery
 
-from nudge_rag.core.engine import NudgeFinetuneEngine
+from nudge_rag.engine.engine import NudgeFinetuneEngine
 from nudge_rag.llama_index import NudgedVectorStore
 
 TRAIN = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "scifact" / "qrels"

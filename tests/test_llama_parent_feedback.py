@@ -24,7 +24,7 @@ from llama_index.core.node_parser import (
 from llama_index.core.schema import NodeRelationship
 from llama_index.core.vector_stores import SimpleVectorStore
 
-from nudge_rag.core.errors import UnknownIdError
+from nudge_rag.errors import UnknownIdError
 from nudge_rag.llama_index import NudgedVectorStore
 
 TOPICS = {

@@ -11,7 +11,7 @@ from llama_index.core.schema import TextNode
 from llama_index.core.vector_stores import SimpleVectorStore
 from shared_data import HELP_CENTER
 
-from nudge_rag.core.errors import NudgeError
+from nudge_rag.errors import NudgeError
 from nudge_rag.llama_index import NudgedVectorStore
 from nudge_rag.llama_index.tools import retriever_tool
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.llm import (
+from nudge_rag.errors import NudgeError
+from nudge_rag.labeling.llm import (
     CallBudget,
     InvalidAnswerError,
     LangChainChat,
@@ -379,7 +379,7 @@ def test_llama_index_function_calling_llm_uses_structured_predict():
     from llama_index.core.llms import ChatMessage, MessageRole
     from llama_index.core.llms.mock import MockFunctionCallingLLM
 
-    from nudge_rag.core.labels import (
+    from nudge_rag.labeling.labeler import (
         Candidate,
         judge_messages,
         judge_schema,

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from shared_data import dataset
 
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.metrics import RelevanceTable, evaluate, exact_knn, ndcg_at_k, recall_at_k
-from nudge_rag.core.stores.base import Metric
+from nudge_rag.errors import NudgeError
+from nudge_rag.fit.metrics import RelevanceTable, evaluate, exact_knn, ndcg_at_k, recall_at_k
+from nudge_rag.stores.base import Metric
 
 
 def test_exact_knn_matches_a_full_sort_across_blocks():

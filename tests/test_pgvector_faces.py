@@ -43,13 +43,13 @@ from llama_index.core.vector_stores.types import (
 from llama_index.vector_stores.postgres import PGVectorStore
 from test_llama_conformance import filled, pair  # noqa: F401 - the suite's fixtures, reused
 
-from nudge_rag.core.errors import MetricMismatchError
-from nudge_rag.core.stores.base import Metric
+from nudge_rag.errors import MetricMismatchError
 from nudge_rag.langchain import NudgedVectorStore
 from nudge_rag.langchain.backends.pgvector import PgVectorBackend
 from nudge_rag.langchain.embeddings import LookupEmbeddings
 from nudge_rag.llama_index import NudgedVectorStore as LlamaNudged
 from nudge_rag.llama_index.backends.pgvector import PgVectorBackend as LlamaPgBackend
+from nudge_rag.stores.base import Metric
 from nudge_rag.testing.pgserver import PgServer
 
 N_QUERIES = 300

@@ -226,7 +226,7 @@ def test_llamaindex_inner_retrieve_spans_are_skipped(
 # -- SciFact: the history of an instrumented app fine-tunes the store ---------------------------
 @cache
 def _scifact() -> Any:
-    from nudge_rag.core.data import load_beir, shared_data_dir
+    from nudge_rag.eval.data import load_beir, shared_data_dir
 
     root = shared_data_dir()
     if root is None or not (root / "scifact").is_dir():
@@ -316,7 +316,7 @@ def test_cli_imports_from_a_running_phoenix(
     from typer.testing import CliRunner
 
     from nudge_rag.cli import app
-    from nudge_rag.demo import MiniLMEncoder
+    from nudge_rag.eval.demo import MiniLMEncoder
 
     encode = MiniLMEncoder()
 

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 from nudge_rag import NudgeFinetuneEngine
-from nudge_rag.core.corpus import MemoryCorpus, normalize_rows
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.labels import parse_request
-from nudge_rag.core.state import NudgeState
-from nudge_rag.core.stores.memory import MemoryAdapter
+from nudge_rag.errors import NudgeError
+from nudge_rag.eval.simulate import LookupEmbedder
+from nudge_rag.fit.corpus import MemoryCorpus, normalize_rows
 from nudge_rag.labeling import pools as pools_mod
+from nudge_rag.labeling.labeler import parse_request
 from nudge_rag.labeling.pools import LexicalIndex, fuse, judge_pools
+from nudge_rag.state.state import NudgeState
+from nudge_rag.stores.memory import MemoryAdapter
 from nudge_rag.testing import OpenAIStub, QrelsJudge
-from nudge_rag.testing.simulate import LookupEmbedder
 
 N, DIM, K = 120, 16, 8
 WORDS = [f"topic{w}" for w in range(40)]
@@ -174,8 +174,8 @@ def test_memory_and_store_path_judge_the_same_pools(tmp_path):
 def test_without_bm25s_the_pool_is_dense_with_a_note(tmp_path, monkeypatch, caplog):
     world = PoolWorld(tmp_path)
     world.search_all()
-    monkeypatch.setattr("nudge_rag.core.engine.lexical_available", lambda: False)
-    with caplog.at_level(logging.INFO, logger="nudge_rag.core.engine"):
+    monkeypatch.setattr("nudge_rag.engine.engine.lexical_available", lambda: False)
+    with caplog.at_level(logging.INFO, logger="nudge_rag.engine.engine"):
         got = judged_pools(world, label_k=K)
     assert "bm25s is not installed" in caplog.text
     assert got == judged_pools(world, label_k=K, pools="dense")

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from nudge_rag.core.labels import Candidate, Labeler
-from nudge_rag.core.llm import RetryPolicy, as_llm
-from nudge_rag.core.progress import progress_bar
+from nudge_rag.labeling.labeler import Candidate, Labeler
+from nudge_rag.labeling.llm import RetryPolicy, as_llm
+from nudge_rag.progress import progress_bar
 from nudge_rag.testing import OpenAIStub, QrelsJudge
 
 QRELS = {"query 1": {"d1": 2}}

@@ -12,14 +12,14 @@ import pytest
 from test_engine import World
 
 from nudge_rag import NudgeFinetuneEngine
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.labels import parse_request
-from nudge_rag.core.records import FeedbackRecord, TraceRecord
-from nudge_rag.core.state import NudgeState
-from nudge_rag.core.stores.memory import MemoryAdapter
-from nudge_rag.core.traces import TraceLog
+from nudge_rag.errors import NudgeError
 from nudge_rag.importers import jsonl, langfuse, langsmith, phoenix
+from nudge_rag.labeling.labeler import parse_request
 from nudge_rag.labeling.provenance import Provenance, audit_judge
+from nudge_rag.state.records import FeedbackRecord, TraceRecord
+from nudge_rag.state.state import NudgeState
+from nudge_rag.state.traces.log import TraceLog
+from nudge_rag.stores.memory import MemoryAdapter
 from nudge_rag.testing import NoisyJudge, QrelsJudge, SimilarityBiasedJudge
 from nudge_rag.testing.judges import JudgeClient
 

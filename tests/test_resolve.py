@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nudge_rag.core.state import NudgeState
-from nudge_rag.core.stores.memory import MemoryAdapter
 from nudge_rag.importers import langfuse, langsmith, phoenix
 from nudge_rag.importers.resolve import ContentIndex, Doc, resolve
+from nudge_rag.state.state import NudgeState
+from nudge_rag.stores.memory import MemoryAdapter
 
 DIM = 8
 TEXTS = {

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nudge_rag.core.db import StateLocation
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.masking import mask_secrets
+from nudge_rag.errors import NudgeError
+from nudge_rag.masking import mask_secrets
+from nudge_rag.state.db import StateLocation
 
 SECRET = "S3CRET"
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,10 +112,10 @@ def test_the_watch_log_masks_an_error_that_carries_the_password(tmp_path):
     from langchain_core.vectorstores import InMemoryVectorStore
     from test_watch import FakeClock
 
-    from nudge_rag.core.engine import NudgeFinetuneEngine
-    from nudge_rag.core.stores.pgvector import conninfo_from
-    from nudge_rag.core.watch import WATCH_LOG, Watcher
+    from nudge_rag.engine.engine import NudgeFinetuneEngine
+    from nudge_rag.engine.watch import WATCH_LOG, Watcher
     from nudge_rag.langchain import NudgedVectorStore
+    from nudge_rag.stores.pgvector import conninfo_from
 
     class DatabaseEngine(NudgeFinetuneEngine):
         """Its fine-tune opens the app's database as a store backend does: the URL passes
@@ -171,8 +171,8 @@ def sweep(pg, db) -> dict[str, Any]:
     schema ``sweep``, and the URL cases: (database, host query, user) for a good URL and a
     wrong database, socket folder, port and user."""
     pytest.importorskip("langchain_postgres")
-    from nudge_rag.core.db import state_part
-    from nudge_rag.core.traces import TraceLog
+    from nudge_rag.state.db import state_part
+    from nudge_rag.state.traces.log import TraceLog
 
     pg.psql(
         "DO $$ BEGIN CREATE ROLE sweeper LOGIN SUPERUSER; "
@@ -200,9 +200,9 @@ def _url(form: str, case: tuple[str, str, str]) -> str:
 def test_no_library_output_shows_the_password(sweep, tmp_path, caplog, monkeypatch):
     """str/repr of the location and its databases, connection errors (ours, psycopg's through
     the store adapter) with their tracebacks, warnings and every log record at DEBUG."""
-    from nudge_rag.core.db import state_part
-    from nudge_rag.core.stores.pgvector import PgVectorAdapter
-    from nudge_rag.core.traces import TraceLog
+    from nudge_rag.state.db import state_part
+    from nudge_rag.state.traces.log import TraceLog
+    from nudge_rag.stores.pgvector import PgVectorAdapter
 
     for name in (None, "psycopg", "sqlalchemy"):
         caplog.set_level(logging.DEBUG, logger=name)

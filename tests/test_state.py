@@ -6,10 +6,10 @@ import chromadb
 import numpy as np
 import pytest
 
-from nudge_rag.core.errors import MetricMismatchError, NudgeError, UnknownIdError
-from nudge_rag.core.state import NudgeState
-from nudge_rag.core.stores.chroma import ChromaAdapter
-from nudge_rag.core.versions import StaleStoreError
+from nudge_rag.errors import MetricMismatchError, NudgeError, UnknownIdError
+from nudge_rag.state.state import NudgeState
+from nudge_rag.state.versions.log import StaleStoreError
+from nudge_rag.stores.chroma import ChromaAdapter
 
 IDS = ["a", "b", "c", "d"]
 
@@ -100,8 +100,8 @@ def test_upsert_and_delete_drop_nudges(state, collection):
 
 _OTHER_PROCESS = """
 import sys, chromadb
-from nudge_rag.core.state import NudgeState
-from nudge_rag.core.stores.chroma import ChromaAdapter
+from nudge_rag.state.state import NudgeState
+from nudge_rag.stores.chroma import ChromaAdapter
 col = chromadb.PersistentClient(path=sys.argv[1]).get_collection("docs")
 state = NudgeState(ChromaAdapter(col), sys.argv[2])
 state.check_fresh()  # a fresh process reads the store afresh: it serves what the log says
@@ -182,7 +182,7 @@ def test_verify_and_repair_through_the_state(state, collection):
 
 
 def test_engine_refuses_too_few_bootstrap_resamples(state):
-    from nudge_rag.core.engine import NudgeFinetuneEngine
+    from nudge_rag.engine.engine import NudgeFinetuneEngine
 
     for bad in (0, -5, 10, True, 2.5):
         with pytest.raises(NudgeError, match=f"n_resamples: found {bad!r}"):

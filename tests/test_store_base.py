@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from nudge_rag.core.errors import NudgeError, UnknownIdError
-from nudge_rag.core.stores.base import (
+from nudge_rag.errors import NudgeError, UnknownIdError
+from nudge_rag.stores.base import (
     BaseStoreAdapter,
     Metric,
     StoreDescription,
@@ -23,8 +23,8 @@ from nudge_rag.core.stores.base import (
     read_exact,
     store_count,
 )
-from nudge_rag.core.stores.memory import MemoryAdapter
-from nudge_rag.core.stores.registry import BackendRegistry
+from nudge_rag.stores.memory import MemoryAdapter
+from nudge_rag.stores.registry import BackendRegistry
 
 
 class Minimal(BaseStoreAdapter):
@@ -114,8 +114,8 @@ def test_every_built_in_adapter_describes_its_store(tmp_path) -> None:
     import chromadb
     import lancedb
 
-    from nudge_rag.core.stores.chroma import ChromaAdapter
-    from nudge_rag.core.stores.lancedb import LanceDBAdapter
+    from nudge_rag.stores.chroma import ChromaAdapter
+    from nudge_rag.stores.lancedb import LanceDBAdapter
 
     mem = MemoryAdapter({})
     assert describe(mem) == StoreDescription(
@@ -134,8 +134,8 @@ def test_every_built_in_adapter_describes_its_store(tmp_path) -> None:
 def test_lancedb_adapter_round_trip_and_exact_search(tmp_path) -> None:
     import lancedb
 
-    from nudge_rag.core.metrics import exact_knn
-    from nudge_rag.core.stores.lancedb import LanceDBAdapter
+    from nudge_rag.fit.metrics import exact_knn
+    from nudge_rag.stores.lancedb import LanceDBAdapter
 
     rng = np.random.default_rng(0)
     vecs = rng.standard_normal((40, 8)).astype(np.float32)

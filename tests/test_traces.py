@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from nudge_rag import NudgeFinetuneEngine
-from nudge_rag.core.errors import NudgeError, UnknownIdError
-from nudge_rag.core.state import NudgeState
-from nudge_rag.core.stores.memory import MemoryAdapter
-from nudge_rag.core.traces import Feedback, Trace, TraceLog
+from nudge_rag.errors import NudgeError, UnknownIdError
+from nudge_rag.state.state import NudgeState
+from nudge_rag.state.traces.log import Feedback, Trace, TraceLog
+from nudge_rag.stores.memory import MemoryAdapter
 
 
 @pytest.fixture
@@ -521,8 +521,8 @@ def test_read_only_log_on_a_read_only_folder(tmp_path):
 
 _RO_CHILD = """
 import sys
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.traces import TraceLog
+from nudge_rag.errors import NudgeError
+from nudge_rag.state.traces.log import TraceLog
 folder = sys.argv[1]
 try:
     TraceLog(folder + "/traces.sqlite")

@@ -6,18 +6,18 @@ import chromadb
 import numpy as np
 import pytest
 
-from nudge_rag.core.errors import MetricMismatchError, NudgeError, UnknownIdError
-from nudge_rag.core.stores.base import Metric
-from nudge_rag.core.stores.chroma import ChromaAdapter
-from nudge_rag.core.stores.faiss import FaissAdapter
-from nudge_rag.core.stores.memory import MemoryAdapter
-from nudge_rag.core.versions import (
+from nudge_rag.errors import MetricMismatchError, NudgeError, UnknownIdError
+from nudge_rag.state.versions.log import (
     StaleStoreError,
     StoreDriftError,
     VersionLog,
     VersionLogError,
     check_metric,
 )
+from nudge_rag.stores.base import Metric
+from nudge_rag.stores.chroma import ChromaAdapter
+from nudge_rag.stores.faiss import FaissAdapter
+from nudge_rag.stores.memory import MemoryAdapter
 
 N, D = 60, 16
 IDS = [f"d{i}" for i in range(N)]

@@ -12,12 +12,8 @@ import pytest
 from test_engine import World
 
 from nudge_rag import NudgeFinetuneEngine
-from nudge_rag.core.engine import search
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.state import NudgeState
-from nudge_rag.core.stores.base import Metric
-from nudge_rag.core.stores.memory import MemoryAdapter
-from nudge_rag.core.watch import (
+from nudge_rag.engine.engine import search
+from nudge_rag.engine.watch import (
     GUARD_METHOD,
     WATCH_LOG,
     Watcher,
@@ -25,7 +21,11 @@ from nudge_rag.core.watch import (
     parse_duration,
     sign_test,
 )
-from nudge_rag.testing.simulate import LookupEmbedder
+from nudge_rag.errors import NudgeError
+from nudge_rag.eval.simulate import LookupEmbedder
+from nudge_rag.state.state import NudgeState
+from nudge_rag.stores.base import Metric
+from nudge_rag.stores.memory import MemoryAdapter
 
 
 class FakeClock:
@@ -262,8 +262,8 @@ class _FastClock:
 def test_a_record_dated_a_day_ahead_does_not_hide_the_labels_that_follow(store, world, monkeypatch):
     """Old code: "labels until" became the future time and the next round found 0 new
     labelled searches while 50 had arrived."""
-    import nudge_rag.core.traces as traces_module
-    from nudge_rag.core.records import FeedbackRecord, TraceRecord
+    import nudge_rag.state.traces.log as traces_module
+    from nudge_rag.state.records import FeedbackRecord, TraceRecord
 
     clock = FakeClock()
     first = world.queries[:20]

@@ -15,8 +15,8 @@ import chromadb
 import numpy as np
 import pytest
 
-from nudge_rag.core.stores.chroma import ChromaAdapter
-from nudge_rag.core.versions import VersionLog, WrongStoreError
+from nudge_rag.state.versions.log import VersionLog, WrongStoreError
+from nudge_rag.stores.chroma import ChromaAdapter
 
 N, D = 40, 8
 IDS = [f"d{i}" for i in range(N)]

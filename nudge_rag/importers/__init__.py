@@ -1,7 +1,8 @@
 """Readers that turn an observability tool's history into records for ``store.import_traces``.
 
 One small module per tool, each with a ``read(...)`` returning its
-:class:`~nudge_rag.core.records.TraceRecord` items as lazy :class:`~nudge_rag.core.records.Records`
+:class:`~nudge_rag.state.records.TraceRecord` items as lazy
+:class:`~nudge_rag.state.records.Records`
 (a file export is decoded one record at a time as ``import_traces`` consumes it, so memory does
 not grow with the export); the tools' SDKs are optional (their objects are read by attribute or
 as the JSON their APIs return, nothing imported here):
@@ -30,6 +31,6 @@ Example:
         print(store.import_traces(langsmith.read(runs, feedback)))
 """
 
-from nudge_rag.core.records import FeedbackRecord, ImportReport, Records, TraceRecord, Unreadable
+from nudge_rag.state.records import FeedbackRecord, ImportReport, Records, TraceRecord, Unreadable
 
 __all__ = ["FeedbackRecord", "ImportReport", "Records", "TraceRecord", "Unreadable"]

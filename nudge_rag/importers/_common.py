@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.records import FeedbackRecord, Records, TraceRecord, Unreadable
+from nudge_rag.errors import NudgeError
+from nudge_rag.state.records import FeedbackRecord, Records, TraceRecord, Unreadable
 
 POSITIVE_LABELS = frozenset(
     {"relevant", "correct", "yes", "true", "good", "positive", "1", "thumbs_up", "helpful"}
@@ -44,7 +44,7 @@ def as_dict(obj: Any) -> dict:
 def items(source: Any, what: str, *, data_key: str | None = None) -> Iterator[Any]:
     """``source``'s items, one at a time: an iterable of objects, a JSON / JSONL file path (read
     lazily, see :func:`iter_json_file`; an item it cannot read comes as an
-    :class:`~nudge_rag.core.records.Unreadable`), or an API page (a dict whose ``data_key``
+    :class:`~nudge_rag.state.records.Unreadable`), or an API page (a dict whose ``data_key``
     holds the list)."""
     if source is None:
         return iter(())
@@ -74,7 +74,7 @@ def every(source: Any, what: str, *, data_key: str | None = None) -> Iterator[An
 
 
 def lazy(produce: Callable[[], Iterator[Any]], *sources: Any) -> Records:
-    """A reader's :class:`~nudge_rag.core.records.Records` from ``produce`` (a generator
+    """A reader's :class:`~nudge_rag.state.records.Records` from ``produce`` (a generator
     function over its ``sources``): readable again unless a source is a one-shot iterator."""
     return Records(produce, once=any(one_shot(s) for s in sources))
 
@@ -96,7 +96,7 @@ def iter_json_file(path: Path, what: str, *, data_key: str | None = None) -> Ite
     A top-level array yields its items; otherwise each top-level value (JSONL: one a line, or a
     single document spread over lines) is a record, except an object whose ``data_key`` holds
     an array (an API page), which yields that array's items. A value that is not valid JSON
-    comes as an :class:`~nudge_rag.core.records.Unreadable` naming its line; in JSONL the next
+    comes as an :class:`~nudge_rag.state.records.Unreadable` naming its line; in JSONL the next
     line is read next, inside an array the rest of the file cannot be read.
     """
     try:

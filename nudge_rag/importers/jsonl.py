@@ -26,9 +26,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.records import JSONL, FeedbackRecord, Records, TraceRecord, Unreadable
+from nudge_rag.errors import NudgeError
 from nudge_rag.importers._common import converted
+from nudge_rag.state.records import JSONL, FeedbackRecord, Records, TraceRecord, Unreadable
 
 __all__ = ["read"]
 

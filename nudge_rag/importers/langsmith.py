@@ -27,15 +27,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.records import (
-    LANGSMITH,
-    FeedbackRecord,
-    Records,
-    Resolution,
-    TraceRecord,
-    Unreadable,
-)
+from nudge_rag.errors import NudgeError
 from nudge_rag.importers._common import (
     as_dict,
     document_id,
@@ -51,6 +43,14 @@ from nudge_rag.importers._common import (
     score_scale,
 )
 from nudge_rag.importers.resolve import Resolver
+from nudge_rag.state.records import (
+    LANGSMITH,
+    FeedbackRecord,
+    Records,
+    Resolution,
+    TraceRecord,
+    Unreadable,
+)
 
 __all__ = ["read"]
 

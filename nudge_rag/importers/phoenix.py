@@ -26,16 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.records import (
-    OTEL,
-    FeedbackRecord,
-    Records,
-    Resolution,
-    TraceRecord,
-    Unreadable,
-    span_id_text,
-)
+from nudge_rag.errors import NudgeError
 from nudge_rag.importers._common import (
     document_id,
     every,
@@ -47,6 +38,15 @@ from nudge_rag.importers._common import (
     query_text,
 )
 from nudge_rag.importers.resolve import Doc, Resolver, metadata_dict
+from nudge_rag.state.records import (
+    OTEL,
+    FeedbackRecord,
+    Records,
+    Resolution,
+    TraceRecord,
+    Unreadable,
+    span_id_text,
+)
 
 __all__ = ["document_annotations", "pull", "read"]
 

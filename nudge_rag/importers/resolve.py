@@ -14,7 +14,7 @@ ids, in order of trust:
    once, streaming, by page (exact text first, whitespace-normalised text second; a text held
    by two chunks matches neither).
 
-Each record gets a :class:`~nudge_rag.core.records.Resolution` saying how its documents were
+Each record gets a :class:`~nudge_rag.state.records.Resolution` saying how its documents were
 found and, for those that were not, the hint that would find them; ``store.import_traces``
 counts both in its report.
 """
@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.records import Resolution, Unreadable
+from nudge_rag.errors import NudgeError
+from nudge_rag.state.records import Resolution, Unreadable
 
 __all__ = ["ContentIndex", "Doc", "Resolver", "as_doc", "resolve"]
 

@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from nudge_rag.core.corpus import _gathered_similarity
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.metrics import exact_knn
+from nudge_rag.errors import NudgeError
+from nudge_rag.fit.corpus import _gathered_similarity
+from nudge_rag.fit.metrics import exact_knn
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def judge_pools(
     stats: PoolStats | None = None,
 ) -> list[list[str]]:
     """Per query, the ids of its ``k`` judge candidates: the dense top ``k`` of ``corpus``
-    (a :class:`~nudge_rag.core.corpus.Corpus`) fused with ``lexical``'s top ``k`` for
+    (a :class:`~nudge_rag.fit.corpus.Corpus`) fused with ``lexical``'s top ``k`` for
     ``texts`` and the ``k`` chunks of ``liked`` (chunks users marked relevant) most similar to
     the query; without either, the dense top ``k`` as it is."""
     stats = stats if stats is not None else PoolStats()

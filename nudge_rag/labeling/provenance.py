@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any
 
-from nudge_rag.core.stats import wilson_interval
+from nudge_rag.fit.stats import wilson_interval
 
 DEFAULT_MIN_PRECISION = 0.3
 """A judge whose precision against people is significantly below this is not trusted."""
@@ -62,7 +62,7 @@ class Provenance(str, Enum):
         try:
             return cls(str(value.value if isinstance(value, Enum) else value).lower())
         except ValueError:
-            from nudge_rag.core.errors import NudgeError
+            from nudge_rag.errors import NudgeError
 
             msg = f"{what}: found {value!r}, expected 'human', 'model' or 'synthetic'."
             raise NudgeError(msg) from None

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from langchain_core.embeddings import Embeddings
 
-from nudge_rag.core.errors import NudgeError
+from nudge_rag.errors import NudgeError
 
 
 class SentenceTransformerEmbeddings(Embeddings):

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, Field
 
-from nudge_rag.core.citations import format_chunks
+from nudge_rag.state.citations import format_chunks
 
 if TYPE_CHECKING:
     from nudge_rag.langchain.vectorstores import NudgedVectorStore

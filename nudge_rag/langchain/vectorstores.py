@@ -2,7 +2,7 @@
 keeps versions of the stored vectors.
 
 Everything NUDGE (feedback, traces, versions, the latest trace id) comes from the shared
-:class:`~nudge_rag.core.surface.NudgeSurface`; everything store-specific from one backend object
+:class:`~nudge_rag.state.surface.NudgeSurface`; everything store-specific from one backend object
 (``nudge_rag.langchain.backends``). This module only translates LangChain calls.
 """
 
@@ -24,15 +24,15 @@ from langchain_core.runnables.config import run_in_executor
 from langchain_core.tools import BaseTool
 from langchain_core.vectorstores import VectorStore, VectorStoreRetriever
 
-from nudge_rag.core.checks import check_k
-from nudge_rag.core.db import state_argument
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.records import EXTERNAL_RUN, LANGSMITH
-from nudge_rag.core.state import NudgeState
-from nudge_rag.core.stores.base import StoreAdapter, exact_readback, present_ids
-from nudge_rag.core.surface import NudgeSurface
+from nudge_rag.errors import NudgeError
+from nudge_rag.fit.checks import check_k
 from nudge_rag.langchain.backends import Backend, backend_for
 from nudge_rag.langchain.backends.base import ScoredDocs
+from nudge_rag.state.db import state_argument
+from nudge_rag.state.records import EXTERNAL_RUN, LANGSMITH
+from nudge_rag.state.state import NudgeState
+from nudge_rag.state.surface import NudgeSurface
+from nudge_rag.stores.base import StoreAdapter, exact_readback, present_ids
 
 TRACE_KEY = "nudge_trace_id"
 

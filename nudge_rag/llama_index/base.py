@@ -2,7 +2,8 @@
 
 It wraps a LlamaIndex store (Chroma, Simple, Qdrant, Milvus), answers every call through it,
 logs each query as a trace, and exposes NUDGE's versioned vector edits. All state (traces,
-feedback, base vectors, versions) lives in ``nudge_rag.core``; this module only translates.
+feedback, base vectors, versions) lives in ``nudge_rag.state``, the store adapters in
+``nudge_rag.stores``; this module only translates.
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQueryResult,
 )
 
-from nudge_rag.core.checks import check_k, check_vectors
-from nudge_rag.core.db import state_argument
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.files import persist_atomic
-from nudge_rag.core.state import NudgeState
-from nudge_rag.core.stores.base import Metric, StoreAdapter
-from nudge_rag.core.surface import NudgeSurface
+from nudge_rag.errors import NudgeError
+from nudge_rag.fit.checks import check_k, check_vectors
 from nudge_rag.llama_index.backends import Backend, ChromaBackend, backend_for
+from nudge_rag.state.db import state_argument
+from nudge_rag.state.files import persist_atomic
+from nudge_rag.state.state import NudgeState
+from nudge_rag.state.surface import NudgeSurface
+from nudge_rag.stores.base import Metric, StoreAdapter
 
 TRACE_ID_KEY = "nudge_trace_id"
 """Metadata key for the trace id, for apps that opt in with ``trace_metadata_key=TRACE_ID_KEY``.

@@ -9,8 +9,8 @@ from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.schema import MetadataMode, NodeWithScore
 from llama_index.core.tools import FunctionTool, ToolOutput
 
-from nudge_rag.core.citations import format_chunks
-from nudge_rag.core.errors import NudgeError
+from nudge_rag.errors import NudgeError
+from nudge_rag.state.citations import format_chunks
 
 if TYPE_CHECKING:
     from nudge_rag.llama_index.base import NudgedVectorStore

@@ -1,6 +1,6 @@
 """Judges for :class:`~nudge_rag.testing.openai_stub.OpenAIStub` that answer from a dataset.
 
-:class:`QrelsJudge` reads the request line that :mod:`nudge_rag.core.labels` puts in every
+:class:`QrelsJudge` reads the request line that :mod:`nudge_rag.labeling.labeler` puts in every
 prompt, grades the candidates from qrels (optionally flipping a seeded fraction of the
 judgments, to simulate a noisy LLM), and answers question requests from a map of questions.
 :class:`NoisyJudge` misses and invents positives at set rates; :class:`SimilarityBiasedJudge`
@@ -17,8 +17,8 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from nudge_rag.core.labels import MAX_GRADE, parse_request
-from nudge_rag.core.llm import LLMReply, Messages
+from nudge_rag.labeling.labeler import MAX_GRADE, parse_request
+from nudge_rag.labeling.llm import LLMReply, Messages
 
 
 def _norm(text: str) -> str:
@@ -246,7 +246,7 @@ class ScriptedJudge:
 
 
 class JudgeClient:
-    """A judge as an in-process :class:`~nudge_rag.core.llm.LLMClient` (no HTTP): each chat
+    """A judge as an in-process :class:`~nudge_rag.labeling.llm.LLMClient` (no HTTP): each chat
     answers with ``judge({"messages": messages})`` as JSON. For benchmarks that ask thousands
     of prompts; tests of the wire use :class:`~nudge_rag.testing.openai_stub.OpenAIStub`."""
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from nudge_rag.core.errors import NudgeError
+from nudge_rag.errors import NudgeError
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 

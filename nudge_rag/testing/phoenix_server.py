@@ -30,7 +30,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from nudge_rag.core.errors import NudgeError
+from nudge_rag.errors import NudgeError
 
 ENV_EXE = "NUDGE_RAG_PHOENIX"
 REPO_VENV = Path(__file__).resolve().parents[2] / ".venv-phoenix"

@@ -1,13 +1,13 @@
 """One backend per wrapped LangChain store, one module each in this package; :func:`backend_for`
-picks it by the store's class (see :mod:`nudge_rag.core.stores.registry`)."""
+picks it by the store's class (see :mod:`nudge_rag.stores.registry`)."""
 
 from __future__ import annotations
 
 from langchain_core.vectorstores import VectorStore
 
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.stores.base import StoreAdapter
+from nudge_rag.errors import NudgeError
 from nudge_rag.langchain.backends.base import REGISTRY, Backend
+from nudge_rag.stores.base import StoreAdapter
 
 BACKENDS: list[type[Backend]] = REGISTRY.backends()
 SUPPORTED = REGISTRY.supported()
@@ -25,6 +25,6 @@ def backend_for(store: VectorStore, adapter: StoreAdapter | None = None) -> Back
     msg = (
         f"store: found {type(store).__module__}.{type(store).__name__}, which NudgedVectorStore "
         f"cannot reach inside; supported: {REGISTRY.supported()}. Pass adapter=... (a "
-        "nudge_rag.core.stores adapter over its native client) to wrap another store."
+        "nudge_rag.stores adapter over its native client) to wrap another store."
     )
     raise NudgeError(msg)

@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 from langchain_core.documents import Document
 from langchain_core.vectorstores import VectorStore
 
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.stores.base import Metric, StoreAdapter
-from nudge_rag.core.stores.registry import BackendRegistry, class_matches
+from nudge_rag.errors import NudgeError
+from nudge_rag.stores.base import Metric, StoreAdapter
+from nudge_rag.stores.registry import BackendRegistry, class_matches
 
 ScoredDocs = list[tuple[Document, float]]
 
@@ -59,7 +59,7 @@ class Backend:
         """A new core adapter over the store's native client."""
         msg = (
             f"store: found {type(self.store).__module__}.{type(self.store).__name__}, which "
-            "NudgedVectorStore cannot reach inside; pass adapter=... (a nudge_rag.core.stores "
+            "NudgedVectorStore cannot reach inside; pass adapter=... (a nudge_rag.stores "
             "adapter over its native client) to wrap another store."
         )
         raise NudgeError(msg)

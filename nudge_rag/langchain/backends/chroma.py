@@ -7,7 +7,6 @@ from typing import Any
 
 from langchain_core.documents import Document
 
-from nudge_rag.core.stores.base import Metric, StoreAdapter
 from nudge_rag.langchain.backends.base import (
     REGISTRY,
     Backend,
@@ -15,6 +14,7 @@ from nudge_rag.langchain.backends.base import (
     group_children,
     parent_values,
 )
+from nudge_rag.stores.base import Metric, StoreAdapter
 
 
 @REGISTRY.register
@@ -26,7 +26,7 @@ class ChromaBackend(Backend):
     stores = ("langchain_chroma.Chroma",)
 
     def build_adapter(self) -> StoreAdapter:
-        from nudge_rag.core.stores.chroma import ChromaAdapter
+        from nudge_rag.stores.chroma import ChromaAdapter
 
         return ChromaAdapter(self.store._collection)  # type: ignore[attr-defined]
 

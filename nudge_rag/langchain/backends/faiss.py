@@ -8,10 +8,10 @@ from pathlib import Path
 
 from langchain_core.vectorstores import VectorStore
 
-from nudge_rag.core.files import save_faiss_atomic
-from nudge_rag.core.stores.base import StoreAdapter
-from nudge_rag.core.stores.faiss import FaissAdapter
 from nudge_rag.langchain.backends.base import REGISTRY, Backend, group_children
+from nudge_rag.state.files import save_faiss_atomic
+from nudge_rag.stores.base import StoreAdapter
+from nudge_rag.stores.faiss import FaissAdapter
 
 
 @REGISTRY.register

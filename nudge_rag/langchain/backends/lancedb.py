@@ -14,10 +14,10 @@ from typing import Any
 from langchain_core.documents import Document
 from langchain_core.vectorstores import VectorStore
 
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.stores.base import Metric, StoreAdapter
-from nudge_rag.core.stores.qdrant import ORIGINAL_ID_KEY
+from nudge_rag.errors import NudgeError
 from nudge_rag.langchain.backends.base import REGISTRY, Backend, ScoredDocs, group_children
+from nudge_rag.stores.base import Metric, StoreAdapter
+from nudge_rag.stores.qdrant import ORIGINAL_ID_KEY
 
 
 @REGISTRY.register
@@ -38,7 +38,7 @@ class LanceDBBackend(Backend):
         super().__init__(store, adapter)
 
     def build_adapter(self) -> StoreAdapter:
-        from nudge_rag.core.stores.lancedb import LanceDBAdapter
+        from nudge_rag.stores.lancedb import LanceDBAdapter
 
         s: Any = self.store
         return LanceDBAdapter(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from nudge_rag.core.stores.base import Metric, StoreAdapter
 from nudge_rag.langchain.backends.base import REGISTRY, Backend, group_children
+from nudge_rag.stores.base import Metric, StoreAdapter
 
 
 @REGISTRY.register
@@ -17,7 +17,7 @@ class MemoryBackend(Backend):
     stores = ("langchain_core.InMemoryVectorStore",)
 
     def build_adapter(self) -> StoreAdapter:
-        from nudge_rag.core.stores.memory import MemoryAdapter
+        from nudge_rag.stores.memory import MemoryAdapter
 
         return MemoryAdapter(self.store.store, metric=Metric.COSINE)  # type: ignore[attr-defined]
 

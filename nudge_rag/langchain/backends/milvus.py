@@ -22,9 +22,9 @@ from typing import Any
 from langchain_core.documents import Document
 from langchain_core.vectorstores import VectorStore
 
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.stores.base import Metric, StoreAdapter
+from nudge_rag.errors import NudgeError
 from nudge_rag.langchain.backends.base import REGISTRY, Backend, ScoredDocs, group_children
+from nudge_rag.stores.base import Metric, StoreAdapter
 
 _METRICS = {"COSINE": Metric.COSINE, "IP": Metric.IP, "L2": Metric.L2}
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -72,7 +72,7 @@ class MilvusBackend(Backend):
 
     # -- vectors ---------------------------------------------------------------------------------
     def build_adapter(self) -> StoreAdapter:
-        from nudge_rag.core.stores.milvus import MilvusAdapter
+        from nudge_rag.stores.milvus import MilvusAdapter
 
         s: Any = self.store
         return MilvusAdapter(

@@ -1,7 +1,7 @@
 """``langchain_postgres.PGVector``: one collection's rows of ``langchain_pg_embedding``.
 
 The native client is the store's SQLAlchemy engine; vectors are read and overwritten by id
-through :class:`~nudge_rag.core.stores.pgvector.PgVectorAdapter` (one transaction per write).
+through :class:`~nudge_rag.stores.pgvector.PgVectorAdapter` (one transaction per write).
 Searches return pgvector distances (cosine distance, l2, or the negated inner product), lower
 is nearer, whatever the distance strategy.
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.stores.base import Metric, StoreAdapter
+from nudge_rag.errors import NudgeError
 from nudge_rag.langchain.backends.base import REGISTRY, Backend, group_children
+from nudge_rag.stores.base import Metric, StoreAdapter
 
 
 @REGISTRY.register
@@ -37,7 +37,7 @@ class PgVectorBackend(Backend):
         return engine
 
     def build_adapter(self) -> StoreAdapter:
-        from nudge_rag.core.stores.pgvector import PgVectorAdapter
+        from nudge_rag.stores.pgvector import PgVectorAdapter
 
         s: Any = self.store
         return PgVectorAdapter.for_langchain(
@@ -50,7 +50,7 @@ class PgVectorBackend(Backend):
     def children_of(self, parent_ids: Sequence[str], key: str) -> dict[str, list[str]]:
         from psycopg import sql
 
-        from nudge_rag.core.stores.pgvector import connect_masked, conninfo_from
+        from nudge_rag.stores.pgvector import connect_masked, conninfo_from
 
         ad: Any = self.adapter()
         wanted = [str(p) for p in parent_ids]

@@ -8,9 +8,9 @@ from typing import Any
 
 from langchain_core.documents import Document
 
-from nudge_rag.core.stores.base import StoreAdapter
-from nudge_rag.core.stores.qdrant import ORIGINAL_ID_KEY, default_point_id
 from nudge_rag.langchain.backends.base import REGISTRY, Backend, parent_values
+from nudge_rag.stores.base import StoreAdapter
+from nudge_rag.stores.qdrant import ORIGINAL_ID_KEY, default_point_id
 
 _ADDED = ("_id", "_collection_name")  # what langchain-qdrant adds to every result's metadata
 
@@ -24,7 +24,7 @@ class QdrantBackend(Backend):
     stores = ("langchain_qdrant.QdrantVectorStore",)
 
     def build_adapter(self) -> StoreAdapter:
-        from nudge_rag.core.stores.qdrant import QdrantAdapter
+        from nudge_rag.stores.qdrant import QdrantAdapter
 
         s: Any = self.store
         return QdrantAdapter(s.client, s.collection_name, vector_name=s.vector_name)

@@ -1,5 +1,5 @@
 """One backend per wrapped LlamaIndex store, one module each in this package; :func:`backend_for`
-picks it by the store's class (see :mod:`nudge_rag.core.stores.registry`)."""
+picks it by the store's class (see :mod:`nudge_rag.stores.registry`)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from collections.abc import Iterable
 
 from llama_index.core.vector_stores.types import BasePydanticVectorStore
 
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.stores.base import StoreAdapter
+from nudge_rag.errors import NudgeError
 from nudge_rag.llama_index.backends.base import REGISTRY, Backend
 from nudge_rag.llama_index.backends.chroma import ChromaBackend
 from nudge_rag.llama_index.backends.custom import AdapterBackend
+from nudge_rag.stores.base import StoreAdapter
 
 BACKENDS: list[type[Backend]] = REGISTRY.backends()
 SUPPORTED = ", ".join(s.rpartition(".")[2] for b in BACKENDS for s in b.stores)

@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 
 from llama_index.core.vector_stores.types import BasePydanticVectorStore, MetadataFilters
 
-from nudge_rag.core.stores.base import Metric, StoreAdapter, present_ids
-from nudge_rag.core.stores.registry import BackendRegistry
+from nudge_rag.stores.base import Metric, StoreAdapter, present_ids
+from nudge_rag.stores.registry import BackendRegistry
 
 
 class Backend:

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from llama_index.core.vector_stores.types import MetadataFilters
 
-from nudge_rag.core.stores.base import StoreAdapter
 from nudge_rag.llama_index.backends.base import REGISTRY, Backend
+from nudge_rag.stores.base import StoreAdapter
 
 
 @REGISTRY.register
@@ -17,7 +17,7 @@ class ChromaBackend(Backend):
     stores = ("llama_index.ChromaVectorStore",)
 
     def build_adapter(self) -> StoreAdapter:
-        from nudge_rag.core.stores.chroma import ChromaAdapter
+        from nudge_rag.stores.chroma import ChromaAdapter
 
         return ChromaAdapter(self.store.client)
 

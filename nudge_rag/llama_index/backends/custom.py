@@ -7,9 +7,9 @@ from typing import Any
 
 from llama_index.core.vector_stores.types import BasePydanticVectorStore, MetadataFilters
 
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.stores.base import StoreAdapter
+from nudge_rag.errors import NudgeError
 from nudge_rag.llama_index.backends.base import Backend
+from nudge_rag.stores.base import StoreAdapter
 
 
 class AdapterBackend(Backend):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from llama_index.core.vector_stores.types import BasePydanticVectorStore, MetadataFilters
 
-from nudge_rag.core.stores.base import Metric, StoreAdapter
 from nudge_rag.llama_index.backends.base import REGISTRY, Backend
+from nudge_rag.stores.base import Metric, StoreAdapter
 
 _METRICS = {"COSINE": Metric.COSINE, "IP": Metric.IP, "L2": Metric.L2}
 _MILVUS_PAGE = 16384  # Milvus's largest query window; beyond it, page with an iterator
@@ -30,7 +30,7 @@ class MilvusBackend(Backend):
         return bool(self.store.client.has_collection(self.store.collection_name))
 
     def build_adapter(self) -> StoreAdapter:
-        from nudge_rag.core.stores.milvus import MilvusAdapter
+        from nudge_rag.stores.milvus import MilvusAdapter
 
         return MilvusAdapter(
             self.store.client,

@@ -4,7 +4,7 @@ Node ids live in the ``node_id`` column (not unique: re-adding a node adds a row
 ``metadata_``; every query ranks by cosine distance, so the metric is cosine. Ids and filters
 are read through the store's own SQLAlchemy session and filter translation, so they select
 exactly what its deletes remove; vectors go through
-:class:`~nudge_rag.core.stores.pgvector.PgVectorAdapter` (one transaction per write).
+:class:`~nudge_rag.stores.pgvector.PgVectorAdapter` (one transaction per write).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 from llama_index.core.vector_stores.types import MetadataFilters
 
-from nudge_rag.core.stores.base import Metric, StoreAdapter
 from nudge_rag.llama_index.backends.base import REGISTRY, Backend
+from nudge_rag.stores.base import Metric, StoreAdapter
 
 
 @REGISTRY.register
@@ -26,7 +26,7 @@ class PgVectorBackend(Backend):
 
     def build_adapter(self) -> StoreAdapter:
         """The adapter over the store's table (built once by ``adapter()``: ``clear`` keeps it)."""
-        from nudge_rag.core.stores.pgvector import PgVectorAdapter
+        from nudge_rag.stores.pgvector import PgVectorAdapter
 
         self.store._initialize()  # the store's own setup: engine, schema, table
         return PgVectorAdapter.for_llama_index(

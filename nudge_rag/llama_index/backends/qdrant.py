@@ -6,9 +6,9 @@ from typing import Any
 
 from llama_index.core.vector_stores.types import MetadataFilters
 
-from nudge_rag.core.errors import NudgeError
-from nudge_rag.core.stores.base import Metric, StoreAdapter
+from nudge_rag.errors import NudgeError
 from nudge_rag.llama_index.backends.base import REGISTRY, Backend
+from nudge_rag.stores.base import Metric, StoreAdapter
 
 
 @REGISTRY.register
@@ -25,7 +25,7 @@ class QdrantBackend(Backend):
         return bool(self.store.client.collection_exists(self.store.collection_name))
 
     def build_adapter(self) -> StoreAdapter:
-        from nudge_rag.core.stores.qdrant import QdrantAdapter
+        from nudge_rag.stores.qdrant import QdrantAdapter
 
         return QdrantAdapter(
             self.store.client,

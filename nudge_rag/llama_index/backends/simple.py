@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from llama_index.core.vector_stores.types import MetadataFilters
 
-from nudge_rag.core.stores.base import StoreAdapter
 from nudge_rag.llama_index.backends.base import REGISTRY, Backend
+from nudge_rag.stores.base import StoreAdapter
 
 
 @REGISTRY.register
@@ -17,7 +17,7 @@ class SimpleBackend(Backend):
     stores = ("llama_index.SimpleVectorStore",)
 
     def build_adapter(self) -> StoreAdapter:
-        from nudge_rag.core.stores.llama_simple import LlamaSimpleAdapter
+        from nudge_rag.stores.llama_simple import LlamaSimpleAdapter
 
         return LlamaSimpleAdapter(self.store)
 

@@ -1,0 +1,1 @@
+"""The fine-tune engine: label, split, fit, prove, apply; the watch loop."""

@@ -1,0 +1,1258 @@
+"""NudgeFinetuneEngine: label → split → fit → prove on held-out queries → apply as a version.
+
+The engine reaches a store only through :class:`EngineStore` (what ``NudgeState`` offers), so
+it works the same under the LangChain and the LlamaIndex face and never imports either.
+
+Each :meth:`NudgeFinetuneEngine.finetune` starts from the *base* vectors of every id (no drift
+compounds over rounds) and uses every label gathered so far:
+
+1. labels — feedback on traces as it is; traces without feedback judged by the LLM over a
+   candidate pool of ``label_k`` chunks (the dense top under the base vectors fused with BM25
+   over the chunk texts and the chunks users marked relevant: :mod:`nudge_rag.labeling.pools`;
+   chunks the user never saw can become positives); optionally synthetic questions for sampled
+   chunks. LLM answers come from the label cache when they were paid for before.
+2. split — by query, seeded: each query's key hashes to a fixed place in [0, 1), so a query
+   keeps its split as more traces arrive. Synthetic queries only train and validate whenever
+   real queries exist.
+3. fit — NUDGE on the train queries, γ chosen on validation; the held-out queries never touch
+   either.
+4. prove — NDCG@10 and Recall@10 of the held-out queries before and after, over the whole
+   corpus, with a paired bootstrap CI of the gain.
+
+:meth:`NudgeFinetuneEngine.apply` writes the changed rows as a new version (and puts rows that
+an earlier version nudged but this fit does not back to base), storing the report with it; it
+refuses unless the CI's lower bound beats ``min_gain``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from array import array
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from nudge_rag.errors import NudgeError
+from nudge_rag.fit.corpus import (
+    DEFAULT_MEMORY_BUDGET,
+    Corpus,
+    MemoryCorpus,
+    StoreCorpus,
+    choose_corpus,
+    normalize_rows,
+)
+from nudge_rag.fit.metrics import RelevanceTable, exact_knn, ndcg_at_k, recall_at_k
+from nudge_rag.fit.nudge import Method, Selection, check_gamma, finetune_embeddings
+from nudge_rag.labeling.labeler import (
+    AnswerRating,
+    Candidate,
+    LabelCache,
+    LabeledQuery,
+    Labeler,
+    LabelStats,
+    answer_ratings,
+    feedback_grades,
+    judge_injection,
+    positive_rate_outliers,
+    query_key,
+    sample_chunks,
+)
+from nudge_rag.labeling.llm import RetryPolicy, as_llm
+from nudge_rag.labeling.pools import LexicalIndex, PoolStats, judge_pools, lexical_available
+from nudge_rag.labeling.provenance import (
+    DEFAULT_MIN_PRECISION,
+    DEFAULT_MIN_RECALL,
+    SOURCE_PROVENANCE,
+    JudgeAudit,
+    Provenance,
+    audit_judge,
+)
+from nudge_rag.state.db import Database
+from nudge_rag.state.traces.log import embedding_problem
+from nudge_rag.state.versions.log import check_metric
+from nudge_rag.stores.base import Metric
+
+log = logging.getLogger(__name__)
+
+K = 10
+_BAD_LISTED = 1000  # bad trace ids a report names (all are counted)
+
+_STORE_METHODS = (
+    "ids",
+    "get_vectors",
+    "base_vectors",
+    "traces",
+    "feedback",
+    "apply_vectors",
+    "rollback",
+    "versions",
+    "embed_queries",
+    "texts",
+)
+
+
+class GainNotProvenError(NudgeError):
+    """``apply`` was asked to write vectors whose held-out gain is not proven."""
+
+
+class EngineStore(Protocol):
+    """What the engine needs from a store; ``NudgeState`` (``face.nudge_state``) has it."""
+
+    metric: Metric
+
+    def ids(self) -> list[str]: ...
+    def get_vectors(self, ids: Sequence[str]) -> np.ndarray: ...
+    def base_vectors(self, ids: Sequence[str]) -> np.ndarray: ...
+    def traces(self, **kw: Any) -> list[Any]: ...
+    def feedback(self, trace_id: str | None = None) -> list[Any]: ...
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray: ...
+    def texts(self, ids: Sequence[str]) -> list[str | None]: ...
+    def apply_vectors(
+        self,
+        vectors: Mapping[str, np.ndarray],
+        *,
+        note: str | None = None,
+        method: str | None = None,
+        gamma: float | None = None,
+        report: dict | None = None,
+        from_base: bool = False,
+    ) -> int: ...
+    def rollback(self, version: int | None = None) -> int: ...
+    def versions(self) -> list[Any]: ...
+
+
+def resolve_store(store: Any) -> EngineStore:
+    """The :class:`EngineStore` behind ``store``: a face's ``nudge_state``, or ``store`` itself."""
+    state = getattr(store, "nudge_state", None) or store
+    missing = [m for m in (*_STORE_METHODS, "metric") if not hasattr(state, m)]
+    if missing:
+        msg = (
+            f"store: found {type(store).__name__} without {', '.join(missing)}; expected a "
+            "NudgedVectorStore (LangChain or LlamaIndex face) or its .nudge_state."
+        )
+        raise NudgeError(msg)
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+@dataclass
+class MetricGain:
+    """Mean of one metric over the held-out queries, before and after, with a CI of the gain."""
+
+    before: float
+    after: float
+    ci_low: float
+    ci_high: float
+
+    @property
+    def gain(self) -> float:
+        """``after − before``."""
+        return self.after - self.before
+
+
+@dataclass
+class FinetuneReport:
+    """What :meth:`NudgeFinetuneEngine.finetune` found; ``apply`` writes it.
+
+    ``ndcg`` / ``recall`` are NDCG@10 / Recall@10 of the held-out queries over the whole
+    corpus; ``proven`` is whether the NDCG@10 gain's CI lower bound beats ``min_gain``.
+    ``to_dict()`` is what is stored with the version; the new vectors are not in it.
+    """
+
+    method: str
+    metric: str
+    gamma: float
+    n_chunks: int
+    rows_changed: int
+    ndcg: MetricGain
+    recall: MetricGain
+    min_gain: float
+    confidence: float
+    heldout_source: str  # "traces" or "synthetic"
+    queries: dict[str, int]
+    labels: dict[str, int]
+    cost: dict[str, int]
+    seed: int
+    created: float = field(default_factory=time.time)
+    version: int | None = None
+    suspects: dict[str, list[str]] = field(default_factory=dict)
+    """Chunk ids under suspicion: ``"injection"`` (their text addresses the judge, so the
+    judge never saw them), ``"outlier"`` (judged relevant in an unusual share of the pools
+    they were in; their LLM positives dropped unless ``exclude_outliers=False``)."""
+    heldout_by: str = ""
+    """Who labelled the held-out queries: ``"feedback"`` (people), ``"llm"``,
+    ``"feedback+llm"`` or ``"synthetic"``."""
+    bad_traces: dict[str, str] = field(default_factory=dict)
+    """Traces skipped because their query vector cannot label (trace id → zero norm, wrong
+    dimension or NaN/inf; the first 1,000, all counted in ``labels["bad_traces"]``); remove
+    them with ``store.delete_traces(list(report.bad_traces))``."""
+    negative_weight: float = 0.0
+    """λ, the weight the fit gave chunks judged not relevant (``labels["negative_pairs"]``
+    counts those (query, chunk) pairs); 0 when validation preferred the fit without them."""
+    corpus: str = "memory"
+    """Where the whole-corpus ranking ran (judge pools, γ selection, held-out proof):
+    ``"memory"`` (the base matrix, exact) or ``"store"`` (the wrapped store's own search)."""
+    corpus_approximate: bool = False
+    """The store answered from an approximate index (HNSW, IVF): every figure carries its
+    recall."""
+    corpus_stats: dict[str, int] = field(default_factory=dict)
+    """What the store path asked of the store (searches, query vectors, base vectors read)."""
+    judge_audit: JudgeAudit | None = None
+    """The judge's agreement with human labels on human-labelled searches' pools (None: no
+    judge, or no human labels to audit it with: then the proof is only as good as the judge)."""
+    graded: dict[str, MetricGain] = field(default_factory=dict)
+    """The held-out NDCG@10 apart by who graded each query: ``"human"`` (people's labels) and
+    ``"judge"`` (model labels); ``ndcg`` is over both, each query graded by its own labels."""
+    graded_queries: dict[str, int] = field(default_factory=dict)
+    """Held-out queries per grader (``"human"`` / ``"judge"``)."""
+    _ids: list[str] = field(default_factory=list, repr=False)
+    _vectors: np.ndarray | None = field(default=None, repr=False)
+    _base_digest: str = field(default="", repr=False)
+
+    @property
+    def proven(self) -> bool:
+        """Whether the NDCG@10 gain's CI lower bound is above ``min_gain``."""
+        return math.isfinite(self.ndcg.ci_low) and self.ndcg.ci_low > self.min_gain
+
+    def vectors(self) -> dict[str, np.ndarray]:
+        """The new vectors by id (empty for a report read back from a version)."""
+        if self._vectors is None:
+            return {}
+        return {i: self._vectors[n] for n, i in enumerate(self._ids)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable summary (stored with the version ``apply`` creates)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name.startswith("_") or f.name == "version":
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, MetricGain):
+                value = asdict(value)
+            elif isinstance(value, JudgeAudit):
+                value = value.to_dict()
+            elif f.name == "graded":
+                value = {k: {**asdict(m), "gain": m.gain} for k, m in value.items()}
+            out[f.name] = value
+        for name in ("ndcg", "recall"):
+            out[name] = {**out[name], "gain": getattr(self, name).gain}
+        out["proven"] = self.proven
+        out["proof_by"] = self.proof_by
+        return out
+
+    @property
+    def proof_by(self) -> str:
+        """Who graded the held-out proof: ``"human"``, ``"judge"``, ``"human+judge"`` (each
+        query by its own labels) or ``"synthetic"``."""
+        if self.heldout_source == "synthetic":
+            return "synthetic"
+        return "+".join(k for k in ("human", "judge") if self.graded_queries.get(k))
+
+    def headline(self) -> str:
+        """Who graded the proof and how far the judge can be trusted, in one or two lines."""
+        a = self.judge_audit
+        has_judge = self.graded_queries.get("judge", 0) > 0 or self.labels.get("llm", 0) > 0
+        if a is not None:
+            head = a.summary()
+        elif has_judge or self.labels.get("answer", 0) or self.heldout_source == "synthetic":
+            head = (
+                "judge unaudited: no human labels; the proof is only as good as the judge (record "
+                "feedback on some searches to audit it; `nudge-rag watch` guards an applied "
+                "version with the feedback that arrives after it)"
+            )
+        else:
+            head = "labels: human feedback only (no judge)"
+        return head
+
+    def __str__(self) -> str:
+        pct = round(self.confidence * 100)
+        q = self.queries
+        lines = [
+            f"NUDGE fine-tune: {self.method}, gamma={self.gamma:.3f}, {self.metric} store, "
+            f"{self.n_chunks} chunks, {self.rows_changed} rows changed",
+            self.headline(),
+            f"queries: train {q.get('train', 0)}, validation {q.get('validation', 0)}, "
+            f"held-out {q.get('heldout', 0)} ({self.heldout_source}"
+            f"{', graded by ' + self.proof_by if self.proof_by else ''}); labeled by human "
+            f"feedback {self.labels.get('feedback', 0)}, model feedback (citations) "
+            f"{self.labels.get('cited', 0)}, llm {self.labels.get('llm', 0)}, synthetic "
+            f"{self.labels.get('synthetic', 0)}, answer ratings {self.labels.get('answer', 0)}",
+            "",
+            f"{'held-out':<10}{'before':>9}{'after':>9}{'gain':>9}   {pct}% CI of the gain",
+        ]
+        for name, m in (("NDCG@10", self.ndcg), ("Recall@10", self.recall)):
+            lines.append(
+                f"{name:<10}{m.before:>9.4f}{m.after:>9.4f}{m.gain:>+9.4f}   "
+                f"[{m.ci_low:+.4f}, {m.ci_high:+.4f}]"
+            )
+        if len(self.graded) > 1:  # both graders: their figures apart
+            for who, m in self.graded.items():
+                n = self.graded_queries.get(who, 0)
+                lines.append(
+                    f"  NDCG@10 on the {n} {who}-graded: {m.before:.4f} -> {m.after:.4f} "
+                    f"({m.gain:+.4f}, CI [{m.ci_low:+.4f}, {m.ci_high:+.4f}])"
+                )
+        verdict = (
+            f"proven: NDCG@10 CI lower bound {self.ndcg.ci_low:+.4f} > min_gain "
+            f"{self.min_gain:+.4f}; engine.apply(report) will write it"
+            if self.proven
+            else f"not proven: NDCG@10 CI lower bound {self.ndcg.ci_low:+.4f} <= min_gain "
+            f"{self.min_gain:+.4f}; apply refuses (collect more labels, or force=True)"
+        )
+        c = self.cost
+        lines += [
+            "",
+            verdict,
+            f"LLM: {c.get('questions', 0)} questions, {c.get('llm_calls', 0)} calls, "
+            f"{c.get('cache_hits', 0)} cache hits, {c.get('retries', 0)} retries, skipped "
+            f"{c.get('skipped_invalid', 0)} invalid / {c.get('skipped_failed', 0)} failed / "
+            f"{c.get('skipped_budget', 0)} over budget; tokens {c.get('prompt_tokens', 0)} in, "
+            f"{c.get('completion_tokens', 0)} out",
+        ]
+        for kind, why in (
+            ("injection", "text addresses the judge; never shown to it"),
+            ("outlier", "judged relevant in an outlying share of pools; LLM positives dropped"),
+        ):
+            flagged = self.suspects.get(kind, [])
+            if flagged:
+                shown = ", ".join(flagged[:5]) + (", ..." if len(flagged) > 5 else "")
+                lines.append(f"suspect chunks ({why}): {len(flagged)}: {shown}")
+        if self.proof_by == "human+judge":
+            lines.append(
+                "note: the held-out proof mixes judge-graded queries with too few human-graded "
+                "ones to stand alone; it trusts the judge"
+                + (" the audit passed." if self.judge_audit is not None else ".")
+            )
+        if self.labels.get("judge_dropped", 0):
+            lines.append(
+                f"judge not trusted: {self.labels['judge_dropped']} searches left unjudged; the "
+                "fit and the proof use human (and other) labels only."
+            )
+        n_bad = self.labels.get("bad_traces", 0)
+        if n_bad:
+            lines.append(
+                f"skipped {n_bad} traces whose query vector cannot label (zero norm, wrong "
+                "dimension or NaN/inf): report.bad_traces names them; "
+                "store.delete_traces(list(report.bad_traces)) removes them."
+            )
+        if self.corpus == "store":
+            lines.append(
+                "corpus: ranked by the store's own search"
+                + (
+                    " (an approximate index: the figures carry its recall)"
+                    if self.corpus_approximate
+                    else " (exact)"
+                )
+            )
+        if q.get("heldout", 0) < 30:
+            lines.append(f"note: only {q.get('heldout', 0)} held-out queries; the CI is wide.")
+        if self.version is not None:
+            lines.append(f"applied as version {self.version}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small pure helpers
+
+
+def _is_human(q: LabeledQuery) -> bool:
+    return SOURCE_PROVENANCE.get(q.source) is Provenance.HUMAN
+
+
+def _provenance(feedback: Any) -> Provenance:
+    """A feedback row's provenance (rows of a custom store without one: human)."""
+    return Provenance.parse(getattr(feedback, "provenance", None))
+
+
+def split_point(seed: int, key: str) -> float:
+    """Where a query key falls in [0, 1) for the seeded split (stable across runs)."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+def _digest(mat: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(mat, dtype=np.float32).tobytes()).hexdigest()
+
+
+def search(queries: np.ndarray, vectors: np.ndarray, k: int, metric: Metric) -> np.ndarray:
+    """Top-``k`` row indices per query under the store's ``metric`` (exact)."""
+    return exact_knn(queries, vectors, k, metric=metric)[1]
+
+
+def paired_bootstrap(
+    diffs: np.ndarray, *, n_resamples: int, confidence: float, seed: int
+) -> tuple[float, float]:
+    """Percentile CI of the mean of per-query ``diffs`` (after − before), resampling queries."""
+    if len(diffs) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_resamples)
+    step = max(1, 2_000_000 // len(diffs))  # bound the index matrix
+    for start in range(0, n_resamples, step):
+        stop = min(start + step, n_resamples)
+        idx = rng.integers(0, len(diffs), size=(stop - start, len(diffs)))
+        means[start:stop] = diffs[idx].mean(axis=1)
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def _trace_reader(state: Any) -> Callable[..., Iterable[Any]]:
+    """``iter_traces(*, ids=None, with_embeddings=True)`` of the store's trace log, paged.
+
+    A store without one (a custom :class:`EngineStore`) gets a stand-in over ``traces()``.
+    """
+    for owner in (state, getattr(state, "trace_log", None)):
+        fn = getattr(owner, "iter_traces", None)
+        if callable(fn):
+            return fn
+
+    def from_list(*, ids: Iterable[str] | None = None, with_embeddings: bool = True) -> list:
+        wanted = None if ids is None else set(ids)
+        return [t for t in state.traces() if wanted is None or str(t.id) in wanted]
+
+    return from_list
+
+
+class _TraceGroup:
+    """The traces of one query (its key), without embeddings: (time, id) and its text."""
+
+    __slots__ = ("members", "text", "text_time")
+
+    def __init__(self) -> None:
+        self.members: list[tuple[float, str]] = []
+        self.text: str | None = None
+        self.text_time = math.inf
+
+    def add(self, time: float, trace_id: str, query: str | None) -> None:
+        self.members.append((time, trace_id))
+        if query and time < self.text_time:  # the earliest wording of the query
+            self.text, self.text_time = query, time
+
+    def ids(self) -> tuple[str, ...]:
+        """Trace ids, oldest first."""
+        return tuple(i for _, i in sorted(self.members, key=lambda m: m[0]))
+
+    def latest_first(self) -> list[str]:
+        return list(reversed(self.ids()))
+
+    def grades(self, by_trace: Mapping[str, dict[str, float]]) -> dict[str, float]:
+        """Feedback grades of the group's traces, in time order (a later verdict wins)."""
+        out: dict[str, float] = {}
+        for tid in self.ids():
+            out.update(by_trace.get(tid, {}))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine
+
+
+class NudgeFinetuneEngine:
+    """Fine-tune a wrapped store's chunk embeddings from its own usage, with held-out proof.
+
+    Setup:
+        Wrap a store with either face (``nudge_rag.langchain`` / ``nudge_rag.llama_index``),
+        let users search (each search is a trace), record feedback where you have it.
+
+    Key init args:
+        store: a ``NudgedVectorStore`` of either face, or its ``.nudge_state``.
+        llm: ``None`` (feedback labels only), an ``openai.OpenAI`` client (with
+            ``llm_model=``), a LangChain ``BaseChatModel`` or a LlamaIndex ``LLM``.
+        method: ``"nudge-n"`` (any metric) or ``"nudge-m"`` (inner-product stores only).
+        label_k: size of the candidate pool the LLM grades per query (default 20); a pool
+            larger than ``judge_batch`` (default 20) goes out as several prompts.
+        pools: how that pool is drawn: ``"hybrid"`` (default) fuses the dense top ``label_k``
+            with BM25 over the chunk texts (the ``lexical`` extra; left out with a logged note
+            when ``bm25s`` is missing) and the chunks users marked relevant, by reciprocal
+            rank, and keeps ``label_k``; ``"dense"`` is the dense top ``label_k`` alone.
+        use_negatives: feed what is known not relevant to the fit (feedback's
+            ``irrelevant_ids``, the judge's grade-0 candidates) as ``train_negatives`` /
+            ``val_negatives``; their weight is chosen on validation (default True).
+        synthetic_chunks / questions_per_chunk: cold start — ask the LLM for questions that
+            sampled chunks answer; they train and validate, and are the held-out proof only
+            when no real trace is labeled.
+        min_gain: ``apply`` needs the NDCG@10 gain's CI lower bound above this (default 0).
+        max_calls: hard cap on LLM requests per ``finetune()``; concurrency, retry: how.
+        cache_path: the label cache (default: the state's, ``labels.sqlite`` in its folder or
+            its Postgres schema).
+        corpus: where the whole-corpus ranking runs (judge pools, γ selection, held-out proof):
+            ``"memory"`` reads every base vector and ranks exactly; ``"store"`` asks the wrapped
+            store's own search (memory independent of the corpus size; an HNSW index's recall
+            carries into the figures); ``"auto"`` (default) is memory while the base matrix
+            fits ``memory_budget`` bytes of float32 (default 2 GiB), the store above.
+        audit: before judging, grade the pools of up to ``max_audit_queries`` (default 200)
+            human-labelled searches with the judge and measure its precision and recall
+            against the people (``report.judge_audit``); a judge significantly below
+            ``min_judge_precision`` (0.3) or ``min_judge_recall`` (0.2) is not trusted: no
+            search is judged and the fit and proof use the other labels
+            (:mod:`nudge_rag.labeling.provenance`).
+
+    Use:
+        .. code-block:: python
+
+            engine = NudgeFinetuneEngine(store, llm=openai.OpenAI(), llm_model="gpt-4o-mini")
+            report = engine.finetune()     # nothing is written yet
+            print(report)                  # before/after on held-out queries, CI, counts, cost
+            version = engine.apply(report) # refuses unless the gain is proven (force=True)
+            engine.rollback()              # back to the previous version, exactly
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        llm: Any = None,
+        *,
+        method: Method | str = Method.NUDGE_N,
+        llm_model: str | None = None,
+        label_k: int = 20,
+        pools: str = "hybrid",
+        judge_batch: int = 20,
+        synthetic_chunks: int = 0,
+        questions_per_chunk: int = 2,
+        split: tuple[float, float, float] = (0.6, 0.2, 0.2),
+        seed: int = 0,
+        min_gain: float = 0.0,
+        confidence: float = 0.95,
+        n_resamples: int = 2000,
+        gamma: float | None = None,
+        selection: str | None = None,
+        refit: bool | None = None,
+        cache_path: str | Path | Database | None = None,
+        concurrency: int = 4,
+        max_calls: int | None = None,
+        retry: RetryPolicy | None = None,
+        progress: bool = True,
+        device: str | None = None,
+        min_human_heldout: int = 10,
+        exclude_outliers: bool = True,
+        outlier_min_pools: int = 10,
+        use_negatives: bool = True,
+        corpus: str = "auto",
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        audit: bool = True,
+        min_judge_precision: float = DEFAULT_MIN_PRECISION,
+        min_judge_recall: float = DEFAULT_MIN_RECALL,
+        max_audit_queries: int = 200,
+    ) -> None:
+        self.state = resolve_store(store)
+        self.metric = Metric(self.state.metric)
+        try:
+            self.method = Method(method)
+        except ValueError:
+            msg = f"method: found {method!r}, expected 'nudge-n' or 'nudge-m'."
+            raise NudgeError(msg) from None
+        check_metric(self.method.value, self.metric)  # fail before any LLM call is paid for
+        if gamma is not None:  # the fit's own checks, before any LLM call too
+            gamma = check_gamma(gamma, self.method)
+        if selection is not None and selection not in list(Selection):
+            msg = f"selection: found {selection!r}, expected 'ndcg@10' or 'top1'."
+            raise NudgeError(msg)
+        if len(split) != 3 or min(split) < 0 or not math.isclose(sum(split), 1.0):
+            msg = (
+                f"split: found {split}, expected (train, validation, held-out) fractions "
+                "≥ 0 that sum to 1; pass e.g. (0.6, 0.2, 0.2)."
+            )
+            raise NudgeError(msg)
+        if split[0] == 0 or split[2] == 0:
+            msg = f"split: found {split}; train and held-out need a share > 0."
+            raise NudgeError(msg)
+        if label_k < 1:
+            msg = f"label_k: found {label_k}, expected ≥ 1; pass e.g. 20."
+            raise NudgeError(msg)
+        if judge_batch < 1:
+            msg = f"judge_batch: found {judge_batch}, expected ≥ 1; pass e.g. 20."
+            raise NudgeError(msg)
+        if pools not in ("hybrid", "dense"):
+            msg = f"pools: found {pools!r}, expected 'hybrid' or 'dense'."
+            raise NudgeError(msg)
+        if synthetic_chunks < 0:
+            msg = f"synthetic_chunks: found {synthetic_chunks}, expected ≥ 0."
+            raise NudgeError(msg)
+        if not 0 < confidence < 1:
+            msg = f"confidence: found {confidence}, expected a level in (0, 1), e.g. 0.95."
+            raise NudgeError(msg)
+        integral = isinstance(n_resamples, int | np.integer) and not isinstance(n_resamples, bool)
+        if not integral or n_resamples < 100:
+            msg = (
+                f"n_resamples: found {n_resamples!r}, expected an integer ≥ 100 (bootstrap "
+                "resamples behind the gain's confidence interval); pass e.g. 2000."
+            )
+            raise NudgeError(msg)
+        self.llm = as_llm(llm, model=llm_model)
+        self.label_k = label_k
+        self.pools = pools
+        self.judge_batch = judge_batch
+        self.synthetic_chunks = synthetic_chunks
+        self.questions_per_chunk = questions_per_chunk
+        self.split = split
+        self.seed = seed
+        self.min_gain = float(min_gain)
+        self.confidence = confidence
+        self.n_resamples = n_resamples
+        self.gamma = gamma
+        self.selection = selection
+        self.refit = refit
+        self.concurrency = concurrency
+        self.max_calls = max_calls
+        self.retry = retry
+        self.progress = progress
+        self.device = device
+        if min_human_heldout < 0 or outlier_min_pools < 1:
+            msg = (
+                f"min_human_heldout / outlier_min_pools: found {min_human_heldout} / "
+                f"{outlier_min_pools}, expected ≥ 0 / ≥ 1; pass e.g. 10 / 10."
+            )
+            raise NudgeError(msg)
+        self.min_human_heldout = min_human_heldout
+        self.exclude_outliers = exclude_outliers
+        self.outlier_min_pools = outlier_min_pools
+        self.use_negatives = bool(use_negatives)
+        if corpus not in ("auto", "memory", "store"):
+            msg = f"corpus: found {corpus!r}, expected 'auto', 'memory' or 'store'."
+            raise NudgeError(msg)
+        if isinstance(memory_budget, bool) or not isinstance(memory_budget, int | np.integer):
+            msg = (
+                f"memory_budget: found {memory_budget!r}, expected bytes as an integer, "
+                "e.g. 2 * 2**30."
+            )
+            raise NudgeError(msg)
+        self.corpus = corpus
+        self.memory_budget = int(memory_budget)
+        bars = (min_judge_precision, min_judge_recall)
+        if not all(isinstance(b, int | float) and 0.0 <= b <= 1.0 for b in bars):
+            msg = (
+                f"min_judge_precision / min_judge_recall: found {min_judge_precision!r} / "
+                f"{min_judge_recall!r}, expected shares in [0, 1]; pass e.g. 0.3 / 0.2 (0 "
+                "turns that check off)."
+            )
+            raise NudgeError(msg)
+        if isinstance(max_audit_queries, bool) or not isinstance(max_audit_queries, int):
+            msg = f"max_audit_queries: found {max_audit_queries!r}, expected an integer ≥ 0."
+            raise NudgeError(msg)
+        if max_audit_queries < 0:
+            msg = f"max_audit_queries: found {max_audit_queries}, expected ≥ 0 (0: no audit)."
+            raise NudgeError(msg)
+        self.audit = bool(audit) and max_audit_queries > 0
+        self.min_judge_precision = float(min_judge_precision)
+        self.min_judge_recall = float(min_judge_recall)
+        self.max_audit_queries = max_audit_queries
+        self.last_audit: JudgeAudit | None = None
+        self._suspects: dict[str, list[str]] = {}
+        if cache_path is None:
+            part = getattr(self.state, "part", None)  # the state's label cache (file or schema)
+            cache_path = part("labels") if callable(part) else None
+        self.cache = LabelCache(cache_path)
+        self.last_report: FinetuneReport | None = None
+        self.last_labels: list[LabeledQuery] = []
+        self.last_bad_traces: dict[str, str] = {}  # trace id -> why its vector was skipped
+        self.last_pool_stats = PoolStats()  # what the last judge pools cost and brought in
+        self._liked: list[str] = []  # chunks users marked relevant (the pools' feedback leg)
+
+    # -- labels ---------------------------------------------------------------------------------
+
+    def _labeler(self) -> Labeler | None:
+        if self.llm is None:
+            return None
+        return Labeler(
+            self.llm,
+            cache=self.cache,
+            concurrency=self.concurrency,
+            max_calls=self.max_calls,
+            policy=self.retry,
+            progress=self.progress,
+            seed=self.seed,
+        )
+
+    def collect_labels(
+        self, corpus: Corpus, labeler: Labeler | None, counts: dict[str, int]
+    ) -> list[LabeledQuery]:
+        """Every labeled query so far: feedback, LLM judgments of traces, synthetic questions.
+
+        Traces are streamed in pages without their embeddings (memory stays flat however many
+        are stored); only the embedding of the trace standing for each labeled query, its
+        latest good one, is read. A trace whose vector cannot be a query (zero norm, wrong
+        dimension, NaN or inf) is skipped and counted; ``self.last_bad_traces`` names it.
+        """
+        for name in ("answer_unjudged", "withheld_answers", "outlier_chunks"):
+            counts.setdefault(name, 0)
+        feedback = self.state.feedback()
+        by_trace = feedback_grades(f for f in feedback if _provenance(f) is Provenance.HUMAN)
+        by_model = feedback_grades(f for f in feedback if _provenance(f) is Provenance.MODEL)
+        self._liked = sorted({i for g in by_trace.values() for i, v in g.items() if v > 0})
+        rated = answer_ratings(feedback)
+        liked = {t for t, r in rated.items() if r.positive}  # answers rated helpful
+        counts["answer_positive"] = len(liked)
+        counts["answer_negative"] = len(rated) - len(liked)  # kept and counted, never a label
+        read = _trace_reader(self.state)
+        counts.setdefault("bad_traces", 0)
+        self.last_bad_traces = {}
+        keep = None  # without a judge only the queries that have feedback can be labeled
+        if labeler is None:
+            fed = read(ids=[*by_trace, *by_model], with_embeddings=False)
+            keep = {query_key(t.query, t.id) for t in fed}
+        groups: dict[str, _TraceGroup] = {}
+        others = array("q")  # 8-byte hashes of the other queries' keys, to count them
+        n_traces = 0
+        for t in read(with_embeddings=False):
+            n_traces += 1
+            key = query_key(t.query, t.id)
+            if keep is not None and key not in keep:
+                others.append(hash(key))
+                continue
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = _TraceGroup()
+            group.add(t.time, str(t.id), t.query)
+        counts["traces"] = n_traces
+        counts["unlabeled_traces"] += len(np.unique(np.frombuffer(others, dtype=np.int64)))
+        chosen: list[tuple[str, _TraceGroup, dict[str, float], str]] = []
+        for key, group in groups.items():
+            grades = group.grades(by_trace)
+            cited = group.grades(by_model)
+            if any(g > 0 for g in grades.values()):
+                chosen.append((key, group, grades, "feedback"))
+            elif any(g > 0 for g in cited.values()):  # model-made feedback (citations)
+                chosen.append((key, group, {**cited, **grades}, "cited"))
+            elif any(tid in liked for _, tid in group.members):
+                if labeler is not None and group.text:  # the judge picks what the answer used
+                    chosen.append((key, group, grades, "answer"))
+                else:
+                    counts["answer_unjudged"] += 1
+                    counts["unlabeled_traces"] += 1
+            elif labeler is not None and group.text:
+                chosen.append((key, group, grades, "llm"))
+            else:
+                counts["unlabeled_traces"] += 1
+        embs = self._query_embeddings([g.latest_first() for _, g, _, _ in chosen], corpus.shape[1])
+        counts["bad_traces"] += len(self.last_bad_traces)
+        out: list[LabeledQuery] = []
+        to_judge: list[tuple[str, str, np.ndarray, tuple[str, ...], dict[str, float]]] = []
+        to_support: list[tuple[str, str, np.ndarray, tuple[str, ...], dict[str, float]]] = []
+        for (key, group, grades, source), emb in zip(chosen, embs, strict=True):
+            if emb is None:  # every trace of the query is bad (counted)
+                continue
+            tids = group.ids()
+            if source in ("feedback", "cited"):
+                out.append(LabeledQuery(key, group.text, emb, grades, source, tids))
+            else:
+                (to_support if source == "answer" else to_judge).append(
+                    (key, str(group.text), emb, tids, grades)
+                )
+        self.last_audit = None
+        if labeler is not None and self.audit and (to_judge or to_support):
+            self.last_audit = self._audit(
+                [q for q in out if q.source == "feedback"], corpus, labeler
+            )
+        if self.last_audit is not None and not self.last_audit.trusted:
+            counts["judge_dropped"] = len(to_judge) + len(to_support)  # never judged
+            to_judge, to_support = [], []
+        if to_support and labeler is not None:
+            out += self._judge_support(to_support, liked, rated, labeler, counts)
+        if to_judge and labeler is not None:
+            out += self._judge(to_judge, corpus, labeler, counts)
+        if self.synthetic_chunks and labeler is not None:
+            out += self._synthesize(corpus.all_ids(), labeler, counts)
+        return out
+
+    def _query_embeddings(self, candidates: list[list[str]], dim: int) -> list[np.ndarray | None]:
+        """Per query, the embedding of its first good trace of ``candidates`` (latest first).
+
+        Reads only those traces' embeddings, a batch per round; a bad one is recorded in
+        ``self.last_bad_traces`` (id → reason) and the query's next trace is tried.
+        """
+        read = _trace_reader(self.state)
+        out: list[np.ndarray | None] = [None] * len(candidates)
+        at = [0] * len(candidates)
+        pending = [q for q, c in enumerate(candidates) if c]
+        while pending:
+            asked = {candidates[q][at[q]]: q for q in pending}
+            got = {str(t.id): t.embedding for t in read(ids=list(asked), with_embeddings=True)}
+            pending = []
+            for tid, q in asked.items():
+                emb = got.get(tid)
+                if emb is not None:
+                    emb = np.asarray(emb, dtype=np.float32).reshape(-1)
+                    problem = embedding_problem(emb, dim)
+                    if problem is None:
+                        out[q] = emb
+                        continue
+                    self.last_bad_traces[tid] = problem
+                at[q] += 1  # a bad trace, or one deleted meanwhile: try the query's next one
+                if at[q] < len(candidates[q]):
+                    pending.append(q)
+        return out
+
+    def _audit(
+        self, human: Sequence[LabeledQuery], corpus: Corpus, labeler: Labeler
+    ) -> JudgeAudit | None:
+        """Ask the judge about (up to ``max_audit_queries``) human-labelled searches over the
+        pools it would see, and score it against the people (None without any)."""
+        asked = [q for q in human if q.text]
+        if not asked:
+            return None
+        asked.sort(key=lambda q: split_point(self.seed + 1, q.key))  # a seeded, stable sample
+        asked = asked[: self.max_audit_queries]
+        no_grades: dict[str, float] = {}
+        groups = [(q.key, str(q.text), q.embedding, q.trace_ids, no_grades) for q in asked]
+        before = labeler.stats.to_dict()
+        scratch: dict[str, int] = dict.fromkeys(("withheld_candidates", "no_candidate_text"), 0)
+        judged = self._judge_grades(groups, corpus, labeler, scratch)
+        after = labeler.stats.to_dict()
+        return audit_judge(
+            ((judged[g], q.grades) for g, q in enumerate(asked) if g in judged),
+            min_precision=self.min_judge_precision,
+            min_recall=self.min_judge_recall,
+            confidence=self.confidence,
+            judge_calls=after["llm_calls"] - before["llm_calls"],
+            prompts=after["questions"] - before["questions"],
+            skipped=len(asked) - len(judged),
+        )
+
+    def _judge(
+        self,
+        groups: list[tuple[str, str, np.ndarray, tuple[str, ...], dict[str, float]]],
+        corpus: Corpus,
+        labeler: Labeler,
+        counts: dict[str, int],
+    ) -> list[LabeledQuery]:
+        judged = self._judge_grades(groups, corpus, labeler, counts)
+        return self._judged_labels(judged, groups, counts, "llm")
+
+    def _judge_grades(
+        self,
+        groups: list[tuple[str, str, np.ndarray, tuple[str, ...], dict[str, float]]],
+        corpus: Corpus,
+        labeler: Labeler,
+        counts: dict[str, int],
+    ) -> dict[int, dict[str, float]]:
+        """The judge's grades of each group's candidate pool (by group index; a group whose
+        prompts were all skipped is absent)."""
+        queries = np.stack([g[2] for g in groups]).astype(np.float32)
+        pools = self._pools(corpus, queries, [g[1] for g in groups], counts)
+        wanted_ids = sorted({i for pool in pools for i in pool})
+        text_of = dict(zip(wanted_ids, self.state.texts(wanted_ids), strict=True))
+        injected = self._withhold_injections(text_of)
+        items: list[tuple[str, list[Candidate]]] = []
+        owner: list[int] = []  # which group each prompt belongs to
+        for g, ((_, text, *_rest), pool) in enumerate(zip(groups, pools, strict=True)):
+            shown = [i for i in pool if text_of.get(i)]
+            cands = [Candidate(i, str(text_of[i])) for i in shown if i not in injected]
+            counts["withheld_candidates"] += len(shown) - len(cands)
+            if not cands:
+                counts["no_candidate_text"] += 1
+            for start in range(0, len(cands), self.judge_batch):
+                items.append((text, cands[start : start + self.judge_batch]))
+                owner.append(g)
+        judged: dict[int, dict[str, float]] = {}
+        for g, grades in zip(owner, labeler.judge(items), strict=True):
+            if grades is not None:  # a skipped prompt leaves its candidates unjudged (counted)
+                judged.setdefault(g, {}).update({i: float(v) for i, v in grades.items()})
+        return judged
+
+    def _pools(
+        self, corpus: Corpus, queries: np.ndarray, texts: list[str], counts: dict[str, int]
+    ) -> list[list[str]]:
+        """The judge's candidate ids per query (``label_k`` each; see ``pools=``)."""
+        stats = self.last_pool_stats = PoolStats()
+        lexical = None
+        if self.pools == "hybrid":
+            if lexical_available():
+                # every chunk's text, streamed from the store a batch at a time; sorted ids
+                # give the memory and the store path the same index
+                lexical = LexicalIndex.build(sorted(corpus.all_ids()), self.state.texts)
+                stats.index_s, stats.index_bytes = lexical.build_s, lexical.nbytes
+            else:
+                log.info(
+                    "pools='hybrid': bm25s is not installed, so the judge's pools have no "
+                    "lexical leg (pip install 'nudge-rag[lexical]')."
+                )
+        liked = self._liked if self.pools == "hybrid" else []
+        pools = judge_pools(
+            corpus, queries, texts, self.label_k, lexical=lexical, liked=liked, stats=stats
+        )
+        counts["pool_lexical_added"] = stats.lexical_added
+        counts["pool_feedback_added"] = stats.feedback_added
+        return pools
+
+    def _judge_support(
+        self,
+        groups: list[tuple[str, str, np.ndarray, tuple[str, ...], dict[str, float]]],
+        liked: set[str],
+        rated: Mapping[str, AnswerRating],
+        labeler: Labeler,
+        counts: dict[str, int],
+    ) -> list[LabeledQuery]:
+        """Label the queries whose answer a user rated helpful without citing chunks: the judge
+        reads each such search's query, answer and shown chunks and grades which the answer
+        rests on. Same cache, budget and injection rules as :meth:`_judge`; an answer whose
+        text addresses the judge is withheld with its search (counted)."""
+        wanted = [t for g in groups for t in g[3] if t in liked]
+        shown = {str(t.id): t for t in _trace_reader(self.state)(ids=wanted, with_embeddings=False)}
+        chunk_ids = sorted({i for t in shown.values() for i in t.result_ids})
+        text_of = dict(zip(chunk_ids, self.state.texts(chunk_ids), strict=True))
+        injected = self._withhold_injections(text_of)
+        items: list[tuple[str, str | None, list[Candidate]]] = []
+        owner: list[int] = []
+        for g, (_, text, _emb, tids, _fb) in enumerate(groups):
+            for tid in tids:
+                trace = shown.get(tid)
+                if tid not in liked or trace is None:
+                    continue
+                answer = rated[tid].answer
+                if answer and judge_injection(answer) is not None:
+                    counts["withheld_answers"] += 1
+                    continue
+                texted = [i for i in trace.result_ids if text_of.get(i)]
+                cands = [Candidate(i, str(text_of[i])) for i in texted if i not in injected]
+                counts["withheld_candidates"] += len(texted) - len(cands)
+                if not cands:
+                    counts["no_candidate_text"] += 1
+                for start in range(0, len(cands), self.judge_batch):
+                    batch = cands[start : start + self.judge_batch]
+                    items.append((trace.query or text, answer, batch))
+                    owner.append(g)
+        judged: dict[int, dict[str, float]] = {}
+        for g, grades in zip(owner, labeler.support(items), strict=True):
+            if grades is not None:  # several rated searches of one query: the best grade wins
+                mine = judged.setdefault(g, {})
+                for i, v in grades.items():
+                    mine[i] = max(mine.get(i, 0.0), float(v))
+        return self._judged_labels(judged, groups, counts, "answer")
+
+    def _judged_labels(
+        self,
+        judged: Mapping[int, dict[str, float]],
+        groups: list[tuple[str, str, np.ndarray, tuple[str, ...], dict[str, float]]],
+        counts: dict[str, int],
+        source: str,
+    ) -> list[LabeledQuery]:
+        """The judged groups as labels: outlier chunks (a positive rate no query pool
+        explains) graded 0 when excluded, the user's own verdicts over the judge's."""
+        outliers = positive_rate_outliers(judged.values(), min_pools=self.outlier_min_pools)
+        self._suspects["outlier"] = sorted(set(self._suspects.get("outlier", [])) | set(outliers))
+        counts["outlier_chunks"] += len(outliers)
+        out = []
+        for g, merged in sorted(judged.items()):
+            key, text, emb, tids, fb = groups[g]
+            if self.exclude_outliers:
+                merged = {i: (0.0 if i in outliers else v) for i, v in merged.items()}
+            merged.update(fb)  # the user's own verdicts win over the judge
+            out.append(LabeledQuery(key, text, emb, merged, source, tids))
+        return out
+
+    def _withhold_injections(self, text_of: Mapping[str, str | None]) -> set[str]:
+        """The ids whose text addresses the judge (:func:`judge_injection`): never shown to
+        it, counted and listed in the report."""
+        flagged = {i for i, t in text_of.items() if t and judge_injection(t) is not None}
+        self._suspects["injection"] = sorted(set(self._suspects.get("injection", [])) | flagged)
+        return flagged
+
+    def _synthesize(
+        self, ids: list[str], labeler: Labeler, counts: dict[str, int]
+    ) -> list[LabeledQuery]:
+        chosen = sample_chunks(ids, self.synthetic_chunks, seed=self.seed)
+        texts = self.state.texts(chosen)
+        injected = self._withhold_injections(dict(zip(chosen, texts, strict=True)))
+        passages = [Candidate(i, t) for i, t in zip(chosen, texts, strict=True) if t]
+        counts["no_candidate_text"] += len(chosen) - len(passages)
+        counts["withheld_candidates"] += sum(p.id in injected for p in passages)
+        passages = [p for p in passages if p.id not in injected]
+        answers = labeler.questions(passages, self.questions_per_chunk)
+        pairs = [(p.id, q) for p, qs in zip(passages, answers, strict=True) if qs for q in qs]
+        if not pairs:
+            return []
+        embs = self.state.embed_queries([q for _, q in pairs])
+        return [
+            LabeledQuery(
+                f"s:{cid}:{' '.join(q.lower().split())}", q, embs[n], {cid: 1.0}, "synthetic"
+            )
+            for n, (cid, q) in enumerate(pairs)
+        ]
+
+    # -- split ----------------------------------------------------------------------------------
+
+    def split_labels(
+        self, labeled: Sequence[LabeledQuery]
+    ) -> tuple[list[LabeledQuery], list[LabeledQuery], list[LabeledQuery], str]:
+        """(train, validation, held-out, held-out source), by each query key's seeded hash.
+
+        When at least ``min_human_heldout`` human-labelled (feedback) queries fall in the
+        held-out share, the held-out set is those alone and LLM-judged queries only train and
+        validate: the proof then never trusts the judge it is checking.
+        """
+        tr_f, va_f, _ = self.split
+        real = [q for q in labeled if q.source != "synthetic"]
+        synth = [q for q in labeled if q.source == "synthetic"]
+        human = [q for q in real if q.source == "feedback"]
+        human_heldout = sum(split_point(self.seed, q.key) >= tr_f + va_f for q in human)
+        human_only = (
+            self.min_human_heldout > 0
+            and human_heldout >= self.min_human_heldout
+            and len(human) < len(real)
+        )
+        train: list[LabeledQuery] = []
+        val: list[LabeledQuery] = []
+        test: list[LabeledQuery] = []
+        three_way = human if human_only else real if real else synth
+        two_way = ([q for q in real if q.source != "feedback"] if human_only else []) + (
+            synth if real else []
+        )
+        for q in three_way:
+            u = split_point(self.seed, q.key)
+            (train if u < tr_f else val if u < tr_f + va_f else test).append(q)
+        share = tr_f / (tr_f + va_f)
+        for q in two_way:
+            (train if split_point(self.seed, q.key) < share else val).append(q)
+        return train, val, test, "traces" if real else "synthetic"
+
+    # -- finetune -------------------------------------------------------------------------------
+
+    def open_corpus(self) -> Corpus:
+        """The corpus ``finetune()`` ranks against (``corpus=``): the base matrix in memory,
+        or the wrapped store's own search (:mod:`nudge_rag.fit.corpus`)."""
+        cosine = self.metric is Metric.COSINE
+        if choose_corpus(self.corpus, self.state, self.memory_budget) == "store":
+            corpus: Corpus = StoreCorpus(self.state, normalize=cosine)
+            empty = corpus.shape[0] == 0
+        else:
+            read_all = getattr(self.state, "base_matrix", None)
+            if read_all is not None:  # one pass, a fresh matrix
+                ids, base = read_all()
+            else:
+                ids = list(self.state.ids())
+                base = self.state.base_vectors(ids) if ids else np.zeros((0, 0))
+            empty = not ids
+            if ids:
+                base = np.asarray(base, dtype=np.float32)
+                # ranked as NUDGE ranks (unit rows for cosine); a fresh matrix is normalised in
+                # place: the base as stored is not needed again, and a second N×d matrix is
+                # what limits N on this path
+                fresh = read_all is not None
+                fit = normalize_rows(base, in_place=fresh) if cosine else base
+                corpus = MemoryCorpus(fit, ids=ids, metric=self.metric)
+        if empty:
+            msg = "store: it holds no chunks; add documents before fine-tuning."
+            raise NudgeError(msg)
+        return corpus
+
+    def finetune(self) -> FinetuneReport:
+        """Label, split, fit from the base vectors and evaluate on held-out queries.
+
+        Nothing is written to the store; pass the report to :meth:`apply`.
+        """
+        check_store = getattr(self.state, "check_store", None)
+        if check_store is not None:  # a store that is not the log's: refuse before reading
+            check_store()
+        corpus = self.open_corpus()
+        labeler = self._labeler()
+        counts = dict.fromkeys(
+            ("traces", "unlabeled_traces", "no_candidate_text", "unknown_ids", "no_positive"), 0
+        )
+        counts.update(injected_chunks=0, withheld_candidates=0, outlier_chunks=0)
+        counts.update(answer_positive=0, answer_negative=0, answer_unjudged=0, withheld_answers=0)
+        counts.update(judge_dropped=0)
+        self._suspects = {}
+        labeled = self.collect_labels(corpus, labeler, counts)
+        counts["injected_chunks"] = len(self._suspects.get("injection", []))
+        held = sorted(corpus.known({i for q in labeled for i in q.grades}))
+        row_of = dict(zip(held, corpus.rows_of(held).tolist(), strict=True))
+        usable = []
+        for q in labeled:
+            known = {i: g for i, g in q.grades.items() if i in row_of}
+            counts["unknown_ids"] += len(q.grades) - len(known)
+            if not any(g > 0 for g in known.values()):
+                counts["no_positive"] += 1
+                continue
+            usable.append(LabeledQuery(q.key, q.text, q.embedding, known, q.source, q.trace_ids))
+        self.last_labels = usable
+        train, val, test, source = self.split_labels(usable)
+        if not train or not val or not test:
+            msg = (
+                f"labels: found {len(usable)} labeled queries with a positive (train "
+                f"{len(train)}, validation {len(val)}, held-out {len(test)}), expected at least "
+                "one in each split; record more searches and feedback, pass llm=... to judge "
+                "traces, or synthetic_chunks=... for a cold start."
+            )
+            if counts["answer_unjudged"]:
+                msg += (
+                    f" {counts['answer_unjudged']} queries have only a positive answer rating: "
+                    "pass llm=... so the judge picks the chunks those answers rest on."
+                )
+            raise NudgeError(msg)
+
+        def rows(qs: list[LabeledQuery]) -> list[dict[int, float]]:
+            return [{row_of[i]: g for i, g in q.positives.items()} for q in qs]
+
+        def negatives(qs: list[LabeledQuery]) -> list[list[int]] | None:
+            # judged not relevant: feedback's irrelevant_ids, the judge's grade-0 candidates
+            if not self.use_negatives:
+                return None
+            return [sorted(row_of[i] for i, g in q.grades.items() if g <= 0) for q in qs]
+
+        train_neg, val_neg = negatives(train), negatives(val)
+        counts["negative_pairs"] = sum(map(len, (train_neg or []) + (val_neg or [])))
+
+        def mat(qs: list[LabeledQuery]) -> np.ndarray:
+            return np.stack([q.embedding for q in qs]).astype(np.float32)
+
+        prep = _normalize if self.metric is Metric.COSINE else (lambda x: x)
+        res = finetune_embeddings(
+            corpus,
+            prep(mat(train)),
+            rows(train),
+            prep(mat(val)),
+            rows(val),
+            method=self.method,
+            gamma=self.gamma,
+            selection=self.selection,
+            refit=self.refit,
+            device=self.device,
+            train_negatives=train_neg,
+            val_negatives=val_neg,
+        )
+        test_q = mat(test)
+        table = RelevanceTable([{row_of[i]: g for i, g in q.grades.items()} for q in test])
+        # before: base; after: the fit's rows at their new vectors; both over the whole corpus,
+        # and on the store path against the same store results (the changed rows exact in both)
+        top_before = corpus.topk_replaced(test_q, K, res.rows)[0]
+        top_after = corpus.topk_replaced(test_q, K, res.rows, res.vectors)[0]
+        gains = {}
+        per_query: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for name, fn in (("ndcg", ndcg_at_k), ("recall", recall_at_k)):
+            b, a = fn(top_before, table, K), fn(top_after, table, K)
+            per_query[name] = (b, a)
+            low, high = paired_bootstrap(
+                a - b, n_resamples=self.n_resamples, confidence=self.confidence, seed=self.seed
+            )
+            gains[name] = MetricGain(float(b.mean()), float(a.mean()), low, high)
+        # the same held-out NDCG@10, apart by who graded each query
+        who = np.array(["human" if _is_human(q) else "judge" for q in test])
+        graded: dict[str, MetricGain] = {}
+        graded_queries: dict[str, int] = {}
+        if source != "synthetic":
+            b, a = per_query["ndcg"]
+            for grader in ("human", "judge"):
+                mask = who == grader
+                if mask.any():
+                    low, high = paired_bootstrap(
+                        a[mask] - b[mask],
+                        n_resamples=self.n_resamples,
+                        confidence=self.confidence,
+                        seed=self.seed,
+                    )
+                    graded[grader] = MetricGain(
+                        float(b[mask].mean()), float(a[mask].mean()), low, high
+                    )
+                    graded_queries[grader] = int(mask.sum())
+        sources = {"feedback": 0, "cited": 0, "llm": 0, "synthetic": 0, "answer": 0}
+        for q in usable:
+            sources[q.source] += 1
+        stats = labeler.stats if labeler is not None else LabelStats()
+        changed_ids = corpus.ids_of(res.rows)
+        report = FinetuneReport(
+            method=self.method.value,
+            metric=self.metric.value,
+            gamma=float(res.gamma),
+            n_chunks=corpus.shape[0],
+            rows_changed=len(changed_ids),
+            ndcg=gains["ndcg"],
+            recall=gains["recall"],
+            min_gain=self.min_gain,
+            confidence=self.confidence,
+            heldout_source=source,
+            heldout_by="+".join(sorted({q.source for q in test})),
+            queries={"train": len(train), "validation": len(val), "heldout": len(test)},
+            labels={**sources, **counts},
+            cost=stats.to_dict(),
+            seed=self.seed,
+            suspects={k: list(v) for k, v in self._suspects.items() if v},
+            bad_traces=dict(list(self.last_bad_traces.items())[:_BAD_LISTED]),
+            negative_weight=res.negative_weight,
+            _ids=changed_ids,
+            _vectors=res.vectors,
+            corpus=corpus.kind,
+            corpus_approximate=corpus.approximate,
+            corpus_stats=corpus.stats.to_dict() if isinstance(corpus, StoreCorpus) else {},
+            judge_audit=self.last_audit,
+            graded=graded,
+            graded_queries=graded_queries,
+            _base_digest=_digest(
+                self.state.base_vectors(changed_ids) if changed_ids else np.zeros(0)
+            ),
+        )
+        self.last_report = report
+        return report
+
+    # -- apply / rollback -------------------------------------------------------------------------
+
+    def apply(self, report: FinetuneReport, *, force: bool = False, note: str | None = None) -> int:
+        """Write ``report``'s vectors as a new version (with the report); return the version.
+
+        Refuses (``GainNotProvenError``) unless the held-out NDCG@10 gain is proven, or
+        ``force=True``. Rows an earlier version nudged that this fit leaves alone go back to
+        their base vectors, so the store holds exactly base + this fit.
+        """
+        if not isinstance(report, FinetuneReport) or report._vectors is None:
+            msg = (
+                f"report: found {type(report).__name__} without vectors, expected the "
+                "FinetuneReport that finetune() returned; run finetune() again."
+            )
+            raise NudgeError(msg)
+        if not report.proven and not force:
+            msg = (
+                f"report: the held-out NDCG@10 gain {report.ndcg.gain:+.4f} has a "
+                f"{round(report.confidence * 100)}% CI of [{report.ndcg.ci_low:+.4f}, "
+                f"{report.ndcg.ci_high:+.4f}], whose lower bound is not above min_gain="
+                f"{report.min_gain}; collect more labels and finetune() again, or pass "
+                "force=True."
+            )
+            raise GainNotProvenError(msg)
+        if report.version is not None:
+            msg = f"report: already applied as version {report.version}; nothing to do twice."
+            raise NudgeError(msg)
+        vectors = report.vectors()
+        if vectors and _digest(self.state.base_vectors(report._ids)) != report._base_digest:
+            msg = (
+                "report: the base vectors of its rows changed since finetune() (documents were "
+                "re-added); run finetune() again."
+            )
+            raise NudgeError(msg)
+        if not vectors:
+            msg = (
+                "report: it changes no rows; nothing to apply (rollback(0) returns the store to "
+                "its base)."
+            )
+            raise NudgeError(msg)
+        version = self.state.apply_vectors(
+            vectors,
+            note=note or f"{report.method} gamma={report.gamma:.3f} ({report.rows_changed} rows)",
+            method=report.method,
+            gamma=report.gamma,
+            report=report.to_dict(),
+            from_base=True,  # rows an older version nudged and this fit leaves alone: exact base
+        )
+        report.version = version
+        return version
+
+    def rollback(self, version: int | None = None) -> int:
+        """Move the store back to ``version`` (None: the previous one; 0: the base)."""
+        return self.state.rollback(version)
+
+    def close(self) -> None:
+        """Close the label cache (the store stays open)."""
+        self.cache.close()

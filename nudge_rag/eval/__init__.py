@@ -1,0 +1,1 @@
+"""Evaluation on BEIR folders: data loading, simulation, the benchmark and the demo."""

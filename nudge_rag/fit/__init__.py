@@ -1,0 +1,1 @@
+"""The math: NUDGE-M/N, the corpus it ranks against, metrics, input checks; numpy and torch only."""

@@ -1,0 +1,1 @@
+"""What persists: traces, versions, records, on SQLite (a folder) or Postgres (a URL)."""

@@ -1,0 +1,1 @@
+"""The version log: every move of stored vectors, reversible bit for bit."""
