@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from nudge_rag.errors import MetricMismatchError, NudgeError, UnknownIdError
+from nudge_rag.errors import (
+    ConcurrentMoveError,
+    GainNotProvenError,
+    InvalidAnswerError,
+    LLMCallError,
+    MetricMismatchError,
+    NudgeError,
+    StaleStoreError,
+    StoreDriftError,
+    UnknownIdError,
+    VersionLogError,
+    WrongStoreError,
+)
 from nudge_rag.fit.nudge import NudgeResult, finetune_embeddings
 
 if TYPE_CHECKING:
@@ -12,11 +24,19 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 __all__ = [
+    "ConcurrentMoveError",
+    "GainNotProvenError",
+    "InvalidAnswerError",
+    "LLMCallError",
     "MetricMismatchError",
     "NudgeError",
     "NudgeFinetuneEngine",
     "NudgeResult",
+    "StaleStoreError",
+    "StoreDriftError",
     "UnknownIdError",
+    "VersionLogError",
+    "WrongStoreError",
     "finetune_embeddings",
 ]
 

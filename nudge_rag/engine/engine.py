@@ -38,7 +38,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import (
+    GainNotProvenError,
+    NudgeError,
+)
 from nudge_rag.fit.corpus import (
     DEFAULT_MEMORY_BUDGET,
     Corpus,
@@ -95,10 +98,6 @@ _STORE_METHODS = (
     "embed_queries",
     "texts",
 )
-
-
-class GainNotProvenError(NudgeError):
-    """``apply`` was asked to write vectors whose held-out gain is not proven."""
 
 
 class EngineStore(Protocol):

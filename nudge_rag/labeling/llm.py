@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import InvalidAnswerError, LLMCallError, NudgeError
 
 T = TypeVar("T")
 
@@ -45,34 +45,6 @@ Messages = Sequence[Mapping[str, str]]
 
 _TRANSIENT_STATUS = frozenset({408, 409, 425, 429})
 _TRANSIENT_NAMES = ("timeout", "ratelimit", "connection", "serviceunavailable", "overloaded")
-
-
-class LLMCallError(NudgeError):
-    """One LLM request failed; ``transient`` failures are worth retrying."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        transient: bool,
-        status: int | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.transient = transient
-        self.status = status
-        self.retry_after = retry_after
-
-
-class InvalidAnswerError(NudgeError):
-    """An LLM answer that does not parse, or names ids / values outside what was asked.
-
-    ``raw`` is the answer's text where a framework's own parser rejected it.
-    """
-
-    def __init__(self, message: str, *, raw: str | None = None) -> None:
-        super().__init__(message)
-        self.raw = raw
 
 
 MAX_ANSWER_CHARS = 1_000_000

@@ -66,7 +66,16 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from nudge_rag.errors import MetricMismatchError, NudgeError, UnknownIdError
+from nudge_rag.errors import (
+    ConcurrentMoveError,
+    MetricMismatchError,
+    NudgeError,
+    StaleStoreError,
+    StoreDriftError,
+    UnknownIdError,
+    VersionLogError,
+    WrongStoreError,
+)
 from nudge_rag.fit.checks import check_vectors
 from nudge_rag.fit.nudge import Method
 from nudge_rag.state.db import Database, SQLiteDatabase
@@ -147,28 +156,6 @@ _LOST_LOCK = (
     "The lock that serialises moves was lost meanwhile (its Postgres connection dropped: "
     "idle_session_timeout, a transaction-mode pooler, a network reset)."
 )
-
-
-class VersionLogError(NudgeError):
-    """The version log is missing, damaged, or is not the log this state folder had."""
-
-
-class StoreDriftError(NudgeError):
-    """The store does not hold the vectors of the version the log says it is at."""
-
-
-class StaleStoreError(StoreDriftError):
-    """Another process moved the version and this process's store client cannot see it."""
-
-
-class ConcurrentMoveError(NudgeError):
-    """Another process moved the version during this move (the lock that serialises moves was
-    lost); this move did not commit, and the store holds what the log says."""
-
-
-class WrongStoreError(StoreDriftError):
-    """The store holds none, or only a small share, of the ids its version log names: it is not
-    the store (collection) this log belongs to. Nothing is written and nothing is forgotten."""
 
 
 @dataclass(frozen=True)
