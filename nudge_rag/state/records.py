@@ -271,13 +271,24 @@ def as_epoch(value: float | datetime | str | None, *, what: str, default: float)
         return float(ts())
     if isinstance(value, np.datetime64):
         return float(value.astype("datetime64[ns]").astype(np.int64)) / 1e9
+    return _finite(
+        _as_float(value, what, "a time (epoch seconds or ISO 8601)"), value, what, "time"
+    )
+
+
+def _as_float(value: Any, what: str, expected: str) -> float:
+    """``float(value)``, or a NudgeError naming ``what``, the ``expected`` kind and the value."""
     try:
-        out = float(value)
+        return float(value)
     except (TypeError, ValueError, OverflowError):
-        msg = f"{what}: expected a time (epoch seconds or ISO 8601), found {value!r:.80}"
+        msg = f"{what}: expected {expected}, found {value!r:.80}"
         raise NudgeError(msg) from None
+
+
+def _finite(out: float, value: Any, what: str, kind: str) -> float:
+    """``out`` if finite, else a NudgeError naming ``what`` and the ``value`` given."""
     if not math.isfinite(out):
-        msg = f"{what}: expected a finite time, found {value!r}"
+        msg = f"{what}: expected a finite {kind}, found {value!r}"
         raise NudgeError(msg)
     return out
 
@@ -385,11 +396,7 @@ def _number(value: Any, what: str) -> float | None:
     """A finite float, or None for None / NaN / inf (a score that was not kept)."""
     if value is None:
         return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError, OverflowError):
-        msg = f"{what}: expected a number or None, found {value!r:.80}"
-        raise NudgeError(msg) from None
+    out = _as_float(value, what, "a number or None")
     return out if math.isfinite(out) else None
 
 
@@ -420,15 +427,7 @@ def _k(value: Any, n: int) -> int:
 def _rating(value: Any) -> float | None:
     if value is None:
         return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError, OverflowError):
-        msg = f"rating: expected a number or None, found {value!r:.80}"
-        raise NudgeError(msg) from None
-    if not math.isfinite(out):
-        msg = f"rating: expected a finite number, found {value!r}"
-        raise NudgeError(msg)
-    return out
+    return _finite(_as_float(value, "rating", "a number or None"), value, "rating", "number")
 
 
 @dataclass
