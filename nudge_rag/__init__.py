@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from nudge_rag.errors import (
+    BadInputError,
     ConcurrentMoveError,
     GainNotProvenError,
     InvalidAnswerError,
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 __all__ = [
+    "BadInputError",
     "ConcurrentMoveError",
     "GainNotProvenError",
     "InvalidAnswerError",

@@ -8,6 +8,10 @@ class NudgeError(ValueError):
     """Bad input or state: the message names the argument, what was found, and the fix."""
 
 
+class BadInputError(NudgeError, ValueError):
+    """An argument, record or vector that nudge-rag cannot accept; nothing stored was changed."""
+
+
 class MetricMismatchError(NudgeError):
     """Vectors that only mean something under one metric were sent to a store with another."""
 
