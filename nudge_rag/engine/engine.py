@@ -52,6 +52,7 @@ from nudge_rag.fit.corpus import (
 )
 from nudge_rag.fit.metrics import RelevanceTable, exact_knn, ndcg_at_k, recall_at_k
 from nudge_rag.fit.nudge import Method, Selection, check_gamma, finetune_embeddings
+from nudge_rag.fit.stats import paired_bootstrap
 from nudge_rag.labeling.labeler import (
     AnswerRating,
     Candidate,
@@ -390,24 +391,6 @@ def _digest(mat: np.ndarray) -> str:
 def search(queries: np.ndarray, vectors: np.ndarray, k: int, metric: Metric) -> np.ndarray:
     """Top-``k`` row indices per query under the store's ``metric`` (exact)."""
     return exact_knn(queries, vectors, k, metric=metric)[1]
-
-
-def paired_bootstrap(
-    diffs: np.ndarray, *, n_resamples: int, confidence: float, seed: int
-) -> tuple[float, float]:
-    """Percentile CI of the mean of per-query ``diffs`` (after − before), resampling queries."""
-    if len(diffs) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_resamples)
-    step = max(1, 2_000_000 // len(diffs))  # bound the index matrix
-    for start in range(0, n_resamples, step):
-        stop = min(start + step, n_resamples)
-        idx = rng.integers(0, len(diffs), size=(stop - start, len(diffs)))
-        means[start:stop] = diffs[idx].mean(axis=1)
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(means, [alpha, 1.0 - alpha])
-    return float(low), float(high)
 
 
 def _trace_reader(state: Any) -> Callable[..., Iterable[Any]]:
