@@ -21,12 +21,16 @@ from nudge_rag.errors import (
 from nudge_rag.fit.nudge import NudgeResult, finetune_embeddings
 
 if TYPE_CHECKING:
+    from nudge_rag.engine.config import FinetuneConfig
     from nudge_rag.engine.engine import NudgeFinetuneEngine
+    from nudge_rag.engine.report import FinetuneReport
 
 __version__ = "0.1.0"
 __all__ = [
     "BadInputError",
     "ConcurrentMoveError",
+    "FinetuneConfig",
+    "FinetuneReport",
     "GainNotProvenError",
     "InvalidAnswerError",
     "LLMCallError",
@@ -49,5 +53,13 @@ def __getattr__(name: str) -> Any:
         from nudge_rag.engine.engine import NudgeFinetuneEngine
 
         return NudgeFinetuneEngine
+    if name == "FinetuneConfig":
+        from nudge_rag.engine.config import FinetuneConfig
+
+        return FinetuneConfig
+    if name == "FinetuneReport":
+        from nudge_rag.engine.report import FinetuneReport
+
+        return FinetuneReport
     msg = f"module 'nudge_rag' has no attribute {name!r}"
     raise AttributeError(msg)

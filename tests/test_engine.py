@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-from nudge_rag import NudgeFinetuneEngine
+from nudge_rag import BadInputError, FinetuneConfig, NudgeFinetuneEngine
 from nudge_rag.engine.engine import FinetuneReport, GainNotProvenError, search
 from nudge_rag.errors import MetricMismatchError, NudgeError
 from nudge_rag.eval.simulate import LookupEmbedder
+from nudge_rag.fit.nudge import Method
 from nudge_rag.state.state import NudgeState
 from nudge_rag.stores.base import Metric
 from nudge_rag.stores.memory import MemoryAdapter
@@ -409,21 +411,70 @@ def test_l2_search_matches_brute_force():
 # -- bad input -------------------------------------------------------------------------------------
 
 
+BAD_SETTINGS = [
+    ({"split": (0.5, 0.5, 0.5)}, r"split: found \(0\.5, 0\.5, 0\.5\), expected"),
+    ({"split": (0.0, 0.5, 0.5)}, "train and held-out need a share"),
+    ({"label_k": 0}, "label_k: found 0"),
+    ({"judge_batch": 0}, "judge_batch: found 0"),
+    ({"method": "nudge-x"}, "method: found 'nudge-x'"),
+    ({"confidence": 1.5}, "confidence: found 1.5"),
+    ({"n_resamples": 99}, "n_resamples: found 99, expected an integer ≥ 100"),
+    ({"corpus": "disk"}, "corpus: found 'disk', expected 'auto', 'memory' or 'store'"),
+    ({"max_audit_queries": -1}, r"max_audit_queries: found -1, expected ≥ 0 \(0: no audit\)"),
+]
+
+
 @pytest.mark.parametrize(
-    ("kw", "match"),
-    [
-        ({"split": (0.5, 0.5, 0.5)}, r"split: found \(0\.5, 0\.5, 0\.5\), expected"),
-        ({"split": (0.0, 0.5, 0.5)}, "train and held-out need a share"),
-        ({"label_k": 0}, "label_k: found 0"),
-        ({"judge_batch": 0}, "judge_batch: found 0"),
-        ({"method": "nudge-x"}, "method: found 'nudge-x'"),
-        ({"confidence": 1.5}, "confidence: found 1.5"),
-        ({"llm": "gpt-4o"}, "llm: found builtins.str"),
-    ],
+    ("kw", "match"), [*BAD_SETTINGS, ({"llm": "gpt-4o"}, "llm: found builtins.str")]
 )
 def test_bad_arguments_name_the_fix(world, kw, match):
     with pytest.raises(NudgeError, match=match):
         engine(world, **kw)
+
+
+# -- the settings as one FinetuneConfig (issue 22) -------------------------------------------------
+
+
+@pytest.mark.parametrize(("kw", "match"), BAD_SETTINGS)
+def test_a_config_checks_its_settings_with_the_engines_messages(kw, match):
+    with pytest.raises(BadInputError, match=match):
+        FinetuneConfig(**kw)
+    with pytest.raises(ValueError, match=match):  # a changed copy is checked again
+        dataclasses.replace(FinetuneConfig(), **kw)
+
+
+def test_a_config_holds_the_settings_normalised_and_frozen():
+    config = FinetuneConfig(method="nudge-m", gamma=1, split=[0.5, 0.25, 0.25], min_gain=0)
+    assert config.method is Method.NUDGE_M and config.gamma == 1.0
+    assert config.split == (0.5, 0.25, 0.25) and isinstance(config.min_gain, float)
+    assert config.audits and not FinetuneConfig(max_audit_queries=0).audits
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.seed = 5  # type: ignore[misc]
+
+
+def test_config_or_keywords_build_the_same_engine_but_not_both(world):
+    config = FinetuneConfig(min_gain=0.01, seed=3, label_k=10, progress=False)
+    by_config = NudgeFinetuneEngine(world.state, config=config)
+    by_keywords = engine(world, min_gain=0.01, seed=3, label_k=10)
+    assert by_config.config == by_keywords.config == config
+    with pytest.raises(BadInputError, match="found config= and the keyword settings seed; pass"):
+        NudgeFinetuneEngine(world.state, config=config, seed=4)
+    with pytest.raises(BadInputError, match="config: found dict, expected a FinetuneConfig"):
+        NudgeFinetuneEngine(world.state, config={"seed": 4})
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) 'min_gian'.*min_gain"):
+        engine(world, min_gian=0.1)
+    with pytest.raises(MetricMismatchError):  # the store's own check runs on a config too
+        NudgeFinetuneEngine(world.state, config=FinetuneConfig(method="nudge-m"))
+
+
+def test_a_config_and_its_keywords_give_the_same_report(world):
+    world.feedback_all(world.search_all())
+    settings = {"seed": 5, "split": (0.5, 0.25, 0.25), "n_resamples": 500, "progress": False}
+    by_keywords = engine(world, **settings).finetune().to_dict()
+    by_config = NudgeFinetuneEngine(world.state, config=FinetuneConfig(**settings)).finetune()
+    by_keywords.pop("created")
+    assert {**by_config.to_dict(), "created": None} == {**by_keywords, "created": None}
+    assert by_config.seed == 5 and by_config.queries["train"] > by_config.queries["heldout"]
 
 
 def test_a_store_without_the_protocol_is_rejected():

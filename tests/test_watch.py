@@ -94,13 +94,13 @@ class ScrambledEngine(NudgeFinetuneEngine):
         return report
 
 
-def watcher(store, clock, engine_cls=NudgeFinetuneEngine, **kw) -> Watcher:
+def watcher(store, clock, engine_cls=NudgeFinetuneEngine, engine_kw=None, **kw) -> Watcher:
     kw.setdefault("min_new_labels", 50)
     kw.setdefault("min_guard_searches", 30)
     kw.setdefault("settle_searches", 60)
     return Watcher(
         store,
-        engine=engine_cls(store, progress=False),
+        engine=engine_cls(store, progress=False, **(engine_kw or {})),
         clock=clock,
         sleep=clock.sleep,
         **kw,
@@ -187,8 +187,7 @@ def test_fine_tunes_only_when_enough_new_labels_arrived(store, world):
 def test_a_fit_that_is_not_proven_is_logged_and_not_applied(store, world):
     clock = FakeClock()
     traffic(store, world.queries[:12])
-    w = watcher(store, clock, min_new_labels=5)
-    w.engine.min_gain = 10.0  # no gain can beat it
+    w = watcher(store, clock, min_new_labels=5, engine_kw={"min_gain": 10.0})  # no gain beats it
     (d,) = w.run_round()
     assert d["decision"] == "not_proven" and d["version"] == 0
     assert d["labels_seq"] == 12  # the insertion number of the last feedback row it counted
@@ -288,8 +287,8 @@ def test_a_record_dated_a_day_ahead_does_not_hide_the_labels_that_follow(store, 
             )
         ]
     )
-    w = watcher(store, clock, min_new_labels=10)
-    w.engine.min_gain = 10.0  # never proven: the round only moves the labels' mark
+    # min_gain 10: never proven, the round only moves the labels' mark
+    w = watcher(store, clock, min_new_labels=10, engine_kw={"min_gain": 10.0})
     (first_round,) = w.run_round()
     assert first_round["decision"] == "not_proven" and first_round["new_labels"] == 22
 

@@ -29,21 +29,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import time
 from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from nudge_rag.errors import (
-    GainNotProvenError,
-    NudgeError,
-)
+from nudge_rag.engine.config import FinetuneConfig, resolve_config
+from nudge_rag.engine.report import FinetuneReport, MetricGain
+from nudge_rag.errors import BadInputError, GainNotProvenError, NudgeError
 from nudge_rag.fit.corpus import (
-    DEFAULT_MEMORY_BUDGET,
     Corpus,
     MemoryCorpus,
     StoreCorpus,
@@ -51,7 +46,8 @@ from nudge_rag.fit.corpus import (
     normalize_rows,
 )
 from nudge_rag.fit.metrics import RelevanceTable, exact_knn, ndcg_at_k, recall_at_k
-from nudge_rag.fit.nudge import Method, Selection, check_gamma, finetune_embeddings
+from nudge_rag.fit.nudge import finetune_embeddings
+from nudge_rag.fit.stats import paired_bootstrap
 from nudge_rag.labeling.labeler import (
     AnswerRating,
     Candidate,
@@ -66,17 +62,14 @@ from nudge_rag.labeling.labeler import (
     query_key,
     sample_chunks,
 )
-from nudge_rag.labeling.llm import RetryPolicy, as_llm
+from nudge_rag.labeling.llm import as_llm
 from nudge_rag.labeling.pools import LexicalIndex, PoolStats, judge_pools, lexical_available
 from nudge_rag.labeling.provenance import (
-    DEFAULT_MIN_PRECISION,
-    DEFAULT_MIN_RECALL,
     SOURCE_PROVENANCE,
     JudgeAudit,
     Provenance,
     audit_judge,
 )
-from nudge_rag.state.db import Database
 from nudge_rag.state.traces.log import embedding_problem
 from nudge_rag.state.versions.log import check_metric
 from nudge_rag.stores.base import Metric
@@ -135,228 +128,8 @@ def resolve_store(store: Any) -> EngineStore:
             f"store: found {type(store).__name__} without {', '.join(missing)}; expected a "
             "NudgedVectorStore (LangChain or LlamaIndex face) or its .nudge_state."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     return state
-
-
-# ---------------------------------------------------------------------------------------------
-# The report
-
-
-@dataclass
-class MetricGain:
-    """Mean of one metric over the held-out queries, before and after, with a CI of the gain."""
-
-    before: float
-    after: float
-    ci_low: float
-    ci_high: float
-
-    @property
-    def gain(self) -> float:
-        """``after − before``."""
-        return self.after - self.before
-
-
-@dataclass
-class FinetuneReport:
-    """What :meth:`NudgeFinetuneEngine.finetune` found; ``apply`` writes it.
-
-    ``ndcg`` / ``recall`` are NDCG@10 / Recall@10 of the held-out queries over the whole
-    corpus; ``proven`` is whether the NDCG@10 gain's CI lower bound beats ``min_gain``.
-    ``to_dict()`` is what is stored with the version; the new vectors are not in it.
-    """
-
-    method: str
-    metric: str
-    gamma: float
-    n_chunks: int
-    rows_changed: int
-    ndcg: MetricGain
-    recall: MetricGain
-    min_gain: float
-    confidence: float
-    heldout_source: str  # "traces" or "synthetic"
-    queries: dict[str, int]
-    labels: dict[str, int]
-    cost: dict[str, int]
-    seed: int
-    created: float = field(default_factory=time.time)
-    version: int | None = None
-    suspects: dict[str, list[str]] = field(default_factory=dict)
-    """Chunk ids under suspicion: ``"injection"`` (their text addresses the judge, so the
-    judge never saw them), ``"outlier"`` (judged relevant in an unusual share of the pools
-    they were in; their LLM positives dropped unless ``exclude_outliers=False``)."""
-    heldout_by: str = ""
-    """Who labelled the held-out queries: ``"feedback"`` (people), ``"llm"``,
-    ``"feedback+llm"`` or ``"synthetic"``."""
-    bad_traces: dict[str, str] = field(default_factory=dict)
-    """Traces skipped because their query vector cannot label (trace id → zero norm, wrong
-    dimension or NaN/inf; the first 1,000, all counted in ``labels["bad_traces"]``); remove
-    them with ``store.delete_traces(list(report.bad_traces))``."""
-    negative_weight: float = 0.0
-    """λ, the weight the fit gave chunks judged not relevant (``labels["negative_pairs"]``
-    counts those (query, chunk) pairs); 0 when validation preferred the fit without them."""
-    corpus: str = "memory"
-    """Where the whole-corpus ranking ran (judge pools, γ selection, held-out proof):
-    ``"memory"`` (the base matrix, exact) or ``"store"`` (the wrapped store's own search)."""
-    corpus_approximate: bool = False
-    """The store answered from an approximate index (HNSW, IVF): every figure carries its
-    recall."""
-    corpus_stats: dict[str, int] = field(default_factory=dict)
-    """What the store path asked of the store (searches, query vectors, base vectors read)."""
-    judge_audit: JudgeAudit | None = None
-    """The judge's agreement with human labels on human-labelled searches' pools (None: no
-    judge, or no human labels to audit it with: then the proof is only as good as the judge)."""
-    graded: dict[str, MetricGain] = field(default_factory=dict)
-    """The held-out NDCG@10 apart by who graded each query: ``"human"`` (people's labels) and
-    ``"judge"`` (model labels); ``ndcg`` is over both, each query graded by its own labels."""
-    graded_queries: dict[str, int] = field(default_factory=dict)
-    """Held-out queries per grader (``"human"`` / ``"judge"``)."""
-    _ids: list[str] = field(default_factory=list, repr=False)
-    _vectors: np.ndarray | None = field(default=None, repr=False)
-    _base_digest: str = field(default="", repr=False)
-
-    @property
-    def proven(self) -> bool:
-        """Whether the NDCG@10 gain's CI lower bound is above ``min_gain``."""
-        return math.isfinite(self.ndcg.ci_low) and self.ndcg.ci_low > self.min_gain
-
-    def vectors(self) -> dict[str, np.ndarray]:
-        """The new vectors by id (empty for a report read back from a version)."""
-        if self._vectors is None:
-            return {}
-        return {i: self._vectors[n] for n, i in enumerate(self._ids)}
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable summary (stored with the version ``apply`` creates)."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            if f.name.startswith("_") or f.name == "version":
-                continue
-            value = getattr(self, f.name)
-            if isinstance(value, MetricGain):
-                value = asdict(value)
-            elif isinstance(value, JudgeAudit):
-                value = value.to_dict()
-            elif f.name == "graded":
-                value = {k: {**asdict(m), "gain": m.gain} for k, m in value.items()}
-            out[f.name] = value
-        for name in ("ndcg", "recall"):
-            out[name] = {**out[name], "gain": getattr(self, name).gain}
-        out["proven"] = self.proven
-        out["proof_by"] = self.proof_by
-        return out
-
-    @property
-    def proof_by(self) -> str:
-        """Who graded the held-out proof: ``"human"``, ``"judge"``, ``"human+judge"`` (each
-        query by its own labels) or ``"synthetic"``."""
-        if self.heldout_source == "synthetic":
-            return "synthetic"
-        return "+".join(k for k in ("human", "judge") if self.graded_queries.get(k))
-
-    def headline(self) -> str:
-        """Who graded the proof and how far the judge can be trusted, in one or two lines."""
-        a = self.judge_audit
-        has_judge = self.graded_queries.get("judge", 0) > 0 or self.labels.get("llm", 0) > 0
-        if a is not None:
-            head = a.summary()
-        elif has_judge or self.labels.get("answer", 0) or self.heldout_source == "synthetic":
-            head = (
-                "judge unaudited: no human labels; the proof is only as good as the judge (record "
-                "feedback on some searches to audit it; `nudge-rag watch` guards an applied "
-                "version with the feedback that arrives after it)"
-            )
-        else:
-            head = "labels: human feedback only (no judge)"
-        return head
-
-    def __str__(self) -> str:
-        pct = round(self.confidence * 100)
-        q = self.queries
-        lines = [
-            f"NUDGE fine-tune: {self.method}, gamma={self.gamma:.3f}, {self.metric} store, "
-            f"{self.n_chunks} chunks, {self.rows_changed} rows changed",
-            self.headline(),
-            f"queries: train {q.get('train', 0)}, validation {q.get('validation', 0)}, "
-            f"held-out {q.get('heldout', 0)} ({self.heldout_source}"
-            f"{', graded by ' + self.proof_by if self.proof_by else ''}); labeled by human "
-            f"feedback {self.labels.get('feedback', 0)}, model feedback (citations) "
-            f"{self.labels.get('cited', 0)}, llm {self.labels.get('llm', 0)}, synthetic "
-            f"{self.labels.get('synthetic', 0)}, answer ratings {self.labels.get('answer', 0)}",
-            "",
-            f"{'held-out':<10}{'before':>9}{'after':>9}{'gain':>9}   {pct}% CI of the gain",
-        ]
-        for name, m in (("NDCG@10", self.ndcg), ("Recall@10", self.recall)):
-            lines.append(
-                f"{name:<10}{m.before:>9.4f}{m.after:>9.4f}{m.gain:>+9.4f}   "
-                f"[{m.ci_low:+.4f}, {m.ci_high:+.4f}]"
-            )
-        if len(self.graded) > 1:  # both graders: their figures apart
-            for who, m in self.graded.items():
-                n = self.graded_queries.get(who, 0)
-                lines.append(
-                    f"  NDCG@10 on the {n} {who}-graded: {m.before:.4f} -> {m.after:.4f} "
-                    f"({m.gain:+.4f}, CI [{m.ci_low:+.4f}, {m.ci_high:+.4f}])"
-                )
-        verdict = (
-            f"proven: NDCG@10 CI lower bound {self.ndcg.ci_low:+.4f} > min_gain "
-            f"{self.min_gain:+.4f}; engine.apply(report) will write it"
-            if self.proven
-            else f"not proven: NDCG@10 CI lower bound {self.ndcg.ci_low:+.4f} <= min_gain "
-            f"{self.min_gain:+.4f}; apply refuses (collect more labels, or force=True)"
-        )
-        c = self.cost
-        lines += [
-            "",
-            verdict,
-            f"LLM: {c.get('questions', 0)} questions, {c.get('llm_calls', 0)} calls, "
-            f"{c.get('cache_hits', 0)} cache hits, {c.get('retries', 0)} retries, skipped "
-            f"{c.get('skipped_invalid', 0)} invalid / {c.get('skipped_failed', 0)} failed / "
-            f"{c.get('skipped_budget', 0)} over budget; tokens {c.get('prompt_tokens', 0)} in, "
-            f"{c.get('completion_tokens', 0)} out",
-        ]
-        for kind, why in (
-            ("injection", "text addresses the judge; never shown to it"),
-            ("outlier", "judged relevant in an outlying share of pools; LLM positives dropped"),
-        ):
-            flagged = self.suspects.get(kind, [])
-            if flagged:
-                shown = ", ".join(flagged[:5]) + (", ..." if len(flagged) > 5 else "")
-                lines.append(f"suspect chunks ({why}): {len(flagged)}: {shown}")
-        if self.proof_by == "human+judge":
-            lines.append(
-                "note: the held-out proof mixes judge-graded queries with too few human-graded "
-                "ones to stand alone; it trusts the judge"
-                + (" the audit passed." if self.judge_audit is not None else ".")
-            )
-        if self.labels.get("judge_dropped", 0):
-            lines.append(
-                f"judge not trusted: {self.labels['judge_dropped']} searches left unjudged; the "
-                "fit and the proof use human (and other) labels only."
-            )
-        n_bad = self.labels.get("bad_traces", 0)
-        if n_bad:
-            lines.append(
-                f"skipped {n_bad} traces whose query vector cannot label (zero norm, wrong "
-                "dimension or NaN/inf): report.bad_traces names them; "
-                "store.delete_traces(list(report.bad_traces)) removes them."
-            )
-        if self.corpus == "store":
-            lines.append(
-                "corpus: ranked by the store's own search"
-                + (
-                    " (an approximate index: the figures carry its recall)"
-                    if self.corpus_approximate
-                    else " (exact)"
-                )
-            )
-        if q.get("heldout", 0) < 30:
-            lines.append(f"note: only {q.get('heldout', 0)} held-out queries; the CI is wide.")
-        if self.version is not None:
-            lines.append(f"applied as version {self.version}")
-        return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,24 +163,6 @@ def _digest(mat: np.ndarray) -> str:
 def search(queries: np.ndarray, vectors: np.ndarray, k: int, metric: Metric) -> np.ndarray:
     """Top-``k`` row indices per query under the store's ``metric`` (exact)."""
     return exact_knn(queries, vectors, k, metric=metric)[1]
-
-
-def paired_bootstrap(
-    diffs: np.ndarray, *, n_resamples: int, confidence: float, seed: int
-) -> tuple[float, float]:
-    """Percentile CI of the mean of per-query ``diffs`` (after − before), resampling queries."""
-    if len(diffs) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_resamples)
-    step = max(1, 2_000_000 // len(diffs))  # bound the index matrix
-    for start in range(0, n_resamples, step):
-        stop = min(start + step, n_resamples)
-        idx = rng.integers(0, len(diffs), size=(stop - start, len(diffs)))
-        means[start:stop] = diffs[idx].mean(axis=1)
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(means, [alpha, 1.0 - alpha])
-    return float(low), float(high)
 
 
 def _trace_reader(state: Any) -> Callable[..., Iterable[Any]]:
@@ -472,34 +227,14 @@ class NudgeFinetuneEngine:
         store: a ``NudgedVectorStore`` of either face, or its ``.nudge_state``.
         llm: ``None`` (feedback labels only), an ``openai.OpenAI`` client (with
             ``llm_model=``), a LangChain ``BaseChatModel`` or a LlamaIndex ``LLM``.
-        method: ``"nudge-n"`` (any metric) or ``"nudge-m"`` (inner-product stores only).
-        label_k: size of the candidate pool the LLM grades per query (default 20); a pool
-            larger than ``judge_batch`` (default 20) goes out as several prompts.
-        pools: how that pool is drawn: ``"hybrid"`` (default) fuses the dense top ``label_k``
-            with BM25 over the chunk texts (the ``lexical`` extra; left out with a logged note
-            when ``bm25s`` is missing) and the chunks users marked relevant, by reciprocal
-            rank, and keeps ``label_k``; ``"dense"`` is the dense top ``label_k`` alone.
-        use_negatives: feed what is known not relevant to the fit (feedback's
-            ``irrelevant_ids``, the judge's grade-0 candidates) as ``train_negatives`` /
-            ``val_negatives``; their weight is chosen on validation (default True).
-        synthetic_chunks / questions_per_chunk: cold start — ask the LLM for questions that
-            sampled chunks answer; they train and validate, and are the held-out proof only
-            when no real trace is labeled.
-        min_gain: ``apply`` needs the NDCG@10 gain's CI lower bound above this (default 0).
-        max_calls: hard cap on LLM requests per ``finetune()``; concurrency, retry: how.
-        cache_path: the label cache (default: the state's, ``labels.sqlite`` in its folder or
-            its Postgres schema).
-        corpus: where the whole-corpus ranking runs (judge pools, γ selection, held-out proof):
-            ``"memory"`` reads every base vector and ranks exactly; ``"store"`` asks the wrapped
-            store's own search (memory independent of the corpus size; an HNSW index's recall
-            carries into the figures); ``"auto"`` (default) is memory while the base matrix
-            fits ``memory_budget`` bytes of float32 (default 2 GiB), the store above.
-        audit: before judging, grade the pools of up to ``max_audit_queries`` (default 200)
-            human-labelled searches with the judge and measure its precision and recall
-            against the people (``report.judge_audit``); a judge significantly below
-            ``min_judge_precision`` (0.3) or ``min_judge_recall`` (0.2) is not trusted: no
-            search is judged and the fit and proof use the other labels
-            (:mod:`nudge_rag.labeling.provenance`).
+        config: a :class:`~nudge_rag.engine.config.FinetuneConfig`, or its fields as keyword
+            arguments (not both); checked here, before any LLM call. The ones most often set:
+            ``method`` (``"nudge-n"``, or ``"nudge-m"`` on inner-product stores), ``label_k`` /
+            ``pools`` (the candidate pool the judge grades per query), ``synthetic_chunks``
+            (cold start), ``min_gain`` (the bar ``apply`` needs the CI lower bound above),
+            ``max_calls`` (a cap on LLM requests), ``corpus`` (``"memory"``, ``"store"`` or
+            ``"auto"``: where the whole-corpus ranking runs), ``audit`` (measure the judge
+            against human labels first and drop it when it is significantly poor).
 
     Use:
         .. code-block:: python
@@ -512,146 +247,16 @@ class NudgeFinetuneEngine:
     """
 
     def __init__(
-        self,
-        store: Any,
-        llm: Any = None,
-        *,
-        method: Method | str = Method.NUDGE_N,
-        llm_model: str | None = None,
-        label_k: int = 20,
-        pools: str = "hybrid",
-        judge_batch: int = 20,
-        synthetic_chunks: int = 0,
-        questions_per_chunk: int = 2,
-        split: tuple[float, float, float] = (0.6, 0.2, 0.2),
-        seed: int = 0,
-        min_gain: float = 0.0,
-        confidence: float = 0.95,
-        n_resamples: int = 2000,
-        gamma: float | None = None,
-        selection: str | None = None,
-        refit: bool | None = None,
-        cache_path: str | Path | Database | None = None,
-        concurrency: int = 4,
-        max_calls: int | None = None,
-        retry: RetryPolicy | None = None,
-        progress: bool = True,
-        device: str | None = None,
-        min_human_heldout: int = 10,
-        exclude_outliers: bool = True,
-        outlier_min_pools: int = 10,
-        use_negatives: bool = True,
-        corpus: str = "auto",
-        memory_budget: int = DEFAULT_MEMORY_BUDGET,
-        audit: bool = True,
-        min_judge_precision: float = DEFAULT_MIN_PRECISION,
-        min_judge_recall: float = DEFAULT_MIN_RECALL,
-        max_audit_queries: int = 200,
+        self, store: Any, llm: Any = None, *, config: FinetuneConfig | None = None, **settings: Any
     ) -> None:
         self.state = resolve_store(store)
         self.metric = Metric(self.state.metric)
-        try:
-            self.method = Method(method)
-        except ValueError:
-            msg = f"method: found {method!r}, expected 'nudge-n' or 'nudge-m'."
-            raise NudgeError(msg) from None
-        check_metric(self.method.value, self.metric)  # fail before any LLM call is paid for
-        if gamma is not None:  # the fit's own checks, before any LLM call too
-            gamma = check_gamma(gamma, self.method)
-        if selection is not None and selection not in list(Selection):
-            msg = f"selection: found {selection!r}, expected 'ndcg@10' or 'top1'."
-            raise NudgeError(msg)
-        if len(split) != 3 or min(split) < 0 or not math.isclose(sum(split), 1.0):
-            msg = (
-                f"split: found {split}, expected (train, validation, held-out) fractions "
-                "≥ 0 that sum to 1; pass e.g. (0.6, 0.2, 0.2)."
-            )
-            raise NudgeError(msg)
-        if split[0] == 0 or split[2] == 0:
-            msg = f"split: found {split}; train and held-out need a share > 0."
-            raise NudgeError(msg)
-        if label_k < 1:
-            msg = f"label_k: found {label_k}, expected ≥ 1; pass e.g. 20."
-            raise NudgeError(msg)
-        if judge_batch < 1:
-            msg = f"judge_batch: found {judge_batch}, expected ≥ 1; pass e.g. 20."
-            raise NudgeError(msg)
-        if pools not in ("hybrid", "dense"):
-            msg = f"pools: found {pools!r}, expected 'hybrid' or 'dense'."
-            raise NudgeError(msg)
-        if synthetic_chunks < 0:
-            msg = f"synthetic_chunks: found {synthetic_chunks}, expected ≥ 0."
-            raise NudgeError(msg)
-        if not 0 < confidence < 1:
-            msg = f"confidence: found {confidence}, expected a level in (0, 1), e.g. 0.95."
-            raise NudgeError(msg)
-        integral = isinstance(n_resamples, int | np.integer) and not isinstance(n_resamples, bool)
-        if not integral or n_resamples < 100:
-            msg = (
-                f"n_resamples: found {n_resamples!r}, expected an integer ≥ 100 (bootstrap "
-                "resamples behind the gain's confidence interval); pass e.g. 2000."
-            )
-            raise NudgeError(msg)
-        self.llm = as_llm(llm, model=llm_model)
-        self.label_k = label_k
-        self.pools = pools
-        self.judge_batch = judge_batch
-        self.synthetic_chunks = synthetic_chunks
-        self.questions_per_chunk = questions_per_chunk
-        self.split = split
-        self.seed = seed
-        self.min_gain = float(min_gain)
-        self.confidence = confidence
-        self.n_resamples = n_resamples
-        self.gamma = gamma
-        self.selection = selection
-        self.refit = refit
-        self.concurrency = concurrency
-        self.max_calls = max_calls
-        self.retry = retry
-        self.progress = progress
-        self.device = device
-        if min_human_heldout < 0 or outlier_min_pools < 1:
-            msg = (
-                f"min_human_heldout / outlier_min_pools: found {min_human_heldout} / "
-                f"{outlier_min_pools}, expected ≥ 0 / ≥ 1; pass e.g. 10 / 10."
-            )
-            raise NudgeError(msg)
-        self.min_human_heldout = min_human_heldout
-        self.exclude_outliers = exclude_outliers
-        self.outlier_min_pools = outlier_min_pools
-        self.use_negatives = bool(use_negatives)
-        if corpus not in ("auto", "memory", "store"):
-            msg = f"corpus: found {corpus!r}, expected 'auto', 'memory' or 'store'."
-            raise NudgeError(msg)
-        if isinstance(memory_budget, bool) or not isinstance(memory_budget, int | np.integer):
-            msg = (
-                f"memory_budget: found {memory_budget!r}, expected bytes as an integer, "
-                "e.g. 2 * 2**30."
-            )
-            raise NudgeError(msg)
-        self.corpus = corpus
-        self.memory_budget = int(memory_budget)
-        bars = (min_judge_precision, min_judge_recall)
-        if not all(isinstance(b, int | float) and 0.0 <= b <= 1.0 for b in bars):
-            msg = (
-                f"min_judge_precision / min_judge_recall: found {min_judge_precision!r} / "
-                f"{min_judge_recall!r}, expected shares in [0, 1]; pass e.g. 0.3 / 0.2 (0 "
-                "turns that check off)."
-            )
-            raise NudgeError(msg)
-        if isinstance(max_audit_queries, bool) or not isinstance(max_audit_queries, int):
-            msg = f"max_audit_queries: found {max_audit_queries!r}, expected an integer ≥ 0."
-            raise NudgeError(msg)
-        if max_audit_queries < 0:
-            msg = f"max_audit_queries: found {max_audit_queries}, expected ≥ 0 (0: no audit)."
-            raise NudgeError(msg)
-        self.audit = bool(audit) and max_audit_queries > 0
-        self.min_judge_precision = float(min_judge_precision)
-        self.min_judge_recall = float(min_judge_recall)
-        self.max_audit_queries = max_audit_queries
+        self._config = resolve_config(config, settings)
+        check_metric(self.config.method.value, self.metric)  # fail before any LLM call is paid for
+        self.llm = as_llm(llm, model=self.config.llm_model)
         self.last_audit: JudgeAudit | None = None
         self._suspects: dict[str, list[str]] = {}
+        cache_path = self.config.cache_path
         if cache_path is None:
             part = getattr(self.state, "part", None)  # the state's label cache (file or schema)
             cache_path = part("labels") if callable(part) else None
@@ -662,6 +267,11 @@ class NudgeFinetuneEngine:
         self.last_pool_stats = PoolStats()  # what the last judge pools cost and brought in
         self._liked: list[str] = []  # chunks users marked relevant (the pools' feedback leg)
 
+    @property
+    def config(self) -> FinetuneConfig:
+        """The engine's settings (frozen; build another engine to change them)."""
+        return self._config
+
     # -- labels ---------------------------------------------------------------------------------
 
     def _labeler(self) -> Labeler | None:
@@ -670,11 +280,11 @@ class NudgeFinetuneEngine:
         return Labeler(
             self.llm,
             cache=self.cache,
-            concurrency=self.concurrency,
-            max_calls=self.max_calls,
-            policy=self.retry,
-            progress=self.progress,
-            seed=self.seed,
+            concurrency=self.config.concurrency,
+            max_calls=self.config.max_calls,
+            policy=self.config.retry,
+            progress=self.config.progress,
+            seed=self.config.seed,
         )
 
     def collect_labels(
@@ -753,7 +363,7 @@ class NudgeFinetuneEngine:
                     (key, str(group.text), emb, tids, grades)
                 )
         self.last_audit = None
-        if labeler is not None and self.audit and (to_judge or to_support):
+        if labeler is not None and self.config.audits and (to_judge or to_support):
             self.last_audit = self._audit(
                 [q for q in out if q.source == "feedback"], corpus, labeler
             )
@@ -764,7 +374,7 @@ class NudgeFinetuneEngine:
             out += self._judge_support(to_support, liked, rated, labeler, counts)
         if to_judge and labeler is not None:
             out += self._judge(to_judge, corpus, labeler, counts)
-        if self.synthetic_chunks and labeler is not None:
+        if self.config.synthetic_chunks and labeler is not None:
             out += self._synthesize(corpus.all_ids(), labeler, counts)
         return out
 
@@ -804,8 +414,10 @@ class NudgeFinetuneEngine:
         asked = [q for q in human if q.text]
         if not asked:
             return None
-        asked.sort(key=lambda q: split_point(self.seed + 1, q.key))  # a seeded, stable sample
-        asked = asked[: self.max_audit_queries]
+        asked.sort(
+            key=lambda q: split_point(self.config.seed + 1, q.key)
+        )  # a seeded, stable sample
+        asked = asked[: self.config.max_audit_queries]
         no_grades: dict[str, float] = {}
         groups = [(q.key, str(q.text), q.embedding, q.trace_ids, no_grades) for q in asked]
         before = labeler.stats.to_dict()
@@ -814,9 +426,9 @@ class NudgeFinetuneEngine:
         after = labeler.stats.to_dict()
         return audit_judge(
             ((judged[g], q.grades) for g, q in enumerate(asked) if g in judged),
-            min_precision=self.min_judge_precision,
-            min_recall=self.min_judge_recall,
-            confidence=self.confidence,
+            min_precision=self.config.min_judge_precision,
+            min_recall=self.config.min_judge_recall,
+            confidence=self.config.confidence,
             judge_calls=after["llm_calls"] - before["llm_calls"],
             prompts=after["questions"] - before["questions"],
             skipped=len(asked) - len(judged),
@@ -854,8 +466,8 @@ class NudgeFinetuneEngine:
             counts["withheld_candidates"] += len(shown) - len(cands)
             if not cands:
                 counts["no_candidate_text"] += 1
-            for start in range(0, len(cands), self.judge_batch):
-                items.append((text, cands[start : start + self.judge_batch]))
+            for start in range(0, len(cands), self.config.judge_batch):
+                items.append((text, cands[start : start + self.config.judge_batch]))
                 owner.append(g)
         judged: dict[int, dict[str, float]] = {}
         for g, grades in zip(owner, labeler.judge(items), strict=True):
@@ -869,7 +481,7 @@ class NudgeFinetuneEngine:
         """The judge's candidate ids per query (``label_k`` each; see ``pools=``)."""
         stats = self.last_pool_stats = PoolStats()
         lexical = None
-        if self.pools == "hybrid":
+        if self.config.pools == "hybrid":
             if lexical_available():
                 # every chunk's text, streamed from the store a batch at a time; sorted ids
                 # give the memory and the store path the same index
@@ -880,9 +492,9 @@ class NudgeFinetuneEngine:
                     "pools='hybrid': bm25s is not installed, so the judge's pools have no "
                     "lexical leg (pip install 'nudge-rag[lexical]')."
                 )
-        liked = self._liked if self.pools == "hybrid" else []
+        liked = self._liked if self.config.pools == "hybrid" else []
         pools = judge_pools(
-            corpus, queries, texts, self.label_k, lexical=lexical, liked=liked, stats=stats
+            corpus, queries, texts, self.config.label_k, lexical=lexical, liked=liked, stats=stats
         )
         counts["pool_lexical_added"] = stats.lexical_added
         counts["pool_feedback_added"] = stats.feedback_added
@@ -921,8 +533,8 @@ class NudgeFinetuneEngine:
                 counts["withheld_candidates"] += len(texted) - len(cands)
                 if not cands:
                     counts["no_candidate_text"] += 1
-                for start in range(0, len(cands), self.judge_batch):
-                    batch = cands[start : start + self.judge_batch]
+                for start in range(0, len(cands), self.config.judge_batch):
+                    batch = cands[start : start + self.config.judge_batch]
                     items.append((trace.query or text, answer, batch))
                     owner.append(g)
         judged: dict[int, dict[str, float]] = {}
@@ -942,13 +554,13 @@ class NudgeFinetuneEngine:
     ) -> list[LabeledQuery]:
         """The judged groups as labels: outlier chunks (a positive rate no query pool
         explains) graded 0 when excluded, the user's own verdicts over the judge's."""
-        outliers = positive_rate_outliers(judged.values(), min_pools=self.outlier_min_pools)
+        outliers = positive_rate_outliers(judged.values(), min_pools=self.config.outlier_min_pools)
         self._suspects["outlier"] = sorted(set(self._suspects.get("outlier", [])) | set(outliers))
         counts["outlier_chunks"] += len(outliers)
         out = []
         for g, merged in sorted(judged.items()):
             key, text, emb, tids, fb = groups[g]
-            if self.exclude_outliers:
+            if self.config.exclude_outliers:
                 merged = {i: (0.0 if i in outliers else v) for i, v in merged.items()}
             merged.update(fb)  # the user's own verdicts win over the judge
             out.append(LabeledQuery(key, text, emb, merged, source, tids))
@@ -964,14 +576,14 @@ class NudgeFinetuneEngine:
     def _synthesize(
         self, ids: list[str], labeler: Labeler, counts: dict[str, int]
     ) -> list[LabeledQuery]:
-        chosen = sample_chunks(ids, self.synthetic_chunks, seed=self.seed)
+        chosen = sample_chunks(ids, self.config.synthetic_chunks, seed=self.config.seed)
         texts = self.state.texts(chosen)
         injected = self._withhold_injections(dict(zip(chosen, texts, strict=True)))
         passages = [Candidate(i, t) for i, t in zip(chosen, texts, strict=True) if t]
         counts["no_candidate_text"] += len(chosen) - len(passages)
         counts["withheld_candidates"] += sum(p.id in injected for p in passages)
         passages = [p for p in passages if p.id not in injected]
-        answers = labeler.questions(passages, self.questions_per_chunk)
+        answers = labeler.questions(passages, self.config.questions_per_chunk)
         pairs = [(p.id, q) for p, qs in zip(passages, answers, strict=True) if qs for q in qs]
         if not pairs:
             return []
@@ -994,14 +606,14 @@ class NudgeFinetuneEngine:
         held-out share, the held-out set is those alone and LLM-judged queries only train and
         validate: the proof then never trusts the judge it is checking.
         """
-        tr_f, va_f, _ = self.split
+        tr_f, va_f, _ = self.config.split
         real = [q for q in labeled if q.source != "synthetic"]
         synth = [q for q in labeled if q.source == "synthetic"]
         human = [q for q in real if q.source == "feedback"]
-        human_heldout = sum(split_point(self.seed, q.key) >= tr_f + va_f for q in human)
+        human_heldout = sum(split_point(self.config.seed, q.key) >= tr_f + va_f for q in human)
         human_only = (
-            self.min_human_heldout > 0
-            and human_heldout >= self.min_human_heldout
+            self.config.min_human_heldout > 0
+            and human_heldout >= self.config.min_human_heldout
             and len(human) < len(real)
         )
         train: list[LabeledQuery] = []
@@ -1012,11 +624,11 @@ class NudgeFinetuneEngine:
             synth if real else []
         )
         for q in three_way:
-            u = split_point(self.seed, q.key)
+            u = split_point(self.config.seed, q.key)
             (train if u < tr_f else val if u < tr_f + va_f else test).append(q)
         share = tr_f / (tr_f + va_f)
         for q in two_way:
-            (train if split_point(self.seed, q.key) < share else val).append(q)
+            (train if split_point(self.config.seed, q.key) < share else val).append(q)
         return train, val, test, "traces" if real else "synthetic"
 
     # -- finetune -------------------------------------------------------------------------------
@@ -1025,7 +637,7 @@ class NudgeFinetuneEngine:
         """The corpus ``finetune()`` ranks against (``corpus=``): the base matrix in memory,
         or the wrapped store's own search (:mod:`nudge_rag.fit.corpus`)."""
         cosine = self.metric is Metric.COSINE
-        if choose_corpus(self.corpus, self.state, self.memory_budget) == "store":
+        if choose_corpus(self.config.corpus, self.state, self.config.memory_budget) == "store":
             corpus: Corpus = StoreCorpus(self.state, normalize=cosine)
             empty = corpus.shape[0] == 0
         else:
@@ -1099,7 +711,7 @@ class NudgeFinetuneEngine:
 
         def negatives(qs: list[LabeledQuery]) -> list[list[int]] | None:
             # judged not relevant: feedback's irrelevant_ids, the judge's grade-0 candidates
-            if not self.use_negatives:
+            if not self.config.use_negatives:
                 return None
             return [sorted(row_of[i] for i, g in q.grades.items() if g <= 0) for q in qs]
 
@@ -1116,11 +728,11 @@ class NudgeFinetuneEngine:
             rows(train),
             prep(mat(val)),
             rows(val),
-            method=self.method,
-            gamma=self.gamma,
-            selection=self.selection,
-            refit=self.refit,
-            device=self.device,
+            method=self.config.method,
+            gamma=self.config.gamma,
+            selection=self.config.selection,
+            refit=self.config.refit,
+            device=self.config.device,
             train_negatives=train_neg,
             val_negatives=val_neg,
         )
@@ -1136,7 +748,10 @@ class NudgeFinetuneEngine:
             b, a = fn(top_before, table, K), fn(top_after, table, K)
             per_query[name] = (b, a)
             low, high = paired_bootstrap(
-                a - b, n_resamples=self.n_resamples, confidence=self.confidence, seed=self.seed
+                a - b,
+                n_resamples=self.config.n_resamples,
+                confidence=self.config.confidence,
+                seed=self.config.seed,
             )
             gains[name] = MetricGain(float(b.mean()), float(a.mean()), low, high)
         # the same held-out NDCG@10, apart by who graded each query
@@ -1150,9 +765,9 @@ class NudgeFinetuneEngine:
                 if mask.any():
                     low, high = paired_bootstrap(
                         a[mask] - b[mask],
-                        n_resamples=self.n_resamples,
-                        confidence=self.confidence,
-                        seed=self.seed,
+                        n_resamples=self.config.n_resamples,
+                        confidence=self.config.confidence,
+                        seed=self.config.seed,
                     )
                     graded[grader] = MetricGain(
                         float(b[mask].mean()), float(a[mask].mean()), low, high
@@ -1164,21 +779,21 @@ class NudgeFinetuneEngine:
         stats = labeler.stats if labeler is not None else LabelStats()
         changed_ids = corpus.ids_of(res.rows)
         report = FinetuneReport(
-            method=self.method.value,
+            method=self.config.method.value,
             metric=self.metric.value,
             gamma=float(res.gamma),
             n_chunks=corpus.shape[0],
             rows_changed=len(changed_ids),
             ndcg=gains["ndcg"],
             recall=gains["recall"],
-            min_gain=self.min_gain,
-            confidence=self.confidence,
+            min_gain=self.config.min_gain,
+            confidence=self.config.confidence,
             heldout_source=source,
             heldout_by="+".join(sorted({q.source for q in test})),
             queries={"train": len(train), "validation": len(val), "heldout": len(test)},
             labels={**sources, **counts},
             cost=stats.to_dict(),
-            seed=self.seed,
+            seed=self.config.seed,
             suspects={k: list(v) for k, v in self._suspects.items() if v},
             bad_traces=dict(list(self.last_bad_traces.items())[:_BAD_LISTED]),
             negative_weight=res.negative_weight,
@@ -1211,7 +826,7 @@ class NudgeFinetuneEngine:
                 f"report: found {type(report).__name__} without vectors, expected the "
                 "FinetuneReport that finetune() returned; run finetune() again."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         if not report.proven and not force:
             msg = (
                 f"report: the held-out NDCG@10 gain {report.ndcg.gain:+.4f} has a "
@@ -1223,7 +838,7 @@ class NudgeFinetuneEngine:
             raise GainNotProvenError(msg)
         if report.version is not None:
             msg = f"report: already applied as version {report.version}; nothing to do twice."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         vectors = report.vectors()
         if vectors and _digest(self.state.base_vectors(report._ids)) != report._base_digest:
             msg = (

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from nudge_rag.errors import NudgeError
+from nudge_rag.fit.stats import sign_test
 from nudge_rag.labeling.labeler import POSITIVE_RATING
 from nudge_rag.masking import mask_secrets
 from nudge_rag.state.files import atomic_write
@@ -73,22 +74,6 @@ def parse_duration(text: str | float) -> float:
 
 # ---------------------------------------------------------------------------------------------
 # The statistics of the guard
-
-
-def sign_test(losses: int, wins: int) -> float:
-    """One-sided exact sign test: ``P(X ≥ losses)`` for ``X ~ Binomial(losses + wins, 1/2)``.
-
-    On paired hits (base, version) the discordant pairs are the searches only one of the two
-    found: ``losses`` found by the base alone, ``wins`` by the version alone. This is McNemar's
-    exact test, one-sided towards a loss (1.0 without discordant pairs).
-    """
-    if losses < 0 or wins < 0:
-        msg = f"sign_test: found losses={losses}, wins={wins}; expected counts ≥ 0."
-        raise NudgeError(msg)
-    n = losses + wins
-    if n == 0:
-        return 1.0
-    return sum(math.comb(n, i) for i in range(losses, n + 1)) / 2**n  # exact integers
 
 
 @dataclass(frozen=True)

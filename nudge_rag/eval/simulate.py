@@ -131,10 +131,10 @@ def questions_by_doc(dataset: Any, split: str) -> dict[str, list[str]]:
 
 def gold_split(engine: NudgeFinetuneEngine, ds: Any, qids: list[str]) -> tuple[list, list, list]:
     """The train query ids in the engine's train / validation / held-out, by its hash split."""
-    tr_f, va_f, _ = engine.split
+    tr_f, va_f, _ = engine.config.split
     parts: tuple[list, list, list] = ([], [], [])
     for q in qids:
-        u = split_point(engine.seed, query_key(ds.query_text[q], q))
+        u = split_point(engine.config.seed, query_key(ds.query_text[q], q))
         parts[0 if u < tr_f else 1 if u < tr_f + va_f else 2].append(q)
     return parts
 
@@ -204,8 +204,9 @@ def compare_with_gold(
 
         tr, va, ho = gold_split(engine, ds, qids)
         gtr, gva = ds.task(tr, qrels_split="train"), ds.task(va, qrels_split="train")
+        method = engine.config.method
         gres = finetune_embeddings(
-            base, gtr.queries, gtr.positives, gva.queries, gva.positives, method=engine.method
+            base, gtr.queries, gtr.positives, gva.queries, gva.positives, method=method
         )
         gold = evaluate(test.queries, gres.apply(base), test.positives, metric="cosine")
         # the engine's held-out queries scored with gold qrels: is its proof faithful?
