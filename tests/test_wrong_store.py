@@ -158,6 +158,7 @@ def test_langchain_face_over_a_new_empty_store_keeps_every_version(tmp_path):
         other.rollback(1)
     with pytest.raises(WrongStoreError):
         NudgeFinetuneEngine(other, progress=False).finetune()
+    assert not (state / "labels.sqlite").exists()  # refused before its label cache was made
     assert not other.nudge_state.verify().ok
     other.delete(ids[:3])  # ids this store does not hold: their versions are not its to drop
     other.close()

@@ -256,11 +256,7 @@ class NudgeFinetuneEngine:
         self.llm = as_llm(llm, model=self.config.llm_model)
         self.last_audit: JudgeAudit | None = None
         self._suspects: dict[str, list[str]] = {}
-        cache_path = self.config.cache_path
-        if cache_path is None:
-            part = getattr(self.state, "part", None)  # the state's label cache (file or schema)
-            cache_path = part("labels") if callable(part) else None
-        self.cache = LabelCache(cache_path)
+        self._cache: LabelCache | None = None  # opened on first use: see ``cache``
         self.last_report: FinetuneReport | None = None
         self.last_labels: list[LabeledQuery] = []
         self.last_bad_traces: dict[str, str] = {}  # trace id -> why its vector was skipped
@@ -271,6 +267,18 @@ class NudgeFinetuneEngine:
     def config(self) -> FinetuneConfig:
         """The engine's settings (frozen; build another engine to change them)."""
         return self._config
+
+    @property
+    def cache(self) -> LabelCache:
+        """The label cache (``cache_path``, else the state's ``labels`` part), opened on first
+        use: an engine over a store that turns out not to be its log's creates nothing."""
+        if self._cache is None:
+            path = self.config.cache_path
+            if path is None:
+                part = getattr(self.state, "part", None)  # the state's label cache (file or schema)
+                path = part("labels") if callable(part) else None
+            self._cache = LabelCache(path)
+        return self._cache
 
     # -- labels ---------------------------------------------------------------------------------
 
@@ -869,4 +877,6 @@ class NudgeFinetuneEngine:
 
     def close(self) -> None:
         """Close the label cache (the store stays open)."""
-        self.cache.close()
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
