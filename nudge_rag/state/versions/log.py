@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from nudge_rag.errors import (
+    BadInputError,
     ConcurrentMoveError,
     MetricMismatchError,
     NudgeError,
@@ -136,7 +137,7 @@ def is_nudge_m(method: str | None) -> bool:
             f"method: found {method!r}, expected one of {[m.value for m in Method]} (or None "
             "for vectors made some other way)."
         )
-        raise NudgeError(msg) from None
+        raise BadInputError(msg) from None
 
 
 def check_metric(method: str | None, metric: Metric) -> None:
@@ -155,7 +156,7 @@ def _version_number(version: Any) -> int:
     """``version`` as an int; a bool, a float or a string is refused, not rounded."""
     if isinstance(version, bool | np.bool_):
         msg = f"version: found {version!r} (a bool); pass a version number from versions()."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     try:
         return operator.index(version)
     except TypeError:
@@ -163,7 +164,7 @@ def _version_number(version: Any) -> int:
             f"version: found {version!r} ({type(version).__name__}), expected an int version "
             "number; pass one from versions() (0 is the base)."
         )
-        raise NudgeError(msg) from None
+        raise BadInputError(msg) from None
 
 
 def _sql_errors(fn: F) -> F:
@@ -232,7 +233,7 @@ class VersionLog:
             return
         if adapter is None:
             msg = "adapter: found None; pass the store's adapter (None only with read_only=True)."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         try:
             with self._moving():
                 self._open_checked()
@@ -739,7 +740,7 @@ def _vectors_by_id(vectors: Mapping[str, np.ndarray]) -> tuple[list[str], np.nda
             f"vectors: expected a non-empty mapping {{id: vector}}, found "
             f"{type(vectors).__name__} of length {len(vectors) if vectors is not None else 0}."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     ids = [str(i) for i in vectors]
     if len(set(ids)) != len(ids):
         seen: dict[str, object] = {}
@@ -749,7 +750,7 @@ def _vectors_by_id(vectors: Mapping[str, np.ndarray]) -> tuple[list[str], np.nda
                     f"vectors: keys {seen[str(key)]!r} and {key!r} both name id {str(key)!r} "
                     "(ids are compared as strings); pass one vector per id."
                 )
-                raise NudgeError(msg)
+                raise BadInputError(msg)
             seen[str(key)] = key
     return ids, _as_matrix([vectors[i] for i in vectors], "vectors", ids)
 
@@ -762,7 +763,7 @@ def _report_json(report: dict | None) -> str | None:
         return json.dumps(report, default=_json_default)
     except (TypeError, ValueError) as e:
         msg = f"report: expected a JSON-serialisable dict, found one that fails: {e}."
-        raise NudgeError(msg) from e
+        raise BadInputError(msg) from e
 
 
 def _as_matrix(

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nudge_rag.errors import ConcurrentMoveError, NudgeError, UnknownIdError, VersionLogError
+from nudge_rag.errors import BadInputError, ConcurrentMoveError, UnknownIdError, VersionLogError
 from nudge_rag.state.versions.integrity import (
     advance_parts,
     fingerprint,
@@ -89,7 +89,7 @@ def apply(
             f"vectors: found {mat.shape[1]}-d vectors, the store holds "
             f"{current_now.shape[1]}-d ones; pass vectors from the same embedding model."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     known = ids_in(log._conn_(), "base", ids)
     new_base = [(i, blob(current_now[n]), 0) for n, i in enumerate(ids) if i not in known]
     at = moves_and_current(conn)
@@ -144,13 +144,13 @@ def rollback(log: VersionLog, version: int | None) -> int:
                 "rollback(version=None): the store is at version 0 (the base), which has "
                 "no previous version; pass a version from versions() to move forward."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         versions = chain(log._conn_(), cur, log.where)
         version = versions[1] if len(versions) > 1 else 0
     if conn.execute("SELECT 1 FROM versions WHERE version = ?", (version,)).fetchone() is None:
         known = [v.version for v in log.versions()]
         msg = f"version: no version {version} in this store's log; known versions: {known}."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     if version == cur:
         return cur
     with log._tx():
