@@ -104,20 +104,20 @@ def race(
             thread.join(60)
             assert not thread.is_alive(), "B's apply did not finish"
 
-    def wrap(name: str) -> None:
-        original = getattr(a, name)
+    def wrap(obj: Any, name: str) -> None:
+        original = getattr(obj, name)
 
         def hooked(*args: Any, **kw: Any) -> Any:
-            setattr(a, name, original)  # once
+            setattr(obj, name, original)  # once
             lose_and_move()
             return original(*args, **kw)
 
-        setattr(a, name, hooked)
+        setattr(obj, name, hooked)
 
     if point == "before-intent":  # A's first transaction of the move records its intent
-        wrap("_tx")
-    elif point == "before-write":
-        wrap("_fence")
+        wrap(a, "_tx")
+    elif point == "before-write":  # the fence, before the store is written, first regains it
+        wrap(a._database, "regain_lock")
     elif point == "during-write":
         put.before = lose_and_move
     elif point == "after-write":

@@ -6,7 +6,7 @@ import chromadb
 import numpy as np
 import pytest
 
-from nudge_rag.errors import MetricMismatchError, NudgeError, UnknownIdError
+from nudge_rag.errors import BadInputError, MetricMismatchError, NudgeError, UnknownIdError
 from nudge_rag.state.versions.log import (
     StaleStoreError,
     StoreDriftError,
@@ -119,7 +119,7 @@ def test_rollback_none_goes_to_parent_and_branches(tmp_path, adapter):
     assert log.rollback() == 1
     assert log.rollback() == 0
     assert np.array_equal(_snap(adapter), s0)
-    with pytest.raises(NudgeError, match="version 0 \\(the base\\), which has no previous"):
+    with pytest.raises(BadInputError, match="version 0 \\(the base\\), which has no previous"):
         log.rollback()
     assert log.rollback(3) == 3
     assert np.array_equal(_snap(adapter), s3)
@@ -138,14 +138,21 @@ def test_unknown_ids_write_nothing(tmp_path, adapter):
 
 def test_bad_input(tmp_path, adapter):
     log = _log(tmp_path, adapter)
-    with pytest.raises(NudgeError, match="non-empty mapping"):
+    with pytest.raises(BadInputError, match="non-empty mapping"):
         log.apply({})
     with pytest.raises(NudgeError, match="NaN or inf"):
         log.apply({IDS[0]: np.full(D, np.nan)})
-    with pytest.raises(NudgeError, match=f"found 3-d vectors, the store holds {D}-d"):
+    with pytest.raises(BadInputError, match=f"found 3-d vectors, the store holds {D}-d"):
         log.apply({IDS[0]: np.ones(3)})
-    with pytest.raises(NudgeError, match="no version 42"):
+    with pytest.raises(BadInputError, match="no version 42"):
         log.rollback(42)
+    with pytest.raises(BadInputError, match="report: expected a JSON-serialisable dict"):
+        log.apply(_new([1], 1), report={"x": object()})
+    with pytest.raises(BadInputError, match="method: found 'nudge-x'"):
+        log.apply(_new([1], 1), method="nudge-x")
+    with pytest.raises(BadInputError, match="adapter: found None"):
+        VersionLog(tmp_path / "other.sqlite", None)
+    assert [v.version for v in log.versions()] == [0]
 
 
 def test_metric_safety():
@@ -616,7 +623,7 @@ def test_rollback_refuses_a_version_that_is_not_an_int(tmp_path, version, found)
     log = VersionLog(tmp_path / "versions.sqlite", ad)
     log.apply(_new([1], 1))
     log.rollback(0)
-    with pytest.raises(NudgeError, match=f"version: found {found}"):
+    with pytest.raises(BadInputError, match=f"version: found {found}"):
         log.rollback(version)
     assert log.current == 0
     assert log.rollback(np.int64(1)) == 1
@@ -626,7 +633,7 @@ def test_apply_refuses_two_keys_naming_one_id(tmp_path):
     ad = _memory_store()
     ad.records["1"] = {"id": "1", "vector": [0.0] * D, "text": "one"}
     log = VersionLog(tmp_path / "versions.sqlite", ad)
-    with pytest.raises(NudgeError, match="keys 1 and '1' both name id '1'"):
+    with pytest.raises(BadInputError, match="keys 1 and '1' both name id '1'"):
         log.apply({1: np.ones(D), "1": np.zeros(D)})
     assert [v.version for v in log.versions()] == [0]
 
