@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError
 from nudge_rag.labeling.llm import (
     MAX_ANSWER_CHARS,
     CallBudget,
@@ -162,7 +162,7 @@ def parse_request(messages: Messages) -> dict[str, Any]:
     msg = (
         f"messages: no user line starts with {REQUEST_MARKER!r}; build them with labels.*_messages."
     )
-    raise NudgeError(msg)
+    raise BadInputError(msg)
 
 
 def judge_schema(candidate_ids: Sequence[str]) -> dict[str, Any]:
@@ -616,7 +616,7 @@ class Labeler:
     ) -> None:
         if concurrency < 1:
             msg = f"concurrency: found {concurrency}, expected ≥ 1; pass e.g. 4."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         self.llm = llm
         self.cache = cache if cache is not None else LabelCache()
         self.concurrency = concurrency
@@ -670,7 +670,7 @@ class Labeler:
         """Up to ``n`` questions per passage; ``None`` where skipped."""
         if n < 1:
             msg = f"questions_per_chunk: found {n}, expected ≥ 1; pass e.g. 2."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         jobs = []
         for p in passages:
             inputs = {"n": n, "passage": [p.id, p.text]}

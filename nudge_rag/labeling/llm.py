@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
-from nudge_rag.errors import InvalidAnswerError, LLMCallError, NudgeError
+from nudge_rag.errors import BadInputError, InvalidAnswerError, LLMCallError
 
 T = TypeVar("T")
 
@@ -156,7 +156,7 @@ class OpenAIChat:
     ) -> None:
         if not model:
             msg = "model: an openai client needs a model name, found none; pass llm_model='...'."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         self._client = client.with_options(max_retries=0, timeout=timeout)
         self.model = model
         self.temperature = temperature
@@ -470,15 +470,15 @@ def as_llm(llm: Any, *, model: str | None = None) -> LLMClient | None:
                 f"llm: found {type(llm).__name__} from the openai package, expected a client "
                 "with chat.completions (openai.OpenAI or AzureOpenAI); pass openai.OpenAI(...)."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         if type(llm).__name__.startswith("Async"):
             msg = "llm: found an async openai client; pass the sync openai.OpenAI(...) instead."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         if not model:
             msg = (
                 "llm_model: an openai client needs a model name, found none; pass llm_model='...'."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         return OpenAIChat(llm, model)
     if _from_module(llm, "langchain"):
         from langchain_core.runnables import Runnable
@@ -498,7 +498,7 @@ def as_llm(llm: Any, *, model: str | None = None) -> LLMClient | None:
         "(chat.with_retry(), .with_fallbacks([...]), .bind(...)), a LlamaIndex LLM or an "
         "object with name and chat(messages, schema=None); pass one of those, or llm=None."
     )
-    raise NudgeError(msg)
+    raise BadInputError(msg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -570,7 +570,7 @@ class CallBudget:
     def __init__(self, limit: int | None = None) -> None:
         if limit is not None and limit < 0:
             msg = f"max_calls: found {limit}, expected a count ≥ 0 or None; pass e.g. 1000."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         self.limit = limit
         self.used = 0
         self._lock = threading.Lock()
