@@ -379,7 +379,7 @@ def test_llama_index_function_calling_llm_uses_structured_predict():
     from llama_index.core.llms import ChatMessage, MessageRole
     from llama_index.core.llms.mock import MockFunctionCallingLLM
 
-    from nudge_rag.labeling.labeler import (
+    from nudge_rag.labeling.answers import (
         Candidate,
         judge_messages,
         judge_schema,

@@ -363,9 +363,10 @@ def _output_text(out: Any) -> str:
 class LlamaIndexChat:
     """A LlamaIndex ``LLM`` as an :class:`LLMClient`.
 
-    With a schema and a function-calling model (``metadata.is_function_calling_model``),
-    LlamaIndex's own ``structured_predict`` fills a pydantic model built from the schema;
-    otherwise ``chat`` is called and the text parsed.
+    With an answer's schema (:class:`~nudge_rag.labeling.answers.AnswerSchema`) and a
+    function-calling model (``metadata.is_function_calling_model``), LlamaIndex's own
+    ``structured_predict`` fills the answer's pydantic model; otherwise ``chat`` is called and
+    the text parsed.
     """
 
     def __init__(self, llm: Any, *, structured: bool = True) -> None:
@@ -397,7 +398,7 @@ class LlamaIndexChat:
             for m in messages
         ]
         output_cls = (
-            pydantic_model(schema)
+            getattr(schema, "model", None)  # an answer's pydantic model (labeling.answers)
             if schema is not None and self.structured and self._function_calling()
             else None
         )
@@ -414,40 +415,6 @@ class LlamaIndexChat:
                 raise InvalidAnswerError(msg) from exc
             raise classify_error(exc) from exc
         return LLMReply(text=_content_text(reply.message.content))
-
-
-_JSON_TYPES: dict[str, Any] = {
-    "string": str,
-    "integer": int,
-    "number": float,
-    "boolean": bool,
-}
-
-
-def pydantic_model(schema: Mapping[str, Any], name: str = "Answer") -> Any | None:
-    """A pydantic model for a JSON object ``schema`` (objects, arrays, scalars), or ``None``
-    for shapes it does not cover. Enums are left to the validator that reads the answer."""
-    from pydantic import create_model
-
-    def field_type(sub: Mapping[str, Any], sub_name: str) -> Any | None:
-        kind = sub.get("type")
-        if kind == "object":
-            return pydantic_model(sub, sub_name)
-        if kind == "array" and isinstance(sub.get("items"), Mapping):
-            inner = field_type(sub["items"], sub_name + "Item")
-            return None if inner is None else list[inner]  # type: ignore[valid-type]
-        return _JSON_TYPES.get(str(kind))
-
-    if schema.get("type") != "object" or not isinstance(schema.get("properties"), Mapping):
-        return None
-    required = set(schema.get("required", ()))
-    fields: dict[str, Any] = {}
-    for key, sub in schema["properties"].items():
-        t = field_type(sub, f"{name}{str(key).title()}") if isinstance(sub, Mapping) else None
-        if t is None:
-            return None
-        fields[str(key)] = (t, ...) if key in required else (t | None, None)
-    return create_model(name, **fields)
 
 
 def _from_module(obj: Any, prefix: str) -> bool:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from nudge_rag.errors import BadInputError
-from nudge_rag.labeling.labeler import MAX_GRADE, parse_request
+from nudge_rag.labeling.answers import MAX_GRADE, parse_request
 from nudge_rag.labeling.llm import LLMReply, Messages
 
 
