@@ -22,7 +22,7 @@ from nudge_rag.labeling.answers import (
     parse_request,
     support_messages,
 )
-from nudge_rag.labeling.labeler import answer_ratings
+from nudge_rag.labeling.feedback import answer_ratings
 from nudge_rag.state.state import NudgeState
 from nudge_rag.state.traces.log import Feedback
 from nudge_rag.testing import OpenAIStub, QrelsJudge

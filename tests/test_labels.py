@@ -29,10 +29,10 @@ from nudge_rag.labeling.answers import (
     validate_judgments,
     validate_questions,
 )
+from nudge_rag.labeling.cache import LabelCache
+from nudge_rag.labeling.feedback import feedback_grades
 from nudge_rag.labeling.labeler import (
-    LabelCache,
     Labeler,
-    feedback_grades,
     group_traces,
     judge_injection,
     pool_positive_rates,
@@ -291,7 +291,9 @@ def test_invalid_answers_are_cached_unless_asked_to_retry(tmp_path):
 CRASHING_CHILD = textwrap.dedent(
     """
     import sys
-    from nudge_rag.labeling.labeler import Candidate, LabelCache, Labeler
+    from nudge_rag.labeling.answers import Candidate
+    from nudge_rag.labeling.cache import LabelCache
+    from nudge_rag.labeling.labeler import Labeler
     from nudge_rag.labeling.llm import as_llm
     import openai
     client = openai.OpenAI(base_url=sys.argv[1], api_key="k", max_retries=0)

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from nudge_rag.errors import BadInputError, NudgeError
-from nudge_rag.labeling.labeler import POSITIVE_RATING
+from nudge_rag.labeling.feedback import POSITIVE_RATING
 from nudge_rag.masking import mask_secrets
 from nudge_rag.state.files import atomic_write
 

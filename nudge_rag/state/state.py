@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from nudge_rag.errors import BadInputError, UnknownIdError
-from nudge_rag.labeling.labeler import POSITIVE_RATING
+from nudge_rag.labeling.feedback import POSITIVE_RATING
 from nudge_rag.state.citations import Citations, answer_text, cited_ids
 from nudge_rag.state.citations import cited_ids as _cited  # an argument of the same name below
 from nudge_rag.state.db import Database, StateLocation, state_part
