@@ -175,6 +175,7 @@ def parse_request(messages: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Answer models
 
+_GRADE_ENUM: dict[str, Any] = {"enum": GRADES}
 _STRICT_SCHEMA = ConfigDict(json_schema_extra={"additionalProperties": False})
 """Answers are parsed leniently (an extra key is ignored) but the schema sent asks for none."""
 
@@ -185,7 +186,7 @@ class Judgment(BaseModel):
     model_config = _STRICT_SCHEMA
 
     id: str
-    grade: int = Field(json_schema_extra={"enum": GRADES})
+    grade: int = Field(json_schema_extra=_GRADE_ENUM)
 
 
 class JudgeAnswer(BaseModel):
