@@ -19,7 +19,7 @@ from typing import Annotated, Any, TypeVar, cast
 
 import typer
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError, NudgeError
 from nudge_rag.masking import mask_secrets
 from nudge_rag.state.db import StateLocation, is_postgres_url, state_part
 from nudge_rag.state.records import Records
@@ -142,7 +142,7 @@ def find_state(folder: Path, collection: str = "nudge_rag") -> tuple[Path, Path]
             f"--store {folder}: no nudge-rag store there (expected a Chroma folder and "
             "nudge_state/ with versions.sqlite)."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     return chroma_dir, state_dir
 
 
@@ -178,7 +178,7 @@ def open_store(store: str, collection: str = "nudge_rag", table: str | None = No
         return open_pgvector(store, collection, table)
     if table is not None:
         msg = f"--table {table}: only for a Postgres --store (a LlamaIndex PGVectorStore table)."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     chroma_dir, state_dir = find_state(Path(store), collection)
     require_writable(chroma_dir, state_dir)
     import chromadb
@@ -190,7 +190,7 @@ def open_store(store: str, collection: str = "nudge_rag", table: str | None = No
     names = [c.name for c in client.list_collections()]
     if collection not in names:
         msg = f"--collection {collection}: not in {chroma_dir}; it has {names}."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     inner = Chroma(collection_name=collection, client=client)
     return NudgedVectorStore(inner, state_dir=state_dir)
 
@@ -257,7 +257,7 @@ def require_pgvector(
             f"--store {where}: no version log there ({versions_db.label} does not exist); pass "
             "the state= URL the app wraps its store with, ?schema= included."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     conn = versions_db.connect(read_only=True)
     try:
         if conn.execute("SELECT to_regclass('public.langchain_pg_collection')").fetchone()[0]:
@@ -280,7 +280,7 @@ def require_pgvector(
                 f"{where}; {found}. Pass --table with the table_name (schema_name.table_name "
                 "outside public) the app gave PGVectorStore."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         return where, target
     if collection in names:
         return where, PgTarget("langchain", collection)
@@ -295,13 +295,13 @@ def require_pgvector(
             "public.langchain_pg_collection) and no LlamaIndex PGVectorStore table "
             "(data_<table_name>); point --store at the database the app stores its vectors in."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     msg = (
         f"--collection {collection}: no PGVector collection of that name in {where}; {found}. "
         "Pass --collection with the name the app gave PGVector, or --table with the "
         "table_name it gave PGVectorStore."
     )
-    raise NudgeError(msg)
+    raise BadInputError(msg)
 
 
 def open_pgvector(url: str, collection: str, table: str | None = None) -> Any:
@@ -775,19 +775,19 @@ def traces_import(
 
     if tool not in TOOLS:
         msg = f"TOOL: expected one of {', '.join(TOOLS)}, found {tool!r}."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     if (path is None) == (endpoint is None):
         msg = "pass the export's PATH or --endpoint URL (Phoenix), one of the two."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     if endpoint is not None and tool != "phoenix":
         msg = (
             f"--endpoint: pulling from a server is for phoenix; export {tool}'s history to a file."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     for f in (path, feedback):
         if f is not None and not f.is_file():
             msg = f"{f}: no such file; pass the path of the tool's JSON or JSONL export."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
     s = open_store(store, collection)
     if tool == "langsmith":
         records = langsmith.read(

@@ -1,22 +1,24 @@
-"""Every exception nudge-rag raises, under one root, ``NudgeError``; all are importable from
-``nudge_rag``."""
+"""Every exception nudge-rag raises, under one root, ``NudgeError(Exception)``; all are
+importable from ``nudge_rag``. Only bad input (``BadInputError`` and its subclasses) is also a
+``ValueError``."""
 
 from __future__ import annotations
 
 
-class NudgeError(ValueError):
-    """Bad input or state: the message names the argument, what was found, and the fix."""
+class NudgeError(Exception):
+    """The root: bad input, or a state nudge-rag cannot trust; the message names what was found
+    and the fix."""
 
 
 class BadInputError(NudgeError, ValueError):
     """An argument, record or vector that nudge-rag cannot accept; nothing stored was changed."""
 
 
-class MetricMismatchError(NudgeError):
+class MetricMismatchError(BadInputError):
     """Vectors that only mean something under one metric were sent to a store with another."""
 
 
-class UnknownIdError(NudgeError, KeyError):
+class UnknownIdError(BadInputError, KeyError):
     """An id that the store does not hold."""
 
     def __str__(self) -> str:  # KeyError would quote the message

@@ -16,13 +16,13 @@ from test_engine import World
 
 from nudge_rag import NudgeFinetuneEngine
 from nudge_rag.errors import NudgeError, UnknownIdError
-from nudge_rag.labeling.labeler import (
+from nudge_rag.labeling.answers import (
     SUPPORT_PROMPT_VERSION,
     Candidate,
-    answer_ratings,
     parse_request,
     support_messages,
 )
+from nudge_rag.labeling.feedback import answer_ratings
 from nudge_rag.state.state import NudgeState
 from nudge_rag.state.traces.log import Feedback
 from nudge_rag.testing import OpenAIStub, QrelsJudge

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nudge_rag.labeling.labeler import answer_ratings
+from nudge_rag.labeling.feedback import answer_ratings
 from nudge_rag.state.records import FeedbackRecord, TraceRecord
 from nudge_rag.state.state import NudgeState
 from nudge_rag.state.traces.log import TraceLog

@@ -15,24 +15,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import InvalidAnswerError, NudgeError
 from nudge_rag.eval.data import shared_data_dir
-from nudge_rag.labeling.labeler import (
+from nudge_rag.labeling.answers import (
+    QUESTIONS_SCHEMA,
     Candidate,
-    InvalidAnswerError,
-    LabelCache,
-    Labeler,
-    feedback_grades,
-    group_traces,
-    judge_injection,
+    JudgeAnswer,
+    QuestionsAnswer,
     judge_messages,
+    judge_schema,
     parse_request,
-    pool_positive_rates,
-    positive_rate_outliers,
     questions_messages,
-    sample_chunks,
     validate_judgments,
     validate_questions,
+)
+from nudge_rag.labeling.cache import LabelCache
+from nudge_rag.labeling.feedback import feedback_grades
+from nudge_rag.labeling.labeler import (
+    Labeler,
+    group_traces,
+    judge_injection,
+    pool_positive_rates,
+    positive_rate_outliers,
+    sample_chunks,
 )
 from nudge_rag.labeling.llm import RetryPolicy, as_llm
 from nudge_rag.state.traces.log import Feedback, Trace
@@ -119,6 +124,25 @@ def test_questions_validation():
         validate_questions({"questions": ["a", "b", "c"]}, 2)
     with pytest.raises(InvalidAnswerError, match=r"expected 1\.\.2"):
         validate_questions({"questions": ["  "]}, 2)
+
+
+def test_one_model_gives_the_schema_the_framework_shape_and_the_checks():
+    """The schema sent, the model a framework fills and the validation come from one pydantic
+    model: the schema is strict (no extra keys, grades 0..2, only this prompt's ids), the model
+    built without the prompt (as a framework does from a tool call) keeps the plain shape, and
+    validation against the prompt is lenient only where it always was (an extra key)."""
+    schema = judge_schema(["a", "b"])
+    assert schema.model is JudgeAnswer and QUESTIONS_SCHEMA.model is QuestionsAnswer
+    item = schema["properties"]["judgments"]["items"]
+    assert item["properties"]["id"]["enum"] == ["a", "b"]
+    assert item["properties"]["grade"]["enum"] == [0, 1, 2]
+    assert item["additionalProperties"] is False and schema["additionalProperties"] is False
+    assert "$ref" not in json.dumps(schema) and "title" not in json.dumps(schema)
+    built = JudgeAnswer(judgments=[{"id": "zzz", "grade": 7}])  # no prompt: checked later
+    with pytest.raises(InvalidAnswerError, match="'zzz' is not one of this prompt's"):
+        validate_judgments(built.model_dump(mode="json"), ["a", "b"])
+    chatty = {"judgments": [{"id": "a", "grade": 2, "why": "it says so"}, {"id": 2, "grade": 0.0}]}
+    assert validate_judgments(chatty, ["a", "2"]) == {"a": 2, "2": 0}
 
 
 # -- labeling through the stub ---------------------------------------------------------------
@@ -267,7 +291,9 @@ def test_invalid_answers_are_cached_unless_asked_to_retry(tmp_path):
 CRASHING_CHILD = textwrap.dedent(
     """
     import sys
-    from nudge_rag.labeling.labeler import Candidate, LabelCache, Labeler
+    from nudge_rag.labeling.answers import Candidate
+    from nudge_rag.labeling.cache import LabelCache
+    from nudge_rag.labeling.labeler import Labeler
     from nudge_rag.labeling.llm import as_llm
     import openai
     client = openai.OpenAI(base_url=sys.argv[1], api_key="k", max_retries=0)

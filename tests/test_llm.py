@@ -8,12 +8,9 @@ from typing import Any
 
 import pytest
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import InvalidAnswerError, NudgeError
 from nudge_rag.labeling.llm import (
     CallBudget,
-    InvalidAnswerError,
-    LangChainChat,
-    LlamaIndexChat,
     LLMReply,
     OpenAIChat,
     RetryPolicy,
@@ -24,6 +21,8 @@ from nudge_rag.labeling.llm import (
     extract_json,
     parse_retry_after,
 )
+from nudge_rag.langchain.llm import LangChainChat
+from nudge_rag.llama_index.llm import LlamaIndexChat
 from nudge_rag.testing import Faults, OpenAIStub
 
 FAST = RetryPolicy(backoff=0.01, max_backoff=0.05)
@@ -78,6 +77,31 @@ def test_as_llm_wraps_langchain_and_llama_index_models():
 
     assert isinstance(as_llm(FakeListChatModel(responses=["x"])), LangChainChat)
     assert isinstance(as_llm(MockLLM()), LlamaIndexChat)
+
+
+def test_labeling_imports_no_framework():
+    """DESIGN.md: labeling/ imports no framework, not even lazily; the faces hold the LangChain
+    and LlamaIndex adapters, and as_llm reaches them through the face modules."""
+    import ast
+    from pathlib import Path
+
+    import nudge_rag.labeling
+
+    found = []
+    for path in sorted(Path(nudge_rag.labeling.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            found += [f"{path.name}: {n}" for n in names if n.split(".")[0] in FRAMEWORKS]
+    assert found == []
+
+
+FRAMEWORKS = {"langchain", "langchain_core", "langchain_community", "llama_index"}
 
 
 # -- the openai adapter against the stub -------------------------------------------------------
@@ -379,7 +403,7 @@ def test_llama_index_function_calling_llm_uses_structured_predict():
     from llama_index.core.llms import ChatMessage, MessageRole
     from llama_index.core.llms.mock import MockFunctionCallingLLM
 
-    from nudge_rag.labeling.labeler import (
+    from nudge_rag.labeling.answers import (
         Candidate,
         judge_messages,
         judge_schema,

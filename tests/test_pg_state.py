@@ -526,7 +526,7 @@ def test_a_small_queue_overflows_with_a_warning_and_counts_what_it_dropped(own_p
 def test_the_label_cache_reconnects_after_a_server_restart(own_pg):
     """A call that meets the lost connection fails; the next one opens a new connection and finds
     what was cached before (like the trace and version logs, through ``Database.live``)."""
-    from nudge_rag.labeling.labeler import LabelCache
+    from nudge_rag.labeling.cache import LabelCache
     from nudge_rag.labeling.llm import Status
     from nudge_rag.state.db import StateLocation
 

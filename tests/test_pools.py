@@ -13,7 +13,7 @@ from nudge_rag.errors import NudgeError
 from nudge_rag.eval.simulate import LookupEmbedder
 from nudge_rag.fit.corpus import MemoryCorpus, normalize_rows
 from nudge_rag.labeling import pools as pools_mod
-from nudge_rag.labeling.labeler import parse_request
+from nudge_rag.labeling.answers import parse_request
 from nudge_rag.labeling.pools import LexicalIndex, fuse, judge_pools
 from nudge_rag.state.state import NudgeState
 from nudge_rag.stores.memory import MemoryAdapter

@@ -14,7 +14,7 @@ from test_engine import World
 from nudge_rag import NudgeFinetuneEngine
 from nudge_rag.errors import NudgeError
 from nudge_rag.importers import jsonl, langfuse, langsmith, phoenix
-from nudge_rag.labeling.labeler import parse_request
+from nudge_rag.labeling.answers import parse_request
 from nudge_rag.labeling.provenance import Provenance, audit_judge
 from nudge_rag.state.records import FeedbackRecord, TraceRecord
 from nudge_rag.state.state import NudgeState

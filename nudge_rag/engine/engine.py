@@ -48,15 +48,13 @@ from nudge_rag.fit.corpus import (
 from nudge_rag.fit.metrics import RelevanceTable, exact_knn, ndcg_at_k, recall_at_k
 from nudge_rag.fit.nudge import finetune_embeddings
 from nudge_rag.fit.stats import paired_bootstrap
+from nudge_rag.labeling.cache import LabelCache
+from nudge_rag.labeling.feedback import AnswerRating, answer_ratings, feedback_grades
 from nudge_rag.labeling.labeler import (
-    AnswerRating,
     Candidate,
-    LabelCache,
     LabeledQuery,
     Labeler,
     LabelStats,
-    answer_ratings,
-    feedback_grades,
     judge_injection,
     positive_rate_outliers,
     query_key,

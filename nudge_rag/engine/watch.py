@@ -43,9 +43,9 @@ from typing import Any
 
 import numpy as np
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError, NudgeError
 from nudge_rag.fit.stats import sign_test
-from nudge_rag.labeling.labeler import POSITIVE_RATING
+from nudge_rag.labeling.feedback import POSITIVE_RATING
 from nudge_rag.masking import mask_secrets
 from nudge_rag.state.files import atomic_write
 
@@ -64,11 +64,11 @@ def parse_duration(text: str | float) -> float:
         m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(text).lower())
         if m is None:
             msg = f"every: found {text!r}, expected a duration such as 90s, 15m, 1h or 1d."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
     if not math.isfinite(seconds) or seconds <= 0:
         msg = f"every: found {text!r}, expected a duration above zero, e.g. 1h."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     return seconds
 
 
@@ -249,7 +249,7 @@ class Watcher:
                 f"store: found {type(self.state).__name__} without {', '.join(missing)}; "
                 "expected a NudgedVectorStore (either face) or its .nudge_state."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         for name, value, low in (
             ("min_new_labels", min_new_labels, 1),
             ("min_guard_searches", min_guard_searches, 1),
@@ -257,16 +257,16 @@ class Watcher:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 msg = f"{name}: found {value!r}, expected an integer ≥ {low}; pass e.g. 50."
-                raise NudgeError(msg)
+                raise BadInputError(msg)
         if settle_searches < min_guard_searches:
             msg = (
                 f"settle_searches: found {settle_searches}, below min_guard_searches="
                 f"{min_guard_searches}; pass a value at least as large."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         if not 0 < confidence < 1:
             msg = f"confidence: found {confidence!r}, expected a level in (0, 1), e.g. 0.95."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         self.engine = engine if engine is not None else NudgeFinetuneEngine(store, progress=False)
         self.min_new_labels = min_new_labels
         self.every = parse_duration(every)
@@ -280,7 +280,7 @@ class Watcher:
                     "log_path: the store has no state folder (its state is in Postgres); pass "
                     "log_path=... (nudge-rag watch --log ...) for the rounds' log."
                 )
-                raise NudgeError(msg)
+                raise BadInputError(msg)
             log_path = Path(state_dir) / WATCH_LOG
         self.log_path = Path(log_path)
         self.clock = clock

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError, NudgeError
 from nudge_rag.eval.data import load_beir, shared_data_dir, split_queries
 from nudge_rag.fit.metrics import evaluate
 from nudge_rag.fit.nudge import finetune_embeddings
@@ -50,11 +50,11 @@ def datasets_in(folder: str | Path | None = None) -> list[Path]:
     root = Path(folder) if folder is not None else shared_data_dir()
     if root is None or not root.is_dir():
         msg = "no datasets found: pass a folder of BEIR datasets (default ../shared/data)."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     found = sorted(p for p in root.iterdir() if (p / "emb").is_dir())
     if not found:
         msg = f"{root}: no BEIR dataset with precomputed embeddings (emb/<model>/) in it."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     return found
 
 

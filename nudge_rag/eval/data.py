@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
@@ -57,7 +57,7 @@ class BeirDataset:
         """
         if self.corpus_embeddings is None or self.query_embeddings is None:
             msg = f"dataset {self.name!r} has no precomputed embeddings (emb/<model>/ is missing)."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         labels = self._labels(split, qrels_split)
         qids = list(labels) if isinstance(split, str) else list(split)
         row_of_query = {q: i for i, q in enumerate(self.query_ids)}
@@ -73,7 +73,7 @@ class BeirDataset:
         if isinstance(split, str):
             if split not in self.qrels:
                 msg = f"dataset {self.name!r} has no split {split!r}; it has {self.splits}."
-                raise NudgeError(msg)
+                raise BadInputError(msg)
             return self.qrels[split]
         sources = [self.qrels[qrels_split]] if qrels_split else list(self.qrels.values())
         merged: dict[str, dict[str, int]] = {}
@@ -120,7 +120,7 @@ def load_beir(
     )
     if corpus_file is None or not (root / "queries.jsonl").exists():
         msg = f"{root} is not a BEIR folder: expected corpus.jsonl[.gz] and queries.jsonl in it."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     corpus_text: dict[str, str] = {}
     corpus_ids: list[str] = []
     if load_text:
@@ -159,7 +159,7 @@ def split_queries(
     """
     if "train" not in dataset.qrels or "test" not in dataset.qrels:
         msg = f"dataset {dataset.name!r} needs train and test qrels, found {dataset.splits}."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     train = sorted(dataset.qrels["train"])
     test = sorted(dataset.qrels["test"])
     if use_given_dev and "dev" in dataset.qrels:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError, NudgeError
 from nudge_rag.eval.data import BeirDataset, load_beir, shared_data_dir
 from nudge_rag.fit.metrics import RelevanceTable, ndcg_at_k, recall_at_k
 from nudge_rag.state.files import atomic_path, atomic_write
@@ -87,7 +87,7 @@ def resolve_data(data: str | Path | None) -> Path:
                 f"--data {path}: no such folder; pass a BEIR folder "
                 "(corpus.jsonl[.gz], queries.jsonl, qrels/)."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         return path
     root = shared_data_dir()
     if root is None or not (root / "scifact").is_dir():
@@ -95,7 +95,7 @@ def resolve_data(data: str | Path | None) -> Path:
             "no data found: expected ../shared/data/scifact (or $NUDGE_RAG_DATA/scifact); "
             "pass --data DIR with any BEIR folder."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     return root / "scifact"
 
 
@@ -103,7 +103,7 @@ def _fresh_dir(path: Path) -> None:
     if path.exists():
         if not (path / MARKER).exists():
             msg = f"--state {path}: the folder exists and is not a demo store; pick another folder."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         shutil.rmtree(path)
     path.mkdir(parents=True)
     atomic_write(path / MARKER, "made by nudge-rag demo; safe to delete\n")
@@ -185,7 +185,7 @@ def run_demo(
     ds = load_beir(path)
     if "train" not in ds.qrels or "test" not in ds.qrels:
         msg = f"{path}: the demo needs qrels/train.tsv (simulated users) and qrels/test.tsv."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     encode = MiniLMEncoder()
     from nudge_rag.langchain.embeddings import LookupEmbeddings
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from nudge_rag.engine.engine import NudgeFinetuneEngine, split_point
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError
 from nudge_rag.fit.metrics import evaluate, exact_knn
 from nudge_rag.fit.nudge import finetune_embeddings
 from nudge_rag.labeling.labeler import query_key
@@ -51,7 +51,7 @@ class LookupEmbedder:
                 f"texts: {len(missing)} text(s) are not queries of this dataset, e.g. "
                 f"{missing[0]!r}; the lookup embedder only knows the dataset's own queries."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         return self.embeddings[[self.rows[_norm(t)] for t in texts]]
 
 
@@ -68,7 +68,7 @@ def beir_state(
     """
     if dataset.corpus_embeddings is None or not dataset.corpus_text:
         msg = "dataset: expected a BeirDataset loaded with text and embeddings (load_beir(...))."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     row = {d: n for n, d in enumerate(dataset.corpus_ids)}
     chosen = list(doc_ids) if doc_ids is not None else list(dataset.corpus_ids)
     vectors = dataset.corpus_embeddings[[row[d] for d in chosen]].tolist()
@@ -194,7 +194,7 @@ def compare_with_gold(
         base = state.base_vectors(ids)
         if ids != list(ds.corpus_ids):  # test positives are corpus rows
             msg = "the store's ids are not the corpus ids in corpus order; rows would not match."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         tuned = base.copy()
         vecs = report.vectors()
         if vecs:  # empty when validation chose gamma = 0

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError, NudgeError
 from nudge_rag.state.records import FeedbackRecord, Records, TraceRecord, Unreadable
 
 POSITIVE_LABELS = frozenset(
@@ -38,7 +38,7 @@ def as_dict(obj: Any) -> dict:
     if hasattr(obj, "__dict__"):
         return {k: v for k, v in vars(obj).items() if not k.startswith("_")}
     msg = f"expected a record object or a dict, found {type(obj).__name__}"
-    raise NudgeError(msg)
+    raise BadInputError(msg)
 
 
 def items(source: Any, what: str, *, data_key: str | None = None) -> Iterator[Any]:
@@ -57,7 +57,7 @@ def items(source: Any, what: str, *, data_key: str | None = None) -> Iterator[An
     if isinstance(source, Iterable):
         return iter(source)
     msg = f"{what}: expected a list of records or a JSON/JSONL path, found {type(source).__name__}."
-    raise NudgeError(msg)
+    raise BadInputError(msg)
 
 
 def one_shot(source: Any) -> bool:
@@ -69,7 +69,7 @@ def every(source: Any, what: str, *, data_key: str | None = None) -> Iterator[An
     """Every item of ``source`` (see :func:`items`); an unreadable one raises a NudgeError."""
     for x in items(source, what, data_key=data_key):
         if isinstance(x, Unreadable):
-            raise NudgeError(str(x))
+            raise BadInputError(str(x))
         yield x
 
 
@@ -103,7 +103,7 @@ def iter_json_file(path: Path, what: str, *, data_key: str | None = None) -> Ite
         f = path.open(encoding="utf-8", errors="surrogateescape")
     except OSError as e:
         msg = f"{what}: cannot read {path} ({e}); pass the path of a JSON or JSONL export."
-        raise NudgeError(msg) from None
+        raise BadInputError(msg) from None
     return _file_items(f, path, what, data_key)
 
 
@@ -394,7 +394,7 @@ def score_scale(numeric_range: tuple[float, float]) -> tuple[float, float]:
             f"numeric_range: expected (worst, best) with best > worst, found {numeric_range!r}; "
             "pass e.g. (1, 5) for five-star scores."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     return lo, hi
 
 

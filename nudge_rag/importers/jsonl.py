@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError
 from nudge_rag.importers._common import converted
 from nudge_rag.state.records import JSONL, FeedbackRecord, Records, TraceRecord, Unreadable
 
@@ -57,7 +57,7 @@ def read(path: str | os.PathLike[str], *, source: str = JSONL) -> Records:
         p.open("rb").close()
     except OSError as e:
         msg = f"path: cannot read {p} ({e}); pass the path of a JSONL file."
-        raise NudgeError(msg) from None
+        raise BadInputError(msg) from None
 
     def records() -> Iterator[TraceRecord | Unreadable]:
         with p.open(encoding="utf-8", errors="surrogateescape") as f:
@@ -92,11 +92,11 @@ def record(obj: Mapping[str, Any], *, where: str = "record", source: str = JSONL
     extra = sorted(set(obj) - _FIELDS)
     if extra:
         msg = f"{at}unknown fields {extra}; the schema's fields are {sorted(_FIELDS)}."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     feedback = obj.get("feedback") or []
     if not isinstance(feedback, list) or not all(isinstance(f, Mapping) for f in feedback):
         msg = f"{at}feedback must be a list of objects, found {feedback!r:.80}."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     fb = []
     for f in feedback:
         fb.append(

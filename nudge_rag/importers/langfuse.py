@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError, NudgeError
 from nudge_rag.importers._common import (
     as_dict,
     document_score,
@@ -168,7 +168,7 @@ def _dict(obj: Any, where: str) -> dict:
         return as_dict(obj)
     except NudgeError as e:
         msg = f"{where}: {e}; pass Langfuse API objects or their JSON."
-        raise NudgeError(msg) from None
+        raise BadInputError(msg) from None
 
 
 def _feedback(d: Mapping, scale: tuple[float, float]) -> FeedbackRecord | None:

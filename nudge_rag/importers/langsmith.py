@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError, NudgeError
 from nudge_rag.importers._common import (
     as_dict,
     document_id,
@@ -81,7 +81,7 @@ def read(
             d = as_dict(f)
         except NudgeError as e:
             msg = f"feedback[{n}]: {e}; pass langsmith Feedback objects or their JSON."
-            raise NudgeError(msg) from None
+            raise BadInputError(msg) from None
         target = get(d, "run_id", "trace_id")
         record = _feedback(d, scale)
         if target is not None and record is not None:

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError, NudgeError
 from nudge_rag.importers._common import (
     document_id,
     every,
@@ -220,7 +220,7 @@ def document_annotations(
     projects = {e["node"]["name"]: e["node"]["id"] for e in ask(_PROJECTS, {})["projects"]["edges"]}
     if project not in projects:
         msg = f"phoenix: no project {project!r} at {endpoint}; it has {sorted(projects)}."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     out: list[dict] = []
     after = None
     while True:
@@ -419,7 +419,7 @@ def _annotations(annotations_df: Any, default: str) -> dict[str, dict[str, dict[
                 f"annotations_df row {n}: found no span id or document_position; pass document "
                 "annotations indexed by (context.span_id, document_position)."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         label = get(row, "label", "result.label")
         score = get(row, "score", "result.score")
         if isinstance(label, float) and label != label:  # pandas' NaN for no label

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError, NudgeError
 from nudge_rag.state.records import Resolution, Unreadable
 
 __all__ = ["ContentIndex", "Doc", "Resolver", "as_doc", "resolve"]
@@ -67,7 +67,7 @@ def as_doc(doc: Any) -> Doc:
         return doc
     if doc is None or isinstance(doc, int | float | list | tuple):
         msg = f"expected a record object or a dict, found {type(doc).__name__}"
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     if not isinstance(doc, Mapping):
         doc = {k: getattr(doc, k, None) for k in ("id", "page_content", "text", "metadata")}
     own = doc.get("id")
@@ -136,14 +136,14 @@ def resolve(
     """
     if id_key is not None and (not isinstance(id_key, str) or not id_key):
         msg = f"id_key: expected a metadata key such as 'source', found {id_key!r}."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     state = None if store is None else _state(store)
     if state is not None and not hasattr(state, "known_ids"):
         msg = (
             f"store: expected a nudge-rag store (NudgedVectorStore, either face) or a "
             f"NudgeState, found {type(store).__name__}."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     held: set[str] = set()
     if state is not None and id_key is None:
         asked = list(

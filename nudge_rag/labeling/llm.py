@@ -1,4 +1,4 @@
-"""One small LLM protocol, three adapters, and a careful way to call them.
+"""One small LLM protocol, the adapters, and a careful way to call them.
 
 The engine asks an LLM two things (judge candidates, write questions) and wants JSON back.
 Everything it needs from a model is :class:`LLMClient`: a ``name`` (part of the label cache
@@ -11,11 +11,13 @@ into one:
 - any LangChain ``Runnable`` that returns a message: a ``BaseChatModel``, or one wrapped in
   ``with_retry()``, ``with_fallbacks([...])``, ``bind(...)``, ``with_config(...)`` or a chain
   that ends in one; with a schema, the framework's own ``with_structured_output`` is used
-  where every model inside supports it, and the text is parsed otherwise;
-- any LlamaIndex ``LLM`` (``structured_predict`` for function-calling models, the text
-  otherwise).
+  where every model inside supports it, and the text is parsed otherwise
+  (:class:`nudge_rag.langchain.llm.LangChainChat`);
+- any LlamaIndex ``LLM`` (``structured_predict`` of the answer's pydantic model for
+  function-calling models, the text otherwise; :class:`nudge_rag.llama_index.llm.LlamaIndexChat`).
 
-The frameworks are imported only when such an object is passed. :func:`ask` adds what a
+The framework adapters live in the faces and are imported only when such an object is passed:
+this module imports no framework. :func:`ask` adds what a
 production caller needs around one request: a hard call budget shared by all threads,
 retries with exponential backoff on 429 / 5xx / timeouts that honour ``Retry-After``, and
 re-asking when the answer does not parse or validate — then giving up, never guessing. Any
@@ -36,7 +38,28 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
-from nudge_rag.errors import InvalidAnswerError, LLMCallError, NudgeError
+from nudge_rag.errors import BadInputError, InvalidAnswerError, LLMCallError
+
+__all__ = [
+    "MAX_ANSWER_CHARS",
+    "CallBudget",
+    "LLMClient",
+    "LLMReply",
+    "Messages",
+    "OpenAIChat",
+    "Outcome",
+    "RetryPolicy",
+    "Status",
+    "as_llm",
+    "ask",
+    "classify_error",
+    "content_text",
+    "extract_json",
+    "is_answer_error",
+    "judge_answer",
+    "output_text",
+    "parse_retry_after",
+]
 
 T = TypeVar("T")
 
@@ -156,7 +179,7 @@ class OpenAIChat:
     ) -> None:
         if not model:
             msg = "model: an openai client needs a model name, found none; pass llm_model='...'."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         self._client = client.with_options(max_retries=0, timeout=timeout)
         self.model = model
         self.temperature = temperature
@@ -214,7 +237,11 @@ class OpenAIChat:
         )
 
 
-def _content_text(content: Any) -> str:
+# ---------------------------------------------------------------------------------------------
+# What the framework adapters (nudge_rag.langchain.llm, nudge_rag.llama_index.llm) share
+
+
+def content_text(content: Any) -> str:
     """The text of a message content: a string, or a list of text blocks."""
     if isinstance(content, str):
         return content
@@ -231,12 +258,7 @@ def _content_text(content: Any) -> str:
     return "" if content is None else str(content)
 
 
-def _schema_named(schema: Mapping[str, Any]) -> dict[str, Any]:
-    """``schema`` with the top-level title and description frameworks need to name a tool."""
-    return {"title": "answer", "description": "The answer, as JSON.", **dict(schema)}
-
-
-def _answer_error(exc: BaseException) -> bool:
+def is_answer_error(exc: BaseException) -> bool:
     """Whether ``exc`` is a framework's parser rejecting an answer (not a failed request)."""
     if isinstance(exc, RecursionError | UnicodeError | json.JSONDecodeError):
         return True
@@ -246,208 +268,17 @@ def _answer_error(exc: BaseException) -> bool:
 _PARSER_ERRORS = frozenset({"OutputParserException", "ValidationError"})
 
 
-def _describe_runnable(runnable: Any) -> str:
-    """A stable label for a LangChain runnable: the chat models inside, outermost wrappers
-    dropped (``chat``, ``chat.with_retry()`` and ``chat.bind(...)`` share a cache)."""
-    from langchain_core.language_models import BaseChatModel
-    from langchain_core.runnables import RunnableSequence, RunnableWithFallbacks
-    from langchain_core.runnables.base import RunnableBindingBase
-
-    if isinstance(runnable, BaseChatModel):
-        label = getattr(runnable, "model_name", None) or getattr(runnable, "model", None) or ""
-        return f"{type(runnable).__name__}:{label}".rstrip(":")
-    if isinstance(runnable, RunnableBindingBase):
-        return _describe_runnable(runnable.bound)
-    if isinstance(runnable, RunnableWithFallbacks):
-        return "|".join(_describe_runnable(r) for r in (runnable.runnable, *runnable.fallbacks))
-    if isinstance(runnable, RunnableSequence):
-        return _describe_runnable(runnable.last)
-    return f"{type(runnable).__name__}:{runnable.get_name()}"
-
-
-def _structured_runnable(runnable: Any, schema: Mapping[str, Any]) -> Any | None:
-    """``runnable`` rebuilt around each model's own ``with_structured_output(schema)``, keeping
-    its retries, fallbacks, bound arguments and config; ``None`` where a model inside does not
-    support structured output or the shape is opaque (a lambda, a chain): then parse text."""
-    from langchain_core.language_models import BaseChatModel
-    from langchain_core.runnables import RunnableWithFallbacks
-    from langchain_core.runnables.base import RunnableBindingBase
-
-    if isinstance(runnable, BaseChatModel):
-        try:
-            return runnable.with_structured_output(_schema_named(schema))
-        except (NotImplementedError, ValueError, TypeError):  # no tool calling / json mode
-            return None
-    if isinstance(runnable, RunnableBindingBase):  # bind(...), with_retry(), with_config(...)
-        inner = _structured_runnable(runnable.bound, schema)
-        # a bound call's kwargs reach the first step of the structured chain: the model call
-        return None if inner is None else runnable.model_copy(update={"bound": inner})
-    if isinstance(runnable, RunnableWithFallbacks):
-        parts = [_structured_runnable(r, schema) for r in (runnable.runnable, *runnable.fallbacks)]
-        if any(p is None for p in parts):
-            return None
-        return runnable.model_copy(update={"runnable": parts[0], "fallbacks": parts[1:]})
-    return None
-
-
-class LangChainChat:
-    """A LangChain ``Runnable`` that returns a message, as an :class:`LLMClient`.
-
-    A ``BaseChatModel``, or one wrapped in ``with_retry()``, ``with_fallbacks([...])``,
-    ``bind(...)``, ``with_config(...)``, or a chain (``RunnableLambda``, ``prompt | model``)
-    that ends in one. With a ``schema``, the model's own ``with_structured_output`` is used,
-    rebuilt under the same wrappers, where every model inside supports it; otherwise (or with
-    ``structured=False``) the answer's text is parsed. Retries the runnable makes on its own
-    (``with_retry``) are invisible to the call budget.
-    """
-
-    def __init__(self, runnable: Any, *, structured: bool = True) -> None:
-        self.runnable = runnable
-        self.model = runnable  # the name earlier versions exposed
-        self.structured = structured
-        self.name = f"langchain:{_describe_runnable(runnable)}"
-
-    def chat(self, messages: Messages, *, schema: Mapping[str, Any] | None = None) -> LLMReply:
-        """One ``invoke``: structured where supported, else text (the schema is in the
-        prompt already). A framework parser that rejects the answer raises
-        :class:`InvalidAnswerError` (an invalid answer, asked again); other failures
-        :class:`LLMCallError`."""
-        from langchain_core.callbacks import BaseCallbackHandler
-        from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
-
-        class Usage(BaseCallbackHandler):
-            """Token counts of every model call inside the runnable (fallbacks included)."""
-
-            def __init__(self) -> None:
-                self.tokens = [0, 0]
-
-            def on_llm_end(self, response: Any, **kwargs: Any) -> None:
-                for gens in response.generations:
-                    for gen in gens:
-                        meta = getattr(getattr(gen, "message", None), "usage_metadata", None)
-                        if isinstance(meta, Mapping):
-                            self.tokens[0] += int(meta.get("input_tokens", 0) or 0)
-                            self.tokens[1] += int(meta.get("output_tokens", 0) or 0)
-
-        kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
-        lc = [kinds.get(m["role"], HumanMessage)(content=m["content"]) for m in messages]
-        runnable = self.runnable
-        if schema is not None and self.structured:
-            runnable = _structured_runnable(self.runnable, schema) or self.runnable
-        usage = Usage()
-        try:
-            out = runnable.invoke(lc, config={"callbacks": [usage]})
-            text = _output_text(out)
-        except Exception as exc:
-            if _answer_error(exc):
-                raw = getattr(exc, "llm_output", None)
-                msg = f"the framework rejected the answer ({type(exc).__name__}): {exc}"[:300]
-                raise InvalidAnswerError(msg, raw=raw if isinstance(raw, str) else None) from exc
-            raise classify_error(exc) from exc
-        return LLMReply(text=text, prompt_tokens=usage.tokens[0], completion_tokens=usage.tokens[1])
-
-
-def _output_text(out: Any) -> str:
+def output_text(out: Any) -> str:
     """The answer text of a runnable's output: a message's content, a string, or the JSON of
     what a structured-output parser returned (a dict, or a pydantic object)."""
     if isinstance(out, str):
         return out
     if hasattr(out, "content") and not isinstance(out, Mapping):
-        return _content_text(out.content)
+        return content_text(out.content)
     dump = getattr(out, "model_dump", None)
     if callable(dump):
         out = dump(mode="json")
     return json.dumps(out, ensure_ascii=False)
-
-
-class LlamaIndexChat:
-    """A LlamaIndex ``LLM`` as an :class:`LLMClient`.
-
-    With a schema and a function-calling model (``metadata.is_function_calling_model``),
-    LlamaIndex's own ``structured_predict`` fills a pydantic model built from the schema;
-    otherwise ``chat`` is called and the text parsed.
-    """
-
-    def __init__(self, llm: Any, *, structured: bool = True) -> None:
-        self.llm = llm
-        self.structured = structured
-        try:
-            label = llm.metadata.model_name
-        except Exception:  # metadata is optional on custom LLMs
-            label = ""
-        self.name = f"llama_index:{type(llm).__name__}:{label}".rstrip(":")
-
-    def _function_calling(self) -> bool:
-        try:
-            return bool(self.llm.metadata.is_function_calling_model)
-        except Exception:  # metadata is optional on custom LLMs
-            return False
-
-    def chat(self, messages: Messages, *, schema: Mapping[str, Any] | None = None) -> LLMReply:
-        """One ``structured_predict`` or ``chat`` call (the schema is in the prompt too)."""
-        from llama_index.core.llms import ChatMessage, MessageRole
-
-        roles = {
-            "system": MessageRole.SYSTEM,
-            "user": MessageRole.USER,
-            "assistant": MessageRole.ASSISTANT,
-        }
-        li = [
-            ChatMessage(role=roles.get(m["role"], MessageRole.USER), content=m["content"])
-            for m in messages
-        ]
-        output_cls = (
-            pydantic_model(schema)
-            if schema is not None and self.structured and self._function_calling()
-            else None
-        )
-        try:
-            if output_cls is not None:
-                from llama_index.core.prompts import ChatPromptTemplate
-
-                out = self.llm.structured_predict(output_cls, ChatPromptTemplate(li))
-                return LLMReply(text=_output_text(out))
-            reply = self.llm.chat(li)
-        except Exception as exc:
-            if _answer_error(exc):
-                msg = f"the framework rejected the answer ({type(exc).__name__}): {exc}"[:300]
-                raise InvalidAnswerError(msg) from exc
-            raise classify_error(exc) from exc
-        return LLMReply(text=_content_text(reply.message.content))
-
-
-_JSON_TYPES: dict[str, Any] = {
-    "string": str,
-    "integer": int,
-    "number": float,
-    "boolean": bool,
-}
-
-
-def pydantic_model(schema: Mapping[str, Any], name: str = "Answer") -> Any | None:
-    """A pydantic model for a JSON object ``schema`` (objects, arrays, scalars), or ``None``
-    for shapes it does not cover. Enums are left to the validator that reads the answer."""
-    from pydantic import create_model
-
-    def field_type(sub: Mapping[str, Any], sub_name: str) -> Any | None:
-        kind = sub.get("type")
-        if kind == "object":
-            return pydantic_model(sub, sub_name)
-        if kind == "array" and isinstance(sub.get("items"), Mapping):
-            inner = field_type(sub["items"], sub_name + "Item")
-            return None if inner is None else list[inner]  # type: ignore[valid-type]
-        return _JSON_TYPES.get(str(kind))
-
-    if schema.get("type") != "object" or not isinstance(schema.get("properties"), Mapping):
-        return None
-    required = set(schema.get("required", ()))
-    fields: dict[str, Any] = {}
-    for key, sub in schema["properties"].items():
-        t = field_type(sub, f"{name}{str(key).title()}") if isinstance(sub, Mapping) else None
-        if t is None:
-            return None
-        fields[str(key)] = (t, ...) if key in required else (t | None, None)
-    return create_model(name, **fields)
 
 
 def _from_module(obj: Any, prefix: str) -> bool:
@@ -470,25 +301,25 @@ def as_llm(llm: Any, *, model: str | None = None) -> LLMClient | None:
                 f"llm: found {type(llm).__name__} from the openai package, expected a client "
                 "with chat.completions (openai.OpenAI or AzureOpenAI); pass openai.OpenAI(...)."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         if type(llm).__name__.startswith("Async"):
             msg = "llm: found an async openai client; pass the sync openai.OpenAI(...) instead."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         if not model:
             msg = (
                 "llm_model: an openai client needs a model name, found none; pass llm_model='...'."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         return OpenAIChat(llm, model)
-    if _from_module(llm, "langchain"):
-        from langchain_core.runnables import Runnable
+    if _from_module(llm, "langchain"):  # the faces hold the framework code: imported when used
+        from nudge_rag.langchain.llm import LangChainChat
 
-        if isinstance(llm, Runnable):
+        if LangChainChat.accepts(llm):
             return LangChainChat(llm)
     if _from_module(llm, "llama_index"):
-        from llama_index.core.llms import LLM
+        from nudge_rag.llama_index.llm import LlamaIndexChat
 
-        if isinstance(llm, LLM):
+        if LlamaIndexChat.accepts(llm):
             return LlamaIndexChat(llm)
     if isinstance(llm, LLMClient):
         return llm
@@ -498,7 +329,7 @@ def as_llm(llm: Any, *, model: str | None = None) -> LLMClient | None:
         "(chat.with_retry(), .with_fallbacks([...]), .bind(...)), a LlamaIndex LLM or an "
         "object with name and chat(messages, schema=None); pass one of those, or llm=None."
     )
-    raise NudgeError(msg)
+    raise BadInputError(msg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -570,7 +401,7 @@ class CallBudget:
     def __init__(self, limit: int | None = None) -> None:
         if limit is not None and limit < 0:
             msg = f"max_calls: found {limit}, expected a count ≥ 0 or None; pass e.g. 1000."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         self.limit = limit
         self.used = 0
         self._lock = threading.Lock()

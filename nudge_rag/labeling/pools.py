@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError
 from nudge_rag.fit.corpus import _gathered_similarity
 from nudge_rag.fit.metrics import exact_knn
 
@@ -186,7 +186,7 @@ def fuse(
     weights = [1.0] * len(legs) if weights is None else list(weights)
     if len(weights) != len(legs):
         msg = f"weights: found {len(weights)} weights for {len(legs)} legs; expected one each."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     score: dict[str, float] = {}
     first: dict[str, tuple[int, int]] = {}
     for leg_no, (leg, w) in enumerate(zip(legs, weights, strict=True)):

@@ -62,10 +62,10 @@ class Provenance(str, Enum):
         try:
             return cls(str(value.value if isinstance(value, Enum) else value).lower())
         except ValueError:
-            from nudge_rag.errors import NudgeError
+            from nudge_rag.errors import BadInputError
 
             msg = f"{what}: found {value!r}, expected 'human', 'model' or 'synthetic'."
-            raise NudgeError(msg) from None
+            raise BadInputError(msg) from None
 
 
 # which LabeledQuery sources are which provenance

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from langchain_core.embeddings import Embeddings
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError
 
 
 class SentenceTransformerEmbeddings(Embeddings):
@@ -76,7 +76,7 @@ class LookupEmbeddings(Embeddings):
         if unknown:
             if self.fallback is None:
                 msg = f"texts: {len(unknown)} unknown text(s), e.g. {unknown[0]!r}; pass fallback=."
-                raise NudgeError(msg)
+                raise BadInputError(msg)
             self.table.update(zip(unknown, np.asarray(self.fallback(unknown)), strict=True))
         return [self.table[k].tolist() for k in keys]
 

@@ -24,7 +24,7 @@ from langchain_core.runnables.config import run_in_executor
 from langchain_core.tools import BaseTool
 from langchain_core.vectorstores import VectorStore, VectorStoreRetriever
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError, NudgeError
 from nudge_rag.fit.checks import check_k
 from nudge_rag.langchain.backends import Backend, backend_for
 from nudge_rag.langchain.backends.base import ScoredDocs
@@ -209,13 +209,13 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
     ):
         if isinstance(inner_store, NudgedVectorStore):
             msg = "inner_store: found a NudgedVectorStore; wrap the bare store once."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         if not isinstance(inner_store, VectorStore):
             msg = (
                 f"inner_store: expected a LangChain VectorStore, found "
                 f"{type(inner_store).__name__}; pass e.g. langchain_chroma.Chroma(...)."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         self.inner = inner_store
         self.backend: Backend = backend_for(inner_store, adapter)
         ad = self.backend.adapter()
@@ -277,7 +277,7 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
                 f"{type(self.inner).__name__} has no LangChain embeddings, so queries cannot be "
                 "embedded for traces; build it with embedding=... or use tracing=False."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         return emb
 
     def _embed_queries(self, texts: list[str]) -> np.ndarray:
@@ -319,13 +319,13 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
         ids = [str(i) if i is not None else str(uuid.uuid4()) for i in ids]
         if len(ids) != len(texts):
             msg = f"ids: found {len(ids)} ids for {len(texts)} texts; pass one id per text."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         if len(set(ids)) != len(ids):
             msg = "ids: found duplicates within one add; pass each id once."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         if metadatas is not None and len(metadatas) != len(texts):
             msg = f"metadatas: found {len(metadatas)} for {len(texts)} texts; pass one per text."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         step = self.backend.max_batch() or max(1, len(texts))
         for s in range(0, len(texts), step):
             self._add_batch(
@@ -386,7 +386,7 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
                 "ids: found None; NudgedVectorStore deletes by id only. Pass the ids to delete "
                 "(store.nudge_state.ids() lists them all)."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         ids = [str(i) for i in ids]
         if not ids:
             return True
@@ -421,7 +421,7 @@ class NudgedVectorStore(NudgeSurface, VectorStore):
                 f"{type(self.inner).__name__} has no search by vector with scores, so its "
                 "searches cannot be traced; construct NudgedVectorStore(..., tracing=False)."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         return search(embedding, k=k, **kwargs)
 
     def _query_pairs(self, query: str, k: int, kwargs: dict) -> tuple[list[float], ScoredDocs]:

@@ -24,7 +24,7 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQueryResult,
 )
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError
 from nudge_rag.fit.checks import check_k, check_vectors
 from nudge_rag.llama_index.backends import Backend, ChromaBackend, backend_for
 from nudge_rag.state.db import state_argument
@@ -164,13 +164,13 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
                 "vector_store: found a NudgedVectorStore; wrap the underlying store once "
                 "(pass nudged.vector_store, or use the NudgedVectorStore as it is)."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         if not isinstance(vector_store, BasePydanticVectorStore):
             msg = (
                 f"vector_store: expected a LlamaIndex BasePydanticVectorStore, found "
                 f"{type(vector_store).__name__}; pass e.g. a ChromaVectorStore."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         backend = backend_for(vector_store, adapter)
         super().__init__(
             stores_text=vector_store.stores_text,
@@ -235,7 +235,7 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
                     "folder (state_dir=) or a Postgres URL (state=) for the trace and version "
                     "logs."
                 )
-                raise NudgeError(msg)
+                raise BadInputError(msg)
             client: Any = chromadb.HttpClient(host=host, port=port or 8000)
         else:
             client = chromadb.PersistentClient(path=str(persist_dir))
@@ -503,14 +503,14 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
                 f"(first: {missing[:5]!r}), expected every node embedded; embed them first "
                 "(VectorStoreIndex does so with its embed_model) or set node.embedding."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         dims = {len(n.embedding) for n in nodes}  # type: ignore[arg-type]
         if len(dims) > 1:
             msg = (
                 f"nodes: embeddings have mixed dimensions {sorted(dims)}, expected one; embed "
                 "all nodes with the same model."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         (found,) = dims
         want = self._store_dim()
         if want is not None and found != want:
@@ -518,7 +518,7 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
                 f"nodes: embeddings have {found} dimensions, the store holds {want}-d vectors; "
                 "embed with the store's model or use a new collection."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         return check_vectors(
             [n.embedding for n in nodes],
             what="nodes",
@@ -589,7 +589,7 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
                 f"query.query_embedding: has {len(emb)} dimensions, the store holds {want}-d "
                 "vectors; embed the query with the model that embedded the documents."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
 
     def _traced(
         self, query: VectorStoreQuery, result: VectorStoreQueryResult
@@ -635,7 +635,7 @@ def _metric(metric: Metric | str) -> Metric:
             f"metric: found {metric!r}, expected one of {[m.value for m in Metric]}; "
             "pass 'cosine' unless you fit NUDGE-M (then 'ip')."
         )
-        raise NudgeError(msg) from None
+        raise BadInputError(msg) from None
 
 
 def _query_filter(query: VectorStoreQuery) -> dict | None:
@@ -667,4 +667,4 @@ def _query_embedder(embed_model: Any) -> Callable[[Sequence[str]], np.ndarray] |
         f"embed_model: found {type(embed_model).__name__}, expected a LlamaIndex embedding "
         "model or a callable texts -> (n, d) matrix."
     )
-    raise NudgeError(msg)
+    raise BadInputError(msg)

@@ -9,7 +9,7 @@ from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.schema import MetadataMode, NodeWithScore
 from llama_index.core.tools import FunctionTool, ToolOutput
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError
 from nudge_rag.state.citations import format_chunks
 
 if TYPE_CHECKING:
@@ -94,14 +94,14 @@ def _retriever(store: Any, index_or_retriever: Any, k: int | None) -> BaseRetrie
             f"store: found {type(store).__name__}, expected a nudge_rag.llama_index."
             "NudgedVectorStore; wrap the vector store first."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     if isinstance(index_or_retriever, BaseRetriever):
         if k is not None:
             msg = (
                 f"k: found {k!r} with a retriever, which brings its own top k; pass k=None, or "
                 "pass the index instead of its retriever."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         return index_or_retriever
     if hasattr(index_or_retriever, "as_retriever") and hasattr(index_or_retriever, "vector_store"):
         if index_or_retriever.vector_store is not store:
@@ -110,11 +110,11 @@ def _retriever(store: Any, index_or_retriever: Any, k: int | None) -> BaseRetrie
                 "build the index over the NudgedVectorStore (VectorStoreIndex.from_vector_store"
                 "(store)) so its searches are traced."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         kwargs = {} if k is None else {"similarity_top_k": k}
         return index_or_retriever.as_retriever(**kwargs)
     msg = (
         f"index_or_retriever: found {type(index_or_retriever).__name__}, expected a "
         "VectorStoreIndex over `store` or a LlamaIndex retriever."
     )
-    raise NudgeError(msg)
+    raise BadInputError(msg)

@@ -7,7 +7,7 @@ from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def answer_text(answer: Any) -> str:
             f"answer: found {type(answer).__name__}, expected a string or a message with "
             "string .content."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     return text
 
 

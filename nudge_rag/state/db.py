@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError, NudgeError
 from nudge_rag.masking import mask_secrets, remember_secrets
 
 try:  # POSIX only; elsewhere moves are serialised within one process
@@ -104,7 +104,7 @@ class StateLocation:
                     "not start a %XX escape, which Postgres refuses; write '%' as %25 (percent-"
                     "encode the password, e.g. urllib.parse.quote(password, safe=''))."
                 )
-                raise NudgeError(msg)
+                raise BadInputError(msg)
             query = parse_qsl(parts.query, keep_blank_values=True)
             schema = next((v for k, v in query if k == "schema"), DEFAULT_SCHEMA)
             if not _SCHEMA_NAME.match(schema):
@@ -113,7 +113,7 @@ class StateLocation:
                     "name (letters, digits, _; at most 30 characters); pass e.g. "
                     "?schema=nudge_docs (one schema name per wrapped store)."
                 )
-                raise NudgeError(msg)
+                raise BadInputError(msg)
             scheme = "postgresql"  # postgres://, postgresql+psycopg://: libpq reads the same
             rest = urlencode([(k, v) for k, v in query if k != "schema"])
             url = urlunsplit((scheme, parts.netloc, parts.path, rest, parts.fragment))
@@ -123,7 +123,7 @@ class StateLocation:
                 f"state: expected a folder path or a postgresql:// URL, found "
                 f"{type(state).__name__}."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         return cls(folder=Path(state))
 
     @property
@@ -687,8 +687,8 @@ def state_argument(
             "(a folder) or state='postgresql://user@host/db?schema=nudge_docs' (a Postgres "
             "schema shared by every worker)."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     if state_dir is not None and is_postgres_url(state_dir):
         msg = f"state_dir: found the URL {mask_secrets(str(state_dir))!r}; pass it as state=."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     return state if state is not None else state_dir  # type: ignore[return-value]

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError
 
 try:  # POSIX only; elsewhere concurrent FAISS saves are not serialised between processes
     import fcntl
@@ -95,7 +95,7 @@ def atomic_path(path: str | os.PathLike[str], *, mode: int | None = None) -> Ite
     target = Path(path)
     if target.is_dir() and not target.is_symlink():
         msg = f"path: {str(target)!r} is a folder, expected a file path to write; pick a file name."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(target)
     try:
@@ -278,10 +278,10 @@ def save_faiss_atomic(
             f"store: found {type(store).__name__} without save_local(folder, index_name); pass "
             "a langchain_community FAISS store."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     if not index_name or os.sep in index_name or index_name.startswith("."):
         msg = f"index_name: found {index_name!r}, expected a plain file stem such as 'index'."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
     meta = root / f".{index_name}.nudge"

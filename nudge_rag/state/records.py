@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError, NudgeError
 from nudge_rag.state.traces.log import (
     check_provenance,
     clean_text,
@@ -162,14 +162,14 @@ class Records(Sequence[TraceRecord]):
                 "records: these were read from an iterator, which is used up; pass a list or a "
                 "file path to the reader to read them again."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         self._used = True
         return self._entries()
 
     def __iter__(self) -> Iterator[TraceRecord]:
         for e in self.entries():
             if isinstance(e, Unreadable):
-                raise NudgeError(str(e))
+                raise BadInputError(str(e))
             yield e
 
     def _list(self) -> list[TraceRecord]:
@@ -261,7 +261,7 @@ def as_epoch(value: float | datetime | str | None, *, what: str, default: float)
             value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
         except ValueError:
             msg = f"{what}: expected a time (epoch seconds or ISO 8601), found {value!r}"
-            raise NudgeError(msg) from None
+            raise BadInputError(msg) from None
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
@@ -282,14 +282,14 @@ def _as_float(value: Any, what: str, expected: str) -> float:
         return float(value)
     except (TypeError, ValueError, OverflowError):
         msg = f"{what}: expected {expected}, found {value!r:.80}"
-        raise NudgeError(msg) from None
+        raise BadInputError(msg) from None
 
 
 def _finite(out: float, value: Any, what: str, kind: str) -> float:
     """``out`` if finite, else a NudgeError naming ``what`` and the ``value`` given."""
     if not math.isfinite(out):
         msg = f"{what}: expected a finite {kind}, found {value!r}"
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     return out
 
 
@@ -358,12 +358,12 @@ def _id_list(value: Any, what: str) -> list[str]:
         return []
     if isinstance(value, str | bytes):
         msg = f"{what}: expected a list of chunk ids, found the single {value!r:.80}"
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     try:
         return [str(i) for i in value]
     except TypeError:
         msg = f"{what}: expected a list of chunk ids, found {type(value).__name__}"
-        raise NudgeError(msg) from None
+        raise BadInputError(msg) from None
 
 
 def storable(text: str) -> bool:
@@ -388,7 +388,7 @@ def _name(value: Any, what: str) -> str:
             f"{what}: {text!r:.80} holds a NUL character or a lone surrogate, which the trace "
             "log cannot store as an id; fix the exporter, or drop the field to derive an id"
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     return text
 
 
@@ -405,14 +405,14 @@ def _scores(value: Any, n: int) -> list[float]:
         return [float("nan")] * n
     if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
         msg = f"scores: expected a list of numbers, one per result id, found {value!r:.80}"
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     out = []
     for i, s in enumerate(value):
         x = _number(s, f"scores[{i}]")
         out.append(float("nan") if x is None else x)
     if len(out) != n:
         msg = f"scores: expected one per result id ({n}), found {len(out)}"
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     return out
 
 
@@ -420,7 +420,7 @@ def _k(value: Any, n: int) -> int:
     k = n if value is None else value
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 0 <= k <= _K_MAX:
         msg = f"k: expected an integer in 1..2**63-1 (results asked for), found {value!r:.80}"
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     return max(int(k), 1)
 
 
@@ -464,7 +464,7 @@ class _TimePolicy:
                 f"clock (more than max_future_s={self.max_future_s:g}); fix the clock that "
                 "recorded it, or pass future_times='clamp' to keep it at the import's time"
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         return True
 
 
@@ -472,17 +472,17 @@ def _prepare(rec: Any, n: int, source: str | None, policy: _TimePolicy) -> _Prep
     """Check and convert one record, so that its row cannot be refused by the database; a
     NudgeError names what is wrong with it."""
     if isinstance(rec, Unreadable):
-        raise NudgeError(str(rec))
+        raise BadInputError(str(rec))
     if not isinstance(rec, TraceRecord):
         msg = f"expected a TraceRecord, found {type(rec).__name__}"
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     if not isinstance(rec.query, str) or not rec.query.strip():
         msg = f"query: expected the query text, found {rec.query!r:.80}"
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     src = source or rec.source
     if not src:
         msg = "source: the record names none; pass source='...' to import_traces"
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     src = _name(src, "source")
     ext = None if not rec.external_id else _name(rec.external_id, "external_id")
     tm = as_epoch(rec.time, what="time", default=policy.now)
@@ -495,10 +495,10 @@ def _prepare(rec: Any, n: int, source: str | None, policy: _TimePolicy) -> _Prep
     for f in rec.feedback or ():
         if not isinstance(f, FeedbackRecord):
             msg = f"feedback: expected FeedbackRecord items, found {type(f).__name__}"
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         if f.text is not None and not isinstance(f.text, str):
             msg = f"feedback text: expected a str or None, found {type(f.text).__name__}"
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         rel = _id_list(f.relevant_ids, "feedback relevant_ids")
         irr = [i for i in _id_list(f.irrelevant_ids, "feedback irrelevant_ids") if i not in rel]
         # no time anywhere: None, so that importing the record again finds this feedback
@@ -518,7 +518,7 @@ def _prepare(rec: Any, n: int, source: str | None, policy: _TimePolicy) -> _Prep
         flt_json = None if flt is None else json.dumps(flt)
     except RecursionError:
         msg = "filter: nested too deeply to store; pass the filter the search used, or None"
-        raise NudgeError(msg) from None
+        raise BadInputError(msg) from None
     return _Prepared(
         n=n,
         source=src,
@@ -550,22 +550,22 @@ def import_records(
     """What :meth:`NudgeState.import_traces` does (see there)."""
     if source is not None and (not isinstance(source, str) or not source):
         msg = f"source: expected a name such as 'langsmith' or None, found {source!r}."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     if isinstance(records, TraceRecord | str | bytes):
         msg = "records: expected an iterable of TraceRecord, found one item; pass [record]."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     if max_future_s is not None and (
         isinstance(max_future_s, bool)
         or not isinstance(max_future_s, int | float)
         or not 0 <= max_future_s < math.inf
     ):
         msg = f"max_future_s: expected seconds >= 0 or None, found {max_future_s!r}; e.g. 300."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     try:
         mode = FutureTimes(future_times)
     except ValueError:
         msg = f"future_times: expected 'clamp' or 'refuse', found {future_times!r}."
-        raise NudgeError(msg) from None
+        raise BadInputError(msg) from None
     run = _Import(state, source, ImportReport(), max_future_s, mode)
     entries = records.entries() if isinstance(records, Records) else iter(records)
     bar = _progress_bar(progress)
@@ -592,7 +592,7 @@ def import_records(
                 f"records: record {n} (external id {ext!r}) cannot be imported: {why}{more}; "
                 "nothing was stored. Fix or drop it, or pass strict=False to import the rest."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         run.write(held)
     report.unknown_ids = len(run.unknown)
     report.unknown_examples = sorted(run.unknown)[:10]

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from nudge_rag.errors import NudgeError, UnknownIdError
-from nudge_rag.labeling.labeler import POSITIVE_RATING
+from nudge_rag.errors import BadInputError, UnknownIdError
+from nudge_rag.labeling.feedback import POSITIVE_RATING
 from nudge_rag.state.citations import Citations, answer_text, cited_ids
 from nudge_rag.state.citations import cited_ids as _cited  # an argument of the same name below
 from nudge_rag.state.db import Database, StateLocation, state_part
@@ -82,7 +82,7 @@ class NudgeState:
                     f"{type(adapter).__name__} without {attr!r}; use an adapter from "
                     "nudge_rag.stores."
                 )
-                raise NudgeError(msg)
+                raise BadInputError(msg)
         self.adapter = adapter
         self.metric: Metric = Metric(adapter.metric)
         #: where the state lives: a folder, or a Postgres URL and schema
@@ -199,7 +199,7 @@ class NudgeState:
                     f"{name}: found a single string {given!r}, expected a list of ids; pass "
                     f"{name}=[{given!r}]."
                 )
-                raise NudgeError(msg)
+                raise BadInputError(msg)
         rel = [str(i) for i in relevant_ids]
         irr = [str(i) for i in irrelevant_ids]
         asked = list(dict.fromkeys(rel + irr))
@@ -265,10 +265,10 @@ class NudgeState:
                 f"rating: found {rating!r}, expected a number in [0, 1] or a bool (True = "
                 "helpful); map your scale onto it, e.g. thumbs down 0 / up 1, stars (s - 1) / 4."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         if isinstance(cited_ids, str | bytes):
             msg = f"cited_ids: found a single string {cited_ids!r}; pass cited_ids=[{cited_ids!r}]."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         text = None if answer is None else answer_text(answer)
         shown = self._shown_ids(trace_id)
         relevant: list[str] = []
@@ -344,7 +344,7 @@ class NudgeState:
                 f"id_key: found {id_key!r}, but this store cannot look chunks up by metadata; "
                 "pass the chunk ids instead."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         return self._children_of(list(parent_ids), id_key)
 
     def traces(self, **kw: Any) -> list[Trace]:
@@ -428,14 +428,14 @@ class NudgeState:
                 "embed_queries: this store was wrapped without an embedding function; pass "
                 "embed_queries=... to NudgeState (the faces pass the store's embeddings)."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         out = np.asarray(self._embed_queries(list(texts)), dtype=np.float32)
         if out.ndim != 2 or out.shape[0] != len(texts):
             msg = (
                 f"embed_queries: expected a ({len(texts)}, d) matrix from the embedding "
                 f"function, found shape {out.shape}."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         return out
 
     def texts(self, ids: Sequence[str]) -> list[str | None]:

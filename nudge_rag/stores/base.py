@@ -36,7 +36,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from nudge_rag.errors import NudgeError, UnknownIdError
+from nudge_rag.errors import BadInputError, UnknownIdError
 from nudge_rag.fit.checks import check_vectors
 
 
@@ -190,7 +190,7 @@ def search_queries(queries: np.ndarray, k: int, dim: int | None) -> tuple[np.nda
     mat = check_vectors(queries, what="queries", dim=dim)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         msg = f"k: found {k!r}, expected an integer >= 1 (results per query), e.g. 10."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     return mat, int(k)
 
 

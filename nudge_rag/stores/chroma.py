@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError
 from nudge_rag.fit.checks import check_vectors
 from nudge_rag.stores.base import (
     BaseStoreAdapter,
@@ -82,12 +82,12 @@ class ChromaAdapter(BaseStoreAdapter):
                 "pass e.g. langchain_chroma.Chroma(...)._collection or chromadb's "
                 "client.get_collection(name)."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         self.collection = collection
         space = collection_space(collection)
         if space not in _SPACES:
             msg = f"collection {collection.name!r} uses space {space!r}; expected cosine, ip or l2."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         self.metric = _SPACES[space]
         self._dim: int | None = None
         self.batch_size = _max_batch(collection)
@@ -128,7 +128,7 @@ class ChromaAdapter(BaseStoreAdapter):
         ids = [str(i) for i in ids]
         if len(set(ids)) != len(ids):
             msg = "ids: found duplicates; pass each id once."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         mat = check_vectors(vectors, what="vectors", n_rows=len(ids), dim=self._dim)
         if not ids:
             return

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError, NudgeError
 from nudge_rag.fit.checks import check_vectors
 from nudge_rag.stores.base import (
     BaseStoreAdapter,
@@ -98,7 +98,7 @@ class FaissAdapter(BaseStoreAdapter):
                 f"index: found {type(index).__name__}, which stores codes rather than vectors; "
                 "nudge-rag writes vectors into flat indexes only (IndexFlatIP / IndexFlatL2)."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         return index
 
     def _buffer(self, index: Any) -> np.ndarray:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError
 from nudge_rag.fit.checks import check_vectors
 from nudge_rag.stores.base import (
     BaseStoreAdapter,
@@ -76,7 +76,7 @@ class LanceDBAdapter(BaseStoreAdapter):
                 f"connection: expected a LanceDB connection, found {type(connection).__name__}; "
                 "pass lancedb.connect(uri) (LangChain's LanceDB keeps it as store._connection)."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         self.connection = connection
         self.table_name = table_name
         self.id_column = id_column
@@ -105,14 +105,14 @@ class LanceDBAdapter(BaseStoreAdapter):
                     f"{'id_column' if col == self.id_column else 'vector_column'}: table "
                     f"{self.table_name!r} has no column {col!r} (columns: {names}); pass its name."
                 )
-                raise NudgeError(msg)
+                raise BadInputError(msg)
         typ = table.schema.field(self.vector_column).type
         if not pa.types.is_fixed_size_list(typ) or not pa.types.is_floating(typ.value_type):
             msg = (
                 f"vector_column: column {self.vector_column!r} of {self.table_name!r} is {typ}; "
                 "expected a fixed-size list of floats (LanceDB's vector column)."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         return int(typ.list_size), typ.value_type
 
     @property
@@ -235,7 +235,7 @@ class LanceDBAdapter(BaseStoreAdapter):
         ids = [str(i) for i in ids]
         if len(set(ids)) != len(ids):
             msg = "ids: found duplicates; pass each id once."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         table = self._table()
         dim, element = self._vector_type(table) if table is not None else (None, None)
         dtype = np.float64 if element == pa.float64() else np.float32

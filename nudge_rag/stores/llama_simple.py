@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import Any
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError
 from nudge_rag.stores.base import Metric
 from nudge_rag.stores.memory import MemoryAdapter
 
@@ -32,7 +32,7 @@ class LlamaSimpleAdapter(MemoryAdapter):
                 f"store: expected a LlamaIndex SimpleVectorStore (with data.embedding_dict), "
                 f"found {type(store).__name__}; pass the SimpleVectorStore itself."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         super().__init__(table, vector_key=None, metric=Metric.COSINE)
         self.store = store
         self.name = "SimpleVectorStore"

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError
 from nudge_rag.fit.checks import check_vectors
 from nudge_rag.stores.base import (
     BaseStoreAdapter,
@@ -59,7 +59,7 @@ class MemoryAdapter(BaseStoreAdapter):
                 f"records: expected the store's dict of records, found {type(records).__name__}; "
                 "pass e.g. InMemoryVectorStore(...).store."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         self._records = records
         self.name = "the in-memory store"  # how errors name the store
         self.vector_key = vector_key

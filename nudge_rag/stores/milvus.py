@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError
 from nudge_rag.fit.checks import check_vectors
 from nudge_rag.stores.base import (
     BaseStoreAdapter,
@@ -72,7 +72,7 @@ class MilvusAdapter(BaseStoreAdapter):
                 f"collection_name: Milvus holds no collection {collection_name!r}; "
                 "create it (add nodes through the store) first."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         if self._exists():
             self._read_schema()  # a collection NUDGE cannot use is refused now
 
@@ -90,7 +90,7 @@ class MilvusAdapter(BaseStoreAdapter):
                     f"{self.vector_field!r} (fields: {sorted(fields)}); pass the dense vector "
                     "field's name."
                 )
-                raise NudgeError(msg)
+                raise BadInputError(msg)
             dim = int(fields[self.vector_field].get("params", {}).get("dim", 0)) or None
             primary = next(f for f in info["fields"] if f.get("is_primary"))
             int_ids = getattr(primary["type"], "name", str(primary["type"])) in _INT_TYPES
@@ -125,14 +125,14 @@ class MilvusAdapter(BaseStoreAdapter):
                 f"collection {self.collection_name!r}: field {self.vector_field!r} has no "
                 "index, so its metric is unknown; create an index (COSINE, IP or L2) first."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         found = str(self.client.describe_index(self.collection_name, names[0])["metric_type"])
         if found.upper() not in _METRICS:
             msg = (
                 f"collection {self.collection_name!r}: metric {found!r} is not one of "
                 f"{sorted(_METRICS)}; NUDGE needs a dense float metric."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         return _METRICS[found.upper()]
 
     def _keys(self, ids: Sequence[str]) -> list[Any]:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from nudge_rag.errors import NudgeError, UnknownIdError
+from nudge_rag.errors import BadInputError, NudgeError, UnknownIdError
 from nudge_rag.masking import mask_secrets, remember_secrets
 from nudge_rag.stores.base import (
     BaseStoreAdapter,
@@ -94,7 +94,7 @@ def metric_from_pgvector(strategy: Any) -> Metric:
         "product (<#>) or l2 (<->) distance. NUDGE needs one of these (not l1, hamming or "
         "jaccard)."
     )
-    raise NudgeError(msg)
+    raise BadInputError(msg)
 
 
 def conninfo_from(connection: Any) -> str:
@@ -111,7 +111,7 @@ def conninfo_from(connection: Any) -> str:
             f"connection: found {type(connection).__name__}; expected a psycopg Connection, a "
             "postgresql:// URI, a SQLAlchemy URL or engine."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     remember_secrets(url)
     scheme, sep, rest = url.partition("://")
     if sep and scheme.split("+", 1)[0] in ("postgresql", "postgres"):
@@ -119,7 +119,7 @@ def conninfo_from(connection: Any) -> str:
     if "://" not in url:  # a key=value conninfo string
         return url
     msg = f"connection: found a {scheme}:// URL; expected postgresql:// (any driver)."
-    raise NudgeError(msg)
+    raise BadInputError(msg)
 
 
 def connect_masked(conninfo: str, *, autocommit: bool = True) -> Any:
@@ -232,7 +232,7 @@ class PgVectorAdapter(BaseStoreAdapter):
                 f"{schema}.langchain_pg_collection; create it first (e.g. PGVector(...) with "
                 "create_collection=True, or add texts)."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         adapter.scope = {"collection_id": row[0]}
         adapter.collection_name = collection_name  # how messages name the store
         return adapter
@@ -316,7 +316,7 @@ class PgVectorAdapter(BaseStoreAdapter):
                 f"table: Postgres has no table {where!r}; create the store (add documents "
                 "through it) first, or pass the table and schema it uses."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         for arg, col in (
             ("id_column", self.id_column),
             ("embedding_column", self.embedding_column),
@@ -326,11 +326,11 @@ class PgVectorAdapter(BaseStoreAdapter):
                     f"{arg}: table {where!r} has no column {col!r} (columns: {sorted(cols)}); "
                     "pass the right column name."
                 )
-                raise NudgeError(msg)
+                raise BadInputError(msg)
         for col in self.scope:
             if col not in cols:
                 msg = f"scope: table {where!r} has no column {col!r}; columns: {sorted(cols)}."
-                raise NudgeError(msg)
+                raise BadInputError(msg)
         typname, typ, typmod = cols[self.embedding_column]
         if typname not in _ELEMENT:
             msg = (
@@ -338,7 +338,7 @@ class PgVectorAdapter(BaseStoreAdapter):
                 "expected a pgvector vector or halfvec column (sparsevec and bit are not "
                 "dense float vectors)."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         self._vector_type: str = typ  # e.g. "vector" or "extensions.vector"
         self._element: np.dtype[Any] = _ELEMENT[typname]
         self._exact_readback = typname == "vector"
@@ -621,7 +621,7 @@ class PgVectorAdapter(BaseStoreAdapter):
         keys = [self._key(i) for i in ids]
         if len(set(keys)) != len(keys):
             msg = "ids: found duplicates; pass each id once."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         dim = self.dim
         if dim is None and keys:  # a column declared without a length: ask the rows
             with self._tx() as conn:
@@ -636,7 +636,7 @@ class PgVectorAdapter(BaseStoreAdapter):
                 f"vectors: found values beyond ±65504, which the halfvec column "
                 f"{self.embedding_column!r} cannot hold; scale them or use a vector column."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         args = list(self.scope.values())
         target = sql.Identifier(self.schema, self.table)
         id_col = sql.Identifier(self.id_column)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError, NudgeError
 from nudge_rag.fit.checks import check_vectors
 from nudge_rag.stores.base import (
     BaseStoreAdapter,
@@ -93,7 +93,7 @@ class QdrantAdapter(BaseStoreAdapter):
                 f"collection_name: Qdrant has no collection {collection_name!r}; create it "
                 "first, e.g. through langchain_qdrant.QdrantVectorStore.from_texts."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         self._params()  # a collection NUDGE cannot use is refused now
 
     def _exists(self) -> bool:
@@ -120,7 +120,7 @@ class QdrantAdapter(BaseStoreAdapter):
                     f"vector_name: collection {self.collection_name!r} has vectors "
                     f"{sorted(vectors)}, found {self.vector_name!r}; pass one of them."
                 )
-                raise NudgeError(msg)
+                raise BadInputError(msg)
             params = vectors[self.vector_name]
         else:
             params = vectors
@@ -134,7 +134,7 @@ class QdrantAdapter(BaseStoreAdapter):
                 f"collection {self.collection_name!r} uses distance {params.distance}; expected "
                 "Cosine, Dot or Euclid."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         return spaces[params.distance], int(params.size)
 
     @property
@@ -184,7 +184,7 @@ class QdrantAdapter(BaseStoreAdapter):
             return
         if len(set(ids)) != len(ids):
             msg = "ids: found duplicates; pass each id once."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         raise_unknown(
             missing_ids(ids, self.present(ids)), f"Qdrant collection {self.collection_name!r}"
         )

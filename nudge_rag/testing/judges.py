@@ -17,7 +17,8 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from nudge_rag.labeling.labeler import MAX_GRADE, parse_request
+from nudge_rag.errors import BadInputError
+from nudge_rag.labeling.answers import MAX_GRADE, parse_request
 from nudge_rag.labeling.llm import LLMReply, Messages
 
 
@@ -83,7 +84,7 @@ class QrelsJudge:
             n = int(request["n"])
             return {"questions": self.questions.get(request["passage"]["id"], [])[:n]}
         msg = f"unknown task {task!r}"
-        raise ValueError(msg)
+        raise BadInputError(msg)
 
 
 class NoisyJudge(QrelsJudge):
@@ -106,7 +107,7 @@ class NoisyJudge(QrelsJudge):
         for name, rate in (("miss", miss), ("false_positive", false_positive)):
             if not 0.0 <= rate <= 1.0:
                 msg = f"{name}: found {rate!r}, expected a share in [0, 1]."
-                raise ValueError(msg)
+                raise BadInputError(msg)
         super().__init__(qrels, **kwargs)
         self.miss = miss
         self.false_positive = false_positive
@@ -145,7 +146,7 @@ class SimilarityBiasedJudge(QrelsJudge):
                 f"precision / miss: found {precision!r} / {miss!r}, expected a share in (0, 1] "
                 "/ [0, 1]."
             )
-            raise ValueError(msg)
+            raise BadInputError(msg)
         super().__init__(qrels, **kwargs)
         self.precision = precision
         self.miss = miss
@@ -235,7 +236,7 @@ class ScriptedJudge:
     def __init__(self, answers: Sequence[str | Mapping[str, Any]]) -> None:
         if not answers:
             msg = "answers: found none, expected at least one answer to send."
-            raise ValueError(msg)
+            raise BadInputError(msg)
         self.answers = list(answers)
         self.calls = 0
 

@@ -7,6 +7,8 @@ from pathlib import Path
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import InMemoryVectorStore, VectorStore
 
+from nudge_rag.errors import BadInputError
+
 #: the LangChain stores every store-table test runs on (one row per store)
 KINDS = ("chroma", "memory", "qdrant", "faiss", "lancedb")
 
@@ -75,9 +77,9 @@ def bare_store(
                 "connection: found None for kind 'pgvector'; pass the server's URL, e.g. "
                 "start_pgserver().langchain_url()."
             )
-            raise ValueError(msg)
+            raise BadInputError(msg)
         from langchain_postgres import PGVector
 
         return PGVector(embedding, connection=connection, collection_name=name, use_jsonb=True)
     msg = f"kind: found {kind!r}, expected one of {(*KINDS, 'pgvector')}."
-    raise ValueError(msg)
+    raise BadInputError(msg)

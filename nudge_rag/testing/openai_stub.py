@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from nudge_rag.errors import BadInputError
+
 FAULT_KINDS = ("429", "500", "503", "400", "malformed", "slow")
 """One-shot faults for :meth:`OpenAIStub.queue`: status codes, a broken-JSON 200, a slow 200."""
 
@@ -156,7 +158,7 @@ class OpenAIStub:
         bad = [k for k in kinds if k not in FAULT_KINDS]
         if bad:
             msg = f"queue: unknown fault(s) {bad}, expected some of {FAULT_KINDS}."
-            raise ValueError(msg)
+            raise BadInputError(msg)
         with self._lock:
             self._queue.extend(kinds)
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError, NudgeError
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -110,7 +110,7 @@ class PgServer:
                 f"name: found {name!r}; expected a lowercase SQL identifier "
                 "(letters, digits, underscores, at most 63)."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         import psycopg
 
         with psycopg.connect(self.conninfo(), autocommit=True) as conn:
@@ -173,6 +173,6 @@ def start_pgserver(
     path = Path(folder).expanduser().resolve()
     if not path.parent.is_dir():
         msg = f"folder: the parent of {path} does not exist; create it first."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     server = pgserver.get_server(path, cleanup_mode="stop")
     return PgServer(server, path, delete=delete, fsync=fsync)

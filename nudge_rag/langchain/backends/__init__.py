@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from langchain_core.vectorstores import VectorStore
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError
 from nudge_rag.langchain.backends.base import REGISTRY, Backend
 from nudge_rag.stores.base import StoreAdapter
 
@@ -27,4 +27,4 @@ def backend_for(store: VectorStore, adapter: StoreAdapter | None = None) -> Back
         f"cannot reach inside; supported: {REGISTRY.supported()}. Pass adapter=... (a "
         "nudge_rag.stores adapter over its native client) to wrap another store."
     )
-    raise NudgeError(msg)
+    raise BadInputError(msg)

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from langchain_core.documents import Document
 from langchain_core.vectorstores import VectorStore
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError
 from nudge_rag.stores.base import Metric, StoreAdapter
 from nudge_rag.stores.registry import BackendRegistry, class_matches
 
@@ -62,7 +62,7 @@ class Backend:
             "NudgedVectorStore cannot reach inside; pass adapter=... (a nudge_rag.stores "
             "adapter over its native client) to wrap another store."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
 
     def after_write(self) -> None:
         """Called after each version write into the store (a file-backed store saves itself)."""
@@ -105,7 +105,7 @@ class Backend:
             f"save_local: {type(self.store).__name__} does not save to a folder; it persists on "
             "its own (Chroma's persist_directory, Qdrant's path) or lives on a server."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
 
     def get_by_ids(self, ids: Sequence[str]) -> list[Document]:
         """The documents of ``ids`` that exist, as the store returns them."""
@@ -117,7 +117,7 @@ class Backend:
             f"id_key: {type(self.store).__name__} cannot be searched by metadata here; pass the "
             "chunk ids instead of parent ids."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
 
 
 #: the LangChain face's backends, one module each in this package

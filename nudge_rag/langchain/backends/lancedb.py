@@ -14,7 +14,7 @@ from typing import Any
 from langchain_core.documents import Document
 from langchain_core.vectorstores import VectorStore
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError
 from nudge_rag.langchain.backends.base import REGISTRY, Backend, ScoredDocs, group_children
 from nudge_rag.stores.base import Metric, StoreAdapter
 from nudge_rag.stores.qdrant import ORIGINAL_ID_KEY
@@ -34,7 +34,7 @@ class LanceDBBackend(Backend):
                 "every add, dropping earlier documents and their versions; construct it with "
                 "LanceDB(..., mode='append')."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         super().__init__(store, adapter)
 
     def build_adapter(self) -> StoreAdapter:

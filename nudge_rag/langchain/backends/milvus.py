@@ -22,7 +22,7 @@ from typing import Any
 from langchain_core.documents import Document
 from langchain_core.vectorstores import VectorStore
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError
 from nudge_rag.langchain.backends.base import REGISTRY, Backend, ScoredDocs, group_children
 from nudge_rag.stores.base import Metric, StoreAdapter
 
@@ -64,7 +64,7 @@ class MilvusBackend(Backend):
                 f"built-in functions {s.builtin_func!r}; NudgedVectorStore wraps a store with "
                 "one dense vector field filled by one embedding function (no BM25/hybrid)."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         register_orm_alias(s.client)
 
     stores = ("langchain_milvus.Milvus",)
@@ -89,7 +89,7 @@ class MilvusBackend(Backend):
                 f"index_params: found metric_type {found!r}, expected one of {sorted(_METRICS)}; "
                 "NUDGE needs a dense float metric."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         return _METRICS[found]
 
     def _exists(self) -> bool:
@@ -135,7 +135,7 @@ class MilvusBackend(Backend):
                 "Milvus(..., auto_id=False) (the default) for a store you add to through "
                 "NudgedVectorStore."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         return metadatas
 
     def _auto_id(self) -> bool:
@@ -221,7 +221,7 @@ class MilvusBackend(Backend):
             f"{sorted(s.fields)}; no dynamic field). Pass a metadata key of the collection, or "
             "build Milvus(..., enable_dynamic_field=True)."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
 
 
 def _literal(value: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError
 from nudge_rag.langchain.backends.base import REGISTRY, Backend, group_children
 from nudge_rag.stores.base import Metric, StoreAdapter
 
@@ -33,7 +33,7 @@ class PgVectorBackend(Backend):
                 "inner_store: the PGVector store has no engine; build it with "
                 "connection=<postgresql+psycopg:// URL or engine>."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         return engine
 
     def build_adapter(self) -> StoreAdapter:

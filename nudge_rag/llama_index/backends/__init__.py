@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from llama_index.core.vector_stores.types import BasePydanticVectorStore
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError
 from nudge_rag.llama_index.backends.base import REGISTRY, Backend
 from nudge_rag.llama_index.backends.chroma import ChromaBackend
 from nudge_rag.llama_index.backends.custom import AdapterBackend
@@ -45,11 +45,11 @@ def backend_for(store: BasePydanticVectorStore, adapter: StoreAdapter | None = N
             "NudgedVectorStore.from_defaults(...) (persistent Chroma) or a Simple, Qdrant or "
             "Milvus store instead."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     if found is not None:
         return found(store)
     msg = (
         f"vector_store: found {type(store).__name__}, expected one of {SUPPORTED}; "
         "wrap one of those, or pass adapter= with a StoreAdapter for your store's native client."
     )
-    raise NudgeError(msg)
+    raise BadInputError(msg)

@@ -7,7 +7,7 @@ from typing import Any
 
 from llama_index.core.vector_stores.types import BasePydanticVectorStore, MetadataFilters
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError, NudgeError
 from nudge_rag.llama_index.backends.base import Backend
 from nudge_rag.stores.base import StoreAdapter
 
@@ -39,7 +39,7 @@ class AdapterBackend(Backend):
                 "by metadata (its get_nodes is not implemented), so nudge-rag cannot tell which "
                 "nodes a filtered delete removes; delete by node_ids instead."
             )
-            raise NudgeError(msg) from None
+            raise BadInputError(msg) from None
         return [n.node_id for n in nodes]
 
     def ref_doc_ids(self, ref_doc_id: str) -> list[str]:

@@ -6,7 +6,7 @@ from typing import Any
 
 from llama_index.core.vector_stores.types import MetadataFilters
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError
 from nudge_rag.llama_index.backends.base import REGISTRY, Backend
 from nudge_rag.stores.base import Metric, StoreAdapter
 
@@ -46,7 +46,7 @@ class QdrantBackend(Backend):
                 f"vector_store: dense_config distance {distance!r} is not one NUDGE can use; "
                 "pass Distance.COSINE, Distance.DOT or Distance.EUCLID."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         return found
 
     def dim(self) -> int | None:
