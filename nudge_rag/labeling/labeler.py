@@ -60,12 +60,11 @@ from nudge_rag.labeling.llm import (
     ask,
 )
 from nudge_rag.state.db import Database, SQLiteDatabase, create_private_file
+from nudge_rag.state.state import POSITIVE_RATING  # the rating scale is the state's
 
 JUDGE_PROMPT_VERSION = "judge-v1"
 QUESTIONS_PROMPT_VERSION = "questions-v1"
 SUPPORT_PROMPT_VERSION = "support-v1"
-POSITIVE_RATING = 0.5
-"""An answer rating at or above this (on the 0..1 scale) is positive; below, negative."""
 REQUEST_MARKER = "REQUEST_JSON: "
 MAX_GRADE = 2
 
