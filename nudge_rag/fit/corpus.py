@@ -36,8 +36,7 @@ import torch
 from torch.nn.functional import normalize
 
 from nudge_rag.errors import NudgeError
-from nudge_rag.fit.metrics import MAX_BLOCK_ELEMENTS, exact_knn
-from nudge_rag.stores.base import Metric, approximate_search, can_search, store_count
+from nudge_rag.fit.metrics import MAX_BLOCK_ELEMENTS, Metric, exact_knn
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes of float32 base vectors the memory path may hold
 _FETCH_CHUNK = 5000  # ids per base-vector read
@@ -249,9 +248,11 @@ class StoreCorpus:
     """The wrapped store as the corpus: its own batched search, over-fetched and filtered.
 
     Args:
-        state: a ``NudgeState`` (``store.nudge_state``): its ``adapter`` must offer
-            ``search(queries, k)`` (every core adapter does); base vectors come from its
-            version log.
+        state: a ``NudgeState`` (``store.nudge_state``): its store must offer
+            ``search(queries, k)`` (``state.can_search``; every adapter in nudge_rag.stores
+            does); base vectors come from its version log. The corpus asks the state (its
+            ``can_search``, ``approximate_search``, ``count()``) and calls the adapter's
+            ``search``, ``ids`` and ``dim`` by name: ``fit/`` imports no store code.
         normalize: hand out row-normalised base vectors (the engine does for cosine stores).
         min_overfetch: extra results asked per query beyond ``k`` on the first round (then
             doubled for the queries where fewer than ``k`` rows survive the exclusions).
@@ -268,7 +269,7 @@ class StoreCorpus:
 
     def __init__(self, state: Any, *, normalize: bool = False, min_overfetch: int = 10) -> None:
         adapter = getattr(state, "adapter", None)
-        if adapter is None or not can_search(adapter):
+        if adapter is None or not store_supports_search(state):
             msg = (
                 f"corpus='store': the store's adapter ({type(adapter).__name__}) has no "
                 "search(queries, k); use corpus='memory', or an adapter from "
@@ -278,10 +279,10 @@ class StoreCorpus:
         self.state = state
         self.adapter = adapter
         self.metric = Metric(state.metric)
-        self.approximate = approximate_search(adapter)
+        self.approximate = bool(state.approximate_search)
         self.normalize = bool(normalize)
         self.min_overfetch = int(min_overfetch)
-        self.n = store_count(adapter)
+        self.n = int(state.count())
         log = getattr(state, "version_log", None)
         # rows any recorded version changed: never ranked by the store, scored with base
         self.nudged: set[str] = set(log.changed_ids()) if log is not None else set()
@@ -507,9 +508,9 @@ def untouched_topk(
 
 
 def store_supports_search(state: Any) -> bool:
-    """Whether ``state``'s adapter offers the batched ``search`` a :class:`StoreCorpus` needs."""
-    adapter = getattr(state, "adapter", None)
-    return adapter is not None and can_search(adapter)
+    """Whether ``state``'s adapter offers the batched ``search`` a :class:`StoreCorpus` needs
+    (``NudgeState.can_search``; False for an object that does not say)."""
+    return getattr(state, "adapter", None) is not None and bool(getattr(state, "can_search", False))
 
 
 def corpus_bytes(state: Any) -> int:
@@ -517,7 +518,7 @@ def corpus_bytes(state: Any) -> int:
     adapter = getattr(state, "adapter", None)
     if adapter is None:
         return 0
-    n = store_count(adapter)
+    n = state.count()
     dim = getattr(adapter, "dim", None)
     if dim is None and n:  # an adapter that does not say: read one vector (lists the ids)
         first = next(iter(adapter.ids()), None)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping, Sequence
+from enum import Enum
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -23,7 +24,15 @@ import torch
 
 from nudge_rag.errors import NudgeError
 from nudge_rag.fit.checks import check_int, check_vectors
-from nudge_rag.stores.base import Metric
+
+
+class Metric(str, Enum):
+    """How a store compares a query with a stored vector."""
+
+    COSINE = "cosine"
+    IP = "ip"
+    L2 = "l2"
+
 
 Relevance: TypeAlias = Sequence[int] | Mapping[int, float]
 

@@ -7,10 +7,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["POSITIVE_RATING", "AnswerRating", "answer_ratings", "feedback_grades"]
+from nudge_rag.state.state import POSITIVE_RATING  # the rating scale is the state's
 
-POSITIVE_RATING = 0.5
-"""An answer rating at or above this (on the 0..1 scale) is positive; below, negative."""
+__all__ = ["POSITIVE_RATING", "AnswerRating", "answer_ratings", "feedback_grades"]
 
 
 def feedback_grades(feedback: Iterable[Any]) -> dict[str, dict[str, float]]:

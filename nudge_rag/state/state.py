@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from nudge_rag.errors import BadInputError, UnknownIdError
-from nudge_rag.labeling.feedback import POSITIVE_RATING
 from nudge_rag.state.citations import Citations, answer_text, cited_ids
 from nudge_rag.state.citations import cited_ids as _cited  # an argument of the same name below
 from nudge_rag.state.db import Database, StateLocation, state_part
@@ -34,11 +33,17 @@ from nudge_rag.state.versions.log import VerifyReport, VersionInfo, VersionLog, 
 from nudge_rag.stores.base import (
     Metric,
     StoreAdapter,
+    approximate_search,
+    can_search,
     exact_readback,
     missing_ids,
     present_ids,
     raise_unknown,
+    store_count,
 )
+
+POSITIVE_RATING = 0.5
+"""An answer rating at or above this (on the 0..1 scale) is positive; below, negative."""
 
 
 def _expand(ids: list[str], held: set[str], children: Mapping[str, list[str]]) -> list[str]:
@@ -375,6 +380,20 @@ class NudgeState:
     def ids(self) -> list[str]:
         """Every id the store holds."""
         return self.adapter.ids()
+
+    def count(self) -> int:
+        """How many ids the store holds (its ``count()``, else ``len(ids())``)."""
+        return store_count(self.adapter)
+
+    @property
+    def can_search(self) -> bool:
+        """Whether the store offers its own batched ``search(queries, k)``."""
+        return can_search(self.adapter)
+
+    @property
+    def approximate_search(self) -> bool:
+        """Whether the store's ``search`` answers from an index with less than full recall."""
+        return approximate_search(self.adapter)
 
     def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
         """What the store holds now for ``ids`` (float32, in order)."""

@@ -31,21 +31,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from nudge_rag.errors import BadInputError, UnknownIdError
 from nudge_rag.fit.checks import check_vectors
-
-
-class Metric(str, Enum):
-    """How a store compares a query with a stored vector."""
-
-    COSINE = "cosine"
-    IP = "ip"
-    L2 = "l2"
+from nudge_rag.fit.metrics import Metric  # defined with the math; re-exported here for adapters
 
 
 @runtime_checkable
