@@ -37,7 +37,19 @@ from nudge_rag.llama_index import TRACE_ID_KEY, NudgedVectorStore
 DIM = 8
 N = 12
 TOPICS = ("retrieval", "nutrition", "physics")
-KINDS = ["chroma", "chroma-server", "simple", "qdrant", "milvus"]
+KINDS = ["chroma", "chroma-server", "simple", "qdrant", "milvus", "lancedb"]
+#: tests that the bare store of a kind fails too: expected to fail (strictly), with the reason
+BARE_FAILS = {
+    "lancedb": dict.fromkeys(
+        [
+            "test_delete_by_ref_doc_id",
+            "test_deleted_nodes_leave_the_version_log",
+            "test_readding_a_node_makes_its_new_embedding_the_base",
+        ],
+        "LanceDBVectorStore 0.6.0 quotes ids with '\"' (a column name in LanceDB's SQL): its "
+        "delete and delete_nodes by id fail",
+    ),
+}
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -88,7 +100,8 @@ class Stores:
         self._closers: list[Callable[[], None]] = []
 
     def make(self, label: str, *, metric: str = "cosine") -> BasePydanticVectorStore:
-        """A new, empty store named ``label`` (``metric``: cosine or ip)."""
+        """A new, empty store named ``label`` (``metric``: cosine or ip; LanceDB: l2, as it
+        searches with no vector index)."""
         if self.kind in ("chroma", "chroma-server"):
             import chromadb
             from llama_index.vector_stores.chroma import ChromaVectorStore
@@ -128,6 +141,12 @@ class Stores:
             )
             self._closers.append(store.client.close)
             return store
+        if self.kind == "lancedb":
+            from llama_index.vector_stores.lancedb import LanceDBVectorStore
+
+            if metric != "cosine":
+                pytest.skip("LanceDBVectorStore searches by its vector index's metric (l2 without)")
+            return LanceDBVectorStore(uri=str(self.tmp / "lancedb"), table_name=label)
         raise AssertionError(self.kind)
 
     def wrap(self, store: BasePydanticVectorStore, label: str, **kw: Any) -> NudgedVectorStore:
@@ -144,6 +163,9 @@ class Stores:
 def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
     """A store factory for each kind (the Chroma server starts once per session)."""
     server = request.getfixturevalue("chroma_server") if request.param == "chroma-server" else None
+    reason = BARE_FAILS.get(request.param, {}).get(request.node.originalname)
+    if reason is not None:
+        request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
     made = Stores(request.param, tmp_path, server)
     yield made
     made.close()
@@ -381,7 +403,8 @@ def test_async_twins_leave_the_event_loop_free(pair):
         seen = {}
         for name, call in calls.items():
             before = ticks
-            with contextlib.suppress(NotImplementedError):  # SimpleVectorStore: no get_nodes
+            # SimpleVectorStore has no get_nodes; LanceDB's by-id calls fail (see BARE_FAILS)
+            with contextlib.suppress(NotImplementedError, ValueError):
                 await call()
             seen[name] = ticks - before
         stop.set()
