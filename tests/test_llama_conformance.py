@@ -717,3 +717,67 @@ def test_tracing_switch_on_the_store(tmp_path):
     store.tracing = True
     store.query(VectorStoreQuery(query_embedding=[1.0, 0.0], similarity_top_k=1))
     assert len(store.traces()) == 1
+
+
+# == LanceDB: what its LlamaIndex store does differently ========================================
+def _lance(tmp_path: Path, name: str = "t") -> Any:
+    from llama_index.vector_stores.lancedb import LanceDBVectorStore
+
+    return LanceDBVectorStore(uri=str(tmp_path / "lancedb"), table_name=name)
+
+
+def test_lancedb_metric_follows_the_vector_index(tmp_path):
+    """LanceDBVectorStore searches by its vector index's metric, l2 without one. The face reads
+    it when it wraps the store and the version log again at each write: NUDGE-M only under a
+    dot index, refused once that index is replaced by a cosine one."""
+    inner = _lance(tmp_path)
+    nudged = NudgedVectorStore(inner, state_dir=tmp_path / "state")
+    nudged.add(make_nodes(unit_rows(300, 5)))  # enough rows to train a (2-partition) index
+    assert nudged.nudge_state.metric.value == "l2"
+    with pytest.raises(MetricMismatchError, match="NUDGE-M"):
+        nudged.apply_vectors({node_id(1): 3 * QUERIES[0]}, method="nudge-m")
+    nudged.close()
+    inner.table.create_index(metric="dot", num_partitions=2, index_type="IVF_FLAT")
+    nudged = NudgedVectorStore(inner, state_dir=tmp_path / "state")
+    assert nudged.nudge_state.metric.value == "ip"
+    assert inner.query(q(QUERIES[0], 5)).ids == nudged.query(q(QUERIES[0], 5)).ids
+    nudged.apply_vectors({node_id(1): 3 * QUERIES[0]}, method="nudge-m")
+    assert nudged.query(q(QUERIES[0], 1)).ids == [node_id(1)]  # a dot search: the longest wins
+    inner.table.create_index(metric="cosine", num_partitions=2, index_type="IVF_FLAT", replace=True)
+    with pytest.raises(MetricMismatchError, match="'cosine'"):
+        nudged.apply_vectors({node_id(2): 3 * QUERIES[1]}, method="nudge-m")
+    nudged.close()
+
+
+def test_lancedb_reads_see_writes_through_other_handles(tmp_path):
+    """The store keeps one table handle, blind to later commits; the face refreshes it, so a
+    version moved through another store object (another process) is what the next query sees."""
+    reader = NudgedVectorStore(_lance(tmp_path), state_dir=tmp_path / "state")
+    reader.add(make_nodes())
+    assert reader.query(q(QUERIES[0], 1)).ids != [node_id(11)]
+    writer = NudgedVectorStore(_lance(tmp_path), state_dir=tmp_path / "state")
+    writer.apply_vectors({node_id(11): QUERIES[0]}, method="nudge-n")
+    assert reader.query(q(QUERIES[0], 1)).ids == [node_id(11)]
+    writer.rollback(0)
+    assert reader.query(q(QUERIES[0], 1)).ids != [node_id(11)]
+    writer.close()
+    reader.close()
+
+
+def test_lancedb_delete_the_store_refuses_keeps_the_nudges(tmp_path):
+    """LanceDBVectorStore's deletes by id fail (bare too); the nudges of the nodes they name
+    stay in the version log, so a rollback still restores those nodes' vectors exactly."""
+    bare = _lance(tmp_path, "bare")
+    bare.add(make_nodes())
+    nudged = NudgedVectorStore(_lance(tmp_path, "wrapped"), state_dir=tmp_path / "state")
+    nudged.add(make_nodes())
+    nudged.apply_vectors({node_id(0): QUERIES[0], node_id(1): QUERIES[1]}, method="nudge-n")
+    for call in (lambda s: s.delete("doc-0"), lambda s: s.delete_nodes([node_id(1)])):
+        assert outcome(lambda c=call: c(nudged)) == outcome(lambda c=call: c(bare))
+        assert outcome(lambda c=call: c(nudged))[0] == "error"
+    with pytest.raises(NotImplementedError):
+        nudged.clear()
+    assert nudged.rollback(0) == 0
+    want = np.asarray(VECS[:2], dtype=np.float32)
+    np.testing.assert_array_equal(nudged.get_vectors([node_id(0), node_id(1)]), want)
+    nudged.close()
