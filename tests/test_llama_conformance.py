@@ -33,11 +33,13 @@ from llama_index.core.vector_stores.types import (
 
 from nudge_rag.errors import MetricMismatchError, NudgeError, UnknownIdError
 from nudge_rag.llama_index import TRACE_ID_KEY, NudgedVectorStore
+from nudge_rag.testing.llama_stores import KINDS as STORE_KINDS
+from nudge_rag.testing.llama_stores import bare_store
 
 DIM = 8
 N = 12
 TOPICS = ("retrieval", "nutrition", "physics")
-KINDS = ["chroma", "chroma-server", "simple", "qdrant", "milvus", "lancedb"]
+KINDS = [*STORE_KINDS, "chroma-server"]
 #: tests that the bare store of a kind fails too: expected to fail (strictly), with the reason
 BARE_FAILS = {
     "lancedb": dict.fromkeys(
@@ -100,54 +102,15 @@ class Stores:
         self._closers: list[Callable[[], None]] = []
 
     def make(self, label: str, *, metric: str = "cosine") -> BasePydanticVectorStore:
-        """A new, empty store named ``label`` (``metric``: cosine or ip; LanceDB: l2, as it
-        searches with no vector index)."""
-        if self.kind in ("chroma", "chroma-server"):
-            import chromadb
-            from llama_index.vector_stores.chroma import ChromaVectorStore
-
-            if self.kind == "chroma":
-                client: Any = chromadb.PersistentClient(path=str(self.tmp / "chroma"))
-            else:
-                client = chromadb.HttpClient(host=self.server[0], port=self.server[1])
-            col = client.get_or_create_collection(
-                f"{label}-{uuid.uuid4().hex[:8]}",
-                configuration={"hnsw": {"space": metric}},
-                embedding_function=None,
-            )
-            return ChromaVectorStore(chroma_collection=col)
-        if self.kind == "simple":
-            assert metric == "cosine", "SimpleVectorStore is cosine-only"
-            return SimpleVectorStore()
-        if self.kind == "qdrant":
-            from llama_index.vector_stores.qdrant import QdrantVectorStore
-            from qdrant_client import QdrantClient
-            from qdrant_client.http import models as rest
-
-            client = QdrantClient(path=str(self.tmp / f"qdrant-{label}"))
-            self._closers.append(client.close)
-            dense = None
-            if metric == "ip":
-                dense = rest.VectorParams(size=DIM, distance=rest.Distance.DOT)
-            return QdrantVectorStore(collection_name="c", client=client, dense_config=dense)
-        if self.kind == "milvus":
-            from llama_index.vector_stores.milvus import MilvusVectorStore
-
-            store = MilvusVectorStore(
-                uri=str(self.tmp / "milvus.db"),
-                dim=DIM,
-                collection_name=f"c_{label.replace('-', '_')}",
-                similarity_metric="COSINE" if metric == "cosine" else "IP",
-            )
-            self._closers.append(store.client.close)
-            return store
-        if self.kind == "lancedb":
-            from llama_index.vector_stores.lancedb import LanceDBVectorStore
-
-            if metric != "cosine":
-                pytest.skip("LanceDBVectorStore searches by its vector index's metric (l2 without)")
-            return LanceDBVectorStore(uri=str(self.tmp / "lancedb"), table_name=label)
-        raise AssertionError(self.kind)
+        """A new, empty store named ``label`` (``metric``: cosine or ip; see ``bare_store``)."""
+        try:
+            store = bare_store(self.kind, DIM, self.tmp, label, metric=metric, server=self.server)
+        except ValueError as exc:  # a metric this kind cannot search by
+            pytest.skip(str(exc))
+        close = getattr(getattr(store, "client", None), "close", None)
+        if self.kind in ("qdrant", "milvus") and callable(close):
+            self._closers.append(close)
+        return store
 
     def wrap(self, store: BasePydanticVectorStore, label: str, **kw: Any) -> NudgedVectorStore:
         nudged = NudgedVectorStore(store, state_dir=self.tmp / f"state-{label}", **kw)
@@ -598,8 +561,6 @@ def test_nudge_m_vectors_are_refused_by_cosine_stores(filled):
 
 
 def test_nudge_m_vectors_are_accepted_by_inner_product_stores(stores):
-    if stores.kind == "simple":
-        pytest.skip("SimpleVectorStore is cosine-only")
     nudged = stores.wrap(stores.make("ip", metric="ip"), "ip")
     nudged.add(make_nodes())
     assert nudged.nudge_state.metric.value == "ip"

@@ -330,8 +330,8 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
 
     @property
     def _store(self) -> BasePydanticVectorStore:
-        """The wrapped store, made ready for a call (see ``Backend.before_access``)."""
-        self._backend.before_access()
+        """The wrapped store, made ready for a call (see ``Backend.refresh``)."""
+        self._backend.refresh()
         return self._inner
 
     @property
@@ -625,6 +625,7 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
         return result
 
     def _repersist(self) -> None:
+        self._backend.refresh()  # the store object the app holds sees the write too
         if self._persisted_to is not None:
             self.persist(*self._persisted_to)  # atomically, inside the move (before it commits)
 

@@ -54,9 +54,10 @@ class Backend:
         ``"distance"`` (what l2 stores return by default)."""
         return "distance" if metric is Metric.L2 else "similarity"
 
-    def before_access(self) -> None:
-        """Called before each call the face makes into the store: a store that caches a handle
-        which does not see later commits (LanceDB's table) refreshes it here."""
+    def refresh(self) -> None:
+        """Bring the store's own handles up to the latest commit: called before each call the
+        face makes into the store and after each vector write (a store that caches a handle
+        blind to later commits, as LanceDB's table, refreshes it here)."""
 
     def dim(self) -> int | None:
         """The dimension of the stored vectors, or None while the store holds none."""

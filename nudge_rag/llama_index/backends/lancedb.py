@@ -51,7 +51,7 @@ class LanceDBBackend(Backend):
         """``exp(-distance)`` whatever the metric: similarities."""
         return "similarity"
 
-    def before_access(self) -> None:
+    def refresh(self) -> None:
         table = self.store._table
         if table is not None and callable(getattr(table, "checkout_latest", None)):
             table.checkout_latest()
