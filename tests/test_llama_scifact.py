@@ -22,6 +22,8 @@ pytestmark = pytest.mark.integration  # real data: ../shared/data/scifact
 
 K = 10
 N_QUERIES = 150  # SciFact test queries (of 300), picked at random (seed 0)
+#: stores that read vectors back up to 1 ulp off after a rollback (in rows it did not write too)
+ULP_OFF = {"milvus": "Milvus Lite COSINE: 8 of 5,183 rows, 3 written, read back 1 ulp off"}
 
 
 def _node_id(doc_id: str) -> str:
@@ -95,7 +97,10 @@ def test_wrapped_equals_bare_on_scifact(kind, scifact, tmp_path):
     store.apply_vectors({i: -queries[0] for i in top}, method="nudge-n")
     assert not set(top) & set(_search(inner, queries[:1])[0][0])
     store.rollback(0)
-    np.testing.assert_array_equal(store.get_vectors(every), held)
+    if kind in ULP_OFF:
+        np.testing.assert_array_max_ulp(store.get_vectors(every), held, maxulp=1)
+    else:
+        np.testing.assert_array_equal(store.get_vectors(every), held)
     after, _ = _search(inner, queries[:20])
     if kind == "chroma":  # HNSW is approximate: in-place updates can reshuffle near-ties
         overlap = [len(set(a) & set(b)) / K for a, b in zip(after, bare_ids, strict=False)]
