@@ -1,9 +1,9 @@
 """``NudgedVectorStore``: a LlamaIndex vector store that learns from its own usage.
 
-It wraps a LlamaIndex store (Chroma, Simple, Qdrant, Milvus), answers every call through it,
-logs each query as a trace, and exposes NUDGE's versioned vector edits. All state (traces,
-feedback, base vectors, versions) lives in ``nudge_rag.state``, the store adapters in
-``nudge_rag.stores``; this module only translates.
+It wraps a LlamaIndex store (Chroma, Simple, Qdrant, Milvus, pgvector, LanceDB), answers
+every call through it, logs each query as a trace, and exposes NUDGE's versioned vector edits.
+All state (traces, feedback, base vectors, versions) lives in ``nudge_rag.state``, the store
+adapters in ``nudge_rag.stores``; this module only translates.
 """
 
 from __future__ import annotations
@@ -64,8 +64,9 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
         vector_store: the LlamaIndex store to wrap: ``ChromaVectorStore`` (embedded,
             persistent or a Chroma server), ``SimpleVectorStore``, ``QdrantVectorStore``
             (pass ``dense_config`` with ``Distance.DOT`` to use NUDGE-M), ``MilvusVectorStore``
-            (Milvus Lite or a cluster). LlamaIndex's FAISS stores cannot look up vectors by
-            node id and are refused.
+            (Milvus Lite or a cluster), ``PGVectorStore``, ``LanceDBVectorStore`` (its vector
+            index's metric, l2 without one). LlamaIndex's FAISS stores cannot look up vectors
+            by node id and are refused.
         state_dir: folder for the trace log and the version log.
         state: instead of ``state_dir``: a folder, or a Postgres URL
             (``postgresql://user@host/db?schema=nudge_docs``) shared by every worker process.
