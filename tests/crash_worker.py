@@ -271,6 +271,12 @@ def open_li_milvus(root: Path) -> Any:
     return _li_face(inner, root)
 
 
+def open_li_lancedb(root: Path) -> Any:
+    from llama_index.vector_stores.lancedb import LanceDBVectorStore
+
+    return _li_face(LanceDBVectorStore(uri=str(root / "lancedb"), table_name="docs"), root)
+
+
 def open_lc_pgvector(root: Path, *, url: str, state: str | None = None) -> Any:
     """``langchain_postgres.PGVector`` (l2) on ``url``: collection ``docs``, made on first use;
     the state in ``root/state``, or in Postgres at ``state``, a URL (``lc-pgvector-pgstate``)."""
@@ -311,6 +317,7 @@ OPEN: dict[str, Callable[..., Any]] = {
     "li-simple": open_li_simple,
     "li-qdrant": open_li_qdrant,
     "li-milvus": open_li_milvus,
+    "li-lancedb": open_li_lancedb,
     "lc-pgvector": open_lc_pgvector,
     "lc-pgvector-pgstate": open_lc_pgvector,  # connect names the state URL too
     "li-pgvector": open_li_pgvector,
@@ -362,6 +369,7 @@ def serve() -> None:
     import langchain_community.vectorstores.lancedb  # noqa: F401
     import langchain_qdrant  # noqa: F401
     import llama_index.vector_stores.chroma
+    import llama_index.vector_stores.lancedb
     import llama_index.vector_stores.milvus
     import llama_index.vector_stores.qdrant
 

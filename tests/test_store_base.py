@@ -163,6 +163,37 @@ def test_lancedb_adapter_round_trip_and_exact_search(tmp_path) -> None:
     assert np.array_equal(np.stack([seen[i] for i in ids]), vecs)
 
 
+def test_lancedb_metric_follows_the_vector_index(tmp_path) -> None:
+    """A LanceDB search that names no distance type (LangChain's and LlamaIndex's stores) uses
+    the vector index's metric, l2 without one; ``metric=None`` reads it at each call."""
+    import lancedb
+    from langchain_community.vectorstores import LanceDB
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    from nudge_rag.langchain import NudgedVectorStore
+    from nudge_rag.stores.lancedb import LanceDBAdapter
+
+    vecs = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    db = lancedb.connect(str(tmp_path / "l"))
+    rows = [{"id": str(i), "vector": v.tolist()} for i, v in enumerate(vecs)]
+    table = db.create_table("t", data=rows)
+    follows, fixed = LanceDBAdapter(db, "t", metric=None), LanceDBAdapter(db, "t")
+    assert follows.metric is Metric.L2 and fixed.metric is Metric.L2
+    table.create_index(metric="dot", num_partitions=2, index_type="IVF_FLAT")
+    assert follows.metric is Metric.IP and fixed.metric is Metric.L2
+    dots = vecs @ (3 * vecs[0])
+    got, scores = follows.search(3 * vecs[:1], 1)  # both partitions probed: exact
+    assert got == [[str(int(np.argmax(dots)))]] and scores[0][0] == pytest.approx(dots.max(), 1e-5)
+    table.create_index(metric="cosine", num_partitions=2, index_type="IVF_FLAT", replace=True)
+    assert follows.metric is Metric.COSINE
+    emb = DeterministicFakeEmbedding(size=8)
+    inner = LanceDB(connection=db, table_name="t", embedding=emb, mode="append")
+    store = NudgedVectorStore(inner, state_dir=tmp_path / "state")
+    assert store.nudge_state.metric is Metric.COSINE  # LangChain's LanceDB: the index's too
+    assert store.nudge_state.trace_log.score_kind == "distance"  # its scores: _distance
+    store.close()
+
+
 def test_lancedb_overwrite_mode_is_refused(tmp_path) -> None:
     from langchain_community.vectorstores import LanceDB
     from langchain_core.embeddings import DeterministicFakeEmbedding

@@ -1,9 +1,9 @@
 """``NudgedVectorStore``: a LlamaIndex vector store that learns from its own usage.
 
-It wraps a LlamaIndex store (Chroma, Simple, Qdrant, Milvus), answers every call through it,
-logs each query as a trace, and exposes NUDGE's versioned vector edits. All state (traces,
-feedback, base vectors, versions) lives in ``nudge_rag.state``, the store adapters in
-``nudge_rag.stores``; this module only translates.
+It wraps a LlamaIndex store (Chroma, Simple, Qdrant, Milvus, pgvector, LanceDB), answers
+every call through it, logs each query as a trace, and exposes NUDGE's versioned vector edits.
+All state (traces, feedback, base vectors, versions) lives in ``nudge_rag.state``, the store
+adapters in ``nudge_rag.stores``; this module only translates.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from llama_index.core.vector_stores.types import (
 
 from nudge_rag.errors import BadInputError
 from nudge_rag.fit.checks import check_k, check_vectors
-from nudge_rag.llama_index.backends import Backend, ChromaBackend, backend_for
+from nudge_rag.llama_index.backends import Backend, backend_for
 from nudge_rag.state.db import state_argument
 from nudge_rag.state.files import persist_atomic
 from nudge_rag.state.state import NudgeState
@@ -64,8 +64,9 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
         vector_store: the LlamaIndex store to wrap: ``ChromaVectorStore`` (embedded,
             persistent or a Chroma server), ``SimpleVectorStore``, ``QdrantVectorStore``
             (pass ``dense_config`` with ``Distance.DOT`` to use NUDGE-M), ``MilvusVectorStore``
-            (Milvus Lite or a cluster). LlamaIndex's FAISS stores cannot look up vectors by
-            node id and are refused.
+            (Milvus Lite or a cluster), ``PGVectorStore``, ``LanceDBVectorStore`` (its vector
+            index's metric, l2 without one). LlamaIndex's FAISS stores cannot look up vectors
+            by node id and are refused.
         state_dir: folder for the trace log and the version log.
         state: instead of ``state_dir``: a folder, or a Postgres URL
             (``postgresql://user@host/db?schema=nudge_docs``) shared by every worker process.
@@ -193,9 +194,7 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
             tracing=tracing,
             retention_days=retention_days,
         )
-        # LlamaIndex's Chroma store turns distances into similarities; l2 stores give distances
-        distance = self._nudge_state.metric is Metric.L2 and not isinstance(backend, ChromaBackend)
-        self._nudge_state.trace_log.score_kind = "distance" if distance else "similarity"
+        self._nudge_state.trace_log.score_kind = backend.score_kind(self._nudge_state.metric)
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -331,6 +330,12 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
         return self._inner.client
 
     @property
+    def _store(self) -> BasePydanticVectorStore:
+        """The wrapped store, made ready for a call (see ``Backend.refresh``)."""
+        self._backend.refresh()
+        return self._inner
+
+    @property
     def vector_store(self) -> BasePydanticVectorStore:
         """The wrapped LlamaIndex store."""
         return self._inner
@@ -345,7 +350,7 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
         """Add nodes with embeddings; bad nodes are refused before anything is written."""
         matrix = self._check_nodes(nodes)
         self._before_add(nodes)
-        ids = self._inner.add(list(nodes), **add_kwargs)
+        ids = self._store.add(list(nodes), **add_kwargs)
         self._after_add(nodes, matrix)
         return ids
 
@@ -355,14 +360,14 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
             return await asyncio.to_thread(self.add, nodes, **kwargs)
         matrix = self._check_nodes(nodes)
         await asyncio.to_thread(self._before_add, nodes)
-        ids = await self._inner.async_add(list(nodes), **kwargs)
+        ids = await self._store.async_add(list(nodes), **kwargs)
         await asyncio.to_thread(self._after_add, nodes, matrix)
         return ids
 
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
         """Delete the nodes of document ``ref_doc_id``; their versions are forgotten."""
         candidates = self._before_delete(self._backend.ref_doc_ids(ref_doc_id))
-        self._inner.delete(ref_doc_id, **delete_kwargs)
+        self._store.delete(ref_doc_id, **delete_kwargs)
         self._after_delete(candidates)
 
     async def adelete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
@@ -371,7 +376,7 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
             return await asyncio.to_thread(self.delete, ref_doc_id, **delete_kwargs)
         ids = await asyncio.to_thread(self._backend.ref_doc_ids, ref_doc_id)
         candidates = await asyncio.to_thread(self._before_delete, ids)
-        await self._inner.adelete(ref_doc_id, **delete_kwargs)
+        await self._store.adelete(ref_doc_id, **delete_kwargs)
         await asyncio.to_thread(self._after_delete, candidates)
         return None
 
@@ -383,7 +388,7 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
     ) -> None:
         """Delete nodes by id and/or metadata filters, as the wrapped store does."""
         candidates = self._before_delete_nodes(node_ids, filters)
-        self._inner.delete_nodes(node_ids, filters, **delete_kwargs)
+        self._store.delete_nodes(node_ids, filters=filters, **delete_kwargs)
         self._after_delete(candidates)
 
     async def adelete_nodes(
@@ -396,15 +401,15 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
         if not self._backend.has_async():
             return await asyncio.to_thread(self.delete_nodes, node_ids, filters, **delete_kwargs)
         candidates = await asyncio.to_thread(self._before_delete_nodes, node_ids, filters)
-        await self._inner.adelete_nodes(node_ids, filters, **delete_kwargs)
+        await self._store.adelete_nodes(node_ids, filters=filters, **delete_kwargs)
         await asyncio.to_thread(self._after_delete, candidates)
         return None
 
     def clear(self) -> None:
         """Remove every node from the wrapped store; the version log forgets them all."""
-        self._before_delete(self._backend.all_ids())
-        self._inner.clear()
-        self._after_clear()
+        ids = self._before_delete(self._backend.all_ids())
+        self._store.clear()
+        self._after_clear(ids)
 
     async def aclear(self) -> None:
         """Async twin of ``clear`` (blocking work runs in a thread, off the event loop)."""
@@ -412,8 +417,8 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
             return await asyncio.to_thread(self.clear)
         ids = await asyncio.to_thread(self._backend.all_ids)
         await asyncio.to_thread(self._before_delete, ids)
-        await self._inner.aclear()
-        self._after_clear()
+        await self._store.aclear()
+        await asyncio.to_thread(self._after_clear, ids)
         return None
 
     def persist(self, persist_path: str, fs: Any = None) -> None:
@@ -438,7 +443,7 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
         **kwargs: Any,
     ) -> list[BaseNode]:
         """Nodes by id and/or filters, as the wrapped store returns them."""
-        return self._inner.get_nodes(node_ids, filters, **kwargs)
+        return self._store.get_nodes(node_ids, filters, **kwargs)
 
     async def aget_nodes(
         self,
@@ -448,23 +453,23 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
     ) -> list[BaseNode]:
         """Async twin of ``get_nodes``."""
         if self._backend.has_async():
-            return await self._inner.aget_nodes(node_ids, filters, **kwargs)
-        return await asyncio.to_thread(self._inner.get_nodes, node_ids, filters, **kwargs)
+            return await self._store.aget_nodes(node_ids, filters, **kwargs)
+        return await asyncio.to_thread(self._store.get_nodes, node_ids, filters, **kwargs)
 
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         """Query the wrapped store and log the query as a trace."""
         self._nudge_state.check_fresh()
         self._check_query(query)
-        return self._traced(query, self._inner.query(query, **kwargs))
+        return self._traced(query, self._store.query(query, **kwargs))
 
     async def aquery(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         """Async twin of ``query``."""
         self._nudge_state.check_fresh()
         self._check_query(query)
         if self._backend.has_async():
-            result = await self._inner.aquery(query, **kwargs)
+            result = await self._store.aquery(query, **kwargs)
         else:
-            result = await asyncio.to_thread(self._inner.query, query, **kwargs)
+            result = await asyncio.to_thread(self._store.query, query, **kwargs)
         return self._traced(query, result)  # in the caller's context: sets its last_trace_id
 
     # -- agents ---------------------------------------------------------------------------------
@@ -539,9 +544,10 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
         self._nudge_state.on_upsert([n.node_id for n in nodes], matrix)
 
     def _before_delete(self, ids: Sequence[str]) -> list[str]:
-        """Forget the nudges of ``ids``, which the coming delete removes for sure."""
+        """Forget the nudges of ``ids``, which the coming delete removes for sure (unless the
+        backend forgets after the delete: ``_after_delete`` then forgets those gone)."""
         ids = list(ids)
-        if ids:
+        if ids and self._backend.forget_before_delete:
             self._nudge_state.on_delete(ids)
         return ids
 
@@ -575,7 +581,9 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
         if gone:
             self._nudge_state.on_delete(gone)
 
-    def _after_clear(self) -> None:
+    def _after_clear(self, ids: Sequence[str]) -> None:
+        if not self._backend.forget_before_delete:
+            self._after_delete(ids)
         self._dim = None  # the next add may bring another dimension
 
     def _check_query(self, query: VectorStoreQuery) -> None:
@@ -618,6 +626,7 @@ class NudgedVectorStore(NudgeSurface, BasePydanticVectorStore):
         return result
 
     def _repersist(self) -> None:
+        self._backend.refresh()  # the store object the app holds sees the write too
         if self._persisted_to is not None:
             self.persist(*self._persisted_to)  # atomically, inside the move (before it commits)
 

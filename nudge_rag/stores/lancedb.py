@@ -47,8 +47,10 @@ class LanceDBAdapter(BaseStoreAdapter):
             LangChain).
         table_name: the table holding one row per id.
         id_column: the (string) id column; vector_column: the vector column.
-        metric: how searches compare vectors: ``l2`` (LanceDB's default, and what LangChain's
-            ``LanceDB`` searches with whatever its ``distance``), ``cosine`` or ``dot``.
+        metric: how searches compare vectors: ``l2`` (LanceDB's default), ``cosine`` or
+            ``dot``; None: what a search that names no distance type uses (LangChain's
+            ``LanceDB`` and LlamaIndex's ``LanceDBVectorStore`` search so): the metric of the
+            vector column's index, or l2 while it has none, read at each call.
 
     Example:
         .. code-block:: python
@@ -69,7 +71,7 @@ class LanceDBAdapter(BaseStoreAdapter):
         *,
         id_column: str = "id",
         vector_column: str = "vector",
-        metric: Metric | str = Metric.L2,
+        metric: Metric | str | None = Metric.L2,
     ) -> None:
         if not callable(getattr(connection, "open_table", None)):
             msg = (
@@ -81,7 +83,7 @@ class LanceDBAdapter(BaseStoreAdapter):
         self.table_name = table_name
         self.id_column = id_column
         self.vector_column = vector_column
-        self.metric = Metric(metric)
+        self._metric = None if metric is None else Metric(metric)
         self.name = f"LanceDB table {table_name!r}"
         table = self._table()
         if table is not None:
@@ -114,6 +116,34 @@ class LanceDBAdapter(BaseStoreAdapter):
             )
             raise BadInputError(msg)
         return int(typ.list_size), typ.value_type
+
+    @property
+    def metric(self) -> Metric:
+        """How searches compare vectors: the metric given, else the vector index's (l2 without
+        one), as LanceDB picks it for a search that names no distance type."""
+        if self._metric is not None:
+            return self._metric
+        table = self._table()
+        found = None if table is None else self._index_metric(table)
+        return Metric.L2 if found is None else found
+
+    def _index_metric(self, table: Any) -> Metric | None:
+        """The metric of the vector column's index (None without one)."""
+        for idx in table.list_indices():
+            if self.vector_column not in idx.columns or "FTS" in str(idx.index_type).upper():
+                continue
+            details = getattr(idx, "index_details", None) or {}
+            name = details.get("metric_type") or table.index_stats(idx.name).distance_type
+            found = _METRICS.get(str(name).lower())
+            if found is None:
+                msg = (
+                    f"table {self.table_name!r}: its vector index {idx.name!r} compares by "
+                    f"{name!r}, which NUDGE cannot use; rebuild it with metric 'l2', 'cosine' "
+                    "or 'dot'."
+                )
+                raise NudgeError(msg)
+            return found
+        return None
 
     @property
     def dim(self) -> int | None:
@@ -264,17 +294,17 @@ class LanceDBAdapter(BaseStoreAdapter):
         out_scores: list[list[float]] = [[] for _ in q]
         if table is None or not len(q):
             return out_ids, out_scores
-        metric = {Metric.L2: "l2", Metric.COSINE: "cosine", Metric.IP: "dot"}[self.metric]
+        metric = self.metric
         got = (
             table.search(q, vector_column_name=self.vector_column)
-            .distance_type(metric)
+            .distance_type({Metric.L2: "l2", Metric.COSINE: "cosine", Metric.IP: "dot"}[metric])
             .limit(k)
             .select([self.id_column, "_distance"])
             .to_arrow()
         )
         qi = got["query_index"].to_numpy() if "query_index" in got.column_names else None
         dist = got["_distance"].to_numpy().astype(np.float64)
-        sims = -dist if self.metric is Metric.L2 else 1.0 - dist
+        sims = -dist if metric is Metric.L2 else 1.0 - dist
         rows = [str(i) for i in got[self.id_column].to_pylist()]
         for n, (i, s) in enumerate(zip(rows, sims.tolist(), strict=True)):
             at = 0 if qi is None else int(qi[n])

@@ -2,8 +2,9 @@
 
 LangChain's LanceDB returns documents without ids, so each document keeps its id in its
 metadata (``_nudge_id``, as on Qdrant); the face shows the app its own ids and metadata. It
-searches by l2 whatever its ``distance`` (which only picks the relevance function), and its
-scores are LanceDB's squared l2 distances.
+searches without naming a distance type whatever its ``distance`` (which only picks the
+relevance function): by the vector index's metric, l2 (squared) without one; its scores are
+LanceDB's distances.
 """
 
 from __future__ import annotations
@@ -46,8 +47,11 @@ class LanceDBBackend(Backend):
             s._table_name,
             id_column=s._id_key,
             vector_column=s._vector_key,
-            metric=Metric.L2,  # LangChain's LanceDB searches by l2 whatever its distance
+            metric=None,  # the vector index's metric, l2 without one: what LanceDB searches by
         )
+
+    def score_kind(self, metric: Metric) -> str:
+        return "distance"  # LangChain's LanceDB returns LanceDB's _distance, lower nearer
 
     def vector_search(self) -> Callable[..., ScoredDocs] | None:
         s: Any = self.store

@@ -25,6 +25,10 @@ class Backend:
     #: the store classes served, ``"module_prefix.ClassName"``
     #: (e.g. ``"llama_index.ChromaVectorStore"``); their subclasses too
     stores: ClassVar[tuple[str, ...]] = ()
+    #: whether a delete forgets the nudges of the nodes it names before the store deletes them
+    #: (crash-safe); False: only those the store then no longer holds (a delete the store
+    #: refuses, as LanceDB's does, keeps them)
+    forget_before_delete: ClassVar[bool] = True
 
     def __init__(self, store: BasePydanticVectorStore) -> None:
         self.store: Any = store  # each backend reads its own store class's attributes
@@ -44,6 +48,16 @@ class Backend:
     def metric(self) -> Metric:
         """How the store compares vectors."""
         return Metric(self.adapter().metric)
+
+    def score_kind(self, metric: Metric) -> str:
+        """What the store's query similarities are: ``"similarity"`` (higher is nearer) or
+        ``"distance"`` (what l2 stores return by default)."""
+        return "distance" if metric is Metric.L2 else "similarity"
+
+    def refresh(self) -> None:
+        """Bring the store's own handles up to the latest commit: called before each call the
+        face makes into the store and after each vector write (a store that caches a handle
+        blind to later commits, as LanceDB's table, refreshes it here)."""
 
     def dim(self) -> int | None:
         """The dimension of the stored vectors, or None while the store holds none."""

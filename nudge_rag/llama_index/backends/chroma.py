@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from llama_index.core.vector_stores.types import MetadataFilters
 
 from nudge_rag.llama_index.backends.base import REGISTRY, Backend
-from nudge_rag.stores.base import StoreAdapter
+from nudge_rag.stores.base import Metric, StoreAdapter
 
 
 @REGISTRY.register
@@ -20,6 +20,10 @@ class ChromaBackend(Backend):
         from nudge_rag.stores.chroma import ChromaAdapter
 
         return ChromaAdapter(self.store.client)
+
+    def score_kind(self, metric: Metric) -> str:
+        """LlamaIndex's Chroma store turns distances into similarities, l2 included."""
+        return "similarity"
 
     def dim(self) -> int | None:
         got = self.store.client.peek(limit=1)
