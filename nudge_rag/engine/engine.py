@@ -67,7 +67,7 @@ from nudge_rag.labeling.labeler import (
     sample_chunks,
 )
 from nudge_rag.labeling.llm import RetryPolicy, as_llm
-from nudge_rag.labeling.pools import LexicalIndex, PoolStats, judge_pools, lexical_available
+from nudge_rag.labeling.pools import LexicalCache, PoolStats, judge_pools, lexical_available
 from nudge_rag.labeling.provenance import (
     DEFAULT_MIN_PRECISION,
     DEFAULT_MIN_RECALL,
@@ -661,6 +661,7 @@ class NudgeFinetuneEngine:
         self.last_bad_traces: dict[str, str] = {}  # trace id -> why its vector was skipped
         self.last_pool_stats = PoolStats()  # what the last judge pools cost and brought in
         self._liked: list[str] = []  # chunks users marked relevant (the pools' feedback leg)
+        self._lexical = LexicalCache()  # the BM25 index, kept while the chunks are unchanged
 
     # -- labels ---------------------------------------------------------------------------------
 
@@ -873,8 +874,7 @@ class NudgeFinetuneEngine:
             if lexical_available():
                 # every chunk's text, streamed from the store a batch at a time; sorted ids
                 # give the memory and the store path the same index
-                lexical = LexicalIndex.build(sorted(corpus.all_ids()), self.state.texts)
-                stats.index_s, stats.index_bytes = lexical.build_s, lexical.nbytes
+                lexical = self._lexical.index(sorted(corpus.all_ids()), self.state.texts, stats)
             else:
                 log.info(
                     "pools='hybrid': bm25s is not installed, so the judge's pools have no "

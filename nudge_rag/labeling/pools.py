@@ -22,13 +22,14 @@ ties go to the better rank in the earlier leg (dense first), so pools are determ
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -105,11 +106,14 @@ class LexicalIndex:
             index.search(["does vitamin d lower blood pressure"], 20)  # [[chunk ids, best first]]
     """
 
-    def __init__(self, ids: list[str], tokenizer: Any, model: Any, *, build_s: float) -> None:
+    def __init__(
+        self, ids: list[str], tokenizer: Any, model: Any, *, build_s: float, key: str = ""
+    ) -> None:
         self.ids = ids
         self.tokenizer = tokenizer
         self.model = model
         self.build_s = build_s
+        self.key = key  # :class:`TextFingerprint` of the ids and texts it was built from
         self._empty = tokenizer.get_vocab_dict().get("")
 
     @classmethod
@@ -129,8 +133,11 @@ class LexicalIndex:
         tokenizer = bm25s.tokenization.Tokenizer(stopwords="en", stemmer=_stemmer())
         rows = _TokenRows()
         ids = list(ids)
+        key = TextFingerprint(len(ids))
         for start in range(0, len(ids), batch_size):
-            texts = read_texts(ids[start : start + batch_size])
+            batch = ids[start : start + batch_size]
+            texts = read_texts(batch)
+            key.update(batch, texts)
             for doc in tokenizer.streaming_tokenize([t or "" for t in texts], update_vocab=True):
                 rows.append(doc)
         model = bm25s.BM25()
@@ -141,7 +148,7 @@ class LexicalIndex:
                 show_progress=False,
             )
         del rows
-        return cls(ids, tokenizer, model, build_s=time.perf_counter() - t0)
+        return cls(ids, tokenizer, model, build_s=time.perf_counter() - t0, key=key.hexdigest())
 
     @property
     def nbytes(self) -> int:
@@ -176,6 +183,81 @@ def _stemmer() -> Any:
     return Stemmer.Stemmer("english")
 
 
+class TextFingerprint:
+    """A digest of ids and their texts, fed a batch at a time: equal digests, equal chunks."""
+
+    def __init__(self, count: int) -> None:
+        self._h = hashlib.blake2b(count.to_bytes(8, "little"), digest_size=16)
+
+    def update(self, ids: Sequence[str], texts: Sequence[str | None]) -> None:
+        h = self._h
+        for i, t in zip(ids, texts, strict=True):
+            for part in (i.encode(), b"\xff" if t is None else t.encode("utf-8", "surrogatepass")):
+                h.update(len(part).to_bytes(8, "little"))
+                h.update(part)
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def text_fingerprint(
+    ids: Sequence[str],
+    read_texts: Callable[[Sequence[str]], Sequence[str | None]],
+    *,
+    batch_size: int = TEXT_BATCH,
+) -> str:
+    """The :class:`TextFingerprint` of ``ids`` (in order) and their texts, read a batch at a
+    time (what :attr:`LexicalIndex.key` holds)."""
+    key = TextFingerprint(len(ids))
+    for start in range(0, len(ids), batch_size):
+        batch = ids[start : start + batch_size]
+        key.update(batch, read_texts(batch))
+    return key.hexdigest()
+
+
+class LexicalCache:
+    """The last :class:`LexicalIndex` built, reused while the chunks' ids and texts are the same.
+
+    Each :meth:`index` call reads every text once to fingerprint them (blake2b over the ids and
+    the texts, in order): an added, removed or edited chunk changes the key and rebuilds the
+    index; the same chunks skip the tokenising and the matrix (the bulk of a build)."""
+
+    def __init__(self) -> None:
+        self._index: LexicalIndex | None = None
+        self.hits = 0
+        self.builds = 0
+
+    def index(
+        self,
+        ids: Sequence[str],
+        read_texts: Callable[[Sequence[str]], Sequence[str | None]],
+        stats: PoolStats | None = None,
+    ) -> LexicalIndex:
+        """The index of ``ids`` (in order) over ``read_texts``: the cached one when its key
+        matches, else a fresh build (then cached). ``stats`` gets the seconds spent."""
+        ids = list(ids)
+        t0 = time.perf_counter()
+        cached = self._index
+        hit = cached is not None and text_fingerprint(ids, read_texts) == cached.key
+        key_s = time.perf_counter() - t0
+        if hit and cached is not None:
+            self.hits += 1
+            index = cached
+        else:
+            index = self._index = LexicalIndex.build(ids, read_texts)
+            self.builds += 1
+        if stats is not None:
+            stats.index_cached = hit
+            stats.index_key_s = key_s
+            stats.index_s = 0.0 if hit else index.build_s
+            stats.index_bytes = index.nbytes
+        return index
+
+    def clear(self) -> None:
+        """Drop the cached index (its memory)."""
+        self._index = None
+
+
 def fuse(
     legs: Sequence[Sequence[str]], k: int, *, weights: Sequence[float] | None = None
 ) -> list[str]:
@@ -204,8 +286,10 @@ class PoolStats:
     lexical: bool = False  # whether the lexical leg ran
     lexical_added: int = 0  # pool candidates not in the dense top-k, from the lexical leg
     feedback_added: int = 0  # pool candidates not in the dense top-k, from the feedback leg
-    index_s: float = 0.0  # seconds to build the BM25 index
+    index_s: float = 0.0  # seconds to build the BM25 index (0 when the cached one served)
     index_bytes: int = 0  # bytes of the BM25 matrix
+    index_cached: bool = False  # whether the cached index served (its chunks unchanged)
+    index_key_s: float = 0.0  # seconds to fingerprint the chunks for the cache
 
 
 def _dense_order(corpus: Any, queries: np.ndarray, rows: np.ndarray) -> list[list[str]]:
