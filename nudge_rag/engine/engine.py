@@ -67,7 +67,14 @@ from nudge_rag.labeling.labeler import (
     sample_chunks,
 )
 from nudge_rag.labeling.llm import RetryPolicy, as_llm
-from nudge_rag.labeling.pools import LexicalCache, PoolStats, judge_pools, lexical_available
+from nudge_rag.labeling.pools import (
+    LexicalCache,
+    LexicalLeg,
+    PoolStats,
+    judge_pools,
+    lexical_available,
+    store_text_search,
+)
 from nudge_rag.labeling.provenance import (
     DEFAULT_MIN_PRECISION,
     DEFAULT_MIN_RECALL,
@@ -478,7 +485,11 @@ class NudgeFinetuneEngine:
         pools: how that pool is drawn: ``"hybrid"`` (default) fuses the dense top ``label_k``
             with BM25 over the chunk texts (the ``lexical`` extra; left out with a logged note
             when ``bm25s`` is missing) and the chunks users marked relevant, by reciprocal
-            rank, and keeps ``label_k``; ``"dense"`` is the dense top ``label_k`` alone.
+            rank, and keeps ``label_k``; ``"dense"`` is the dense top ``label_k`` alone. On
+            the store path (``corpus="store"``) a store with full-text search of its own
+            (pgvector with a text column: Postgres ``to_tsvector`` / ``ts_rank``) ranks the
+            lexical leg in the server instead. The BM25 index is kept across ``finetune()``
+            calls while the chunks' ids and texts are unchanged.
         use_negatives: feed what is known not relevant to the fit (feedback's
             ``irrelevant_ids``, the judge's grade-0 candidates) as ``train_negatives`` /
             ``val_negatives``; their weight is chosen on validation (default True).
@@ -869,9 +880,13 @@ class NudgeFinetuneEngine:
     ) -> list[list[str]]:
         """The judge's candidate ids per query (``label_k`` each; see ``pools=``)."""
         stats = self.last_pool_stats = PoolStats()
-        lexical = None
-        if self.pools == "hybrid":
+        lexical: LexicalLeg | None = None
+        text_search = store_text_search(getattr(self.state, "adapter", None))
+        if self.pools == "hybrid" and corpus.kind == "store" and text_search is not None:
+            lexical, stats.lexical_kind = text_search, "store"  # e.g. Postgres full-text
+        elif self.pools == "hybrid":
             if lexical_available():
+                stats.lexical_kind = "bm25s"
                 # every chunk's text, streamed from the store a batch at a time; sorted ids
                 # give the memory and the store path the same index
                 lexical = self._lexical.index(sorted(corpus.all_ids()), self.state.texts, stats)

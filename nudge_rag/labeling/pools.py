@@ -50,6 +50,32 @@ fit uses; measured on seeds 0–2 (see ``benchmarks/bench_pools.py``), the cap a
 the uncapped fusion on both SciFact and NFCorpus."""
 
 
+class LexicalLeg(Protocol):
+    """A lexical ranker of chunk ids for query texts: :class:`LexicalIndex` (BM25 in process)
+    or a store's own full-text search (:class:`StoreTextSearch`)."""
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[str]]: ...
+
+
+class StoreTextSearch:
+    """The lexical leg from the store's own full-text search (``adapter.text_search``, e.g.
+    Postgres full-text on a pgvector table): nothing is indexed in this process."""
+
+    def __init__(self, adapter: Any) -> None:
+        self.adapter = adapter
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[str]]:
+        return [list(map(str, row)) for row in self.adapter.text_search(list(queries), k)]
+
+
+def store_text_search(adapter: Any) -> StoreTextSearch | None:
+    """The store's full-text search as a lexical leg, where the adapter has one (a
+    ``text_search`` method and a ``text_column`` set); else None."""
+    if callable(getattr(adapter, "text_search", None)) and getattr(adapter, "text_column", None):
+        return StoreTextSearch(adapter)
+    return None
+
+
 def lexical_available() -> bool:
     """Whether ``bm25s`` (the ``lexical`` extra) is installed."""
     return importlib.util.find_spec("bm25s") is not None
@@ -290,6 +316,8 @@ class PoolStats:
     index_bytes: int = 0  # bytes of the BM25 matrix
     index_cached: bool = False  # whether the cached index served (its chunks unchanged)
     index_key_s: float = 0.0  # seconds to fingerprint the chunks for the cache
+    lexical_kind: str = ""  # "bm25s" (in process) or "store" (the store's full-text search)
+    lexical_s: float = 0.0  # seconds the lexical leg's searches took
 
 
 def _dense_order(corpus: Any, queries: np.ndarray, rows: np.ndarray) -> list[list[str]]:
@@ -313,7 +341,7 @@ def judge_pools(
     texts: Sequence[str],
     k: int,
     *,
-    lexical: LexicalIndex | None = None,
+    lexical: LexicalLeg | None = None,
     liked: Iterable[str] = (),
     stats: PoolStats | None = None,
 ) -> list[list[str]]:
@@ -327,7 +355,9 @@ def judge_pools(
     legs: list[list[list[str]]] = [dense]
     weights = [1.0]
     if lexical is not None:
+        t0 = time.perf_counter()
         legs.append(lexical.search(texts, k))
+        stats.lexical_s += time.perf_counter() - t0
         weights.append(1.0)
         stats.lexical = True
     held = sorted(corpus.known(set(liked)))

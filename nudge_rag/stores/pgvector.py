@@ -21,6 +21,7 @@ see exactly the old or the new vectors, never a mix, and an unknown id writes no
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -43,6 +44,7 @@ from nudge_rag.stores.base import (
 )
 
 _COPY_CHUNK = 2048  # rows per write to the COPY stream
+_WORD = re.compile(r"\w+")  # a query's words for text_search (punctuation is tsquery syntax)
 _METRICS = {
     # pgvector operators, opclasses and SQL/SQLAlchemy function names
     "<=>": Metric.COSINE,
@@ -152,6 +154,9 @@ class PgVectorAdapter(BaseStoreAdapter):
         schema: the table's schema.
         scope: equality conditions every row of this store meets, e.g.
             ``{"collection_id": uuid}`` for one LangChain collection.
+        text_column: the column of the chunk texts (LangChain ``document``, LlamaIndex
+            ``text``; set by :meth:`for_langchain` / :meth:`for_llama_index`), which
+            :meth:`text_search` ranks with Postgres full-text search; None: no text search.
 
     Example:
         .. code-block:: python
@@ -176,6 +181,7 @@ class PgVectorAdapter(BaseStoreAdapter):
         embedding_column: str = "embedding",
         schema: str = "public",
         scope: Mapping[str, Any] | None = None,
+        text_column: str | None = None,
     ) -> None:
         import psycopg
 
@@ -186,6 +192,7 @@ class PgVectorAdapter(BaseStoreAdapter):
         self.id_column = id_column
         self.embedding_column = embedding_column
         self.scope = dict(scope or {})
+        self.text_column = text_column
         self._lock = threading.RLock()
         self._conn: Any = None
         self._conninfo: str | None = None
@@ -218,6 +225,7 @@ class PgVectorAdapter(BaseStoreAdapter):
             id_column="id",
             embedding_column="embedding",
             schema=schema,
+            text_column="document",
         )
         from psycopg import sql
 
@@ -254,6 +262,7 @@ class PgVectorAdapter(BaseStoreAdapter):
             id_column="node_id",
             embedding_column="embedding",
             schema=schema.lower(),
+            text_column="text",
         )
 
     # -- connection -----------------------------------------------------------------------
@@ -317,10 +326,10 @@ class PgVectorAdapter(BaseStoreAdapter):
                 "through it) first, or pass the table and schema it uses."
             )
             raise NudgeError(msg)
-        for arg, col in (
-            ("id_column", self.id_column),
-            ("embedding_column", self.embedding_column),
-        ):
+        named = [("id_column", self.id_column), ("embedding_column", self.embedding_column)]
+        if self.text_column is not None:
+            named.append(("text_column", self.text_column))
+        for arg, col in named:
             if col not in cols:
                 msg = (
                     f"{arg}: table {where!r} has no column {col!r} (columns: {sorted(cols)}); "
@@ -517,6 +526,57 @@ class PgVectorAdapter(BaseStoreAdapter):
         with ThreadPoolExecutor(len(parts)) as pool:
             list(pool.map(on_own_connection, parts))
         return out_ids, out_scores
+
+    #: the text search configuration :meth:`text_search` parses texts and queries with
+    text_config = "english"
+
+    def text_search(self, queries: Sequence[str], k: int) -> list[list[str]]:
+        """Per query text, the ids of the (at most) ``k`` rows whose ``text_column`` matches
+        any of its words, best first, by Postgres full-text search: ``to_tsvector`` of every
+        row's text into a temporary table with a GIN index (dropped at commit: the store's
+        schema is untouched), then, per query, ``websearch_to_tsquery`` of its words joined
+        by ``or`` (punctuation dropped, so no query text is read as syntax), ranked by
+        ``ts_rank`` (ties by id). One transaction; the work runs in the server."""
+        from psycopg import sql
+
+        if self.text_column is None:
+            msg = (
+                f"text_column: no text column was given for {self._what()}; pass "
+                "text_column=... (LangChain PGVector: 'document', LlamaIndex: 'text')."
+            )
+            raise NudgeError(msg)
+        out: list[list[str]] = [[] for _ in queries]
+        if k < 1 or not queries:
+            return out
+        where, args = self._where()
+        cfg = sql.Literal(self.text_config)
+        build = sql.SQL(
+            "CREATE TEMP TABLE nudge_text_search ON COMMIT DROP AS SELECT {}::text AS id, "
+            "to_tsvector({}::regconfig, coalesce({}::text, '')) AS tsv FROM {} WHERE {}"
+        ).format(
+            sql.Identifier(self.id_column),
+            cfg,
+            sql.Identifier(self.text_column),
+            sql.Identifier(self.schema, self.table),
+            where,
+        )
+        stmt = sql.SQL(
+            "SELECT q.n, t.id FROM unnest(%s::text[]) WITH ORDINALITY AS q(v, n) "
+            "CROSS JOIN LATERAL (SELECT f.id, ts_rank(f.tsv, w) AS r "
+            "FROM pg_temp.nudge_text_search f, websearch_to_tsquery({}::regconfig, q.v) w "
+            "WHERE f.tsv @@ w ORDER BY r DESC, f.id LIMIT %s) t ORDER BY q.n, t.r DESC, t.id"
+        ).format(cfg)
+        words = [
+            " or ".join(w for w in _WORD.findall(t or "") if w.lower() != "or") for t in queries
+        ]
+        with self._tx() as conn:
+            conn.execute(build, args)
+            conn.execute("CREATE INDEX ON pg_temp.nudge_text_search USING gin (tsv)")
+            conn.execute("ANALYZE pg_temp.nudge_text_search")
+            for s in range(0, len(words), 1000):
+                for n, doc_id in conn.execute(stmt, [words[s : s + 1000], k]):
+                    out[s + int(n) - 1].append(doc_id)
+        return out
 
     #: connections :meth:`search` spreads a large batch over (one backend each, so a server
     #: with several cores answers them in parallel); one when the adapter was given a
