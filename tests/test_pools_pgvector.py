@@ -49,7 +49,7 @@ def test_text_search_ranks_by_postgres_full_text(pg: Any, db: str, tmp_path: Any
     assert again == [[target]]
     n_tables = conn.execute("SELECT count(*) FROM pg_tables WHERE tablename = 'docs'").fetchone()
     assert n_tables == (1,)
-    with pytest.raises(NudgeError, match="text_column: table 'public.docs' has no column"):
+    with pytest.raises(NudgeError, match=r"text_column: table 'public\.docs' has no column"):
         PgVectorAdapter(conn, "docs", metric="cosine", text_column="body")
     bare = PgVectorAdapter(conn, "docs", metric="cosine")
     with pytest.raises(NudgeError, match="text_column: no text column was given"):
