@@ -15,7 +15,14 @@ from nudge_rag.eval.simulate import LookupEmbedder
 from nudge_rag.fit.corpus import MemoryCorpus, normalize_rows
 from nudge_rag.labeling import pools as pools_mod
 from nudge_rag.labeling.labeler import parse_request
-from nudge_rag.labeling.pools import LexicalCache, LexicalIndex, PoolStats, fuse, judge_pools
+from nudge_rag.labeling.pools import (
+    DepthPlan,
+    LexicalCache,
+    LexicalIndex,
+    PoolStats,
+    fuse,
+    judge_pools,
+)
 from nudge_rag.state.state import NudgeState
 from nudge_rag.stores.memory import MemoryAdapter
 from nudge_rag.testing import OpenAIStub, QrelsJudge
@@ -249,3 +256,36 @@ def test_the_engine_builds_the_bm25_index_once_across_finetunes(tmp_path, monkey
             assert built == [N, N] and not eng.last_pool_stats.index_cached
         finally:
             eng.close()
+
+
+def test_depth_plan_learns_where_deeper_candidates_pay():
+    plan = DepthPlan(k=6, first=4, step=2, wave=0.5)
+    depth, room = [4] * 10, [18] * 10
+    # one positive a query (SciFact's shape): found ones yield nothing more, and of the queries
+    # without one yet, some find it at rank 3-4: the budget goes to the queries without one
+    single = [[True, False, False, False]] * 5 + [[False, False, True, False]] * 2
+    single += [[False] * 4] * 3
+    assert plan.next_wave(single, depth, room, left=20) == [7, 8, 9, 0, 1]  # no positive yet first
+    # many positives a query (NFCorpus's shape): those rich in them keep yielding
+    many = [[True, True, True, True]] * 3 + [[False, False, False, False]] * 7
+    assert plan.next_wave(many, depth, room, left=20)[:3] == [0, 1, 2]
+    assert plan.next_wave(many, depth, room, left=1) == []  # the budget is spent
+    assert plan.next_wave(many, depth, [4] * 10, left=20) == []  # no reserve left
+    assert plan.budget(10) == 60
+
+
+def test_adaptive_depth_judges_as_many_candidates_deeper_where_they_pay(tmp_path):
+    world = PoolWorld(tmp_path, n_queries=20)
+    world.search_all()
+    fixed = judged_pools(world, label_k=K, pools="dense")
+    deep = judged_pools(world, label_k=K, pools="dense", pool_depth="adaptive")
+    n = len(world.queries)
+    assert sum(map(len, fixed.values())) == K * n
+    assert sum(map(len, deep.values())) == K * n  # the judge's cost stays
+    assert all(len(set(p)) == len(p) for p in deep.values())  # no candidate asked twice
+    for text, _, target in world.queries:
+        assert target not in fixed[text]  # last in the dense order: no pool of K holds it
+        assert deep[text][: K // 2] == fixed[text][: K // 2]  # the same first half
+    assert max(map(len, deep.values())) > K  # some queries went deeper, at others' cost
+    with pytest.raises(NudgeError, match="pool_depth: found 'deep'"):
+        NudgeFinetuneEngine(world.state, pool_depth="deep", progress=False)

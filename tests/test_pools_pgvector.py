@@ -45,8 +45,12 @@ def test_text_search_ranks_by_postgres_full_text(pg: Any, db: str, tmp_path: Any
     assert got[2] == [] and got[3] == []  # no words, only stop words
     many = adapter.text_search(["topic1 topic2"], 200)[0]
     assert len(many) == len(set(many)) > 5 and all(isinstance(i, str) for i in many)
-    again = adapter.text_search(["what about rare3"], 5)  # the temporary table was dropped
+    assert adapter.text_search(["topic1 topic2 rare3"], 3)[0][0] == target  # rare words weigh
+    again = adapter.text_search(["what about rare3"], 5)  # the temporary tables were dropped
     assert again == [[target]]
+    adapter.text_rank = "ts_rank"  # Postgres's own rank over websearch_to_tsquery(... or ...)
+    assert adapter.text_search(["what about rare3?", "the of"], 5) == [[target], []]
+    adapter.text_rank = "bm25"
     n_tables = conn.execute("SELECT count(*) FROM pg_tables WHERE tablename = 'docs'").fetchone()
     assert n_tables == (1,)
     with pytest.raises(NudgeError, match=r"text_column: table 'public\.docs' has no column"):

@@ -68,10 +68,11 @@ from nudge_rag.labeling.labeler import (
 )
 from nudge_rag.labeling.llm import RetryPolicy, as_llm
 from nudge_rag.labeling.pools import (
+    DepthPlan,
     LexicalCache,
     LexicalLeg,
     PoolStats,
-    judge_pools,
+    deep_pools,
     lexical_available,
     store_text_search,
 )
@@ -490,6 +491,12 @@ class NudgeFinetuneEngine:
             (pgvector with a text column: Postgres ``to_tsvector`` / ``ts_rank``) ranks the
             lexical leg in the server instead. The BM25 index is kept across ``finetune()``
             calls while the chunks' ids and texts are unchanged.
+        pool_depth: ``"fixed"`` (default) judges each query's ``label_k`` candidates;
+            ``"adaptive"`` judges the first ``label_k / 2`` of each, then spends the rest of
+            the same budget (``label_k`` × queries candidates) ``label_k / 4`` at a time on
+            the queries whose deeper candidates (up to 3 × ``label_k``) are expected to hold
+            the most positives, learned from the grades so far (:class:`DepthPlan`). More
+            prompts of fewer candidates each, in rounds.
         use_negatives: feed what is known not relevant to the fit (feedback's
             ``irrelevant_ids``, the judge's grade-0 candidates) as ``train_negatives`` /
             ``val_negatives``; their weight is chosen on validation (default True).
@@ -531,6 +538,7 @@ class NudgeFinetuneEngine:
         llm_model: str | None = None,
         label_k: int = 20,
         pools: str = "hybrid",
+        pool_depth: str = "fixed",
         judge_batch: int = 20,
         synthetic_chunks: int = 0,
         questions_per_chunk: int = 2,
@@ -606,6 +614,10 @@ class NudgeFinetuneEngine:
         self.llm = as_llm(llm, model=llm_model)
         self.label_k = label_k
         self.pools = pools
+        if pool_depth not in ("fixed", "adaptive"):
+            msg = f"pool_depth: found {pool_depth!r}, expected 'fixed' or 'adaptive'."
+            raise NudgeError(msg)
+        self.pool_depth = pool_depth
         self.judge_batch = judge_batch
         self.synthetic_chunks = synthetic_chunks
         self.questions_per_chunk = questions_per_chunk
@@ -854,7 +866,52 @@ class NudgeFinetuneEngine:
         """The judge's grades of each group's candidate pool (by group index; a group whose
         prompts were all skipped is absent)."""
         queries = np.stack([g[2] for g in groups]).astype(np.float32)
-        pools = self._pools(corpus, queries, [g[1] for g in groups], counts)
+        texts = [g[1] for g in groups]
+        plan = self._depth_plan()
+        if plan is None:
+            pools = self._pools(corpus, queries, texts, counts)
+            return self._grade(groups, pools, labeler, counts)
+        # adaptive depth: a reserve of 3 × label_k per query, judged a wave at a time
+        order = self._pools(corpus, queries, texts, counts, depth=3 * self.label_k)
+        depth = [min(plan.first, len(o)) for o in order]
+        judged = self._grade(
+            groups, [o[:d] for o, d in zip(order, depth, strict=True)], labeler, counts
+        )
+        left = plan.budget(len(groups)) - sum(depth)
+        while True:
+            hits = [
+                [judged.get(g, {}).get(i, 0.0) > 0 for i in o[:d]]
+                for g, (o, d) in enumerate(zip(order, depth, strict=True))
+            ]
+            wave = plan.next_wave(hits, depth, [len(o) for o in order], left)
+            if not wave:
+                break
+            more = {g: order[g][depth[g] : depth[g] + plan.step] for g in wave}
+            for g in wave:
+                depth[g] += plan.step
+            left -= plan.step * len(wave)
+            got = self._grade([groups[g] for g in wave], list(more.values()), labeler, counts)
+            for n, grades in got.items():
+                judged.setdefault(wave[n], {}).update(grades)
+        counts["pool_candidates"] = sum(depth)
+        counts["pool_deepened"] = sum(d > self.label_k for d in depth)
+        return judged
+
+    def _depth_plan(self) -> DepthPlan | None:
+        """The adaptive depth's plan (``pool_depth="adaptive"``), else None."""
+        if self.pool_depth != "adaptive":
+            return None
+        k = self.label_k
+        return DepthPlan(k, first=max(1, k // 2), step=max(1, k // 4))
+
+    def _grade(
+        self,
+        groups: list[tuple[str, str, np.ndarray, tuple[str, ...], dict[str, float]]],
+        pools: list[list[str]],
+        labeler: Labeler,
+        counts: dict[str, int],
+    ) -> dict[int, dict[str, float]]:
+        """The judge's grades of each group's candidates ``pools[g]`` (by group index)."""
         wanted_ids = sorted({i for pool in pools for i in pool})
         text_of = dict(zip(wanted_ids, self.state.texts(wanted_ids), strict=True))
         injected = self._withhold_injections(text_of)
@@ -876,9 +933,16 @@ class NudgeFinetuneEngine:
         return judged
 
     def _pools(
-        self, corpus: Corpus, queries: np.ndarray, texts: list[str], counts: dict[str, int]
+        self,
+        corpus: Corpus,
+        queries: np.ndarray,
+        texts: list[str],
+        counts: dict[str, int],
+        *,
+        depth: int = 0,
     ) -> list[list[str]]:
-        """The judge's candidate ids per query (``label_k`` each; see ``pools=``)."""
+        """The judge's candidate ids per query (``label_k`` each; see ``pools=``); with
+        ``depth``, up to that many in judging order (:func:`deep_pools`)."""
         stats = self.last_pool_stats = PoolStats()
         lexical: LexicalLeg | None = None
         text_search = store_text_search(getattr(self.state, "adapter", None))
@@ -896,8 +960,15 @@ class NudgeFinetuneEngine:
                     "lexical leg (pip install 'nudge-rag[lexical]')."
                 )
         liked = self._liked if self.pools == "hybrid" else []
-        pools = judge_pools(
-            corpus, queries, texts, self.label_k, lexical=lexical, liked=liked, stats=stats
+        pools = deep_pools(
+            corpus,
+            queries,
+            texts,
+            self.label_k,
+            max(depth, self.label_k),
+            lexical=lexical,
+            liked=liked,
+            stats=stats,
         )
         counts["pool_lexical_added"] = stats.lexical_added
         counts["pool_feedback_added"] = stats.feedback_added

@@ -529,14 +529,20 @@ class PgVectorAdapter(BaseStoreAdapter):
 
     #: the text search configuration :meth:`text_search` parses texts and queries with
     text_config = "english"
+    #: how :meth:`text_search` ranks: ``"bm25"`` (Okapi BM25, k1 1.5, b 0.75, over the
+    #: lexemes ``to_tsvector`` finds) or ``"ts_rank"`` (Postgres's own rank of the rows that
+    #: match any query word; it weighs no word by its rarity: fewer positives reach the pools)
+    text_rank = "bm25"
 
     def text_search(self, queries: Sequence[str], k: int) -> list[list[str]]:
-        """Per query text, the ids of the (at most) ``k`` rows whose ``text_column`` matches
-        any of its words, best first, by Postgres full-text search: ``to_tsvector`` of every
-        row's text into a temporary table with a GIN index (dropped at commit: the store's
-        schema is untouched), then, per query, ``websearch_to_tsquery`` of its words joined
-        by ``or`` (punctuation dropped, so no query text is read as syntax), ranked by
-        ``ts_rank`` (ties by id). One transaction; the work runs in the server."""
+        """Per query text, the ids of the (at most) ``k`` rows whose ``text_column`` shares a
+        word with it, best first (ties by id), by Postgres full-text search.
+
+        ``to_tsvector`` parses every row's text once into temporary tables (dropped at commit:
+        the store's schema is untouched); ``text_rank="bm25"`` ranks by BM25 over their
+        lexemes (the query parsed by ``to_tsvector`` too, so no query text is read as
+        syntax); ``"ts_rank"`` by ``ts_rank`` against ``websearch_to_tsquery`` of the query's
+        words joined by ``or``. One transaction; the work runs in the server."""
         from psycopg import sql
 
         if self.text_column is None:
@@ -545,13 +551,16 @@ class PgVectorAdapter(BaseStoreAdapter):
                 "text_column=... (LangChain PGVector: 'document', LlamaIndex: 'text')."
             )
             raise NudgeError(msg)
+        if self.text_rank not in ("bm25", "ts_rank"):
+            msg = f"text_rank: found {self.text_rank!r}, expected 'bm25' or 'ts_rank'."
+            raise NudgeError(msg)
         out: list[list[str]] = [[] for _ in queries]
         if k < 1 or not queries:
             return out
         where, args = self._where()
         cfg = sql.Literal(self.text_config)
-        build = sql.SQL(
-            "CREATE TEMP TABLE nudge_text_search ON COMMIT DROP AS SELECT {}::text AS id, "
+        docs = sql.SQL(
+            "CREATE TEMP TABLE nudge_text_docs ON COMMIT DROP AS SELECT {}::text AS id, "
             "to_tsvector({}::regconfig, coalesce({}::text, '')) AS tsv FROM {} WHERE {}"
         ).format(
             sql.Identifier(self.id_column),
@@ -560,21 +569,57 @@ class PgVectorAdapter(BaseStoreAdapter):
             sql.Identifier(self.schema, self.table),
             where,
         )
-        stmt = sql.SQL(
-            "SELECT q.n, t.id FROM unnest(%s::text[]) WITH ORDINALITY AS q(v, n) "
-            "CROSS JOIN LATERAL (SELECT f.id, ts_rank(f.tsv, w) AS r "
-            "FROM pg_temp.nudge_text_search f, websearch_to_tsquery({}::regconfig, q.v) w "
-            "WHERE f.tsv @@ w ORDER BY r DESC, f.id LIMIT %s) t ORDER BY q.n, t.r DESC, t.id"
-        ).format(cfg)
-        words = [
-            " or ".join(w for w in _WORD.findall(t or "") if w.lower() != "or") for t in queries
-        ]
+        if self.text_rank == "bm25":
+            setup = [
+                "CREATE TEMP TABLE nudge_text_tf ON COMMIT DROP AS SELECT u.lexeme AS lex, d.id, "
+                "coalesce(cardinality(u.positions), 1)::float8 AS tf "
+                "FROM pg_temp.nudge_text_docs d, unnest(d.tsv) u",
+                "CREATE TEMP TABLE nudge_text_len ON COMMIT DROP AS SELECT d.id, "
+                "coalesce(sum(t.tf), 0)::float8 AS len FROM pg_temp.nudge_text_docs d "
+                "LEFT JOIN pg_temp.nudge_text_tf t USING (id) GROUP BY d.id",
+                # lucene BM25 (what bm25s computes): idf ln(1 + (N - df + .5) / (df + .5))
+                "CREATE TEMP TABLE nudge_text_idf ON COMMIT DROP AS SELECT lex, "
+                "ln(1 + ((SELECT count(*) FROM pg_temp.nudge_text_len) - count(*) + 0.5) "
+                "/ (count(*) + 0.5)) AS idf FROM pg_temp.nudge_text_tf GROUP BY lex",
+                "CREATE TEMP TABLE nudge_text_post ON COMMIT DROP AS SELECT t.lex, t.id, "
+                "i.idf * t.tf * 2.5 / (t.tf + 1.5 * (0.25 + 0.75 * l.len / "
+                "greatest((SELECT avg(len) FROM pg_temp.nudge_text_len), 1e-9))) AS w "
+                "FROM pg_temp.nudge_text_tf t JOIN pg_temp.nudge_text_len l USING (id) "
+                "JOIN pg_temp.nudge_text_idf i USING (lex)",
+                "CREATE INDEX ON pg_temp.nudge_text_post (lex)",
+                "ANALYZE pg_temp.nudge_text_post",
+            ]
+            stmt = sql.SQL(
+                "WITH q AS (SELECT DISTINCT u.n, l AS lex FROM unnest(%s::text[]) "
+                "WITH ORDINALITY AS u(v, n), unnest(tsvector_to_array(to_tsvector({}::regconfig, "
+                "u.v))) AS l), s AS (SELECT q.n, p.id, sum(p.w) AS score FROM q "
+                "JOIN pg_temp.nudge_text_post p USING (lex) GROUP BY q.n, p.id), "
+                "r AS (SELECT n, id, score, row_number() OVER (PARTITION BY n ORDER BY "
+                "score DESC, id) AS rk FROM s) SELECT n, id FROM r WHERE rk <= %s "
+                "ORDER BY n, rk"
+            ).format(cfg)
+            asked = [t or "" for t in queries]
+        else:
+            setup = [
+                "CREATE INDEX ON pg_temp.nudge_text_docs USING gin (tsv)",
+                "ANALYZE pg_temp.nudge_text_docs",
+            ]
+            stmt = sql.SQL(
+                "SELECT q.n, t.id FROM unnest(%s::text[]) WITH ORDINALITY AS q(v, n) "
+                "CROSS JOIN LATERAL (SELECT f.id, ts_rank(f.tsv, w) AS r "
+                "FROM pg_temp.nudge_text_docs f, websearch_to_tsquery({}::regconfig, q.v) w "
+                "WHERE f.tsv @@ w ORDER BY r DESC, f.id LIMIT %s) t "
+                "ORDER BY q.n, t.r DESC, t.id"
+            ).format(cfg)
+            asked = [
+                " or ".join(w for w in _WORD.findall(t or "") if w.lower() != "or") for t in queries
+            ]
         with self._tx() as conn:
-            conn.execute(build, args)
-            conn.execute("CREATE INDEX ON pg_temp.nudge_text_search USING gin (tsv)")
-            conn.execute("ANALYZE pg_temp.nudge_text_search")
-            for s in range(0, len(words), 1000):
-                for n, doc_id in conn.execute(stmt, [words[s : s + 1000], k]):
+            conn.execute(docs, args)
+            for step in setup:
+                conn.execute(step)
+            for s in range(0, len(asked), 1000):
+                for n, doc_id in conn.execute(stmt, [asked[s : s + 1000], k]):
                     out[s + int(n) - 1].append(doc_id)
         return out
 
