@@ -27,6 +27,7 @@ start while building and holding the index (ids included), and the search time o
     python benchmarks/bench_pools.py --sweep engine --store pgvector --corpus store
     python benchmarks/bench_pools.py --sweep core --seeds 6 7 8 9 10 11
     python benchmarks/bench_pools.py --sweep memory --sizes 100000 1000000
+    python benchmarks/bench_pools.py --sweep cache
 """
 
 from __future__ import annotations
@@ -147,6 +148,30 @@ def sweep_recall(datasets, label_ks: list[int], store: str = "memory") -> None:
                 )
 
 
+def sweep_cache(datasets, repeats: int = 3) -> None:
+    """The BM25 index cache: a build vs a cache hit (fingerprinting the ids and texts)."""
+    from nudge_rag.labeling.pools import LexicalCache, PoolStats
+
+    print("| dataset | chunks | build s | cache hit s (fingerprint) | saved per finetune |")
+    print("| --- | --- | --- | --- | --- |")
+    for ds in datasets:
+        ids = sorted(ds.corpus_ids)
+        text = ds.corpus_text
+        builds, hits = [], []
+        for _ in range(repeats):
+            cache, stats = LexicalCache(), PoolStats()
+            cache.index(ids, lambda b, t=text: [t.get(i, "") for i in b], stats)
+            builds.append(stats.index_s)
+            cache.index(ids, lambda b, t=text: [t.get(i, "") for i in b], stats)
+            assert stats.index_cached
+            hits.append(stats.index_key_s)
+        b, h = min(builds), min(hits)
+        print(
+            f"| {ds.name} | {len(ids):,} | {b:.2f} | {h:.3f} | {b - h:.2f} s | (min of {repeats})",
+            flush=True,
+        )
+
+
 POOL_KINDS = ("dense", "hybrid")
 POOL_DEPTH = "fixed"
 
@@ -171,7 +196,7 @@ def sweep_engine(
         ):
             state = pg_state(ds, tmp) if store == "pgvector" else beir_state(ds, tmp)
             simulate_searches(state, texts, q)
-            ids = state.ids()
+            ids = list(ds.corpus_ids)  # the rows test.positives index (any store's order)
             row_of = {i: n for n, i in enumerate(ids)}
             base = state.base_vectors(ids)
             before = evaluate(test.queries, base, test.positives, metric="cosine")["ndcg@10"]
@@ -408,7 +433,9 @@ def sweep_memory(sizes: list[int]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--sweep", choices=["recall", "engine", "core", "memory"], default="recall")
+    ap.add_argument(
+        "--sweep", choices=["recall", "engine", "core", "memory", "cache"], default="recall"
+    )
     ap.add_argument("--datasets", nargs="+", default=["scifact", "nfcorpus"])
     ap.add_argument("--label-k", nargs="+", type=int, default=[20])
     ap.add_argument("--seeds", nargs="+", type=int, default=[3, 4, 5])
@@ -443,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
         sweep_memory(args.sizes)
         return 0
     datasets = _datasets(args.datasets)
+    if args.sweep == "cache":
+        sweep_cache(datasets)
+        return 0
     if args.sweep == "recall":
         sweep_recall(datasets, args.label_k, args.store)
         return 0

@@ -265,12 +265,16 @@ def test_depth_plan_learns_where_deeper_candidates_pay():
     # without one yet, some find it at rank 3-4: the budget goes to the queries without one
     single = [[True, False, False, False]] * 5 + [[False, False, True, False]] * 2
     single += [[False] * 4] * 3
-    assert plan.next_wave(single, depth, room, left=20) == [7, 8, 9, 0, 1]  # no positive yet first
-    # many positives a query (NFCorpus's shape): those rich in them keep yielding
+    wave = plan.next_wave(single, depth, room, left=20)
+    assert list(wave) == [7, 8, 9, 0, 1] and set(wave.values()) == {2}  # no positive yet first
+    assert plan.next_wave(single, depth, room, left=1) == {}  # the budget is spent
+    assert plan.next_wave(single, depth, [4] * 10, left=20) == {}  # no reserve left
+    # many positives a query (NFCorpus's shape): deepening the rich ones would starve the
+    # others, so every query is judged to k (the fixed pool), if the budget holds it
     many = [[True, True, True, True]] * 3 + [[False, False, False, False]] * 7
-    assert plan.next_wave(many, depth, room, left=20)[:3] == [0, 1, 2]
-    assert plan.next_wave(many, depth, room, left=1) == []  # the budget is spent
-    assert plan.next_wave(many, depth, [4] * 10, left=20) == []  # no reserve left
+    assert plan.next_wave(many, depth, room, left=20) == dict.fromkeys(range(10), 2)
+    assert plan.next_wave([h + [False] * 2 for h in many], [6] * 10, room, left=20) == {}
+    assert plan.next_wave(many, depth, room, left=19) == {}
     assert plan.budget(10) == 60
 
 

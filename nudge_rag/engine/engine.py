@@ -886,13 +886,16 @@ class NudgeFinetuneEngine:
             wave = plan.next_wave(hits, depth, [len(o) for o in order], left)
             if not wave:
                 break
-            more = {g: order[g][depth[g] : depth[g] + plan.step] for g in wave}
-            for g in wave:
-                depth[g] += plan.step
-            left -= plan.step * len(wave)
-            got = self._grade([groups[g] for g in wave], list(more.values()), labeler, counts)
+            more = {g: order[g][depth[g] : depth[g] + n] for g, n in wave.items()}
+            for g, n in wave.items():
+                depth[g] += n
+            left -= sum(wave.values())
+            scratch = dict(counts)  # a deeper slice without text is no query without any
+            asked = list(more)
+            got = self._grade([groups[g] for g in asked], list(more.values()), labeler, scratch)
+            counts["withheld_candidates"] = scratch["withheld_candidates"]
             for n, grades in got.items():
-                judged.setdefault(wave[n], {}).update(grades)
+                judged.setdefault(asked[n], {}).update(grades)
         counts["pool_candidates"] = sum(depth)
         counts["pool_deepened"] = sum(d > self.label_k for d in depth)
         return judged
