@@ -273,7 +273,7 @@ def test_depth_plan_learns_where_deeper_candidates_pay():
     # others, so every query is judged to k (the fixed pool), if the budget holds it
     many = [[True, True, True, True]] * 3 + [[False, False, False, False]] * 7
     assert plan.next_wave(many, depth, room, left=20) == dict.fromkeys(range(10), 2)
-    assert plan.next_wave([h + [False] * 2 for h in many], [6] * 10, room, left=20) == {}
+    assert plan.next_wave([h + [False] * 2 for h in many], [6] * 10, room, left=0) == {}
     assert plan.next_wave(many, depth, room, left=19) == {}
     assert plan.budget(10) == 60
 
