@@ -870,6 +870,7 @@ class NudgeFinetuneEngine:
         plan = self._depth_plan()
         if plan is None:
             pools = self._pools(corpus, queries, texts, counts)
+            counts["pool_candidates"] = sum(map(len, pools))
             return self._grade(groups, pools, labeler, counts)
         # adaptive depth: a reserve of 3 × label_k per query, judged a wave at a time
         order = self._pools(corpus, queries, texts, counts, depth=3 * self.label_k)
