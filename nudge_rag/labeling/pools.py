@@ -14,7 +14,11 @@ rank, per query:
 
 and keeps the top ``label_k`` of the fused list, with at most ``NEW_SHARE`` of it (3 of 20)
 from outside the dense top: the judge's cost per query does not change.
-Without ``bm25s`` the lexical leg is left out with a logged note.
+Without ``bm25s`` the lexical leg is left out with a logged note. On the store path a store
+with full-text search of its own (pgvector with a text column) ranks the lexical leg in the
+server (:class:`StoreTextSearch`); the in-process index is kept by :class:`LexicalCache` while
+the chunks' ids and texts are unchanged. :class:`DepthPlan` spends the same budget of judged
+candidates deeper where the grades say the positives are (``pool_depth="adaptive"``).
 
 Fusion: ``score(d) = Σ_legs w_leg / (c + rank_leg(d))`` with ranks from 1 and ``c = RRF_C``;
 ties go to the better rank in the earlier leg (dense first), so pools are deterministic.
