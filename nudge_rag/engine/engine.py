@@ -488,8 +488,8 @@ class NudgeFinetuneEngine:
             when ``bm25s`` is missing) and the chunks users marked relevant, by reciprocal
             rank, and keeps ``label_k``; ``"dense"`` is the dense top ``label_k`` alone. On
             the store path (``corpus="store"``) a store with full-text search of its own
-            (pgvector with a text column: Postgres ``to_tsvector`` / ``ts_rank``) ranks the
-            lexical leg in the server instead. The BM25 index is kept across ``finetune()``
+            (pgvector with a text column: BM25 over Postgres ``to_tsvector`` lexemes) ranks
+            the lexical leg in the server instead. The BM25 index is kept across ``finetune()``
             calls while the chunks' ids and texts are unchanged.
         pool_depth: ``"fixed"`` (default) judges each query's ``label_k`` candidates;
             ``"adaptive"`` judges the first ``label_k / 2`` of each, then spends the rest of

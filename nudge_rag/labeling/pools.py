@@ -397,6 +397,16 @@ def judge_pools(
     return pools
 
 
+class _Ranked:
+    """A lexical leg already searched: each query's list, cut to ``k``."""
+
+    def __init__(self, ranked: list[list[str]]) -> None:
+        self.ranked = ranked
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[str]]:
+        return [r[:k] for r in self.ranked]
+
+
 def deep_pools(
     corpus: Any,
     queries: np.ndarray,
@@ -410,6 +420,13 @@ def deep_pools(
 ) -> list[list[str]]:
     """Per query, up to ``depth`` candidates in judging order: its :func:`judge_pools` pool of
     ``k`` first, then the rest of its pool of ``depth`` (the adaptive depth's reserve)."""
+    if depth > k and isinstance(lexical, StoreTextSearch):
+        # one search in the store (its order is total: score, then id, so its top k is a
+        # prefix of its top depth); bm25s is cheap to ask twice and cuts ties its own way
+        t0 = time.perf_counter()
+        lexical = _Ranked(lexical.search(texts, depth))
+        if stats is not None:
+            stats.lexical_s += time.perf_counter() - t0
     first = judge_pools(corpus, queries, texts, k, lexical=lexical, liked=liked, stats=stats)
     if depth <= k:
         return first
