@@ -112,3 +112,29 @@ def test_store_path_pools_use_postgres_full_text(
     for text, _, target in world.queries:
         for corpus in ("store", "memory"):
             assert len(got[corpus][text]) == K and target in got[corpus][text]
+    # adaptive depth on the store path: one text search for the pool and its reserve
+    searches: list[int] = []
+    real_search = adapter.text_search
+
+    def counting_search(queries: Any, k: int) -> Any:
+        searches.append(k)
+        return real_search(queries, k)
+
+    monkeypatch.setattr(adapter, "text_search", counting_search)
+    judge = PoolRecorder(qrels)
+    with OpenAIStub(judge) as stub:
+        eng = NudgeFinetuneEngine(
+            world.state,
+            llm=stub.client(),
+            llm_model="stub",
+            progress=False,
+            label_k=K,
+            corpus="store",
+            pool_depth="adaptive",
+            cache_path=tmp_path / "labels-adaptive.sqlite",
+        )
+        with contextlib.suppress(NudgeError):
+            eng.finetune()
+        eng.close()
+    assert searches == [3 * K]
+    assert sum(map(len, judge.pools.values())) == K * len(world.queries)
