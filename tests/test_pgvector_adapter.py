@@ -438,6 +438,7 @@ def _wait_for_lock_wait(conninfo: str, writer: threading.Thread) -> None:
             conn.execute("SELECT pg_sleep(0.01)")
 
 
+@pytest.mark.integration
 def test_text_search_reads_the_framework_stores_text(filled, docs):
     """``for_langchain`` / ``for_llama_index`` name the stores' text columns (``document`` /
     ``text``): Postgres full-text search finds a document by a word only it holds, in scope."""
