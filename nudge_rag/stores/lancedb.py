@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from nudge_rag.errors import BadInputError
+from nudge_rag.errors import BadInputError, NudgeError
 from nudge_rag.fit.checks import check_vectors
 from nudge_rag.stores.base import (
     BaseStoreAdapter,

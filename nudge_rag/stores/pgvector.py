@@ -21,6 +21,7 @@ see exactly the old or the new vectors, never a mix, and an unknown id writes no
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -43,6 +44,7 @@ from nudge_rag.stores.base import (
 )
 
 _COPY_CHUNK = 2048  # rows per write to the COPY stream
+_WORD = re.compile(r"\w+")  # a query's words for text_search (punctuation is tsquery syntax)
 _METRICS = {
     # pgvector operators, opclasses and SQL/SQLAlchemy function names
     "<=>": Metric.COSINE,
@@ -152,6 +154,9 @@ class PgVectorAdapter(BaseStoreAdapter):
         schema: the table's schema.
         scope: equality conditions every row of this store meets, e.g.
             ``{"collection_id": uuid}`` for one LangChain collection.
+        text_column: the column of the chunk texts (LangChain ``document``, LlamaIndex
+            ``text``; set by :meth:`for_langchain` / :meth:`for_llama_index`), which
+            :meth:`text_search` ranks with Postgres full-text search; None: no text search.
 
     Example:
         .. code-block:: python
@@ -176,6 +181,7 @@ class PgVectorAdapter(BaseStoreAdapter):
         embedding_column: str = "embedding",
         schema: str = "public",
         scope: Mapping[str, Any] | None = None,
+        text_column: str | None = None,
     ) -> None:
         import psycopg
 
@@ -186,6 +192,7 @@ class PgVectorAdapter(BaseStoreAdapter):
         self.id_column = id_column
         self.embedding_column = embedding_column
         self.scope = dict(scope or {})
+        self.text_column = text_column
         self._lock = threading.RLock()
         self._conn: Any = None
         self._conninfo: str | None = None
@@ -218,6 +225,7 @@ class PgVectorAdapter(BaseStoreAdapter):
             id_column="id",
             embedding_column="embedding",
             schema=schema,
+            text_column="document",
         )
         from psycopg import sql
 
@@ -254,6 +262,7 @@ class PgVectorAdapter(BaseStoreAdapter):
             id_column="node_id",
             embedding_column="embedding",
             schema=schema.lower(),
+            text_column="text",
         )
 
     # -- connection -----------------------------------------------------------------------
@@ -317,10 +326,10 @@ class PgVectorAdapter(BaseStoreAdapter):
                 "through it) first, or pass the table and schema it uses."
             )
             raise BadInputError(msg)
-        for arg, col in (
-            ("id_column", self.id_column),
-            ("embedding_column", self.embedding_column),
-        ):
+        named = [("id_column", self.id_column), ("embedding_column", self.embedding_column)]
+        if self.text_column is not None:
+            named.append(("text_column", self.text_column))
+        for arg, col in named:
             if col not in cols:
                 msg = (
                     f"{arg}: table {where!r} has no column {col!r} (columns: {sorted(cols)}); "
@@ -517,6 +526,102 @@ class PgVectorAdapter(BaseStoreAdapter):
         with ThreadPoolExecutor(len(parts)) as pool:
             list(pool.map(on_own_connection, parts))
         return out_ids, out_scores
+
+    #: the text search configuration :meth:`text_search` parses texts and queries with
+    text_config = "english"
+    #: how :meth:`text_search` ranks: ``"bm25"`` (Okapi BM25, k1 1.5, b 0.75, over the
+    #: lexemes ``to_tsvector`` finds) or ``"ts_rank"`` (Postgres's own rank of the rows that
+    #: match any query word; it weighs no word by its rarity: fewer positives reach the pools)
+    text_rank = "bm25"
+
+    def text_search(self, queries: Sequence[str], k: int) -> list[list[str]]:
+        """Per query text, the ids of the (at most) ``k`` rows whose ``text_column`` shares a
+        word with it, best first (ties by id), by Postgres full-text search.
+
+        ``to_tsvector`` parses every row's text once into temporary tables (dropped at commit:
+        the store's schema is untouched); ``text_rank="bm25"`` ranks by BM25 over their
+        lexemes (the query parsed by ``to_tsvector`` too, so no query text is read as
+        syntax); ``"ts_rank"`` by ``ts_rank`` against ``websearch_to_tsquery`` of the query's
+        words joined by ``or``. One transaction; the work runs in the server."""
+        from psycopg import sql
+
+        if self.text_column is None:
+            msg = (
+                f"text_column: no text column was given for {self._what()}; pass "
+                "text_column=... (LangChain PGVector: 'document', LlamaIndex: 'text')."
+            )
+            raise NudgeError(msg)
+        if self.text_rank not in ("bm25", "ts_rank"):
+            msg = f"text_rank: found {self.text_rank!r}, expected 'bm25' or 'ts_rank'."
+            raise NudgeError(msg)
+        out: list[list[str]] = [[] for _ in queries]
+        if k < 1 or not queries:
+            return out
+        where, args = self._where()
+        cfg = sql.Literal(self.text_config)
+        docs = sql.SQL(
+            "CREATE TEMP TABLE nudge_text_docs ON COMMIT DROP AS SELECT {}::text AS id, "
+            "to_tsvector({}::regconfig, coalesce({}::text, '')) AS tsv FROM {} WHERE {}"
+        ).format(
+            sql.Identifier(self.id_column),
+            cfg,
+            sql.Identifier(self.text_column),
+            sql.Identifier(self.schema, self.table),
+            where,
+        )
+        if self.text_rank == "bm25":
+            setup = [
+                "CREATE TEMP TABLE nudge_text_tf ON COMMIT DROP AS SELECT u.lexeme AS lex, d.id, "
+                "coalesce(cardinality(u.positions), 1)::float8 AS tf "
+                "FROM pg_temp.nudge_text_docs d, unnest(d.tsv) u",
+                "CREATE TEMP TABLE nudge_text_len ON COMMIT DROP AS SELECT d.id, "
+                "coalesce(sum(t.tf), 0)::float8 AS len FROM pg_temp.nudge_text_docs d "
+                "LEFT JOIN pg_temp.nudge_text_tf t USING (id) GROUP BY d.id",
+                # lucene BM25 (what bm25s computes): idf ln(1 + (N - df + .5) / (df + .5))
+                "CREATE TEMP TABLE nudge_text_idf ON COMMIT DROP AS SELECT lex, "
+                "ln(1 + ((SELECT count(*) FROM pg_temp.nudge_text_len) - count(*) + 0.5) "
+                "/ (count(*) + 0.5)) AS idf FROM pg_temp.nudge_text_tf GROUP BY lex",
+                "CREATE TEMP TABLE nudge_text_post ON COMMIT DROP AS SELECT t.lex, t.id, "
+                "i.idf * t.tf * 2.5 / (t.tf + 1.5 * (0.25 + 0.75 * l.len / "
+                "greatest((SELECT avg(len) FROM pg_temp.nudge_text_len), 1e-9))) AS w "
+                "FROM pg_temp.nudge_text_tf t JOIN pg_temp.nudge_text_len l USING (id) "
+                "JOIN pg_temp.nudge_text_idf i USING (lex)",
+                "CREATE INDEX ON pg_temp.nudge_text_post (lex)",
+                "ANALYZE pg_temp.nudge_text_post",
+            ]
+            stmt = sql.SQL(
+                "WITH q AS (SELECT DISTINCT u.n, l AS lex FROM unnest(%s::text[]) "
+                "WITH ORDINALITY AS u(v, n), unnest(tsvector_to_array(to_tsvector({}::regconfig, "
+                "u.v))) AS l), s AS (SELECT q.n, p.id, sum(p.w) AS score FROM q "
+                "JOIN pg_temp.nudge_text_post p USING (lex) GROUP BY q.n, p.id), "
+                "r AS (SELECT n, id, score, row_number() OVER (PARTITION BY n ORDER BY "
+                "score DESC, id) AS rk FROM s) SELECT n, id FROM r WHERE rk <= %s "
+                "ORDER BY n, rk"
+            ).format(cfg)
+            asked = [t or "" for t in queries]
+        else:
+            setup = [
+                "CREATE INDEX ON pg_temp.nudge_text_docs USING gin (tsv)",
+                "ANALYZE pg_temp.nudge_text_docs",
+            ]
+            stmt = sql.SQL(
+                "SELECT q.n, t.id FROM unnest(%s::text[]) WITH ORDINALITY AS q(v, n) "
+                "CROSS JOIN LATERAL (SELECT f.id, ts_rank(f.tsv, w) AS r "
+                "FROM pg_temp.nudge_text_docs f, websearch_to_tsquery({}::regconfig, q.v) w "
+                "WHERE f.tsv @@ w ORDER BY r DESC, f.id LIMIT %s) t "
+                "ORDER BY q.n, t.r DESC, t.id"
+            ).format(cfg)
+            asked = [
+                " or ".join(w for w in _WORD.findall(t or "") if w.lower() != "or") for t in queries
+            ]
+        with self._tx() as conn:
+            conn.execute(docs, args)
+            for step in setup:
+                conn.execute(step)
+            for s in range(0, len(asked), 1000):
+                for n, doc_id in conn.execute(stmt, [asked[s : s + 1000], k]):
+                    out[s + int(n) - 1].append(doc_id)
+        return out
 
     #: connections :meth:`search` spreads a large batch over (one backend each, so a server
     #: with several cores answers them in parallel); one when the adapter was given a
