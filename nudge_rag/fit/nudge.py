@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch.nn.functional import normalize
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError, NudgeError
 from nudge_rag.fit.checks import FLOAT32_MAX, check_float, check_int, check_vectors
 from nudge_rag.fit.corpus import Corpus, is_corpus, untouched_topk
 from nudge_rag.fit.metrics import MAX_BLOCK_ELEMENTS, Relevance, RelevanceTable, ndcg_at_k
@@ -133,7 +133,7 @@ def _check_queries(x: Any, name: str, dim: int) -> np.ndarray:
     zero = np.nonzero(np.linalg.norm(x, axis=1) == 0)[0]
     if len(zero):
         msg = f"{name} row {int(zero[0])} has zero norm; a zero query cannot label anything."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     return x
 
 
@@ -143,7 +143,7 @@ def _check_enum(cls: type[_E], value: Any, what: str) -> _E:
     except ValueError:
         options = ", ".join(repr(m.value) for m in cls)  # type: ignore[attr-defined]
         msg = f"{what}: found {value!r}, expected one of {options}."
-        raise NudgeError(msg) from None
+        raise BadInputError(msg) from None
 
 
 def check_gamma(gamma: Any, method: Method | str, *, what: str = "gamma") -> float:
@@ -165,14 +165,14 @@ def _check_gammas(gammas: Any, method: Method) -> list[float]:
             f"gammas: expected a sequence of candidate γ values, found {type(gammas).__name__}; "
             "pass e.g. [0.1, 0.2, 0.3], or None for the default grid."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     grid = [check_gamma(g, method, what=f"gammas[{i}]") for i, g in enumerate(gammas)]
     if not grid:
         msg = (
             "gammas: found an empty sequence, expected at least one candidate γ; pass e.g. "
             "[0.1, 0.2, 0.3], or None for the default grid."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     return grid
 
 
@@ -182,10 +182,10 @@ def _check_per_query(
     """``value`` is a sequence (not a str or mapping) with one entry per query."""
     if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
         msg = f"{name}: expected {expected}, found {type(value).__name__}{example}."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     if len(value) != n_queries:
         msg = f"{name} has {len(value)} entries but there are {n_queries} queries; {fix}."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
 
 
 def _check_positives(
@@ -209,15 +209,15 @@ def _check_positives(
                 f"{name}[{qi}]: found {type(rel).__name__} {rel!r}, expected a list of row "
                 "indices or a {row: grade} mapping."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         labels: dict[int, float] = {}
         for row, grade in items:
             if isinstance(row, bool) or not isinstance(row, (int, np.integer)):
                 msg = f"{name}[{qi}] holds {row!r}; positives are integer row indices."
-                raise NudgeError(msg)
+                raise BadInputError(msg)
             if not 0 <= row < n_rows:
                 msg = f"{name}[{qi}] holds row {int(row)}, out of range for {n_rows} embeddings."
-                raise NudgeError(msg)
+                raise BadInputError(msg)
             ok = not isinstance(grade, bool) and isinstance(grade, numbers.Real)
             value = float(grade) if ok else math.nan
             if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
@@ -225,7 +225,7 @@ def _check_positives(
                     f"{name}[{qi}] gives row {int(row)} the grade {grade!r}; expected a finite "
                     "number (e.g. 1 relevant, 2 highly relevant; ≤ 0 not relevant)."
                 )
-                raise NudgeError(msg)
+                raise BadInputError(msg)
             if value > 0:
                 labels[int(row)] = value
         out.append(labels)
@@ -250,25 +250,25 @@ def _check_negatives(
             msg = (
                 f"{name}[{qi}]: found {type(rel).__name__} {rel!r}, expected a list of row indices."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         rows: set[int] = set()
         for row in rel:
             if isinstance(row, bool) or not isinstance(row, (int, np.integer)):
                 msg = f"{name}[{qi}] holds {row!r}; negatives are integer row indices."
-                raise NudgeError(msg)
+                raise BadInputError(msg)
             if not 0 <= row < n_rows:
                 msg = (
                     f"{name}[{qi}] (query {qi}) holds row {int(row)}, out of range for "
                     f"{n_rows} embeddings; expected a row index in [0, {n_rows - 1}]."
                 )
-                raise NudgeError(msg)
+                raise BadInputError(msg)
             if int(row) in positives[qi]:
                 msg = (
                     f"{name}[{qi}] (query {qi}) holds row {int(row)}, which {pos_name}[{qi}] "
                     "lists as relevant; a row is either relevant to a query or not: drop it "
                     "from one of the two lists."
                 )
-                raise NudgeError(msg)
+                raise BadInputError(msg)
             rows.add(int(row))
         out.append(sorted(rows))
     return out
@@ -279,7 +279,7 @@ def _check_device(device: Any) -> torch.device:
         return torch.device(device or "cpu")
     except (RuntimeError, TypeError) as e:
         msg = f"device: found {device!r}, expected a torch device such as 'cpu' or 'cuda' ({e})."
-        raise NudgeError(msg) from None
+        raise BadInputError(msg) from None
 
 
 def _check_label_sums(rows: np.ndarray, g: torch.Tensor) -> None:
@@ -293,7 +293,7 @@ def _check_label_sums(rows: np.ndarray, g: torch.Tensor) -> None:
             f"{row} overflows float32; expected queries of moderate norm and small grades; "
             "normalise the queries (and use grades such as 1–3)."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -711,7 +711,7 @@ def _check_embeddings(embeddings: Any) -> np.ndarray | Corpus:
         embeddings = _check_matrix(embeddings, "embeddings")
     if embeddings.shape[0] == 0:
         msg = "embeddings is empty: there are no chunks to fine-tune."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     return embeddings
 
 
@@ -762,7 +762,7 @@ def _validate(
         msg = (
             "train_positives is empty: NUDGE needs at least one training query with a positive row."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     if gamma is not None:
         gamma = check_gamma(gamma, method)
     val_labels: list[dict[int, float]] = []
@@ -771,7 +771,7 @@ def _validate(
         val_mat = _check_queries(val_queries, "val_queries", dim)
         if val_positives is None:
             msg = "val_positives is missing: give one list of positive rows per validation query."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         val_labels = _check_positives(val_positives, len(val_mat), n, "val_positives")
     train_neg = (
         None
@@ -787,7 +787,7 @@ def _validate(
                 "val_negatives is given without val_queries; pass the validation queries too, "
                 "or drop val_negatives."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         val_neg = _check_negatives(val_negatives, val_labels, n, "val_negatives", "val_positives")
     negative_weight, negative_step = _check_negative_options(negative_weight, negative_step)
     if gamma is None and not any(val_labels):
@@ -795,7 +795,7 @@ def _validate(
             "the validation set is empty: gamma is chosen on validation queries with positives. "
             "Pass val_queries/val_positives, or a fixed gamma=..."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     return _Args(
         embeddings=embeddings,
         method=method,
@@ -999,7 +999,7 @@ def _fitted_rows(
             f"gamma={gamma}: the {args.method.value} update does not fit float32 ({err}); "
             "pass a smaller gamma."
         )
-        raise NudgeError(msg) from None
+        raise BadInputError(msg) from None
     # A row changed when the update moved it off its (normalised) starting point; a row the
     # update leaves alone keeps its stored vector, rounding included.
     changed = np.any(new != e.cpu().numpy(), axis=1)

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from nudge_rag.errors import NudgeError, UnknownIdError
+from nudge_rag.errors import BadInputError, NudgeError, UnknownIdError
 from nudge_rag.state.db import Database
 from nudge_rag.state.traces import export
 from nudge_rag.state.traces.schema import (
@@ -166,7 +166,7 @@ class TraceLog:
                 f"retention_days: expected a positive number of days or None (keep all), "
                 f"found {retention_days!r}."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         self._database = path if isinstance(path, Database) else trace_database(Path(path))
         self.path = self._database.path  # None in Postgres
         self.where = self._database.label
@@ -281,7 +281,7 @@ class TraceLog:
         if query is not None:
             if not isinstance(query, str):  # SQLite would refuse the batch
                 msg = f"query: expected the query text (str) or None, found {type(query).__name__}."
-                raise NudgeError(msg)
+                raise BadInputError(msg)
             query = clean_text(query)
         blob, dim = embedding_blob(embedding)
         ids = [str(i) for i in result_ids]
@@ -294,7 +294,7 @@ class TraceLog:
                 f"scores: expected one score per result id ({len(ids)}), found {len(sc)}; "
                 "pass the scores the store returned with the results."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         trace_id = _new_trace_id()
         flt = filter_as_dict(filter)
         kk = _k_or_none(k)
@@ -406,14 +406,14 @@ class TraceLog:
         for name, value in (("relevant_ids", relevant_ids), ("irrelevant_ids", irrelevant_ids)):
             if isinstance(value, str | bytes):
                 msg = f"{name}: expected a list of chunk ids, found the one {value!r}; pass [id]."
-                raise NudgeError(msg)
+                raise BadInputError(msg)
         if text is not None:
             if not isinstance(text, str):
                 msg = (
                     f"text: expected the feedback text (str) or None, found "
                     f"{type(text).__name__}; decode it first (e.g. text.decode('utf-8'))."
                 )
-                raise NudgeError(msg)
+                raise BadInputError(msg)
             text = clean_text(text)
         rel = [str(i) for i in relevant_ids]
         irr = [str(i) for i in irrelevant_ids]
@@ -421,20 +421,20 @@ class TraceLog:
             rating = float(rating)
             if not np.isfinite(rating):
                 msg = f"rating: expected a finite number or None, found {rating!r}."
-                raise NudgeError(msg)
+                raise BadInputError(msg)
         if not rel and not irr and rating is None and text is None:
             msg = (
                 "record_feedback: found no relevant_ids, irrelevant_ids, rating or text; "
                 "pass at least one of them."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         both = sorted(set(rel) & set(irr))
         if both:
             msg = (
                 f"relevant_ids and irrelevant_ids both hold {both[:10]}; an id is either "
                 "relevant or irrelevant to a query, remove it from one list."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         self._check_writable()
         self.flush()
         with self._db() as conn:
@@ -475,7 +475,7 @@ class TraceLog:
         """
         if batch_rows < 1:
             msg = f"batch_rows: expected a positive number of rows, found {batch_rows!r}."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         self._check_writable()
         self.flush()
         out: list[tuple[str, str, int]] = []
@@ -520,7 +520,7 @@ class TraceLog:
         """
         if page_rows < 1:
             msg = f"page_rows: expected a positive number of rows, found {page_rows!r}."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         cols = "seq, id, time, query, " + ("embedding" if with_embeddings else "NULL")
         cols += ", k, filter, result_ids, scores"
         cols += ", external_id, source" if self._external_ids else ", NULL, NULL"
@@ -528,7 +528,7 @@ class TraceLog:
         if ids is not None:
             if isinstance(ids, str | bytes):
                 msg = f"ids: expected a list of trace ids, found the single {ids!r}; pass [id]."
-                raise NudgeError(msg)
+                raise BadInputError(msg)
             wanted = list(dict.fromkeys(str(i) for i in ids))
             step = min(page_rows, _IN_CHUNK)
             for start in range(0, len(wanted), step):
@@ -589,7 +589,7 @@ class TraceLog:
         """
         if page_rows < 1:
             msg = f"page_rows: expected a positive number of rows, found {page_rows!r}."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         self.flush()
         last = int(after_seq)
         while True:
@@ -660,7 +660,7 @@ class TraceLog:
     def score_kind(self, kind: str) -> None:
         if kind not in SCORE_KINDS:
             msg = f"score_kind: expected one of {SCORE_KINDS}, found {kind!r}."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         if self.score_kind == kind:  # nothing to write (a read-only log opens through here)
             return
         self._check_writable()
@@ -679,7 +679,7 @@ class TraceLog:
         """
         if not older_than_days >= 0:
             msg = f"older_than_days: expected a number of days >= 0, found {older_than_days!r}."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         self._check_writable()
         self.flush()
         try:
@@ -710,7 +710,7 @@ class TraceLog:
         """
         if isinstance(ids, str | bytes):
             msg = f"ids: expected a list of trace ids, found the single {ids!r}; pass [id]."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         wanted = list(dict.fromkeys(str(i) for i in ids))
         self._check_writable()
         self.flush()

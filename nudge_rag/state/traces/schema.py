@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError
 from nudge_rag.state.db import Database, SQLiteDatabase
 
 __all__ = [
@@ -321,7 +321,7 @@ def check_provenance(value: Any) -> str:
             f"provenance: found {value!r}, expected 'human' (a person's feedback) or 'model' "
             "(an agent's citations, an LLM evaluator's annotation)."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     return text
 
 
