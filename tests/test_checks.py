@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError, NudgeError
 from nudge_rag.fit.checks import check_float, check_int, check_vectors
 from nudge_rag.state.versions.log import VersionLog
 
@@ -62,7 +62,7 @@ def test_memory_mapped_corpus_is_checked_without_loading_a_copy(tmp_path):
     ],
 )
 def test_shape_and_dtype_messages(x, kwargs, message):
-    with pytest.raises(NudgeError, match=message):
+    with pytest.raises(BadInputError, match=message):
         check_vectors(x, what="v", **kwargs)
 
 
@@ -80,7 +80,9 @@ def test_empty_rows_for_no_ids():
 def test_nan_or_inf_names_the_first_bad_row(bad):
     x = np.ones((50, D), np.float32)
     x[[17, 30], 3] = bad
-    with pytest.raises(NudgeError, match=rf"v row 17 holds NaN or inf \(found {bad} in column 3\)"):
+    with pytest.raises(
+        BadInputError, match=rf"v row 17 holds NaN or inf \(found {bad} in column 3\)"
+    ):
         check_vectors(x, what="v")
 
 
@@ -91,7 +93,7 @@ def test_finite_in_float64_but_not_in_float32_is_refused(value):
     x[2, 6] = value
     for dtype in (np.float32, np.float64, None):
         with pytest.raises(
-            NudgeError,
+            BadInputError,
             match=r"v row 2 holds NaN or inf once stored as float32 \(found .*e\+\d+ in column 6, "
             r"beyond float32's ±3.4e38\)",
         ):
@@ -102,7 +104,7 @@ def test_a_norm_that_overflows_float32_is_refused():
     """Every value is a finite float32, but the row normalises to zeros (its ‖x‖² is inf)."""
     x = np.ones((3, D), np.float32)
     x[1] = 1e20
-    with pytest.raises(NudgeError, match=r"v row 1 has norm 2.828e\+20, whose square overflows"):
+    with pytest.raises(BadInputError, match=r"v row 1 has norm 2.828e\+20, whose square overflows"):
         check_vectors(x, what="v")
     x[1] = 1e18  # large but fine
     check_vectors(x, what="v")
@@ -111,7 +113,7 @@ def test_a_norm_that_overflows_float32_is_refused():
 def test_row_names_name_the_id():
     x = np.ones((3, D))
     x[2, 0] = np.nan
-    with pytest.raises(NudgeError, match=r"vectors row 2 \(id 'doc-c'\) holds NaN or inf"):
+    with pytest.raises(BadInputError, match=r"vectors row 2 \(id 'doc-c'\) holds NaN or inf"):
         check_vectors(x, what="vectors", row_names=["doc-a", "doc-b", "doc-c"])
 
 
@@ -121,7 +123,7 @@ def test_bad_row_in_a_later_block_is_found(monkeypatch):
     monkeypatch.setattr(checks, "_BLOCK_ELEMENTS", 4 * D)  # four rows a block
     x = np.ones((40, D), np.float32)
     x[33, 0] = np.inf
-    with pytest.raises(NudgeError, match=r"v row 33 holds NaN or inf"):
+    with pytest.raises(BadInputError, match=r"v row 33 holds NaN or inf"):
         check_vectors(x, what="v")
 
 
@@ -147,7 +149,7 @@ def test_large_but_finite_total_does_not_raise():
     ],
 )
 def test_check_int(x, kwargs, message):
-    with pytest.raises(NudgeError, match=message):
+    with pytest.raises(BadInputError, match=message):
         check_int(x, what="n", **kwargs)
 
 
@@ -167,7 +169,7 @@ def test_check_int_accepts_numpy_integers():
     ],
 )
 def test_check_float(x, kwargs, message):
-    with pytest.raises(NudgeError, match=message):
+    with pytest.raises(BadInputError, match=message):
         check_float(x, what="g", **kwargs)
 
 

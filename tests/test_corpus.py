@@ -19,7 +19,7 @@ import pytest
 from shared_data import dataset
 
 from nudge_rag import NudgeFinetuneEngine
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError, NudgeError
 from nudge_rag.fit.corpus import MemoryCorpus, StoreCorpus, choose_corpus, normalize_rows
 from nudge_rag.fit.metrics import exact_knn
 from nudge_rag.fit.nudge import finetune_embeddings
@@ -408,7 +408,7 @@ def test_choosing_the_corpus(tmp_path: Path) -> None:
         adapter = object()
 
     assert choose_corpus("auto", Bare(), 0) == "memory"
-    with pytest.raises(NudgeError, match="offers no search"):
+    with pytest.raises(BadInputError, match="offers no search"):
         choose_corpus("store", Bare(), 0)
     with pytest.raises(NudgeError, match="corpus: found 'disk'"):
         NudgeFinetuneEngine(state, corpus="disk")

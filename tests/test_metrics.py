@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from shared_data import dataset
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError
 from nudge_rag.fit.metrics import RelevanceTable, evaluate, exact_knn, ndcg_at_k, recall_at_k
 from nudge_rag.stores.base import Metric
 
@@ -114,18 +114,20 @@ def tiny():
 def test_exact_knn_refuses_bad_arguments(tiny, kwargs, message):
     Q, E = tiny
     args = {"k": 3, **kwargs}
-    with pytest.raises(NudgeError, match=message):
+    with pytest.raises(BadInputError, match=message):
         exact_knn(Q, E, args.pop("k"), **args)
 
 
 def test_exact_knn_checks_the_vectors(tiny):
     Q, E = tiny
-    with pytest.raises(NudgeError, match=r"queries: its vectors have 3 dimensions, the embeddings"):
+    with pytest.raises(
+        BadInputError, match=r"queries: its vectors have 3 dimensions, the embeddings"
+    ):
         exact_knn(Q[:, :3], E, 3)
     E64 = E.astype(np.float64)
     E64[7, 1] = 1e39  # finite in float64, inf in float32
     with pytest.raises(
-        NudgeError, match=r"embeddings row 7 holds NaN or inf once stored as float32"
+        BadInputError, match=r"embeddings row 7 holds NaN or inf once stored as float32"
     ):
         exact_knn(Q, E64, 3)
 
@@ -140,12 +142,12 @@ def test_metric_enum_is_accepted(tiny):
 
 @pytest.mark.parametrize("grade", [np.nan, np.inf, "2", None])
 def test_relevance_refuses_non_finite_grades(grade):
-    with pytest.raises(NudgeError, match=r"relevant\[1\] gives row 4 the grade"):
+    with pytest.raises(BadInputError, match=r"relevant\[1\] gives row 4 the grade"):
         RelevanceTable([{1: 1}, {4: grade}])
 
 
 def test_rank_cutoff_must_be_positive():
-    with pytest.raises(NudgeError, match=r"k: found 0, expected an integer ≥ 1"):
+    with pytest.raises(BadInputError, match=r"k: found 0, expected an integer ≥ 1"):
         ndcg_at_k(np.array([[0, 1]]), [[1]], k=0)
-    with pytest.raises(NudgeError, match=r"k: found -1, expected an integer ≥ 1"):
+    with pytest.raises(BadInputError, match=r"k: found -1, expected an integer ≥ 1"):
         recall_at_k(np.array([[0, 1]]), [[1]], k=-1)

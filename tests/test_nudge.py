@@ -10,7 +10,7 @@ import pytest
 import torch
 from shared_data import dataset
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError
 from nudge_rag.eval.data import split_queries
 from nudge_rag.fit.metrics import evaluate
 from nudge_rag.fit.nudge import NudgeResult, finetune_embeddings
@@ -213,7 +213,7 @@ def small():
 def test_dimension_mismatch(small):
     E, _tq, tp, vq, vp = small
     with pytest.raises(
-        NudgeError,
+        BadInputError,
         match=r"train_queries: its vectors have 9 dimensions, the embeddings matrix expects 8",
     ):
         finetune_embeddings(E, np.ones((20, 9), np.float32), tp, vq, vp)
@@ -223,11 +223,11 @@ def test_nan_names_the_row(small):
     E, tq, tp, vq, vp = small
     bad = E.copy()
     bad[17, 3] = np.nan
-    with pytest.raises(NudgeError, match=r"embeddings row 17 holds NaN or inf"):
+    with pytest.raises(BadInputError, match=r"embeddings row 17 holds NaN or inf"):
         finetune_embeddings(bad, tq, tp, vq, vp)
     vbad = vq.copy()
     vbad[4, 0] = np.inf
-    with pytest.raises(NudgeError, match=r"val_queries row 4 holds NaN or inf"):
+    with pytest.raises(BadInputError, match=r"val_queries row 4 holds NaN or inf"):
         finetune_embeddings(E, tq, tp, vbad, vp)
 
 
@@ -236,14 +236,14 @@ def test_out_of_range_index(small):
     tp = [list(p) for p in tp]
     tp[5] = [200]
     with pytest.raises(
-        NudgeError, match=r"train_positives\[5\] holds row 200, out of range for 200"
+        BadInputError, match=r"train_positives\[5\] holds row 200, out of range for 200"
     ):
         finetune_embeddings(E, tq, tp, vq, vp)
 
 
 def test_empty_training_set(small):
     E, tq, tp, vq, vp = small
-    with pytest.raises(NudgeError, match="train_positives is empty"):
+    with pytest.raises(BadInputError, match="train_positives is empty"):
         finetune_embeddings(E, tq, [[] for _ in tp], vq, vp)
 
 
@@ -251,28 +251,30 @@ def test_zero_norm_query(small):
     E, tq, tp, vq, vp = small
     tq = tq.copy()
     tq[2] = 0
-    with pytest.raises(NudgeError, match=r"train_queries row 2 has zero norm"):
+    with pytest.raises(BadInputError, match=r"train_queries row 2 has zero norm"):
         finetune_embeddings(E, tq, tp, vq, vp)
 
 
 def test_empty_validation_explains_the_fix(small):
     E, tq, tp, vq, vp = small
-    with pytest.raises(NudgeError, match=r"validation set is empty.*fixed gamma"):
+    with pytest.raises(BadInputError, match=r"validation set is empty.*fixed gamma"):
         finetune_embeddings(E, tq, tp)
-    with pytest.raises(NudgeError, match=r"validation set is empty"):
+    with pytest.raises(BadInputError, match=r"validation set is empty"):
         finetune_embeddings(E, tq, tp, vq, [[] for _ in vp])
 
 
 def test_integer_dtype_rejected(small):
     E, tq, tp, vq, vp = small
-    with pytest.raises(NudgeError, match=r"embeddings: expected float vectors, found dtype int64"):
+    with pytest.raises(
+        BadInputError, match=r"embeddings: expected float vectors, found dtype int64"
+    ):
         finetune_embeddings(E.astype(np.int64), tq, tp, vq, vp)
 
 
 def test_positives_length_mismatch(small):
     E, tq, tp, vq, vp = small
     with pytest.raises(
-        NudgeError, match=r"train_positives has 19 entries but there are 20 queries"
+        BadInputError, match=r"train_positives has 19 entries but there are 20 queries"
     ):
         finetune_embeddings(E, tq, tp[:-1], vq, vp)
 
@@ -280,7 +282,7 @@ def test_positives_length_mismatch(small):
 def test_gamma_out_of_range(small):
     E, tq, tp, _vq, _vp = small
     with pytest.raises(
-        NudgeError, match=r"gamma: found 3.0, expected a finite number in \[0.0, 2.0\]"
+        BadInputError, match=r"gamma: found 3.0, expected a finite number in \[0.0, 2.0\]"
     ):
         finetune_embeddings(E, tq, tp, gamma=3.0)
 
@@ -340,7 +342,7 @@ def test_float64_input_is_accepted_and_not_mutated(small):
 )
 def test_bad_numeric_argument_is_refused(small, kwargs, message):
     E, tq, tp, vq, vp = small
-    with pytest.raises(NudgeError, match=message):
+    with pytest.raises(BadInputError, match=message):
         finetune_embeddings(E, tq, tp, vq, vp, **kwargs)
 
 
@@ -349,17 +351,17 @@ def test_bad_grade_is_refused(small, grade):
     E, tq, tp, vq, vp = small
     graded = [{p[0]: 1.0} for p in tp]
     graded[3] = {tp[3][0]: grade}
-    with pytest.raises(NudgeError, match=r"train_positives\[3\] gives row \d+ the grade"):
+    with pytest.raises(BadInputError, match=r"train_positives\[3\] gives row \d+ the grade"):
         finetune_embeddings(E, tq, graded, vq, vp)
 
 
 def test_bad_positives_container_is_refused(small):
     E, tq, tp, vq, vp = small
-    with pytest.raises(NudgeError, match=r"train_positives: expected one list of positive rows"):
+    with pytest.raises(BadInputError, match=r"train_positives: expected one list of positive rows"):
         finetune_embeddings(E, tq, None, vq, vp)
     bad = [list(p) for p in tp]
     bad[2] = 7
-    with pytest.raises(NudgeError, match=r"train_positives\[2\]: found int 7, expected a list"):
+    with pytest.raises(BadInputError, match=r"train_positives\[2\]: found int 7, expected a list"):
         finetune_embeddings(E, tq, bad, vq, vp)
 
 
@@ -370,12 +372,12 @@ def test_rows_beyond_float32_are_refused(small):
         E64 = E.astype(np.float64)
         E64[11, 2] = value
         with pytest.raises(
-            NudgeError, match=r"embeddings row 11 holds NaN or inf once stored as float32"
+            BadInputError, match=r"embeddings row 11 holds NaN or inf once stored as float32"
         ):
             finetune_embeddings(E64, tq, tp, vq, vp)
     q64 = tq.astype(np.float64)
     q64[6, 0] = -1e200
-    with pytest.raises(NudgeError, match=r"train_queries row 6 holds NaN or inf once stored"):
+    with pytest.raises(BadInputError, match=r"train_queries row 6 holds NaN or inf once stored"):
         finetune_embeddings(E, q64, tp, vq, vp)
 
 
@@ -385,7 +387,7 @@ def test_rows_whose_norm_overflows_are_refused(small):
     bad = E.copy()
     bad[4] = 1e30
     with pytest.raises(
-        NudgeError, match=r"embeddings row 4 has norm 2.828e\+30, whose square overflows float32"
+        BadInputError, match=r"embeddings row 4 has norm 2.828e\+30, whose square overflows float32"
     ):
         finetune_embeddings(bad, tq, tp, vq, vp)
 
@@ -394,14 +396,16 @@ def test_huge_grades_cannot_overflow_the_label_sums(small):
     E, tq, tp, vq, vp = small
     graded = [{p[0]: 3e38} for p in tp]  # finite float32 grades whose sum is not
     with pytest.raises(
-        NudgeError, match=r"weighted sum of the queries that label row \d+ overflows"
+        BadInputError, match=r"weighted sum of the queries that label row \d+ overflows"
     ):
         finetune_embeddings(E, tq, graded, vq, vp, weighting="sqrt-positives", gamma=0.1)
 
 
 def test_huge_nudge_m_gamma_never_returns_inf(small):
     E, tq, tp, _vq, _vp = small
-    with pytest.raises(NudgeError, match=r"gamma=1e\+30: the nudge-m update does not fit float32"):
+    with pytest.raises(
+        BadInputError, match=r"gamma=1e\+30: the nudge-m update does not fit float32"
+    ):
         finetune_embeddings(E, tq, tp, method="nudge-m", gamma=1e30)
 
 
@@ -545,14 +549,14 @@ def test_a_row_both_positive_and_negative_is_refused(small):
     negs = [[] for _ in tp]
     negs[4] = [tp[4][0]]
     with pytest.raises(
-        NudgeError,
+        BadInputError,
         match=rf"train_negatives\[4\] \(query 4\) holds row {tp[4][0]}, which "
         r"train_positives\[4\] lists as relevant",
     ):
         finetune_embeddings(E, tq, tp, vq, vp, train_negatives=negs)
     vnegs = [[] for _ in vp]
     vnegs[2] = [vp[2][0]]
-    with pytest.raises(NudgeError, match=r"val_negatives\[2\] \(query 2\) holds row"):
+    with pytest.raises(BadInputError, match=r"val_negatives\[2\] \(query 2\) holds row"):
         finetune_embeddings(E, tq, tp, vq, vp, val_negatives=vnegs)
 
 
@@ -562,7 +566,7 @@ def test_a_negative_out_of_range_names_query_and_row(small, row):
     negs = [[] for _ in tp]
     negs[7] = [1, row]
     with pytest.raises(
-        NudgeError,
+        BadInputError,
         match=rf"train_negatives\[7\] \(query 7\) holds row {row}, out of range for 200 "
         r"embeddings; expected a row index in \[0, 199\]",
     ):
@@ -585,11 +589,11 @@ def test_a_negative_out_of_range_names_query_and_row(small, row):
 )
 def test_bad_negatives_are_refused(small, kwargs, message):
     E, tq, tp, vq, vp = small
-    with pytest.raises(NudgeError, match=message):
+    with pytest.raises(BadInputError, match=message):
         finetune_embeddings(E, tq, tp, vq, vp, **kwargs)
 
 
 def test_val_negatives_without_val_queries_are_refused(small):
     E, tq, tp, _, _ = small
-    with pytest.raises(NudgeError, match=r"val_negatives is given without val_queries"):
+    with pytest.raises(BadInputError, match=r"val_negatives is given without val_queries"):
         finetune_embeddings(E, tq, tp, gamma=0.2, val_negatives=[[1]])

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from nudge_rag import NudgeFinetuneEngine
-from nudge_rag.errors import NudgeError, UnknownIdError
+from nudge_rag.errors import BadInputError, NudgeError, UnknownIdError
 from nudge_rag.state.state import NudgeState
 from nudge_rag.state.traces.log import Feedback, Trace, TraceLog
 from nudge_rag.stores.memory import MemoryAdapter
@@ -71,7 +71,7 @@ def test_non_json_filter_is_kept_as_repr(log):
 
 
 def test_scores_must_match_results(log):
-    with pytest.raises(NudgeError, match=r"one score per result id \(2\), found 1"):
+    with pytest.raises(BadInputError, match=r"one score per result id \(2\), found 1"):
         _rec(log, scores=[0.1])
 
 
@@ -93,11 +93,11 @@ def test_feedback_on_unknown_trace(log):
 
 def test_feedback_needs_content_and_consistency(log):
     tid = _rec(log)
-    with pytest.raises(NudgeError, match="found no relevant_ids"):
+    with pytest.raises(BadInputError, match="found no relevant_ids"):
         log.record_feedback(tid)
-    with pytest.raises(NudgeError, match="both hold"):
+    with pytest.raises(BadInputError, match="both hold"):
         log.record_feedback(tid, relevant_ids=["a"], irrelevant_ids=["a"])
-    with pytest.raises(NudgeError, match="rating"):
+    with pytest.raises(BadInputError, match="rating"):
         log.record_feedback(tid, rating=float("nan"))
 
 
@@ -126,7 +126,7 @@ def test_purge_and_retention(tmp_path):
     assert lg.purge(0) == 1
     assert len(lg) == 0
     lg.close()
-    with pytest.raises(NudgeError, match="retention_days"):
+    with pytest.raises(BadInputError, match="retention_days"):
         TraceLog(path, retention_days=0)
 
 
@@ -227,7 +227,7 @@ def test_embedding_lists_and_arrays_are_stored_alike(log):
 
 
 def test_query_must_be_text(log):
-    with pytest.raises(NudgeError, match="query: expected the query text"):
+    with pytest.raises(BadInputError, match="query: expected the query text"):
         _rec(log, q=b"bytes")  # type: ignore[arg-type]
 
 
@@ -349,7 +349,7 @@ def test_iter_traces_pages_without_embeddings(log):
     some = list(log.iter_traces(ids=[ids[3], "nope", ids[1]]))
     assert [t.id for t in some] == [ids[1], ids[3]]
     np.testing.assert_array_equal(some[0].embedding, np.arange(4, dtype=np.float32) / 7)
-    with pytest.raises(NudgeError, match="ids: expected a list of trace ids"):
+    with pytest.raises(BadInputError, match="ids: expected a list of trace ids"):
         list(log.iter_traces(ids=ids[0]))
 
 
@@ -361,20 +361,35 @@ def test_delete_traces(log):
     assert [t.id for t in log.traces()] == [c]
     assert log.feedback() == []
     assert log.delete_traces([]) == 0
-    with pytest.raises(NudgeError, match="ids: expected a list of trace ids"):
+    with pytest.raises(BadInputError, match="ids: expected a list of trace ids"):
         log.delete_traces(c)
 
 
 # -- feedback, export, purge, read-only, damaged files (item 11) ---------------------------------
 
 
+def test_an_imported_row_with_an_unknown_provenance_costs_only_itself(log):
+    """A bad-input error while importing (``BadInputError``, a ``ValueError``) is one refused
+    row, like a value the database refuses, whatever ``NudgeError`` derives from."""
+    blob = np.ones(4, np.float32).tobytes()
+
+    def row(ext: str, *provenance: str) -> tuple:
+        feedback = [(6.0, ["a"], [], None, None, *provenance)]
+        return ("jsonl", ext, 5.0, "q", blob, 4, 3, None, ["a"], [0.5], feedback)
+
+    done = log.import_rows([row("1"), row("2", "robot"), row("3", "model")])
+    assert [s for _, s, _ in done] == ["new", "refused", "new"]
+    assert "BadInputError: provenance: found 'robot'" in done[1][0]
+    assert [t.external_id for t in log.traces()] == ["1", "3"]
+
+
 def test_feedback_text_must_be_text(log):
     tid = _rec(log)
     with pytest.raises(
-        NudgeError, match=r"text: expected the feedback text \(str\) or None, found bytes"
+        BadInputError, match=r"text: expected the feedback text \(str\) or None, found bytes"
     ):
         log.record_feedback(tid, text=b"great")  # type: ignore[arg-type]
-    with pytest.raises(NudgeError, match="relevant_ids: expected a list of chunk ids"):
+    with pytest.raises(BadInputError, match="relevant_ids: expected a list of chunk ids"):
         log.record_feedback(tid, relevant_ids="abc")
     log.record_feedback(tid, text="caf\udc80")
     assert log.feedback(tid)[0].text == "caf\ufffd"

@@ -5,8 +5,8 @@ spirit of scikit-learn's ``check_array``: 2-d, a float dtype, the expected rows 
 and values that stay finite *as float32* (the precision every store and every NUDGE kernel
 computes in: ``1e39`` is finite in float64 and ``inf`` in float32) with a squared norm that fits
 float32 too (a row of ``1e30`` normalises to zeros). :func:`check_int` and :func:`check_float`
-validate scalar arguments. Each raises ``NudgeError`` naming the argument, what was found, what is
-expected and the fix.
+validate scalar arguments. Each raises ``BadInputError`` naming the argument, what was found, what
+is expected and the fix.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4e38
 MAX_NORM = math.sqrt(FLOAT32_MAX)  # 1.8e19: the largest norm whose square is a finite float32
@@ -45,7 +45,8 @@ def check_vectors(
     ``dtype=None`` keeps a float array as given (no copy; e.g. a memory-mapped corpus that is
     streamed later), checking it block by block. ``dim_source`` says who expects ``dim`` (for
     the message); ``row_names`` (e.g. the ids) name a bad row beside its number. Raises
-    ``NudgeError`` naming ``what``, the first bad row, what was found, what is expected and the fix.
+    ``BadInputError`` naming ``what``, the first bad row, what was found, what is expected and the
+    fix.
     """
     arr = _as_array(x, what)
     if arr.ndim != 2:
@@ -56,26 +57,26 @@ def check_vectors(
             f"{what}: expected a 2-d (rows, dim) matrix of vectors, found shape {arr.shape}; "
             f"pass one vector per row{fix}."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     is_float = np.issubdtype(arr.dtype, np.floating)
     if not is_float and not (integers and np.issubdtype(arr.dtype, np.integer)):
         msg = (
             f"{what}: expected float vectors, found dtype {arr.dtype}; pass e.g. "
             "np.asarray(vectors, dtype=np.float32)."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     if n_rows is not None and arr.shape[0] != n_rows:
         msg = (
             f"{what}: expected {n_rows} rows (one vector per id), found {arr.shape[0]} "
             f"(shape {arr.shape}); pass one vector per id, in the same order."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     if dim is not None and arr.shape[1] != dim:
         msg = (
             f"{what}: its vectors have {arr.shape[1]} dimensions, {dim_source} expects {dim}; "
             f"pass {dim}-d vectors from the same embedding model."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     if dtype is None:
         out = arr if is_float else arr.astype(np.float64)
     else:
@@ -101,7 +102,7 @@ def _as_array(x: Any, what: str) -> np.ndarray:
             f"{what}: expected a matrix of numbers (rows of one length), found {found}; pass "
             "a 2-d float array, one vector per row."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     return arr
 
 
@@ -161,7 +162,7 @@ def _raise_bad_row(arr: np.ndarray, row: int, what: str, names: Sequence[str] | 
             f"{what} {where} has norm {norm:.4g}, whose square overflows float32 (limit "
             f"{MAX_NORM:.3g}); expected smaller vectors; scale it down (or normalise it)."
         )
-    raise NudgeError(msg)
+    raise BadInputError(msg)
 
 
 def check_int(
@@ -170,12 +171,12 @@ def check_int(
     """``x`` as an ``int`` in ``[low, high]``; a bool, a float or a string is refused."""
     if isinstance(x, bool) or not isinstance(x, numbers.Integral):
         msg = f"{what}: expected an integer, found {type(x).__name__} {x!r}{_hint(hint)}"
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     value = int(x)
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = _range(low, high)
         msg = f"{what}: found {value}, expected an integer {bounds}".rstrip() + _hint(hint)
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     return value
 
 
@@ -191,14 +192,14 @@ def check_float(
     """``x`` as a finite ``float`` in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
         msg = f"{what}: expected a number, found {type(x).__name__} {x!r}{_hint(hint)}"
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     value = float(x)
     below = low is not None and (value <= low if low_open else value < low)
     if not math.isfinite(value) or below or (high is not None and value > high):
         bounds = _range(low, high, low_open=low_open)
         expected = f"a finite number {bounds}" if bounds else "a finite number"
         msg = f"{what}: found {value}, expected {expected}{_hint(hint)}"
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     return value
 
 

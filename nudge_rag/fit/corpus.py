@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.nn.functional import normalize
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError
 from nudge_rag.fit.metrics import MAX_BLOCK_ELEMENTS, Metric, exact_knn
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes of float32 base vectors the memory path may hold
@@ -134,7 +134,7 @@ class MemoryCorpus:
                 f"ids: found {len(self._ids)} ids for {len(base)} base vectors; expected one id "
                 "per row."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         self._row = {i: n for n, i in enumerate(self._ids)}
         self.stats: dict[str, int] = {}
 
@@ -275,7 +275,7 @@ class StoreCorpus:
                 "search(queries, k); use corpus='memory', or an adapter from "
                 "nudge_rag.stores."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         self.state = state
         self.adapter = adapter
         self.metric = Metric(state.metric)
@@ -538,7 +538,7 @@ def choose_corpus(mode: str, state: Any, budget: int) -> str:
                 f"({type(getattr(state, 'adapter', None)).__name__}) offers no search(queries, "
                 "k); use corpus='memory' (or 'auto')."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         return "store"
     if not store_supports_search(state):
         return "memory"

@@ -22,7 +22,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import torch
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError
 from nudge_rag.fit.checks import check_int, check_vectors
 
 
@@ -103,7 +103,7 @@ def _check_metric(metric: Any) -> Metric:
         return Metric(metric)
     except ValueError:
         msg = f"metric: found {metric!r}, expected one of 'ip', 'cosine', 'l2' (a Metric)."
-        raise NudgeError(msg) from None
+        raise BadInputError(msg) from None
 
 
 def _check_k(k: Any) -> int:
@@ -129,7 +129,7 @@ class RelevanceTable:
                         f"relevant[{qi}] gives row {row!r} the grade {grade!r}; expected a finite "
                         "number (≤ 0: not relevant)."
                     )
-                    raise NudgeError(msg)
+                    raise BadInputError(msg)
                 if grade > 0:
                     queries.append(qi)
                     rows.append(int(row))

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch.nn.functional import normalize
 
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import BadInputError, NudgeError
 from nudge_rag.fit.checks import FLOAT32_MAX, check_float, check_int, check_vectors
 from nudge_rag.fit.corpus import Corpus, is_corpus, untouched_topk
 from nudge_rag.fit.metrics import MAX_BLOCK_ELEMENTS, Relevance, RelevanceTable, ndcg_at_k
@@ -133,7 +133,7 @@ def _check_queries(x: Any, name: str, dim: int) -> np.ndarray:
     zero = np.nonzero(np.linalg.norm(x, axis=1) == 0)[0]
     if len(zero):
         msg = f"{name} row {int(zero[0])} has zero norm; a zero query cannot label anything."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     return x
 
 
@@ -143,7 +143,7 @@ def _check_enum(cls: type[_E], value: Any, what: str) -> _E:
     except ValueError:
         options = ", ".join(repr(m.value) for m in cls)  # type: ignore[attr-defined]
         msg = f"{what}: found {value!r}, expected one of {options}."
-        raise NudgeError(msg) from None
+        raise BadInputError(msg) from None
 
 
 def check_gamma(gamma: Any, method: Method | str, *, what: str = "gamma") -> float:
@@ -165,14 +165,14 @@ def _check_gammas(gammas: Any, method: Method) -> list[float]:
             f"gammas: expected a sequence of candidate γ values, found {type(gammas).__name__}; "
             "pass e.g. [0.1, 0.2, 0.3], or None for the default grid."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     grid = [check_gamma(g, method, what=f"gammas[{i}]") for i, g in enumerate(gammas)]
     if not grid:
         msg = (
             "gammas: found an empty sequence, expected at least one candidate γ; pass e.g. "
             "[0.1, 0.2, 0.3], or None for the default grid."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     return grid
 
 
@@ -182,10 +182,10 @@ def _check_per_query(
     """``value`` is a sequence (not a str or mapping) with one entry per query."""
     if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
         msg = f"{name}: expected {expected}, found {type(value).__name__}{example}."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
     if len(value) != n_queries:
         msg = f"{name} has {len(value)} entries but there are {n_queries} queries; {fix}."
-        raise NudgeError(msg)
+        raise BadInputError(msg)
 
 
 def _check_positives(
@@ -209,15 +209,15 @@ def _check_positives(
                 f"{name}[{qi}]: found {type(rel).__name__} {rel!r}, expected a list of row "
                 "indices or a {row: grade} mapping."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         labels: dict[int, float] = {}
         for row, grade in items:
             if isinstance(row, bool) or not isinstance(row, (int, np.integer)):
                 msg = f"{name}[{qi}] holds {row!r}; positives are integer row indices."
-                raise NudgeError(msg)
+                raise BadInputError(msg)
             if not 0 <= row < n_rows:
                 msg = f"{name}[{qi}] holds row {int(row)}, out of range for {n_rows} embeddings."
-                raise NudgeError(msg)
+                raise BadInputError(msg)
             ok = not isinstance(grade, bool) and isinstance(grade, numbers.Real)
             value = float(grade) if ok else math.nan
             if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
@@ -225,7 +225,7 @@ def _check_positives(
                     f"{name}[{qi}] gives row {int(row)} the grade {grade!r}; expected a finite "
                     "number (e.g. 1 relevant, 2 highly relevant; ≤ 0 not relevant)."
                 )
-                raise NudgeError(msg)
+                raise BadInputError(msg)
             if value > 0:
                 labels[int(row)] = value
         out.append(labels)
@@ -250,25 +250,25 @@ def _check_negatives(
             msg = (
                 f"{name}[{qi}]: found {type(rel).__name__} {rel!r}, expected a list of row indices."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         rows: set[int] = set()
         for row in rel:
             if isinstance(row, bool) or not isinstance(row, (int, np.integer)):
                 msg = f"{name}[{qi}] holds {row!r}; negatives are integer row indices."
-                raise NudgeError(msg)
+                raise BadInputError(msg)
             if not 0 <= row < n_rows:
                 msg = (
                     f"{name}[{qi}] (query {qi}) holds row {int(row)}, out of range for "
                     f"{n_rows} embeddings; expected a row index in [0, {n_rows - 1}]."
                 )
-                raise NudgeError(msg)
+                raise BadInputError(msg)
             if int(row) in positives[qi]:
                 msg = (
                     f"{name}[{qi}] (query {qi}) holds row {int(row)}, which {pos_name}[{qi}] "
                     "lists as relevant; a row is either relevant to a query or not: drop it "
                     "from one of the two lists."
                 )
-                raise NudgeError(msg)
+                raise BadInputError(msg)
             rows.add(int(row))
         out.append(sorted(rows))
     return out
@@ -279,7 +279,7 @@ def _check_device(device: Any) -> torch.device:
         return torch.device(device or "cpu")
     except (RuntimeError, TypeError) as e:
         msg = f"device: found {device!r}, expected a torch device such as 'cpu' or 'cuda' ({e})."
-        raise NudgeError(msg) from None
+        raise BadInputError(msg) from None
 
 
 def _check_label_sums(rows: np.ndarray, g: torch.Tensor) -> None:
@@ -293,7 +293,7 @@ def _check_label_sums(rows: np.ndarray, g: torch.Tensor) -> None:
             f"{row} overflows float32; expected queries of moderate norm and small grades; "
             "normalise the queries (and use grades such as 1–3)."
         )
-        raise NudgeError(msg)
+        raise BadInputError(msg)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -502,6 +502,12 @@ def _nudge_m_update(
     return lambda gamma: e + gamma * direction
 
 
+def _closed_form(method: Method) -> Callable[..., Callable[[float], torch.Tensor]]:
+    """The method's update as a function of γ: :func:`_nudge_n_update` or
+    :func:`_nudge_m_update`."""
+    return _nudge_n_update if method is Method.NUDGE_N else _nudge_m_update
+
+
 def _val_blocks(n_val: int, n_cols: int) -> range:
     step = max(1, MAX_BLOCK_ELEMENTS // max(1, n_cols))
     return range(0, n_val, step)
@@ -637,6 +643,369 @@ def _nudge_m_candidates(lows: np.ndarray, highs: np.ndarray, top1_gamma: float) 
     return np.unique(np.concatenate([[0.0, top1_gamma], qs]).astype(np.float64))
 
 
+# --------------------------------------------------------------------------- the steps
+
+
+@dataclass
+class _Args:
+    """:func:`finetune_embeddings`' arguments, checked (:func:`_validate`)."""
+
+    embeddings: np.ndarray | Corpus
+    method: Method
+    selection: Selection
+    refit: bool
+    weighting: Weighting
+    device: torch.device
+    block_rows: int | None
+    gammas: list[float] | None  # the candidate grid given (None: the method's own)
+    gamma: float | None  # γ given (None: chosen on validation)
+    train_queries: np.ndarray
+    train_labels: list[dict[int, float]]
+    train_negatives: list[list[int]] | None
+    val_queries: np.ndarray  # (0, dim) when none were given
+    val_labels: list[dict[int, float]]
+    val_negatives: list[list[int]] | None
+    negative_weight: float | None  # λ given (None: chosen on validation)
+    negative_step: float  # ρ
+
+
+def _check_options(
+    method: Any,
+    selection: Any,
+    refit: Any,
+    weighting: Any,
+    device: Any,
+    block_rows: Any,
+    gammas: Any,
+) -> tuple[Method, Selection, bool, Weighting, torch.device, int | None, list[float] | None]:
+    """The settings that do not depend on the data, checked, with their defaults."""
+    method = _check_enum(Method, method, "method")
+    selection = (
+        _check_enum(Selection, selection, "selection")
+        if selection is not None
+        else DEFAULT_SELECTION
+    )
+    refit = DEFAULT_REFIT if refit is None else bool(refit)
+    weighting = (
+        _check_enum(Weighting, weighting, "weighting")
+        if weighting is not None
+        else DEFAULT_WEIGHTING
+    )
+    dev = _check_device(device)
+    if block_rows is not None:
+        block_rows = check_int(
+            block_rows,
+            what="block_rows",
+            low=1,
+            hint="corpus rows scored per block, e.g. 4096, or None to size blocks by memory",
+        )
+    grid_override = _check_gammas(gammas, method) if gammas is not None else None
+    return method, selection, refit, weighting, dev, block_rows, grid_override
+
+
+def _check_embeddings(embeddings: Any) -> np.ndarray | Corpus:
+    """The corpus (a :class:`~nudge_rag.fit.corpus.MemoryCorpus` as its matrix), not empty."""
+    if is_corpus(embeddings) and getattr(embeddings, "matrix", None) is not None:
+        embeddings = embeddings.matrix  # MemoryCorpus: its matrix
+    if not is_corpus(embeddings):
+        embeddings = _check_matrix(embeddings, "embeddings")
+    if embeddings.shape[0] == 0:
+        msg = "embeddings is empty: there are no chunks to fine-tune."
+        raise BadInputError(msg)
+    return embeddings
+
+
+def _check_negative_options(
+    negative_weight: Any, negative_step: Any
+) -> tuple[float | None, float | None]:
+    """λ in [0, 1000] and ρ in [0, 1], each or None."""
+    if negative_weight is not None:
+        negative_weight = check_float(
+            negative_weight,
+            what="negative_weight",
+            low=0.0,
+            high=1e3,
+            hint="λ, each negative pair's push relative to a positive pair's pull, e.g. 0.5",
+        )
+    if negative_step is not None:
+        negative_step = check_float(
+            negative_step,
+            what="negative_step",
+            low=0.0,
+            high=1.0,
+            hint="the share of γ that rows with negatives only may move, e.g. 0.5",
+        )
+    return negative_weight, negative_step
+
+
+def _validate(
+    embeddings: Any,
+    train_queries: Any,
+    train_positives: Any,
+    val_queries: Any,
+    val_positives: Any,
+    train_negatives: Any,
+    val_negatives: Any,
+    *,
+    gamma: Any,
+    negative_weight: Any,
+    negative_step: Any,
+    options: tuple[Any, ...],
+) -> _Args:
+    """Step 1: check every argument (in this order: the first problem is the one named)."""
+    method, selection, refit, weighting, dev, block_rows, grid = _check_options(*options)
+    embeddings = _check_embeddings(embeddings)
+    n, dim = embeddings.shape
+    train_queries = _check_queries(train_queries, "train_queries", dim)
+    train_labels = _check_positives(train_positives, len(train_queries), n, "train_positives")
+    if not any(train_labels):
+        msg = (
+            "train_positives is empty: NUDGE needs at least one training query with a positive row."
+        )
+        raise BadInputError(msg)
+    if gamma is not None:
+        gamma = check_gamma(gamma, method)
+    val_labels: list[dict[int, float]] = []
+    val_mat = np.zeros((0, dim), dtype=np.float32)
+    if val_queries is not None:
+        val_mat = _check_queries(val_queries, "val_queries", dim)
+        if val_positives is None:
+            msg = "val_positives is missing: give one list of positive rows per validation query."
+            raise BadInputError(msg)
+        val_labels = _check_positives(val_positives, len(val_mat), n, "val_positives")
+    train_neg = (
+        None
+        if train_negatives is None
+        else _check_negatives(
+            train_negatives, train_labels, n, "train_negatives", "train_positives"
+        )
+    )
+    val_neg = None
+    if val_negatives is not None:
+        if val_queries is None:
+            msg = (
+                "val_negatives is given without val_queries; pass the validation queries too, "
+                "or drop val_negatives."
+            )
+            raise BadInputError(msg)
+        val_neg = _check_negatives(val_negatives, val_labels, n, "val_negatives", "val_positives")
+    negative_weight, negative_step = _check_negative_options(negative_weight, negative_step)
+    if gamma is None and not any(val_labels):
+        msg = (
+            "the validation set is empty: gamma is chosen on validation queries with positives. "
+            "Pass val_queries/val_positives, or a fixed gamma=..."
+        )
+        raise BadInputError(msg)
+    return _Args(
+        embeddings=embeddings,
+        method=method,
+        selection=selection,
+        refit=refit,
+        weighting=weighting,
+        device=dev,
+        block_rows=block_rows,
+        gammas=grid,
+        gamma=gamma,
+        train_queries=train_queries,
+        train_labels=train_labels,
+        train_negatives=train_neg,
+        val_queries=val_mat,
+        val_labels=val_labels,
+        val_negatives=val_neg,
+        negative_weight=negative_weight,
+        negative_step=DEFAULT_NEGATIVE_STEP if negative_step is None else negative_step,
+    )
+
+
+def _checked_sums(
+    queries: torch.Tensor,
+    positives: list[dict[int, float]],
+    negatives: list[list[int]] | None,
+    args: _Args,
+) -> tuple[_Sums, torch.Tensor]:
+    """The label sums (refused if they overflow float32) and the unit rows they touch."""
+    sums = _sums(queries, positives, negatives, args.weighting, pushed_rows=args.negative_step > 0)
+    _check_label_sums(sums.rows, sums.g)
+    if sums.h is not None:
+        _check_label_sums(sums.rows, sums.h)
+    return sums, _rows_tensor(args.embeddings, sums.rows, args.device)
+
+
+@dataclass
+class _Validation:
+    """The validation queries with positives, scored by the selection's per-query metric."""
+
+    queries: torch.Tensor
+    table: RelevanceTable
+    pair_q: np.ndarray
+    pair_r: np.ndarray
+    untouched: _Untouched  # the best scores among the rows the fit does not change
+    per_query: Callable[..., np.ndarray]  # _top1_accuracy or _ndcg10
+
+    def scores(self, new_rows: torch.Tensor, rows: np.ndarray) -> np.ndarray:
+        """Per validation query, the metric with the changed ``rows`` at ``new_rows``."""
+        return self.per_query(self.queries, new_rows, rows, self.untouched, self.table)
+
+
+def _validation(args: _Args, rows: np.ndarray) -> _Validation:
+    """The validation queries with positives, and the untouched rows' best scores for them
+    (the corpus is streamed once)."""
+    keep = [i for i, rel in enumerate(args.val_labels) if rel]
+    val_q = _float32_block(args.val_queries[keep], args.device)
+    labels = [args.val_labels[i] for i in keep]
+    table = RelevanceTable(labels)
+    pair_q, pair_r = _pairs(labels)
+    k = 1 if args.selection is Selection.TOP1 else 10
+    untouched = _untouched_topk(args.embeddings, rows, val_q, pair_q, pair_r, k, args.block_rows)
+    per_query = _top1_accuracy if args.selection is Selection.TOP1 else _ndcg10
+    return _Validation(val_q, table, pair_q, pair_r, untouched, per_query)
+
+
+def _select_gamma(
+    args: _Args,
+    val: _Validation,
+    e: torch.Tensor,
+    sums: _Sums,
+    update: Callable[[float], torch.Tensor],
+) -> tuple[float | None, float, list[tuple[float, float]]]:
+    """Step 2, the paper's: γ for the positives alone (λ = 0; rows with negatives only have
+    ``g = 0`` and stay put), the best-scoring candidate on validation (the first of equals).
+
+    Candidates: NUDGE-N's grid; for NUDGE-M, the point the most top-1 intervals cover (alone
+    with ``top1`` selection, with quantiles of the interval ends for ``ndcg@10``); ``gammas``
+    when given. Returns (γ, its score, the curve of (γ, score)).
+    """
+    gamma: float | None = None
+    rows = sums.rows
+    if args.method is Method.NUDGE_M:
+        g_hat = normalize(-sums.g, dim=1)
+        lows, highs = _nudge_m_intervals(
+            val.queries, e, -g_hat, rows, val.pair_q, val.pair_r, val.untouched
+        )
+        gamma = _most_covered_point(lows, highs)
+        grid: Sequence[float] | np.ndarray = (
+            [gamma] if args.selection is Selection.TOP1 else _nudge_m_candidates(lows, highs, gamma)
+        )
+    else:
+        grid = NUDGE_N_GRID
+    if args.gammas is not None:
+        grid = args.gammas
+    best = -1.0
+    curve: list[tuple[float, float]] = []
+    for cand in grid:
+        value = float(val.scores(update(float(cand)), rows).mean())
+        curve.append((float(cand), value))
+        if value > best:
+            best, gamma = value, float(cand)
+    return gamma, best, curve
+
+
+def _select_negative_weight(
+    args: _Args,
+    val: _Validation,
+    e: torch.Tensor,
+    sums: _Sums,
+    update: Callable[[float], torch.Tensor],
+    gamma: float,
+    best: float,
+) -> tuple[float, float, list[tuple[float, float]]]:
+    """Step 3: at the chosen γ, the negatives' weight λ (the given one, else each of
+    ``NEGATIVE_WEIGHT_GRID``) and with it the pushed rows' share ρ; only a strictly better
+    validation score whose paired gain over λ = 0 is significant moves away from λ = 0.
+
+    Returns (λ, ρ, the curve of (λ, score), λ = 0 first).
+    """
+    make_update = _closed_form(args.method)
+    weights = list(NEGATIVE_WEIGHT_GRID) if args.negative_weight is None else [args.negative_weight]
+    chosen_weight, chosen_step = 0.0, 0.0
+    at_zero = val.scores(update(float(gamma)), sums.rows)
+    negative_curve = [(0.0, best)]
+    for weight in weights:
+        if weight == 0:
+            continue
+        moved = make_update(e, sums.at(weight), sums, args.negative_step)(float(gamma))
+        values = val.scores(moved, sums.rows)
+        value = float(values.mean())
+        negative_curve.append((float(weight), value))
+        if value > best and _significant(values - at_zero):
+            best, chosen_weight, chosen_step = value, weight, args.negative_step
+    return chosen_weight, chosen_step, negative_curve
+
+
+@dataclass
+class _Choice:
+    """γ, and λ and ρ for the negatives: chosen on validation or given."""
+
+    gamma: float
+    selection: Selection | None = None  # None: γ was given
+    curve: list[tuple[float, float]] = field(default_factory=list)  # (γ, score)
+    weight: float = 0.0  # λ (0: the negatives are not used)
+    step: float = 0.0  # ρ
+    negative_curve: list[tuple[float, float]] = field(default_factory=list)  # (λ, score) at γ
+
+
+def _given(gamma: float, args: _Args, sums: _Sums) -> _Choice:
+    """Steps 2 and 3 when γ is given: nothing to choose on, so λ is the given one or
+    ``DEFAULT_NEGATIVE_WEIGHT`` (when there are negatives)."""
+    if sums.h is None:
+        return _Choice(gamma)
+    weight = DEFAULT_NEGATIVE_WEIGHT if args.negative_weight is None else args.negative_weight
+    return _Choice(gamma, weight=weight, step=args.negative_step)
+
+
+def _choose(args: _Args, sums: _Sums, e: torch.Tensor) -> _Choice:
+    """Steps 2 and 3 on the validation queries: γ, then λ at that γ."""
+    val = _validation(args, sums.rows)
+    update = _closed_form(args.method)(e, sums.g)
+    gamma, best, curve = _select_gamma(args, val, e, sums, update)
+    if gamma is None:  # pragma: no cover - every grid value scores ≥ 0 > -1
+        gamma = 0.0
+    choice = _Choice(gamma, args.selection, curve)
+    if sums.h is not None and gamma:
+        choice.weight, choice.step, choice.negative_curve = _select_negative_weight(
+            args, val, e, sums, update, gamma, best
+        )
+    return choice
+
+
+def _refit(
+    args: _Args, fit_q: torch.Tensor, sums: _Sums, e: torch.Tensor
+) -> tuple[_Sums, torch.Tensor]:
+    """Step 4: with ``refit`` (and validation labels), the label sums again from train +
+    validation queries, for the final update at the chosen γ and λ; else those of training."""
+    if not (args.refit and any(args.val_labels)):
+        return sums, e
+    all_q = torch.cat([fit_q, _float32_block(args.val_queries, args.device)])
+    all_neg = None
+    if args.train_negatives is not None or args.val_negatives is not None:
+        all_neg = (args.train_negatives or [[] for _ in args.train_labels]) + (
+            args.val_negatives or [[] for _ in args.val_labels]
+        )
+    return _checked_sums(all_q, args.train_labels + args.val_labels, all_neg, args)
+
+
+def _fitted_rows(
+    args: _Args, sums: _Sums, e: torch.Tensor, gamma: float, weight: float, step: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The final update at γ, λ = ``weight``, ρ = ``step``: the rows it moved and their new
+    vectors (refused if they do not fit float32)."""
+    make_update = _closed_form(args.method)
+    update = make_update(e, sums.at(weight), sums, step) if weight else make_update(e, sums.g)
+    new = update(float(gamma)).cpu().numpy()
+    try:  # never NaN or inf out (a last guard: the inputs were checked above)
+        check_vectors(new, what="the fitted vectors")
+    except NudgeError as err:
+        msg = (
+            f"gamma={gamma}: the {args.method.value} update does not fit float32 ({err}); "
+            "pass a smaller gamma."
+        )
+        raise BadInputError(msg) from None
+    # A row changed when the update moved it off its (normalised) starting point; a row the
+    # update leaves alone keeps its stored vector, rounding included.
+    changed = np.any(new != e.cpu().numpy(), axis=1)
+    return sums.rows[changed].astype(np.int64), np.ascontiguousarray(new[changed], dtype=np.float32)
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -686,202 +1055,34 @@ def finetune_embeddings(
     wrapped store's own search, :class:`~nudge_rag.fit.corpus.StoreCorpus`) and only the rows
     labels touch are read; a :class:`~nudge_rag.fit.corpus.MemoryCorpus` is its matrix.
     """
-    method = _check_enum(Method, method, "method")
-    selection = (
-        _check_enum(Selection, selection, "selection")
-        if selection is not None
-        else DEFAULT_SELECTION
+    args = _validate(
+        embeddings,
+        train_queries,
+        train_positives,
+        val_queries,
+        val_positives,
+        train_negatives,
+        val_negatives,
+        gamma=gamma,
+        negative_weight=negative_weight,
+        negative_step=negative_step,
+        options=(method, selection, refit, weighting, device, block_rows, gammas),
     )
-    refit = DEFAULT_REFIT if refit is None else bool(refit)
-    weighting = (
-        _check_enum(Weighting, weighting, "weighting")
-        if weighting is not None
-        else DEFAULT_WEIGHTING
-    )
-    dev = _check_device(device)
-    if block_rows is not None:
-        block_rows = check_int(
-            block_rows,
-            what="block_rows",
-            low=1,
-            hint="corpus rows scored per block, e.g. 4096, or None to size blocks by memory",
-        )
-    grid_override = _check_gammas(gammas, method) if gammas is not None else None
-
-    if is_corpus(embeddings) and getattr(embeddings, "matrix", None) is not None:
-        embeddings = embeddings.matrix  # type: ignore[union-attr]  # MemoryCorpus: its matrix
-    if not is_corpus(embeddings):
-        embeddings = _check_matrix(embeddings, "embeddings")
-    n, dim = embeddings.shape
-    if n == 0:
-        msg = "embeddings is empty: there are no chunks to fine-tune."
-        raise NudgeError(msg)
-    train_queries = _check_queries(train_queries, "train_queries", dim)
-    train_labels = _check_positives(train_positives, len(train_queries), n, "train_positives")
-    if not any(train_labels):
-        msg = (
-            "train_positives is empty: NUDGE needs at least one training query with a positive row."
-        )
-        raise NudgeError(msg)
-    if gamma is not None:
-        gamma = check_gamma(gamma, method)
-    val_labels: list[dict[int, float]] = []
-    val_mat = np.zeros((0, dim), dtype=np.float32)
-    if val_queries is not None:
-        val_mat = _check_queries(val_queries, "val_queries", dim)
-        if val_positives is None:
-            msg = "val_positives is missing: give one list of positive rows per validation query."
-            raise NudgeError(msg)
-        val_labels = _check_positives(val_positives, len(val_mat), n, "val_positives")
-    train_neg = (
-        None
-        if train_negatives is None
-        else _check_negatives(
-            train_negatives, train_labels, n, "train_negatives", "train_positives"
-        )
-    )
-    val_neg = None
-    if val_negatives is not None:
-        if val_queries is None:
-            msg = (
-                "val_negatives is given without val_queries; pass the validation queries too, "
-                "or drop val_negatives."
-            )
-            raise NudgeError(msg)
-        val_neg = _check_negatives(val_negatives, val_labels, n, "val_negatives", "val_positives")
-    if negative_weight is not None:
-        negative_weight = check_float(
-            negative_weight,
-            what="negative_weight",
-            low=0.0,
-            high=1e3,
-            hint="λ, each negative pair's push relative to a positive pair's pull, e.g. 0.5",
-        )
-    if negative_step is not None:
-        negative_step = check_float(
-            negative_step,
-            what="negative_step",
-            low=0.0,
-            high=1.0,
-            hint="the share of γ that rows with negatives only may move, e.g. 0.5",
-        )
-    if gamma is None and not any(val_labels):
-        msg = (
-            "the validation set is empty: gamma is chosen on validation queries with positives. "
-            "Pass val_queries/val_positives, or a fixed gamma=..."
-        )
-        raise NudgeError(msg)
-
-    fit_q = _float32_block(train_queries, dev)
-    step = DEFAULT_NEGATIVE_STEP if negative_step is None else negative_step
-    sums = _sums(fit_q, train_labels, train_neg, weighting, pushed_rows=step > 0)
-    _check_label_sums(sums.rows, sums.g)
-    if sums.h is not None:
-        _check_label_sums(sums.rows, sums.h)
-    rows = sums.rows
-    e = _rows_tensor(embeddings, rows, dev)
-    make_update = _nudge_n_update if method is Method.NUDGE_N else _nudge_m_update
-    # λ candidates: the given one, else the grid (scored on validation at the chosen γ)
-    weights = list(NEGATIVE_WEIGHT_GRID) if negative_weight is None else [negative_weight]
-    chosen_weight, chosen_step = 0.0, 0.0
-    if sums.h is not None and gamma is not None:  # γ fixed: nothing to choose on
-        chosen_weight = DEFAULT_NEGATIVE_WEIGHT if negative_weight is None else negative_weight
-        chosen_step = step
-
-    curve: list[tuple[float, float]] = []
-    negative_curve: list[tuple[float, float]] = []
-    chosen_selection: Selection | None = None
-    if gamma is None:
-        chosen_selection = selection
-        keep = [i for i, rel in enumerate(val_labels) if rel]
-        val_q = _float32_block(val_mat[keep], dev)
-        labels = [val_labels[i] for i in keep]
-        table = RelevanceTable(labels)
-        pair_q, pair_r = _pairs(labels)
-        k = 1 if selection is Selection.TOP1 else 10
-        untouched = _untouched_topk(embeddings, rows, val_q, pair_q, pair_r, k, block_rows)
-        per_query = _top1_accuracy if selection is Selection.TOP1 else _ndcg10
-
-        def score(*args: Any) -> float:
-            return float(per_query(*args).mean())
-
-        # Stage 1, the paper's: γ for the positives alone (λ = 0; rows with negatives only
-        # have g = 0 and stay put).
-        update = make_update(e, sums.g)
-        if method is Method.NUDGE_M:
-            g_hat = normalize(-sums.g, dim=1)
-            lows, highs = _nudge_m_intervals(val_q, e, -g_hat, rows, pair_q, pair_r, untouched)
-            gamma = _most_covered_point(lows, highs)
-            grid: Sequence[float] | np.ndarray = (
-                [gamma] if selection is Selection.TOP1 else _nudge_m_candidates(lows, highs, gamma)
-            )
-        else:
-            grid = NUDGE_N_GRID
-        if grid_override is not None:
-            grid = grid_override
-        best = -1.0
-        for cand in grid:
-            value = score(val_q, update(float(cand)), rows, untouched, table)
-            curve.append((float(cand), value))
-            if value > best:
-                best, gamma = value, float(cand)
-        # Stage 2: at that γ, the negatives' weight λ and the pushed rows' share ρ; only a
-        # strictly better validation score moves away from λ = 0.
-        if sums.h is not None and gamma:
-            at_zero = per_query(val_q, update(float(gamma)), rows, untouched, table)
-            negative_curve.append((0.0, best))
-            for weight in weights:
-                if weight == 0:
-                    continue
-                moved = make_update(e, sums.at(weight), sums, step)(float(gamma))
-                values = per_query(val_q, moved, rows, untouched, table)
-                value = float(values.mean())
-                negative_curve.append((float(weight), value))
-                if value > best and _significant(values - at_zero):
-                    best, chosen_weight, chosen_step = value, weight, step
-
-    if refit and any(val_labels):
-        all_q = torch.cat([fit_q, _float32_block(val_mat, dev)])
-        all_neg = None
-        if train_neg is not None or val_neg is not None:
-            all_neg = (train_neg or [[] for _ in train_labels]) + (
-                val_neg or [[] for _ in val_labels]
-            )
-        sums = _sums(all_q, train_labels + val_labels, all_neg, weighting, pushed_rows=step > 0)
-        _check_label_sums(sums.rows, sums.g)
-        if sums.h is not None:
-            _check_label_sums(sums.rows, sums.h)
-        rows = sums.rows
-        e = _rows_tensor(embeddings, rows, dev)
-    if chosen_weight:
-        update = make_update(e, sums.at(chosen_weight), sums, chosen_step)
-    else:
-        update = make_update(e, sums.g)
-
-    if gamma is None:  # pragma: no cover - every grid value scores ≥ 0 > -1
-        gamma = 0.0
-    new = update(float(gamma)).cpu().numpy()
-    try:  # never NaN or inf out (a last guard: the inputs were checked above)
-        check_vectors(new, what="the fitted vectors")
-    except NudgeError as err:
-        msg = (
-            f"gamma={gamma}: the {method.value} update does not fit float32 ({err}); "
-            "pass a smaller gamma."
-        )
-        raise NudgeError(msg) from None
-    # A row changed when the update moved it off its (normalised) starting point; a row the
-    # update leaves alone keeps its stored vector, rounding included.
-    changed = np.any(new != e.cpu().numpy(), axis=1)
+    fit_q = _float32_block(args.train_queries, args.device)
+    sums, e = _checked_sums(fit_q, args.train_labels, args.train_negatives, args)
+    choice = _given(args.gamma, args, sums) if args.gamma is not None else _choose(args, sums, e)
+    sums, e = _refit(args, fit_q, sums, e)
+    rows, vectors = _fitted_rows(args, sums, e, choice.gamma, choice.weight, choice.step)
     return NudgeResult(
-        rows=rows[changed].astype(np.int64),
-        vectors=np.ascontiguousarray(new[changed], dtype=np.float32),
-        gamma=float(gamma),
-        method=method,
-        selection=chosen_selection,
-        refit=refit,
-        weighting=weighting,
-        curve=curve,
-        negative_weight=float(chosen_weight),
-        negative_step=float(chosen_step),
-        negative_curve=negative_curve,
+        rows=rows,
+        vectors=vectors,
+        gamma=float(choice.gamma),
+        method=args.method,
+        selection=choice.selection,
+        refit=args.refit,
+        weighting=args.weighting,
+        curve=choice.curve,
+        negative_weight=float(choice.weight),
+        negative_step=float(choice.step),
+        negative_curve=choice.negative_curve,
     )

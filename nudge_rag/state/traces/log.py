@@ -26,17 +26,8 @@ the file. Nothing here leaves the machine: :meth:`TraceLog.export_jsonl` writes 
 existing log without ever writing or creating anything (for read-only commands on a read-only
 folder). A damaged or foreign file is reported as one ``NudgeError`` naming the file and the fix.
 
-Tables::
-
-    traces(seq, id, time, query, embedding float32 blob, dim, k, filter json, result_ids json,
-           scores json)   -- a non-finite score (MMR gives none) is stored as null
-    feedback(seq, trace_id, time, relevant_ids json, irrelevant_ids json, rating, text,
-             provenance)  -- 'human' (NULL: a row from before the column, read as human) or
-                          'model' (agent citations, imported LLM-evaluator annotations)
-    quarantine(seq, trace_id, time, reason, row)   -- traces that could not be stored; row is an
-                          ASCII description without the embedding
-    meta(key, value)   -- score_kind: whether the wrapped store's scores are similarities or
-                          distances (set by the faces; exported with every trace)
+The tables and migrations are in :mod:`~nudge_rag.state.traces.schema`, the writer thread in
+:mod:`~nudge_rag.state.traces.writer`, the export in :mod:`~nudge_rag.state.traces.export`.
 """
 
 from __future__ import annotations
@@ -44,115 +35,71 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
-import math
-import operator
 import os
-import re
-import struct
 import threading
 import time as _time
 import warnings
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nudge_rag.errors import NudgeError, UnknownIdError
-from nudge_rag.state.db import Database, SQLiteDatabase
-from nudge_rag.state.files import atomic_path
+from nudge_rag.errors import BadInputError, NudgeError, UnknownIdError
+from nudge_rag.state.db import Database
+from nudge_rag.state.traces import export
+from nudge_rag.state.traces.schema import (
+    _FEEDBACK_COLUMNS,
+    _IN_CHUNK,
+    _INSERT,
+    _INSERT_QUARANTINE,
+    _MIGRATIONS,
+    FEEDBACK_PROVENANCES,
+    SCORE_KINDS,
+    Feedback,
+    Trace,
+    _db_row,
+    _describe,
+    _feedback_columns,
+    _feedback_from_row,
+    _in,
+    _k_or_none,
+    _trace_from_row,
+    check_provenance,
+    clean_text,
+    embedding_blob,
+    embedding_problem,
+    filter_as_dict,
+    trace_database,
+)
+from nudge_rag.state.traces.writer import BATCH_ROWS, LINGER_S, BatchWriter
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS traces (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    time REAL NOT NULL,
-    query TEXT,
-    embedding BLOB NOT NULL,
-    dim INTEGER NOT NULL,
-    k INTEGER NOT NULL,
-    filter TEXT,
-    result_ids TEXT NOT NULL,
-    scores TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS traces_time ON traces(time);
-CREATE TABLE IF NOT EXISTS feedback (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    trace_id TEXT NOT NULL,
-    time REAL NOT NULL,
-    relevant_ids TEXT NOT NULL,
-    irrelevant_ids TEXT NOT NULL,
-    rating REAL,
-    text TEXT
-);
-CREATE INDEX IF NOT EXISTS feedback_trace ON feedback(trace_id);
-CREATE INDEX IF NOT EXISTS feedback_time ON feedback(time);
-CREATE TABLE IF NOT EXISTS quarantine (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    trace_id TEXT NOT NULL,
-    time REAL NOT NULL,
-    reason TEXT NOT NULL,
-    row TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-SCORE_KINDS = ("similarity", "distance")  # higher is better / lower is better
+__all__ = [
+    "BATCH_ROWS",
+    "FEEDBACK_PROVENANCES",
+    "LINGER_S",
+    "PAGE_ROWS",
+    "SCORE_KINDS",
+    "Feedback",
+    "Trace",
+    "TraceLog",
+    "check_provenance",
+    "clean_text",
+    "embedding_blob",
+    "embedding_problem",
+    "filter_as_dict",
+    "trace_database",
+]
 
 _PURGE_EVERY = 5000  # writes between two retention purges
-LINGER_S = 0.2  # longest a queued trace waits for others to share its transaction
-BATCH_ROWS = 2000  # a queue this long is written at once
 PAGE_ROWS = 1000  # traces read per query by iter_traces (what a reader holds at once)
-_IN_CHUNK = 500  # ids per "IN (...)" query (SQLite's variable limit is 999 on old builds)
-_RETRY_S = 1.0  # pause after a failed write before retrying it
-_MAX_PENDING = 200_000  # rows kept for retry while writes fail; older ones are dropped
-_K_MAX = 2**63 - 1  # SQLite's INTEGER range
-_ROW_TEXT_MAX = 4000  # characters of a quarantined row's description
 _OPEN_LOGS: weakref.WeakSet[TraceLog] = weakref.WeakSet()
-_SURROGATE = re.compile("[\ud800-\udfff]")
-# strict JSON (no NaN), built once: json.dumps(allow_nan=False) builds an encoder a call
-_STRICT = json.JSONEncoder(allow_nan=False)
-_NO_EMBEDDING = np.zeros(0, dtype=np.float32)
-_NO_EMBEDDING.flags.writeable = False
+
 # a row-level failure (this row cannot be bound or violates a constraint); anything else, an
 # OperationalError (disk full, locked, read-only) or a damaged file, fails the whole batch
 _VALUE_ERRORS = (ValueError, TypeError, OverflowError)
-_INSERT = (
-    "INSERT INTO traces (id, time, query, embedding, dim, k, filter, result_ids, scores,"
-    " external_id, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-# Imported traces carry their tool's id: (source, external_id), unique, so an import is
-# idempotent. A live search keeps the run/span it ran in as external_id "<source>:<id>" with
-# source NULL (several searches may share a span; NULLs never conflict in a unique index).
-# Portable SQL (SQLite and Postgres), applied on open when the columns are missing.
-_MIGRATION_EXTERNAL_IDS = [
-    "ALTER TABLE traces ADD COLUMN external_id TEXT",
-    "ALTER TABLE traces ADD COLUMN source TEXT",
-    "CREATE UNIQUE INDEX IF NOT EXISTS traces_external ON traces(source, external_id)",
-]
-#: migration 3: which feedback rows hold, in ``text``, the answer their rating judges (set by
-#: record_answer_feedback; a comment, e.g. an imported tool's, is never read as the answer).
-#: Rows written before it: a rated text on a live trace was recorded as an answer.
-_MIGRATION_ANSWERS = [
-    "ALTER TABLE feedback ADD COLUMN is_answer INTEGER",
-    "UPDATE feedback SET is_answer = 1 WHERE rating IS NOT NULL AND text IS NOT NULL AND "
-    "trace_id IN (SELECT id FROM traces WHERE source IS NULL)",
-]
-_FEEDBACK_ORDER = (
-    "trace_id",
-    "time",
-    "relevant_ids",
-    "irrelevant_ids",
-    "rating",
-    "text",
-    "is_answer",
-    "provenance",
-)
-_LATER = {"is_answer", "provenance"}  # added by migrations 3 and 4
-_FEEDBACK_COLUMNS = ", ".join(_FEEDBACK_ORDER)
 _IMPORT_ROWS = 500  # imported traces per transaction
-_INSERT_QUARANTINE = "INSERT INTO quarantine (trace_id, time, reason, row) VALUES (?, ?, ?, ?)"
 
 
 @atexit.register
@@ -182,164 +129,6 @@ class _TraceIds:
 
 
 _new_trace_id = _TraceIds()
-
-
-@dataclass(frozen=True)
-class Trace:
-    """One search: what was asked, with which embedding, and what came back.
-
-    ``embedding`` is empty when read with ``with_embeddings=False``; a score the store did not
-    give (MMR) is NaN.
-    """
-
-    id: str
-    time: float
-    query: str | None
-    embedding: np.ndarray
-    k: int
-    filter: dict | None
-    result_ids: list[str]
-    scores: list[float]
-    external_id: str | None = None  # imported: the tool's id; live: "<source>:<run/span id>"
-    source: str | None = None  # imported: the id space (e.g. "langsmith"); live: None
-
-
-@dataclass(frozen=True)
-class Feedback:
-    """A user's judgment of one trace's results (relevant ids need not be among them)."""
-
-    trace_id: str
-    time: float
-    relevant_ids: list[str]
-    irrelevant_ids: list[str]
-    rating: float | None
-    text: str | None
-    #: ``text`` is the answer the rating judges (record_answer_feedback), not a comment
-    is_answer: bool = False
-    provenance: str = "human"  # "human" or "model" (nudge_rag.labeling.provenance)
-
-
-FEEDBACK_PROVENANCES = ("human", "model")
-
-
-def clean_text(text: str) -> str:
-    """``text`` storable as UTF-8 text in SQLite and Postgres alike: each surrogate code point
-    (broken JSON) and each NUL character (Postgres text cannot hold it) becomes U+FFFD."""
-    if "\x00" in text:
-        text = text.replace("\x00", "\ufffd")
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return _SURROGATE.sub("\ufffd", text)
-    return text
-
-
-def embedding_blob(embedding: np.ndarray | Sequence[float]) -> tuple[bytes, int]:
-    """The embedding as native float32 bytes, and its length.
-
-    A list of floats (what LangChain embedders return) is packed directly: a quarter of the
-    time numpy takes to convert it, which matters on the search path. Values beyond float32
-    become ``inf`` (which :func:`embedding_problem` then names).
-    """
-    if isinstance(embedding, list | tuple):
-        try:
-            return struct.pack(f"={len(embedding)}f", *embedding), len(embedding)
-        except (struct.error, TypeError, OverflowError):  # nested, non-numeric, beyond float32
-            pass
-    with np.errstate(over="ignore", invalid="ignore"):
-        arr = np.ascontiguousarray(embedding, dtype=np.float32).reshape(-1)
-    return arr.tobytes(), arr.shape[0]
-
-
-def embedding_problem(vec: np.ndarray, dim: int | None = None) -> str | None:
-    """Why float32 ``vec`` cannot stand for a query (None if it can).
-
-    Empty, a length other than ``dim``, a NaN or infinite value, or (with ``dim`` given, at
-    label time) a zero norm. About 1.5 µs for 384 values: it runs on every search.
-    """
-    if vec.size == 0:
-        return "empty embedding"
-    if dim is not None and vec.shape[0] != dim:
-        return f"wrong dimension ({vec.shape[0]}, the store's vectors have {dim})"
-    finite = np.isfinite(vec)
-    if not finite.all():
-        return f"non-finite embedding ({vec.size - int(finite.sum())} NaN or inf values)"
-    if dim is not None and not np.any(vec):
-        return "zero-norm embedding"
-    return None
-
-
-def _k_or_none(k: Any) -> int | None:
-    """``k`` as an int in SQLite's range and > 0, or None."""
-    if isinstance(k, bool):
-        return None
-    try:
-        n = operator.index(k)
-    except TypeError:
-        if not (isinstance(k, float) and k.is_integer()):
-            return None
-        n = int(k)
-    return n if 0 < n <= _K_MAX else None
-
-
-def filter_as_dict(filter: Any) -> dict | None:
-    """A strict-JSON-safe dict for a store's filter (dicts as they are, objects by dump/repr)."""
-    if filter is None:
-        return None
-    if isinstance(filter, dict):
-        try:
-            _STRICT.encode(filter)
-            return filter
-        except (TypeError, ValueError):
-            return {"repr": clean_text(repr(filter))}
-    dump = getattr(filter, "model_dump", None)
-    if callable(dump):
-        try:
-            out = dump(mode="json", exclude_none=True)
-            _STRICT.encode(out)
-            return out
-        except (TypeError, ValueError):
-            pass
-    return {"repr": clean_text(repr(filter))}
-
-
-def _finite_or_none(x: Any) -> Any:
-    """``x`` with every NaN or infinite float replaced by None (for strict JSON)."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite_or_none(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite_or_none(v) for v in x]
-    return x
-
-
-def _strict_json(obj: Any) -> str:
-    """``obj`` as strict JSON: a NaN or infinite number becomes null."""
-    try:
-        return _STRICT.encode(obj)
-    except ValueError:
-        return _STRICT.encode(_finite_or_none(obj))
-
-
-def _db_row(r: tuple) -> tuple:
-    """A queued row as SQLite parameters (the lists as JSON)."""
-    return (*r[:7], json.dumps(r[7]), _strict_json(r[8]), *r[9:11])
-
-
-def _describe(r: tuple) -> str:
-    """A queued row described in ASCII, without its embedding (what the quarantine keeps)."""
-    _, _, query, _, dim, k, flt, ids, scores = r[:9]
-    text = ascii(
-        {"query": query, "dim": dim, "k": k, "filter": flt, "result_ids": ids, "scores": scores}
-    )
-    return text[:_ROW_TEXT_MAX]
-
-
-def _in(n: int) -> str:
-    return ",".join("?" * n)
 
 
 class TraceLog:
@@ -377,7 +166,7 @@ class TraceLog:
                 f"retention_days: expected a positive number of days or None (keep all), "
                 f"found {retention_days!r}."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         self._database = path if isinstance(path, Database) else trace_database(Path(path))
         self.path = self._database.path  # None in Postgres
         self.where = self._database.label
@@ -391,20 +180,15 @@ class TraceLog:
         self._conn = self._open()
         self._writes = 0
         self._closed = False
-        self._cv = threading.Condition()
-        self._queue: list[tuple] = []
-        self._held: list[tuple] = []  # quarantine rows waiting for the writer
-        self._inflight = 0
-        self._urgent = 0  # flushes waiting: write now, do not linger
-        self._dropped = 0  # rows given up on (writes kept failing)
-        #: traces kept queued while writes fail (the newest; older ones are dropped, counted)
-        self.max_pending = _MAX_PENDING
-        self._overflowing = False
         self._warned = False
-        self._unwarned: str | None = None  # a writer-side quarantine to warn about on flush
-        self._stopping = False
-        self._error: BaseException | None = None
-        self._writer: threading.Thread | None = None
+        self._writer = BatchWriter(
+            where=self.where,
+            name=f"nudge-traces-{Path(self.where).name}",
+            transaction=self._transaction,
+            row_errors=self._row_errors,
+            product=self._database.product,
+            written=self._written,
+        )
         _OPEN_LOGS.add(self)
         if retention_days is not None and not self.read_only:
             self.purge(retention_days)
@@ -497,7 +281,7 @@ class TraceLog:
         if query is not None:
             if not isinstance(query, str):  # SQLite would refuse the batch
                 msg = f"query: expected the query text (str) or None, found {type(query).__name__}."
-                raise NudgeError(msg)
+                raise BadInputError(msg)
             query = clean_text(query)
         blob, dim = embedding_blob(embedding)
         ids = [str(i) for i in result_ids]
@@ -510,7 +294,7 @@ class TraceLog:
                 f"scores: expected one score per result id ({len(ids)}), found {len(sc)}; "
                 "pass the scores the store returned with the results."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         trace_id = _new_trace_id()
         flt = filter_as_dict(filter)
         kk = _k_or_none(k)
@@ -542,23 +326,8 @@ class TraceLog:
         if self.read_only:
             msg = f"TraceLog({self.where}) was opened read_only; open it without read_only=True."
             raise NudgeError(msg)
-        with self._cv:
-            self._check_open()
-            if quarantine:
-                self._held.append(row)
-                n = 1
-            else:
-                self._queue.append(row)
-                n = len(self._queue)
-            if self._writer is None:
-                self._writer = threading.Thread(
-                    target=self._write_loop,
-                    name=f"nudge-traces-{Path(self.where).name}",
-                    daemon=True,
-                )
-                self._writer.start()
-            elif n == 1 or n == BATCH_ROWS:
-                self._cv.notify_all()
+        if not self._writer.put(row, quarantine=quarantine):
+            self._check_open()  # the writer stops only when the log closes: this raises
 
     def _warn_once(self, reason: str) -> None:
         if self._warned:
@@ -572,104 +341,27 @@ class TraceLog:
             stacklevel=3,
         )
 
-    def _write_loop(self) -> None:
-        """Write queued traces in batches, one transaction each; retry a batch that fails."""
-        while True:
-            with self._cv:
-                while not self._queue and not self._held and not self._stopping:
-                    self._cv.wait()
-                if not self._queue and not self._held:
-                    return
-                deadline = _time.monotonic() + LINGER_S
-                while not self._stopping and not self._urgent and len(self._queue) < BATCH_ROWS:
-                    left = deadline - _time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cv.wait(left)
-                batch, self._queue = self._queue, []
-                held, self._held = self._held, []
-                self._inflight = len(batch) + len(held)
-            err, bad = self._insert(batch, held)
-            with self._cv:
-                self._inflight = 0
-                if err is not None:
-                    self._error = err
-                    if self._stopping:  # closing: nothing will retry
-                        self._dropped += len(batch)
-                    else:  # keep the newest rows (in order) for the next try
-                        keep = (batch + self._queue)[-self.max_pending :]
-                        lost = len(batch) + len(self._queue) - len(keep)
-                        self._dropped += lost
-                        self._queue = keep
-                        self._held = (held + self._held)[-self.max_pending :]
-                        if lost and not self._overflowing:
-                            self._overflowing = True
-                            warnings.warn(
-                                f"TraceLog({self.where}): writes keep failing ({err}) and more "
-                                f"than {self.max_pending} traces are queued; the oldest are "
-                                f"dropped ({self._dropped} so far, counted in "
-                                "stats()['dropped']). Check that the database is reachable.",
-                                RuntimeWarning,
-                                stacklevel=1,
-                            )
-                else:
-                    self._overflowing = False
-                    if bad and self._unwarned is None and not self._warned:
-                        self._unwarned = bad[0][2]
-                self._cv.notify_all()
-                if err is not None:
-                    self._cv.wait_for(lambda: self._stopping, timeout=_RETRY_S)
-                    continue
-            before = self._writes
-            self._writes += len(batch) - len(bad)
-            if self.retention_days is not None and (
-                self._writes // _PURGE_EVERY != before // _PURGE_EVERY
-            ):
-                with contextlib.suppress(self._database.Error):  # the next purge tries again
-                    self._purge(self.retention_days)
+    @property
+    def max_pending(self) -> int:
+        """Traces kept queued while writes fail (the newest; older ones are dropped, counted)."""
+        return self._writer.max_pending
 
-    def _insert(self, batch: list[tuple], held: list[tuple]) -> tuple[Exception | None, list]:
-        """Write ``batch`` and the quarantine rows ``held`` in one transaction.
+    @max_pending.setter
+    def max_pending(self, rows: int) -> None:
+        self._writer.max_pending = rows
 
-        Returns (the error if the write failed and nothing was written, the rows of ``batch``
-        quarantined). If a row fails on its own, the rows are written one by one: those SQLite
-        refuses are quarantined with the reason, the others written.
-        """
-        try:
-            self._transaction(lambda c: c.executemany(_INSERT, [_db_row(r) for r in batch]), held)
-        except self._row_errors:
-            pass  # some row is bad: find it below
-        except Exception as e:  # surfaced by flush; the batch is retried
-            return e, []
-        else:
-            return None, []
-        bad: list[tuple] = []
-
-        def one_by_one(conn: Any) -> None:
-            for r in batch:
-                conn.execute("SAVEPOINT one_row")  # a refused row must not end the transaction
-                try:
-                    conn.execute(_INSERT, _db_row(r))
-                    conn.execute("RELEASE SAVEPOINT one_row")
-                except self._row_errors as e:
-                    conn.execute("ROLLBACK TO SAVEPOINT one_row")
-                    reason = f"{self._database.product} refused the row: {type(e).__name__}: {e}"
-                    bad.append(
-                        (
-                            r[0],
-                            r[1],
-                            reason.encode("ascii", "backslashreplace").decode(),
-                            _describe(r),
-                        )
-                    )
-
-        try:
-            self._transaction(one_by_one, held, bad)
-        except Exception as e:
-            return e, []
-        return None, bad
+    def _written(self, n: int) -> None:
+        """The writer wrote ``n`` traces: purge by retention every ``_PURGE_EVERY`` writes."""
+        before = self._writes
+        self._writes += n
+        if self.retention_days is not None and (
+            self._writes // _PURGE_EVERY != before // _PURGE_EVERY
+        ):
+            with contextlib.suppress(self._database.Error):  # the next purge tries again
+                self._purge(self.retention_days)
 
     def _transaction(self, write: Any, *quarantine: list[tuple]) -> None:
+        """Run ``write(conn)`` and insert the ``quarantine`` rows in one transaction."""
         with self._lock, self._database.transaction(self._live_conn()) as conn:
             write(conn)
             for rows in quarantine:
@@ -681,17 +373,7 @@ class TraceLog:
 
         Raises ``NudgeError`` if a write failed; the rows stay queued and are retried.
         """
-        with self._cv:
-            self._urgent += 1
-            self._cv.notify_all()
-            try:
-                while (self._queue or self._held or self._inflight) and self._error is None:
-                    self._cv.wait()
-            finally:
-                self._urgent -= 1
-            err, self._error = self._error, None
-            pending = len(self._queue)
-            unwarned, self._unwarned = self._unwarned, None
+        err, pending, unwarned = self._writer.drain()
         if unwarned is not None:
             self._warn_once(unwarned)
         if err is not None:
@@ -724,14 +406,14 @@ class TraceLog:
         for name, value in (("relevant_ids", relevant_ids), ("irrelevant_ids", irrelevant_ids)):
             if isinstance(value, str | bytes):
                 msg = f"{name}: expected a list of chunk ids, found the one {value!r}; pass [id]."
-                raise NudgeError(msg)
+                raise BadInputError(msg)
         if text is not None:
             if not isinstance(text, str):
                 msg = (
                     f"text: expected the feedback text (str) or None, found "
                     f"{type(text).__name__}; decode it first (e.g. text.decode('utf-8'))."
                 )
-                raise NudgeError(msg)
+                raise BadInputError(msg)
             text = clean_text(text)
         rel = [str(i) for i in relevant_ids]
         irr = [str(i) for i in irrelevant_ids]
@@ -739,20 +421,20 @@ class TraceLog:
             rating = float(rating)
             if not np.isfinite(rating):
                 msg = f"rating: expected a finite number or None, found {rating!r}."
-                raise NudgeError(msg)
+                raise BadInputError(msg)
         if not rel and not irr and rating is None and text is None:
             msg = (
                 "record_feedback: found no relevant_ids, irrelevant_ids, rating or text; "
                 "pass at least one of them."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         both = sorted(set(rel) & set(irr))
         if both:
             msg = (
                 f"relevant_ids and irrelevant_ids both hold {both[:10]}; an id is either "
                 "relevant or irrelevant to a query, remove it from one list."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         self._check_writable()
         self.flush()
         with self._db() as conn:
@@ -793,7 +475,7 @@ class TraceLog:
         """
         if batch_rows < 1:
             msg = f"batch_rows: expected a positive number of rows, found {batch_rows!r}."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         self._check_writable()
         self.flush()
         out: list[tuple[str, str, int]] = []
@@ -838,7 +520,7 @@ class TraceLog:
         """
         if page_rows < 1:
             msg = f"page_rows: expected a positive number of rows, found {page_rows!r}."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         cols = "seq, id, time, query, " + ("embedding" if with_embeddings else "NULL")
         cols += ", k, filter, result_ids, scores"
         cols += ", external_id, source" if self._external_ids else ", NULL, NULL"
@@ -846,7 +528,7 @@ class TraceLog:
         if ids is not None:
             if isinstance(ids, str | bytes):
                 msg = f"ids: expected a list of trace ids, found the single {ids!r}; pass [id]."
-                raise NudgeError(msg)
+                raise BadInputError(msg)
             wanted = list(dict.fromkeys(str(i) for i in ids))
             step = min(page_rows, _IN_CHUNK)
             for start in range(0, len(wanted), step):
@@ -907,7 +589,7 @@ class TraceLog:
         """
         if page_rows < 1:
             msg = f"page_rows: expected a positive number of rows, found {page_rows!r}."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         self.flush()
         last = int(after_seq)
         while True:
@@ -952,62 +634,17 @@ class TraceLog:
         The file is written next to ``path`` and renamed over it, owner-only (0600) even when
         ``path`` existed with other permissions; NaN scores (MMR) are ``null``.
         """
-        out = Path(path)
-        if not out.parent.exists():
-            out.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
-        kind = self.score_kind
-        n = 0
-        with atomic_path(out, mode=0o600) as tmp:
-            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                page: list[Trace] = []
-                for t in self.iter_traces():
-                    page.append(t)
-                    if len(page) >= _IN_CHUNK:
-                        n += self._export_page(fh, page, kind)
-                        page = []
-                n += self._export_page(fh, page, kind)
-        return n
+        return export.export_jsonl(self, path)
 
-    def _export_page(self, fh: Any, page: list[Trace], kind: str | None) -> int:
-        if not page:
-            return 0
-        ids = [t.id for t in page]
+    def _feedback_of(self, trace_ids: list[str]) -> list[Feedback]:
+        """The feedback rows of these traces (at most ``_IN_CHUNK``), oldest first."""
         with self._db() as conn:
             rows = conn.execute(
                 f"SELECT {self._feedback_cols} FROM feedback"
-                f" WHERE trace_id IN ({_in(len(ids))}) ORDER BY seq",
-                ids,
+                f" WHERE trace_id IN ({_in(len(trace_ids))}) ORDER BY seq",
+                trace_ids,
             ).fetchall()
-        by_trace: dict[str, list[dict]] = {}
-        for f in map(_feedback_from_row, rows):
-            by_trace.setdefault(f.trace_id, []).append(
-                {
-                    "time": f.time,
-                    "relevant_ids": f.relevant_ids,
-                    "irrelevant_ids": f.irrelevant_ids,
-                    "rating": f.rating,
-                    "text": f.text,
-                    "provenance": f.provenance,
-                }
-            )
-        for t in page:
-            rec = {
-                "id": t.id,
-                "time": t.time,
-                "query": t.query,
-                "embedding": t.embedding.tolist(),
-                "k": t.k,
-                "filter": t.filter,
-                "result_ids": t.result_ids,
-                "scores": t.scores,
-                "score_kind": kind,
-                "external_id": t.external_id,
-                "source": t.source,
-                "feedback": by_trace.get(t.id, []),
-            }
-            fh.write(_strict_json(rec) + "\n")
-        return len(page)
+        return [_feedback_from_row(r) for r in rows]
 
     # -- what the scores mean ------------------------------------------------------------------
     @property
@@ -1023,7 +660,7 @@ class TraceLog:
     def score_kind(self, kind: str) -> None:
         if kind not in SCORE_KINDS:
             msg = f"score_kind: expected one of {SCORE_KINDS}, found {kind!r}."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         if self.score_kind == kind:  # nothing to write (a read-only log opens through here)
             return
         self._check_writable()
@@ -1042,7 +679,7 @@ class TraceLog:
         """
         if not older_than_days >= 0:
             msg = f"older_than_days: expected a number of days >= 0, found {older_than_days!r}."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         self._check_writable()
         self.flush()
         try:
@@ -1073,7 +710,7 @@ class TraceLog:
         """
         if isinstance(ids, str | bytes):
             msg = f"ids: expected a list of trace ids, found the single {ids!r}; pass [id]."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         wanted = list(dict.fromkeys(str(i) for i in ids))
         self._check_writable()
         self.flush()
@@ -1111,7 +748,7 @@ class TraceLog:
             "feedback": int(nf),
             "traces_with_feedback": int(nft),
             "quarantined": int(nq),
-            "dropped": self._dropped,
+            "dropped": self._writer.dropped,
             "first_time": first,
             "last_time": last,
             "path": self.where,
@@ -1120,30 +757,26 @@ class TraceLog:
 
     def close(self) -> None:
         """Write what is queued and close the database (idempotent)."""
-        with self._cv:
-            if self._closed:
-                return
-            self._stopping = True
-            self._cv.notify_all()
-        if self._writer is not None:
-            self._writer.join()
+        if self._closed:
+            return
+        self._writer.stop()
         with self._lock:
             self._closed = True
             self._conn.close()
             self._database.close()
         _OPEN_LOGS.discard(self)
-        if self._unwarned is not None:
-            self._warn_once(self._unwarned)
-        if self._dropped:
+        if self._writer.unwarned is not None:
+            self._warn_once(self._writer.unwarned)
+        if self._writer.dropped:
             warnings.warn(
-                f"TraceLog({self.where}): {self._dropped} traces could not be written "
-                f"({self._error}) and were dropped.",
+                f"TraceLog({self.where}): {self._writer.dropped} traces could not be written "
+                f"({self._writer.error}) and were dropped.",
                 RuntimeWarning,
                 stacklevel=2,
             )
 
     def _check_open(self) -> None:
-        if self._closed or self._stopping:
+        if self._closed or self._writer.stopping:
             msg = f"TraceLog({self.where}) is closed; open a new TraceLog on the same path."
             raise NudgeError(msg)
 
@@ -1158,53 +791,6 @@ class TraceLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _add_external_ids(db: Database, conn: Any) -> None:
-    """Migration 2: the external id columns and their unique index (if not there yet)."""
-    if "external_id" not in db.columns(conn, "traces"):
-        for statement in _MIGRATION_EXTERNAL_IDS:
-            conn.execute(statement)
-
-
-def _add_feedback_provenance(db: Database, conn: Any) -> None:
-    """Migration 4: who made each feedback row (NULL in older rows: read as human)."""
-    if "provenance" not in db.columns(conn, "feedback"):
-        conn.execute("ALTER TABLE feedback ADD COLUMN provenance TEXT")
-
-
-#: the trace log's schema versions (see :meth:`Database.migrate`)
-def _mark_answers(db: Database, conn: Any) -> None:
-    """Migration 3: the ``is_answer`` column of feedback (if not there yet)."""
-    if "is_answer" not in db.columns(conn, "feedback"):
-        for statement in _MIGRATION_ANSWERS:
-            conn.execute(statement)
-
-
-_MIGRATIONS: list[Any] = [[_SCHEMA], _add_external_ids, _mark_answers, _add_feedback_provenance]
-
-
-def _feedback_columns(present: set[str]) -> str:
-    """The feedback columns to read; one an older (read-only) log lacks reads as NULL."""
-    return ", ".join(c if c in present or c not in _LATER else "NULL" for c in _FEEDBACK_ORDER)
-
-
-def check_provenance(value: Any) -> str:
-    """A feedback row's provenance, checked: ``"human"`` or ``"model"`` (None: human)."""
-    text = "human" if value is None else str(getattr(value, "value", value)).lower()
-    if text not in FEEDBACK_PROVENANCES:
-        msg = (
-            f"provenance: found {value!r}, expected 'human' (a person's feedback) or 'model' "
-            "(an agent's citations, an LLM evaluator's annotation)."
-        )
-        raise NudgeError(msg)
-    return text
-
-
-def trace_database(path: Path) -> SQLiteDatabase:
-    """The SQLite trace database at ``path`` with the trace log's pragmas."""
-    # secure_delete: deleted text is overwritten in the file
-    return SQLiteDatabase(path, journal_mode="WAL", synchronous="NORMAL", secure_delete="ON")
 
 
 def _import_row(conn: Any, r: tuple) -> tuple[str, str, int]:
@@ -1257,26 +843,3 @@ def _import_row(conn: Any, r: tuple) -> tuple[str, str, int]:
         )
         added += 1
     return tid, status, added
-
-
-def _trace_from_row(r: tuple) -> Trace:
-    _, tid, tm, query, emb, k, flt, rids, scores, ext, source = r
-    return Trace(
-        id=tid,
-        time=tm,
-        query=query,
-        embedding=_NO_EMBEDDING if emb is None else np.frombuffer(emb, dtype=np.float32).copy(),
-        k=int(k),
-        filter=None if flt is None else json.loads(flt),
-        result_ids=json.loads(rids),
-        scores=[float("nan") if s is None else s for s in json.loads(scores)],
-        external_id=ext,
-        source=source,
-    )
-
-
-def _feedback_from_row(r: tuple) -> Feedback:
-    t, tm, rel, irr, rating, text, is_answer, prov = r
-    return Feedback(
-        t, tm, json.loads(rel), json.loads(irr), rating, text, bool(is_answer), prov or "human"
-    )
