@@ -51,6 +51,33 @@ def _rank(seed: int, qid: str) -> bytes:
     return hashlib.sha256(f"human:{seed}:{qid}".encode()).digest()
 
 
+def distorted_similarity(ds: Any, seed: int, strength: float = 1.5) -> Any:
+    """``prefer(query, ids)`` for a judge with its own, weaker sense of similarity: cosine after
+    scaling each embedding dimension by a seeded ``exp(strength · N(0, 1))`` (a worse embedding
+    model, consistent across queries, as a small learned reranker's errors are)."""
+    rng = np.random.default_rng(1000 + seed)
+    scale = np.exp(strength * rng.normal(size=ds.corpus_embeddings.shape[1])).astype(np.float32)
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        y = x * scale
+        return y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
+
+    chunks = unit(ds.corpus_embeddings)
+    row = {d: n for n, d in enumerate(ds.corpus_ids)}
+    q_of = {
+        " ".join(ds.query_text[q].lower().split()): unit(ds.query_embeddings[n])
+        for n, q in enumerate(ds.query_ids)
+    }
+
+    def prefer(query: str, ids: Any) -> np.ndarray:
+        q = q_of.get(" ".join(query.lower().split()))
+        if q is None:
+            return np.zeros(len(ids))
+        return chunks[[row[i] for i in ids]] @ q
+
+    return prefer
+
+
 def run_dataset(
     ds: Any,
     seed: int,
@@ -60,6 +87,9 @@ def run_dataset(
     unaudited: bool,
     nearest: bool = True,
     label_k: int = 20,
+    per_prompt: float | None = None,
+    longest: bool = False,
+    distorted: bool = False,
     sink: Path | None = None,
 ) -> list[dict]:
     """Every (share, precision) cell of one dataset and seed."""
@@ -97,7 +127,14 @@ def run_dataset(
                 for audit in (True, False) if today else (True,):
                     # a weaker judge also misses more: recall 1 - (1 - p) / 2
                     judge = SimilarityBiasedJudge(
-                        qrels, precision=p, miss=(1 - p) / 2, nearest=nearest, seed=seed
+                        qrels,
+                        precision=p,
+                        miss=(1 - p) / 2,
+                        nearest=nearest,
+                        per_prompt=per_prompt,
+                        longest=longest,
+                        prefer=distorted_similarity(ds, seed) if distorted else None,
+                        seed=seed,
                     )
                     eng = NudgeFinetuneEngine(
                         state,
@@ -118,10 +155,33 @@ def run_dataset(
                         tuned[[row_of[i] for i in vecs]] = np.stack(list(vecs.values()))
                     after = evaluate(test.queries, tuned, test.positives, metric="cosine")
                     a = rep.judge_audit
+                    kind = (
+                        "distorted"
+                        if distorted
+                        else "longest"
+                        if longest
+                        else "nearest"
+                        if nearest
+                        else "scattered"
+                    )
+                    if per_prompt is not None:
+                        kind += f", {per_prompt:g} per prompt"
+                    graded = {
+                        f"{who}_{f}": v
+                        for who in ("human", "judge")
+                        if who in rep.graded
+                        for f, v in (
+                            ("gain", rep.graded[who].gain),
+                            ("ci_low", rep.graded[who].ci_low),
+                            ("ci_high", rep.graded[who].ci_high),
+                            ("n", rep.graded_queries.get(who, 0)),
+                        )
+                    }
                     rows.append(
                         {
                             "dataset": ds.name,
-                            "judge": "nearest" if nearest else "scattered",
+                            "judge": kind,
+                            "label_k": label_k,
                             "seed": seed,
                             "share": share,
                             "human_searches": rep.labels.get("feedback", 0),
@@ -132,6 +192,9 @@ def run_dataset(
                             "ci_low": rep.ndcg.ci_low,
                             "heldout_gain": rep.ndcg.gain,
                             "proof_by": rep.proof_by,
+                            "vetoed": bool(getattr(rep, "vetoed", False)),
+                            "gamma": rep.gamma,
+                            **graded,
                             "audit_precision": None if a is None else a.precision,
                             "audit_recall": None if a is None else a.recall,
                             "trusted": None if a is None else a.trusted,
@@ -209,11 +272,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--judges",
         nargs="+",
-        choices=["nearest", "scattered"],
+        choices=["nearest", "scattered", "longest", "distorted"],
         default=["nearest"],
-        help="false positives nearest the query, or scattered over the pool",
+        help="false positives nearest the query, scattered over the pool, the longest, or "
+        "nearest under a distorted similarity",
     )
     ap.add_argument("--label-k", type=int, default=20, help="the engine's label_k")
+    ap.add_argument(
+        "--per-prompt",
+        type=float,
+        default=None,
+        help="false positives per prompt, gold or not (SimilarityBiasedJudge per_prompt)",
+    )
     ap.add_argument("--unaudited", action="store_true", help="also run today's engine (no audit)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS_JUDGES.md"))
     ap.add_argument("--json", type=Path, default=None, help="append each row here (JSONL)")
@@ -243,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
                     unaudited=args.unaudited,
                     nearest=nearest == "nearest",
                     label_k=args.label_k,
+                    per_prompt=args.per_prompt,
+                    longest=nearest == "longest",
+                    distorted=nearest == "distorted",
                     sink=args.json,
                 )
     text = table(rows)

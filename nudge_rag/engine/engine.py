@@ -17,11 +17,13 @@ compounds over rounds) and uses every label gathered so far:
 3. fit — NUDGE on the train queries, γ chosen on validation; the held-out queries never touch
    either.
 4. prove — NDCG@10 and Recall@10 of the held-out queries before and after, over the whole
-   corpus, with a paired bootstrap CI of the gain.
+   corpus, with a paired bootstrap CI of the gain; each query graded by its own labels
+   (people's where they exist), the human-graded and judge-graded figures reported apart, and
+   a negative gain on the human-graded ones vetoes a proof (``split_labels``).
 
 :meth:`NudgeFinetuneEngine.apply` writes the changed rows as a new version (and puts rows that
 an earlier version nudged but this fit does not back to base), storing the report with it; it
-refuses unless the CI's lower bound beats ``min_gain``.
+refuses unless the CI's lower bound beats ``min_gain`` and people's labels do not veto it.
 """
 
 from __future__ import annotations
@@ -163,7 +165,8 @@ class FinetuneReport:
     """What :meth:`NudgeFinetuneEngine.finetune` found; ``apply`` writes it.
 
     ``ndcg`` / ``recall`` are NDCG@10 / Recall@10 of the held-out queries over the whole
-    corpus; ``proven`` is whether the NDCG@10 gain's CI lower bound beats ``min_gain``.
+    corpus, each query graded by its own labels; ``proven`` is whether the NDCG@10 gain's CI
+    lower bound beats ``min_gain`` and people's labels do not veto it (``vetoed``).
     ``to_dict()`` is what is stored with the version; the new vectors are not in it.
     """
 
@@ -218,9 +221,22 @@ class FinetuneReport:
     _base_digest: str = field(default="", repr=False)
 
     @property
+    def vetoed(self) -> bool:
+        """People's labels refuse a proof that judge-graded queries carry: the held-out set
+        mixes human- and judge-graded queries and the mean NDCG@10 gain on the human-graded
+        ones is negative (below ``min(0, min_gain)``). A point estimate, not a test: on a few
+        human queries a harmful change shows negative more often than significantly negative
+        (``benchmarks/RESULTS_JUDGES.md`` measures both)."""
+        human = self.graded.get("human")
+        if human is None or self.proof_by != "human+judge":
+            return False
+        return human.gain < min(0.0, self.min_gain)
+
+    @property
     def proven(self) -> bool:
-        """Whether the NDCG@10 gain's CI lower bound is above ``min_gain``."""
-        return math.isfinite(self.ndcg.ci_low) and self.ndcg.ci_low > self.min_gain
+        """Whether the NDCG@10 gain's CI lower bound is above ``min_gain``, not ``vetoed``."""
+        ok = math.isfinite(self.ndcg.ci_low) and self.ndcg.ci_low > self.min_gain
+        return ok and not self.vetoed
 
     def vectors(self) -> dict[str, np.ndarray]:
         """The new vectors by id (empty for a report read back from a version)."""
@@ -245,6 +261,7 @@ class FinetuneReport:
         for name in ("ndcg", "recall"):
             out[name] = {**out[name], "gain": getattr(self, name).gain}
         out["proven"] = self.proven
+        out["vetoed"] = self.vetoed
         out["proof_by"] = self.proof_by
         return out
 
@@ -255,6 +272,18 @@ class FinetuneReport:
         if self.heldout_source == "synthetic":
             return "synthetic"
         return "+".join(k for k in ("human", "judge") if self.graded_queries.get(k))
+
+    def veto_reason(self) -> str:
+        """Why people's labels veto the proof (empty when they do not)."""
+        if not self.vetoed:
+            return ""
+        h = self.graded["human"]
+        return (
+            f"people's labels veto it: NDCG@10 on the {self.graded_queries.get('human', 0)} "
+            f"human-graded held-out queries went {h.before:.4f} -> {h.after:.4f} "
+            f"({h.gain:+.4f}); the CI over all held-out queries ({self.ndcg.ci_low:+.4f} low) "
+            "rests on the judge's grades"
+        )
 
     def headline(self) -> str:
         """Who graded the proof and how far the judge can be trusted, in one or two lines."""
@@ -300,13 +329,18 @@ class FinetuneReport:
                     f"  NDCG@10 on the {n} {who}-graded: {m.before:.4f} -> {m.after:.4f} "
                     f"({m.gain:+.4f}, CI [{m.ci_low:+.4f}, {m.ci_high:+.4f}])"
                 )
-        verdict = (
-            f"proven: NDCG@10 CI lower bound {self.ndcg.ci_low:+.4f} > min_gain "
-            f"{self.min_gain:+.4f}; engine.apply(report) will write it"
-            if self.proven
-            else f"not proven: NDCG@10 CI lower bound {self.ndcg.ci_low:+.4f} <= min_gain "
-            f"{self.min_gain:+.4f}; apply refuses (collect more labels, or force=True)"
-        )
+        if self.proven:
+            verdict = (
+                f"proven: NDCG@10 CI lower bound {self.ndcg.ci_low:+.4f} > min_gain "
+                f"{self.min_gain:+.4f}; engine.apply(report) will write it"
+            )
+        elif self.vetoed:
+            verdict = "not proven: " + self.veto_reason() + "; apply refuses (force=True)"
+        else:
+            verdict = (
+                f"not proven: NDCG@10 CI lower bound {self.ndcg.ci_low:+.4f} <= min_gain "
+                f"{self.min_gain:+.4f}; apply refuses (collect more labels, or force=True)"
+            )
         c = self.cost
         lines += [
             "",
@@ -326,10 +360,12 @@ class FinetuneReport:
                 shown = ", ".join(flagged[:5]) + (", ..." if len(flagged) > 5 else "")
                 lines.append(f"suspect chunks ({why}): {len(flagged)}: {shown}")
         if self.proof_by == "human+judge":
+            audited = self.judge_audit is not None and self.judge_audit.trusted
             lines.append(
-                "note: the held-out proof mixes judge-graded queries with too few human-graded "
-                "ones to stand alone; it trusts the judge"
-                + (" the audit passed." if self.judge_audit is not None else ".")
+                f"note: the proof grades {self.graded_queries.get('human', 0)} held-out queries "
+                f"by people and {self.graded_queries.get('judge', 0)} by model labels ("
+                + ("the judge the audit trusted" if audited else "unaudited")
+                + "); a negative gain on the people's vetoes it."
             )
         if self.labels.get("judge_dropped", 0):
             lines.append(
@@ -499,7 +535,11 @@ class NudgeFinetuneEngine:
             against the people (``report.judge_audit``); a judge significantly below
             ``min_judge_precision`` (0.3) or ``min_judge_recall`` (0.2) is not trusted: no
             search is judged and the fit and proof use the other labels
-            (:mod:`nudge_rag.labeling.provenance`).
+            (:mod:`nudge_rag.labeling.provenance`). A trusted judge's held-out queries join
+            the people's in the proof (each graded by its own labels; a negative gain on the
+            people's vetoes it: ``report.vetoed``).
+        min_human_heldout: with a judge the audit did not trust (``audit=False``), this many
+            human-labelled held-out queries (default 10) make the held-out proof theirs alone.
 
     Use:
         .. code-block:: python
@@ -986,21 +1026,29 @@ class NudgeFinetuneEngine:
     # -- split ----------------------------------------------------------------------------------
 
     def split_labels(
-        self, labeled: Sequence[LabeledQuery]
+        self, labeled: Sequence[LabeledQuery], *, judge_trusted: bool | None = None
     ) -> tuple[list[LabeledQuery], list[LabeledQuery], list[LabeledQuery], str]:
         """(train, validation, held-out, held-out source), by each query key's seeded hash.
 
-        When at least ``min_human_heldout`` human-labelled (feedback) queries fall in the
-        held-out share, the held-out set is those alone and LLM-judged queries only train and
-        validate: the proof then never trusts the judge it is checking.
+        Every real query in the held-out share is held out, graded by its own labels (people's
+        where it has them), unless the judge is unchecked: when it was not audited and trusted
+        (``judge_trusted``; None reads ``self.last_audit``: audit off, or no audit made) and at
+        least ``min_human_heldout`` human-labelled queries fall in the held-out share, the
+        held-out set is those alone and model-labelled queries only train and validate, so the
+        proof never trusts a judge nobody checked. A trusted judge's held-out queries stay in
+        the proof next to the people's, which veto it when their own gain is negative
+        (:attr:`FinetuneReport.vetoed`): a few dozen human labels are too few for a CI alone.
         """
+        if judge_trusted is None:
+            judge_trusted = self.last_audit is not None and self.last_audit.trusted
         tr_f, va_f, _ = self.split
         real = [q for q in labeled if q.source != "synthetic"]
         synth = [q for q in labeled if q.source == "synthetic"]
         human = [q for q in real if q.source == "feedback"]
         human_heldout = sum(split_point(self.seed, q.key) >= tr_f + va_f for q in human)
         human_only = (
-            self.min_human_heldout > 0
+            not judge_trusted
+            and self.min_human_heldout > 0
             and human_heldout >= self.min_human_heldout
             and len(human) < len(real)
         )
@@ -1212,6 +1260,12 @@ class NudgeFinetuneEngine:
                 "FinetuneReport that finetune() returned; run finetune() again."
             )
             raise NudgeError(msg)
+        if report.vetoed and not force:
+            msg = (
+                f"report: {report.veto_reason()}; collect more feedback and finetune() again, "
+                "or pass force=True."
+            )
+            raise GainNotProvenError(msg)
         if not report.proven and not force:
             msg = (
                 f"report: the held-out NDCG@10 gain {report.ndcg.gain:+.4f} has a "
