@@ -234,9 +234,10 @@ def table(rows: list[dict]) -> str:
     """The markdown table: one line per (dataset, judge, label_k, precision, share, audit)."""
     head = (
         "| dataset | false positives | label_k | judge precision | human share (searches) "
-        "| true test gain, mean [worst] | proven | false proofs | vetoed | proof graded by "
+        "| true test gain, mean [worst] | proven | false proofs | vetoed "
+        "| CI low > 0 (false) | proof graded by "
         "| audit precision / recall (trusted) | audit prompts / all judge prompts |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     out = [head]
     keys = sorted({_key(r) for r in rows}, key=lambda k: (*k[:3], -k[3], k[4], not k[5]))
@@ -246,6 +247,8 @@ def table(rows: list[dict]) -> str:
         proven = sum(r["proven"] for r in rs)
         false = sum(r["proven"] and r["true_gain"] < 0 for r in rs)
         vetoed = sum(bool(r.get("vetoed")) for r in rs)
+        ci_ok = [r for r in rs if r["ci_low"] > 0]  # today's engine's verdict (no veto)
+        ci_bad = sum(r["true_gain"] < 0 for r in ci_ok)
         by = "/".join(sorted({r["proof_by"] for r in rs}))
         aud = [r for r in rs if r["audit_precision"] is not None]
         if aud:
@@ -255,11 +258,12 @@ def table(rows: list[dict]) -> str:
             tr = sum(bool(r["trusted"]) for r in aud)
             audit_txt = f"{ap:.2f} / {ar} ({tr}/{len(aud)})"
         else:
-            audit_txt = "unaudited" if audit else "off (today's engine)"
+            audit_txt = "unaudited" if audit else "off (audit=False)"
         humans = int(np.mean([r["human_searches"] for r in rs]))
         out.append(
             f"| {d} | {j} | {lk} | {p:.2f} | {s:.0%} ({humans}) | {np.mean(gains):+.4f} "
-            f"[{min(gains):+.4f}] | {proven}/{len(rs)} | {false} | {vetoed} | {by} | {audit_txt} | "
+            f"[{min(gains):+.4f}] | {proven}/{len(rs)} | {false} | {vetoed} | {len(ci_ok)}/{len(rs)} "
+            f"({ci_bad}) | {by} | {audit_txt} | "
             f"{np.mean([r['audit_prompts'] for r in rs]):.0f} / {_mean(rs, 'judge_prompts')} |"
         )
     return "\n".join(out)
@@ -379,10 +383,11 @@ def main(argv: list[str] | None = None) -> int:
     n_human = [r for r in rows if r["share"] >= 0.05 and r["audit"]]
     bad = sum(r["proven"] and r["true_gain"] < 0 for r in n_human)
     off = [r for r in rows if r["share"] >= 0.05 and not r["audit"]]
-    bad_off = sum(r["proven"] and r["true_gain"] < 0 for r in off)
+    bad_off = sum(r["ci_low"] > 0 and r["true_gain"] < 0 for r in off)
     summary = (
         f"\nfalse proofs (proven, true test gain < 0): {bad} of {len(n_human)} runs at human "
-        f"share >= 5% (audit on); {bad_off} of {len(off)} with the audit off; at 0% human "
+        f"share >= 5% (audit on); {bad_off} of {len(off)} with the audit off and no veto "
+        f"(today's engine: CI low > 0); at 0% human "
         f"share {n_zero_false} of {len(n_zero)} proven runs ({n_zero_false}/"
         f"{sum(r['share'] == 0 for r in rows)} of all 0% runs). "
         f"Seeds {sorted({r['seed'] for r in rows})}; {time.perf_counter() - t0:.0f} s.\n\n"

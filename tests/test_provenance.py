@@ -365,6 +365,22 @@ def test_without_human_labels_the_report_says_the_judge_is_unaudited(tmp_path):
     assert head.startswith("judge unaudited: no human labels") and "watch" in head
 
 
+def test_similarity_biased_judge_errs_where_it_is_told():
+    qrels = {"q": {"g": 1.0}}
+    ids = ["a", "b", "g", "c", "d"]
+    assert SimilarityBiasedJudge(qrels, precision=0.5).grades("q", ids) == [1, 0, 1, 0, 0]
+    assert SimilarityBiasedJudge({}, per_prompt=2).grades("q", ids) == [1, 1, 0, 0, 0]  # no gold
+    scores = {"a": 0.1, "b": 0.2, "c": 0.9, "d": 0.5}
+    prefer = SimilarityBiasedJudge(
+        qrels, precision=1 / 3, prefer=lambda q, xs: [scores[x] for x in xs]
+    )
+    assert prefer.grades("q", ids) == [0, 0, 1, 1, 1]
+    longest = SimilarityBiasedJudge(qrels, per_prompt=1, longest=True)
+    assert longest.grades("q", ids, ["x", "xx", "x", "xxxx", "x"]) == [0, 0, 1, 1, 0]
+    with pytest.raises(ValueError, match="per_prompt: found -1"):
+        SimilarityBiasedJudge(qrels, per_prompt=-1)
+
+
 def test_audit_judge_counts_only_the_pool():
     pairs = [({"a": 2, "b": 1, "c": 0}, {"a": 1.0, "c": 1.0, "z": 1.0}), ({"d": 0}, {})]
     audit = audit_judge(pairs)
