@@ -295,24 +295,33 @@ def compact(rows: list[dict], judge: str = "nearest", label_k: int = 20) -> str:
 
 
 def vetoes(rows: list[dict]) -> str:
-    """How the proofs of mixed held-out sets (audit on, human share > 0) would have gone with
-    no veto, a veto only when the people's gain is significantly negative (CI high < 0), and
-    the engine's (their mean gain < 0)."""
-    mixed = [r for r in rows if r["audit"] and r["share"] > 0 and r["proof_by"] == "human+judge"]
+    """How the proofs of mixed held-out sets (human share > 0, human- and judge-graded
+    queries) would have gone with no veto (today's engine), a veto only when the people's gain
+    is significantly negative (CI high < 0), and the engine's (their mean gain < 0); audit on
+    and off apart."""
     out = []
     rules = (
         ("no veto", lambda r: False),
         ("veto if significantly negative", lambda r: r.get("human_ci_high", 0.0) < 0),
         ("veto if negative (the engine)", lambda r: r.get("human_gain", 0.0) < 0),
     )
-    for name, veto in rules:
-        proven = [r for r in mixed if r["ci_low"] > 0 and not veto(r)]
-        bad = sum(r["true_gain"] < 0 for r in proven)
-        out.append(
-            f"- {name}: {len(proven)} of {len(mixed)} mixed proofs proven, {bad} of them with "
-            f"a negative true gain; mean true gain of the proven "
-            f"{np.mean([r['true_gain'] for r in proven]) if proven else 0:+.4f}"
-        )
+    for audit in (True, False):
+        mixed = [
+            r
+            for r in rows
+            if r["audit"] is audit and r["share"] > 0 and r["proof_by"] == "human+judge"
+        ]
+        if not mixed:
+            continue
+        for name, veto in rules:
+            proven = [r for r in mixed if r["ci_low"] > 0 and not veto(r)]
+            bad = sum(r["true_gain"] < 0 for r in proven)
+            mean = np.mean([r["true_gain"] for r in proven]) if proven else 0.0
+            out.append(
+                f"- audit {'on' if audit else 'off'}, {name}: {len(proven)} of {len(mixed)} "
+                f"mixed proofs proven, {bad} of them with a negative true gain; mean true gain "
+                f"of the proven {mean:+.4f}"
+            )
     return "\n".join(out)
 
 
