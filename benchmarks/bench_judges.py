@@ -51,6 +51,33 @@ def _rank(seed: int, qid: str) -> bytes:
     return hashlib.sha256(f"human:{seed}:{qid}".encode()).digest()
 
 
+def distorted_similarity(ds: Any, seed: int, strength: float = 1.5) -> Any:
+    """``prefer(query, ids)`` for a judge with its own, weaker sense of similarity: cosine after
+    scaling each embedding dimension by a seeded ``exp(strength · N(0, 1))`` (a worse embedding
+    model, consistent across queries, as a small learned reranker's errors are)."""
+    rng = np.random.default_rng(1000 + seed)
+    scale = np.exp(strength * rng.normal(size=ds.corpus_embeddings.shape[1])).astype(np.float32)
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        y = x * scale
+        return y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
+
+    chunks = unit(ds.corpus_embeddings)
+    row = {d: n for n, d in enumerate(ds.corpus_ids)}
+    q_of = {
+        " ".join(ds.query_text[q].lower().split()): unit(ds.query_embeddings[n])
+        for n, q in enumerate(ds.query_ids)
+    }
+
+    def prefer(query: str, ids: Any) -> np.ndarray:
+        q = q_of.get(" ".join(query.lower().split()))
+        if q is None:
+            return np.zeros(len(ids))
+        return chunks[[row[i] for i in ids]] @ q
+
+    return prefer
+
+
 def run_dataset(
     ds: Any,
     seed: int,
@@ -60,6 +87,11 @@ def run_dataset(
     unaudited: bool,
     nearest: bool = True,
     label_k: int = 20,
+    per_prompt: float | None = None,
+    longest: bool = False,
+    distorted: bool = False,
+    audits: tuple[bool, ...] = (True,),
+    miss: float | None = None,
     sink: Path | None = None,
 ) -> list[dict]:
     """Every (share, precision) cell of one dataset and seed."""
@@ -94,10 +126,17 @@ def run_dataset(
             given = max(given, n_human)
             for p in precisions:
                 today = unaudited and share == min(x for x in shares if x > 0)
-                for audit in (True, False) if today else (True,):
+                for audit in (True, False) if today else audits:
                     # a weaker judge also misses more: recall 1 - (1 - p) / 2
                     judge = SimilarityBiasedJudge(
-                        qrels, precision=p, miss=(1 - p) / 2, nearest=nearest, seed=seed
+                        qrels,
+                        precision=p,
+                        miss=(1 - p) / 2 if miss is None else miss,
+                        nearest=nearest,
+                        per_prompt=per_prompt,
+                        longest=longest,
+                        prefer=distorted_similarity(ds, seed) if distorted else None,
+                        seed=seed,
                     )
                     eng = NudgeFinetuneEngine(
                         state,
@@ -118,10 +157,35 @@ def run_dataset(
                         tuned[[row_of[i] for i in vecs]] = np.stack(list(vecs.values()))
                     after = evaluate(test.queries, tuned, test.positives, metric="cosine")
                     a = rep.judge_audit
+                    kind = (
+                        "distorted"
+                        if distorted
+                        else "longest"
+                        if longest
+                        else "nearest"
+                        if nearest
+                        else "scattered"
+                    )
+                    if per_prompt is not None:
+                        kind += f", {per_prompt:g} per prompt"
+                    if miss is not None:
+                        kind += f", recall {1 - miss:g}"
+                    graded = {
+                        f"{who}_{f}": v
+                        for who in ("human", "judge")
+                        if who in rep.graded
+                        for f, v in (
+                            ("gain", rep.graded[who].gain),
+                            ("ci_low", rep.graded[who].ci_low),
+                            ("ci_high", rep.graded[who].ci_high),
+                            ("n", rep.graded_queries.get(who, 0)),
+                        )
+                    }
                     rows.append(
                         {
                             "dataset": ds.name,
-                            "judge": "nearest" if nearest else "scattered",
+                            "judge": kind,
+                            "label_k": label_k,
                             "seed": seed,
                             "share": share,
                             "human_searches": rep.labels.get("feedback", 0),
@@ -132,6 +196,9 @@ def run_dataset(
                             "ci_low": rep.ndcg.ci_low,
                             "heldout_gain": rep.ndcg.gain,
                             "proof_by": rep.proof_by,
+                            "vetoed": bool(getattr(rep, "vetoed", False)),
+                            "gamma": rep.gamma,
+                            **graded,
                             "audit_precision": None if a is None else a.precision,
                             "audit_recall": None if a is None else a.recall,
                             "trusted": None if a is None else a.trusted,
@@ -159,28 +226,29 @@ def _mean(rows: list[dict], key: str) -> str:
     return f"{np.mean(known):.0f}" if known else "n/a"
 
 
+def _key(r: dict) -> tuple:
+    return (r["dataset"], r["judge"], r.get("label_k", 20), r["precision"], r["share"], r["audit"])
+
+
 def table(rows: list[dict]) -> str:
-    """The markdown table: one line per (dataset, precision, share, audit)."""
+    """The markdown table: one line per (dataset, judge, label_k, precision, share, audit)."""
     head = (
-        "| dataset | false positives | judge precision | human share (searches) | true test gain, mean [worst] "
-        "| proven | false proofs | proof graded by | audit precision / recall (trusted) "
-        "| audit prompts / all judge prompts |\n|---|---|---|---|---|---|---|---|---|---|"
+        "| dataset | false positives | label_k | judge precision | human share (searches) "
+        "| true test gain, mean [worst] | proven | false proofs | vetoed "
+        "| CI low > 0 (false) | proof graded by "
+        "| audit precision / recall (trusted) | audit prompts / all judge prompts |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     out = [head]
-    keys = sorted(
-        {(r["dataset"], r["judge"], r["precision"], r["share"], r["audit"]) for r in rows},
-        key=lambda k: (k[0], k[1], -k[2], k[3], not k[4]),
-    )
-    for d, j, p, s, audit in keys:
-        rs = [
-            r
-            for r in rows
-            if (r["dataset"], r["judge"], r["precision"], r["share"], r["audit"])
-            == (d, j, p, s, audit)
-        ]
+    keys = sorted({_key(r) for r in rows}, key=lambda k: (*k[:3], -k[3], k[4], not k[5]))
+    for d, j, lk, p, s, audit in keys:
+        rs = [r for r in rows if _key(r) == (d, j, lk, p, s, audit)]
         gains = [r["true_gain"] for r in rs]
         proven = sum(r["proven"] for r in rs)
         false = sum(r["proven"] and r["true_gain"] < 0 for r in rs)
+        vetoed = sum(bool(r.get("vetoed")) for r in rs)
+        ci_ok = [r for r in rs if r["ci_low"] > 0]  # today's engine's verdict (no veto)
+        ci_bad = sum(r["true_gain"] < 0 for r in ci_ok)
         by = "/".join(sorted({r["proof_by"] for r in rs}))
         aud = [r for r in rs if r["audit_precision"] is not None]
         if aud:
@@ -190,13 +258,70 @@ def table(rows: list[dict]) -> str:
             tr = sum(bool(r["trusted"]) for r in aud)
             audit_txt = f"{ap:.2f} / {ar} ({tr}/{len(aud)})"
         else:
-            audit_txt = "unaudited" if audit else "off (today's engine)"
+            audit_txt = "unaudited" if audit else "off (audit=False)"
         humans = int(np.mean([r["human_searches"] for r in rs]))
         out.append(
-            f"| {d} | {j} | {p:.2f} | {s:.0%} ({humans}) | {np.mean(gains):+.4f} [{min(gains):+.4f}] "
-            f"| {proven}/{len(rs)} | {false} | {by} | {audit_txt} | "
+            f"| {d} | {j} | {lk} | {p:.2f} | {s:.0%} ({humans}) | {np.mean(gains):+.4f} "
+            f"[{min(gains):+.4f}] | {proven}/{len(rs)} | {false} | {vetoed} | {len(ci_ok)}/{len(rs)} "
+            f"({ci_bad}) | {by} | {audit_txt} | "
             f"{np.mean([r['audit_prompts'] for r in rs]):.0f} / {_mean(rs, 'judge_prompts')} |"
         )
+    return "\n".join(out)
+
+
+def compact(rows: list[dict], judge: str = "nearest", label_k: int = 20) -> str:
+    """Rows judge precision, columns dataset × human share; cells "mean true gain · proven
+    k/n" (audit on; a false proof marked "!")."""
+    rows = [r for r in rows if r["audit"] and r["judge"] == judge]
+    rows = [r for r in rows if r.get("label_k", 20) == label_k]
+    cols = sorted({(r["dataset"], r["share"]) for r in rows}, key=lambda c: (-ord(c[0][0]), c[1]))
+    out = [
+        "| judge precision | " + " | ".join(f"{d} {s:.0%}" for d, s in cols) + " |",
+        "|---" * (len(cols) + 1) + "|",
+    ]
+    for p in sorted({r["precision"] for r in rows}, reverse=True):
+        cells = []
+        for d, s in cols:
+            rs = [r for r in rows if (r["dataset"], r["share"], r["precision"]) == (d, s, p)]
+            if not rs:
+                cells.append("")
+                continue
+            k = sum(r["proven"] for r in rs)
+            bad = sum(r["proven"] and r["true_gain"] < 0 for r in rs)
+            mark = f" ({bad}!)" if bad else ""
+            cells.append(f"{np.mean([r['true_gain'] for r in rs]):+.3f} · {k}/{len(rs)}{mark}")
+        out.append(f"| {p:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def vetoes(rows: list[dict]) -> str:
+    """How the proofs of mixed held-out sets (human share > 0, human- and judge-graded
+    queries) would have gone with no veto (today's engine), a veto only when the people's gain
+    is significantly negative (CI high < 0), and the engine's (their mean gain < 0); audit on
+    and off apart."""
+    out = []
+    rules = (
+        ("no veto", lambda r: False),
+        ("veto if significantly negative", lambda r: r.get("human_ci_high", 0.0) < 0),
+        ("veto if negative (the engine)", lambda r: r.get("human_gain", 0.0) < 0),
+    )
+    for audit in (True, False):
+        mixed = [
+            r
+            for r in rows
+            if r["audit"] is audit and r["share"] > 0 and r["proof_by"] == "human+judge"
+        ]
+        if not mixed:
+            continue
+        for name, veto in rules:
+            proven = [r for r in mixed if r["ci_low"] > 0 and not veto(r)]
+            bad = sum(r["true_gain"] < 0 for r in proven)
+            mean = np.mean([r["true_gain"] for r in proven]) if proven else 0.0
+            out.append(
+                f"- audit {'on' if audit else 'off'}, {name}: {len(proven)} of {len(mixed)} "
+                f"mixed proofs proven, {bad} of them with a negative true gain; mean true gain "
+                f"of the proven {mean:+.4f}"
+            )
     return "\n".join(out)
 
 
@@ -209,11 +334,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--judges",
         nargs="+",
-        choices=["nearest", "scattered"],
+        choices=["nearest", "scattered", "longest", "distorted"],
         default=["nearest"],
-        help="false positives nearest the query, or scattered over the pool",
+        help="false positives nearest the query, scattered over the pool, the longest, or "
+        "nearest under a distorted similarity",
     )
     ap.add_argument("--label-k", type=int, default=20, help="the engine's label_k")
+    ap.add_argument(
+        "--per-prompt",
+        type=float,
+        default=None,
+        help="false positives per prompt, gold or not (SimilarityBiasedJudge per_prompt)",
+    )
+    ap.add_argument(
+        "--miss", type=float, default=None, help="the judge's miss rate (default (1 - p) / 2)"
+    )
+    ap.add_argument("--audit-off", action="store_true", help="run every cell with audit=False only")
     ap.add_argument("--unaudited", action="store_true", help="also run today's engine (no audit)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS_JUDGES.md"))
     ap.add_argument("--json", type=Path, default=None, help="append each row here (JSONL)")
@@ -243,6 +379,11 @@ def main(argv: list[str] | None = None) -> int:
                     unaudited=args.unaudited,
                     nearest=nearest == "nearest",
                     label_k=args.label_k,
+                    per_prompt=args.per_prompt,
+                    longest=nearest == "longest",
+                    distorted=nearest == "distorted",
+                    audits=(False,) if args.audit_off else (True,),
+                    miss=args.miss,
                     sink=args.json,
                 )
     text = table(rows)
@@ -250,11 +391,18 @@ def main(argv: list[str] | None = None) -> int:
     n_zero_false = sum(r["true_gain"] < 0 for r in n_zero)
     n_human = [r for r in rows if r["share"] >= 0.05 and r["audit"]]
     bad = sum(r["proven"] and r["true_gain"] < 0 for r in n_human)
+    off = [r for r in rows if r["share"] >= 0.05 and not r["audit"]]
+    bad_off = sum(r["ci_low"] > 0 and r["true_gain"] < 0 for r in off)
     summary = (
         f"\nfalse proofs (proven, true test gain < 0): {bad} of {len(n_human)} runs at human "
-        f"share >= 5% (audit on); at 0% human share {n_zero_false} of {len(n_zero)} proven runs "
-        f"({n_zero_false}/{sum(r['share'] == 0 for r in rows)} of all 0% runs). "
-        f"Seeds {sorted({r['seed'] for r in rows})}; {time.perf_counter() - t0:.0f} s."
+        f"share >= 5% (audit on); {bad_off} of {len(off)} with the audit off and no veto "
+        f"(today's engine: CI low > 0); at 0% human "
+        f"share {n_zero_false} of {len(n_zero)} proven runs ({n_zero_false}/"
+        f"{sum(r['share'] == 0 for r in rows)} of all 0% runs). "
+        f"Seeds {sorted({r['seed'] for r in rows})}; {time.perf_counter() - t0:.0f} s.\n\n"
+        + vetoes(rows)
+        + "\n\n"
+        + compact(rows)
     )
     print(text + "\n" + summary)
     args.out.write_text(

@@ -12,9 +12,11 @@ import pytest
 from test_engine import World
 
 from nudge_rag import NudgeFinetuneEngine
-from nudge_rag.errors import NudgeError
+from nudge_rag.errors import GainNotProvenError, NudgeError
+from nudge_rag.fit.metrics import exact_knn
 from nudge_rag.importers import jsonl, langfuse, langsmith, phoenix
 from nudge_rag.labeling.answers import parse_request
+from nudge_rag.labeling.labeler import LabeledQuery
 from nudge_rag.labeling.provenance import Provenance, audit_judge
 from nudge_rag.state.records import FeedbackRecord, TraceRecord
 from nudge_rag.state.state import NudgeState
@@ -281,6 +283,80 @@ def test_a_good_judge_with_human_feedback_present_is_trusted_and_proves(tmp_path
     json.dumps(stored)  # serialisable as stored with a version
 
 
+def test_a_trusted_judge_proves_a_gain_that_a_few_human_queries_alone_cannot(tmp_path):
+    """issue 21: with >= min_human_heldout human-graded held-out queries the proof was theirs
+    alone, and a handful of them refused a good judge's gain. Here people labelled searches
+    that already worked (the target first): alone they show no gain; a trusted judge's
+    held-out queries join them, and their zero gain does not veto."""
+    world = World(tmp_path)
+    traces = world.search_all()
+    queries = np.stack([v for _, v, _ in world.queries])
+    top = exact_knn(queries, world.vectors, 1, metric="cosine")[1][:, 0]
+    easy = [n for n, (_, _, t) in enumerate(world.queries) if world.ids[top[n]] == t]
+    world.feedback_all([traces[n] for n in easy], [world.queries[n] for n in easy])
+    good = SimilarityBiasedJudge(world.qrels, precision=0.8)
+    eng = _engine(world, good, name="good", min_human_heldout=8)
+    report = eng.finetune()
+    assert report.judge_audit is not None and report.judge_audit.trusted
+    n_human = report.graded_queries["human"]
+    assert n_human >= 8 and report.graded_queries["judge"] > 20
+    assert report.graded["human"].gain == 0.0 and report.graded["judge"].ci_low > 0.1
+    assert report.proof_by == "human+judge" and not report.vetoed and report.proven
+    # the figures apart, each named by its grader; the mixed line never stands for either
+    text = str(report)
+    assert f"NDCG@10 on the {n_human} human-graded: " in text and "-graded: " in text
+    assert f"grades {n_human} held-out queries by people" in text
+    # the old rule (judge unchecked) holds out the human-labelled queries alone
+    held = eng.split_labels(eng.last_labels, judge_trusted=False)[2]
+    assert {q.source for q in held} == {"feedback"} and len(held) == n_human
+
+
+def _two_faced(world: World, human: set[str]) -> QrelsJudge:
+    """Gold on the searches people labelled (the audit's), elsewhere the target's nearest other
+    chunk: trusted by the audit, harmful to the people's queries of the same targets."""
+    nn = exact_knn(world.vectors, world.vectors, 2, metric="cosine")[1][:, 1]
+    row = {i: n for n, i in enumerate(world.ids)}
+    return QrelsJudge(
+        {q: {t if q in human else world.ids[nn[row[t]]]: 2} for q, _, t in world.queries}
+    )
+
+
+def test_people_veto_a_trusted_judge_whose_labels_harm_their_queries(tmp_path):
+    """A judge that passes the audit but labels other searches wrong: the held-out proof
+    graded by it is large, the people's held-out gain negative: not proven, apply refuses."""
+    world = World(tmp_path)
+    traces = world.search_all()
+    spread = list(range(0, len(traces), 8))  # every target's users: some with feedback
+    world.feedback_all([traces[n] for n in spread], [world.queries[n] for n in spread])
+    judge = _two_faced(world, {world.queries[n][0] for n in spread})
+    eng = _engine(world, judge, name="two-faced")
+    report = eng.finetune()
+    assert report.judge_audit is not None and report.judge_audit.trusted
+    assert report.proof_by == "human+judge" and report.ndcg.ci_low > 0.1
+    assert report.graded["human"].gain < 0 < report.graded["judge"].gain
+    assert report.vetoed and not report.proven
+    text = str(report)
+    assert "not proven: people's labels veto it" in text
+    assert report.to_dict()["vetoed"] is True and report.to_dict()["proven"] is False
+    with pytest.raises(GainNotProvenError, match="people's labels veto it"):
+        eng.apply(report)
+
+
+def test_split_holds_out_a_trusted_judges_queries_next_to_the_peoples(small):
+    emb = np.ones(DIM, np.float32)
+    mixed = [
+        LabeledQuery(f"q:{src} {i}", "t", emb, {"refund": 1.0}, src)
+        for src, n in (("feedback", 100), ("llm", 400))
+        for i in range(n)
+    ]
+    eng = NudgeFinetuneEngine(small, progress=False)
+    unchecked = eng.split_labels(mixed)[2]  # no audit made: the people's alone
+    assert {q.source for q in unchecked} == {"feedback"}
+    trusted = eng.split_labels(mixed, judge_trusted=True)[2]
+    assert {q.source for q in trusted} == {"feedback", "llm"}
+    assert len(trusted) > 4 * len(unchecked)  # the judge's held-out share joins
+
+
 def test_without_human_labels_the_report_says_the_judge_is_unaudited(tmp_path):
     world = World(tmp_path)
     world.search_all()
@@ -288,6 +364,22 @@ def test_without_human_labels_the_report_says_the_judge_is_unaudited(tmp_path):
     assert report.judge_audit is None and report.proof_by == "judge"
     head = str(report).splitlines()[1]
     assert head.startswith("judge unaudited: no human labels") and "watch" in head
+
+
+def test_similarity_biased_judge_errs_where_it_is_told():
+    qrels = {"q": {"g": 1.0}}
+    ids = ["a", "b", "g", "c", "d"]
+    assert SimilarityBiasedJudge(qrels, precision=0.5).grades("q", ids) == [1, 0, 1, 0, 0]
+    assert SimilarityBiasedJudge({}, per_prompt=2).grades("q", ids) == [1, 1, 0, 0, 0]  # no gold
+    scores = {"a": 0.1, "b": 0.2, "c": 0.9, "d": 0.5}
+    prefer = SimilarityBiasedJudge(
+        qrels, precision=1 / 3, prefer=lambda q, xs: [scores[x] for x in xs]
+    )
+    assert prefer.grades("q", ids) == [0, 0, 1, 1, 1]
+    longest = SimilarityBiasedJudge(qrels, per_prompt=1, longest=True)
+    assert longest.grades("q", ids, ["x", "xx", "x", "xxxx", "x"]) == [0, 0, 1, 1, 0]
+    with pytest.raises(ValueError, match="per_prompt: found -1"):
+        SimilarityBiasedJudge(qrels, per_prompt=-1)
 
 
 def test_audit_judge_counts_only_the_pool():

@@ -98,8 +98,9 @@ class FinetuneConfig:
     device: str | None = None
     """The torch device the fit runs on (None: CPU)."""
     min_human_heldout: int = 10
-    """With at least this many human-labelled queries in the held-out share, the held-out set
-    is those alone and the judge's queries only train and validate (0: never)."""
+    """With a judge the audit did not trust (``audit=False``), this many human-labelled
+    queries in the held-out share make the held-out set theirs alone, and the judge's queries
+    only train and validate (0: never)."""
     exclude_outliers: bool = True
     """Drop the judge's positives for chunks judged relevant in an outlying share of pools."""
     outlier_min_pools: int = 10
@@ -116,7 +117,9 @@ class FinetuneConfig:
     """Bytes of float32 base matrix ``corpus="auto"`` keeps in memory (default 2 GiB)."""
     audit: bool = True
     """Before judging, grade the pools of human-labelled searches with the judge and measure it
-    against the people (``report.judge_audit``)."""
+    against the people (``report.judge_audit``). A trusted judge's held-out queries join the
+    people's in the proof (each graded by its own labels; a negative gain on the people's
+    vetoes it: ``report.vetoed``)."""
     min_judge_precision: float = DEFAULT_MIN_PRECISION
     """A judge whose precision is significantly below this is not trusted: nothing is judged
     and the fit and the proof use the other labels (0 turns the check off)."""

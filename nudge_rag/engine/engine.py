@@ -17,11 +17,13 @@ compounds over rounds) and uses every label gathered so far:
 3. fit — NUDGE on the train queries, γ chosen on validation; the held-out queries never touch
    either.
 4. prove — NDCG@10 and Recall@10 of the held-out queries before and after, over the whole
-   corpus, with a paired bootstrap CI of the gain.
+   corpus, with a paired bootstrap CI of the gain; each query graded by its own labels
+   (people's where they exist), the human-graded and judge-graded figures reported apart, and
+   a negative gain on the human-graded ones vetoes a proof (``split_labels``).
 
 :meth:`NudgeFinetuneEngine.apply` writes the changed rows as a new version (and puts rows that
 an earlier version nudged but this fit does not back to base), storing the report with it; it
-refuses unless the CI's lower bound beats ``min_gain``.
+refuses unless the CI's lower bound beats ``min_gain`` and people's labels do not veto it.
 """
 
 from __future__ import annotations
@@ -680,21 +682,29 @@ class NudgeFinetuneEngine:
     # -- split ----------------------------------------------------------------------------------
 
     def split_labels(
-        self, labeled: Sequence[LabeledQuery]
+        self, labeled: Sequence[LabeledQuery], *, judge_trusted: bool | None = None
     ) -> tuple[list[LabeledQuery], list[LabeledQuery], list[LabeledQuery], str]:
         """(train, validation, held-out, held-out source), by each query key's seeded hash.
 
-        When at least ``min_human_heldout`` human-labelled (feedback) queries fall in the
-        held-out share, the held-out set is those alone and LLM-judged queries only train and
-        validate: the proof then never trusts the judge it is checking.
+        Every real query in the held-out share is held out, graded by its own labels (people's
+        where it has them), unless the judge is unchecked: when it was not audited and trusted
+        (``judge_trusted``; None reads ``self.last_audit``: audit off, or no audit made) and at
+        least ``min_human_heldout`` human-labelled queries fall in the held-out share, the
+        held-out set is those alone and model-labelled queries only train and validate, so the
+        proof never trusts a judge nobody checked. A trusted judge's held-out queries stay in
+        the proof next to the people's, which veto it when their own gain is negative
+        (:attr:`FinetuneReport.vetoed`): a few dozen human labels are too few for a CI alone.
         """
+        if judge_trusted is None:
+            judge_trusted = self.last_audit is not None and self.last_audit.trusted
         tr_f, va_f, _ = self.config.split
         real = [q for q in labeled if q.source != "synthetic"]
         synth = [q for q in labeled if q.source == "synthetic"]
         human = [q for q in real if q.source == "feedback"]
         human_heldout = sum(split_point(self.config.seed, q.key) >= tr_f + va_f for q in human)
         human_only = (
-            self.config.min_human_heldout > 0
+            not judge_trusted
+            and self.config.min_human_heldout > 0
             and human_heldout >= self.config.min_human_heldout
             and len(human) < len(real)
         )
@@ -909,6 +919,12 @@ class NudgeFinetuneEngine:
                 "FinetuneReport that finetune() returned; run finetune() again."
             )
             raise BadInputError(msg)
+        if report.vetoed and not force:
+            msg = (
+                f"report: {report.veto_reason()}; collect more feedback and finetune() again, "
+                "or pass force=True."
+            )
+            raise GainNotProvenError(msg)
         if not report.proven and not force:
             msg = (
                 f"report: the held-out NDCG@10 gain {report.ndcg.gain:+.4f} has a "

@@ -35,7 +35,8 @@ class FinetuneReport:
     """What :meth:`NudgeFinetuneEngine.finetune` found; ``apply`` writes it.
 
     ``ndcg`` / ``recall`` are NDCG@10 / Recall@10 of the held-out queries over the whole
-    corpus; ``proven`` is whether the NDCG@10 gain's CI lower bound beats ``min_gain``.
+    corpus, each query graded by its own labels; ``proven`` is whether the NDCG@10 gain's CI
+    lower bound beats ``min_gain`` and people's labels do not veto it (``vetoed``).
     ``to_dict()`` is what is stored with the version; the new vectors are not in it.
     """
 
@@ -90,9 +91,22 @@ class FinetuneReport:
     _base_digest: str = field(default="", repr=False)
 
     @property
+    def vetoed(self) -> bool:
+        """People's labels refuse a proof that judge-graded queries carry: the held-out set
+        mixes human- and judge-graded queries and the mean NDCG@10 gain on the human-graded
+        ones is negative (below ``min(0, min_gain)``). A point estimate, not a test: on a few
+        human queries a harmful change shows negative more often than significantly negative
+        (``benchmarks/RESULTS_JUDGES.md`` measures both)."""
+        human = self.graded.get("human")
+        if human is None or self.proof_by != "human+judge":
+            return False
+        return human.gain < min(0.0, self.min_gain)
+
+    @property
     def proven(self) -> bool:
-        """Whether the NDCG@10 gain's CI lower bound is above ``min_gain``."""
-        return math.isfinite(self.ndcg.ci_low) and self.ndcg.ci_low > self.min_gain
+        """Whether the NDCG@10 gain's CI lower bound is above ``min_gain``, not ``vetoed``."""
+        ok = math.isfinite(self.ndcg.ci_low) and self.ndcg.ci_low > self.min_gain
+        return ok and not self.vetoed
 
     def vectors(self) -> dict[str, np.ndarray]:
         """The new vectors by id (empty for a report read back from a version)."""
@@ -117,6 +131,7 @@ class FinetuneReport:
         for name in ("ndcg", "recall"):
             out[name] = {**out[name], "gain": getattr(self, name).gain}
         out["proven"] = self.proven
+        out["vetoed"] = self.vetoed
         out["proof_by"] = self.proof_by
         return out
 
@@ -127,6 +142,18 @@ class FinetuneReport:
         if self.heldout_source == "synthetic":
             return "synthetic"
         return "+".join(k for k in ("human", "judge") if self.graded_queries.get(k))
+
+    def veto_reason(self) -> str:
+        """Why people's labels veto the proof (empty when they do not)."""
+        if not self.vetoed:
+            return ""
+        h = self.graded["human"]
+        return (
+            f"people's labels veto it: NDCG@10 on the {self.graded_queries.get('human', 0)} "
+            f"human-graded held-out queries went {h.before:.4f} -> {h.after:.4f} "
+            f"({h.gain:+.4f}); the CI over all held-out queries ({self.ndcg.ci_low:+.4f} low) "
+            "rests on the judge's grades"
+        )
 
     def headline(self) -> str:
         """Who graded the proof and how far the judge can be trusted, in one or two lines."""
@@ -172,13 +199,18 @@ class FinetuneReport:
                     f"  NDCG@10 on the {n} {who}-graded: {m.before:.4f} -> {m.after:.4f} "
                     f"({m.gain:+.4f}, CI [{m.ci_low:+.4f}, {m.ci_high:+.4f}])"
                 )
-        verdict = (
-            f"proven: NDCG@10 CI lower bound {self.ndcg.ci_low:+.4f} > min_gain "
-            f"{self.min_gain:+.4f}; engine.apply(report) will write it"
-            if self.proven
-            else f"not proven: NDCG@10 CI lower bound {self.ndcg.ci_low:+.4f} <= min_gain "
-            f"{self.min_gain:+.4f}; apply refuses (collect more labels, or force=True)"
-        )
+        if self.proven:
+            verdict = (
+                f"proven: NDCG@10 CI lower bound {self.ndcg.ci_low:+.4f} > min_gain "
+                f"{self.min_gain:+.4f}; engine.apply(report) will write it"
+            )
+        elif self.vetoed:
+            verdict = "not proven: " + self.veto_reason() + "; apply refuses (force=True)"
+        else:
+            verdict = (
+                f"not proven: NDCG@10 CI lower bound {self.ndcg.ci_low:+.4f} <= min_gain "
+                f"{self.min_gain:+.4f}; apply refuses (collect more labels, or force=True)"
+            )
         c = self.cost
         lines += [
             "",
@@ -198,10 +230,12 @@ class FinetuneReport:
                 shown = ", ".join(flagged[:5]) + (", ..." if len(flagged) > 5 else "")
                 lines.append(f"suspect chunks ({why}): {len(flagged)}: {shown}")
         if self.proof_by == "human+judge":
+            audited = self.judge_audit is not None and self.judge_audit.trusted
             lines.append(
-                "note: the held-out proof mixes judge-graded queries with too few human-graded "
-                "ones to stand alone; it trusts the judge"
-                + (" the audit passed." if self.judge_audit is not None else ".")
+                f"note: the proof grades {self.graded_queries.get('human', 0)} held-out queries "
+                f"by people and {self.graded_queries.get('judge', 0)} by model labels ("
+                + ("the judge the audit trusted" if audited else "unaudited")
+                + "); a negative gain on the people's vetoes it."
             )
         if self.labels.get("judge_dropped", 0):
             lines.append(

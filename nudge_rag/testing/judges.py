@@ -130,6 +130,15 @@ class SimilarityBiasedJudge(QrelsJudge):
     ``kept gold · (1 − precision) / precision`` (rounded up or down at random, seeded by the
     query). ``precision=1`` is the gold judge. ``nearest=False`` draws the false positives at
     random from the prompt's other candidates instead (seeded per query and candidate).
+
+    ``per_prompt`` instead sets the false positives of every prompt, whether or not it holds a
+    kept gold chunk (fractional parts rounded at random, seeded by the query): a real weak judge
+    also marks chunks relevant for queries whose answer the pool lacks, and those queries then
+    train on nothing but its errors. ``precision`` is then what the counts make it.
+    ``longest=True`` picks the false positives among the longest other candidates (a judge
+    biased to long chunks: the same chunks fool it for many queries); ``prefer(query, ids)``
+    among those it scores highest (a judge with its own, weaker sense of similarity, e.g. a
+    small reranker's embedding: what it errs on is consistent across queries).
     """
 
     def __init__(
@@ -139,8 +148,14 @@ class SimilarityBiasedJudge(QrelsJudge):
         precision: float = 1.0,
         miss: float = 0.0,
         nearest: bool = True,
+        per_prompt: float | None = None,
+        longest: bool = False,
+        prefer: Callable[[str, Sequence[str]], Sequence[float]] | None = None,
         **kwargs: Any,
     ) -> None:
+        if per_prompt is not None and not per_prompt >= 0:
+            msg = f"per_prompt: found {per_prompt!r}, expected false positives per prompt ≥ 0."
+            raise ValueError(msg)
         if not 0.0 < precision <= 1.0 or not 0.0 <= miss <= 1.0:
             msg = (
                 f"precision / miss: found {precision!r} / {miss!r}, expected a share in (0, 1] "
@@ -151,9 +166,14 @@ class SimilarityBiasedJudge(QrelsJudge):
         self.precision = precision
         self.miss = miss
         self.nearest = nearest
+        self.per_prompt = per_prompt
+        self.longest = longest
+        self.prefer = prefer
 
-    def grades(self, query: str, ids: Sequence[str]) -> list[int]:
-        """The grades of ``ids`` (nearest first) for ``query``."""
+    def grades(
+        self, query: str, ids: Sequence[str], texts: Sequence[str] | None = None
+    ) -> list[int]:
+        """The grades of ``ids`` (nearest first, with their ``texts``) for ``query``."""
         gold = self.qrels.get(_norm(query), {})
         out = []
         for i in ids:
@@ -161,10 +181,20 @@ class SimilarityBiasedJudge(QrelsJudge):
             if g > 0 and _unit(self.seed, "miss", _norm(query), i) < self.miss:
                 g = 0
             out.append(g)
-        want = sum(g > 0 for g in out) * (1.0 - self.precision) / self.precision
+        want = (
+            sum(g > 0 for g in out) * (1.0 - self.precision) / self.precision
+            if self.per_prompt is None
+            else self.per_prompt
+        )
         n_fp = int(want) + (_unit(self.seed, "fp", _norm(query)) < want - int(want))
         others = [n for n, i in enumerate(ids) if out[n] == 0 and gold.get(i, 0.0) <= 0]
-        if not self.nearest:
+        if self.prefer is not None and others:
+            score = self.prefer(query, [ids[n] for n in others])
+            order = sorted(range(len(others)), key=lambda k: -float(score[k]))
+            others = [others[k] for k in order]
+        elif self.longest and texts is not None:
+            others.sort(key=lambda n: -len(texts[n]))
+        elif not self.nearest:
             others.sort(key=lambda n: _unit(self.seed, "pick", _norm(query), ids[n]))
         for n in others[:n_fp]:
             out[n] = 1
@@ -177,7 +207,8 @@ class SimilarityBiasedJudge(QrelsJudge):
             return super().__call__(body)
         self.calls[task] = self.calls.get(task, 0) + 1
         ids = [c["id"] for c in request["candidates"]]
-        graded = self.grades(request["query"], ids)
+        texts = [str(c.get("text", "")) for c in request["candidates"]]
+        graded = self.grades(request["query"], ids, texts)
         return {"judgments": [{"id": i, "grade": g} for i, g in zip(ids, graded, strict=True)]}
 
 
