@@ -45,6 +45,7 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path):
     assert (tmp_path / "mine.txt").read_text() == "precious"
 
 
+@pytest.mark.integration
 def test_demo_then_versions_eval_rollback_traces(tmp_path):
     dataset("scifact")  # skips without ../shared
     state, plot = tmp_path / "demo", tmp_path / "demo.png"
@@ -219,6 +220,7 @@ def _run_without_write_access(args: list[str]) -> subprocess.CompletedProcess:
     return res
 
 
+@pytest.mark.integration
 def test_read_only_commands_work_on_a_read_only_folder(tmp_path):
     folder = tmp_path / "ro"
     args = _llama_store(folder)

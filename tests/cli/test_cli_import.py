@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 
 from nudge_rag.cli import app
 
+pytestmark = pytest.mark.integration
+
 runner = CliRunner()
 TEXTS = {
     "refund": "Refunds are paid back to the card within five days.",

@@ -21,6 +21,8 @@ from nudge_rag.cli import app
 from nudge_rag.langchain import NudgedVectorStore
 from nudge_rag.langchain.embeddings import LookupEmbeddings
 
+pytestmark = pytest.mark.integration
+
 runner = CliRunner()
 
 

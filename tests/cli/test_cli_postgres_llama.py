@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 
 from nudge_rag.cli import app
 
+pytestmark = pytest.mark.integration
+
 runner = CliRunner()
 
 

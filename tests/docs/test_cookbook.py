@@ -70,6 +70,7 @@ def _client(path: Path, workdir: Path, kernel_specs: KernelSpecManager):
     )
 
 
+@pytest.mark.integration
 def test_without_the_data_a_notebook_stops_in_its_first_cell_with_a_skip_message(
     tmp_path: Path, kernel_specs: KernelSpecManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -85,6 +86,7 @@ def test_without_the_data_a_notebook_stops_in_its_first_cell_with_a_skip_message
     assert len(ran) == 1
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_and_its_asserts_hold(
     path: Path,

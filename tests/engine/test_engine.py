@@ -262,6 +262,7 @@ def test_a_stale_report_is_refused(world):
 # -- LLM labels through the local OpenAI-compatible server ---------------------------------------
 
 
+@pytest.mark.integration
 def test_llm_labels_traces_without_feedback(world):
     traces = world.search_all()
     with_fb = world.queries[:40]
@@ -284,6 +285,7 @@ def test_llm_labels_traces_without_feedback(world):
     assert found[f"q:{text.lower()}"].positives == {target: 2.0}
 
 
+@pytest.mark.integration
 def test_a_rerun_pays_only_for_new_traces(world):
     world.search_all(world.queries[:100])
     with OpenAIStub(QrelsJudge(world.qrels)) as stub:
@@ -309,6 +311,7 @@ def test_faults_and_budget_are_counted_in_the_report(world):
     assert report.labels["llm"] == c["answered"] - report.labels["no_positive"]
 
 
+@pytest.mark.integration
 def test_llama_index_mock_llm_as_the_judge(world):
     """LlamaIndex's MockLLM echoes the prompt its messages_to_prompt hook builds: the hook
     answers from the qrels, so the whole engine runs on the framework's own fake model."""
@@ -346,6 +349,7 @@ def test_langchain_fake_model_answers_are_skipped_and_counted(world):
 # -- cold start ------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_synthetic_questions_cold_start(world):
     questions = {}
     for text, _, target in world.queries:
@@ -477,6 +481,7 @@ def test_feedback_irrelevant_ids_reach_the_fit_as_negatives(world):
     assert report.to_dict()["negative_weight"] == report.negative_weight
 
 
+@pytest.mark.integration
 def test_judge_grade_zero_candidates_are_negatives(world):
     world.search_all()
     with OpenAIStub(QrelsJudge(world.qrels)) as stub:

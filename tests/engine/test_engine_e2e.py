@@ -14,6 +14,8 @@ import pytest
 from nudge_rag.eval.data import BeirDataset, load_beir, shared_data_dir
 from nudge_rag.eval.simulate import compare_with_gold
 
+pytestmark = pytest.mark.integration
+
 
 @cache
 def _load(name: str) -> BeirDataset | None:

@@ -107,6 +107,7 @@ def watcher(store, clock, engine_cls=NudgeFinetuneEngine, **kw) -> Watcher:
     )
 
 
+@pytest.mark.integration
 def test_applies_a_proven_version_then_keeps_it_when_live_searches_hold(store, world, tmp_path):
     clock = FakeClock()
     first, later = halves(world)

@@ -52,6 +52,7 @@ def test_not_a_beir_folder(tmp_path):
         load_beir(tmp_path)
 
 
+@pytest.mark.integration
 def test_shared_scifact_counts_and_rows():
     ds = dataset("scifact")
     assert ds.corpus_embeddings.shape == (5183, 384)
@@ -65,6 +66,7 @@ def test_shared_scifact_counts_and_rows():
     assert np.allclose(np.linalg.norm(task.queries, axis=1), 1, atol=1e-4)
 
 
+@pytest.mark.integration
 def test_nfcorpus_keeps_its_own_dev_and_grades():
     ds = dataset("nfcorpus")
     sp = split_queries(ds)

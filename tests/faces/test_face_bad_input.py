@@ -61,6 +61,7 @@ def test_llama_index_k_out_of_range_is_refused(k, tmp_path):
     store.close()
 
 
+@pytest.mark.integration
 def test_milvus_lite_collection_reopened_through_llama_index_is_loaded(tmp_path):
     pytest.importorskip("llama_index.vector_stores.milvus")
     uri = tmp_path / "milvus.db"
@@ -102,6 +103,7 @@ def test_method_names_are_one_vocabulary(tmp_path):
     store.close()
 
 
+@pytest.mark.integration
 def test_milvus_ids_with_quotes_and_backslashes(tmp_path):
     import numpy as np
     from pymilvus import MilvusClient

@@ -25,6 +25,8 @@ import pytest
 
 from nudge_rag.eval.data import BeirDataset, load_beir, shared_data_dir
 
+pytestmark = pytest.mark.integration
+
 K = 10
 N_QUERIES = 60
 N_CHUNKS = 2_000

@@ -53,6 +53,8 @@ from nudge_rag.testing.pgserver import PgServer
 from tests.llama_index import test_llama_conformance as conformance
 from tests.llama_index.test_llama_conformance import filled, pair  # noqa: F401 - the suite's fixtures, reused
 
+pytestmark = pytest.mark.integration
+
 N_QUERIES = 300
 
 

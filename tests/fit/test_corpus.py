@@ -113,6 +113,7 @@ def pgvector_adapter(pg: Any, db: str) -> Callable[[list[str], np.ndarray, Path]
     return make
 
 
+@pytest.mark.integration
 def test_pgvector_search_spreads_a_batch_over_connections(
     pg: Any, db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -192,6 +193,7 @@ def assert_same_report(mem: Any, sto: Any) -> None:
 EXACT = {"memory": memory_adapter, "faiss-flat": faiss_adapter}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("store", list(EXACT))
 def test_exact_store_path_equals_memory_path(store: str, tmp_path: Path) -> None:
     state, _, _ = scifact_state(EXACT[store], tmp_path)
@@ -204,6 +206,7 @@ def test_exact_store_path_equals_memory_path(store: str, tmp_path: Path) -> None
     assert mem.proven and mem.ndcg.gain > 0.05
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("store", list(EXACT))
 def test_nudged_rows_are_ranked_by_their_base_vectors(store: str, tmp_path: Path) -> None:
     """After an apply the store ranks nudged rows by their new vectors; the next fine-tune
@@ -237,7 +240,16 @@ def test_topk_excluding_grows_the_overfetch(tmp_path: Path) -> None:
     assert store.stats.refetch_rounds > 0 and store.stats.short_lists == 0
 
 
-@pytest.mark.parametrize("store", ["memory", "faiss-flat", "chroma", "milvus", "qdrant"])
+@pytest.mark.parametrize(
+    "store",
+    [
+        "memory",
+        "faiss-flat",
+        "chroma",
+        pytest.param("milvus", marks=pytest.mark.integration),
+        pytest.param("qdrant", marks=pytest.mark.integration),
+    ],
+)
 def test_adapter_search_is_the_metric_similarity_order(store: str, tmp_path: Path) -> None:
     makers = {**EXACT, "chroma": chroma_adapter, "milvus": milvus_adapter, "qdrant": qdrant_adapter}
     rng = np.random.default_rng(1)
@@ -276,6 +288,7 @@ def spy(obj: Any, name: str) -> list[Any]:
     return seen
 
 
+@pytest.mark.integration
 def test_milvus_search_moves_no_vectors(tmp_path: Path) -> None:
     """The store path asks Milvus for keys and scores only: with ``output_fields=[]`` Milvus
     Lite returned every hit's vector (0.3 MB a query, most of the client's RSS at 1M rows)."""
@@ -287,6 +300,7 @@ def test_milvus_search_moves_no_vectors(tmp_path: Path) -> None:
     assert "embedding" not in fields
 
 
+@pytest.mark.integration
 def test_milvus_reads_ask_the_schema_once_per_call(tmp_path: Path) -> None:
     """``id_field`` asks the server whether the collection exists; read per row it cost one
     round trip per row (20,000 ids: 14 s to list, now 2 s), in get, put, ids and scan alike."""
@@ -299,6 +313,7 @@ def test_milvus_reads_ask_the_schema_once_per_call(tmp_path: Path) -> None:
     assert len(calls) <= 20, f"{len(calls)} round trips for four calls"
 
 
+@pytest.mark.integration
 def test_milvus_hnsw_search_explores_more_than_the_default(tmp_path: Path) -> None:
     """The fine-tune's searches pass ``ef = max(search_ef, k)`` to an HNSW index: on 5,000
     random 64-d rows Milvus Lite's default ``ef`` (64) found 91% of the exact top 10."""
@@ -321,6 +336,7 @@ def test_milvus_hnsw_search_explores_more_than_the_default(tmp_path: Path) -> No
     assert recall(adapter.search_ef) >= 0.98
 
 
+@pytest.mark.integration
 def test_memory_path_reads_milvus_in_one_pass(tmp_path: Path, monkeypatch: Any) -> None:
     """The memory path reads a Milvus collection page by page (``scan``), not by filtered
     queries of 1,000 ids each (which Milvus Lite answers by a pass over the collection:
@@ -342,6 +358,7 @@ def test_memory_path_reads_milvus_in_one_pass(tmp_path: Path, monkeypatch: Any) 
     assert eng.open_corpus().shape == (2500, 16)
 
 
+@pytest.mark.integration
 def test_milvus_search_reads_a_key_not_named_id(tmp_path: Path) -> None:
     """LangChain's Milvus names its INT64 key ``pk``: the store path read every hit's key as
     ``hit["id"]`` and raised KeyError on such a collection."""
@@ -484,13 +501,16 @@ def check_hnsw(make: Callable[..., Any], tmp_path: Path, name: str) -> None:
     assert sto.proven
 
 
+@pytest.mark.integration
 def test_chroma_hnsw_within_the_index_recall(tmp_path: Path) -> None:
     check_hnsw(chroma_adapter, tmp_path, "chroma")
 
 
+@pytest.mark.integration
 def test_milvus_lite_within_the_index_recall(tmp_path: Path) -> None:
     check_hnsw(milvus_adapter, tmp_path, "milvus-lite")
 
 
+@pytest.mark.integration
 def test_pgvector_hnsw_within_the_index_recall(pg: Any, db: str, tmp_path: Path) -> None:
     check_hnsw(pgvector_adapter(pg, db), tmp_path, "pgvector-hnsw")

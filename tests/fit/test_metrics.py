@@ -67,6 +67,7 @@ def test_ideal_dcg_uses_only_the_best_k_grades():
     assert table.ideal_dcg(3)[0] == pytest.approx(expected)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name,split", [("scifact", "test"), ("nfcorpus", "test")])
 def test_agrees_with_pytrec_eval_on_a_real_run(name, split):
     pytrec_eval = pytest.importorskip("pytrec_eval")

@@ -49,6 +49,7 @@ def clustered(n=3000, d=32, n_train=300, n_val=120, seed=0):
     return E, *queries(n_train), *queries(n_val)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["scifact", "nfcorpus"])
 @pytest.mark.parametrize("method", ["nudge-n", "nudge-m"])
 def test_matches_nudge_ft_on_shared_data(name, method):
@@ -166,6 +167,7 @@ def test_sqrt_weighting_pulls_less_for_queries_with_many_positives():
     np.testing.assert_array_equal(one.vectors, finetune_embeddings(E, tq, tp, **kw).vectors)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["scifact", "nfcorpus"])
 def test_defaults_beat_nudge_ft_by_two_points(name):
     ds = dataset(name)
@@ -519,6 +521,7 @@ def test_the_weight_is_kept_only_when_validation_improves():
     assert res.negative_weight == 0.0 or max(v for _, v in res.curve) >= best_plain
 
 
+@pytest.mark.integration
 def test_gold_negatives_help_on_nfcorpus():
     ds = dataset("nfcorpus")
     sp = split_queries(ds, seed=0, use_given_dev=False)

@@ -685,6 +685,7 @@ def _finetune_gain(state: NudgeState) -> float:
     return report.ndcg.gain
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("fmt", ["langsmith", "langfuse", "phoenix", "jsonl"])
 def test_scifact_imported_history_gives_the_live_gain(fmt: str, tmp_path: Path):
     from nudge_rag.eval.simulate import beir_state
@@ -833,6 +834,7 @@ def test_a_row_the_database_refuses_costs_only_itself(state: NudgeState):
     assert state.import_traces([good]).skipped_duplicates == 1
 
 
+@pytest.mark.integration
 def test_a_nul_in_an_id_on_postgres_costs_only_its_record(pg: Any, db: str, tmp_path: Path):
     pytest.importorskip("psycopg", reason='needs pip install "nudge-rag[postgres]"')
     rng = np.random.default_rng(0)

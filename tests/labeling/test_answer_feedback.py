@@ -103,6 +103,7 @@ def test_only_ratings_without_a_judge_says_what_to_do(world):
         NudgeFinetuneEngine(world.state, progress=False).finetune()
 
 
+@pytest.mark.integration
 def test_the_judge_picks_what_a_liked_answer_rests_on_from_the_shown_chunks(world):
     tids = world.search_all()
     up, down = rate_all(world, tids)

@@ -279,6 +279,7 @@ CRASHING_CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.integration
 def test_a_crash_midway_keeps_what_was_paid_for(tmp_path):
     """Kill a labeling process midway; the rerun asks only what was not cached yet."""
     path = tmp_path / "labels.sqlite"
@@ -472,6 +473,7 @@ def test_ordinary_text_is_not_flagged(text):
     assert judge_injection(text) is None
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["scifact", "nfcorpus"])
 def test_no_false_positives_on_the_shared_corpora(name):
     """Measured: 0 of 5,183 SciFact and 0 of 3,633 NFCorpus chunks are flagged."""
@@ -629,6 +631,7 @@ def _injected_scifact(tmp_path, sentence: str, **engine_kw):
     return report, judge, share, eng
 
 
+@pytest.mark.integration
 def test_an_injected_chunk_is_never_shown_to_the_judge_on_scifact(tmp_path):
     """issue 11.5. Measured on main (same setup, judge obeys the chunk): labelled relevant in
     all 85 pools, share of test top 10s 2.3% → 13.7%. Now: withheld from the judge in all
@@ -645,6 +648,7 @@ def test_an_injected_chunk_is_never_shown_to_the_judge_on_scifact(tmp_path):
     assert report.proven
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_an_injection_the_detector_misses_is_an_outlier_on_scifact(tmp_path):
     """Phrasing the detector does not know: the judge obeys it in all 85 pools, the chunk's

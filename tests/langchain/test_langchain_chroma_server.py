@@ -12,6 +12,8 @@ from langchain_tests.integration_tests import VectorStoreIntegrationTests
 
 from nudge_rag.langchain import NudgedVectorStore
 
+pytestmark = pytest.mark.integration
+
 
 def _inner(server: tuple[str, int], embeddings, space: str = "cosine"):
     import chromadb

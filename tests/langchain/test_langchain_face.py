@@ -213,7 +213,7 @@ def test_overwrite_and_delete_drop_nudges(pair):
     assert np.allclose(got, expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["chroma", "qdrant"])
+@pytest.mark.parametrize("kind", ["chroma", pytest.param("qdrant", marks=pytest.mark.integration)])
 def test_cosine_rollback_to_base_is_bitwise(tmp_path, kind):
     """Cosine stores do not read back what they were given: the face keeps inserted vectors."""
     inner = _inner(kind, tmp_path)

@@ -31,6 +31,8 @@ from nudge_rag.langchain.backends.milvus import MilvusBackend, register_orm_alia
 from nudge_rag.langchain.embeddings import LookupEmbeddings
 from nudge_rag.stores.base import Metric
 
+pytestmark = pytest.mark.integration
+
 N_QUERIES = 60
 
 
@@ -70,6 +72,7 @@ def _bare_ids(pairs) -> list[str]:
     return [d.metadata["pk"] for d, _ in pairs]
 
 
+@pytest.mark.integration
 def test_wrapped_equals_bare_on_scifact_and_rollback_is_exact(uri, scifact, tmp_path):
     doc_ids, emb, qtexts = scifact
     inner = _milvus(uri, emb, collection_name="scifact")

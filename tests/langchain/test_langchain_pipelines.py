@@ -20,6 +20,8 @@ from nudge_rag.langchain.embeddings import SentenceTransformerEmbeddings
 from nudge_rag.testing.langchain_stores import KINDS, bare_store
 from tests.shared_data import HELP_CENTER
 
+pytestmark = pytest.mark.integration
+
 DOCS = HELP_CENTER
 
 

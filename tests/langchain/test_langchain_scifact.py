@@ -11,6 +11,8 @@ from nudge_rag.langchain import NudgedVectorStore
 from nudge_rag.testing.langchain_stores import KINDS, bare_store
 from tests.shared_data import scifact_lookup
 
+pytestmark = pytest.mark.integration
+
 N_QUERIES = 150
 
 

@@ -37,7 +37,13 @@ from nudge_rag.llama_index import TRACE_ID_KEY, NudgedVectorStore
 DIM = 8
 N = 12
 TOPICS = ("retrieval", "nutrition", "physics")
-KINDS = ["chroma", "chroma-server", "simple", "qdrant", "milvus"]
+KINDS = [
+    "chroma",
+    pytest.param("chroma-server", marks=pytest.mark.integration),
+    "simple",
+    "qdrant",
+    pytest.param("milvus", marks=pytest.mark.integration),
+]
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -595,6 +601,7 @@ def test_the_engine_reads_chunk_texts(filled):
         assert got == [None, None]
 
 
+@pytest.mark.integration
 def test_from_defaults_reaches_a_chroma_server(chroma_server, tmp_path):
     host, port = chroma_server
     name = f"defaults-{uuid.uuid4().hex[:8]}"

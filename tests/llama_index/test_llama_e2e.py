@@ -51,6 +51,7 @@ def _ref_filter(doc_id: str):
     return MetadataFilters(filters=[MetadataFilter(key="document_id", value=doc_id)])
 
 
+@pytest.mark.integration
 def test_index_retriever_query_engine_and_nudge_on_persistent_chroma(embed_model, tmp_path):
     store = NudgedVectorStore.from_defaults(
         persist_dir=tmp_path / "chroma", collection_name="docs", embed_model=embed_model
@@ -106,6 +107,7 @@ def test_index_retriever_query_engine_and_nudge_on_persistent_chroma(embed_model
     reopened.close()
 
 
+@pytest.mark.integration
 async def test_async_retrieval_records_a_trace(embed_model, tmp_path):
     store = NudgedVectorStore.from_defaults(tmp_path / "chroma", collection_name="async")
     index = VectorStoreIndex.from_documents(
@@ -119,6 +121,7 @@ async def test_async_retrieval_records_a_trace(embed_model, tmp_path):
     store.close()
 
 
+@pytest.mark.integration
 def test_simple_store_with_docstore_persist_and_reload(embed_model, tmp_path):
     inner = SimpleVectorStore()
     store = NudgedVectorStore(inner, state_dir=tmp_path / "state", embed_model=embed_model)

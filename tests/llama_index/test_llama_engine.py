@@ -14,6 +14,8 @@ from llama_index.core.vector_stores.types import VectorStoreQuery
 from nudge_rag.engine.engine import NudgeFinetuneEngine
 from nudge_rag.llama_index import NudgedVectorStore
 
+pytestmark = pytest.mark.integration
+
 TRAIN = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "scifact" / "qrels"
 
 

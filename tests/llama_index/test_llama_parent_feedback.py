@@ -175,6 +175,7 @@ def test_id_key_still_means_a_metadata_key(tmp_path):
     assert node.metadata["source"] == "b.md"
 
 
+@pytest.mark.integration
 def test_feedback_on_a_document_in_a_pgvectorstore(pg, db):
     """``PGVectorStore`` looks the chunks of every named document up in one query."""
     pytest.importorskip("llama_index.vector_stores.postgres")

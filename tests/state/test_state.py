@@ -126,6 +126,7 @@ def _in_other_process(tmp_path, state_dir, op: str) -> str:
     return res.stdout.strip()
 
 
+@pytest.mark.integration
 def test_a_rollback_by_another_process_is_not_served_silently_on_embedded_chroma(
     state, tmp_path, state_dir
 ):
@@ -149,6 +150,7 @@ def test_a_rollback_by_another_process_is_not_served_silently_on_embedded_chroma
     assert out == f"0 {base_b[0]:.4f} {base_b[1]:.4f}"
 
 
+@pytest.mark.integration
 def test_check_fresh_on_a_chroma_server_sees_the_other_processs_rollback(chroma_server, tmp_path):
     """Readers of a shared server see every write: nothing to refuse."""
     import chromadb

@@ -536,6 +536,7 @@ ro.close()
 """
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root")
 def test_read_only_log_on_a_read_only_file_system(tmp_path):
     """The state folder on a read-only mount (root ignores folder permissions, not mounts)."""

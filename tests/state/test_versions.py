@@ -234,6 +234,7 @@ def test_deleted_documents_are_skipped_on_rollback_and_forgotten_only_by_repair(
     assert log.changed_ids() == [IDS[2]]
 
 
+@pytest.mark.integration
 def test_chroma_writes_more_rows_than_one_batch(tmp_path):
     client = chromadb.PersistentClient(path=str(tmp_path / "big"))
     col = client.create_collection("big", metadata={"hnsw:space": "l2"})

@@ -28,6 +28,8 @@ import pytest
 from nudge_rag.state.versions.log import VersionLog
 from nudge_rag.stores.base import StoreAdapter
 
+pytestmark = pytest.mark.integration
+
 N, M, D, K = 3000, 1000, 64, 1100  # rows, moved rows, dimensions, results per search
 OLD_SCORE, NEW_SCORE, OTHER_SCORE = 0.5, 0.9, 0.1
 

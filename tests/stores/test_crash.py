@@ -209,6 +209,7 @@ def kill_runs(request, tmp_path_factory) -> Iterator[dict[str, dict | str]]:
         server.close()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "store",
     STORES

@@ -23,7 +23,13 @@ def _nodes(n: int = 5) -> list[TextNode]:
     ]
 
 
-@pytest.fixture(params=["simple", "milvus-cosine", "milvus-ip"])
+@pytest.fixture(
+    params=[
+        "simple",
+        pytest.param("milvus-cosine", marks=pytest.mark.integration),
+        pytest.param("milvus-ip", marks=pytest.mark.integration),
+    ]
+)
 def filled(request, tmp_path):
     """A store holding five nodes, and its adapter."""
     nodes = _nodes()
@@ -85,6 +91,7 @@ def test_put_with_the_wrong_dimension_changes_nothing(filled):
     np.testing.assert_array_equal(adapter.get(["n1"]), before)
 
 
+@pytest.mark.integration
 def test_milvus_partial_update_keeps_text_and_metadata(tmp_path):
     from llama_index.vector_stores.milvus import MilvusVectorStore
 
@@ -107,6 +114,7 @@ def test_simple_adapter_follows_clear():
     assert adapter.ids() == ["n0"]
 
 
+@pytest.mark.integration
 def test_wrong_objects_are_refused(tmp_path):
     with pytest.raises(NudgeError, match="expected a LlamaIndex SimpleVectorStore"):
         LlamaSimpleAdapter(object())

@@ -37,6 +37,8 @@ from nudge_rag.stores.pgvector import (
 )
 from nudge_rag.testing.pgserver import PgServer
 
+pytestmark = pytest.mark.integration
+
 N_DOCS = 300
 
 

@@ -110,6 +110,7 @@ def test_a_protocol_only_adapter_is_probed() -> None:
     assert describe(ad) == StoreDescription("ProtocolOnly store", True)
 
 
+@pytest.mark.integration
 def test_every_built_in_adapter_describes_its_store(tmp_path) -> None:
     import chromadb
     import lancedb
