@@ -1,4 +1,4 @@
-"""Write docs/reference/cli-commands.md from the typer app (tests/test_docs.py checks it is
+"""Write docs/reference/cli-commands.md from the typer app (tests/docs/test_docs.py checks it is
 current): ``python scripts/gen_cli_docs.py``."""
 
 from __future__ import annotations

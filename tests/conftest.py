@@ -22,6 +22,27 @@ from nudge_rag.eval.data import shared_data_dir
 
 SHARED_DATA = shared_data_dir() or Path(__file__).resolve().parents[2] / "shared" / "data"
 
+# a test that asks for one of these fixtures needs a server or the shared data
+INTEGRATION_FIXTURES = {
+    "pg",
+    "db",
+    "chroma_server",
+    "phoenix_server",
+    "scifact_corpus",
+    "scifact_queries",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``integration`` every ``slow`` test and every test that requests a fixture in
+    ``INTEGRATION_FIXTURES`` (one that fetches it with ``request.getfixturevalue`` must carry the
+    marker itself), so that ``-m "not integration"`` is the fast subset."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if item.get_closest_marker("slow") or INTEGRATION_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.integration)
+
 
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Path:

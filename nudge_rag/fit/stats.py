@@ -1,5 +1,5 @@
 """The statistics the engine's proof, the judge audit and the watch guard share (numpy and the
-standard library only; ``tests/test_stats.py`` checks each against scipy).
+standard library only; ``tests/fit/test_stats.py`` checks each against scipy).
 
 - :func:`paired_bootstrap` — percentile CI of a mean of paired differences (the held-out gain);
 - :func:`wilson_interval` — Wilson score interval of a proportion (the judge's precision/recall);

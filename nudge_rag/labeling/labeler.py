@@ -129,7 +129,7 @@ def judge_injection(text: str | None) -> str | None:
     claims of relevance to every query, words to the AI / assistant / grader, chat role tags
     (``<|im_start|>``, ``[INST]``, ``system:``), forged answer JSON. Text is NFKC-normalised
     and stripped of invisible characters first. Measured false positives: 0 of 5,183 SciFact
-    and 0 of 3,633 NFCorpus chunks (``tests/test_labels.py``).
+    and 0 of 3,633 NFCorpus chunks (``tests/labeling/test_labels.py``).
     """
     if not text:
         return None

@@ -1,0 +1,1 @@
+"""The README, the docs site and the cookbook notebooks, executed."""

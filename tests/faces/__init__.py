@@ -1,0 +1,1 @@
+"""Tests that run both faces (LangChain and LlamaIndex) side by side."""

@@ -1,0 +1,1 @@
+"""Tests of ``nudge_rag.stores``."""
