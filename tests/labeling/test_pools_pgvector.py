@@ -6,13 +6,13 @@ import contextlib
 from typing import Any
 
 import pytest
-from tests.labeling.test_pools import K, PoolRecorder, PoolWorld
 
 from nudge_rag import NudgeFinetuneEngine
 from nudge_rag.errors import NudgeError
 from nudge_rag.labeling.pools import LexicalIndex
 from nudge_rag.state.state import NudgeState
 from nudge_rag.testing import OpenAIStub
+from tests.labeling.test_pools import K, PoolRecorder, PoolWorld
 
 pytestmark = pytest.mark.integration
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from llama_index.core.schema import TextNode
 from llama_index.core.vector_stores.types import VectorStoreQuery
-from tests.shared_data import dataset
 
 from nudge_rag.fit.metrics import ndcg_at_k
 from nudge_rag.llama_index import NudgedVectorStore
 from nudge_rag.testing.llama_stores import KINDS, bare_store
+from tests.shared_data import dataset
 
 pytestmark = pytest.mark.integration  # real data: ../shared/data/scifact
 
