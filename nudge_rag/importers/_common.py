@@ -344,6 +344,15 @@ def document_score(doc: Any, score_key: str | None) -> float:
     return number_or_nan(get(doc, *keys, default=get(meta, *keys)))
 
 
+def results(
+    docs: list[Any], ids: list[str | None], score: Callable[[Any], float | None]
+) -> tuple[list[str], list[float | None]]:
+    """The chunk ids found, in order, and ``score`` of each one's document (documents whose
+    chunk was not found are left out)."""
+    kept = [(i, score(doc)) for doc, i in zip(docs, ids, strict=True) if i is not None]
+    return [i for i, _ in kept], [s for _, s in kept]
+
+
 def label_relevance(label: Any, score: Any) -> bool | None:
     """True (relevant), False (irrelevant) or None from a label, else a 0..1 score."""
     if isinstance(label, bool):

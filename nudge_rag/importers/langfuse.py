@@ -39,6 +39,7 @@ from nudge_rag.importers._common import (
     lazy,
     number_or_nan,
     query_text,
+    results,
     scaled_rating,
     score_scale,
 )
@@ -128,14 +129,11 @@ def _record(
 ) -> TraceRecord:
     oid = str(d.get("id"))
     trace = get(d, "traceId", "trace_id")
+    found, scores = results(docs, ids, partial(document_score, score_key=score_key))
     return TraceRecord(
         query=query_text(d.get("input")),
-        result_ids=[i for i in ids if i is not None],
-        scores=[
-            document_score(doc, score_key)
-            for doc, i in zip(docs, ids, strict=True)
-            if i is not None
-        ],
+        result_ids=found,
+        scores=scores,
         time=get(d, "startTime", "start_time"),
         external_id=oid,
         source=LANGFUSE,

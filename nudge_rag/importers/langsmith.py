@@ -39,6 +39,7 @@ from nudge_rag.importers._common import (
     lazy,
     number_or_nan,
     query_text,
+    results,
     scaled_rating,
     score_scale,
 )
@@ -122,14 +123,11 @@ def _record(
     trace = d.get("trace_id")
     if trace is not None and str(trace) != run_id:
         fb = fb + by_run.get(str(trace), [])
+    found, scores = results(docs, ids, partial(document_score, score_key=score_key))
     return TraceRecord(
         query=query_text(d.get("inputs") or {}),
-        result_ids=[i for i in ids if i is not None],
-        scores=[
-            document_score(doc, score_key)
-            for doc, i in zip(docs, ids, strict=True)
-            if i is not None
-        ],
+        result_ids=found,
+        scores=scores,
         time=d.get("start_time"),
         external_id=run_id,
         source=LANGSMITH,
