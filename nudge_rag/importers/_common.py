@@ -73,6 +73,32 @@ def every(source: Any, what: str, *, data_key: str | None = None) -> Iterator[An
         yield x
 
 
+def dicts(
+    source: Any, what: str, hint: str, *, data_key: str | None = None
+) -> Iterator[tuple[str, dict] | Unreadable]:
+    """``(where, item as a dict)`` for each item of ``source`` (see :func:`items`), or an
+    Unreadable for one that cannot be read or is not a record (``hint``: what to pass instead)."""
+    for n, x in enumerate(items(source, what, data_key=data_key)):
+        if isinstance(x, Unreadable):
+            yield x
+            continue
+        try:
+            yield f"{what}[{n}]", as_dict(x)
+        except NudgeError as e:
+            yield Unreadable(f"{what}[{n}]", f"{e}; {hint}")
+
+
+def every_dict(source: Any, what: str, hint: str, *, data_key: str | None = None) -> Iterator[dict]:
+    """Every item of ``source`` as a dict; one that cannot be read raises a BadInputError
+    naming it (``hint``: what to pass instead)."""
+    for n, x in enumerate(every(source, what, data_key=data_key)):
+        try:
+            yield as_dict(x)
+        except NudgeError as e:
+            msg = f"{what}[{n}]: {e}; {hint}"
+            raise BadInputError(msg) from None
+
+
 def lazy(produce: Callable[[], Iterator[Any]], *sources: Any) -> Records:
     """A reader's :class:`~nudge_rag.state.records.Records` from ``produce`` (a generator
     function over its ``sources``): readable again unless a source is a one-shot iterator."""

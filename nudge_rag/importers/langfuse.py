@@ -27,14 +27,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
-from nudge_rag.errors import BadInputError, NudgeError
 from nudge_rag.importers._common import (
-    as_dict,
+    dicts,
     document_score,
-    every,
+    every_dict,
     feedback_record,
     get,
-    items,
     label_relevance,
     lazy,
     number_or_nan,
@@ -54,6 +52,8 @@ from nudge_rag.state.records import (
 )
 
 __all__ = ["read"]
+
+_HINT = "pass Langfuse API objects or their JSON."
 
 
 def read(
@@ -81,8 +81,7 @@ def read(
     wanted = set(names)
     by_obs: dict[str, list[FeedbackRecord]] = {}
     by_trace: dict[str, list[FeedbackRecord]] = {}
-    for n, s in enumerate(every(scores, "scores", data_key="data")):
-        d = _dict(s, f"scores[{n}]")
+    for d in every_dict(scores, "scores", _HINT, data_key="data"):
         record = _feedback(d, scale)
         if record is None:
             continue
@@ -93,22 +92,17 @@ def read(
             by_trace.setdefault(str(get(d, "traceId", "trace_id")), []).append(record)
 
     def entries() -> Iterator[Any]:
-        for n, o in enumerate(items(observations, "observations", data_key="data")):
-            if isinstance(o, Unreadable):
-                yield o
+        for x in dicts(observations, "observations", _HINT, data_key="data"):
+            if isinstance(x, Unreadable):
+                yield x
                 continue
-            try:
-                d = as_dict(o)
-            except NudgeError as e:
-                why = f"{e}; pass Langfuse API objects or their JSON."
-                yield Unreadable(f"observations[{n}]", why)
-                continue
+            where, d = x
             if not _is_search(d, wanted):
                 continue
             output = d.get("output")
             if isinstance(output, Mapping):
                 output = get(output, "documents", "nodes", "results", default=[])
-            yield f"observations[{n}]", d, output if isinstance(output, list) else []
+            yield where, d, output if isinstance(output, list) else []
 
     def records() -> Iterator[TraceRecord | Unreadable]:
         make = partial(_record, by_obs=by_obs, by_trace=by_trace, score_key=score_key)
@@ -159,14 +153,6 @@ def _is_search(d: Mapping, wanted: set[str]) -> bool:
         and bool(output)
         and all(isinstance(x, Mapping) and "page_content" in x for x in output)
     )
-
-
-def _dict(obj: Any, where: str) -> dict:
-    try:
-        return as_dict(obj)
-    except NudgeError as e:
-        msg = f"{where}: {e}; pass Langfuse API objects or their JSON."
-        raise BadInputError(msg) from None
 
 
 def _feedback(d: Mapping, scale: tuple[float, float]) -> FeedbackRecord | None:

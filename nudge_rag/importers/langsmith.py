@@ -27,15 +27,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
-from nudge_rag.errors import BadInputError, NudgeError
 from nudge_rag.importers._common import (
-    as_dict,
+    dicts,
     document_id,
     document_score,
-    every,
+    every_dict,
     feedback_record,
     get,
-    items,
     lazy,
     number_or_nan,
     query_text,
@@ -77,30 +75,21 @@ def read(
     """
     scale = score_scale(numeric_range)
     by_run: dict[str, list[FeedbackRecord]] = {}
-    for n, f in enumerate(every(feedback, "feedback")):
-        try:
-            d = as_dict(f)
-        except NudgeError as e:
-            msg = f"feedback[{n}]: {e}; pass langsmith Feedback objects or their JSON."
-            raise BadInputError(msg) from None
+    for d in every_dict(feedback, "feedback", "pass langsmith Feedback objects or their JSON."):
         target = get(d, "run_id", "trace_id")
         record = _feedback(d, scale)
         if target is not None and record is not None:
             by_run.setdefault(str(target), []).append(record)
 
     def entries() -> Iterator[Any]:
-        for n, r in enumerate(items(runs, "runs")):
-            if isinstance(r, Unreadable):
-                yield r
+        for x in dicts(runs, "runs", "pass langsmith Run objects or their JSON."):
+            if isinstance(x, Unreadable):
+                yield x
                 continue
-            try:
-                d = as_dict(r)
-            except NudgeError as e:
-                yield Unreadable(f"runs[{n}]", f"{e}; pass langsmith Run objects or their JSON.")
-                continue
+            where, d = x
             if d.get("run_type") != "retriever":
                 continue
-            yield f"runs[{n}]", d, _documents(d.get("outputs"))
+            yield where, d, _documents(d.get("outputs"))
 
     def records() -> Iterator[TraceRecord | Unreadable]:
         make = partial(_record, by_run=by_run, score_key=score_key)
