@@ -73,19 +73,30 @@ def every(source: Any, what: str, *, data_key: str | None = None) -> Iterator[An
         yield x
 
 
-def dicts(
-    source: Any, what: str, hint: str, *, data_key: str | None = None
-) -> Iterator[tuple[str, dict] | Unreadable]:
-    """``(where, item as a dict)`` for each item of ``source`` (see :func:`items`), or an
-    Unreadable for one that cannot be read or is not a record (``hint``: what to pass instead)."""
+def searches(
+    source: Any,
+    what: str,
+    hint: str,
+    documents: Callable[[dict], list[Any] | None],
+    *,
+    data_key: str | None = None,
+) -> Iterator[tuple[str, dict, list[Any]] | Unreadable]:
+    """The entries :meth:`~nudge_rag.importers.resolve.Resolver.stream` reads: ``(where, item
+    as a dict, its documents)`` for each item of ``source`` (see :func:`items`) that
+    ``documents`` finds a search (it returns None for any other item), or an Unreadable for one
+    that cannot be read or is not a record (``hint``: what to pass instead)."""
     for n, x in enumerate(items(source, what, data_key=data_key)):
         if isinstance(x, Unreadable):
             yield x
             continue
         try:
-            yield f"{what}[{n}]", as_dict(x)
+            d = as_dict(x)
         except NudgeError as e:
             yield Unreadable(f"{what}[{n}]", f"{e}; {hint}")
+            continue
+        docs = documents(d)
+        if docs is not None:
+            yield f"{what}[{n}]", d, docs
 
 
 def every_dict(source: Any, what: str, hint: str, *, data_key: str | None = None) -> Iterator[dict]:

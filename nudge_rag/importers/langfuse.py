@@ -28,7 +28,6 @@ from functools import partial
 from typing import Any
 
 from nudge_rag.importers._common import (
-    dicts,
     document_score,
     every_dict,
     feedback_record,
@@ -40,6 +39,7 @@ from nudge_rag.importers._common import (
     results,
     scaled_rating,
     score_scale,
+    searches,
 )
 from nudge_rag.importers.resolve import Resolver
 from nudge_rag.state.records import (
@@ -91,22 +91,11 @@ def read(
         elif get(d, "traceId", "trace_id") is not None:
             by_trace.setdefault(str(get(d, "traceId", "trace_id")), []).append(record)
 
-    def entries() -> Iterator[Any]:
-        for x in dicts(observations, "observations", _HINT, data_key="data"):
-            if isinstance(x, Unreadable):
-                yield x
-                continue
-            where, d = x
-            if not _is_search(d, wanted):
-                continue
-            output = d.get("output")
-            if isinstance(output, Mapping):
-                output = get(output, "documents", "nodes", "results", default=[])
-            yield where, d, output if isinstance(output, list) else []
-
     def records() -> Iterator[TraceRecord | Unreadable]:
+        documents = partial(_documents, wanted=wanted)
+        entries = searches(observations, "observations", _HINT, documents, data_key="data")
         make = partial(_record, by_obs=by_obs, by_trace=by_trace, score_key=score_key)
-        yield from Resolver(store, id_key).stream(entries(), make)
+        yield from Resolver(store, id_key).stream(entries, make)
 
     return lazy(records, observations)
 
@@ -134,6 +123,16 @@ def _record(
         feedback=by_obs.get(oid, []) + by_trace.get(str(trace), []),
         resolution=res,
     )
+
+
+def _documents(d: Mapping, wanted: set[str]) -> list[Any] | None:
+    """A retriever observation's output documents; None for any other observation."""
+    if not _is_search(d, wanted):
+        return None
+    output = d.get("output")
+    if isinstance(output, Mapping):
+        output = get(output, "documents", "nodes", "results", default=[])
+    return output if isinstance(output, list) else []
 
 
 def _is_search(d: Mapping, wanted: set[str]) -> bool:

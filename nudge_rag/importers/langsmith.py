@@ -28,7 +28,6 @@ from functools import partial
 from typing import Any
 
 from nudge_rag.importers._common import (
-    dicts,
     document_id,
     document_score,
     every_dict,
@@ -40,6 +39,7 @@ from nudge_rag.importers._common import (
     results,
     scaled_rating,
     score_scale,
+    searches,
 )
 from nudge_rag.importers.resolve import Resolver
 from nudge_rag.state.records import (
@@ -81,19 +81,10 @@ def read(
         if target is not None and record is not None:
             by_run.setdefault(str(target), []).append(record)
 
-    def entries() -> Iterator[Any]:
-        for x in dicts(runs, "runs", "pass langsmith Run objects or their JSON."):
-            if isinstance(x, Unreadable):
-                yield x
-                continue
-            where, d = x
-            if d.get("run_type") != "retriever":
-                continue
-            yield where, d, _documents(d.get("outputs"))
-
     def records() -> Iterator[TraceRecord | Unreadable]:
+        entries = searches(runs, "runs", "pass langsmith Run objects or their JSON.", _documents)
         make = partial(_record, by_run=by_run, score_key=score_key)
-        yield from Resolver(store, id_key).stream(entries(), make)
+        yield from Resolver(store, id_key).stream(entries, make)
 
     return lazy(records, runs)
 
@@ -125,8 +116,12 @@ def _record(
     )
 
 
-def _documents(outputs: Any) -> list[Any]:
-    """A run's output documents (none when its outputs are not shaped so)."""
+def _documents(d: Mapping) -> list[Any] | None:
+    """A retriever run's output documents (none when its outputs are not shaped so); None for
+    any other run."""
+    if d.get("run_type") != "retriever":
+        return None
+    outputs = d.get("outputs")
     docs = outputs.get("documents") if isinstance(outputs, Mapping) else None
     return list(docs) if isinstance(docs, list) else []
 
