@@ -34,7 +34,7 @@ import numpy as np
 
 from nudge_rag.engine.engine import NudgeFinetuneEngine
 from nudge_rag.eval.data import load_beir, shared_data_dir
-from nudge_rag.eval.simulate import beir_state, qrels_by_text, simulate_searches
+from nudge_rag.eval.simulate import beir_state, qrels_by_text, simulate_searches, tuned_matrix
 from nudge_rag.fit.metrics import evaluate, exact_knn
 from nudge_rag.state.files import atomic_write
 from nudge_rag.testing import OpenAIStub, QrelsJudge
@@ -93,12 +93,8 @@ def run(ds: Any, mode: str, *, seed: int, label_k: int) -> dict[str, Any]:
         report = engine.finetune()
         seconds = time.perf_counter() - t0
         ids = state.ids()
-        row_of = {i: n for n, i in enumerate(ids)}
         base = state.base_vectors(ids)
-        tuned = base.copy()
-        vecs = report.vectors()
-        if vecs:
-            tuned[[row_of[i] for i in vecs]] = np.stack(list(vecs.values()))
+        tuned = tuned_matrix(base, ids, report)
         test = ds.task("test")
         before = evaluate(test.queries, base, test.positives, metric="cosine")["ndcg@10"]
         after = evaluate(test.queries, tuned, test.positives, metric="cosine")["ndcg@10"]

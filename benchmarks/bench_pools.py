@@ -188,8 +188,14 @@ def sweep_engine(
     datasets, label_k: int, seeds: list[int], corpora: list[str], out: list, store: str = "memory"
 ) -> None:
     """The engine's fraction of the gold gain, dense vs hybrid pools, memory and store path."""
-    from nudge_rag.engine.engine import NudgeFinetuneEngine
-    from nudge_rag.eval.simulate import beir_state, gold_split, qrels_by_text, simulate_searches
+    from nudge_rag.eval.simulate import (
+        beir_state,
+        gold_split,
+        qrels_by_text,
+        simulate_searches,
+        stub_engine,
+        tuned_matrix,
+    )
     from nudge_rag.fit.metrics import evaluate
     from nudge_rag.fit.nudge import finetune_embeddings
     from nudge_rag.testing.judges import QrelsJudge
@@ -205,20 +211,17 @@ def sweep_engine(
             state = pg_state(ds, tmp) if store == "pgvector" else beir_state(ds, tmp)
             simulate_searches(state, texts, q)
             ids = list(ds.corpus_ids)  # the rows test.positives index (any store's order)
-            row_of = {i: n for n, i in enumerate(ids)}
             base = state.base_vectors(ids)
             before = evaluate(test.queries, base, test.positives, metric="cosine")["ndcg@10"]
             for seed in seeds:
                 gold_gain = None
                 for corpus in corpora:
                     for pools in POOL_KINDS:
-                        eng = NudgeFinetuneEngine(
+                        eng = stub_engine(
                             state,
-                            llm=stub.client(),
-                            llm_model="stub-judge",
+                            stub,
                             label_k=label_k,
                             seed=seed,
-                            progress=False,
                             pools=pools,
                             corpus=corpus,
                             pool_depth=POOL_DEPTH,
@@ -236,10 +239,7 @@ def sweep_engine(
                             )
                             g = evaluate(test.queries, gold.apply(base), test.positives)
                             gold_gain = g["ndcg@10"] - before
-                        tuned = base.copy()
-                        vecs = rep.vectors()
-                        if vecs:
-                            tuned[[row_of[i] for i in vecs]] = np.stack(list(vecs.values()))
+                        tuned = tuned_matrix(base, ids, rep)
                         after = evaluate(test.queries, tuned, test.positives, metric="cosine")
                         gain = after["ndcg@10"] - before
                         ps = eng.last_pool_stats

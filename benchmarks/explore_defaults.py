@@ -133,8 +133,14 @@ def sweep_engine(datasets, seeds, label_ks, rows):
     """
     import tempfile
 
-    from nudge_rag.engine.engine import NudgeFinetuneEngine
-    from nudge_rag.eval.simulate import beir_state, gold_split, qrels_by_text, simulate_searches
+    from nudge_rag.eval.simulate import (
+        beir_state,
+        gold_split,
+        qrels_by_text,
+        simulate_searches,
+        stub_engine,
+        tuned_matrix,
+    )
     from nudge_rag.testing.judges import QrelsJudge
     from nudge_rag.testing.openai_stub import OpenAIStub
 
@@ -158,24 +164,14 @@ def sweep_engine(datasets, seeds, label_ks, rows):
             for label_k, seed in itertools.product(label_ks, range(FIRST_SEED, FIRST_SEED + seeds)):
                 gains = {}
                 for use_neg in (False, True):
-                    eng = NudgeFinetuneEngine(
-                        state,
-                        llm=stub.client(),
-                        llm_model="stub-judge",
-                        label_k=label_k,
-                        seed=seed,
-                        progress=False,
-                        use_negatives=use_neg,
+                    eng = stub_engine(
+                        state, stub, label_k=label_k, seed=seed, use_negatives=use_neg
                     )
                     t0 = time.perf_counter()
                     rep = eng.finetune()
                     fit_s = time.perf_counter() - t0
                     eng.close()
-                    tuned = base.copy()
-                    vecs = rep.vectors()
-                    if vecs:
-                        row_of = {i: n for n, i in enumerate(ids)}
-                        tuned[[row_of[i] for i in vecs]] = np.stack(list(vecs.values()))
+                    tuned = tuned_matrix(base, ids, rep)
                     after = evaluate(test.queries, tuned, test.positives, metric="cosine")
                     gains[use_neg] = (after["ndcg@10"] - before, fit_s, rep)
                 tr, va, _ = gold_split(eng, ds, qids)

@@ -60,6 +60,12 @@ TableOpt = Annotated[
         "PGVector collection --collection, or the database's only PGVectorStore table.",
     ),
 ]
+LlmBaseUrlOpt = Annotated[
+    str | None,
+    typer.Option(help="OpenAI-compatible endpoint that judges traces without feedback."),
+]
+LlmModelOpt = Annotated[str, typer.Option(help="Model name for the judge.")]
+MinGainOpt = Annotated[float, typer.Option(help="Apply only if the CI lower bound beats this.")]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -429,15 +435,10 @@ def finetune(
     method: Annotated[
         str, typer.Option(help="nudge-n (any metric) or nudge-m (ip stores).")
     ] = "nudge-n",
-    llm_base_url: Annotated[
-        str | None,
-        typer.Option(help="OpenAI-compatible endpoint that judges traces without feedback."),
-    ] = None,
-    llm_model: Annotated[str, typer.Option(help="Model name for the judge.")] = "gpt-4o-mini",
+    llm_base_url: LlmBaseUrlOpt = None,
+    llm_model: LlmModelOpt = "gpt-4o-mini",
     max_calls: Annotated[int | None, typer.Option(help="Hard cap on LLM calls.")] = None,
-    min_gain: Annotated[
-        float, typer.Option(help="Apply only if the CI lower bound beats this.")
-    ] = 0.0,
+    min_gain: MinGainOpt = 0.0,
     apply: Annotated[
         bool, typer.Option(help="Write the new version when the gain is proven.")
     ] = True,
@@ -476,15 +477,10 @@ def watch(
         int, typer.Option(help="Searches with new feedback needed before a fine-tune.")
     ] = 50,
     rounds: Annotated[int | None, typer.Option(help="Stop after this many rounds.")] = None,
-    llm_base_url: Annotated[
-        str | None,
-        typer.Option(help="OpenAI-compatible endpoint that judges traces without feedback."),
-    ] = None,
-    llm_model: Annotated[str, typer.Option(help="Model name for the judge.")] = "gpt-4o-mini",
+    llm_base_url: LlmBaseUrlOpt = None,
+    llm_model: LlmModelOpt = "gpt-4o-mini",
     max_calls: Annotated[int | None, typer.Option(help="Hard cap on LLM calls a round.")] = None,
-    min_gain: Annotated[
-        float, typer.Option(help="Apply only if the CI lower bound beats this.")
-    ] = 0.0,
+    min_gain: MinGainOpt = 0.0,
     min_guard_searches: Annotated[
         int, typer.Option(help="Searches with feedback after an apply before the guard judges.")
     ] = 30,

@@ -129,6 +129,33 @@ def questions_by_doc(dataset: Any, split: str) -> dict[str, list[str]]:
     return out
 
 
+def stub_engine(
+    state: NudgeState, stub: OpenAIStub, *, label_k: int, seed: int, **config: Any
+) -> NudgeFinetuneEngine:
+    """An engine on ``state`` whose judge is ``stub`` (no progress bar); ``config``: any other
+    engine setting."""
+    return NudgeFinetuneEngine(
+        state,
+        llm=stub.client(),
+        llm_model="stub-judge",
+        label_k=label_k,
+        seed=seed,
+        progress=False,
+        **config,
+    )
+
+
+def tuned_matrix(base: np.ndarray, ids: Sequence[str], report: Any) -> np.ndarray:
+    """A copy of ``base`` (one row per id of ``ids``) with the vectors ``report`` tuned written
+    in (none when validation chose gamma = 0)."""
+    tuned = base.copy()
+    vecs = report.vectors()
+    if vecs:
+        row_of = {i: n for n, i in enumerate(ids)}
+        tuned[[row_of[i] for i in vecs]] = np.stack(list(vecs.values()))
+    return tuned
+
+
 def gold_split(engine: NudgeFinetuneEngine, ds: Any, qids: list[str]) -> tuple[list, list, list]:
     """The train query ids in the engine's train / validation / held-out, by its hash split."""
     tr_f, va_f, _ = engine.config.split
@@ -169,15 +196,7 @@ def compare_with_gold(
         simulate_searches(
             state, [ds.query_text[q] for q in qids], ds.query_embeddings[[qrow[q] for q in qids]]
         )
-        engine = NudgeFinetuneEngine(
-            state,
-            llm=stub.client(),
-            llm_model="stub-judge",
-            label_k=label_k,
-            seed=seed,
-            progress=False,
-            concurrency=concurrency,
-        )
+        engine = stub_engine(state, stub, label_k=label_k, seed=seed, concurrency=concurrency)
         t0 = time.perf_counter()
         report = engine.finetune()
         out["finetune_s"] = round(time.perf_counter() - t0, 2)
@@ -190,15 +209,11 @@ def compare_with_gold(
         out["stub_requests"] = len(stub.chat_requests)
 
         ids = state.ids()
-        row_of = {i: n for n, i in enumerate(ids)}
         base = state.base_vectors(ids)
         if ids != list(ds.corpus_ids):  # test positives are corpus rows
             msg = "the store's ids are not the corpus ids in corpus order; rows would not match."
             raise BadInputError(msg)
-        tuned = base.copy()
-        vecs = report.vectors()
-        if vecs:  # empty when validation chose gamma = 0
-            tuned[[row_of[i] for i in vecs]] = np.stack(list(vecs.values()))
+        tuned = tuned_matrix(base, ids, report)
         before = evaluate(test.queries, base, test.positives, metric="cosine")
         after = evaluate(test.queries, tuned, test.positives, metric="cosine")
 

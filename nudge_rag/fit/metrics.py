@@ -175,15 +175,23 @@ def _as_table(relevant: Sequence[Relevance] | RelevanceTable) -> RelevanceTable:
     return relevant if isinstance(relevant, RelevanceTable) else RelevanceTable(relevant)
 
 
+def _top_grades(
+    ranked: np.ndarray, relevant: Sequence[Relevance] | RelevanceTable, k: int
+) -> tuple[RelevanceTable, np.ndarray, int]:
+    """The relevance table, the grades of each query's top ``k`` of ``ranked`` (``(Q, ≤k)``),
+    and ``k`` checked."""
+    k = _check_k(k)
+    table = _as_table(relevant)
+    top = np.asarray(ranked)[:, :k]
+    return table, table.grade(np.arange(top.shape[0]), top), k
+
+
 def ndcg_at_k(
     ranked: np.ndarray, relevant: Sequence[Relevance] | RelevanceTable, k: int = 10
 ) -> np.ndarray:
     """Per-query NDCG@k of ``ranked`` (``(Q, ≥k)`` row indices, best first; -1 pads)."""
-    k = _check_k(k)
-    table = _as_table(relevant)
-    top = np.asarray(ranked)[:, :k]
-    gains = table.grade(np.arange(top.shape[0]), top)
-    dcg = (gains / np.log2(np.arange(top.shape[1]) + 2.0)).sum(axis=1)
+    table, gains, k = _top_grades(ranked, relevant, k)
+    dcg = (gains / np.log2(np.arange(gains.shape[1]) + 2.0)).sum(axis=1)
     idcg = table.ideal_dcg(k)
     return np.divide(dcg, idcg, out=np.zeros_like(dcg), where=idcg > 0)
 
@@ -192,10 +200,8 @@ def recall_at_k(
     ranked: np.ndarray, relevant: Sequence[Relevance] | RelevanceTable, k: int = 10
 ) -> np.ndarray:
     """Per-query Recall@k of ``ranked`` (``(Q, ≥k)`` row indices, best first)."""
-    k = _check_k(k)
-    table = _as_table(relevant)
-    top = np.asarray(ranked)[:, :k]
-    hits = (table.grade(np.arange(top.shape[0]), top) > 0).sum(axis=1)
+    table, grades, _ = _top_grades(ranked, relevant, k)
+    hits = (grades > 0).sum(axis=1)
     count = table.count.astype(np.float64)
     return np.divide(hits, count, out=np.zeros(len(count)), where=count > 0)
 

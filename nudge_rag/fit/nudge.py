@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
@@ -508,9 +508,15 @@ def _closed_form(method: Method) -> Callable[..., Callable[[float], torch.Tensor
     return _nudge_n_update if method is Method.NUDGE_N else _nudge_m_update
 
 
-def _val_blocks(n_val: int, n_cols: int) -> range:
-    step = max(1, MAX_BLOCK_ELEMENTS // max(1, n_cols))
-    return range(0, n_val, step)
+def _val_scores(
+    val_q: torch.Tensor, new_rows: torch.Tensor
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """The validation queries in blocks of at most ``MAX_BLOCK_ELEMENTS`` scores: each block's
+    slice and its queries' scores against the changed rows."""
+    step = max(1, MAX_BLOCK_ELEMENTS // max(1, new_rows.shape[0]))
+    for a in range(0, val_q.shape[0], step):
+        blk = slice(a, a + step)
+        yield blk, val_q[blk] @ new_rows.T
 
 
 def _top1_accuracy(
@@ -522,15 +528,13 @@ def _top1_accuracy(
 ) -> np.ndarray:
     """Per validation query, whether its top-1 row is relevant (1.0 or 0.0)."""
     preds = np.empty(val_q.shape[0], dtype=np.int64)
-    for a in _val_blocks(val_q.shape[0], new_rows.shape[0]):
-        b = a + max(1, MAX_BLOCK_ELEMENTS // max(1, new_rows.shape[0]))
-        s = val_q[a:b] @ new_rows.T
+    for blk, s in _val_scores(val_q, new_rows):
         best_c, arg_c = s.max(dim=1)
-        use_changed = best_c > untouched.values[a:b, 0]
+        use_changed = best_c > untouched.values[blk, 0]
         pred = torch.where(
-            use_changed, torch.from_numpy(rows).to(s.device)[arg_c], untouched.indices[a:b, 0]
+            use_changed, torch.from_numpy(rows).to(s.device)[arg_c], untouched.indices[blk, 0]
         )
-        preds[a:b] = pred.cpu().numpy()
+        preds[blk] = pred.cpu().numpy()
     hits = table.grade(np.arange(len(preds)), preds.reshape(-1, 1))[:, 0] > 0
     return hits.astype(np.float64)
 
@@ -545,16 +549,14 @@ def _ndcg10(
     """Per validation query, NDCG@10 with the changed rows at ``new_rows``."""
     ranked = np.empty((val_q.shape[0], 10), dtype=np.int64)
     rows_t = torch.from_numpy(rows).to(val_q.device)
-    for a in _val_blocks(val_q.shape[0], new_rows.shape[0]):
-        b = a + max(1, MAX_BLOCK_ELEMENTS // max(1, new_rows.shape[0]))
-        s = val_q[a:b] @ new_rows.T
+    for blk, s in _val_scores(val_q, new_rows):
         top = torch.topk(s, min(10, s.shape[1]), dim=1)
-        cat_v = torch.cat([top.values, untouched.values[a:b]], dim=1)
-        cat_i = torch.cat([rows_t[top.indices], untouched.indices[a:b]], dim=1)
+        cat_v = torch.cat([top.values, untouched.values[blk]], dim=1)
+        cat_i = torch.cat([rows_t[top.indices], untouched.indices[blk]], dim=1)
         keep = torch.topk(cat_v, min(10, cat_v.shape[1]), dim=1)
         got = torch.gather(cat_i, 1, keep.indices).cpu().numpy()
-        ranked[a:b, : got.shape[1]] = got
-        ranked[a:b, got.shape[1] :] = -1
+        ranked[blk, : got.shape[1]] = got
+        ranked[blk, got.shape[1] :] = -1
     return ndcg_at_k(ranked, table, 10)
 
 

@@ -73,6 +73,43 @@ def every(source: Any, what: str, *, data_key: str | None = None) -> Iterator[An
         yield x
 
 
+def searches(
+    source: Any,
+    what: str,
+    hint: str,
+    documents: Callable[[dict], list[Any] | None],
+    *,
+    data_key: str | None = None,
+) -> Iterator[tuple[str, dict, list[Any]] | Unreadable]:
+    """The entries :meth:`~nudge_rag.importers.resolve.Resolver.stream` reads: ``(where, item
+    as a dict, its documents)`` for each item of ``source`` (see :func:`items`) that
+    ``documents`` finds a search (it returns None for any other item), or an Unreadable for one
+    that cannot be read or is not a record (``hint``: what to pass instead)."""
+    for n, x in enumerate(items(source, what, data_key=data_key)):
+        if isinstance(x, Unreadable):
+            yield x
+            continue
+        try:
+            d = as_dict(x)
+        except NudgeError as e:
+            yield Unreadable(f"{what}[{n}]", f"{e}; {hint}")
+            continue
+        docs = documents(d)
+        if docs is not None:
+            yield f"{what}[{n}]", d, docs
+
+
+def every_dict(source: Any, what: str, hint: str, *, data_key: str | None = None) -> Iterator[dict]:
+    """Every item of ``source`` as a dict; one that cannot be read raises a BadInputError
+    naming it (``hint``: what to pass instead)."""
+    for n, x in enumerate(every(source, what, data_key=data_key)):
+        try:
+            yield as_dict(x)
+        except NudgeError as e:
+            msg = f"{what}[{n}]: {e}; {hint}"
+            raise BadInputError(msg) from None
+
+
 def lazy(produce: Callable[[], Iterator[Any]], *sources: Any) -> Records:
     """A reader's :class:`~nudge_rag.state.records.Records` from ``produce`` (a generator
     function over its ``sources``): readable again unless a source is a one-shot iterator."""
@@ -342,6 +379,15 @@ def document_score(doc: Any, score_key: str | None) -> float:
         return number_or_nan(get(doc, score_key) if score_key in doc else meta.get(score_key))
     keys = ("score", "document.score", "relevance_score")
     return number_or_nan(get(doc, *keys, default=get(meta, *keys)))
+
+
+def results(
+    docs: list[Any], ids: list[str | None], score: Callable[[Any], float | None]
+) -> tuple[list[str], list[float | None]]:
+    """The chunk ids found, in order, and ``score`` of each one's document (documents whose
+    chunk was not found are left out)."""
+    kept = [(i, score(doc)) for doc, i in zip(docs, ids, strict=True) if i is not None]
+    return [i for i, _ in kept], [s for _, s in kept]
 
 
 def label_relevance(label: Any, score: Any) -> bool | None:

@@ -27,20 +27,19 @@ from collections.abc import Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
-from nudge_rag.errors import BadInputError, NudgeError
 from nudge_rag.importers._common import (
-    as_dict,
     document_score,
-    every,
+    every_dict,
     feedback_record,
     get,
-    items,
     label_relevance,
     lazy,
     number_or_nan,
     query_text,
+    results,
     scaled_rating,
     score_scale,
+    searches,
 )
 from nudge_rag.importers.resolve import Resolver
 from nudge_rag.state.records import (
@@ -53,6 +52,8 @@ from nudge_rag.state.records import (
 )
 
 __all__ = ["read"]
+
+_HINT = "pass Langfuse API objects or their JSON."
 
 
 def read(
@@ -80,8 +81,7 @@ def read(
     wanted = set(names)
     by_obs: dict[str, list[FeedbackRecord]] = {}
     by_trace: dict[str, list[FeedbackRecord]] = {}
-    for n, s in enumerate(every(scores, "scores", data_key="data")):
-        d = _dict(s, f"scores[{n}]")
+    for d in every_dict(scores, "scores", _HINT, data_key="data"):
         record = _feedback(d, scale)
         if record is None:
             continue
@@ -91,27 +91,11 @@ def read(
         elif get(d, "traceId", "trace_id") is not None:
             by_trace.setdefault(str(get(d, "traceId", "trace_id")), []).append(record)
 
-    def entries() -> Iterator[Any]:
-        for n, o in enumerate(items(observations, "observations", data_key="data")):
-            if isinstance(o, Unreadable):
-                yield o
-                continue
-            try:
-                d = as_dict(o)
-            except NudgeError as e:
-                why = f"{e}; pass Langfuse API objects or their JSON."
-                yield Unreadable(f"observations[{n}]", why)
-                continue
-            if not _is_search(d, wanted):
-                continue
-            output = d.get("output")
-            if isinstance(output, Mapping):
-                output = get(output, "documents", "nodes", "results", default=[])
-            yield f"observations[{n}]", d, output if isinstance(output, list) else []
-
     def records() -> Iterator[TraceRecord | Unreadable]:
+        documents = partial(_documents, wanted=wanted)
+        entries = searches(observations, "observations", _HINT, documents, data_key="data")
         make = partial(_record, by_obs=by_obs, by_trace=by_trace, score_key=score_key)
-        yield from Resolver(store, id_key).stream(entries(), make)
+        yield from Resolver(store, id_key).stream(entries, make)
 
     return lazy(records, observations)
 
@@ -128,20 +112,27 @@ def _record(
 ) -> TraceRecord:
     oid = str(d.get("id"))
     trace = get(d, "traceId", "trace_id")
+    found, scores = results(docs, ids, partial(document_score, score_key=score_key))
     return TraceRecord(
         query=query_text(d.get("input")),
-        result_ids=[i for i in ids if i is not None],
-        scores=[
-            document_score(doc, score_key)
-            for doc, i in zip(docs, ids, strict=True)
-            if i is not None
-        ],
+        result_ids=found,
+        scores=scores,
         time=get(d, "startTime", "start_time"),
         external_id=oid,
         source=LANGFUSE,
         feedback=by_obs.get(oid, []) + by_trace.get(str(trace), []),
         resolution=res,
     )
+
+
+def _documents(d: Mapping, wanted: set[str]) -> list[Any] | None:
+    """A retriever observation's output documents; None for any other observation."""
+    if not _is_search(d, wanted):
+        return None
+    output = d.get("output")
+    if isinstance(output, Mapping):
+        output = get(output, "documents", "nodes", "results", default=[])
+    return output if isinstance(output, list) else []
 
 
 def _is_search(d: Mapping, wanted: set[str]) -> bool:
@@ -161,14 +152,6 @@ def _is_search(d: Mapping, wanted: set[str]) -> bool:
         and bool(output)
         and all(isinstance(x, Mapping) and "page_content" in x for x in output)
     )
-
-
-def _dict(obj: Any, where: str) -> dict:
-    try:
-        return as_dict(obj)
-    except NudgeError as e:
-        msg = f"{where}: {e}; pass Langfuse API objects or their JSON."
-        raise BadInputError(msg) from None
 
 
 def _feedback(d: Mapping, scale: tuple[float, float]) -> FeedbackRecord | None:

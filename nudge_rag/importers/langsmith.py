@@ -27,20 +27,19 @@ from collections.abc import Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
-from nudge_rag.errors import BadInputError, NudgeError
 from nudge_rag.importers._common import (
-    as_dict,
     document_id,
     document_score,
-    every,
+    every_dict,
     feedback_record,
     get,
-    items,
     lazy,
     number_or_nan,
     query_text,
+    results,
     scaled_rating,
     score_scale,
+    searches,
 )
 from nudge_rag.importers.resolve import Resolver
 from nudge_rag.state.records import (
@@ -76,34 +75,16 @@ def read(
     """
     scale = score_scale(numeric_range)
     by_run: dict[str, list[FeedbackRecord]] = {}
-    for n, f in enumerate(every(feedback, "feedback")):
-        try:
-            d = as_dict(f)
-        except NudgeError as e:
-            msg = f"feedback[{n}]: {e}; pass langsmith Feedback objects or their JSON."
-            raise BadInputError(msg) from None
+    for d in every_dict(feedback, "feedback", "pass langsmith Feedback objects or their JSON."):
         target = get(d, "run_id", "trace_id")
         record = _feedback(d, scale)
         if target is not None and record is not None:
             by_run.setdefault(str(target), []).append(record)
 
-    def entries() -> Iterator[Any]:
-        for n, r in enumerate(items(runs, "runs")):
-            if isinstance(r, Unreadable):
-                yield r
-                continue
-            try:
-                d = as_dict(r)
-            except NudgeError as e:
-                yield Unreadable(f"runs[{n}]", f"{e}; pass langsmith Run objects or their JSON.")
-                continue
-            if d.get("run_type") != "retriever":
-                continue
-            yield f"runs[{n}]", d, _documents(d.get("outputs"))
-
     def records() -> Iterator[TraceRecord | Unreadable]:
+        entries = searches(runs, "runs", "pass langsmith Run objects or their JSON.", _documents)
         make = partial(_record, by_run=by_run, score_key=score_key)
-        yield from Resolver(store, id_key).stream(entries(), make)
+        yield from Resolver(store, id_key).stream(entries, make)
 
     return lazy(records, runs)
 
@@ -122,14 +103,11 @@ def _record(
     trace = d.get("trace_id")
     if trace is not None and str(trace) != run_id:
         fb = fb + by_run.get(str(trace), [])
+    found, scores = results(docs, ids, partial(document_score, score_key=score_key))
     return TraceRecord(
         query=query_text(d.get("inputs") or {}),
-        result_ids=[i for i in ids if i is not None],
-        scores=[
-            document_score(doc, score_key)
-            for doc, i in zip(docs, ids, strict=True)
-            if i is not None
-        ],
+        result_ids=found,
+        scores=scores,
         time=d.get("start_time"),
         external_id=run_id,
         source=LANGSMITH,
@@ -138,8 +116,12 @@ def _record(
     )
 
 
-def _documents(outputs: Any) -> list[Any]:
-    """A run's output documents (none when its outputs are not shaped so)."""
+def _documents(d: Mapping) -> list[Any] | None:
+    """A retriever run's output documents (none when its outputs are not shaped so); None for
+    any other run."""
+    if d.get("run_type") != "retriever":
+        return None
+    outputs = d.get("outputs")
     docs = outputs.get("documents") if isinstance(outputs, Mapping) else None
     return list(docs) if isinstance(docs, list) else []
 

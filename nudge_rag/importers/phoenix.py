@@ -36,6 +36,7 @@ from nudge_rag.importers._common import (
     lazy,
     number_or_nan,
     query_text,
+    results,
 )
 from nudge_rag.importers.resolve import Doc, Resolver, metadata_dict
 from nudge_rag.state.records import (
@@ -122,20 +123,21 @@ def _record(
         irr = [i for p, ok in sorted(verdicts.items()) if not ok and (i := _at(ids, p))]
         if rel or irr:
             feedback.append(FeedbackRecord(relevant_ids=rel, irrelevant_ids=irr, provenance=prov))
+    found, scores = results(docs, ids, _document_score)
     return TraceRecord(
         query=query_text(row.get("attributes.input.value")),
-        result_ids=[i for i in ids if i is not None],
-        scores=[
-            number_or_nan(d.get("document.score")) if isinstance(d, Mapping) else None
-            for d, i in zip(docs, ids, strict=True)
-            if i is not None
-        ],
+        result_ids=found,
+        scores=scores,
         time=row.get("start_time"),
         external_id=span,
         source=OTEL,
         feedback=feedback,
         resolution=res,
     )
+
+
+def _document_score(d: Any) -> float | None:
+    return number_or_nan(d.get("document.score")) if isinstance(d, Mapping) else None
 
 
 def pull(

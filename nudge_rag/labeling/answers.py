@@ -178,6 +178,15 @@ def parse_request(messages: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 _GRADE_ENUM: dict[str, Any] = {"enum": GRADES}
 _STRICT_SCHEMA = ConfigDict(json_schema_extra={"additionalProperties": False})
 """Answers are parsed leniently (an extra key is ignored) but the schema sent asks for none."""
+_ANSWER_SCHEMA = ConfigDict(title="Answer", json_schema_extra={"additionalProperties": False})
+
+
+def _listed(data: Any, key: str) -> list:
+    """``data[key]``, an answer's list (:class:`InvalidAnswerError` when it is not one)."""
+    if not isinstance(data, Mapping) or not isinstance(data.get(key), list):
+        msg = f'expected {{"{key}": [...]}}'
+        raise InvalidAnswerError(msg)
+    return data[key]
 
 
 class Judgment(BaseModel):
@@ -197,7 +206,7 @@ class JudgeAnswer(BaseModel):
     duplicate or a missing id rejects the whole answer with :class:`InvalidAnswerError`.
     """
 
-    model_config = ConfigDict(title="Answer", json_schema_extra={"additionalProperties": False})
+    model_config = _ANSWER_SCHEMA
 
     judgments: list[Judgment]
 
@@ -207,12 +216,10 @@ class JudgeAnswer(BaseModel):
         ids = (info.context or {}).get("candidate_ids")
         if ids is None:  # built by a framework from a tool call: checked against the prompt later
             return data
-        if not isinstance(data, Mapping) or not isinstance(data.get("judgments"), list):
-            msg = 'expected {"judgments": [...]}'
-            raise InvalidAnswerError(msg)
+        judgments = _listed(data, "judgments")
         allowed = set(ids)
         grades: dict[str, int] = {}
-        for item in data["judgments"]:
+        for item in judgments:
             if not isinstance(item, Mapping):
                 msg = f"judgment {item!r} is not an object"
                 raise InvalidAnswerError(msg)
@@ -249,7 +256,7 @@ class QuestionsAnswer(BaseModel):
     non-empty strings, stripped and deduplicated, or :class:`InvalidAnswerError`.
     """
 
-    model_config = ConfigDict(title="Answer", json_schema_extra={"additionalProperties": False})
+    model_config = _ANSWER_SCHEMA
 
     questions: list[str]
 
@@ -259,10 +266,7 @@ class QuestionsAnswer(BaseModel):
         n = (info.context or {}).get("n")
         if n is None:  # built by a framework from a tool call: checked against the prompt later
             return data
-        if not isinstance(data, Mapping) or not isinstance(data.get("questions"), list):
-            msg = 'expected {"questions": [...]}'
-            raise InvalidAnswerError(msg)
-        items = data["questions"]
+        items = _listed(data, "questions")
         if not all(isinstance(q, str) for q in items):
             msg = "questions must be strings"
             raise InvalidAnswerError(msg)
