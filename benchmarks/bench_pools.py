@@ -369,6 +369,11 @@ def sweep_core(datasets, label_k: int, seeds: list[int], out: list) -> None:
                     f"{res.negative_weight:.2f}",
                     flush=True,
                 )
+    _core_table(datasets, out)
+
+
+def _core_table(datasets, out: list) -> None:
+    """Mean (worst) gain over nudge-ft per variant and dataset, and the mean over both."""
     print("\ngain over nudge-ft NUDGE-N, test NDCG@10, mean (worst) over the seeds")
     print("| variant | " + " | ".join(ds.name for ds in datasets) + " | mean |")
     print("| --- " * (len(datasets) + 2) + "|")
@@ -379,6 +384,77 @@ def sweep_core(datasets, label_k: int, seeds: list[int], out: list) -> None:
             cells.append(f"{np.mean(g):+.4f} ({min(g):+.4f})")
         mean = np.mean([r["gain"] for r in out if r["variant"] == name])
         print(f"| {name} | " + " | ".join(cells) + f" | {mean:+.4f} |")
+
+
+def _cv_gamma(E, tr, va, kw: dict) -> tuple[float, float]:
+    """γ chosen on both folds (train→validation and validation→train, the curves weighted by
+    their validation query counts), and γ by the 3-point moving average of the default curve."""
+    from nudge_rag.fit.nudge import finetune_embeddings
+
+    swap = {"train_negatives": kw["val_negatives"], "val_negatives": kw["train_negatives"]}
+    swap = swap if kw else {}
+    a = finetune_embeddings(E, tr.queries, tr.positives, va.queries, va.positives, **kw).curve
+    b = finetune_embeddings(E, va.queries, va.positives, tr.queries, tr.positives, **swap).curve
+    g = np.array([x for x, _ in a])
+    na, nb = sum(map(bool, va.positives)), sum(map(bool, tr.positives))
+    both = (na * np.array([v for _, v in a]) + nb * np.array([v for _, v in b])) / (na + nb)
+    va_ = np.array([v for _, v in a])
+    smooth = np.convolve(np.pad(va_, 1, mode="edge"), np.ones(3) / 3, mode="valid")
+    return float(g[int(np.argmax(both))]), float(g[int(np.argmax(smooth))])
+
+
+GAMMA_VARIANTS = ("cv", "smooth")
+
+
+def sweep_gamma_cv(datasets, label_k: int, seeds: list[int], out: list) -> None:
+    """The core (hybrid pool negatives, gold labels) with γ chosen as today, on both folds, or
+    by the smoothed validation curve; gain over nudge-ft NUDGE-N."""
+    from explore_defaults import nudge_ft_n
+
+    from nudge_rag.eval.data import split_queries
+    from nudge_rag.fit.corpus import MemoryCorpus, normalize_rows
+    from nudge_rag.fit.metrics import evaluate
+    from nudge_rag.fit.nudge import finetune_embeddings
+    from nudge_rag.labeling.pools import LexicalIndex
+
+    for ds in datasets:
+        E = ds.corpus_embeddings
+        ids = list(ds.corpus_ids)
+        corpus = MemoryCorpus(normalize_rows(E), ids=ids, metric="cosine")
+        text = ds.corpus_text
+        index = LexicalIndex.build(sorted(ids), lambda b, t=text: [t.get(i, "") for i in b])
+        test = ds.task("test")
+        for seed in seeds:
+            sp = split_queries(ds, seed=seed, use_given_dev=False)
+            tr = ds.task(sp.train, qrels_split="train")
+            va = ds.task(sp.dev)
+            ref = evaluate(test.queries, nudge_ft_n(E, tr, va), test.positives)["ndcg@10"]
+            kw = {
+                "train_negatives": _pool_negatives(ds, corpus, tr, label_k, index),
+                "val_negatives": _pool_negatives(ds, corpus, va, label_k, index),
+            }
+            variants: list[tuple[str, list[float] | None]] = [("default (γ on validation)", None)]
+            if {"cv", "smooth"} & set(GAMMA_VARIANTS):
+                g_cv, g_smooth = _cv_gamma(E, tr, va, kw)
+                if "cv" in GAMMA_VARIANTS:
+                    variants.append(("γ on both folds", [g_cv]))
+                if "smooth" in GAMMA_VARIANTS:
+                    variants.append(("γ by the smoothed curve", [g_smooth]))
+            if "wide" in GAMMA_VARIANTS:
+                variants.append(("γ grid 0, 0.02, …, 0.98", [0.02 * x for x in range(50)]))
+            for name, grid in variants:
+                res = finetune_embeddings(
+                    E, tr.queries, tr.positives, va.queries, va.positives, gammas=grid, **kw
+                )
+                ndcg = evaluate(test.queries, res.apply(E), test.positives)["ndcg@10"]
+                out.append({"dataset": ds.name, "seed": seed, "variant": name, "gain": ndcg - ref})
+                print(
+                    f"{ds.name:9s} seed={seed} {name:28s} nudge-ft {ref:.4f} ours {ndcg:.4f} "
+                    f"gain {ndcg - ref:+.4f} gamma {res.gamma:.2f} lambda "
+                    f"{res.negative_weight:.2f}",
+                    flush=True,
+                )
+    _core_table(datasets, out)
 
 
 WORDS = 50_000
@@ -442,7 +518,9 @@ def sweep_memory(sizes: list[int]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
-        "--sweep", choices=["recall", "engine", "core", "memory", "cache"], default="recall"
+        "--sweep",
+        choices=["recall", "engine", "core", "gamma-cv", "memory", "cache"],
+        default="recall",
     )
     ap.add_argument("--datasets", nargs="+", default=["scifact", "nfcorpus"])
     ap.add_argument("--label-k", nargs="+", type=int, default=[20])
@@ -461,13 +539,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--only-hybrid", action="store_true", help="engine: skip the dense runs")
     ap.add_argument("--pool-depth", choices=["fixed", "adaptive"], default="fixed")
+    ap.add_argument(
+        "--gamma-variants", nargs="+", choices=["cv", "smooth", "wide"], default=["cv", "smooth"]
+    )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.new_share >= 0:
         from nudge_rag.labeling import pools
 
         pools.NEW_SHARE = args.new_share or None
-    global POOL_KINDS, POOL_DEPTH
+    global POOL_KINDS, POOL_DEPTH, GAMMA_VARIANTS
+    GAMMA_VARIANTS = tuple(args.gamma_variants)
     POOL_DEPTH = args.pool_depth
     if args.only_hybrid:
         POOL_KINDS = ("hybrid",)
@@ -488,6 +570,8 @@ def main(argv: list[str] | None = None) -> int:
     for k in args.label_k:
         if args.sweep == "core":
             sweep_core(datasets, k, args.seeds, rows)
+        elif args.sweep == "gamma-cv":
+            sweep_gamma_cv(datasets, k, args.seeds, rows)
         else:
             sweep_engine(datasets, k, args.seeds, args.corpus, rows, args.store)
     if args.json:
