@@ -442,10 +442,19 @@ def sweep_gamma_cv(datasets, label_k: int, seeds: list[int], out: list) -> None:
                     variants.append(("γ by the smoothed curve", [g_smooth]))
             if "wide" in GAMMA_VARIANTS:
                 variants.append(("γ grid 0, 0.02, …, 0.98", [0.02 * x for x in range(50)]))
+            if "bump" in GAMMA_VARIANTS:
+                variants += [
+                    (f"γ on validation + {d:.2f} for the refit", [d]) for d in (0.02, 0.04)
+                ]
+            chosen = 0.0
             for name, grid in variants:
+                if name.endswith("for the refit") and grid is not None:
+                    grid = [min(chosen + grid[0], 2.0)]
                 res = finetune_embeddings(
                     E, tr.queries, tr.positives, va.queries, va.positives, gammas=grid, **kw
                 )
+                if grid is None:
+                    chosen = res.gamma
                 ndcg = evaluate(test.queries, res.apply(E), test.positives)["ndcg@10"]
                 out.append({"dataset": ds.name, "seed": seed, "variant": name, "gain": ndcg - ref})
                 print(
@@ -540,7 +549,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only-hybrid", action="store_true", help="engine: skip the dense runs")
     ap.add_argument("--pool-depth", choices=["fixed", "adaptive"], default="fixed")
     ap.add_argument(
-        "--gamma-variants", nargs="+", choices=["cv", "smooth", "wide"], default=["cv", "smooth"]
+        "--gamma-variants",
+        nargs="+",
+        choices=["cv", "smooth", "wide", "bump"],
+        default=["cv", "smooth"],
     )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
