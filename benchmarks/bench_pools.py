@@ -25,6 +25,11 @@ HNSW index) with a text column, so the store path's lexical leg is Postgres full
 negatives = the non-positives of each query's ``--label-k`` pool: dense (what a judge grades 0
 in today's pool) vs hybrid (the new pool) vs both pools' union.
 
+``--sweep gamma-cv``: the same core (hybrid pool negatives) with γ chosen as today vs
+``--gamma-variants``: ``cv`` (the train→validation and validation→train curves averaged),
+``smooth`` (the 3-point moving average of the validation curve), ``wide`` (the grid to 0.98),
+``bump`` (the chosen γ + 0.02 / 0.04 for the refit).
+
 ``--sweep memory``: the lexical leg alone at ``--sizes`` chunks of SYNTHETIC text (sentences of
 words drawn from a Zipf-distributed 50k-word vocabulary, 40–120 words a chunk), each size in a
 fresh subprocess: build seconds, the BM25 matrix's bytes, the process's peak RSS above its
@@ -34,6 +39,7 @@ start while building and holding the index (ids included), and the search time o
     python benchmarks/bench_pools.py --sweep engine --seeds 3 4 5 [--corpus memory store]
     python benchmarks/bench_pools.py --sweep engine --store pgvector --corpus store
     python benchmarks/bench_pools.py --sweep core --seeds 6 7 8 9 10 11
+    python benchmarks/bench_pools.py --sweep gamma-cv --gamma-variants cv smooth wide bump
     python benchmarks/bench_pools.py --sweep memory --sizes 100000 1000000
     python benchmarks/bench_pools.py --sweep cache
 """
