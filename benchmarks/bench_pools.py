@@ -28,7 +28,8 @@ in today's pool) vs hybrid (the new pool) vs both pools' union.
 ``--sweep gamma-cv``: the same core (hybrid pool negatives) with γ chosen as today vs
 ``--gamma-variants``: ``cv`` (the train→validation and validation→train curves averaged),
 ``smooth`` (the 3-point moving average of the validation curve), ``wide`` (the grid to 0.98),
-``bump`` (the chosen γ + 0.02 / 0.04 for the refit).
+``bump`` (the chosen γ + 0.02 / 0.04 for the refit), ``kfold`` (γ by 5-fold cross-validation
+over train + validation queries, each fold fitting on 80%, then the usual refit).
 
 ``--sweep memory``: the lexical leg alone at ``--sizes`` chunks of SYNTHETIC text (sentences of
 words drawn from a Zipf-distributed 50k-word vocabulary, 40–120 words a chunk), each size in a
@@ -412,6 +413,38 @@ def _cv_gamma(E, tr, va, kw: dict) -> tuple[float, float]:
 GAMMA_VARIANTS = ("cv", "smooth")
 
 
+def _kfold_gamma(E, tr, va, kw: dict, seed: int, folds: int = 5) -> float:
+    """γ by ``folds``-fold cross-validation over train + validation queries together (each fold
+    fits on the others, so on as many labels as the default's train split): the validation
+    curves summed over the folds (weighted by their query counts), the best γ."""
+    from nudge_rag.fit.nudge import finetune_embeddings
+
+    q = np.concatenate([tr.queries, va.queries])
+    pos = list(tr.positives) + list(va.positives)
+    neg = list(kw["train_negatives"]) + list(kw["val_negatives"])
+    order = np.random.default_rng(seed).permutation(len(q))
+    total: np.ndarray | None = None
+    grid: list[float] = []
+    for f in range(folds):
+        val = order[f::folds]
+        fit = np.setdiff1d(order, val)
+        curve = finetune_embeddings(
+            E,
+            q[fit],
+            [pos[i] for i in fit],
+            q[val],
+            [pos[i] for i in val],
+            train_negatives=[neg[i] for i in fit],
+            val_negatives=[neg[i] for i in val],
+        ).curve
+        grid = [g for g, _ in curve]
+        n = sum(bool(pos[i]) for i in val)
+        part = n * np.array([v for _, v in curve])
+        total = part if total is None else total + part
+    assert total is not None
+    return float(grid[int(np.argmax(total))])
+
+
 def sweep_gamma_cv(datasets, label_k: int, seeds: list[int], out: list) -> None:
     """The core (hybrid pool negatives, gold labels) with γ chosen as today, on both folds, or
     by the smoothed validation curve; gain over nudge-ft NUDGE-N."""
@@ -446,6 +479,10 @@ def sweep_gamma_cv(datasets, label_k: int, seeds: list[int], out: list) -> None:
                     variants.append(("γ on both folds", [g_cv]))
                 if "smooth" in GAMMA_VARIANTS:
                     variants.append(("γ by the smoothed curve", [g_smooth]))
+            if "kfold" in GAMMA_VARIANTS:
+                variants.append(
+                    ("γ by 5-fold CV on train + val", [_kfold_gamma(E, tr, va, kw, seed)])
+                )
             if "wide" in GAMMA_VARIANTS:
                 variants.append(("γ grid 0, 0.02, …, 0.98", [0.02 * x for x in range(50)]))
             if "bump" in GAMMA_VARIANTS:
@@ -557,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--gamma-variants",
         nargs="+",
-        choices=["cv", "smooth", "wide", "bump"],
+        choices=["cv", "smooth", "wide", "bump", "kfold"],
         default=["cv", "smooth"],
     )
     ap.add_argument("--json", type=Path, default=None)
