@@ -25,6 +25,12 @@ HNSW index) with a text column, so the store path's lexical leg is Postgres full
 negatives = the non-positives of each query's ``--label-k`` pool: dense (what a judge grades 0
 in today's pool) vs hybrid (the new pool) vs both pools' union.
 
+``--sweep gamma-cv``: the same core (hybrid pool negatives) with γ chosen as today vs
+``--gamma-variants``: ``cv`` (the train→validation and validation→train curves averaged),
+``smooth`` (the 3-point moving average of the validation curve), ``wide`` (the grid to 0.98),
+``bump`` (the chosen γ + 0.02 / 0.04 for the refit), ``kfold`` (γ by 5-fold cross-validation
+over train + validation queries, each fold fitting on 80%, then the usual refit).
+
 ``--sweep memory``: the lexical leg alone at ``--sizes`` chunks of SYNTHETIC text (sentences of
 words drawn from a Zipf-distributed 50k-word vocabulary, 40–120 words a chunk), each size in a
 fresh subprocess: build seconds, the BM25 matrix's bytes, the process's peak RSS above its
@@ -34,6 +40,7 @@ start while building and holding the index (ids included), and the search time o
     python benchmarks/bench_pools.py --sweep engine --seeds 3 4 5 [--corpus memory store]
     python benchmarks/bench_pools.py --sweep engine --store pgvector --corpus store
     python benchmarks/bench_pools.py --sweep core --seeds 6 7 8 9 10 11
+    python benchmarks/bench_pools.py --sweep gamma-cv --gamma-variants cv smooth wide bump
     python benchmarks/bench_pools.py --sweep memory --sizes 100000 1000000
     python benchmarks/bench_pools.py --sweep cache
 """
@@ -369,6 +376,11 @@ def sweep_core(datasets, label_k: int, seeds: list[int], out: list) -> None:
                     f"{res.negative_weight:.2f}",
                     flush=True,
                 )
+    _core_table(datasets, out)
+
+
+def _core_table(datasets, out: list) -> None:
+    """Mean (worst) gain over nudge-ft per variant and dataset, and the mean over both."""
     print("\ngain over nudge-ft NUDGE-N, test NDCG@10, mean (worst) over the seeds")
     print("| variant | " + " | ".join(ds.name for ds in datasets) + " | mean |")
     print("| --- " * (len(datasets) + 2) + "|")
@@ -379,6 +391,122 @@ def sweep_core(datasets, label_k: int, seeds: list[int], out: list) -> None:
             cells.append(f"{np.mean(g):+.4f} ({min(g):+.4f})")
         mean = np.mean([r["gain"] for r in out if r["variant"] == name])
         print(f"| {name} | " + " | ".join(cells) + f" | {mean:+.4f} |")
+
+
+def _cv_gamma(E, tr, va, kw: dict) -> tuple[float, float]:
+    """γ chosen on both folds (train→validation and validation→train, the curves weighted by
+    their validation query counts), and γ by the 3-point moving average of the default curve."""
+    from nudge_rag.fit.nudge import finetune_embeddings
+
+    swap = {"train_negatives": kw["val_negatives"], "val_negatives": kw["train_negatives"]}
+    swap = swap if kw else {}
+    a = finetune_embeddings(E, tr.queries, tr.positives, va.queries, va.positives, **kw).curve
+    b = finetune_embeddings(E, va.queries, va.positives, tr.queries, tr.positives, **swap).curve
+    g = np.array([x for x, _ in a])
+    na, nb = sum(map(bool, va.positives)), sum(map(bool, tr.positives))
+    both = (na * np.array([v for _, v in a]) + nb * np.array([v for _, v in b])) / (na + nb)
+    va_ = np.array([v for _, v in a])
+    smooth = np.convolve(np.pad(va_, 1, mode="edge"), np.ones(3) / 3, mode="valid")
+    return float(g[int(np.argmax(both))]), float(g[int(np.argmax(smooth))])
+
+
+GAMMA_VARIANTS = ("cv", "smooth")
+
+
+def _kfold_gamma(E, tr, va, kw: dict, seed: int, folds: int = 5) -> float:
+    """γ by ``folds``-fold cross-validation over train + validation queries together (each fold
+    fits on the others, so on as many labels as the default's train split): the validation
+    curves summed over the folds (weighted by their query counts), the best γ."""
+    from nudge_rag.fit.nudge import finetune_embeddings
+
+    q = np.concatenate([tr.queries, va.queries])
+    pos = list(tr.positives) + list(va.positives)
+    neg = list(kw["train_negatives"]) + list(kw["val_negatives"])
+    order = np.random.default_rng(seed).permutation(len(q))
+    total: np.ndarray | None = None
+    grid: list[float] = []
+    for f in range(folds):
+        val = order[f::folds]
+        fit = np.setdiff1d(order, val)
+        curve = finetune_embeddings(
+            E,
+            q[fit],
+            [pos[i] for i in fit],
+            q[val],
+            [pos[i] for i in val],
+            train_negatives=[neg[i] for i in fit],
+            val_negatives=[neg[i] for i in val],
+        ).curve
+        grid = [g for g, _ in curve]
+        n = sum(bool(pos[i]) for i in val)
+        part = n * np.array([v for _, v in curve])
+        total = part if total is None else total + part
+    assert total is not None
+    return float(grid[int(np.argmax(total))])
+
+
+def sweep_gamma_cv(datasets, label_k: int, seeds: list[int], out: list) -> None:
+    """The core (hybrid pool negatives, gold labels) with γ chosen as today, on both folds, or
+    by the smoothed validation curve; gain over nudge-ft NUDGE-N."""
+    from explore_defaults import nudge_ft_n
+
+    from nudge_rag.eval.data import split_queries
+    from nudge_rag.fit.corpus import MemoryCorpus, normalize_rows
+    from nudge_rag.fit.metrics import evaluate
+    from nudge_rag.fit.nudge import finetune_embeddings
+    from nudge_rag.labeling.pools import LexicalIndex
+
+    for ds in datasets:
+        E = ds.corpus_embeddings
+        ids = list(ds.corpus_ids)
+        corpus = MemoryCorpus(normalize_rows(E), ids=ids, metric="cosine")
+        text = ds.corpus_text
+        index = LexicalIndex.build(sorted(ids), lambda b, t=text: [t.get(i, "") for i in b])
+        test = ds.task("test")
+        for seed in seeds:
+            sp = split_queries(ds, seed=seed, use_given_dev=False)
+            tr = ds.task(sp.train, qrels_split="train")
+            va = ds.task(sp.dev)
+            ref = evaluate(test.queries, nudge_ft_n(E, tr, va), test.positives)["ndcg@10"]
+            kw = {
+                "train_negatives": _pool_negatives(ds, corpus, tr, label_k, index),
+                "val_negatives": _pool_negatives(ds, corpus, va, label_k, index),
+            }
+            variants: list[tuple[str, list[float] | None]] = [("default (γ on validation)", None)]
+            if {"cv", "smooth"} & set(GAMMA_VARIANTS):
+                g_cv, g_smooth = _cv_gamma(E, tr, va, kw)
+                if "cv" in GAMMA_VARIANTS:
+                    variants.append(("γ on both folds", [g_cv]))
+                if "smooth" in GAMMA_VARIANTS:
+                    variants.append(("γ by the smoothed curve", [g_smooth]))
+            if "kfold" in GAMMA_VARIANTS:
+                variants.append(
+                    ("γ by 5-fold CV on train + val", [_kfold_gamma(E, tr, va, kw, seed)])
+                )
+            if "wide" in GAMMA_VARIANTS:
+                variants.append(("γ grid 0, 0.02, …, 0.98", [0.02 * x for x in range(50)]))
+            if "bump" in GAMMA_VARIANTS:
+                variants += [
+                    (f"γ on validation + {d:.2f} for the refit", [d]) for d in (0.02, 0.04)
+                ]
+            chosen = 0.0
+            for name, grid in variants:
+                if name.endswith("for the refit") and grid is not None:
+                    grid = [min(chosen + grid[0], 2.0)]
+                res = finetune_embeddings(
+                    E, tr.queries, tr.positives, va.queries, va.positives, gammas=grid, **kw
+                )
+                if grid is None:
+                    chosen = res.gamma
+                ndcg = evaluate(test.queries, res.apply(E), test.positives)["ndcg@10"]
+                out.append({"dataset": ds.name, "seed": seed, "variant": name, "gain": ndcg - ref})
+                print(
+                    f"{ds.name:9s} seed={seed} {name:28s} nudge-ft {ref:.4f} ours {ndcg:.4f} "
+                    f"gain {ndcg - ref:+.4f} gamma {res.gamma:.2f} lambda "
+                    f"{res.negative_weight:.2f}",
+                    flush=True,
+                )
+    _core_table(datasets, out)
 
 
 WORDS = 50_000
@@ -442,7 +570,9 @@ def sweep_memory(sizes: list[int]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
-        "--sweep", choices=["recall", "engine", "core", "memory", "cache"], default="recall"
+        "--sweep",
+        choices=["recall", "engine", "core", "gamma-cv", "memory", "cache"],
+        default="recall",
     )
     ap.add_argument("--datasets", nargs="+", default=["scifact", "nfcorpus"])
     ap.add_argument("--label-k", nargs="+", type=int, default=[20])
@@ -461,13 +591,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--only-hybrid", action="store_true", help="engine: skip the dense runs")
     ap.add_argument("--pool-depth", choices=["fixed", "adaptive"], default="fixed")
+    ap.add_argument(
+        "--gamma-variants",
+        nargs="+",
+        choices=["cv", "smooth", "wide", "bump", "kfold"],
+        default=["cv", "smooth"],
+    )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.new_share >= 0:
         from nudge_rag.labeling import pools
 
         pools.NEW_SHARE = args.new_share or None
-    global POOL_KINDS, POOL_DEPTH
+    global POOL_KINDS, POOL_DEPTH, GAMMA_VARIANTS
+    GAMMA_VARIANTS = tuple(args.gamma_variants)
     POOL_DEPTH = args.pool_depth
     if args.only_hybrid:
         POOL_KINDS = ("hybrid",)
@@ -488,6 +625,8 @@ def main(argv: list[str] | None = None) -> int:
     for k in args.label_k:
         if args.sweep == "core":
             sweep_core(datasets, k, args.seeds, rows)
+        elif args.sweep == "gamma-cv":
+            sweep_gamma_cv(datasets, k, args.seeds, rows)
         else:
             sweep_engine(datasets, k, args.seeds, args.corpus, rows, args.store)
     if args.json:
