@@ -82,6 +82,8 @@ from nudge_rag.state.traces.log import embedding_problem
 from nudge_rag.state.versions.log import check_metric
 from nudge_rag.stores.base import Metric
 
+__all__ = ["EngineStore", "NudgeFinetuneEngine", "resolve_store", "search", "split_point"]
+
 log = logging.getLogger(__name__)
 
 K = 10

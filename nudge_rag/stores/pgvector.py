@@ -43,6 +43,8 @@ from nudge_rag.stores.base import (
     search_queries,
 )
 
+__all__ = ["PgVectorAdapter", "connect_masked", "conninfo_from", "metric_from_pgvector"]
+
 _COPY_CHUNK = 2048  # rows per write to the COPY stream
 _WORD = re.compile(r"\w+")  # a query's words for text_search (punctuation is tsquery syntax)
 _METRICS = {

@@ -21,6 +21,16 @@ from nudge_rag.errors import BadInputError
 from nudge_rag.labeling.answers import MAX_GRADE, parse_request
 from nudge_rag.labeling.llm import LLMReply, Messages
 
+__all__ = [
+    "GULLIBLE_TRIGGERS",
+    "GullibleJudge",
+    "JudgeClient",
+    "NoisyJudge",
+    "QrelsJudge",
+    "ScriptedJudge",
+    "SimilarityBiasedJudge",
+]
+
 
 def _norm(text: str) -> str:
     return " ".join(text.lower().split())

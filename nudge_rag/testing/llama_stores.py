@@ -8,6 +8,8 @@ from typing import Any
 
 from llama_index.core.vector_stores.types import BasePydanticVectorStore
 
+__all__ = ["KINDS", "bare_store"]
+
 #: the LlamaIndex stores every store-table test runs on (one row per store)
 KINDS = ("chroma", "simple", "qdrant", "milvus", "lancedb")
 
