@@ -165,7 +165,7 @@ class SimilarityBiasedJudge(QrelsJudge):
     ) -> None:
         if per_prompt is not None and not per_prompt >= 0:
             msg = f"per_prompt: found {per_prompt!r}, expected false positives per prompt ≥ 0."
-            raise ValueError(msg)
+            raise BadInputError(msg)
         if not 0.0 < precision <= 1.0 or not 0.0 <= miss <= 1.0:
             msg = (
                 f"precision / miss: found {precision!r} / {miss!r}, expected a share in (0, 1] "
