@@ -23,7 +23,12 @@ pytestmark = pytest.mark.integration  # real data: ../shared/data/scifact
 K = 10
 N_QUERIES = 150  # SciFact test queries (of 300), picked at random (seed 0)
 #: stores that read vectors back up to 1 ulp off after a rollback (in rows it did not write too)
-ULP_OFF = {"milvus": "Milvus Lite COSINE: 8 of 5,183 rows, 3 written, read back 1 ulp off"}
+ULP_OFF = {
+    "milvus": "Milvus Lite COSINE: 8 of 5,183 rows, 3 written, read back 1 ulp off",
+    # qdrant-client 1.20's local mode renormalises stored cosine vectors in place when it is
+    # queried (650 of 5,183 rows moved 1 ulp by one query_points call, no write involved)
+    "qdrant": "Qdrant local COSINE: a query moves stored rows by 1 ulp",
+}
 
 
 def _node_id(doc_id: str) -> str:
