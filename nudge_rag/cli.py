@@ -24,6 +24,8 @@ from nudge_rag.masking import mask_secrets
 from nudge_rag.state.db import StateLocation, is_postgres_url, state_part
 from nudge_rag.state.records import Records
 
+__all__ = ["app"]
+
 app = typer.Typer(
     help="NUDGE fine-tuning for the vector store of a RAG app: demo, fine-tune, versions, traces.",
     no_args_is_help=True,

@@ -4,6 +4,21 @@ importable from ``nudge_rag``. Only bad input (``BadInputError`` and its subclas
 
 from __future__ import annotations
 
+__all__ = [
+    "BadInputError",
+    "ConcurrentMoveError",
+    "GainNotProvenError",
+    "InvalidAnswerError",
+    "LLMCallError",
+    "MetricMismatchError",
+    "NudgeError",
+    "StaleStoreError",
+    "StoreDriftError",
+    "UnknownIdError",
+    "VersionLogError",
+    "WrongStoreError",
+]
+
 
 class NudgeError(Exception):
     """The root: bad input, or a state nudge-rag cannot trust; the message names what was found

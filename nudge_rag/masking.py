@@ -22,6 +22,8 @@ import re
 import threading
 from urllib.parse import quote, unquote
 
+__all__ = ["MASK", "mask_secrets", "remember_secrets"]
+
 MASK = "***"
 
 # user:password@ after scheme:// (the password up to the first @, as libpq reads it)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+__all__ = ["progress_bar"]
+
 
 class _NoBar:
     """Stands in for a tqdm bar: every call does nothing."""

@@ -48,7 +48,7 @@ from nudge_rag.fit.corpus import (
     normalize_rows,
 )
 from nudge_rag.fit.metrics import RelevanceTable, exact_knn, ndcg_at_k, recall_at_k
-from nudge_rag.fit.nudge import finetune_embeddings
+from nudge_rag.fit.nudge import NudgeResult, finetune_embeddings
 from nudge_rag.fit.stats import paired_bootstrap
 from nudge_rag.labeling.cache import LabelCache
 from nudge_rag.labeling.feedback import AnswerRating, answer_ratings, feedback_grades
@@ -81,6 +81,8 @@ from nudge_rag.labeling.provenance import (
 from nudge_rag.state.traces.log import embedding_problem
 from nudge_rag.state.versions.log import check_metric
 from nudge_rag.stores.base import Metric
+
+__all__ = ["EngineStore", "NudgeFinetuneEngine", "resolve_store", "search", "split_point"]
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +144,35 @@ def resolve_store(store: Any) -> EngineStore:
 
 # ---------------------------------------------------------------------------------------------
 # Small pure helpers
+
+
+def _queries(qs: Sequence[LabeledQuery]) -> np.ndarray:
+    """The queries' embeddings as one float32 matrix."""
+    return np.stack([q.embedding for q in qs]).astype(np.float32)
+
+
+def _check_splits(
+    usable: list[LabeledQuery],
+    train: list[LabeledQuery],
+    val: list[LabeledQuery],
+    test: list[LabeledQuery],
+    counts: dict[str, int],
+) -> None:
+    """Refuse a fit without a query in each of train, validation and held-out."""
+    if train and val and test:
+        return
+    msg = (
+        f"labels: found {len(usable)} labeled queries with a positive (train "
+        f"{len(train)}, validation {len(val)}, held-out {len(test)}), expected at least "
+        "one in each split; record more searches and feedback, pass llm=... to judge "
+        "traces, or synthetic_chunks=... for a cold start."
+    )
+    if counts["answer_unjudged"]:
+        msg += (
+            f" {counts['answer_unjudged']} queries have only a positive answer rating: "
+            "pass llm=... so the judge picks the chunks those answers rest on."
+        )
+    raise NudgeError(msg)
 
 
 def _is_human(q: LabeledQuery) -> bool:
@@ -756,7 +787,10 @@ class NudgeFinetuneEngine:
     def finetune(self) -> FinetuneReport:
         """Label, split, fit from the base vectors and evaluate on held-out queries.
 
-        Nothing is written to the store; pass the report to :meth:`apply`.
+        Nothing is written to the store; pass the report to :meth:`apply`. The steps: check
+        the store is the log's, label (:meth:`collect_labels`), keep the labels the corpus can
+        use, split (:meth:`split_labels`), fit (:func:`finetune_embeddings`), prove on the
+        held-out queries, report.
         """
         check_store = getattr(self.state, "check_store", None)
         if check_store is not None:  # a store that is not the log's: refuse before reading
@@ -772,99 +806,12 @@ class NudgeFinetuneEngine:
         self._suspects = {}
         labeled = self.collect_labels(corpus, labeler, counts)
         counts["injected_chunks"] = len(self._suspects.get("injection", []))
-        held = sorted(corpus.known({i for q in labeled for i in q.grades}))
-        row_of = dict(zip(held, corpus.rows_of(held).tolist(), strict=True))
-        usable = []
-        for q in labeled:
-            known = {i: g for i, g in q.grades.items() if i in row_of}
-            counts["unknown_ids"] += len(q.grades) - len(known)
-            if not any(g > 0 for g in known.values()):
-                counts["no_positive"] += 1
-                continue
-            usable.append(LabeledQuery(q.key, q.text, q.embedding, known, q.source, q.trace_ids))
+        usable, row_of = self._usable(corpus, labeled, counts)
         self.last_labels = usable
         train, val, test, source = self.split_labels(usable)
-        if not train or not val or not test:
-            msg = (
-                f"labels: found {len(usable)} labeled queries with a positive (train "
-                f"{len(train)}, validation {len(val)}, held-out {len(test)}), expected at least "
-                "one in each split; record more searches and feedback, pass llm=... to judge "
-                "traces, or synthetic_chunks=... for a cold start."
-            )
-            if counts["answer_unjudged"]:
-                msg += (
-                    f" {counts['answer_unjudged']} queries have only a positive answer rating: "
-                    "pass llm=... so the judge picks the chunks those answers rest on."
-                )
-            raise NudgeError(msg)
-
-        def rows(qs: list[LabeledQuery]) -> list[dict[int, float]]:
-            return [{row_of[i]: g for i, g in q.positives.items()} for q in qs]
-
-        def negatives(qs: list[LabeledQuery]) -> list[list[int]] | None:
-            # judged not relevant: feedback's irrelevant_ids, the judge's grade-0 candidates
-            if not self.config.use_negatives:
-                return None
-            return [sorted(row_of[i] for i, g in q.grades.items() if g <= 0) for q in qs]
-
-        train_neg, val_neg = negatives(train), negatives(val)
-        counts["negative_pairs"] = sum(map(len, (train_neg or []) + (val_neg or [])))
-
-        def mat(qs: list[LabeledQuery]) -> np.ndarray:
-            return np.stack([q.embedding for q in qs]).astype(np.float32)
-
-        prep = _normalize if self.metric is Metric.COSINE else (lambda x: x)
-        res = finetune_embeddings(
-            corpus,
-            prep(mat(train)),
-            rows(train),
-            prep(mat(val)),
-            rows(val),
-            method=self.config.method,
-            gamma=self.config.gamma,
-            selection=self.config.selection,
-            refit=self.config.refit,
-            device=self.config.device,
-            train_negatives=train_neg,
-            val_negatives=val_neg,
-        )
-        test_q = mat(test)
-        table = RelevanceTable([{row_of[i]: g for i, g in q.grades.items()} for q in test])
-        # before: base; after: the fit's rows at their new vectors; both over the whole corpus,
-        # and on the store path against the same store results (the changed rows exact in both)
-        top_before = corpus.topk_replaced(test_q, K, res.rows)[0]
-        top_after = corpus.topk_replaced(test_q, K, res.rows, res.vectors)[0]
-        gains = {}
-        per_query: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for name, fn in (("ndcg", ndcg_at_k), ("recall", recall_at_k)):
-            b, a = fn(top_before, table, K), fn(top_after, table, K)
-            per_query[name] = (b, a)
-            low, high = paired_bootstrap(
-                a - b,
-                n_resamples=self.config.n_resamples,
-                confidence=self.config.confidence,
-                seed=self.config.seed,
-            )
-            gains[name] = MetricGain(float(b.mean()), float(a.mean()), low, high)
-        # the same held-out NDCG@10, apart by who graded each query
-        who = np.array(["human" if _is_human(q) else "judge" for q in test])
-        graded: dict[str, MetricGain] = {}
-        graded_queries: dict[str, int] = {}
-        if source != "synthetic":
-            b, a = per_query["ndcg"]
-            for grader in ("human", "judge"):
-                mask = who == grader
-                if mask.any():
-                    low, high = paired_bootstrap(
-                        a[mask] - b[mask],
-                        n_resamples=self.config.n_resamples,
-                        confidence=self.config.confidence,
-                        seed=self.config.seed,
-                    )
-                    graded[grader] = MetricGain(
-                        float(b[mask].mean()), float(a[mask].mean()), low, high
-                    )
-                    graded_queries[grader] = int(mask.sum())
+        _check_splits(usable, train, val, test, counts)
+        res = self._fit(corpus, train, val, row_of, counts)
+        gains, graded, graded_queries = self._prove(corpus, test, row_of, res, source)
         sources = {"feedback": 0, "cited": 0, "llm": 0, "synthetic": 0, "answer": 0}
         for q in usable:
             sources[q.source] += 1
@@ -903,6 +850,104 @@ class NudgeFinetuneEngine:
         )
         self.last_report = report
         return report
+
+    def _usable(
+        self, corpus: Corpus, labeled: list[LabeledQuery], counts: dict[str, int]
+    ) -> tuple[list[LabeledQuery], dict[str, int]]:
+        """The labelled queries with a positive among the chunks the corpus holds (their
+        grades cut to those chunks), and each held chunk's corpus row."""
+        held = sorted(corpus.known({i for q in labeled for i in q.grades}))
+        row_of = dict(zip(held, corpus.rows_of(held).tolist(), strict=True))
+        usable = []
+        for q in labeled:
+            known = {i: g for i, g in q.grades.items() if i in row_of}
+            counts["unknown_ids"] += len(q.grades) - len(known)
+            if not any(g > 0 for g in known.values()):
+                counts["no_positive"] += 1
+                continue
+            usable.append(LabeledQuery(q.key, q.text, q.embedding, known, q.source, q.trace_ids))
+        return usable, row_of
+
+    def _fit(
+        self,
+        corpus: Corpus,
+        train: list[LabeledQuery],
+        val: list[LabeledQuery],
+        row_of: dict[str, int],
+        counts: dict[str, int],
+    ) -> NudgeResult:
+        """NUDGE from the base vectors on the train queries, γ (and λ) chosen on validation."""
+
+        def rows(qs: list[LabeledQuery]) -> list[dict[int, float]]:
+            return [{row_of[i]: g for i, g in q.positives.items()} for q in qs]
+
+        def negatives(qs: list[LabeledQuery]) -> list[list[int]] | None:
+            # judged not relevant: feedback's irrelevant_ids, the judge's grade-0 candidates
+            if not self.config.use_negatives:
+                return None
+            return [sorted(row_of[i] for i, g in q.grades.items() if g <= 0) for q in qs]
+
+        train_neg, val_neg = negatives(train), negatives(val)
+        counts["negative_pairs"] = sum(map(len, (train_neg or []) + (val_neg or [])))
+        prep = _normalize if self.metric is Metric.COSINE else (lambda x: x)
+        return finetune_embeddings(
+            corpus,
+            prep(_queries(train)),
+            rows(train),
+            prep(_queries(val)),
+            rows(val),
+            method=self.config.method,
+            gamma=self.config.gamma,
+            selection=self.config.selection,
+            refit=self.config.refit,
+            device=self.config.device,
+            train_negatives=train_neg,
+            val_negatives=val_neg,
+        )
+
+    def _prove(
+        self,
+        corpus: Corpus,
+        test: list[LabeledQuery],
+        row_of: dict[str, int],
+        res: NudgeResult,
+        source: str,
+    ) -> tuple[dict[str, MetricGain], dict[str, MetricGain], dict[str, int]]:
+        """NDCG@10 and Recall@10 of the held-out queries before and after, with paired
+        bootstrap CIs of the gain; and the NDCG@10 apart by who graded each query."""
+        table = RelevanceTable([{row_of[i]: g for i, g in q.grades.items()} for q in test])
+        test_q = _queries(test)
+        # before: base; after: the fit's rows at their new vectors; both over the whole corpus,
+        # and on the store path against the same store results (the changed rows exact in both)
+        top_before = corpus.topk_replaced(test_q, K, res.rows)[0]
+        top_after = corpus.topk_replaced(test_q, K, res.rows, res.vectors)[0]
+        gains = {}
+        per_query: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for name, fn in (("ndcg", ndcg_at_k), ("recall", recall_at_k)):
+            b, a = fn(top_before, table, K), fn(top_after, table, K)
+            per_query[name] = (b, a)
+            gains[name] = self._gain(b, a)
+        graded: dict[str, MetricGain] = {}
+        graded_queries: dict[str, int] = {}
+        if source != "synthetic":
+            who = np.array(["human" if _is_human(q) else "judge" for q in test])
+            b, a = per_query["ndcg"]
+            for grader in ("human", "judge"):
+                mask = who == grader
+                if mask.any():
+                    graded[grader] = self._gain(b[mask], a[mask])
+                    graded_queries[grader] = int(mask.sum())
+        return gains, graded, graded_queries
+
+    def _gain(self, before: np.ndarray, after: np.ndarray) -> MetricGain:
+        """The means before and after, and the paired bootstrap CI of the gain."""
+        low, high = paired_bootstrap(
+            after - before,
+            n_resamples=self.config.n_resamples,
+            confidence=self.config.confidence,
+            seed=self.config.seed,
+        )
+        return MetricGain(float(before.mean()), float(after.mean()), low, high)
 
     # -- apply / rollback -------------------------------------------------------------------------
 

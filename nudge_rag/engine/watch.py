@@ -49,6 +49,20 @@ from nudge_rag.labeling.feedback import POSITIVE_RATING
 from nudge_rag.masking import mask_secrets
 from nudge_rag.state.files import atomic_write
 
+__all__ = [
+    "GUARD_METHOD",
+    "MAX_GUARD_K",
+    "WATCH_LOG",
+    "PairedSignal",
+    "Watcher",
+    "held_out_searches",
+    "open_guard_corpus",
+    "paired_hits",
+    "paired_signal",
+    "parse_duration",
+    "watch",
+]
+
 WATCH_LOG = "watch.jsonl"
 #: how the guard judges, as logged with each of its decisions
 GUARD_METHOD = "paired hit@k, base vs version; one-sided exact sign test (McNemar)"

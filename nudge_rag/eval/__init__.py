@@ -1,1 +1,3 @@
 """Evaluation on BEIR folders: data loading, simulation, the benchmark and the demo."""
+
+__all__: list[str] = []

@@ -19,6 +19,8 @@ from nudge_rag.eval.data import load_beir, shared_data_dir, split_queries
 from nudge_rag.fit.metrics import evaluate
 from nudge_rag.fit.nudge import finetune_embeddings
 
+__all__ = ["REFERENCE_MODE", "compare_on_dataset", "datasets_in", "nudge_ft", "timed"]
+
 REFERENCE_MODE = {"selection": "top1", "refit": False, "weighting": "uniform"}
 
 

@@ -19,6 +19,17 @@ import numpy as np
 
 from nudge_rag.errors import BadInputError
 
+__all__ = [
+    "DEFAULT_MODEL",
+    "BeirDataset",
+    "Split",
+    "Task",
+    "load_beir",
+    "read_qrels",
+    "shared_data_dir",
+    "split_queries",
+]
+
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 

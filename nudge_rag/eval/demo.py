@@ -23,6 +23,16 @@ from nudge_rag.eval.data import BeirDataset, load_beir, shared_data_dir
 from nudge_rag.fit.metrics import RelevanceTable, ndcg_at_k, recall_at_k
 from nudge_rag.state.files import atomic_path, atomic_write
 
+__all__ = [
+    "MARKER",
+    "DemoResult",
+    "MiniLMEncoder",
+    "evaluate_store",
+    "resolve_data",
+    "run_demo",
+    "save_plot",
+]
+
 MARKER = ".nudge_rag_demo"
 K = 10
 

@@ -32,6 +32,18 @@ from nudge_rag.stores.memory import MemoryAdapter
 from nudge_rag.testing.judges import QrelsJudge
 from nudge_rag.testing.openai_stub import OpenAIStub
 
+__all__ = [
+    "LookupEmbedder",
+    "beir_state",
+    "compare_with_gold",
+    "gold_split",
+    "qrels_by_text",
+    "questions_by_doc",
+    "simulate_searches",
+    "stub_engine",
+    "tuned_matrix",
+]
+
 
 def _norm(text: str) -> str:
     return " ".join(text.lower().split())

@@ -20,6 +20,16 @@ import numpy as np
 
 from nudge_rag.errors import BadInputError
 
+__all__ = [
+    "FLOAT32_MAX",
+    "MAX_K",
+    "MAX_NORM",
+    "check_float",
+    "check_int",
+    "check_k",
+    "check_vectors",
+]
+
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4e38
 MAX_NORM = math.sqrt(FLOAT32_MAX)  # 1.8e19: the largest norm whose square is a finite float32
 _BLOCK_ELEMENTS = 1 << 22  # rows are checked in blocks of at most this many values (16 MiB)

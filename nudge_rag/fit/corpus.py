@@ -38,6 +38,21 @@ from torch.nn.functional import normalize
 from nudge_rag.errors import BadInputError
 from nudge_rag.fit.metrics import MAX_BLOCK_ELEMENTS, Metric, exact_knn
 
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "Corpus",
+    "MemoryCorpus",
+    "StoreCorpus",
+    "StoreSearchStats",
+    "choose_corpus",
+    "corpus_bytes",
+    "is_corpus",
+    "normalize_rows",
+    "similarity",
+    "store_supports_search",
+    "untouched_topk",
+]
+
 DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes of float32 base vectors the memory path may hold
 _FETCH_CHUNK = 5000  # ids per base-vector read
 _QUERY_BLOCK = 256  # queries scored per block

@@ -25,6 +25,17 @@ import torch
 from nudge_rag.errors import BadInputError
 from nudge_rag.fit.checks import check_int, check_vectors
 
+__all__ = [
+    "MAX_BLOCK_ELEMENTS",
+    "Metric",
+    "Relevance",
+    "RelevanceTable",
+    "evaluate",
+    "exact_knn",
+    "ndcg_at_k",
+    "recall_at_k",
+]
+
 
 class Metric(str, Enum):
     """How a store compares a query with a stored vector."""

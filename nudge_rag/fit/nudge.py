@@ -54,6 +54,24 @@ from nudge_rag.fit.checks import FLOAT32_MAX, check_float, check_int, check_vect
 from nudge_rag.fit.corpus import Corpus, is_corpus, untouched_topk
 from nudge_rag.fit.metrics import MAX_BLOCK_ELEMENTS, Relevance, RelevanceTable, ndcg_at_k
 
+__all__ = [
+    "DEFAULT_NEGATIVE_STEP",
+    "DEFAULT_NEGATIVE_WEIGHT",
+    "DEFAULT_REFIT",
+    "DEFAULT_SELECTION",
+    "DEFAULT_WEIGHTING",
+    "EPS",
+    "NEGATIVE_WEIGHT_GRID",
+    "NEGATIVE_Z",
+    "NUDGE_N_GRID",
+    "Method",
+    "NudgeResult",
+    "Selection",
+    "Weighting",
+    "check_gamma",
+    "finetune_embeddings",
+]
+
 NUDGE_N_GRID = tuple(0.02 * x for x in range(25))  # the reference implementation's grid
 EPS = 1e-8  # the reference's guard against division by a zero score difference
 

@@ -43,6 +43,19 @@ from nudge_rag.labeling.llm import (
     ask,
 )
 
+__all__ = [
+    "INJECTION_PATTERNS",
+    "LabelStats",
+    "LabeledQuery",
+    "Labeler",
+    "group_traces",
+    "judge_injection",
+    "pool_positive_rates",
+    "positive_rate_outliers",
+    "query_key",
+    "sample_chunks",
+]
+
 # ---------------------------------------------------------------------------------------------
 # Chunks that talk to the judge
 

@@ -42,6 +42,26 @@ from nudge_rag.errors import BadInputError
 from nudge_rag.fit.corpus import _gathered_similarity
 from nudge_rag.fit.metrics import exact_knn
 
+__all__ = [
+    "FEEDBACK_WEIGHT",
+    "NEW_SHARE",
+    "RRF_C",
+    "TEXT_BATCH",
+    "DepthPlan",
+    "LexicalCache",
+    "LexicalIndex",
+    "LexicalLeg",
+    "PoolStats",
+    "StoreTextSearch",
+    "TextFingerprint",
+    "deep_pools",
+    "fuse",
+    "judge_pools",
+    "lexical_available",
+    "store_text_search",
+    "text_fingerprint",
+]
+
 log = logging.getLogger(__name__)
 
 RRF_C = 60  # reciprocal-rank constant (Cormack et al. 2009)

@@ -40,6 +40,16 @@ from typing import Any
 
 from nudge_rag.fit.stats import wilson_interval
 
+__all__ = [
+    "DEFAULT_MIN_PRECISION",
+    "DEFAULT_MIN_RECALL",
+    "JUDGE_SOURCES",
+    "SOURCE_PROVENANCE",
+    "JudgeAudit",
+    "Provenance",
+    "audit_judge",
+]
+
 DEFAULT_MIN_PRECISION = 0.3
 """A judge whose precision against people is significantly below this is not trusted."""
 DEFAULT_MIN_RECALL = 0.2

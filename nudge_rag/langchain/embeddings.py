@@ -10,6 +10,8 @@ from langchain_core.embeddings import Embeddings
 
 from nudge_rag.errors import BadInputError
 
+__all__ = ["LookupEmbeddings", "SentenceTransformerEmbeddings"]
+
 
 class SentenceTransformerEmbeddings(Embeddings):
     """Encodes with a loaded ``SentenceTransformer``; vectors are L2-normalised by default.

@@ -12,6 +12,8 @@ from nudge_rag.state.citations import format_chunks
 if TYPE_CHECKING:
     from nudge_rag.langchain.vectorstores import NudgedVectorStore
 
+__all__ = ["retriever_tool"]
+
 
 class _SearchInput(BaseModel):
     query: str = Field(description="What to search for.")

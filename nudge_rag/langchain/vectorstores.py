@@ -34,6 +34,8 @@ from nudge_rag.state.state import NudgeState
 from nudge_rag.state.surface import NudgeSurface
 from nudge_rag.stores.base import StoreAdapter, exact_readback, present_ids
 
+__all__ = ["TRACE_KEY", "NudgedRetriever", "NudgedVectorStore", "adapter_for"]
+
 TRACE_KEY = "nudge_trace_id"
 
 _capture: contextvars.ContextVar[list[list[float]] | None] = contextvars.ContextVar(

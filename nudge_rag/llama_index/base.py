@@ -33,6 +33,8 @@ from nudge_rag.state.state import NudgeState
 from nudge_rag.state.surface import NudgeSurface
 from nudge_rag.stores.base import Metric, StoreAdapter
 
+__all__ = ["DOCUMENT_KEY", "TRACE_ID_KEY", "NudgedVectorStore"]
+
 TRACE_ID_KEY = "nudge_trace_id"
 """Metadata key for the trace id, for apps that opt in with ``trace_metadata_key=TRACE_ID_KEY``.
 

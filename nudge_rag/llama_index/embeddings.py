@@ -7,6 +7,8 @@ from typing import Any
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import PrivateAttr
 
+__all__ = ["SentenceTransformerEmbedding"]
+
 
 class SentenceTransformerEmbedding(BaseEmbedding):
     """LlamaIndex ``BaseEmbedding`` that encodes with a loaded ``SentenceTransformer``.

@@ -15,6 +15,8 @@ from nudge_rag.state.citations import format_chunks
 if TYPE_CHECKING:
     from nudge_rag.llama_index.base import NudgedVectorStore
 
+__all__ = ["format_nodes", "retriever_tool"]
+
 
 def format_nodes(hits: Sequence[NodeWithScore]) -> str:
     """Each node as ``[node_id] text`` (the text the LLM sees), one block each."""

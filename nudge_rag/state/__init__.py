@@ -1,1 +1,3 @@
 """What persists: traces, versions, records, on SQLite (a folder) or Postgres (a URL)."""
+
+__all__: list[str] = []

@@ -9,6 +9,8 @@ from typing import Any
 
 from nudge_rag.errors import BadInputError
 
+__all__ = ["Citations", "answer_text", "cited_ids", "format_chunks"]
+
 
 @dataclass(frozen=True)
 class Citations:

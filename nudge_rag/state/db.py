@@ -41,6 +41,22 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from nudge_rag.errors import BadInputError, NudgeError
 from nudge_rag.masking import mask_secrets, remember_secrets
 
+__all__ = [
+    "DEFAULT_SCHEMA",
+    "LABELS_FILE",
+    "TRACES_FILE",
+    "VERSIONS_FILE",
+    "Database",
+    "Migration",
+    "PostgresDatabase",
+    "SQLiteDatabase",
+    "StateLocation",
+    "create_private_file",
+    "is_postgres_url",
+    "state_argument",
+    "state_part",
+]
+
 try:  # POSIX only; elsewhere moves are serialised within one process
     import fcntl
 except ImportError:  # pragma: no cover

@@ -19,6 +19,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+__all__ = ["LastTrace", "TraceScope"]
+
 
 @dataclass
 class TraceScope:

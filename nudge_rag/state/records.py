@@ -38,6 +38,28 @@ from nudge_rag.state.traces.log import (
 if TYPE_CHECKING:
     from nudge_rag.state.state import NudgeState
 
+__all__ = [
+    "EXTERNAL_RUN",
+    "JSONL",
+    "LANGFUSE",
+    "LANGSMITH",
+    "MAX_FUTURE_S",
+    "OTEL",
+    "FeedbackRecord",
+    "FutureTimes",
+    "ImportReport",
+    "Records",
+    "Resolution",
+    "TraceRecord",
+    "Unreadable",
+    "as_epoch",
+    "current_external_id",
+    "import_records",
+    "span_id_text",
+    "storable",
+    "time_text",
+]
+
 # source names: the id space an external id belongs to
 LANGSMITH = "langsmith"  # LangChain callback run ids, which LangSmith keeps as its run ids
 OTEL = "otel"  # OpenTelemetry span ids (16 hex digits): Phoenix / OpenInference, live spans

@@ -42,6 +42,8 @@ from nudge_rag.stores.base import (
     store_count,
 )
 
+__all__ = ["POSITIVE_RATING", "NudgeState"]
+
 POSITIVE_RATING = 0.5
 """An answer rating at or above this (on the 0..1 scale) is positive; below, negative."""
 

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar,
 
 from nudge_rag.state.state import NudgeState
 
+__all__ = ["NudgeSurface"]
+
 P = ParamSpec("P")
 R = TypeVar("R")
 

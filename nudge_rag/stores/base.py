@@ -39,6 +39,25 @@ from nudge_rag.errors import BadInputError, UnknownIdError
 from nudge_rag.fit.checks import check_vectors
 from nudge_rag.fit.metrics import Metric  # defined with the math; re-exported here for adapters
 
+__all__ = [
+    "BaseStoreAdapter",
+    "StoreAdapter",
+    "StoreDescription",
+    "approximate_search",
+    "as_float32_matrix",
+    "can_scan",
+    "can_search",
+    "describe",
+    "exact_readback",
+    "missing_ids",
+    "present_ids",
+    "raise_unknown",
+    "read_exact",
+    "scan",
+    "search_queries",
+    "store_count",
+]
+
 
 @runtime_checkable
 class StoreAdapter(Protocol):

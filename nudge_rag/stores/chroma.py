@@ -27,6 +27,8 @@ from nudge_rag.stores.base import (
     search_queries,
 )
 
+__all__ = ["ChromaAdapter", "collection_space"]
+
 _SPACES = {"cosine": Metric.COSINE, "ip": Metric.IP, "l2": Metric.L2}
 _PAGE = 5000
 

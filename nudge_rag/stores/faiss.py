@@ -31,6 +31,8 @@ from nudge_rag.stores.base import (
     search_queries,
 )
 
+__all__ = ["FaissAdapter"]
+
 
 def _as_getter(x: Any) -> Callable[[], Any]:
     return x if callable(x) and not hasattr(x, "ntotal") else (lambda: x)

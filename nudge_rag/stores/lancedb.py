@@ -29,6 +29,8 @@ from nudge_rag.stores.base import (
     search_queries,
 )
 
+__all__ = ["LanceDBAdapter"]
+
 _BATCH = 1000  # ids per filtered read or write
 _SCAN_ROWS = 8192  # rows per page of scan()
 _METRICS = {"l2": Metric.L2, "cosine": Metric.COSINE, "dot": Metric.IP}

@@ -15,6 +15,8 @@ from nudge_rag.errors import BadInputError
 from nudge_rag.stores.base import Metric
 from nudge_rag.stores.memory import MemoryAdapter
 
+__all__ = ["LlamaSimpleAdapter"]
+
 
 class LlamaSimpleAdapter(MemoryAdapter):
     """Vectors by id in a LlamaIndex ``SimpleVectorStore`` (float64 lists, restored bitwise).

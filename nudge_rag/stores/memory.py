@@ -29,6 +29,8 @@ from nudge_rag.stores.base import (
     search_queries,
 )
 
+__all__ = ["MemoryAdapter"]
+
 
 class MemoryAdapter(BaseStoreAdapter):
     """Vectors by id for a dict ``{id: record}`` (or ``{id: vector}`` with ``vector_key=None``).

@@ -25,6 +25,8 @@ from nudge_rag.stores.base import (
     search_queries,
 )
 
+__all__ = ["MilvusAdapter"]
+
 _METRICS = {"COSINE": Metric.COSINE, "IP": Metric.IP, "L2": Metric.L2}
 _INT_TYPES = {"INT8", "INT16", "INT32", "INT64"}
 _SEARCH_BATCH = 64  # query vectors per search request

@@ -43,6 +43,8 @@ from nudge_rag.stores.base import (
     search_queries,
 )
 
+__all__ = ["PgVectorAdapter", "connect_masked", "conninfo_from", "metric_from_pgvector"]
+
 _COPY_CHUNK = 2048  # rows per write to the COPY stream
 _WORD = re.compile(r"\w+")  # a query's words for text_search (punctuation is tsquery syntax)
 _METRICS = {
@@ -550,10 +552,10 @@ class PgVectorAdapter(BaseStoreAdapter):
                 f"text_column: no text column was given for {self._what()}; pass "
                 "text_column=... (LangChain PGVector: 'document', LlamaIndex: 'text')."
             )
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         if self.text_rank not in ("bm25", "ts_rank"):
             msg = f"text_rank: found {self.text_rank!r}, expected 'bm25' or 'ts_rank'."
-            raise NudgeError(msg)
+            raise BadInputError(msg)
         out: list[list[str]] = [[] for _ in queries]
         if k < 1 or not queries:
             return out

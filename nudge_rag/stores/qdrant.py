@@ -28,6 +28,8 @@ from nudge_rag.stores.base import (
     search_queries,
 )
 
+__all__ = ["ORIGINAL_ID_KEY", "QdrantAdapter", "default_doc_id", "default_point_id"]
+
 ORIGINAL_ID_KEY = "_nudge_id"
 _NAMESPACE = uuid.UUID("5c1f3f0e-8f7a-4a53-9d5e-6b8c0d1e2f30")  # nudge-rag's uuid5 namespace
 _PAGE = 1024

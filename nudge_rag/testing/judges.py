@@ -21,6 +21,16 @@ from nudge_rag.errors import BadInputError
 from nudge_rag.labeling.answers import MAX_GRADE, parse_request
 from nudge_rag.labeling.llm import LLMReply, Messages
 
+__all__ = [
+    "GULLIBLE_TRIGGERS",
+    "GullibleJudge",
+    "JudgeClient",
+    "NoisyJudge",
+    "QrelsJudge",
+    "ScriptedJudge",
+    "SimilarityBiasedJudge",
+]
+
 
 def _norm(text: str) -> str:
     return " ".join(text.lower().split())
@@ -155,7 +165,7 @@ class SimilarityBiasedJudge(QrelsJudge):
     ) -> None:
         if per_prompt is not None and not per_prompt >= 0:
             msg = f"per_prompt: found {per_prompt!r}, expected false positives per prompt ≥ 0."
-            raise ValueError(msg)
+            raise BadInputError(msg)
         if not 0.0 < precision <= 1.0 or not 0.0 <= miss <= 1.0:
             msg = (
                 f"precision / miss: found {precision!r} / {miss!r}, expected a share in (0, 1] "

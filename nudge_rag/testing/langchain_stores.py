@@ -9,6 +9,8 @@ from langchain_core.vectorstores import InMemoryVectorStore, VectorStore
 
 from nudge_rag.errors import BadInputError
 
+__all__ = ["KINDS", "bare_store"]
+
 #: the LangChain stores every store-table test runs on (one row per store)
 KINDS = ("chroma", "memory", "qdrant", "faiss", "lancedb")
 

@@ -8,6 +8,10 @@ from typing import Any
 
 from llama_index.core.vector_stores.types import BasePydanticVectorStore
 
+from nudge_rag.errors import BadInputError
+
+__all__ = ["KINDS", "bare_store"]
+
 #: the LlamaIndex stores every store-table test runs on (one row per store)
 KINDS = ("chroma", "simple", "qdrant", "milvus", "lancedb")
 
@@ -34,7 +38,7 @@ def bare_store(
     folder = Path(folder)
     if metric not in ("cosine", "ip"):
         msg = f"metric: found {metric!r}, expected 'cosine' or 'ip'."
-        raise ValueError(msg)
+        raise BadInputError(msg)
     if kind in ("chroma", "chroma-server"):
         import chromadb
         from llama_index.vector_stores.chroma import ChromaVectorStore
@@ -43,7 +47,7 @@ def bare_store(
             client: Any = chromadb.PersistentClient(path=str(folder / "chroma"))
         elif server is None:
             msg = "server: found None for kind 'chroma-server'; pass the server's (host, port)."
-            raise ValueError(msg)
+            raise BadInputError(msg)
         else:
             client = chromadb.HttpClient(host=server[0], port=server[1])
         col = client.get_or_create_collection(
@@ -57,7 +61,7 @@ def bare_store(
 
         if metric != "cosine":
             msg = "metric: SimpleVectorStore searches by cosine only."
-            raise ValueError(msg)
+            raise BadInputError(msg)
         return SimpleVectorStore()
     if kind == "qdrant":
         from llama_index.vector_stores.qdrant import QdrantVectorStore
@@ -83,7 +87,7 @@ def bare_store(
 
         if metric != "cosine":
             msg = "metric: LanceDBVectorStore searches by its vector index's metric (l2 without)."
-            raise ValueError(msg)
+            raise BadInputError(msg)
         return LanceDBVectorStore(uri=str(folder / "lancedb"), table_name=name)
     msg = f"kind: found {kind!r}, expected one of {(*KINDS, 'chroma-server')}."
-    raise ValueError(msg)
+    raise BadInputError(msg)

@@ -34,6 +34,8 @@ from typing import Any
 
 from nudge_rag.errors import BadInputError
 
+__all__ = ["FAULT_KINDS", "Faults", "Judge", "OpenAIStub", "StubRequest"]
+
 FAULT_KINDS = ("429", "500", "503", "400", "malformed", "slow")
 """One-shot faults for :meth:`OpenAIStub.queue`: status codes, a broken-JSON 200, a slow 200."""
 

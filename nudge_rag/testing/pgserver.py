@@ -32,6 +32,8 @@ from urllib.parse import quote
 
 from nudge_rag.errors import BadInputError, NudgeError
 
+__all__ = ["PgServer", "start_pgserver"]
+
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 

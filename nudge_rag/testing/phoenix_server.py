@@ -32,6 +32,8 @@ from pathlib import Path
 
 from nudge_rag.errors import NudgeError
 
+__all__ = ["ENV_EXE", "REPO_VENV", "PhoenixServer", "phoenix_executable", "start_phoenix_server"]
+
 ENV_EXE = "NUDGE_RAG_PHOENIX"
 REPO_VENV = Path(__file__).resolve().parents[2] / ".venv-phoenix"
 

@@ -62,12 +62,16 @@ def _client(path: Path, workdir: Path, kernel_specs: KernelSpecManager):
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
-    return nbclient.NotebookClient(
+    client = nbclient.NotebookClient(
         nb,
         km=KernelManager(kernel_name=KERNEL, kernel_spec_manager=kernel_specs),
         timeout=CELL_TIMEOUT_S,
         resources={"metadata": {"path": str(workdir)}},
     )
+    # nbclient shuts down only the kernels of managers it made itself; without this each
+    # notebook's kernel (0.5-1 GB) lived until the end of the test session
+    client.owns_km = True
+    return client
 
 
 @pytest.mark.integration
@@ -78,12 +82,14 @@ def test_without_the_data_a_notebook_stops_in_its_first_cell_with_a_skip_message
     empty.mkdir()
     monkeypatch.setenv("NUDGE_RAG_DATA", str(empty))
     client = _client(NOTEBOOKS[0], tmp_path, kernel_specs)
+    km = client.km
     with pytest.raises(CellExecutionError) as info:
         client.execute()
     assert info.value.ename == "SkipNotebook"
     assert "NUDGE_RAG_DATA" in info.value.evalue
     ran = [c for c in client.nb.cells if c.cell_type == "code" and c.get("execution_count")]
     assert len(ran) == 1
+    assert km is not None and not km.is_alive()  # its kernel was shut down, not left running
 
 
 @pytest.mark.integration

@@ -22,8 +22,14 @@ pytestmark = pytest.mark.integration  # real data: ../shared/data/scifact
 
 K = 10
 N_QUERIES = 150  # SciFact test queries (of 300), picked at random (seed 0)
-#: stores that read vectors back up to 1 ulp off after a rollback (in rows it did not write too)
-ULP_OFF = {"milvus": "Milvus Lite COSINE: 8 of 5,183 rows, 3 written, read back 1 ulp off"}
+#: stores that read vectors back a few ulp off after a rollback (in rows it did not write too)
+ULP_OFF = {
+    "milvus": "Milvus Lite COSINE: 8 of 5,183 rows, 3 written, read back 1 ulp off",
+    # qdrant-client 1.20's local mode renormalises stored cosine vectors in place when it is
+    # queried (650 of 5,183 rows moved 1 ulp by one query_points call, no write involved; the
+    # drift adds up over queries: 2 ulp in this test)
+    "qdrant": "Qdrant local COSINE: each query moves stored rows by up to 1 ulp",
+}
 
 
 def _node_id(doc_id: str) -> str:
@@ -98,7 +104,7 @@ def test_wrapped_equals_bare_on_scifact(kind, scifact, tmp_path):
     assert not set(top) & set(_search(inner, queries[:1])[0][0])
     store.rollback(0)
     if kind in ULP_OFF:
-        np.testing.assert_array_max_ulp(store.get_vectors(every), held, maxulp=1)
+        np.testing.assert_array_max_ulp(store.get_vectors(every), held, maxulp=4)
     else:
         np.testing.assert_array_equal(store.get_vectors(every), held)
     after, _ = _search(inner, queries[:20])

@@ -19,6 +19,8 @@ from nudge_rag.errors import BadInputError
 from nudge_rag.stores.base import Metric, StoreAdapter
 from nudge_rag.stores.registry import BackendRegistry, class_matches
 
+__all__ = ["REGISTRY", "Backend", "ScoredDocs", "group_children", "parent_values"]
+
 ScoredDocs = list[tuple[Document, float]]
 
 

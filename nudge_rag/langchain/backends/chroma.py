@@ -16,6 +16,8 @@ from nudge_rag.langchain.backends.base import (
 )
 from nudge_rag.stores.base import Metric, StoreAdapter
 
+__all__ = ["ChromaBackend"]
+
 
 @REGISTRY.register
 class ChromaBackend(Backend):

@@ -13,6 +13,8 @@ from nudge_rag.state.files import save_faiss_atomic
 from nudge_rag.stores.base import StoreAdapter
 from nudge_rag.stores.faiss import FaissAdapter
 
+__all__ = ["FaissBackend"]
+
 
 @REGISTRY.register
 class FaissBackend(Backend):

@@ -20,6 +20,8 @@ from nudge_rag.langchain.backends.base import REGISTRY, Backend, ScoredDocs, gro
 from nudge_rag.stores.base import Metric, StoreAdapter
 from nudge_rag.stores.qdrant import ORIGINAL_ID_KEY
 
+__all__ = ["LanceDBBackend"]
+
 
 @REGISTRY.register
 class LanceDBBackend(Backend):

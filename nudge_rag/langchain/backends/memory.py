@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from nudge_rag.langchain.backends.base import REGISTRY, Backend, group_children
 from nudge_rag.stores.base import Metric, StoreAdapter
 
+__all__ = ["MemoryBackend"]
+
 
 @REGISTRY.register
 class MemoryBackend(Backend):

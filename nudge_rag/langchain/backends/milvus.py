@@ -26,6 +26,8 @@ from nudge_rag.errors import BadInputError
 from nudge_rag.langchain.backends.base import REGISTRY, Backend, ScoredDocs, group_children
 from nudge_rag.stores.base import Metric, StoreAdapter
 
+__all__ = ["MilvusBackend", "register_orm_alias"]
+
 _METRICS = {"COSINE": Metric.COSINE, "IP": Metric.IP, "L2": Metric.L2}
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PAGE = 1000  # rows per query page

@@ -15,6 +15,8 @@ from nudge_rag.errors import BadInputError
 from nudge_rag.langchain.backends.base import REGISTRY, Backend, group_children
 from nudge_rag.stores.base import Metric, StoreAdapter
 
+__all__ = ["PgVectorBackend"]
+
 
 @REGISTRY.register
 class PgVectorBackend(Backend):

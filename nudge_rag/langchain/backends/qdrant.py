@@ -12,6 +12,8 @@ from nudge_rag.langchain.backends.base import REGISTRY, Backend, parent_values
 from nudge_rag.stores.base import StoreAdapter
 from nudge_rag.stores.qdrant import ORIGINAL_ID_KEY, default_point_id
 
+__all__ = ["QdrantBackend"]
+
 _ADDED = ("_id", "_collection_name")  # what langchain-qdrant adds to every result's metadata
 
 

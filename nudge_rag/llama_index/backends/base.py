@@ -18,6 +18,8 @@ from llama_index.core.vector_stores.types import BasePydanticVectorStore, Metada
 from nudge_rag.stores.base import Metric, StoreAdapter, present_ids
 from nudge_rag.stores.registry import BackendRegistry
 
+__all__ = ["REGISTRY", "Backend"]
+
 
 class Backend:
     """What the face asks of one wrapped store; subclasses fill in the store-specific parts."""

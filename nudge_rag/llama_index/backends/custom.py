@@ -11,6 +11,8 @@ from nudge_rag.errors import BadInputError, NudgeError
 from nudge_rag.llama_index.backends.base import Backend
 from nudge_rag.stores.base import StoreAdapter
 
+__all__ = ["AdapterBackend"]
+
 
 class AdapterBackend(Backend):
     """A store nudge-rag has no backend for, with the :class:`StoreAdapter` the caller passed."""

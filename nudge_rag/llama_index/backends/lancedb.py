@@ -21,6 +21,8 @@ from llama_index.core.vector_stores.types import MetadataFilters
 from nudge_rag.llama_index.backends.base import REGISTRY, Backend
 from nudge_rag.stores.base import Metric, StoreAdapter
 
+__all__ = ["LanceDBBackend"]
+
 _BATCH = 1000  # ids per filtered read
 
 

@@ -7,6 +7,8 @@ from llama_index.core.vector_stores.types import BasePydanticVectorStore, Metada
 from nudge_rag.llama_index.backends.base import REGISTRY, Backend
 from nudge_rag.stores.base import Metric, StoreAdapter
 
+__all__ = ["MilvusBackend"]
+
 _METRICS = {"COSINE": Metric.COSINE, "IP": Metric.IP, "L2": Metric.L2}
 _MILVUS_PAGE = 16384  # Milvus's largest query window; beyond it, page with an iterator
 

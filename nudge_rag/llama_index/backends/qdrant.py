@@ -10,6 +10,8 @@ from nudge_rag.errors import BadInputError
 from nudge_rag.llama_index.backends.base import REGISTRY, Backend
 from nudge_rag.stores.base import Metric, StoreAdapter
 
+__all__ = ["QdrantBackend"]
+
 
 @REGISTRY.register
 class QdrantBackend(Backend):

@@ -9,6 +9,8 @@ from llama_index.core.vector_stores.types import MetadataFilters
 from nudge_rag.llama_index.backends.base import REGISTRY, Backend
 from nudge_rag.stores.base import StoreAdapter
 
+__all__ = ["SimpleBackend"]
+
 
 @REGISTRY.register
 class SimpleBackend(Backend):

@@ -1,1 +1,3 @@
 """The trace log: searches, results and feedback."""
+
+__all__: list[str] = []

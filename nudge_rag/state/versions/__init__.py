@@ -1,1 +1,3 @@
 """The version log: every move of stored vectors, reversible bit for bit."""
+
+__all__: list[str] = []
