@@ -53,6 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -324,15 +325,16 @@ def _pool_negatives(ds, corpus, task, label_k, lexical, *, both="") -> list[list
     ]
 
 
-def sweep_core(datasets, label_k: int, seeds: list[int], out: list) -> None:
-    """Gold labels; negatives from the dense, the hybrid, or both pools; gain over nudge-ft."""
+def _gold_splits(datasets, seeds: list[int]) -> Iterator[tuple]:
+    """Per dataset and seed: (ds, base matrix, its cosine corpus, the BM25 index, test task,
+    seed, train task, validation task, nudge-ft NUDGE-N's test NDCG@10 on that split); the
+    corpus and index are built once per dataset."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from explore_defaults import nudge_ft_n
 
     from nudge_rag.eval.data import split_queries
     from nudge_rag.fit.corpus import MemoryCorpus, normalize_rows
     from nudge_rag.fit.metrics import evaluate
-    from nudge_rag.fit.nudge import finetune_embeddings
     from nudge_rag.labeling.pools import LexicalIndex
 
     for ds in datasets:
@@ -342,40 +344,46 @@ def sweep_core(datasets, label_k: int, seeds: list[int], out: list) -> None:
         text = ds.corpus_text
         index = LexicalIndex.build(sorted(ids), lambda b, t=text: [t.get(i, "") for i in b])
         test = ds.task("test")
-
         for seed in seeds:
             sp = split_queries(ds, seed=seed, use_given_dev=False)
             tr = ds.task(sp.train, qrels_split="train")
             va = ds.task(sp.dev)
             ref = evaluate(test.queries, nudge_ft_n(E, tr, va), test.positives)["ndcg@10"]
-            for name, lexical, both in (
-                ("no negatives", False, ""),
-                ("dense pool negatives", None, ""),
-                ("hybrid pool negatives", index, ""),
-                ("dense+hybrid pool negatives", index, "union"),
-                ("hybrid pool negatives in the dense pool", index, "dense"),
-            ):
-                kw = {}
-                if lexical is not False:
-                    kw = {
-                        "train_negatives": _pool_negatives(
-                            ds, corpus, tr, label_k, lexical, both=both
-                        ),
-                        "val_negatives": _pool_negatives(
-                            ds, corpus, va, label_k, lexical, both=both
-                        ),
-                    }
-                res = finetune_embeddings(
-                    E, tr.queries, tr.positives, va.queries, va.positives, **kw
-                )
-                ndcg = evaluate(test.queries, res.apply(E), test.positives)["ndcg@10"]
-                out.append({"dataset": ds.name, "seed": seed, "variant": name, "gain": ndcg - ref})
-                print(
-                    f"{ds.name:9s} seed={seed} {name:40s} nudge-ft {ref:.4f} ours {ndcg:.4f} "
-                    f"gain {ndcg - ref:+.4f} gamma {res.gamma:.2f} lambda "
-                    f"{res.negative_weight:.2f}",
-                    flush=True,
-                )
+            yield ds, E, corpus, index, test, seed, tr, va, ref
+
+
+def _record(out: list, dataset: str, seed: int, name: str, ref: float, ndcg: float, res) -> None:
+    """One core run's row (gain over nudge-ft), printed as it comes."""
+    out.append({"dataset": dataset, "seed": seed, "variant": name.strip(), "gain": ndcg - ref})
+    print(
+        f"{dataset:9s} seed={seed} {name} nudge-ft {ref:.4f} ours {ndcg:.4f} "
+        f"gain {ndcg - ref:+.4f} gamma {res.gamma:.2f} lambda {res.negative_weight:.2f}",
+        flush=True,
+    )
+
+
+def sweep_core(datasets, label_k: int, seeds: list[int], out: list) -> None:
+    """Gold labels; negatives from the dense, the hybrid, or both pools; gain over nudge-ft."""
+    from nudge_rag.fit.metrics import evaluate
+    from nudge_rag.fit.nudge import finetune_embeddings
+
+    for ds, E, corpus, index, test, seed, tr, va, ref in _gold_splits(datasets, seeds):
+        for name, lexical, both in (
+            ("no negatives", False, ""),
+            ("dense pool negatives", None, ""),
+            ("hybrid pool negatives", index, ""),
+            ("dense+hybrid pool negatives", index, "union"),
+            ("hybrid pool negatives in the dense pool", index, "dense"),
+        ):
+            kw = {}
+            if lexical is not False:
+                kw = {
+                    "train_negatives": _pool_negatives(ds, corpus, tr, label_k, lexical, both=both),
+                    "val_negatives": _pool_negatives(ds, corpus, va, label_k, lexical, both=both),
+                }
+            res = finetune_embeddings(E, tr.queries, tr.positives, va.queries, va.positives, **kw)
+            ndcg = evaluate(test.queries, res.apply(E), test.positives)["ndcg@10"]
+            _record(out, ds.name, seed, f"{name:40s}", ref, ndcg, res)
     _core_table(datasets, out)
 
 
@@ -448,64 +456,38 @@ def _kfold_gamma(E, tr, va, kw: dict, seed: int, folds: int = 5) -> float:
 def sweep_gamma_cv(datasets, label_k: int, seeds: list[int], out: list) -> None:
     """The core (hybrid pool negatives, gold labels) with γ chosen as today, on both folds, or
     by the smoothed validation curve; gain over nudge-ft NUDGE-N."""
-    from explore_defaults import nudge_ft_n
-
-    from nudge_rag.eval.data import split_queries
-    from nudge_rag.fit.corpus import MemoryCorpus, normalize_rows
     from nudge_rag.fit.metrics import evaluate
     from nudge_rag.fit.nudge import finetune_embeddings
-    from nudge_rag.labeling.pools import LexicalIndex
 
-    for ds in datasets:
-        E = ds.corpus_embeddings
-        ids = list(ds.corpus_ids)
-        corpus = MemoryCorpus(normalize_rows(E), ids=ids, metric="cosine")
-        text = ds.corpus_text
-        index = LexicalIndex.build(sorted(ids), lambda b, t=text: [t.get(i, "") for i in b])
-        test = ds.task("test")
-        for seed in seeds:
-            sp = split_queries(ds, seed=seed, use_given_dev=False)
-            tr = ds.task(sp.train, qrels_split="train")
-            va = ds.task(sp.dev)
-            ref = evaluate(test.queries, nudge_ft_n(E, tr, va), test.positives)["ndcg@10"]
-            kw = {
-                "train_negatives": _pool_negatives(ds, corpus, tr, label_k, index),
-                "val_negatives": _pool_negatives(ds, corpus, va, label_k, index),
-            }
-            variants: list[tuple[str, list[float] | None]] = [("default (γ on validation)", None)]
-            if {"cv", "smooth"} & set(GAMMA_VARIANTS):
-                g_cv, g_smooth = _cv_gamma(E, tr, va, kw)
-                if "cv" in GAMMA_VARIANTS:
-                    variants.append(("γ on both folds", [g_cv]))
-                if "smooth" in GAMMA_VARIANTS:
-                    variants.append(("γ by the smoothed curve", [g_smooth]))
-            if "kfold" in GAMMA_VARIANTS:
-                variants.append(
-                    ("γ by 5-fold CV on train + val", [_kfold_gamma(E, tr, va, kw, seed)])
-                )
-            if "wide" in GAMMA_VARIANTS:
-                variants.append(("γ grid 0, 0.02, …, 0.98", [0.02 * x for x in range(50)]))
-            if "bump" in GAMMA_VARIANTS:
-                variants += [
-                    (f"γ on validation + {d:.2f} for the refit", [d]) for d in (0.02, 0.04)
-                ]
-            chosen = 0.0
-            for name, grid in variants:
-                if name.endswith("for the refit") and grid is not None:
-                    grid = [min(chosen + grid[0], 2.0)]
-                res = finetune_embeddings(
-                    E, tr.queries, tr.positives, va.queries, va.positives, gammas=grid, **kw
-                )
-                if grid is None:
-                    chosen = res.gamma
-                ndcg = evaluate(test.queries, res.apply(E), test.positives)["ndcg@10"]
-                out.append({"dataset": ds.name, "seed": seed, "variant": name, "gain": ndcg - ref})
-                print(
-                    f"{ds.name:9s} seed={seed} {name:28s} nudge-ft {ref:.4f} ours {ndcg:.4f} "
-                    f"gain {ndcg - ref:+.4f} gamma {res.gamma:.2f} lambda "
-                    f"{res.negative_weight:.2f}",
-                    flush=True,
-                )
+    for ds, E, corpus, index, test, seed, tr, va, ref in _gold_splits(datasets, seeds):
+        kw = {
+            "train_negatives": _pool_negatives(ds, corpus, tr, label_k, index),
+            "val_negatives": _pool_negatives(ds, corpus, va, label_k, index),
+        }
+        variants: list[tuple[str, list[float] | None]] = [("default (γ on validation)", None)]
+        if {"cv", "smooth"} & set(GAMMA_VARIANTS):
+            g_cv, g_smooth = _cv_gamma(E, tr, va, kw)
+            if "cv" in GAMMA_VARIANTS:
+                variants.append(("γ on both folds", [g_cv]))
+            if "smooth" in GAMMA_VARIANTS:
+                variants.append(("γ by the smoothed curve", [g_smooth]))
+        if "kfold" in GAMMA_VARIANTS:
+            variants.append(("γ by 5-fold CV on train + val", [_kfold_gamma(E, tr, va, kw, seed)]))
+        if "wide" in GAMMA_VARIANTS:
+            variants.append(("γ grid 0, 0.02, …, 0.98", [0.02 * x for x in range(50)]))
+        if "bump" in GAMMA_VARIANTS:
+            variants += [(f"γ on validation + {d:.2f} for the refit", [d]) for d in (0.02, 0.04)]
+        chosen = 0.0
+        for name, grid in variants:
+            if name.endswith("for the refit") and grid is not None:
+                grid = [min(chosen + grid[0], 2.0)]
+            res = finetune_embeddings(
+                E, tr.queries, tr.positives, va.queries, va.positives, gammas=grid, **kw
+            )
+            if grid is None:
+                chosen = res.gamma
+            ndcg = evaluate(test.queries, res.apply(E), test.positives)["ndcg@10"]
+            _record(out, ds.name, seed, f"{name:28s}", ref, ndcg, res)
     _core_table(datasets, out)
 
 
