@@ -546,12 +546,11 @@ def _top1_accuracy(
 ) -> np.ndarray:
     """Per validation query, whether its top-1 row is relevant (1.0 or 0.0)."""
     preds = np.empty(val_q.shape[0], dtype=np.int64)
+    rows_t = torch.from_numpy(rows).to(val_q.device)  # once, not per block
     for blk, s in _val_scores(val_q, new_rows):
         best_c, arg_c = s.max(dim=1)
         use_changed = best_c > untouched.values[blk, 0]
-        pred = torch.where(
-            use_changed, torch.from_numpy(rows).to(s.device)[arg_c], untouched.indices[blk, 0]
-        )
+        pred = torch.where(use_changed, rows_t[arg_c], untouched.indices[blk, 0])
         preds[blk] = pred.cpu().numpy()
     hits = table.grade(np.arange(len(preds)), preds.reshape(-1, 1))[:, 0] > 0
     return hits.astype(np.float64)
